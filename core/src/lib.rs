@@ -1,0 +1,18 @@
+//! msocket: one encrypted byte stream to a *named* peer that survives moves of either end.
+//!
+//! The crate is layered like the system it implements:
+//! - [`proto`]: the flow protocol as a deterministic, I/O-free state machine (frames,
+//!   sequence numbers and acks, retransmission after a subflow dies, reassembly, resume,
+//!   liveness timers). Time is passed in; nothing here touches a socket or a clock.
+//! - `session`: the Noise IK handshake, per-frame sealing with explicit nonces, the replay
+//!   window and the MAC that lets a new subflow join an existing flow.
+//! - [`name`]: signed name records and the clients of the name services.
+//! - the tokio runtime ([`Endpoint`], [`Flow`]) that owns sockets and timers and drives
+//!   the state machine.
+
+pub mod identity;
+pub mod name;
+pub mod proto;
+pub mod wire;
+
+pub use identity::{Identity, IdentityError, PublicIdentity};

@@ -1,0 +1,1 @@
+//! Signed name records and the clients of the name services.

@@ -1,0 +1,1 @@
+//! The flow protocol as a sans-IO state machine.

@@ -1,0 +1,1 @@
+//! msocketd and the msocket CLI.
