@@ -13,6 +13,7 @@
 pub mod identity;
 pub mod name;
 pub mod proto;
+mod session;
 pub mod wire;
 
 pub use identity::{Identity, IdentityError, PublicIdentity};

@@ -1,0 +1,108 @@
+//! Joining an existing flow with a new subflow.
+//!
+//! ```text
+//! JOIN     = flow_id[16]  join_seq:u64  mac[16]      (client → server, in clear)
+//! JOIN_OK  = status:u8 (0)  mac[16]                   (server → client)
+//! REFUSED  = status:u8 (≠0) reason_len:u8 reason     (server → client, then close)
+//! ```
+//! The MACs are HMAC-SHA256 under the flow's join key, which only the two ends of the
+//! handshake know. `join_seq` grows with every join, and the server refuses one it has seen,
+//! so a captured JOIN cannot be replayed to steal the flow. The reply's MAC proves to the
+//! client that it reached the real peer.
+
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+
+use super::FlowId;
+
+/// Bytes of a JOIN request after the clear subflow header.
+pub(crate) const JOIN_LEN: usize = 16 + 8 + MAC_LEN;
+/// Bytes of a MAC.
+pub(crate) const MAC_LEN: usize = 16;
+
+/// Why a join was refused (sent to the client as the status byte).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum JoinRefusal {
+    #[error("no such flow (it ended, or the peer restarted)")]
+    UnknownFlow = 1,
+    #[error("join not authenticated")]
+    BadMac = 2,
+    #[error("join sequence replayed")]
+    Replayed = 3,
+}
+
+impl JoinRefusal {
+    pub(crate) fn from_code(code: u8) -> Option<JoinRefusal> {
+        match code {
+            1 => Some(JoinRefusal::UnknownFlow),
+            2 => Some(JoinRefusal::BadMac),
+            3 => Some(JoinRefusal::Replayed),
+            _ => None,
+        }
+    }
+}
+
+fn mac(key: &[u8; 32], label: &[u8], flow: &FlowId, seq: u64) -> [u8; MAC_LEN] {
+    let mut m = <Hmac<Sha256> as Mac>::new_from_slice(key).expect("HMAC takes any key length");
+    m.update(label);
+    m.update(&flow.0);
+    m.update(&seq.to_be_bytes());
+    let full = m.finalize().into_bytes();
+    full[..MAC_LEN].try_into().expect("16 bytes")
+}
+
+/// The JOIN request body for `flow` with sequence `seq`.
+pub(crate) fn request(key: &[u8; 32], flow: &FlowId, seq: u64) -> [u8; JOIN_LEN] {
+    let mut out = [0u8; JOIN_LEN];
+    out[..16].copy_from_slice(&flow.0);
+    out[16..24].copy_from_slice(&seq.to_be_bytes());
+    out[24..].copy_from_slice(&mac(key, b"msocket join", flow, seq));
+    out
+}
+
+/// Splits a JOIN request into (flow id, seq, mac) without checking it.
+pub(crate) fn parse_request(body: &[u8; JOIN_LEN]) -> (FlowId, u64, [u8; MAC_LEN]) {
+    let flow = FlowId(body[..16].try_into().expect("16 bytes"));
+    let seq = u64::from_be_bytes(body[16..24].try_into().expect("8 bytes"));
+    (flow, seq, body[24..].try_into().expect("16 bytes"))
+}
+
+/// Checks a JOIN request's MAC in constant time.
+pub(crate) fn verify_request(key: &[u8; 32], flow: &FlowId, seq: u64, tag: &[u8; MAC_LEN]) -> bool {
+    constant_time_eq(&mac(key, b"msocket join", flow, seq), tag)
+}
+
+/// The MAC in a JOIN_OK reply.
+pub(crate) fn accept_mac(key: &[u8; 32], flow: &FlowId, seq: u64) -> [u8; MAC_LEN] {
+    mac(key, b"msocket join ok", flow, seq)
+}
+
+/// Checks a JOIN_OK reply's MAC in constant time.
+pub(crate) fn verify_accept(key: &[u8; 32], flow: &FlowId, seq: u64, tag: &[u8; MAC_LEN]) -> bool {
+    constant_time_eq(&accept_mac(key, flow, seq), tag)
+}
+
+fn constant_time_eq(a: &[u8; MAC_LEN], b: &[u8; MAC_LEN]) -> bool {
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn join_macs_bind_key_flow_and_seq() {
+        let key = [9u8; 32];
+        let flow = FlowId([4; 16]);
+        let req = request(&key, &flow, 3);
+        let (f, seq, tag) = parse_request(&req);
+        assert_eq!((f, seq), (flow, 3));
+        assert!(verify_request(&key, &f, seq, &tag));
+        assert!(!verify_request(&[8u8; 32], &f, seq, &tag), "guessed key");
+        assert!(!verify_request(&key, &f, 4, &tag), "other seq");
+        assert!(!verify_request(&key, &FlowId([5; 16]), 3, &tag), "other flow");
+        let ok = accept_mac(&key, &flow, 3);
+        assert!(verify_accept(&key, &flow, 3, &ok));
+        assert!(!verify_accept(&key, &flow, 3, &tag), "request MAC is not a reply MAC");
+    }
+}
