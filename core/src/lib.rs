@@ -13,7 +13,10 @@
 pub mod identity;
 pub mod name;
 pub mod proto;
+mod runtime;
 mod session;
 pub mod wire;
 
 pub use identity::{Identity, IdentityError, PublicIdentity};
+pub use proto::{FlowConfig, FlowError, FlowStats};
+pub use runtime::{BlockingFlow, Endpoint, EndpointConfig, Error, Flow, FlowEvent, FlowEvents, Listener};

@@ -14,8 +14,8 @@ pub(crate) mod join;
 mod record;
 mod replay;
 
-pub(crate) use handshake::{HandshakeError, Initiator, Responder, SessionKeys};
-pub(crate) use record::{RecordError, RECORD_HEADER_LEN, MAX_RECORD_PLAINTEXT};
+pub(crate) use handshake::{HandshakeError, Initiator, Responder, SessionKeys, MAX_HANDSHAKE_MSG};
+pub(crate) use record::{parse_header as record_header, RecordError, MAX_RECORD_PLAINTEXT, RECORD_HEADER_LEN};
 pub(crate) use replay::ReplayWindow;
 
 /// Identifies a flow on the wire (derived from the handshake hash, so both ends agree

@@ -1,0 +1,447 @@
+//! A flow's shared state and the tasks that drive it.
+//!
+//! The sans-IO [`FlowState`] sits behind one mutex, shared by the application's [`Flow`]
+//! handle, two tasks per subflow and one driver task:
+//! - the subflow **reader** reads a record, opens it *outside* the lock (so decryption on
+//!   one core overlaps encryption on the other), then feeds its frames in;
+//! - the subflow **writer** takes frames out under the lock, seals them outside it and
+//!   writes them; it sleeps on a `Notify` until the state machine has something for it;
+//! - the **driver** runs timers (acks, keepalives, liveness, the flow deadline) and, on the
+//!   connecting side, re-dials when the flow has no subflow left.
+//!
+//! After every change, [`Conn::settle`] turns the state machine's events into wake-ups and
+//! application events. Critical sections never await.
+//!
+//! [`Flow`]: super::Flow
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::task::Waker;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+use tokio::sync::{broadcast, watch, Notify};
+
+use super::endpoint::EndpointInner;
+use super::events::FlowEvent;
+use crate::proto::{self, Frame, FlowState, FlowStatus, SubflowId};
+use crate::session::{ReplayWindow, SessionKeys, MAX_RECORD_PLAINTEXT, RECORD_HEADER_LEN};
+
+/// How long a finished or failed flow waits for its writers to flush before cutting them.
+const LINGER: Duration = Duration::from_secs(2);
+/// Records a writer seals per batch (bounds latency and memory per wake-up).
+const RECORDS_PER_BATCH: usize = 4;
+const READ_BUFFER: usize = 256 * 1024;
+
+/// Which end of the flow this is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Role {
+    /// We connected: we re-dial when the flow loses its last subflow.
+    Client,
+    /// We accepted: we wait for the client to join again.
+    Server,
+}
+
+/// Control of one subflow's tasks.
+struct Sub {
+    local: SocketAddr,
+    remote: SocketAddr,
+    wake: Arc<Notify>,
+    kill: watch::Sender<bool>,
+}
+
+/// The mutable part of a flow.
+pub(crate) struct Inner {
+    pub(crate) proto: FlowState,
+    subflows: HashMap<SubflowId, Sub>,
+    replay: ReplayWindow,
+    pub(crate) read_waker: Option<Waker>,
+    pub(crate) write_waker: Option<Waker>,
+    pub(crate) shutdown_waker: Option<Waker>,
+    /// Set once the flow finished or failed.
+    terminal_at: Option<Instant>,
+    driver_deadline: Option<Instant>,
+    pub(crate) dialing: bool,
+    /// Client: the last join sequence used. Server: the highest accepted.
+    pub(crate) join_seq: u64,
+    /// Where the peer was last reachable (client side re-dials these first).
+    pub(crate) peer_addrs: Vec<SocketAddr>,
+    /// The application dropped its handle: received data is discarded.
+    pub(crate) app_gone: bool,
+}
+
+/// One flow, shared by its handle and its tasks.
+pub(crate) struct Conn {
+    inner: Mutex<Inner>,
+    pub(crate) keys: Arc<SessionKeys>,
+    next_pn: AtomicU64,
+    driver: Notify,
+    pub(crate) role: Role,
+    /// The service name this flow was opened for.
+    pub(crate) name: String,
+    pub(crate) endpoint: Weak<EndpointInner>,
+    events: broadcast::Sender<FlowEvent>,
+}
+
+impl Conn {
+    pub(crate) fn new(
+        keys: Arc<SessionKeys>,
+        role: Role,
+        name: String,
+        config: proto::FlowConfig,
+        endpoint: Weak<EndpointInner>,
+    ) -> Arc<Conn> {
+        let (events, _) = broadcast::channel(256);
+        Arc::new(Conn {
+            inner: Mutex::new(Inner {
+                proto: FlowState::new(config, Instant::now()),
+                subflows: HashMap::new(),
+                replay: ReplayWindow::new(),
+                read_waker: None,
+                write_waker: None,
+                shutdown_waker: None,
+                terminal_at: None,
+                driver_deadline: None,
+                dialing: false,
+                join_seq: 0,
+                peer_addrs: Vec::new(),
+                app_gone: false,
+            }),
+            keys,
+            next_pn: AtomicU64::new(0),
+            driver: Notify::new(),
+            role,
+            name,
+            endpoint,
+            events,
+        })
+    }
+
+    pub(crate) fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic while holding the lock is a bug; the state is still the best we have.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn subscribe(&self) -> broadcast::Receiver<FlowEvent> {
+        self.events.subscribe()
+    }
+
+    pub(crate) fn emit(&self, ev: FlowEvent) {
+        tracing::debug!(flow = %self.keys.flow_id, event = ?ev, "flow event");
+        let _ = self.events.send(ev);
+    }
+
+    pub(crate) fn wake_driver(&self) {
+        self.driver.notify_one();
+    }
+
+    /// Local addresses of the live subflows.
+    pub(crate) fn subflow_locals(&self) -> Vec<(SubflowId, SocketAddr)> {
+        self.lock().subflows.iter().map(|(id, s)| (*id, s.local)).collect()
+    }
+
+    /// Turns the state machine's news into wake-ups and application events. Call after
+    /// every interaction with `inner.proto`, with the lock held.
+    pub(crate) fn settle(&self, inner: &mut Inner) {
+        while let Some(ev) = inner.proto.poll_event() {
+            match ev {
+                proto::FlowEvent::SubflowDead { id } => {
+                    if let Some(sub) = inner.subflows.remove(&id) {
+                        let _ = sub.kill.send(true);
+                        self.emit(FlowEvent::PathLost {
+                            local: sub.local,
+                            remote: sub.remote,
+                            reason: "no reply within the dead-path timeout".into(),
+                        });
+                    }
+                }
+                proto::FlowEvent::Resumed { outage, .. } => self.emit(FlowEvent::Resumed { outage }),
+                proto::FlowEvent::PeerAddrs { addrs, .. } => {
+                    inner.peer_addrs = addrs.clone();
+                    self.emit(FlowEvent::PeerMoved { addrs });
+                }
+                proto::FlowEvent::Finished => self.emit(FlowEvent::Closed { error: None }),
+                proto::FlowEvent::Failed(e) => self.emit(FlowEvent::Closed { error: Some(e.to_string()) }),
+                _ => {}
+            }
+        }
+        let terminal = !matches!(inner.proto.status(), FlowStatus::Open);
+        if terminal && inner.terminal_at.is_none() {
+            inner.terminal_at = Some(Instant::now());
+            self.driver.notify_one();
+        }
+        if inner.app_gone {
+            let mut sink = [0u8; 16 * 1024];
+            while let Ok(proto::ReadOutcome::Data(_)) = inner.proto.read(&mut sink) {}
+        }
+        if terminal || inner.proto.is_readable() {
+            if let Some(w) = inner.read_waker.take() {
+                w.wake();
+            }
+        }
+        if terminal || inner.proto.is_writable() {
+            if let Some(w) = inner.write_waker.take() {
+                w.wake();
+            }
+        }
+        if let Some(w) = inner.shutdown_waker.take() {
+            w.wake();
+        }
+        for (id, sub) in &inner.subflows {
+            if terminal || inner.proto.wants_transmit(*id) {
+                sub.wake.notify_one();
+            }
+        }
+        if let Some(t) = inner.proto.poll_timeout() {
+            if inner.driver_deadline.is_none_or(|d| t < d) {
+                inner.driver_deadline = Some(t);
+                self.driver.notify_one();
+            }
+        }
+    }
+
+    /// Puts an authenticated TCP connection to work as a subflow of this flow.
+    pub(crate) fn attach(self: &Arc<Self>, stream: TcpStream, reader_prefix: Option<JoinCheck>) {
+        let _ = stream.set_nodelay(true);
+        let (Ok(local), Ok(remote)) = (stream.local_addr(), stream.peer_addr()) else {
+            return;
+        };
+        let (r, w) = stream.into_split();
+        let wake = Arc::new(Notify::new());
+        let (kill, kill_rx) = watch::channel(false);
+        let id = {
+            let mut inner = self.lock();
+            if inner.terminal_at.is_some() {
+                return;
+            }
+            let id = inner.proto.add_subflow(Instant::now());
+            inner.subflows.insert(id, Sub { local, remote, wake: wake.clone(), kill });
+            if !inner.peer_addrs.contains(&remote) {
+                inner.peer_addrs.insert(0, remote);
+            }
+            self.settle(&mut inner);
+            id
+        };
+        tracing::info!(flow = %self.keys.flow_id, %local, %remote, subflow = id.0, "subflow up");
+        self.emit(FlowEvent::PathAdded { local, remote });
+        tokio::spawn(writer(self.clone(), id, w, wake, kill_rx.clone()));
+        tokio::spawn(reader(self.clone(), id, r, kill_rx, reader_prefix));
+    }
+
+    /// Retires a subflow (its socket failed, closed, or its local address vanished).
+    pub(crate) fn subflow_gone(&self, id: SubflowId, reason: &str) {
+        let mut inner = self.lock();
+        let Some(sub) = inner.subflows.remove(&id) else {
+            return;
+        };
+        let _ = sub.kill.send(true);
+        inner.proto.remove_subflow(id, Instant::now());
+        tracing::info!(flow = %self.keys.flow_id, local = %sub.local, remote = %sub.remote, reason, "subflow down");
+        self.emit(FlowEvent::PathLost { local: sub.local, remote: sub.remote, reason: reason.to_string() });
+        self.settle(&mut inner);
+        self.driver.notify_one();
+    }
+
+    /// Runs timers and re-dials until the flow is over.
+    pub(crate) async fn drive(self: Arc<Self>) {
+        loop {
+            let deadline = {
+                let mut inner = self.lock();
+                let now = Instant::now();
+                inner.proto.handle_timeout(now);
+                inner.driver_deadline = None;
+                self.settle(&mut inner);
+                if let Some(t) = inner.terminal_at {
+                    if inner.subflows.is_empty() {
+                        break;
+                    }
+                    if now >= t + LINGER {
+                        for (_, sub) in inner.subflows.drain() {
+                            let _ = sub.kill.send(true);
+                        }
+                        break;
+                    }
+                } else if self.role == Role::Client && inner.proto.live_subflows() == 0 && !inner.dialing {
+                    inner.dialing = true;
+                    tokio::spawn(super::dial::redial(self.clone()));
+                }
+                let mut d = inner.proto.poll_timeout();
+                if let Some(t) = inner.terminal_at {
+                    d = Some(d.map_or(t + LINGER, |d| d.min(t + LINGER)));
+                }
+                inner.driver_deadline = d;
+                d
+            };
+            let sleep = async {
+                match deadline {
+                    Some(d) => tokio::time::sleep_until(d.into()).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = sleep => {}
+                _ = self.driver.notified() => {}
+            }
+        }
+        if let Some(ep) = self.endpoint.upgrade() {
+            ep.forget_flow(&self.keys.flow_id);
+        }
+        tracing::debug!(flow = %self.keys.flow_id, "flow driver done");
+    }
+
+    /// Takes up to [`RECORDS_PER_BATCH`] records of frames for subflow `id`, each with its
+    /// packet number.
+    fn take_records(&self, inner: &mut Inner, id: SubflowId) -> Vec<(u64, BytesMut)> {
+        let now = Instant::now();
+        let mut records = Vec::new();
+        let mut cur = BytesMut::with_capacity(MAX_RECORD_PLAINTEXT);
+        while records.len() < RECORDS_PER_BATCH {
+            let room = MAX_RECORD_PLAINTEXT - cur.len();
+            match inner.proto.poll_transmit(id, now, room) {
+                Some(frame) => frame.encode(&mut cur),
+                None if cur.is_empty() => break,
+                None => {
+                    let pn = self.next_pn.fetch_add(1, Ordering::Relaxed);
+                    records.push((pn, std::mem::replace(&mut cur, BytesMut::with_capacity(MAX_RECORD_PLAINTEXT))));
+                }
+            }
+        }
+        if !cur.is_empty() {
+            records.push((self.next_pn.fetch_add(1, Ordering::Relaxed), cur));
+        }
+        records
+    }
+}
+
+/// For a joining client: the JOIN answer to read before any record.
+pub(crate) struct JoinCheck {
+    pub(crate) seq: u64,
+}
+
+async fn killed(kill: &mut watch::Receiver<bool>) {
+    let _ = kill.wait_for(|k| *k).await;
+}
+
+async fn writer(
+    conn: Arc<Conn>,
+    id: SubflowId,
+    mut w: OwnedWriteHalf,
+    wake: Arc<Notify>,
+    mut kill: watch::Receiver<bool>,
+) {
+    let mut out = Vec::with_capacity(RECORDS_PER_BATCH * (MAX_RECORD_PLAINTEXT + 32));
+    let reason = loop {
+        let (records, terminal) = {
+            let mut inner = conn.lock();
+            if !inner.subflows.contains_key(&id) {
+                break "retired";
+            }
+            let records = conn.take_records(&mut inner, id);
+            conn.settle(&mut inner);
+            (records, inner.terminal_at.is_some())
+        };
+        if records.is_empty() {
+            if terminal {
+                let _ = w.shutdown().await;
+                break "flow over";
+            }
+            tokio::select! {
+                _ = wake.notified() => continue,
+                _ = killed(&mut kill) => break "retired",
+            }
+        }
+        out.clear();
+        for (pn, plain) in &records {
+            if let Err(e) = conn.keys.seal(*pn, plain, &mut out) {
+                tracing::error!(error = %e, "sealing a record failed");
+                return conn.subflow_gone(id, "sealing failed");
+            }
+        }
+        tokio::select! {
+            r = w.write_all(&out) => if let Err(e) = r {
+                tracing::debug!(error = %e, "subflow write failed");
+                break "write failed";
+            },
+            _ = killed(&mut kill) => break "retired",
+        }
+    };
+    conn.subflow_gone(id, reason);
+}
+
+async fn reader(
+    conn: Arc<Conn>,
+    id: SubflowId,
+    r: OwnedReadHalf,
+    mut kill: watch::Receiver<bool>,
+    join: Option<JoinCheck>,
+) {
+    let mut r = BufReader::with_capacity(READ_BUFFER, r);
+    let reason: String = async {
+        if let Some(check) = join {
+            let answer = tokio::select! {
+                a = super::header::read_join_answer(&mut r, &conn.keys.join_key, &conn.keys.flow_id, check.seq) => a,
+                _ = killed(&mut kill) => return "retired".to_string(),
+            };
+            if let Err(e) = answer {
+                if e.is_fatal() {
+                    let mut inner = conn.lock();
+                    inner.proto.abort(0, "the peer no longer knows this flow");
+                    conn.settle(&mut inner);
+                }
+                return e.to_string();
+            }
+        }
+        let mut ct = vec![0u8; u16::MAX as usize];
+        loop {
+            let mut hdr = [0u8; RECORD_HEADER_LEN];
+            let read = async {
+                r.read_exact(&mut hdr).await?;
+                let (len, pn) = crate::session::record_header(&hdr);
+                r.read_exact(&mut ct[..len]).await?;
+                Ok::<_, std::io::Error>((len, pn))
+            };
+            let (len, pn) = tokio::select! {
+                res = read => match res {
+                    Ok(v) => v,
+                    Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return "peer closed the subflow".into(),
+                    Err(e) => return format!("read failed: {e}"),
+                },
+                _ = killed(&mut kill) => return "retired".into(),
+            };
+            let mut plain = BytesMut::zeroed(len);
+            let n = match conn.keys.open(pn, &ct[..len], &mut plain) {
+                Ok(n) => n,
+                Err(e) => return e.to_string(),
+            };
+            plain.truncate(n);
+            let frames = match Frame::decode_all(plain.freeze()) {
+                Ok(f) => f,
+                Err(e) => return format!("malformed frame: {e}"),
+            };
+            let mut inner = conn.lock();
+            if !inner.replay.is_fresh(pn) {
+                tracing::warn!(flow = %conn.keys.flow_id, pn, "replayed record dropped");
+                continue;
+            }
+            inner.replay.insert(pn);
+            if !inner.subflows.contains_key(&id) {
+                return "retired".into();
+            }
+            let now = Instant::now();
+            for frame in frames {
+                if let Err(v) = inner.proto.handle_frame(id, frame, now) {
+                    conn.settle(&mut inner);
+                    return format!("protocol violation: {v}");
+                }
+            }
+            conn.settle(&mut inner);
+        }
+    }
+    .await;
+    conn.subflow_gone(id, &reason);
+}

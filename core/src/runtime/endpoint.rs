@@ -1,0 +1,466 @@
+//! The endpoint: one identity, its listening sockets, its names and its flows.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::Duration;
+
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::sync::{mpsc, watch};
+use tokio::task::AbortHandle;
+
+use super::conn::{Conn, Role};
+use super::events::FlowEvent;
+use super::flow::Flow;
+use super::header::{self, Kind};
+use super::Error;
+use crate::identity::{Identity, PublicIdentity};
+use crate::name::{self, NameRecord, NameService, SignedRecord};
+use crate::proto::FlowConfig;
+use crate::session::join::{self, JoinRefusal};
+use crate::session::{FlowId, Responder};
+
+/// How an endpoint behaves. Every field has a default chosen for phones.
+#[derive(Clone, Debug)]
+pub struct EndpointConfig {
+    /// Where names are registered and looked up.
+    pub names: Arc<dyn NameService>,
+    /// Local addresses to use. Empty: let the operating system choose for outgoing
+    /// subflows and listen on all interfaces.
+    pub local_ips: Vec<IpAddr>,
+    /// Port to listen on (0: any free port, kept across moves when possible).
+    pub listen_port: u16,
+    /// The flow protocol's buffers and timers.
+    pub flow: FlowConfig,
+    /// How long `connect` keeps trying before it fails. Default 20 s.
+    pub connect_timeout: Duration,
+    /// Bound on one TCP connect or subflow handshake. Default 5 s.
+    pub io_timeout: Duration,
+    /// Lifetime of a published name record; it is re-published at half this. Default 1 h.
+    pub record_ttl: Duration,
+}
+
+impl EndpointConfig {
+    /// Defaults, with the given name service.
+    pub fn new(names: Arc<dyn NameService>) -> EndpointConfig {
+        EndpointConfig {
+            names,
+            local_ips: Vec::new(),
+            listen_port: 0,
+            flow: FlowConfig::default(),
+            connect_timeout: Duration::from_secs(20),
+            io_timeout: Duration::from_secs(5),
+            record_ttl: Duration::from_secs(3600),
+        }
+    }
+}
+
+struct State {
+    ips: Vec<IpAddr>,
+    port: u16,
+    listeners: Vec<(SocketAddr, AbortHandle)>,
+    services: HashMap<String, mpsc::Sender<Flow>>,
+    flows: HashMap<FlowId, Weak<Conn>>,
+    refresh: Option<AbortHandle>,
+}
+
+pub(crate) struct EndpointInner {
+    pub(crate) identity: Identity,
+    pub(crate) config: EndpointConfig,
+    state: Mutex<State>,
+    /// Bumped whenever local addresses change; re-dialers wake on it.
+    pub(crate) net_changed: watch::Sender<u64>,
+    pins: Mutex<HashMap<String, PublicIdentity>>,
+    record_seq: AtomicU64,
+}
+
+impl Drop for EndpointInner {
+    fn drop(&mut self) {
+        let state = self.state.get_mut().unwrap_or_else(|p| p.into_inner());
+        for (_, h) in state.listeners.drain(..) {
+            h.abort();
+        }
+        if let Some(h) = state.refresh.take() {
+            h.abort();
+        }
+    }
+}
+
+/// An identity bound to a name service: listens on names and connects to them.
+#[derive(Clone)]
+pub struct Endpoint {
+    inner: Arc<EndpointInner>,
+}
+
+impl std::fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Endpoint({})", self.inner.identity.public().fingerprint())
+    }
+}
+
+/// Accepts the flows peers open to one name.
+#[derive(Debug)]
+pub struct Listener {
+    name: String,
+    rx: mpsc::Receiver<Flow>,
+    ep: Weak<EndpointInner>,
+}
+
+impl Listener {
+    /// The next flow a peer opened to this name.
+    pub async fn accept(&mut self) -> Result<Flow, Error> {
+        self.rx.recv().await.ok_or(Error::Closed)
+    }
+
+    /// The name listened on.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        if let Some(ep) = self.ep.upgrade() {
+            ep.lock().services.remove(&self.name);
+        }
+    }
+}
+
+impl Endpoint {
+    /// An endpoint for `identity`. Sockets open when it listens or connects.
+    pub fn bind(identity: Identity, config: EndpointConfig) -> Result<Endpoint, Error> {
+        let (net_changed, _) = watch::channel(0);
+        let state = State {
+            ips: config.local_ips.clone(),
+            port: config.listen_port,
+            listeners: Vec::new(),
+            services: HashMap::new(),
+            flows: HashMap::new(),
+            refresh: None,
+        };
+        Ok(Endpoint {
+            inner: Arc::new(EndpointInner {
+                identity,
+                config,
+                state: Mutex::new(state),
+                net_changed,
+                pins: Mutex::new(HashMap::new()),
+                record_seq: AtomicU64::new(0),
+            }),
+        })
+    }
+
+    /// This endpoint's public keys.
+    pub fn public(&self) -> PublicIdentity {
+        self.inner.identity.public()
+    }
+
+    /// Starts serving `name`: publishes a signed record with this endpoint's addresses
+    /// (and keeps it current as they change) and returns a listener for its flows.
+    pub async fn listen(&self, name: &str) -> Result<Listener, Error> {
+        name::validate_name(name)?;
+        let (tx, rx) = mpsc::channel(64);
+        {
+            let mut st = self.inner.lock();
+            if st.services.contains_key(name) {
+                return Err(Error::AlreadyListening(name.to_string()));
+            }
+            if st.listeners.is_empty() {
+                self.inner.bind_listeners(&mut st)?;
+            }
+            st.services.insert(name.to_string(), tx);
+            if st.refresh.is_none() {
+                st.refresh = Some(tokio::spawn(refresh_records(Arc::downgrade(&self.inner))).abort_handle());
+            }
+        }
+        let listener = Listener { name: name.to_string(), rx, ep: Arc::downgrade(&self.inner) };
+        self.inner.publish(name).await?;
+        Ok(listener)
+    }
+
+    /// Opens a flow to the endpoint serving `name`.
+    pub async fn connect(&self, name: &str) -> Result<Flow, Error> {
+        super::dial::connect(&self.inner, name).await
+    }
+
+    /// Tells the endpoint that its usable local addresses are now `ips` (the network
+    /// watcher's and the platform's entry point). Subflows on vanished addresses are
+    /// retired at once and re-dialed from the new ones; listening sockets move; names
+    /// are re-published and peers told the new addresses.
+    pub async fn set_local_ips(&self, ips: Vec<IpAddr>) -> Result<(), Error> {
+        let (flows, services) = {
+            let mut st = self.inner.lock();
+            st.ips = ips.clone();
+            if !st.listeners.is_empty() {
+                let keep: Vec<_> = st.listeners.drain(..).collect();
+                for (addr, h) in keep {
+                    if ips.is_empty() || ips.contains(&addr.ip()) {
+                        st.listeners.push((addr, h));
+                    } else {
+                        h.abort();
+                    }
+                }
+                self.inner.bind_listeners(&mut st)?;
+            }
+            let flows: Vec<_> = st.flows.values().filter_map(Weak::upgrade).collect();
+            (flows, st.services.keys().cloned().collect::<Vec<_>>())
+        };
+        tracing::info!(?ips, "local addresses changed");
+        for conn in &flows {
+            if !ips.is_empty() {
+                for (id, local) in conn.subflow_locals() {
+                    if !ips.contains(&local.ip()) {
+                        conn.subflow_gone(id, "local address gone");
+                    }
+                }
+            }
+            conn.emit(FlowEvent::Moved { addrs: ips.clone() });
+        }
+        self.inner.net_changed.send_modify(|g| *g += 1);
+        for name in &services {
+            self.inner.publish(name).await?;
+        }
+        let addrs = self.inner.published_addrs();
+        for conn in flows.iter().filter(|c| c.role == Role::Server) {
+            let mut inner = conn.lock();
+            inner.proto.advertise_addrs(addrs.clone(), Vec::new());
+            conn.settle(&mut inner);
+        }
+        Ok(())
+    }
+
+    /// The addresses this endpoint publishes for its names.
+    pub fn published_addrs(&self) -> Vec<SocketAddr> {
+        self.inner.published_addrs()
+    }
+}
+
+impl EndpointInner {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn forget_flow(&self, id: &FlowId) {
+        self.lock().flows.remove(id);
+    }
+
+    pub(crate) fn remember_flow(&self, conn: &Arc<Conn>) {
+        self.lock().flows.insert(conn.keys.flow_id, Arc::downgrade(conn));
+    }
+
+    /// Binds a listening socket on every local address that lacks one.
+    fn bind_listeners(self: &Arc<Self>, st: &mut State) -> Result<(), Error> {
+        let wanted: Vec<IpAddr> =
+            if st.ips.is_empty() { vec![IpAddr::V4(Ipv4Addr::UNSPECIFIED)] } else { st.ips.clone() };
+        for ip in wanted {
+            if st.listeners.iter().any(|(a, _)| a.ip() == ip) {
+                continue;
+            }
+            let listener = bind_listener(SocketAddr::new(ip, st.port))
+                .or_else(|_| bind_listener(SocketAddr::new(ip, 0)))
+                .map_err(|e| Error::io(format!("listen on {ip}"), e))?;
+            let addr = listener.local_addr().map_err(|e| Error::io("listener address", e))?;
+            if st.port == 0 {
+                st.port = addr.port();
+            }
+            tracing::info!(%addr, "listening");
+            let task = tokio::spawn(accept_loop(Arc::downgrade(self), listener));
+            st.listeners.push((addr, task.abort_handle()));
+        }
+        Ok(())
+    }
+
+    /// Addresses peers can reach our listeners on.
+    pub(crate) fn published_addrs(&self) -> Vec<SocketAddr> {
+        let st = self.lock();
+        let mut out = Vec::new();
+        for (addr, _) in &st.listeners {
+            if addr.ip().is_unspecified() {
+                out.extend(interface_ips().into_iter().map(|ip| SocketAddr::new(ip, addr.port())));
+            } else {
+                out.push(*addr);
+            }
+        }
+        out
+    }
+
+    /// Publishes (or refreshes) the record of `name` with the current addresses.
+    async fn publish(&self, name: &str) -> Result<(), Error> {
+        let public = self.identity.public();
+        let now = name::unix_now();
+        let millis = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        // Time-based sequence numbers stay increasing across restarts without storage.
+        let seq = self
+            .record_seq
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |s| Some(millis.max(s + 1)))
+            .map_or(millis, |prev| millis.max(prev + 1));
+        let record = NameRecord {
+            name: name.to_string(),
+            signing_key: public.signing,
+            noise_key: public.noise,
+            addrs: self.published_addrs(),
+            relays: Vec::new(),
+            seq,
+            expires: now + self.config.record_ttl.as_secs(),
+        };
+        let signed = SignedRecord::sign(record, &self.identity)?;
+        self.config.names.register(&signed).await?;
+        tracing::info!(name, addrs = ?signed.record.addrs, seq, "name published");
+        Ok(())
+    }
+
+    /// Looks `name` up and checks its keys against the ones seen first.
+    pub(crate) async fn lookup_pinned(&self, name: &str) -> Result<NameRecord, Error> {
+        let record = self.config.names.lookup(name).await?.record;
+        let offered = record.public();
+        let mut pins = self.pins.lock().unwrap_or_else(|p| p.into_inner());
+        let pinned = *pins.entry(name.to_string()).or_insert(offered);
+        if pinned != offered {
+            return Err(Error::KeyChanged {
+                name: name.to_string(),
+                pinned: pinned.fingerprint(),
+                offered: offered.fingerprint(),
+            });
+        }
+        Ok(record)
+    }
+
+    /// A TCP connection to `addr` from one of our local addresses.
+    pub(crate) async fn dial_tcp(&self, addr: SocketAddr) -> std::io::Result<TcpStream> {
+        let local = self.lock().ips.iter().copied().find(|ip| ip.is_ipv4() == addr.is_ipv4());
+        let sock = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+        if let Some(ip) = local {
+            sock.bind(SocketAddr::new(ip, 0))?;
+        }
+        sock.set_nodelay(true)?;
+        match tokio::time::timeout(self.config.io_timeout, sock.connect(addr)).await {
+            Ok(r) => r,
+            Err(_) => Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out")),
+        }
+    }
+
+    /// Serves one incoming TCP connection: a new flow or a join.
+    async fn handle_incoming(self: Arc<Self>, mut stream: TcpStream) -> Result<(), String> {
+        let kind = header::read_header(&mut stream).await.map_err(|e| e.to_string())?;
+        match kind {
+            Kind::NewFlow => {
+                let msg = header::read_handshake(&mut stream, crate::session::MAX_HANDSHAKE_MSG)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let responder = Responder::read(&self.identity, &msg).map_err(|e| e.to_string())?;
+                let name = responder.name.clone();
+                let Some(tx) = self.lock().services.get(&name).cloned() else {
+                    let reply = responder.refuse_unknown_name().map_err(|e| e.to_string())?;
+                    let _ = header::write_handshake(&mut stream, &[], &reply).await;
+                    return Err(format!("refused a flow for {name:?}: not served here"));
+                };
+                let (reply, keys) = responder.accept().map_err(|e| e.to_string())?;
+                header::write_handshake(&mut stream, &[], &reply).await.map_err(|e| e.to_string())?;
+                let conn = Conn::new(keys, Role::Server, name, self.config.flow.clone(), Arc::downgrade(&self));
+                self.remember_flow(&conn);
+                conn.attach(stream, None);
+                tokio::spawn(conn.clone().drive());
+                if let Err(mpsc::error::TrySendError::Full(flow) | mpsc::error::TrySendError::Closed(flow)) =
+                    tx.try_send(Flow::new(conn))
+                {
+                    flow.abort("the listener is not accepting");
+                }
+                Ok(())
+            }
+            Kind::Join => {
+                let body = header::read_join(&mut stream).await.map_err(|e| e.to_string())?;
+                let (flow_id, seq, tag) = join::parse_request(&body);
+                let conn = self.lock().flows.get(&flow_id).and_then(Weak::upgrade);
+                let refusal = match &conn {
+                    None => Some(JoinRefusal::UnknownFlow),
+                    Some(c) if !join::verify_request(&c.keys.join_key, &flow_id, seq, &tag) => Some(JoinRefusal::BadMac),
+                    Some(c) => {
+                        let mut inner = c.lock();
+                        if seq <= inner.join_seq {
+                            Some(JoinRefusal::Replayed)
+                        } else {
+                            inner.join_seq = seq;
+                            None
+                        }
+                    }
+                };
+                match (refusal, conn) {
+                    (None, Some(conn)) => {
+                        let ok = header::join_accept(&conn.keys.join_key, &flow_id, seq);
+                        stream.write_all(&ok).await.map_err(|e| e.to_string())?;
+                        conn.attach(stream, None);
+                        Ok(())
+                    }
+                    (why, _) => {
+                        let why = why.unwrap_or(JoinRefusal::UnknownFlow);
+                        let _ = stream.write_all(&header::join_refuse(why)).await;
+                        Err(format!("refused a join for flow {flow_id}: {why}"))
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn bind_listener(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let sock = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+    sock.set_reuseaddr(true)?;
+    sock.bind(addr)?;
+    sock.listen(1024)
+}
+
+/// Non-loopback interface addresses, or loopback when there is nothing else.
+fn interface_ips() -> Vec<IpAddr> {
+    let mut ips: Vec<IpAddr> = if_addrs::get_if_addrs()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|i| !i.is_loopback() && i.ip().is_ipv4())
+        .map(|i| i.ip())
+        .collect();
+    if ips.is_empty() {
+        ips.push(IpAddr::V4(Ipv4Addr::LOCALHOST));
+    }
+    ips
+}
+
+async fn accept_loop(ep: Weak<EndpointInner>, listener: TcpListener) {
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                // Out of descriptors and the like: back off instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Some(ep) = ep.upgrade() else { return };
+        let limit = ep.config.io_timeout;
+        tokio::spawn(async move {
+            match tokio::time::timeout(limit, ep.handle_incoming(stream)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(reason)) => tracing::warn!(%peer, reason, "incoming subflow refused"),
+                Err(_) => tracing::warn!(%peer, "incoming subflow timed out in its handshake"),
+            }
+        });
+    }
+}
+
+async fn refresh_records(ep: Weak<EndpointInner>) {
+    loop {
+        let Some(period) = ep.upgrade().map(|e| e.config.record_ttl / 2) else { return };
+        tokio::time::sleep(period.max(Duration::from_secs(1))).await;
+        let Some(ep) = ep.upgrade() else { return };
+        let names: Vec<String> = ep.lock().services.keys().cloned().collect();
+        for name in names {
+            if let Err(e) = ep.publish(&name).await {
+                tracing::warn!(name, error = %e, "re-publishing the name record failed");
+            }
+        }
+    }
+}

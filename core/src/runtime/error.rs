@@ -1,0 +1,81 @@
+//! The errors the runtime reports to applications.
+
+use std::io;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use crate::name::NameError;
+use crate::proto::FlowError;
+
+/// What went wrong in an endpoint or flow operation.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The name service refused or failed.
+    #[error("name service: {0}")]
+    Name(#[from] NameError),
+    /// A name's record now carries other keys than the ones this endpoint saw first.
+    #[error("the keys of {name} changed (first seen {pinned}, now {offered}); refusing to connect")]
+    KeyChanged {
+        /// The name.
+        name: String,
+        /// Fingerprint of the keys seen first.
+        pinned: String,
+        /// Fingerprint of the keys offered now.
+        offered: String,
+    },
+    /// The peer could not be reached in time.
+    #[error("could not reach {name} (tried {tried:?}) within {after:?}: {last}")]
+    Unreachable {
+        /// The name.
+        name: String,
+        /// The addresses tried.
+        tried: Vec<SocketAddr>,
+        /// How long we tried.
+        after: Duration,
+        /// The last failure.
+        last: String,
+    },
+    /// The peer does not serve the name asked for.
+    #[error("{name} is not served by the peer at {addr}")]
+    UnknownName {
+        /// The name.
+        name: String,
+        /// The address that answered.
+        addr: SocketAddr,
+    },
+    /// The name is already being listened on by this endpoint.
+    #[error("already listening on {0}")]
+    AlreadyListening(String),
+    /// A local socket operation failed.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// The operating system's error.
+        source: io::Error,
+    },
+    /// The flow failed.
+    #[error(transparent)]
+    Flow(#[from] FlowError),
+    /// The endpoint was closed.
+    #[error("endpoint closed")]
+    Closed,
+}
+
+impl Error {
+    pub(crate) fn io(what: impl Into<String>, source: io::Error) -> Error {
+        Error::Io { what: what.into(), source }
+    }
+}
+
+/// Maps a flow failure to the `io::Error` that `AsyncRead`/`AsyncWrite` report.
+pub(crate) fn flow_io_error(e: FlowError) -> io::Error {
+    let kind = match e {
+        FlowError::DeadlineExceeded { .. } => io::ErrorKind::TimedOut,
+        FlowError::PeerAborted { .. } => io::ErrorKind::ConnectionReset,
+        FlowError::LocallyAborted { .. } => io::ErrorKind::ConnectionAborted,
+        FlowError::WriteAfterFinish => io::ErrorKind::BrokenPipe,
+    };
+    io::Error::new(kind, Error::Flow(e))
+}

@@ -1,0 +1,213 @@
+//! The application's handle on a flow.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use super::conn::Conn;
+use super::error::flow_io_error;
+use super::events::FlowEvents;
+use crate::proto::{FlowStats, FlowStatus, ReadOutcome};
+use crate::session::FlowId;
+
+/// One byte stream to a named peer. Reads and writes go through `AsyncRead` and
+/// `AsyncWrite`; `shutdown` sends the end of the stream and resolves once the peer has
+/// acknowledged every byte written (so `Ok` means delivered). Dropping the handle finishes
+/// the sending side and discards what arrives.
+pub struct Flow {
+    conn: Arc<Conn>,
+    finished: bool,
+}
+
+impl std::fmt::Debug for Flow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Flow({} to {:?})", self.conn.keys.flow_id, self.conn.name)
+    }
+}
+
+impl Flow {
+    pub(crate) fn new(conn: Arc<Conn>) -> Flow {
+        Flow { conn, finished: false }
+    }
+
+    /// The service name this flow was opened for.
+    pub fn name(&self) -> &str {
+        &self.conn.name
+    }
+
+    /// A printable identifier of this flow (the same at both ends).
+    pub fn id(&self) -> String {
+        self.flow_id().to_string()
+    }
+
+    pub(crate) fn flow_id(&self) -> FlowId {
+        self.conn.keys.flow_id
+    }
+
+    /// The peer's Noise public key, authenticated by the handshake.
+    pub fn peer_key(&self) -> [u8; 32] {
+        self.conn.keys.remote_static
+    }
+
+    /// Events from now on.
+    pub fn events(&self) -> FlowEvents {
+        FlowEvents { rx: self.conn.subscribe() }
+    }
+
+    /// Byte counters.
+    pub fn stats(&self) -> FlowStats {
+        self.conn.lock().proto.stats()
+    }
+
+    /// Number of live subflows.
+    pub fn paths(&self) -> usize {
+        self.conn.lock().proto.live_subflows()
+    }
+
+    /// Ends the flow at once with `reason`; the peer's reads and writes fail with it.
+    pub fn abort(&self, reason: &str) {
+        let mut inner = self.conn.lock();
+        inner.proto.abort(1, reason);
+        self.conn.settle(&mut inner);
+    }
+
+    /// A blocking handle for threads outside the async runtime.
+    pub fn into_blocking(self, runtime: tokio::runtime::Handle) -> BlockingFlow {
+        BlockingFlow { flow: self, runtime, timeout: None }
+    }
+}
+
+impl Drop for Flow {
+    fn drop(&mut self) {
+        let mut inner = self.conn.lock();
+        inner.app_gone = true;
+        let _ = inner.proto.finish();
+        self.conn.settle(&mut inner);
+    }
+}
+
+impl AsyncRead for Flow {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let mut inner = self.conn.lock();
+        match inner.proto.read(buf.initialize_unfilled()) {
+            Ok(ReadOutcome::Data(n)) => {
+                buf.advance(n);
+                self.conn.settle(&mut inner);
+                Poll::Ready(Ok(()))
+            }
+            Ok(ReadOutcome::Fin) => Poll::Ready(Ok(())),
+            Ok(ReadOutcome::Blocked) => {
+                inner.read_waker = Some(cx.waker().clone());
+                Poll::Pending
+            }
+            Err(e) => Poll::Ready(Err(flow_io_error(e))),
+        }
+    }
+}
+
+impl AsyncWrite for Flow {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
+        if data.is_empty() {
+            return Poll::Ready(Ok(0));
+        }
+        let mut inner = self.conn.lock();
+        match inner.proto.write(data) {
+            Ok(0) => {
+                inner.write_waker = Some(cx.waker().clone());
+                Poll::Pending
+            }
+            Ok(n) => {
+                self.conn.settle(&mut inner);
+                Poll::Ready(Ok(n))
+            }
+            Err(e) => Poll::Ready(Err(flow_io_error(e))),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let conn = self.conn.clone();
+        let mut inner = conn.lock();
+        if !self.finished {
+            if let Err(e) = inner.proto.finish() {
+                return Poll::Ready(Err(flow_io_error(e)));
+            }
+            self.finished = true;
+            conn.settle(&mut inner);
+        }
+        if let FlowStatus::Failed(e) = inner.proto.status() {
+            return Poll::Ready(Err(flow_io_error(e)));
+        }
+        let stats = inner.proto.stats();
+        if stats.bytes_acked >= stats.bytes_written {
+            return Poll::Ready(Ok(()));
+        }
+        inner.shutdown_waker = Some(cx.waker().clone());
+        Poll::Pending
+    }
+}
+
+/// A [`Flow`] with blocking `Read` and `Write`, for threads that are not async. Calls
+/// block the calling thread on the runtime given to [`Flow::into_blocking`]; never call
+/// them from inside that runtime.
+#[derive(Debug)]
+pub struct BlockingFlow {
+    flow: Flow,
+    runtime: tokio::runtime::Handle,
+    timeout: Option<Duration>,
+}
+
+impl BlockingFlow {
+    /// Bounds every read, write and shutdown (`None`: wait as long as the flow lives).
+    pub fn set_timeout(&mut self, timeout: Option<Duration>) {
+        self.timeout = timeout;
+    }
+
+    /// The async flow inside.
+    pub fn get_ref(&self) -> &Flow {
+        &self.flow
+    }
+
+    /// Sends the end of the stream and waits until the peer acknowledged every byte.
+    pub fn shutdown(&mut self) -> io::Result<()> {
+        use tokio::io::AsyncWriteExt;
+        let (flow, t) = (&mut self.flow, self.timeout);
+        self.runtime.block_on(with_timeout(t, flow.shutdown()))
+    }
+}
+
+async fn with_timeout<T>(t: Option<Duration>, f: impl std::future::Future<Output = io::Result<T>>) -> io::Result<T> {
+    match t {
+        None => f.await,
+        Some(t) => tokio::time::timeout(t, f)
+            .await
+            .unwrap_or_else(|_| Err(io::Error::new(io::ErrorKind::TimedOut, "flow operation timed out"))),
+    }
+}
+
+impl io::Read for BlockingFlow {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        use tokio::io::AsyncReadExt;
+        let (flow, t) = (&mut self.flow, self.timeout);
+        self.runtime.block_on(with_timeout(t, flow.read(buf)))
+    }
+}
+
+impl io::Write for BlockingFlow {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        use tokio::io::AsyncWriteExt;
+        let (flow, t) = (&mut self.flow, self.timeout);
+        self.runtime.block_on(with_timeout(t, flow.write(buf)))
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}

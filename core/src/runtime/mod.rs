@@ -1,0 +1,19 @@
+//! The tokio runtime: endpoints, flows, and the tasks that move their bytes.
+//!
+//! The protocol itself lives in [`crate::proto`] and knows nothing of sockets or clocks;
+//! this layer owns both. An [`Endpoint`] binds an identity to a name service, listens on
+//! names and connects to them; each [`Flow`] is driven by tasks (see `conn`) that carry
+//! sealed records over TCP subflows and re-dial when paths die.
+
+mod conn;
+mod dial;
+mod endpoint;
+mod error;
+mod events;
+mod flow;
+mod header;
+
+pub use endpoint::{Endpoint, EndpointConfig, Listener};
+pub use error::Error;
+pub use events::{FlowEvent, FlowEvents};
+pub use flow::{BlockingFlow, Flow};
