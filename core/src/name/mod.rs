@@ -1,1 +1,326 @@
 //! Signed name records and the clients of the name services.
+//!
+//! A peer is reached by *name*, not by address: its addresses change every time the phone
+//! moves, so it publishes a [`NameRecord`] (its keys, current addresses and relays) to a
+//! name service and re-publishes whenever something changes. Whoever connects looks the
+//! name up and learns where to go and which keys to expect in the handshake.
+//!
+//! The name service is trusted for *availability only*. Every record is signed by the
+//! Ed25519 key it carries ([`SignedRecord`]), and every client verifies the signature, the
+//! name and the expiry itself before using a record, so a lying or compromised server can
+//! hide a record or serve an older one, but cannot point a name at someone else's keys.
+//!
+//! Ownership is first come, first served: the first registration binds a name to its
+//! signing key, and later records for that name must be signed by the same key and carry a
+//! strictly higher sequence number ([`check_update`]). These rules live in one pure
+//! function so the in-process store ([`MemoryNameService`]) and the durable server store
+//! cannot drift apart.
+//!
+//! Services are used through the object-safe [`NameService`] trait; [`connect_url`] turns
+//! a configuration string into one.
+
+pub mod protocol;
+mod record;
+mod tcp_client;
+mod url;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Mutex;
+use std::time::Duration;
+
+pub use record::{
+    validate_name, NameRecord, SignedRecord, MAX_ADDRS, MAX_NAME_LEN, MAX_RELAYS, MAX_RELAY_LEN,
+    RECORD_VERSION,
+};
+pub use tcp_client::TcpNameClient;
+pub use url::{connect_url, DEFAULT_NAMES_URL};
+
+use crate::wire::DecodeError;
+
+/// What went wrong while publishing, looking up or checking a name record.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum NameError {
+    /// No record is registered under the name.
+    #[error("name {0:?} is not registered")]
+    NotFound(String),
+    /// The name is not a valid msocket name.
+    #[error("invalid name {name:?}: {reason}")]
+    InvalidName {
+        /// The offending name.
+        name: String,
+        /// Which rule it breaks.
+        reason: String,
+    },
+    /// The record's signature does not verify under the key it carries (or the record is
+    /// not the one that was asked for).
+    #[error("record signature does not verify")]
+    BadSignature,
+    /// A record with an equal or higher sequence number is already registered.
+    #[error("stale record: sequence {offered} is not above the registered {current}")]
+    Stale {
+        /// The sequence number of the registered record.
+        current: u64,
+        /// The sequence number of the refused record.
+        offered: u64,
+    },
+    /// The name is bound to another signing key.
+    #[error("the name is registered to a different signing key")]
+    KeyMismatch,
+    /// The record's expiry time has passed.
+    #[error("record has expired")]
+    Expired,
+    /// Bytes that are not a valid record or message, or a record over its bounds.
+    #[error("malformed: {0}")]
+    Malformed(String),
+    /// The name server could not be reached.
+    #[error("name server {server} unreachable: {reason}")]
+    Unreachable {
+        /// The server's address.
+        server: String,
+        /// What failed.
+        reason: String,
+    },
+    /// The name server did not answer in time.
+    #[error("name server {server} did not answer within {after:?}")]
+    Timeout {
+        /// The server's address.
+        server: String,
+        /// The time allowed.
+        after: Duration,
+    },
+    /// The name server refused the request for a reason not covered above.
+    #[error("name server refused: {0}")]
+    Refused(String),
+    /// The record store failed.
+    #[error("name store failure: {0}")]
+    Store(String),
+    /// A name service URL that cannot be used.
+    #[error("bad name service URL {url:?}: {reason}")]
+    BadUrl {
+        /// The URL given.
+        url: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+}
+
+impl From<DecodeError> for NameError {
+    fn from(e: DecodeError) -> Self {
+        NameError::Malformed(e.to_string())
+    }
+}
+
+/// The boxed future every [`NameService`] method returns (boxed so the trait stays
+/// object-safe and can be shared as `Arc<dyn NameService>`).
+pub type NameFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, NameError>> + Send + 'a>>;
+
+/// A place where signed name records are published and looked up.
+pub trait NameService: Send + Sync + std::fmt::Debug {
+    /// Publishes a record (first registration binds the name to the record's signing key).
+    fn register<'a>(&'a self, record: &'a SignedRecord) -> NameFuture<'a, ()>;
+    /// Looks a name up. Implementations return only records whose signature, name and
+    /// expiry they verified.
+    fn lookup<'a>(&'a self, name: &'a str) -> NameFuture<'a, SignedRecord>;
+}
+
+/// The registration rules, shared by every store.
+///
+/// `offered` must verify at `now_unix`. If `current` holds a record for the name, the
+/// offered one must be signed by the same key ([`NameError::KeyMismatch`]) and carry a
+/// strictly higher sequence number ([`NameError::Stale`]).
+///
+/// An *expired* current record no longer binds the name: any key may then take it over,
+/// so a name abandoned by its owner does not stay locked forever. The previous owner must
+/// keep refreshing its record to keep the name. The same key, however, must still move
+/// the sequence number forward even after expiry, so an older record of that key which
+/// happens to expire later cannot be replayed over the newer one.
+pub fn check_update(
+    current: Option<&SignedRecord>,
+    offered: &SignedRecord,
+    now_unix: u64,
+) -> Result<(), NameError> {
+    offered.verify(now_unix)?;
+    let Some(current) = current else { return Ok(()) };
+    if current.record.name != offered.record.name {
+        return Err(NameError::Store(format!(
+            "store compared a record for {:?} with one for {:?}",
+            current.record.name, offered.record.name
+        )));
+    }
+    let same_key = current.record.signing_key == offered.record.signing_key;
+    if !same_key {
+        if current.record.is_expired(now_unix) {
+            return Ok(());
+        }
+        return Err(NameError::KeyMismatch);
+    }
+    if offered.record.seq <= current.record.seq {
+        return Err(NameError::Stale { current: current.record.seq, offered: offered.record.seq });
+    }
+    Ok(())
+}
+
+/// Seconds since the Unix epoch by the system clock (0 if the clock is before 1970).
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// An in-process name service: a map behind a mutex, applying [`check_update`].
+///
+/// Nothing is persisted; it serves tests and `msocket demo`, where both ends live in one
+/// process.
+#[derive(Debug, Default)]
+pub struct MemoryNameService {
+    records: Mutex<HashMap<String, SignedRecord>>,
+}
+
+impl MemoryNameService {
+    /// An empty service.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn register_now(&self, offered: &SignedRecord, now: u64) -> Result<(), NameError> {
+        let mut records = self.records.lock().map_err(|_| poisoned())?;
+        check_update(records.get(&offered.record.name), offered, now)?;
+        records.insert(offered.record.name.clone(), offered.clone());
+        Ok(())
+    }
+
+    fn lookup_now(&self, name: &str, now: u64) -> Result<SignedRecord, NameError> {
+        validate_name(name)?;
+        let found = {
+            let records = self.records.lock().map_err(|_| poisoned())?;
+            records.get(name).cloned()
+        };
+        let record = found.ok_or_else(|| NameError::NotFound(name.to_string()))?;
+        record.verify(now)?;
+        Ok(record)
+    }
+}
+
+fn poisoned() -> NameError {
+    NameError::Store("in-memory name table poisoned by a panic".into())
+}
+
+impl NameService for MemoryNameService {
+    fn register<'a>(&'a self, record: &'a SignedRecord) -> NameFuture<'a, ()> {
+        Box::pin(async move { self.register_now(record, unix_now()) })
+    }
+
+    fn lookup<'a>(&'a self, name: &'a str) -> NameFuture<'a, SignedRecord> {
+        Box::pin(async move { self.lookup_now(name, unix_now()) })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Identity;
+
+    const NOW: u64 = 1_700_000_000;
+
+    fn signed(id: &Identity, name: &str, seq: u64, expires: u64) -> SignedRecord {
+        let public = id.public();
+        let record = NameRecord {
+            name: name.into(),
+            signing_key: public.signing,
+            noise_key: public.noise,
+            addrs: vec!["192.0.2.1:4000".parse().unwrap()],
+            relays: vec![],
+            seq,
+            expires,
+        };
+        SignedRecord::sign(record, id).unwrap()
+    }
+
+    #[test]
+    fn first_registration_needs_only_a_valid_record() {
+        let a = Identity::from_seed([1; 32]);
+        assert_eq!(check_update(None, &signed(&a, "alice", 1, NOW + 60), NOW), Ok(()));
+        let mut forged = signed(&a, "alice", 1, NOW + 60);
+        forged.record.seq = 2;
+        assert_eq!(check_update(None, &forged, NOW), Err(NameError::BadSignature));
+        assert_eq!(
+            check_update(None, &signed(&a, "alice", 1, NOW - 1), NOW),
+            Err(NameError::Expired)
+        );
+    }
+
+    #[test]
+    fn updates_need_the_same_key_and_a_higher_seq() {
+        let a = Identity::from_seed([1; 32]);
+        let b = Identity::from_seed([2; 32]);
+        let current = signed(&a, "alice", 5, NOW + 60);
+        assert_eq!(check_update(Some(&current), &signed(&a, "alice", 6, NOW + 60), NOW), Ok(()));
+        assert_eq!(
+            check_update(Some(&current), &signed(&a, "alice", 5, NOW + 60), NOW),
+            Err(NameError::Stale { current: 5, offered: 5 })
+        );
+        assert_eq!(
+            check_update(Some(&current), &signed(&a, "alice", 4, NOW + 60), NOW),
+            Err(NameError::Stale { current: 5, offered: 4 })
+        );
+        assert_eq!(
+            check_update(Some(&current), &signed(&b, "alice", 9, NOW + 60), NOW),
+            Err(NameError::KeyMismatch)
+        );
+    }
+
+    #[test]
+    fn an_expired_record_frees_the_name_but_not_the_seq() {
+        let a = Identity::from_seed([1; 32]);
+        let b = Identity::from_seed([2; 32]);
+        let current = signed(&a, "alice", 5, NOW);
+        // Expired at NOW: another key may take the name over, from any seq.
+        assert_eq!(check_update(Some(&current), &signed(&b, "alice", 1, NOW + 60), NOW), Ok(()));
+        // The same key may not roll its own seq back.
+        assert_eq!(
+            check_update(Some(&current), &signed(&a, "alice", 3, NOW + 60), NOW),
+            Err(NameError::Stale { current: 5, offered: 3 })
+        );
+        // One second earlier the record was still alive and bound the name.
+        assert_eq!(
+            check_update(Some(&current), &signed(&b, "alice", 1, NOW + 60), NOW - 1),
+            Err(NameError::KeyMismatch)
+        );
+    }
+
+    #[tokio::test]
+    async fn memory_service_applies_the_rules() {
+        let svc: std::sync::Arc<dyn NameService> = std::sync::Arc::new(MemoryNameService::new());
+        let a = Identity::from_seed([1; 32]);
+        let b = Identity::from_seed([2; 32]);
+        let far = unix_now() + 3600;
+
+        assert_eq!(svc.lookup("alice").await, Err(NameError::NotFound("alice".into())));
+        let first = signed(&a, "alice", 1, far);
+        svc.register(&first).await.unwrap();
+        assert_eq!(svc.lookup("alice").await.unwrap(), first);
+
+        let second = signed(&a, "alice", 2, far);
+        svc.register(&second).await.unwrap();
+        assert_eq!(svc.lookup("alice").await.unwrap(), second);
+
+        assert_eq!(svc.register(&first).await, Err(NameError::Stale { current: 2, offered: 1 }));
+        assert_eq!(svc.register(&signed(&b, "alice", 3, far)).await, Err(NameError::KeyMismatch));
+        assert!(matches!(svc.lookup("Alice").await, Err(NameError::InvalidName { .. })));
+        // Refusals left the registered record alone.
+        assert_eq!(svc.lookup("alice").await.unwrap(), second);
+    }
+
+    #[test]
+    fn memory_service_does_not_serve_expired_records() {
+        let svc = MemoryNameService::new();
+        let a = Identity::from_seed([1; 32]);
+        svc.register_now(&signed(&a, "alice", 1, NOW + 10), NOW).unwrap();
+        assert!(svc.lookup_now("alice", NOW + 9).is_ok());
+        assert_eq!(svc.lookup_now("alice", NOW + 10), Err(NameError::Expired));
+    }
+}

@@ -1,0 +1,502 @@
+//! The wire protocol of msocket's own name server (`msocketd name`).
+//!
+//! A client opens a TCP connection, sends requests and reads one response per request, in
+//! order. Every message, in both directions, is one frame:
+//!
+//! ```text
+//! frame    = length:u32 body:[u8; length]         length <= 65536 (MAX_MESSAGE_LEN)
+//! body     = version:u8 (=1) tag:u8 payload
+//!
+//! requests (client -> server)
+//!   tag 1  Register  payload = signed record (see name::SignedRecord encoding)
+//!   tag 2  Lookup    payload = name_len:u16 name:[u8; name_len]     (name_len <= 253)
+//!
+//! responses (server -> client)
+//!   tag 1  Ok        payload = empty                 (register succeeded, durably stored)
+//!   tag 2  Record    payload = signed record         (lookup succeeded)
+//!   tag 3  NotFound  payload = empty                 (lookup: no record for the name)
+//!   tag 4  Refused   payload = code:u8 current_seq:u64 msg_len:u16 msg:[u8; msg_len]
+//!                                                    (msg: UTF-8, <= 1024 bytes)
+//!
+//! refusal codes: 1 bad signature   2 stale (current_seq = the registered seq)
+//!                3 key mismatch    4 expired        5 invalid name
+//!                6 malformed       7 internal error
+//! ```
+//!
+//! All integers are big-endian; `current_seq` is 0 unless the code is *stale*. Unknown
+//! refusal codes are kept and reported as a generic refusal, so servers can add codes. A
+//! body with trailing bytes, an unknown version or tag, or a frame over the limit is
+//! malformed: the server answers `Refused(malformed)` and closes the connection.
+//!
+//! Records served by the server are *not* trusted: clients verify them (signature, name,
+//! expiry) themselves.
+
+use bytes::BufMut;
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
+
+use super::record::{SignedRecord, MAX_NAME_LEN};
+use super::NameError;
+use crate::wire::{put_short_bytes, DecodeError, Reader};
+
+/// Protocol version byte that starts every message body.
+pub const PROTOCOL_VERSION: u8 = 1;
+/// Largest message body accepted, in bytes.
+pub const MAX_MESSAGE_LEN: usize = 64 * 1024;
+/// Longest refusal message, in bytes (longer ones are cut when encoding).
+pub const MAX_REFUSAL_MESSAGE_LEN: usize = 1024;
+
+const REQ_REGISTER: u8 = 1;
+const REQ_LOOKUP: u8 = 2;
+const RESP_OK: u8 = 1;
+const RESP_RECORD: u8 = 2;
+const RESP_NOT_FOUND: u8 = 3;
+const RESP_REFUSED: u8 = 4;
+
+/// A client's request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Request {
+    /// Publish a record.
+    Register(SignedRecord),
+    /// Look a name up.
+    Lookup(String),
+}
+
+/// Why the server refused a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RefuseCode {
+    /// The record's signature does not verify.
+    BadSignature,
+    /// The record's seq is not above the registered one.
+    Stale,
+    /// The name is bound to another key.
+    KeyMismatch,
+    /// The record has expired.
+    Expired,
+    /// The name is not valid.
+    InvalidName,
+    /// The request could not be parsed.
+    Malformed,
+    /// The server failed (e.g. its store).
+    Internal,
+    /// A code this version does not know.
+    Other(u8),
+}
+
+impl RefuseCode {
+    /// The code's byte on the wire.
+    pub fn to_u8(self) -> u8 {
+        match self {
+            RefuseCode::BadSignature => 1,
+            RefuseCode::Stale => 2,
+            RefuseCode::KeyMismatch => 3,
+            RefuseCode::Expired => 4,
+            RefuseCode::InvalidName => 5,
+            RefuseCode::Malformed => 6,
+            RefuseCode::Internal => 7,
+            RefuseCode::Other(c) => c,
+        }
+    }
+
+    /// The code a wire byte stands for.
+    pub fn from_u8(code: u8) -> RefuseCode {
+        match code {
+            1 => RefuseCode::BadSignature,
+            2 => RefuseCode::Stale,
+            3 => RefuseCode::KeyMismatch,
+            4 => RefuseCode::Expired,
+            5 => RefuseCode::InvalidName,
+            6 => RefuseCode::Malformed,
+            7 => RefuseCode::Internal,
+            c => RefuseCode::Other(c),
+        }
+    }
+}
+
+/// The server's answer to one request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Response {
+    /// The record was stored.
+    Ok,
+    /// The record registered under the looked-up name.
+    Record(SignedRecord),
+    /// No record is registered under the looked-up name.
+    NotFound,
+    /// The request was refused.
+    Refused {
+        /// Why.
+        code: RefuseCode,
+        /// For [`RefuseCode::Stale`], the registered sequence number; else 0.
+        current_seq: u64,
+        /// Human-readable detail.
+        message: String,
+    },
+}
+
+impl Response {
+    /// The refusal a server sends for `err`. Errors that have no code of their own
+    /// (a failing store, and client-side errors that should not reach a server) become
+    /// [`RefuseCode::Internal`].
+    pub fn refusal(err: &NameError) -> Response {
+        let (code, current_seq) = match err {
+            NameError::BadSignature => (RefuseCode::BadSignature, 0),
+            NameError::Stale { current, .. } => (RefuseCode::Stale, *current),
+            NameError::KeyMismatch => (RefuseCode::KeyMismatch, 0),
+            NameError::Expired => (RefuseCode::Expired, 0),
+            NameError::InvalidName { .. } => (RefuseCode::InvalidName, 0),
+            NameError::Malformed(_) => (RefuseCode::Malformed, 0),
+            _ => (RefuseCode::Internal, 0),
+        };
+        Response::Refused { code, current_seq, message: err.to_string() }
+    }
+
+    /// The error a client reports for a refusal of a request about `name`, where
+    /// `offered_seq` is the seq of the record it tried to register (0 for lookups).
+    pub fn refusal_error(
+        code: RefuseCode,
+        current_seq: u64,
+        message: &str,
+        name: &str,
+        offered_seq: u64,
+    ) -> NameError {
+        match code {
+            RefuseCode::BadSignature => NameError::BadSignature,
+            RefuseCode::Stale => NameError::Stale { current: current_seq, offered: offered_seq },
+            RefuseCode::KeyMismatch => NameError::KeyMismatch,
+            RefuseCode::Expired => NameError::Expired,
+            RefuseCode::InvalidName => {
+                NameError::InvalidName { name: name.to_string(), reason: message.to_string() }
+            }
+            RefuseCode::Malformed => NameError::Malformed(format!("server said: {message}")),
+            RefuseCode::Internal | RefuseCode::Other(_) => NameError::Refused(message.to_string()),
+        }
+    }
+}
+
+fn body(tag: u8) -> Vec<u8> {
+    let mut out = Vec::with_capacity(64);
+    out.put_u8(PROTOCOL_VERSION);
+    out.put_u8(tag);
+    out
+}
+
+fn open_body<'a>(bytes: &'a [u8]) -> Result<(u8, Reader<'a>), NameError> {
+    if bytes.len() > MAX_MESSAGE_LEN {
+        return Err(DecodeError::TooLong("message").into());
+    }
+    let mut r = Reader::new(bytes);
+    let version = r.u8("protocol version")?;
+    if version != PROTOCOL_VERSION {
+        return Err(NameError::Malformed(format!("unsupported protocol version {version}")));
+    }
+    let tag = r.u8("message tag")?;
+    Ok((tag, r))
+}
+
+/// Cuts `s` to at most `max` bytes on a character boundary.
+fn truncate(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+impl Request {
+    /// The message body.
+    pub fn encode(&self) -> Vec<u8> {
+        match self {
+            Request::Register(record) => {
+                let mut out = body(REQ_REGISTER);
+                record.encode_into(&mut out);
+                out
+            }
+            Request::Lookup(name) => {
+                let mut out = body(REQ_LOOKUP);
+                // An over-long name is cut one byte past the limit so the server refuses it.
+                put_short_bytes(&mut out, truncate(name, MAX_NAME_LEN + 1).as_bytes());
+                out
+            }
+        }
+    }
+
+    /// Parses a message body. Never panics; any defect is [`NameError::Malformed`].
+    pub fn decode(bytes: &[u8]) -> Result<Request, NameError> {
+        let (tag, mut r) = open_body(bytes)?;
+        let request = match tag {
+            REQ_REGISTER => Request::Register(SignedRecord::decode_from(&mut r)?),
+            REQ_LOOKUP => Request::Lookup(r.short_str(MAX_NAME_LEN, "looked-up name")?.to_string()),
+            _ => return Err(NameError::Malformed(format!("unknown request tag {tag}"))),
+        };
+        r.finish("request")?;
+        Ok(request)
+    }
+}
+
+impl Response {
+    /// The message body.
+    pub fn encode(&self) -> Vec<u8> {
+        match self {
+            Response::Ok => body(RESP_OK),
+            Response::Record(record) => {
+                let mut out = body(RESP_RECORD);
+                record.encode_into(&mut out);
+                out
+            }
+            Response::NotFound => body(RESP_NOT_FOUND),
+            Response::Refused { code, current_seq, message } => {
+                let mut out = body(RESP_REFUSED);
+                out.put_u8(code.to_u8());
+                out.put_u64(*current_seq);
+                put_short_bytes(&mut out, truncate(message, MAX_REFUSAL_MESSAGE_LEN).as_bytes());
+                out
+            }
+        }
+    }
+
+    /// Parses a message body. Never panics; any defect is [`NameError::Malformed`].
+    pub fn decode(bytes: &[u8]) -> Result<Response, NameError> {
+        let (tag, mut r) = open_body(bytes)?;
+        let response = match tag {
+            RESP_OK => Response::Ok,
+            RESP_RECORD => Response::Record(SignedRecord::decode_from(&mut r)?),
+            RESP_NOT_FOUND => Response::NotFound,
+            RESP_REFUSED => Response::Refused {
+                code: RefuseCode::from_u8(r.u8("refusal code")?),
+                current_seq: r.u64("current sequence number")?,
+                message: r.short_str(MAX_REFUSAL_MESSAGE_LEN, "refusal message")?.to_string(),
+            },
+            _ => return Err(NameError::Malformed(format!("unknown response tag {tag}"))),
+        };
+        r.finish("response")?;
+        Ok(response)
+    }
+}
+
+/// Why a frame could not be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum FrameError {
+    /// The peer closed the connection cleanly before a new frame began.
+    #[error("connection closed")]
+    Closed,
+    /// The length prefix is over [`MAX_MESSAGE_LEN`].
+    #[error("message of {0} bytes is over the {MAX_MESSAGE_LEN}-byte limit")]
+    TooLong(u32),
+    /// The connection failed, or closed inside a frame.
+    #[error("connection error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Reads one frame and returns its body. Allocates at most [`MAX_MESSAGE_LEN`] bytes.
+/// Callers bound the wait with a timeout.
+pub async fn read_message(reader: &mut (impl AsyncRead + Unpin)) -> Result<Vec<u8>, FrameError> {
+    let mut len = [0u8; 4];
+    // A clean close is only "closed" before the first byte of a frame.
+    let first = reader.read(&mut len[..1]).await?;
+    if first == 0 {
+        return Err(FrameError::Closed);
+    }
+    reader.read_exact(&mut len[1..]).await?;
+    let len = u32::from_be_bytes(len);
+    if len as usize > MAX_MESSAGE_LEN {
+        return Err(FrameError::TooLong(len));
+    }
+    let mut body = vec![0u8; len as usize];
+    reader.read_exact(&mut body).await?;
+    Ok(body)
+}
+
+/// Writes one frame holding `body` and flushes it. Callers bound the wait with a timeout.
+pub async fn write_message(
+    writer: &mut (impl AsyncWrite + Unpin),
+    body: &[u8],
+) -> Result<(), FrameError> {
+    let len = u32::try_from(body.len())
+        .ok()
+        .filter(|&l| l as usize <= MAX_MESSAGE_LEN)
+        .ok_or(FrameError::TooLong(u32::try_from(body.len()).unwrap_or(u32::MAX)))?;
+    let mut frame = Vec::with_capacity(4 + body.len());
+    frame.put_u32(len);
+    frame.put_slice(body);
+    writer.write_all(&frame).await?;
+    writer.flush().await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::name::NameRecord;
+    use crate::Identity;
+    use proptest::prelude::*;
+
+    fn record() -> SignedRecord {
+        let id = Identity::from_seed([4; 32]);
+        let p = id.public();
+        let rec = NameRecord {
+            name: "bob.example".into(),
+            signing_key: p.signing,
+            noise_key: p.noise,
+            addrs: vec!["198.51.100.2:9".parse().unwrap()],
+            relays: vec!["relay:1".into()],
+            seq: 7,
+            expires: 2_000_000_000,
+        };
+        SignedRecord::sign(rec, &id).unwrap()
+    }
+
+    fn all_requests() -> Vec<Request> {
+        vec![Request::Register(record()), Request::Lookup("bob.example".into())]
+    }
+
+    fn all_responses() -> Vec<Response> {
+        vec![
+            Response::Ok,
+            Response::Record(record()),
+            Response::NotFound,
+            Response::refusal(&NameError::Stale { current: 9, offered: 3 }),
+            Response::Refused {
+                code: RefuseCode::Other(200), current_seq: 0, message: "é".into()
+            },
+        ]
+    }
+
+    #[test]
+    fn messages_round_trip() {
+        for req in all_requests() {
+            assert_eq!(Request::decode(&req.encode()), Ok(req));
+        }
+        for resp in all_responses() {
+            assert_eq!(Response::decode(&resp.encode()), Ok(resp));
+        }
+    }
+
+    #[test]
+    fn the_layout_matches_the_documentation() {
+        assert_eq!(Response::Ok.encode(), [1, 1]);
+        assert_eq!(Response::NotFound.encode(), [1, 3]);
+        assert_eq!(Request::Lookup("ab".into()).encode(), [1, 2, 0, 2, b'a', b'b']);
+        let refused = Response::refusal(&NameError::Stale { current: 9, offered: 3 }).encode();
+        assert_eq!(&refused[..12], &[1, 4, 2, 0, 0, 0, 0, 0, 0, 0, 9, 0]);
+        let mut register = vec![1, 1];
+        register.extend(record().encode());
+        assert_eq!(Request::Register(record()).encode(), register);
+    }
+
+    #[test]
+    fn refusals_map_back_to_the_same_errors() {
+        let errors = [
+            NameError::BadSignature,
+            NameError::Stale { current: 9, offered: 3 },
+            NameError::KeyMismatch,
+            NameError::Expired,
+        ];
+        for err in errors {
+            let Response::Refused { code, current_seq, message } = Response::refusal(&err) else {
+                panic!("not a refusal");
+            };
+            assert_eq!(Response::refusal_error(code, current_seq, &message, "bob", 3), err);
+        }
+        let invalid = validate("Bob");
+        let Response::Refused { code, current_seq, message } = Response::refusal(&invalid) else {
+            panic!("not a refusal");
+        };
+        assert_eq!(code, RefuseCode::InvalidName);
+        assert!(matches!(
+            Response::refusal_error(code, current_seq, &message, "Bob", 0),
+            NameError::InvalidName { name, reason } if name == "Bob" && reason.contains("lowercase")
+        ));
+        let store = Response::refusal(&NameError::Store("disk full".into()));
+        assert!(matches!(store, Response::Refused { code: RefuseCode::Internal, .. }));
+        assert_eq!(
+            Response::refusal_error(RefuseCode::Other(99), 0, "new rule", "bob", 0),
+            NameError::Refused("new rule".into())
+        );
+    }
+
+    fn validate(name: &str) -> NameError {
+        crate::name::validate_name(name).unwrap_err()
+    }
+
+    #[test]
+    fn defective_bodies_are_refused() {
+        let good = Request::Lookup("bob".into()).encode();
+        let cases: Vec<Vec<u8>> = vec![
+            vec![],
+            vec![1],
+            vec![2, 2, 0, 0],                 // unknown version
+            vec![1, 9],                       // unknown tag
+            vec![1, 2, 0, 5, b'a'],           // truncated name
+            [good.clone(), vec![0]].concat(), // trailing byte
+            vec![1, 2, 0xff, 0xff],           // name over the bound
+            vec![1, 2, 0, 1, 0xff],           // not UTF-8
+        ];
+        for bytes in &cases {
+            assert!(matches!(Request::decode(bytes), Err(NameError::Malformed(_))), "{bytes:?}");
+        }
+        assert!(matches!(Response::decode(&[1, 1, 0]), Err(NameError::Malformed(_))));
+        assert!(matches!(Response::decode(&[1, 4, 2]), Err(NameError::Malformed(_))));
+        assert!(matches!(
+            Response::decode(&vec![1; MAX_MESSAGE_LEN + 1]),
+            Err(NameError::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn overlong_fields_are_cut_so_the_peer_refuses_them() {
+        let long = "a".repeat(400);
+        let bytes = Request::Lookup(long).encode();
+        assert_eq!(bytes.len(), 2 + 2 + MAX_NAME_LEN + 1);
+        assert!(matches!(Request::decode(&bytes), Err(NameError::Malformed(_))));
+        let msg = "é".repeat(MAX_REFUSAL_MESSAGE_LEN);
+        let resp = Response::Refused { code: RefuseCode::Internal, current_seq: 0, message: msg };
+        let Ok(Response::Refused { message, .. }) = Response::decode(&resp.encode()) else {
+            panic!("long refusal did not decode");
+        };
+        assert_eq!(message.len(), MAX_REFUSAL_MESSAGE_LEN);
+    }
+
+    #[tokio::test]
+    async fn frames_round_trip_and_bounds_hold() {
+        let (mut a, mut b) = tokio::io::duplex(1 << 20);
+        write_message(&mut a, b"hello").await.unwrap();
+        write_message(&mut a, b"").await.unwrap();
+        assert_eq!(read_message(&mut b).await.unwrap(), b"hello");
+        assert_eq!(read_message(&mut b).await.unwrap(), b"");
+
+        assert!(matches!(
+            write_message(&mut a, &vec![0; MAX_MESSAGE_LEN + 1]).await,
+            Err(FrameError::TooLong(_))
+        ));
+        a.write_all(&(MAX_MESSAGE_LEN as u32 + 1).to_be_bytes()).await.unwrap();
+        assert!(matches!(read_message(&mut b).await, Err(FrameError::TooLong(65537))));
+
+        // Closing inside a frame is an I/O error; closing between frames is `Closed`.
+        a.write_all(&[0, 0, 0, 9, 1, 2]).await.unwrap();
+        drop(a);
+        assert!(matches!(read_message(&mut b).await, Err(FrameError::Io(_))));
+        assert!(matches!(read_message(&mut b).await, Err(FrameError::Closed)));
+    }
+
+    proptest! {
+        #[test]
+        fn decoding_random_bodies_never_panics(
+            mut bytes in prop::collection::vec(any::<u8>(), 0..400),
+            tag in 0u8..6,
+        ) {
+            // Half the cases get a valid header so the payload decoders are exercised.
+            if bytes.len() >= 2 && tag < 3 {
+                bytes[0] = PROTOCOL_VERSION;
+                bytes[1] = tag % 2 + 1;
+            }
+            if let Ok(req) = Request::decode(&bytes) {
+                prop_assert_eq!(req.encode(), bytes.clone());
+            }
+            if let Ok(resp) = Response::decode(&bytes) {
+                prop_assert_eq!(resp.encode(), bytes);
+            }
+        }
+    }
+}
