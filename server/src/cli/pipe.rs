@@ -1,0 +1,103 @@
+//! netcat-like pipes (`listen`, `connect`) and TCP forwarding (`listen --to`, `forward`).
+//!
+//! `connect` copies stdin to the flow and the flow to stdout; at the end of stdin it ends
+//! its sending side and exits once the peer has ended its side too, so it works as an ssh
+//! `ProxyCommand`. Exit status 0 means every byte it sent was acknowledged by the peer.
+
+use std::net::SocketAddr;
+
+use msocket::{Endpoint, Flow};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use super::CliError;
+
+/// Copies `a` to `b` and `b` to `a` until both directions ended; each side's end of
+/// stream is passed on with `shutdown`.
+pub async fn splice<A, B>(a: A, b: B) -> Result<(u64, u64), CliError>
+where
+    A: AsyncRead + AsyncWrite + Unpin,
+    B: AsyncRead + AsyncWrite + Unpin,
+{
+    let (mut ar, mut aw) = tokio::io::split(a);
+    let (mut br, mut bw) = tokio::io::split(b);
+    let up = async {
+        let n = tokio::io::copy(&mut ar, &mut bw).await?;
+        bw.shutdown().await?;
+        Ok::<_, std::io::Error>(n)
+    };
+    let down = async {
+        let n = tokio::io::copy(&mut br, &mut aw).await?;
+        aw.shutdown().await?;
+        Ok::<_, std::io::Error>(n)
+    };
+    let (up, down) = tokio::try_join!(up, down)?;
+    Ok((up, down))
+}
+
+/// stdin/stdout as one duplex stream.
+fn stdio() -> impl AsyncRead + AsyncWrite + Unpin {
+    tokio::io::join(tokio::io::stdin(), tokio::io::stdout())
+}
+
+/// `msocket connect NAME`.
+pub async fn connect(ep: &Endpoint, name: &str) -> Result<(), CliError> {
+    let flow = ep.connect(name).await?;
+    tracing::info!(flow = %flow.id(), name, "connected");
+    let (sent, received) = splice(stdio(), flow).await?;
+    tracing::info!(sent, received, "flow finished");
+    Ok(())
+}
+
+/// `msocket listen NAME`: serves one flow on stdin/stdout, then exits.
+pub async fn listen_once(ep: &Endpoint, name: &str) -> Result<(), CliError> {
+    let mut listener = ep.listen(name).await?;
+    eprintln!("listening on {name} at {:?}", ep.published_addrs());
+    let flow = listener.accept().await?;
+    tracing::info!(flow = %flow.id(), "accepted");
+    splice(stdio(), flow).await?;
+    Ok(())
+}
+
+/// `msocket listen NAME --to ADDR`: every accepted flow becomes a TCP connection to ADDR.
+pub async fn listen_to(ep: &Endpoint, name: &str, to: SocketAddr) -> Result<(), CliError> {
+    let mut listener = ep.listen(name).await?;
+    eprintln!("listening on {name} at {:?}, forwarding to {to}", ep.published_addrs());
+    loop {
+        let flow = listener.accept().await?;
+        tokio::spawn(async move {
+            let id = flow.id();
+            match TcpStream::connect(to).await {
+                Ok(tcp) => match splice(tcp, flow).await {
+                    Ok((up, down)) => tracing::info!(flow = %id, up, down, "forwarded flow done"),
+                    Err(e) => tracing::warn!(flow = %id, error = %e.0, "forwarded flow failed"),
+                },
+                Err(e) => {
+                    tracing::warn!(flow = %id, %to, error = %e, "local service unreachable");
+                    flow.abort(&format!("service unreachable: {e}"));
+                }
+            }
+        });
+    }
+}
+
+/// `msocket forward LOCAL NAME`: every TCP connection to LOCAL rides its own flow.
+pub async fn forward(ep: &Endpoint, local: SocketAddr, name: &str) -> Result<(), CliError> {
+    let listener = TcpListener::bind(local).await.map_err(|e| CliError(format!("listen on {local}: {e}")))?;
+    eprintln!("forwarding {} to {name}", listener.local_addr()?);
+    loop {
+        let (tcp, peer) = listener.accept().await?;
+        let ep = ep.clone();
+        let name = name.to_string();
+        tokio::spawn(async move {
+            let flow: Flow = match ep.connect(&name).await {
+                Ok(f) => f,
+                Err(e) => return tracing::warn!(%peer, error = %e, "could not open a flow"),
+            };
+            match splice(tcp, flow).await {
+                Ok((up, down)) => tracing::info!(%peer, up, down, "forwarded connection done"),
+                Err(e) => tracing::warn!(%peer, error = %e.0, "forwarded connection failed"),
+            }
+        });
+    }
+}
