@@ -1,1 +1,3 @@
 //! msocketd and the msocket CLI.
+
+pub mod name_server;

@@ -1,0 +1,353 @@
+//! The durable name service behind `msocketd name`.
+//!
+//! Records live in a [redb] file: one table from name to encoded [`SignedRecord`]. Each
+//! registration is one write transaction that reads the current record, applies
+//! [`check_update`] and stores the new one, so concurrent registrations of a name are
+//! serialised by the database and the rules are checked against what is actually stored.
+//! The transaction is committed with immediate durability before the client hears `Ok`:
+//! a record acknowledged to a phone survives a crash or `kill -9` of the server.
+//!
+//! redb's calls block (a durable commit waits for `fsync`), so they run on tokio's
+//! blocking pool rather than on the async workers, where a slow disk would stall every
+//! other connection. A semaphore bounds how many run at once, so a flood of requests
+//! cannot pile up blocking threads.
+//!
+//! The network side speaks [`msocket::name::protocol`]. Every wait is bounded: a
+//! connection that sends nothing for [`IDLE_TIMEOUT`] is closed, as is one whose response
+//! cannot be written within [`WRITE_TIMEOUT`], and at most [`MAX_CONNECTIONS`] are served
+//! at once. Malformed input earns a `Refused(malformed)` answer and the end of that
+//! connection, never of the process.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use msocket::name::protocol::{read_message, write_message, FrameError, Request, Response};
+use msocket::name::{check_update, unix_now, validate_name, NameError, SignedRecord};
+use redb::{Database, Durability, ReadableDatabase as _, ReadableTable as _, TableDefinition};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinSet;
+
+/// How long a connection may stay silent (or take to deliver one request) before it is
+/// closed.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long writing one response may take.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Most connections served at once; further clients wait in the listen backlog.
+pub const MAX_CONNECTIONS: usize = 1024;
+/// Most database operations in flight at once (each holds a blocking thread).
+pub const MAX_STORE_OPS: usize = 16;
+/// How long shutdown waits for connections to finish their current request.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// Name → encoded `SignedRecord`.
+const RECORDS: TableDefinition<&str, &[u8]> = TableDefinition::new("records");
+
+/// Why the name server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum NameServerError {
+    /// The database file could not be opened, created or initialised.
+    #[error("cannot open name database {path}: {source}")]
+    Open {
+        /// The database file.
+        path: String,
+        /// What redb said.
+        #[source]
+        source: redb::Error,
+    },
+}
+
+/// A name server: a record store and the TCP service in front of it.
+#[derive(Debug)]
+pub struct NameServer {
+    db: Database,
+    store_ops: Semaphore,
+}
+
+fn store_error(e: impl Into<redb::Error>) -> NameError {
+    NameError::Store(e.into().to_string())
+}
+
+impl NameServer {
+    /// Opens the database at `path`, creating the file and its table if needed.
+    pub fn open(path: impl AsRef<Path>) -> Result<NameServer, NameServerError> {
+        let path = path.as_ref();
+        let open_error =
+            |e: redb::Error| NameServerError::Open { path: path.display().to_string(), source: e };
+        let db = Database::create(path).map_err(|e| open_error(e.into()))?;
+        // Create the table up front so readers never meet a missing table.
+        let txn = db.begin_write().map_err(|e| open_error(e.into()))?;
+        txn.open_table(RECORDS).map_err(|e| open_error(e.into()))?;
+        txn.commit().map_err(|e| open_error(e.into()))?;
+        Ok(NameServer { db, store_ops: Semaphore::new(MAX_STORE_OPS) })
+    }
+
+    /// Applies the registration rules to `offered` and stores it, durably. Blocking.
+    fn register_blocking(&self, offered: &SignedRecord, now: u64) -> Result<(), NameError> {
+        let name = offered.record.name.as_str();
+        let mut txn = self.db.begin_write().map_err(store_error)?;
+        txn.set_durability(Durability::Immediate).map_err(store_error)?;
+        {
+            let mut table = txn.open_table(RECORDS).map_err(store_error)?;
+            let current = match table.get(name).map_err(store_error)? {
+                Some(stored) => Some(decode_stored(name, stored.value())?),
+                None => None,
+            };
+            // On refusal the transaction is dropped uncommitted, which aborts it.
+            check_update(current.as_ref(), offered, now)?;
+            table.insert(name, offered.encode().as_slice()).map_err(store_error)?;
+        }
+        txn.commit().map_err(store_error)
+    }
+
+    /// The verified record registered under `name`. Blocking.
+    fn lookup_blocking(&self, name: &str, now: u64) -> Result<SignedRecord, NameError> {
+        validate_name(name)?;
+        let txn = self.db.begin_read().map_err(store_error)?;
+        let table = txn.open_table(RECORDS).map_err(store_error)?;
+        let stored = table.get(name).map_err(store_error)?;
+        let record = match stored {
+            Some(bytes) => decode_stored(name, bytes.value())?,
+            None => return Err(NameError::NotFound(name.to_string())),
+        };
+        // Stored records verified when registered; this re-check catches expiry.
+        record.verify(now)?;
+        Ok(record)
+    }
+
+    /// Answers one request, running the store on the blocking pool.
+    async fn handle(self: &Arc<Self>, request: Request) -> Response {
+        let Ok(_permit) = self.store_ops.acquire().await else {
+            return Response::refusal(&NameError::Store("server is shutting down".into()));
+        };
+        let this = Arc::clone(self);
+        let result = tokio::task::spawn_blocking(move || {
+            let now = unix_now();
+            match request {
+                Request::Register(record) => {
+                    let outcome = this.register_blocking(&record, now);
+                    let r = &record.record;
+                    match &outcome {
+                        Ok(()) => tracing::info!(name = %r.name, seq = r.seq,
+                            key = %r.public().fingerprint(), "registered"),
+                        Err(e) => tracing::info!(name = %r.name, seq = r.seq, error = %e,
+                            "registration refused"),
+                    }
+                    outcome.map(|()| Response::Ok)
+                }
+                Request::Lookup(name) => {
+                    let outcome = this.lookup_blocking(&name, now);
+                    tracing::debug!(%name, found = outcome.is_ok(), "lookup");
+                    outcome.map(Response::Record)
+                }
+            }
+        })
+        .await;
+        match result {
+            Ok(Ok(response)) => response,
+            Ok(Err(NameError::NotFound(_))) => Response::NotFound,
+            Ok(Err(e)) => {
+                if matches!(e, NameError::Store(_)) {
+                    tracing::error!(error = %e, "name store failed");
+                }
+                Response::refusal(&e)
+            }
+            Err(join) => {
+                tracing::error!(error = %join, "name store task failed");
+                Response::refusal(&NameError::Store("internal error".into()))
+            }
+        }
+    }
+
+    /// Serves the protocol on `listener` until `shutdown` completes, then stops accepting,
+    /// lets open connections finish their current request (up to [`SHUTDOWN_GRACE`]) and
+    /// returns.
+    pub async fn serve(self: Arc<Self>, listener: TcpListener, shutdown: impl std::future::Future) {
+        let connections = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+        let (stop_tx, stop_rx) = watch::channel(());
+        let mut tasks = JoinSet::new();
+        tokio::pin!(shutdown);
+        if let Ok(addr) = listener.local_addr() {
+            tracing::info!(%addr, "name service listening");
+        }
+        loop {
+            while tasks.try_join_next().is_some() {}
+            // Take a connection slot before accepting: at the limit, clients queue in the
+            // kernel's backlog instead of costing us memory.
+            let permit = tokio::select! {
+                _ = &mut shutdown => break,
+                permit = Arc::clone(&connections).acquire_owned() => match permit {
+                    Ok(p) => p,
+                    Err(_) => break,
+                },
+            };
+            let accepted = tokio::select! {
+                _ = &mut shutdown => break,
+                accepted = listener.accept() => accepted,
+            };
+            match accepted {
+                Ok((stream, peer)) => {
+                    let this = Arc::clone(&self);
+                    tasks.spawn(this.connection(stream, peer, stop_rx.clone(), permit));
+                }
+                Err(e) => {
+                    // Usually out of file descriptors: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::select! {
+                        _ = &mut shutdown => break,
+                        _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                    }
+                }
+            }
+        }
+        tracing::info!(open_connections = tasks.len(), "name service shutting down");
+        drop(listener);
+        drop(stop_tx);
+        let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
+            while tasks.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!(left = tasks.len(), "connections did not finish in time; aborting them");
+            tasks.shutdown().await;
+        }
+    }
+
+    /// Serves one connection: requests one after another until the client closes, goes
+    /// idle, misbehaves, or the server stops.
+    async fn connection(
+        self: Arc<Self>,
+        mut stream: TcpStream,
+        peer: SocketAddr,
+        mut stop: watch::Receiver<()>,
+        _permit: OwnedSemaphorePermit,
+    ) {
+        let _ = stream.set_nodelay(true);
+        tracing::debug!(%peer, "connection opened");
+        loop {
+            let read = tokio::select! {
+                // The sender is dropped at shutdown; between requests is a clean place to stop.
+                _ = stop.changed() => break,
+                read = tokio::time::timeout(IDLE_TIMEOUT, read_message(&mut stream)) => read,
+            };
+            let (response, keep_open) = match read {
+                Err(_) => {
+                    tracing::debug!(%peer, "connection idle; closing");
+                    break;
+                }
+                Ok(Err(FrameError::Closed)) => break,
+                Ok(Err(FrameError::Io(e))) => {
+                    tracing::debug!(%peer, error = %e, "connection failed");
+                    break;
+                }
+                Ok(Err(e @ FrameError::TooLong(_))) => {
+                    tracing::warn!(%peer, error = %e, "oversized request; closing");
+                    (Response::refusal(&NameError::Malformed(e.to_string())), false)
+                }
+                Ok(Ok(body)) => match Request::decode(&body) {
+                    Ok(request) => (self.handle(request).await, true),
+                    Err(e) => {
+                        tracing::warn!(%peer, error = %e, "malformed request; closing");
+                        (Response::refusal(&e), false)
+                    }
+                },
+            };
+            let written =
+                tokio::time::timeout(WRITE_TIMEOUT, write_message(&mut stream, &response.encode()))
+                    .await;
+            if !matches!(written, Ok(Ok(()))) {
+                tracing::debug!(%peer, "could not write response; closing");
+                break;
+            }
+            if !keep_open {
+                break;
+            }
+        }
+        tracing::debug!(%peer, "connection closed");
+    }
+}
+
+fn decode_stored(name: &str, bytes: &[u8]) -> Result<SignedRecord, NameError> {
+    SignedRecord::decode(bytes)
+        .map_err(|e| NameError::Store(format!("stored record for {name:?} is unreadable: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use msocket::name::NameRecord;
+    use msocket::Identity;
+
+    const NOW: u64 = 1_700_000_000;
+
+    fn signed(seed: u8, name: &str, seq: u64) -> SignedRecord {
+        signed_until(seed, name, seq, NOW + 100)
+    }
+
+    fn signed_until(seed: u8, name: &str, seq: u64, expires: u64) -> SignedRecord {
+        let id = Identity::from_seed([seed; 32]);
+        let p = id.public();
+        let record = NameRecord {
+            name: name.into(),
+            signing_key: p.signing,
+            noise_key: p.noise,
+            addrs: vec![],
+            relays: vec![],
+            seq,
+            expires,
+        };
+        SignedRecord::sign(record, &id).unwrap()
+    }
+
+    #[test]
+    fn store_applies_the_rules_and_keeps_refused_records_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let server = NameServer::open(dir.path().join("names.redb")).unwrap();
+        assert_eq!(server.lookup_blocking("alice", NOW), Err(NameError::NotFound("alice".into())));
+        server.register_blocking(&signed(1, "alice", 2), NOW).unwrap();
+        assert_eq!(
+            server.register_blocking(&signed(1, "alice", 2), NOW),
+            Err(NameError::Stale { current: 2, offered: 2 })
+        );
+        assert_eq!(
+            server.register_blocking(&signed(2, "alice", 3), NOW),
+            Err(NameError::KeyMismatch)
+        );
+        assert_eq!(server.lookup_blocking("alice", NOW), Ok(signed(1, "alice", 2)));
+        assert_eq!(server.lookup_blocking("alice", NOW + 100), Err(NameError::Expired));
+        // Once expired, the name is free for another key.
+        let taker = signed_until(2, "alice", 1, NOW + 200);
+        server.register_blocking(&taker, NOW + 100).unwrap();
+        assert_eq!(server.lookup_blocking("alice", NOW + 100), Ok(taker));
+    }
+
+    #[test]
+    fn records_survive_reopening_and_corruption_is_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("names.redb");
+        {
+            let server = NameServer::open(&path).unwrap();
+            server.register_blocking(&signed(1, "alice", 5), NOW).unwrap();
+            let txn = server.db.begin_write().unwrap();
+            txn.open_table(RECORDS).unwrap().insert("broken", &[1u8, 2, 3][..]).unwrap();
+            txn.commit().unwrap();
+        }
+        let server = NameServer::open(&path).unwrap();
+        assert_eq!(server.lookup_blocking("alice", NOW), Ok(signed(1, "alice", 5)));
+        assert!(matches!(
+            server.lookup_blocking("broken", NOW),
+            Err(NameError::Store(m)) if m.contains("unreadable")
+        ));
+    }
+
+    #[test]
+    fn opening_a_non_database_file_fails_cleanly() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("not-a-db");
+        std::fs::write(&path, b"this is not a redb file, not even close to one").unwrap();
+        let err = NameServer::open(&path).unwrap_err();
+        assert!(err.to_string().contains("not-a-db"), "{err}");
+    }
+}

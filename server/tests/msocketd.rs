@@ -1,0 +1,187 @@
+//! The real `msocketd` binary: durability across `kill -9`, clean exit on SIGTERM, help.
+
+use std::io::{BufRead as _, BufReader};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use msocket::name::{
+    unix_now, NameError, NameRecord, NameService as _, SignedRecord, TcpNameClient,
+};
+use msocket::Identity;
+
+const WAIT: Duration = Duration::from_secs(30);
+const LISTENING: &str = "msocketd: name service listening on ";
+
+/// A running `msocketd name`; killed when dropped so a failing test leaves no process.
+struct Daemon {
+    child: Option<Child>,
+    addr: SocketAddr,
+}
+
+impl Daemon {
+    fn start(db: &Path) -> Daemon {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_msocketd"))
+            .args(["name", "--listen", "127.0.0.1:0", "--db"])
+            .arg(db)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn msocketd");
+        let stdout = child.stdout.take().unwrap();
+        // Read stdout on a thread so the wait for the announcement can be bounded.
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                let _ = tx.send(line);
+            }
+        });
+        let mut daemon = Daemon { child: Some(child), addr: ([0, 0, 0, 0], 0).into() };
+        let line = rx.recv_timeout(WAIT).expect("msocketd did not announce its address");
+        let addr =
+            line.strip_prefix(LISTENING).unwrap_or_else(|| panic!("unexpected line {line:?}"));
+        daemon.addr = addr.parse().unwrap();
+        assert_ne!(daemon.addr.port(), 0);
+        daemon
+    }
+
+    fn client(&self) -> TcpNameClient {
+        TcpNameClient::new(self.addr.to_string(), WAIT)
+    }
+
+    fn kill_9(mut self) {
+        let mut child = self.child.take().unwrap();
+        child.kill().unwrap(); // SIGKILL on Unix
+        child.wait().unwrap();
+    }
+
+    /// Waits (bounded) for the process to exit by itself.
+    fn wait_exit(mut self) -> ExitStatus {
+        let mut child = self.child.take().unwrap();
+        let pid = child.id();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(child.wait());
+        });
+        match rx.recv_timeout(WAIT) {
+            Ok(status) => status.unwrap(),
+            Err(_) => {
+                let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).status();
+                panic!("msocketd did not exit within {WAIT:?}");
+            }
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn record(seed: u8, name: &str, seq: u64) -> SignedRecord {
+    let id = Identity::from_seed([seed; 32]);
+    let p = id.public();
+    let record = NameRecord {
+        name: name.into(),
+        signing_key: p.signing,
+        noise_key: p.noise,
+        addrs: vec![SocketAddr::from(([198, 51, 100, seed], 5000 + seq as u16))],
+        relays: vec![],
+        seq,
+        expires: unix_now() + 3600,
+    };
+    SignedRecord::sign(record, &id).unwrap()
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
+}
+
+#[test]
+fn registrations_survive_kill_9() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("names.redb");
+    let rt = runtime();
+    let names = [(1u8, "alice", 3u64), (2, "bob", 2), (3, "carol.example", 1), (4, "dave", 5)];
+
+    let daemon = Daemon::start(&db);
+    let client = daemon.client();
+    rt.block_on(async {
+        for &(seed, name, last) in &names {
+            for seq in 1..=last {
+                client.register(&record(seed, name, seq)).await.unwrap();
+            }
+        }
+    });
+    daemon.kill_9();
+
+    let daemon = Daemon::start(&db);
+    let client = daemon.client();
+    rt.block_on(async {
+        for &(seed, name, last) in &names {
+            assert_eq!(client.lookup(name).await.unwrap(), record(seed, name, last), "{name}");
+        }
+        // The rules still see the stored state: older seqs and other keys are refused.
+        assert_eq!(
+            client.register(&record(1, "alice", 2)).await,
+            Err(NameError::Stale { current: 3, offered: 2 })
+        );
+        assert_eq!(client.register(&record(9, "bob", 7)).await, Err(NameError::KeyMismatch));
+        client.register(&record(1, "alice", 4)).await.unwrap();
+    });
+    daemon.kill_9();
+}
+
+#[test]
+fn sigterm_stops_the_daemon_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Daemon::start(&dir.path().join("names.redb"));
+    let pid = daemon.child.as_ref().unwrap().id();
+    // Serve one request first so shutdown happens with the server fully running.
+    runtime().block_on(async {
+        assert!(matches!(daemon.client().lookup("x").await, Err(NameError::NotFound(_))));
+    });
+    let sent = Command::new("kill").args(["-TERM", &pid.to_string()]).status().unwrap();
+    assert!(sent.success());
+    let status = daemon.wait_exit();
+    assert!(status.success(), "exit status {status:?}");
+}
+
+#[test]
+fn help_explains_the_name_service() {
+    let out =
+        Command::new(env!("CARGO_BIN_EXE_msocketd")).args(["name", "--help"]).output().unwrap();
+    assert!(out.status.success());
+    let help = String::from_utf8(out.stdout).unwrap();
+    for needle in ["signed name records", "--listen", "--db", "127.0.0.1:7450", "RUST_LOG"] {
+        assert!(help.contains(needle), "help lacks {needle:?}:\n{help}");
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_msocketd")).arg("--help").output().unwrap();
+    assert!(String::from_utf8(out.stdout).unwrap().contains("name"));
+}
+
+#[test]
+fn a_bad_database_file_is_a_clean_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("garbage.redb");
+    std::fs::write(&db, b"definitely not a database").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_msocketd"))
+        .args(["name", "--listen", "127.0.0.1:0", "--db"])
+        .arg(&db)
+        .env("RUST_LOG", "off")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(out.stdout.is_empty());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("garbage.redb"), "{err}");
+}

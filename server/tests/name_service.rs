@@ -1,0 +1,292 @@
+//! The name server in-process, driven through `TcpNameClient` and raw sockets.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use msocket::name::protocol::{read_message, write_message, RefuseCode, Request, Response};
+use msocket::name::{unix_now, NameError, NameRecord, NameService, SignedRecord, TcpNameClient};
+use msocket::Identity;
+use msocket_server::name_server::NameServer;
+use tokio::io::AsyncWriteExt as _;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+const WAIT: Duration = Duration::from_secs(10);
+
+struct TestServer {
+    addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<()>,
+    _dir: tempfile::TempDir,
+}
+
+impl TestServer {
+    async fn start() -> TestServer {
+        let dir = tempfile::tempdir().unwrap();
+        let server = Arc::new(NameServer::open(dir.path().join("names.redb")).unwrap());
+        // Bound before serving: clients can connect as soon as this returns.
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(server.serve(listener, async move {
+            let _ = stopped.await;
+        }));
+        TestServer { addr, stop: Some(stop), task, _dir: dir }
+    }
+
+    fn client(&self) -> TcpNameClient {
+        TcpNameClient::new(self.addr.to_string(), WAIT)
+    }
+
+    async fn raw(&self) -> TcpStream {
+        TcpStream::connect(self.addr).await.unwrap()
+    }
+
+    async fn shut_down(mut self) {
+        let _ = self.stop.take().unwrap().send(());
+        tokio::time::timeout(WAIT, &mut self.task)
+            .await
+            .expect("server did not stop in time")
+            .unwrap();
+    }
+}
+
+fn record(seed: u8, name: &str, seq: u64, expires: u64) -> SignedRecord {
+    let id = Identity::from_seed([seed; 32]);
+    let p = id.public();
+    let record = NameRecord {
+        name: name.into(),
+        signing_key: p.signing,
+        noise_key: p.noise,
+        addrs: vec![SocketAddr::from(([192, 0, 2, seed], 4000 + seq as u16))],
+        relays: vec![format!("relay{seq}.example:7451")],
+        seq,
+        expires,
+    };
+    SignedRecord::sign(record, &id).unwrap()
+}
+
+fn later() -> u64 {
+    unix_now() + 3600
+}
+
+/// Reads one response, bounded in time.
+async fn response(stream: &mut TcpStream) -> Response {
+    let body = tokio::time::timeout(WAIT, read_message(stream)).await.unwrap().unwrap();
+    Response::decode(&body).unwrap()
+}
+
+/// Waits for the server to close the connection (EOF or reset), bounded in time.
+async fn closed(stream: &mut TcpStream) -> bool {
+    matches!(tokio::time::timeout(WAIT, read_message(stream)).await, Ok(Err(_)))
+}
+
+/// After unread garbage the server's close may arrive as a reset that overtakes its
+/// refusal, so either a malformed refusal followed by a close, or a close, is right.
+async fn refused_or_closed(stream: &mut TcpStream) {
+    let read = tokio::time::timeout(WAIT, read_message(stream)).await.expect("no answer in time");
+    if let Ok(body) = read {
+        assert!(matches!(
+            Response::decode(&body),
+            Ok(Response::Refused { code: RefuseCode::Malformed, .. })
+        ));
+        assert!(closed(stream).await);
+    }
+}
+
+#[tokio::test]
+async fn register_then_lookup_then_update() {
+    let server = TestServer::start().await;
+    let client: Arc<dyn NameService> = Arc::new(server.client());
+    let first = record(1, "alice.example", 1, later());
+    client.register(&first).await.unwrap();
+    assert_eq!(client.lookup("alice.example").await.unwrap(), first);
+
+    let second = record(1, "alice.example", 2, later());
+    assert_ne!(first.record.addrs, second.record.addrs);
+    client.register(&second).await.unwrap();
+    assert_eq!(client.lookup("alice.example").await.unwrap(), second);
+    server.shut_down().await;
+}
+
+#[tokio::test]
+async fn forged_records_are_refused_and_not_stored() {
+    let server = TestServer::start().await;
+    let client = server.client();
+    let mut forged = record(1, "alice", 1, later());
+    forged.record.addrs = vec!["203.0.113.66:1".parse().unwrap()];
+    assert_eq!(client.register(&forged).await, Err(NameError::BadSignature));
+
+    // Mallory's signature on a record carrying Alice's keys.
+    let mallory = Identity::from_seed([66; 32]);
+    let mut stolen = record(1, "alice", 1, later());
+    stolen.signature = mallory.sign(b"anything");
+    assert_eq!(client.register(&stolen).await, Err(NameError::BadSignature));
+
+    assert_eq!(client.lookup("alice").await, Err(NameError::NotFound("alice".into())));
+    server.shut_down().await;
+}
+
+#[tokio::test]
+async fn stale_sequence_numbers_are_refused() {
+    let server = TestServer::start().await;
+    let client = server.client();
+    let current = record(1, "alice", 5, later());
+    client.register(&current).await.unwrap();
+    assert_eq!(
+        client.register(&record(1, "alice", 5, later())).await,
+        Err(NameError::Stale { current: 5, offered: 5 })
+    );
+    assert_eq!(
+        client.register(&record(1, "alice", 4, later())).await,
+        Err(NameError::Stale { current: 5, offered: 4 })
+    );
+    assert_eq!(client.lookup("alice").await.unwrap(), current);
+    server.shut_down().await;
+}
+
+#[tokio::test]
+async fn a_name_bound_to_one_key_refuses_another() {
+    let server = TestServer::start().await;
+    let client = server.client();
+    let alice = record(1, "alice", 1, later());
+    client.register(&alice).await.unwrap();
+    assert_eq!(client.register(&record(2, "alice", 9, later())).await, Err(NameError::KeyMismatch));
+    // Another name is free for the second key.
+    client.register(&record(2, "bob", 1, later())).await.unwrap();
+    assert_eq!(client.lookup("alice").await.unwrap(), alice);
+    server.shut_down().await;
+}
+
+#[tokio::test]
+async fn expired_records_are_refused() {
+    let server = TestServer::start().await;
+    let client = server.client();
+    let expired = record(1, "alice", 1, unix_now().saturating_sub(1));
+    assert_eq!(client.register(&expired).await, Err(NameError::Expired));
+    assert_eq!(client.lookup("alice").await, Err(NameError::NotFound("alice".into())));
+    server.shut_down().await;
+}
+
+#[tokio::test]
+async fn unknown_names_are_not_found() {
+    let server = TestServer::start().await;
+    assert_eq!(
+        server.client().lookup("nobody.example").await,
+        Err(NameError::NotFound("nobody.example".into()))
+    );
+    server.shut_down().await;
+}
+
+#[tokio::test]
+async fn one_connection_carries_several_requests() {
+    let server = TestServer::start().await;
+    let alice = record(1, "alice", 1, later());
+    let mut conn = server.raw().await;
+    write_message(&mut conn, &Request::Register(alice.clone()).encode()).await.unwrap();
+    assert_eq!(response(&mut conn).await, Response::Ok);
+    write_message(&mut conn, &Request::Lookup("alice".into()).encode()).await.unwrap();
+    assert_eq!(response(&mut conn).await, Response::Record(alice));
+    write_message(&mut conn, &Request::Lookup("Alice".into()).encode()).await.unwrap();
+    assert!(matches!(
+        response(&mut conn).await,
+        Response::Refused { code: RefuseCode::InvalidName, message, .. } if message.contains("lowercase")
+    ));
+    // A refusal for a bad request (not a bad frame) keeps the connection usable.
+    write_message(&mut conn, &Request::Lookup("bob".into()).encode()).await.unwrap();
+    assert_eq!(response(&mut conn).await, Response::NotFound);
+    server.shut_down().await;
+}
+
+#[tokio::test]
+async fn garbage_is_refused_and_the_server_keeps_serving() {
+    let server = TestServer::start().await;
+
+    // A well-framed body that is not a request.
+    let mut conn = server.raw().await;
+    write_message(&mut conn, b"hello").await.unwrap();
+    assert!(matches!(
+        response(&mut conn).await,
+        Response::Refused { code: RefuseCode::Malformed, .. }
+    ));
+    assert!(closed(&mut conn).await);
+
+    // A length prefix far over the limit.
+    let mut conn = server.raw().await;
+    conn.write_all(&[0xff, 0xff, 0xff, 0xff]).await.unwrap();
+    assert!(matches!(
+        response(&mut conn).await,
+        Response::Refused { code: RefuseCode::Malformed, .. }
+    ));
+    assert!(closed(&mut conn).await);
+
+    // A frame cut short by the client closing its side.
+    let mut conn = server.raw().await;
+    conn.write_all(&[0, 0, 0, 100, 1, 1, 1]).await.unwrap();
+    conn.shutdown().await.unwrap();
+    assert!(closed(&mut conn).await);
+
+    // Random bytes.
+    let mut conn = server.raw().await;
+    let junk: Vec<u8> = (0..=255u8).rev().cycle().take(3000).collect();
+    let _ = conn.write_all(&junk).await;
+    refused_or_closed(&mut conn).await;
+
+    let alice = record(1, "alice", 1, later());
+    let client = server.client();
+    client.register(&alice).await.unwrap();
+    assert_eq!(client.lookup("alice").await.unwrap(), alice);
+    server.shut_down().await;
+}
+
+#[tokio::test]
+async fn shutdown_closes_idle_connections() {
+    let server = TestServer::start().await;
+    let mut idle = server.raw().await;
+    // Make sure the connection was accepted and is being served.
+    write_message(&mut idle, &Request::Lookup("x".into()).encode()).await.unwrap();
+    assert_eq!(response(&mut idle).await, Response::NotFound);
+    server.shut_down().await;
+    assert!(closed(&mut idle).await);
+}
+
+/// A one-shot fake name server answering any request with `answer`.
+async fn fake_server(answer: Response) -> (String, JoinHandle<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let task = tokio::spawn(async move {
+        let (mut conn, _) = listener.accept().await.unwrap();
+        let _ = tokio::time::timeout(WAIT, read_message(&mut conn)).await;
+        let _ = write_message(&mut conn, &answer.encode()).await;
+    });
+    (addr, task)
+}
+
+#[tokio::test]
+async fn the_client_catches_a_lying_server() {
+    let genuine = record(1, "alice", 3, later());
+
+    let mut forged = genuine.clone();
+    forged.record.addrs = vec!["203.0.113.66:1".parse().unwrap()];
+    let wrong_name = record(1, "mallory", 3, later());
+    let expired = record(1, "alice", 3, unix_now().saturating_sub(1));
+    let cases = [
+        (Response::Record(forged), NameError::BadSignature),
+        (Response::Record(wrong_name), NameError::BadSignature),
+        (Response::Record(expired), NameError::Expired),
+        (Response::Ok, NameError::Malformed("unexpected Ok response".into())),
+    ];
+    for (answer, expected) in cases {
+        let (addr, task) = fake_server(answer).await;
+        let client = TcpNameClient::new(addr, WAIT);
+        assert_eq!(client.lookup("alice").await, Err(expected));
+        task.await.unwrap();
+    }
+
+    // The same client path accepts the genuine record.
+    let (addr, task) = fake_server(Response::Record(genuine.clone())).await;
+    assert_eq!(TcpNameClient::new(addr, WAIT).lookup("alice").await, Ok(genuine));
+    task.await.unwrap();
+}
