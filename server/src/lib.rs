@@ -1,3 +1,4 @@
 //! msocketd and the msocket CLI.
 
+pub mod cli;
 pub mod name_server;

@@ -55,6 +55,17 @@ pub struct FlowEvents {
 }
 
 impl FlowEvents {
+    /// An event that already happened, without waiting.
+    pub fn try_next(&mut self) -> Option<FlowEvent> {
+        loop {
+            match self.rx.try_recv() {
+                Ok(ev) => return Some(ev),
+                Err(broadcast::error::TryRecvError::Lagged(_)) => continue,
+                Err(_) => return None,
+            }
+        }
+    }
+
     /// The next event, or `None` once the flow is gone and every event was seen.
     pub async fn next(&mut self) -> Option<FlowEvent> {
         loop {

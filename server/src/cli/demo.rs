@@ -1,0 +1,224 @@
+//! `msocket demo`: mobility end to end on one machine, no root needed.
+//!
+//! A name server (the real one, on a temporary database), a listening endpoint and a
+//! connecting endpoint run in this process on loopback. While the client streams data to
+//! the server, each end moves between 127.0.0.x addresses: its old address is withdrawn
+//! (listeners closed, subflows on it cut), exactly what an interface change does. The
+//! client re-dials, re-looks-up when the server moved, and the flow resumes. At the end the
+//! SHA-256 of what was sent and what was received must match.
+//!
+//! A move's recovery time runs from the move until the receiver gets new data over the
+//! network again (the first increase of its received-bytes counter after the flow resumed
+//! on a new subflow).
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use indicatif::{ProgressBar, ProgressStyle};
+use msocket::name::{NameService, TcpNameClient};
+use msocket::{Endpoint, EndpointConfig, Flow, FlowEvent, Identity};
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::name_server::NameServer;
+
+const NAME: &str = "demo.server";
+/// The whole demo must finish within this.
+const DEMO_TIMEOUT: Duration = Duration::from_secs(300);
+/// One move must recover within this.
+const MOVE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What the demo measured.
+#[derive(Debug)]
+pub struct DemoReport {
+    pub bytes: u64,
+    pub recoveries: Vec<Duration>,
+}
+
+impl DemoReport {
+    /// The contract line the demo ends with.
+    pub fn summary_line(&self) -> String {
+        let mut ms: Vec<f64> = self.recoveries.iter().map(|d| d.as_secs_f64() * 1e3).collect();
+        ms.sort_by(f64::total_cmp);
+        let p50 = ms.get(ms.len().saturating_sub(1) / 2).copied().unwrap_or(0.0);
+        let max = ms.last().copied().unwrap_or(0.0);
+        format!(
+            "demo ok: bytes={} sha256=match moves={} recovery_ms_p50={p50:.1} recovery_ms_max={max:.1}",
+            self.bytes,
+            self.recoveries.len()
+        )
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Move {
+    Client,
+    Server,
+    Both,
+}
+
+fn loopback(host: u8) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(127, 0, 0, host))
+}
+
+/// Runs the demo: `bytes` streamed, `moves` moves of each end plus one of both.
+pub async fn run(bytes: u64, moves: usize) -> Result<DemoReport, String> {
+    tokio::time::timeout(DEMO_TIMEOUT, run_inner(bytes, moves))
+        .await
+        .unwrap_or_else(|_| Err(format!("did not finish within {DEMO_TIMEOUT:?}")))
+}
+
+async fn run_inner(bytes: u64, moves: usize) -> Result<DemoReport, String> {
+    let dir = tempfile::tempdir().map_err(|e| format!("temporary directory: {e}"))?;
+    let server = Arc::new(NameServer::open(dir.path().join("names.redb")).map_err(|e| e.to_string())?);
+    let ns_listener = TcpListener::bind("127.0.0.1:0").await.map_err(|e| e.to_string())?;
+    let ns_addr = ns_listener.local_addr().map_err(|e| e.to_string())?;
+    let (stop_names, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(server.serve(ns_listener, async move {
+        let _ = stopped.await;
+    }));
+    let names: Arc<dyn NameService> = Arc::new(TcpNameClient::new(ns_addr.to_string(), Duration::from_secs(5)));
+    eprintln!("name service on {ns_addr}");
+
+    let endpoint = |host: u8| -> Result<Endpoint, String> {
+        let mut config = EndpointConfig::new(names.clone());
+        config.local_ips = vec![loopback(host)];
+        config.flow.flow_deadline = Duration::from_secs(60);
+        Endpoint::bind(Identity::generate().map_err(|e| e.to_string())?, config).map_err(|e| e.to_string())
+    };
+    let (mut server_host, mut client_host) = (11u8, 101u8);
+    let server_ep = endpoint(server_host)?;
+    let client_ep = endpoint(client_host)?;
+    let mut listener = server_ep.listen(NAME).await.map_err(|e| format!("listen: {e}"))?;
+    let accept = tokio::spawn(async move { listener.accept().await });
+    let client_flow = client_ep.connect(NAME).await.map_err(|e| format!("connect: {e}"))?;
+    let server_flow = accept.await.map_err(|e| e.to_string())?.map_err(|e| format!("accept: {e}"))?;
+    eprintln!("flow {} up: client {} -> server {}", client_flow.id(), loopback(client_host), loopback(server_host));
+
+    let mut server_events = server_flow.events();
+    let (progress_tx, mut progress) = watch::channel((0u64, 0u64));
+    let receiver = tokio::spawn(receive(server_flow, progress_tx));
+    let sender = tokio::spawn(send(client_flow, bytes));
+
+    let bar = ProgressBar::new(bytes).with_style(
+        ProgressStyle::with_template("{bar:40} {bytes}/{total_bytes} {bytes_per_sec} {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let mut plan: Vec<Move> = (0..moves).flat_map(|_| [Move::Client, Move::Server]).collect();
+    plan.push(Move::Both);
+    let mut recoveries = Vec::new();
+    for (k, mv) in plan.iter().enumerate() {
+        let threshold = bytes * (k as u64 + 1) / (plan.len() as u64 + 1);
+        progress.wait_for(|p| p.0 >= threshold).await.map_err(|_| "receiver stopped early".to_string())?;
+        bar.set_position(progress.borrow().0);
+        while server_events.try_next().is_some() {}
+        let old = (loopback(client_host), loopback(server_host));
+        let started = Instant::now();
+        match mv {
+            Move::Client => {
+                client_host += 1;
+                client_ep.set_local_ips(vec![loopback(client_host)]).await
+            }
+            Move::Server => {
+                server_host += 1;
+                server_ep.set_local_ips(vec![loopback(server_host)]).await
+            }
+            Move::Both => {
+                client_host += 1;
+                server_host += 1;
+                let (a, b) = tokio::join!(
+                    client_ep.set_local_ips(vec![loopback(client_host)]),
+                    server_ep.set_local_ips(vec![loopback(server_host)])
+                );
+                a.and(b)
+            }
+        }
+        .map_err(|e| format!("move {}: {e}", k + 1))?;
+        let recovered = tokio::time::timeout(MOVE_TIMEOUT, async {
+            loop {
+                match server_events.next().await {
+                    Some(FlowEvent::Resumed { .. }) => break,
+                    Some(_) => {}
+                    None => return Err("the flow ended during a move".to_string()),
+                }
+            }
+            let base = progress.borrow().1;
+            progress.wait_for(|p| p.1 > base).await.map_err(|_| "receiver stopped".to_string())?;
+            Ok(started.elapsed())
+        })
+        .await
+        .map_err(|_| format!("move {} did not recover within {MOVE_TIMEOUT:?}", k + 1))??;
+        let line = format!(
+            "move {:2} ({:6}): client {} -> {}, server {} -> {}: recovered in {:.1} ms",
+            k + 1,
+            format!("{mv:?}").to_lowercase(),
+            old.0,
+            loopback(client_host),
+            old.1,
+            loopback(server_host),
+            recovered.as_secs_f64() * 1e3
+        );
+        bar.println(line);
+        recoveries.push(recovered);
+    }
+    let sent = sender.await.map_err(|e| e.to_string())??;
+    let (received_bytes, received) = receiver.await.map_err(|e| e.to_string())??;
+    bar.finish_and_clear();
+    let _ = stop_names.send(());
+    if received_bytes != bytes {
+        return Err(format!("received {received_bytes} bytes of {bytes}"));
+    }
+    if sent != received {
+        return Err(format!("sha256 mismatch: sent {} received {}", hex::encode(sent), hex::encode(received)));
+    }
+    eprintln!("sha256 {}", hex::encode(received));
+    Ok(DemoReport { bytes, recoveries })
+}
+
+/// Deterministic filler bytes (xorshift64*), fast enough not to be the bottleneck.
+pub fn fill(state: &mut u64, buf: &mut [u8]) {
+    for chunk in buf.chunks_mut(8) {
+        *state ^= *state >> 12;
+        *state ^= *state << 25;
+        *state ^= *state >> 27;
+        let v = state.wrapping_mul(0x2545_F491_4F6C_DD1D).to_le_bytes();
+        chunk.copy_from_slice(&v[..chunk.len()]);
+    }
+}
+
+async fn send(mut flow: Flow, bytes: u64) -> Result<[u8; 32], String> {
+    let mut hash = Sha256::new();
+    let mut state = 0x9E37_79B9_7F4A_7C15u64;
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut left = bytes;
+    while left > 0 {
+        let n = left.min(buf.len() as u64) as usize;
+        fill(&mut state, &mut buf[..n]);
+        flow.write_all(&buf[..n]).await.map_err(|e| format!("send: {e}"))?;
+        hash.update(&buf[..n]);
+        left -= n as u64;
+    }
+    flow.shutdown().await.map_err(|e| format!("finishing the stream: {e}"))?;
+    Ok(hash.finalize().into())
+}
+
+/// Reads to the end, publishing (bytes read, bytes received from the network).
+async fn receive(mut flow: Flow, progress: watch::Sender<(u64, u64)>) -> Result<(u64, [u8; 32]), String> {
+    let mut hash = Sha256::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut total = 0u64;
+    loop {
+        let n = flow.read(&mut buf).await.map_err(|e| format!("receive: {e}"))?;
+        if n == 0 {
+            break;
+        }
+        hash.update(&buf[..n]);
+        total += n as u64;
+        progress.send_replace((total, flow.stats().bytes_received));
+    }
+    flow.shutdown().await.map_err(|e| format!("finishing the return stream: {e}"))?;
+    Ok((total, hash.finalize().into()))
+}
