@@ -1,0 +1,41 @@
+//! Tunables of a flow.
+//!
+//! Defaults are chosen for phones: keepalives rare enough to let the radio sleep but
+//! frequent enough for common NAT binding timeouts, and a dead-path timeout short enough
+//! that a Wi-Fi → cellular hand-off stalls the stream for about a second, not a minute.
+
+use std::time::Duration;
+
+/// Configuration of one [`FlowState`](super::FlowState).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FlowConfig {
+    /// Bytes kept until acknowledged; `write` blocks beyond it. Default 4 MiB.
+    pub send_buffer: usize,
+    /// Reassembly bound, advertised as window. Default 4 MiB; at least
+    /// [`INITIAL_WINDOW`](super::INITIAL_WINDOW) is used.
+    pub recv_window: usize,
+    /// Largest DATA payload sent. Default 60 KiB; clamped to `1..=MAX_DATA_LEN`.
+    pub max_data_frame: usize,
+    /// An idle subflow sends a PING this often. Default 25 s.
+    pub keepalive_interval: Duration,
+    /// A subflow waiting this long for any reply is dead. Default 1.5 s.
+    pub dead_path_timeout: Duration,
+    /// The flow fails after having no live subflow this long. Default 300 s.
+    pub flow_deadline: Duration,
+    /// Longest delay before acknowledging DATA. Default 5 ms.
+    pub ack_delay: Duration,
+}
+
+impl Default for FlowConfig {
+    fn default() -> Self {
+        FlowConfig {
+            send_buffer: 4 << 20,
+            recv_window: 4 << 20,
+            max_data_frame: 60 * 1024,
+            keepalive_interval: Duration::from_secs(25),
+            dead_path_timeout: Duration::from_millis(1500),
+            flow_deadline: Duration::from_secs(300),
+            ack_delay: Duration::from_millis(5),
+        }
+    }
+}

@@ -1,0 +1,55 @@
+//! Errors of the flow and of a single subflow.
+//!
+//! The two are deliberately separate: a [`ProtocolViolation`] condemns the *subflow* that
+//! carried the bad frame (the runtime closes it; the flow continues on others, and a
+//! tampered path cannot kill the flow), while a [`FlowError`] ends the *flow*.
+
+use std::time::Duration;
+
+use super::SubflowId;
+
+/// Why a flow ended unsuccessfully, or why an operation on it is refused.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum FlowError {
+    /// No live subflow for longer than the flow deadline.
+    #[error("no live subflow for {after:?}")]
+    DeadlineExceeded { after: Duration },
+    /// The peer aborted the flow.
+    #[error("peer aborted the flow (code {code}): {reason}")]
+    PeerAborted { code: u16, reason: String },
+    /// This side aborted the flow.
+    #[error("flow aborted locally (code {code}): {reason}")]
+    LocallyAborted { code: u16, reason: String },
+    /// `write` after `finish`.
+    #[error("write after finish")]
+    WriteAfterFinish,
+}
+
+/// A frame the peer was not allowed to send; the subflow that carried it must be closed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProtocolViolation {
+    /// The subflow is not (or no longer) part of this flow.
+    #[error("unknown subflow {0:?}")]
+    UnknownSubflow(SubflowId),
+    /// DATA beyond the window we advertised.
+    #[error("data up to offset {end} beyond advertised window {window}")]
+    DataBeyondWindow { end: u64, window: u64 },
+    /// A FIN at a different final length than before, or below data already received.
+    #[error("stream end moved from {was} to {now}")]
+    FinChanged { was: u64, now: u64 },
+    /// DATA past the final length.
+    #[error("data up to offset {end} past the stream end {fin}")]
+    DataBeyondFin { end: u64, fin: u64 },
+    /// An ACK for units never sent.
+    #[error("ack up to unit {acked} but only {sent} units were sent")]
+    AckOfUnsent { acked: u64, sent: u64 },
+    /// ACK ranges unordered, overlapping or too many.
+    #[error("malformed ack ranges")]
+    BadAckRanges,
+    /// A DATA payload over `MAX_DATA_LEN`.
+    #[error("DATA payload of {0} bytes over the maximum")]
+    DataTooLong(usize),
+    /// An offset over `MAX_OFFSET`.
+    #[error("offset over the protocol maximum")]
+    OffsetTooLarge,
+}

@@ -1,0 +1,586 @@
+//! [`FlowState`]: the flow protocol state machine tying send buffer, reassembly and
+//! subflows together.
+//!
+//! The runtime drives it with four kinds of calls: application calls (`write`, `read`,
+//! `finish`, `abort`), subflow lifecycle (`add_subflow`, `remove_subflow`), input
+//! (`handle_frame`, `handle_timeout`) and output (`poll_transmit`, `poll_timeout`,
+//! `poll_event`). All of them are cheap and none blocks, reads a clock or does I/O.
+//!
+//! Frame priority on a subflow: CLOSE; the resume ACK (first frame on every subflow);
+//! PONGs; an owed ACK (due, window update, or piggybacked ahead of data); PING; ADDRS;
+//! retransmissions (only once the peer was heard on this subflow); new data; FIN.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use super::frame::{check_ack, clamp_str, ACK_HEADER_LEN, ACK_RANGE_LEN, DATA_HEADER_LEN};
+use super::recv::RecvBuffer;
+use super::send::{SendBuffer, Segment};
+use super::subflow::Subflow;
+use super::{
+    FlowConfig, FlowError, Frame, ProtocolViolation, INITIAL_WINDOW, MAX_ACK_RANGES, MAX_ADDRS,
+    MAX_DATA_LEN, MAX_REASON_LEN, MAX_RELAYS, MAX_RELAY_LEN,
+};
+
+/// Identifies a subflow within a flow; assigned by [`FlowState::add_subflow`], increasing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SubflowId(pub u64);
+
+/// Result of [`FlowState::read`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReadOutcome {
+    /// This many bytes were copied.
+    Data(usize),
+    /// Nothing to read yet.
+    Blocked,
+    /// The peer finished and every byte was read.
+    Fin,
+}
+
+/// Where the flow stands.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FlowStatus {
+    Open,
+    /// Both directions finished, all acknowledged, all read.
+    Finished,
+    Failed(FlowError),
+}
+
+/// Something the runtime should know about.
+#[derive(Clone, Debug, PartialEq)]
+pub enum FlowEvent {
+    SubflowAdded(SubflowId),
+    /// Liveness timeout: already removed from the flow; the runtime closes its socket.
+    SubflowDead { id: SubflowId },
+    /// First frame heard on a subflow added while the flow had no live subflow.
+    Resumed { id: SubflowId, outage: Duration },
+    /// The peer moved (only the latest unpolled one is kept).
+    PeerAddrs { addrs: Vec<SocketAddr>, relays: Vec<String> },
+    /// Hint: `read` has something new.
+    Readable,
+    /// Hint: `write` accepts bytes again.
+    Writable,
+    Finished,
+    Failed(FlowError),
+}
+
+/// Flow counters.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FlowStats {
+    pub bytes_written: u64,
+    /// DATA payload bytes sent, retransmissions included.
+    pub bytes_sent: u64,
+    pub bytes_retransmitted: u64,
+    /// Bytes cumulatively acknowledged by the peer.
+    pub bytes_acked: u64,
+    /// Payload bytes received for the first time.
+    pub bytes_received: u64,
+    pub bytes_read: u64,
+    pub duplicate_bytes_received: u64,
+    pub subflows_added: u64,
+    /// Subflows removed by the runtime or declared dead.
+    pub subflows_lost: u64,
+}
+
+/// Subflow counters; bytes are encoded frame bytes (all frame types).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SubflowStats {
+    pub srtt: Option<Duration>,
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
+    pub frames_sent: u64,
+    pub frames_received: u64,
+}
+
+/// The flow protocol state machine. See the [module docs](super).
+#[derive(Debug)]
+pub struct FlowState {
+    cfg: FlowConfig,
+    send: SendBuffer,
+    recv: RecvBuffer,
+    subflows: BTreeMap<SubflowId, Subflow>,
+    next_subflow: u64,
+    next_ping: u64,
+    status: FlowStatus,
+    /// Since when no subflow is live (drives the flow deadline).
+    no_live_since: Option<Instant>,
+    /// Since when the flow is without a working subflow after having had one (for Resumed).
+    outage_since: Option<Instant>,
+    /// Highest window sent in an ACK.
+    advertised: u64,
+    events: VecDeque<FlowEvent>,
+    readable_hint: bool,
+    writable_hint: bool,
+    write_blocked: bool,
+    stats: FlowStats,
+}
+
+impl FlowState {
+    /// A flow with no subflow yet; the flow deadline runs from `now`.
+    pub fn new(mut config: FlowConfig, now: Instant) -> FlowState {
+        config.recv_window = config.recv_window.max(INITIAL_WINDOW as usize);
+        config.max_data_frame = config.max_data_frame.clamp(1, MAX_DATA_LEN);
+        config.send_buffer = config.send_buffer.max(1);
+        let recv = RecvBuffer::new(config.recv_window, INITIAL_WINDOW);
+        FlowState {
+            send: SendBuffer::new(config.send_buffer, INITIAL_WINDOW),
+            advertised: recv.window(),
+            recv,
+            cfg: config,
+            subflows: BTreeMap::new(),
+            next_subflow: 0,
+            next_ping: 0,
+            status: FlowStatus::Open,
+            no_live_since: Some(now),
+            outage_since: None,
+            events: VecDeque::new(),
+            readable_hint: false,
+            writable_hint: false,
+            write_blocked: false,
+            stats: FlowStats::default(),
+        }
+    }
+
+    /// The configuration in effect (after clamping).
+    pub fn config(&self) -> &FlowConfig {
+        &self.cfg
+    }
+
+    // ---- application side ----
+
+    /// Copies up to [`send_capacity`](Self::send_capacity) bytes; `Ok(0)` iff the buffer
+    /// is full (or `data` is empty).
+    pub fn write(&mut self, data: &[u8]) -> Result<usize, FlowError> {
+        if let FlowStatus::Failed(e) = &self.status {
+            return Err(e.clone());
+        }
+        if self.send.is_finished() {
+            return Err(FlowError::WriteAfterFinish);
+        }
+        let n = self.send.write(data);
+        if n < data.len() {
+            self.write_blocked = true;
+        }
+        self.stats.bytes_written += n as u64;
+        Ok(n)
+    }
+
+    pub fn send_capacity(&self) -> usize {
+        if self.status != FlowStatus::Open || self.send.is_finished() {
+            return 0;
+        }
+        self.send.capacity()
+    }
+
+    /// No more writes; the FIN follows the last byte. Idempotent.
+    pub fn finish(&mut self) -> Result<(), FlowError> {
+        if let FlowStatus::Failed(e) = &self.status {
+            return Err(e.clone());
+        }
+        self.send.finish();
+        Ok(())
+    }
+
+    /// Reads in-order bytes. After the flow failed, bytes already received in order are
+    /// still returned first; then the failure.
+    pub fn read(&mut self, buf: &mut [u8]) -> Result<ReadOutcome, FlowError> {
+        if self.recv.has_ready() {
+            let n = self.recv.read(buf);
+            self.stats.bytes_read += n as u64;
+            if n > 0 {
+                self.after_read();
+            }
+            return Ok(ReadOutcome::Data(n));
+        }
+        if let FlowStatus::Failed(e) = &self.status {
+            return Err(e.clone());
+        }
+        if self.recv.at_fin() {
+            self.check_finished();
+            return Ok(ReadOutcome::Fin);
+        }
+        Ok(ReadOutcome::Blocked)
+    }
+
+    fn after_read(&mut self) {
+        let window = self.recv.window();
+        if window - self.advertised >= (self.cfg.recv_window / 4) as u64 {
+            for s in self.subflows.values_mut() {
+                s.window_update = true;
+            }
+        }
+        self.check_finished();
+    }
+
+    /// Queues CLOSE on every live subflow; the flow fails with `LocallyAborted`. No-op once
+    /// the flow is finished or failed. `reason` is cut to [`MAX_REASON_LEN`] bytes.
+    pub fn abort(&mut self, code: u16, reason: &str) {
+        if self.status != FlowStatus::Open {
+            return;
+        }
+        let reason = clamp_str(reason, MAX_REASON_LEN).to_owned();
+        for s in self.subflows.values_mut() {
+            s.close = Some((code, reason.clone()));
+        }
+        self.fail(FlowError::LocallyAborted { code, reason });
+    }
+
+    /// Queues one ADDRS on every live subflow (replacing one not yet sent). Lists are cut to
+    /// [`MAX_ADDRS`]/[`MAX_RELAYS`]; relay names over [`MAX_RELAY_LEN`] bytes are dropped.
+    pub fn advertise_addrs(&mut self, mut addrs: Vec<SocketAddr>, relays: Vec<String>) {
+        addrs.truncate(MAX_ADDRS);
+        let relays: Vec<String> =
+            relays.into_iter().filter(|r| r.len() <= MAX_RELAY_LEN).take(MAX_RELAYS).collect();
+        for s in self.subflows.values_mut() {
+            s.addrs = Some((addrs.clone(), relays.clone()));
+        }
+    }
+
+    // ---- subflows ----
+
+    /// Registers an authenticated subflow.
+    pub fn add_subflow(&mut self, now: Instant) -> SubflowId {
+        let id = SubflowId(self.next_subflow);
+        self.next_subflow += 1;
+        let ends_outage = self.subflows.is_empty() && self.outage_since.is_some();
+        self.subflows.insert(id, Subflow::new(id, now, ends_outage));
+        self.no_live_since = None;
+        self.stats.subflows_added += 1;
+        self.events.push_back(FlowEvent::SubflowAdded(id));
+        id
+    }
+
+    /// The subflow is gone; what it carried unacknowledged is re-sent elsewhere.
+    pub fn remove_subflow(&mut self, id: SubflowId, now: Instant) {
+        let Some(sub) = self.subflows.remove(&id) else { return };
+        self.send.on_lost(&sub.in_flight);
+        self.stats.subflows_lost += 1;
+        if self.subflows.is_empty() {
+            self.no_live_since = Some(now);
+            if self.status == FlowStatus::Open && self.outage_since.is_none() {
+                self.outage_since = Some(now);
+            }
+        }
+    }
+
+    // ---- input ----
+
+    /// Takes in one frame received on subflow `id`. An error condemns that subflow (the
+    /// runtime closes it and calls [`remove_subflow`](Self::remove_subflow)), not the flow.
+    pub fn handle_frame(&mut self, id: SubflowId, frame: Frame, now: Instant) -> Result<(), ProtocolViolation> {
+        let wire_len = frame.encoded_len();
+        let Some(sub) = self.subflows.get_mut(&id) else {
+            return Err(ProtocolViolation::UnknownSubflow(id));
+        };
+        sub.on_heard(now, wire_len);
+        if sub.ends_outage {
+            sub.ends_outage = false;
+            if let Some(since) = self.outage_since.take() {
+                self.events.push_back(FlowEvent::Resumed { id, outage: now.saturating_duration_since(since) });
+            }
+        }
+        if matches!(self.status, FlowStatus::Failed(_)) {
+            return Ok(());
+        }
+        match frame {
+            Frame::Data { offset, fin, payload } => self.on_data(id, offset, fin, payload, now)?,
+            Frame::Ack { cum, ranges, window } => self.on_ack(cum, &ranges, window)?,
+            Frame::Ping { id: ping } => sub.queue_pong(ping),
+            Frame::Pong { id: pong } => sub.on_pong(pong, now),
+            Frame::Addrs { mut addrs, relays } => {
+                addrs.truncate(MAX_ADDRS);
+                let relays = relays.into_iter().take(MAX_RELAYS).collect();
+                self.events.retain(|e| !matches!(e, FlowEvent::PeerAddrs { .. }));
+                self.events.push_back(FlowEvent::PeerAddrs { addrs, relays });
+            }
+            Frame::Close { code, reason } => {
+                let reason = clamp_str(&reason, MAX_REASON_LEN).to_owned();
+                self.fail(FlowError::PeerAborted { code, reason });
+            }
+        }
+        Ok(())
+    }
+
+    fn on_data(&mut self, id: SubflowId, offset: u64, fin: bool, payload: Bytes, now: Instant) -> Result<(), ProtocolViolation> {
+        if payload.len() > MAX_DATA_LEN {
+            return Err(ProtocolViolation::DataTooLong(payload.len()));
+        }
+        let len = payload.len() as u64;
+        let got = self.recv.receive(offset, payload, fin)?;
+        self.stats.bytes_received += got.new_bytes;
+        self.stats.duplicate_bytes_received += got.duplicate_bytes;
+        if got.readable {
+            self.readable_hint = true;
+        }
+        let immediate = (64 * 1024).max(self.cfg.recv_window as u64 / 8);
+        let cfg = &self.cfg;
+        if let Some(sub) = self.subflows.get_mut(&id) {
+            sub.on_data(now, len, immediate, fin, cfg);
+        }
+        self.check_finished();
+        Ok(())
+    }
+
+    fn on_ack(&mut self, cum: u64, ranges: &[std::ops::Range<u64>], window: u64) -> Result<(), ProtocolViolation> {
+        check_ack(cum, ranges, window).map_err(|_| ProtocolViolation::BadAckRanges)?;
+        let sent = self.send.sent_end();
+        let acked = ranges.last().map_or(cum, |r| r.end.max(cum));
+        if acked > sent {
+            return Err(ProtocolViolation::AckOfUnsent { acked, sent });
+        }
+        let was_full = self.send.capacity() == 0;
+        let freed = self.send.on_ack(cum, ranges, window);
+        for s in self.subflows.values_mut() {
+            s.in_flight.remove_below(cum);
+            for r in ranges {
+                s.in_flight.remove(r.clone());
+            }
+        }
+        self.stats.bytes_acked = self.send.acked_bytes();
+        if freed && (was_full || self.write_blocked) && self.status == FlowStatus::Open && !self.send.is_finished() {
+            self.write_blocked = false;
+            self.writable_hint = true;
+        }
+        self.check_finished();
+        Ok(())
+    }
+
+    /// Fires due timers: acks, pings, dead subflows, the flow deadline.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if matches!(self.status, FlowStatus::Failed(_)) {
+            return;
+        }
+        let open = self.status == FlowStatus::Open;
+        if open {
+            if let Some(since) = self.no_live_since {
+                if since + self.cfg.flow_deadline <= now {
+                    self.fail(FlowError::DeadlineExceeded { after: now.saturating_duration_since(since) });
+                    return;
+                }
+            }
+        }
+        let mut dead = Vec::new();
+        for s in self.subflows.values_mut() {
+            if s.on_timeout(now, &self.cfg, open) {
+                dead.push(s.id);
+            }
+        }
+        for id in dead {
+            tracing::debug!(?id, "subflow dead: no reply within the dead-path timeout");
+            self.remove_subflow(id, now);
+            self.events.push_back(FlowEvent::SubflowDead { id });
+        }
+    }
+
+    // ---- output ----
+
+    /// The next frame to send on subflow `id`, at most `max_len` encoded bytes. `None` when
+    /// nothing is due or nothing fits (at least 64 bytes always fits every control frame
+    /// except a long CLOSE reason or ADDRS list).
+    pub fn poll_transmit(&mut self, id: SubflowId, now: Instant, max_len: usize) -> Option<Frame> {
+        let failed = matches!(self.status, FlowStatus::Failed(_));
+        let sub = self.subflows.get_mut(&id)?;
+        // CLOSE
+        if let Some((code, reason)) = sub.close.take() {
+            let room = max_len.saturating_sub(5);
+            let frame = Frame::Close { code, reason: clamp_str(&reason, room).to_owned() };
+            if frame.encoded_len() <= max_len {
+                return Some(self.sent(id, now, frame, false));
+            }
+            sub.close = Some((code, reason));
+            return None;
+        }
+        if failed {
+            return None;
+        }
+        // Resume ACK, owed ACKs.
+        let data_waiting = sub.ack_owed && (self.send.has_new() || (sub.heard && self.send.has_retransmit()));
+        let ack_fits = max_len >= ACK_HEADER_LEN;
+        if ack_fits && sub.resume_ack_pending {
+            let frame = self.ack_frame(max_len);
+            return Some(self.sent(id, now, frame, false));
+        }
+        let sub = self.subflows.get_mut(&id)?;
+        if let Some(&pong) = sub.pongs.front() {
+            if max_len >= 9 {
+                sub.pongs.pop_front();
+                return Some(self.sent(id, now, Frame::Pong { id: pong }, false));
+            }
+        }
+        if ack_fits && (sub.wants_ack() || data_waiting) {
+            let frame = self.ack_frame(max_len);
+            return Some(self.sent(id, now, frame, false));
+        }
+        let sub = self.subflows.get_mut(&id)?;
+        if sub.ping_pending && max_len >= 9 && self.status == FlowStatus::Open {
+            sub.ping_pending = false;
+            let ping = self.next_ping;
+            self.next_ping += 1;
+            sub.ping_out = Some((ping, now));
+            return Some(self.sent(id, now, Frame::Ping { id: ping }, true));
+        }
+        if let Some((addrs, relays)) = sub.addrs.take() {
+            let frame = Frame::Addrs { addrs, relays };
+            if frame.encoded_len() <= max_len {
+                return Some(self.sent(id, now, frame, false));
+            }
+            let Frame::Addrs { addrs, relays } = frame else { unreachable!() };
+            sub.addrs = Some((addrs, relays));
+        }
+        if max_len < DATA_HEADER_LEN {
+            return None;
+        }
+        let max_payload = (max_len - DATA_HEADER_LEN).min(self.cfg.max_data_frame);
+        if sub.heard {
+            if let Some(seg) = self.send.next_retransmit(max_payload) {
+                self.stats.bytes_retransmitted += seg.payload.len() as u64;
+                return Some(self.sent_data(id, now, seg));
+            }
+        }
+        if let Some(seg) = self.send.next_new(max_payload) {
+            return Some(self.sent_data(id, now, seg));
+        }
+        None
+    }
+
+    fn ack_frame(&mut self, max_len: usize) -> Frame {
+        let room = (max_len - ACK_HEADER_LEN) / ACK_RANGE_LEN;
+        let window = self.recv.window();
+        self.advertised = self.advertised.max(window);
+        Frame::Ack { cum: self.recv.cum(), ranges: self.recv.ack_ranges(room.min(MAX_ACK_RANGES)), window }
+    }
+
+    fn sent_data(&mut self, id: SubflowId, now: Instant, seg: Segment) -> Frame {
+        self.stats.bytes_sent += seg.payload.len() as u64;
+        if let Some(sub) = self.subflows.get_mut(&id) {
+            sub.in_flight.insert(seg.units());
+        }
+        let frame = Frame::Data { offset: seg.offset, fin: seg.fin, payload: seg.payload };
+        self.sent(id, now, frame, true)
+    }
+
+    fn sent(&mut self, id: SubflowId, now: Instant, frame: Frame, elicits: bool) -> Frame {
+        if let Some(sub) = self.subflows.get_mut(&id) {
+            if matches!(frame, Frame::Ack { .. }) {
+                sub.on_ack_sent();
+            }
+            sub.on_sent(now, frame.encoded_len(), elicits);
+        }
+        frame
+    }
+
+    /// Whether [`poll_transmit`](Self::poll_transmit) would return a frame (given room).
+    pub fn wants_transmit(&self, id: SubflowId) -> bool {
+        let Some(sub) = self.subflows.get(&id) else { return false };
+        if sub.close.is_some() {
+            return true;
+        }
+        if matches!(self.status, FlowStatus::Failed(_)) {
+            return false;
+        }
+        let data = self.send.has_new() || (sub.heard && self.send.has_retransmit());
+        sub.wants_ack()
+            || !sub.pongs.is_empty()
+            || (sub.ping_pending && self.status == FlowStatus::Open)
+            || sub.addrs.is_some()
+            || data
+    }
+
+    /// When [`handle_timeout`](Self::handle_timeout) should next be called.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        if matches!(self.status, FlowStatus::Failed(_)) {
+            return None;
+        }
+        let open = self.status == FlowStatus::Open;
+        let mut t = if open { self.no_live_since.map(|s| s + self.cfg.flow_deadline) } else { None };
+        for s in self.subflows.values() {
+            if let Some(x) = s.next_timeout(&self.cfg, open) {
+                t = Some(t.map_or(x, |t| t.min(x)));
+            }
+        }
+        t
+    }
+
+    /// The next event, if any. `Readable`/`Writable` hints come after other events.
+    pub fn poll_event(&mut self) -> Option<FlowEvent> {
+        if let Some(e) = self.events.pop_front() {
+            return Some(e);
+        }
+        if std::mem::take(&mut self.readable_hint) {
+            return Some(FlowEvent::Readable);
+        }
+        if std::mem::take(&mut self.writable_hint) {
+            return Some(FlowEvent::Writable);
+        }
+        None
+    }
+
+    // ---- inspection ----
+
+    /// `read` would not return `Blocked`.
+    pub fn is_readable(&self) -> bool {
+        self.recv.has_ready() || self.recv.at_fin() || matches!(self.status, FlowStatus::Failed(_))
+    }
+
+    /// `write` would accept bytes or return an error.
+    pub fn is_writable(&self) -> bool {
+        self.send.is_finished() || self.send.capacity() > 0 || self.status != FlowStatus::Open
+    }
+
+    pub fn status(&self) -> FlowStatus {
+        self.status.clone()
+    }
+
+    pub fn live_subflows(&self) -> usize {
+        self.subflows.len()
+    }
+
+    /// Ids of the live subflows, ascending.
+    pub fn subflow_ids(&self) -> impl Iterator<Item = SubflowId> + '_ {
+        self.subflows.keys().copied()
+    }
+
+    pub fn stats(&self) -> FlowStats {
+        self.stats.clone()
+    }
+
+    pub fn subflow_stats(&self, id: SubflowId) -> Option<SubflowStats> {
+        self.subflows.get(&id).map(|s| s.stats.clone())
+    }
+
+    /// Bytes held by the send buffer (written, not cumulatively acked).
+    pub fn send_buffered(&self) -> usize {
+        self.send.buffered()
+    }
+
+    /// Bytes held by reassembly (received, not read).
+    pub fn recv_buffered(&self) -> usize {
+        self.recv.buffered() as usize
+    }
+
+    // ---- internals ----
+
+    fn fail(&mut self, err: FlowError) {
+        if self.status != FlowStatus::Open {
+            return;
+        }
+        tracing::debug!(%err, "flow failed");
+        self.status = FlowStatus::Failed(err.clone());
+        self.events.push_back(FlowEvent::Failed(err));
+        self.readable_hint = true;
+        self.writable_hint = true;
+    }
+
+    fn check_finished(&mut self) {
+        if self.status == FlowStatus::Open && self.send.fin_acked() && self.recv.at_fin() {
+            self.status = FlowStatus::Finished;
+            self.events.push_back(FlowEvent::Finished);
+            for s in self.subflows.values_mut() {
+                s.ping_pending = false;
+            }
+        }
+    }
+}
