@@ -118,8 +118,6 @@ pub(crate) struct Responder {
     hs: snow::HandshakeState,
     /// The service name the initiator asked for.
     pub(crate) name: String,
-    /// The initiator's Noise static key (authenticated once the handshake completes).
-    pub(crate) remote_static: [u8; 32],
 }
 
 impl Responder {
@@ -138,11 +136,7 @@ impl Responder {
             return Err(HandshakeError::Payload);
         }
         let name = std::str::from_utf8(rest).map_err(|_| HandshakeError::Payload)?.to_string();
-        let remote_static = hs
-            .get_remote_static()
-            .and_then(|k| k.try_into().ok())
-            .ok_or(HandshakeError::Payload)?;
-        Ok(Responder { hs, name, remote_static })
+        Ok(Responder { hs, name })
     }
 
     /// Accepts: returns the reply to send and the session.
@@ -175,8 +169,8 @@ pub(crate) mod tests {
         let (init, m1) = Initiator::start(&client, &server.public().noise, "svc").unwrap();
         let resp = Responder::read(&server, &m1).unwrap();
         assert_eq!(resp.name, "svc");
-        assert_eq!(resp.remote_static, client.public().noise);
         let (m2, s) = resp.accept().unwrap();
+        assert_eq!(s.remote_static, client.public().noise);
         let c = init.finish(&m2).unwrap();
         (c, s)
     }

@@ -20,8 +20,6 @@ pub(crate) enum RecordError {
     TooLong(usize),
     #[error("record failed authentication (forged, corrupted or for another flow)")]
     Forged,
-    #[error("record {0} was seen before (replay)")]
-    Replayed(u64),
 }
 
 impl SessionKeys {

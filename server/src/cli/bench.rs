@@ -1,0 +1,281 @@
+//! `msocket bench throughput`: a flow against plain TCP and against TCP carrying the same
+//! Noise cipher (AES-256-GCM records of the same size) without msocket, side by side in one
+//! run on loopback. Bulk: one sender, one receiver, `bytes` bytes, timed until the receiver
+//! has them all. Latency: 64-byte request, 64-byte response, one at a time.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use msocket::name::{MemoryNameService, NameService};
+use msocket::{Endpoint, EndpointConfig, Identity};
+use serde::Serialize;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use super::CliError;
+
+const RR_SIZE: usize = 64;
+const WARMUP: usize = 200;
+const CHUNK: usize = 256 * 1024;
+const NOISE_PARAMS: &str = "Noise_IK_25519_AESGCM_SHA256";
+const RECORD: usize = 65535 - 16;
+
+/// One system's figures.
+#[derive(Debug, Clone, Serialize)]
+pub struct Row {
+    pub system: String,
+    pub bytes: u64,
+    pub throughput_mbps: f64,
+    pub rr_latency_us_p50: f64,
+    pub rr_latency_us_p99: f64,
+    pub throughput_ratio_vs_tcp: f64,
+    pub rr_p50_ratio_vs_tcp: f64,
+    pub rr_p99_ratio_vs_tcp: f64,
+}
+
+/// Runs the three systems and prints their rows.
+pub async fn throughput(bytes: u64, round_trips: usize, json: bool) -> Result<(), CliError> {
+    if bytes == 0 || round_trips == 0 {
+        return Err(CliError("--bytes and --round-trips must be above 0".into()));
+    }
+    let mut rows = Vec::new();
+    for system in ["tcp", "tcp+noise", "msocket"] {
+        eprintln!("measuring {system} ...");
+        let (mbps, lat) = match system {
+            "tcp" => {
+                let (a, b) = tcp_pair().await?;
+                let mbps = bulk(a, b, bytes).await?;
+                let (a, b) = tcp_pair().await?;
+                (mbps, request_response(a, b, round_trips).await?)
+            }
+            "tcp+noise" => {
+                let (a, b) = tcp_pair().await?;
+                let mbps = noise_bulk(a, b, bytes).await?;
+                let (a, b) = tcp_pair().await?;
+                (mbps, noise_request_response(a, b, round_trips).await?)
+            }
+            _ => {
+                let (a, b, _eps) = flow_pair().await?;
+                let mbps = bulk(a, b, bytes).await?;
+                let (a, b, _eps) = flow_pair().await?;
+                (mbps, request_response(a, b, round_trips).await?)
+            }
+        };
+        rows.push(Row {
+            system: system.to_string(),
+            bytes,
+            throughput_mbps: mbps,
+            rr_latency_us_p50: percentile(&lat, 0.50),
+            rr_latency_us_p99: percentile(&lat, 0.99),
+            throughput_ratio_vs_tcp: 0.0,
+            rr_p50_ratio_vs_tcp: 0.0,
+            rr_p99_ratio_vs_tcp: 0.0,
+        });
+    }
+    let base = rows[0].clone();
+    for r in &mut rows {
+        r.throughput_ratio_vs_tcp = r.throughput_mbps / base.throughput_mbps;
+        r.rr_p50_ratio_vs_tcp = r.rr_latency_us_p50 / base.rr_latency_us_p50;
+        r.rr_p99_ratio_vs_tcp = r.rr_latency_us_p99 / base.rr_latency_us_p99;
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+    } else {
+        println!("{:<10} {:>12} {:>10} {:>10} {:>9} {:>9}", "system", "Mbit/s", "rr p50 us", "rr p99 us", "tput x", "p50 x");
+        for r in &rows {
+            println!(
+                "{:<10} {:>12.0} {:>10.1} {:>10.1} {:>9.2} {:>9.2}",
+                r.system, r.throughput_mbps, r.rr_latency_us_p50, r.rr_latency_us_p99, r.throughput_ratio_vs_tcp, r.rr_p50_ratio_vs_tcp
+            );
+        }
+    }
+    Ok(())
+}
+
+fn percentile(samples: &[Duration], q: f64) -> f64 {
+    let mut us: Vec<f64> = samples.iter().map(|d| d.as_secs_f64() * 1e6).collect();
+    us.sort_by(f64::total_cmp);
+    let i = ((us.len() as f64 - 1.0) * q).round() as usize;
+    us.get(i).copied().unwrap_or(0.0)
+}
+
+async fn tcp_pair() -> Result<(TcpStream, TcpStream), CliError> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let (a, b) = tokio::join!(TcpStream::connect(listener.local_addr()?), listener.accept());
+    let (a, (b, _)) = (a?, b?);
+    a.set_nodelay(true)?;
+    b.set_nodelay(true)?;
+    Ok((a, b))
+}
+
+/// Two flows' ends on loopback, with an in-process name service.
+async fn flow_pair() -> Result<(msocket::Flow, msocket::Flow, (Endpoint, Endpoint)), CliError> {
+    let names: Arc<dyn NameService> = Arc::new(MemoryNameService::new());
+    let mut config = EndpointConfig::new(names);
+    config.local_ips = vec!["127.0.0.1".parse()?];
+    let server = Endpoint::bind(Identity::generate()?, config.clone())?;
+    let client = Endpoint::bind(Identity::generate()?, config)?;
+    let mut listener = server.listen("bench.server").await?;
+    let (a, b) = tokio::join!(client.connect("bench.server"), listener.accept());
+    Ok((a?, b?, (server, client)))
+}
+
+/// Sends `bytes` from `a` to `b`; Mbit/s until `b` has read them all.
+async fn bulk<A, B>(mut a: A, mut b: B, bytes: u64) -> Result<f64, CliError>
+where
+    A: AsyncWrite + Unpin + Send + 'static,
+    B: AsyncRead + Unpin + Send + 'static,
+{
+    let reader = tokio::spawn(async move {
+        let mut buf = vec![0u8; CHUNK];
+        let mut got = 0u64;
+        while got < bytes {
+            let n = b.read(&mut buf).await?;
+            if n == 0 {
+                return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "stream ended early"));
+            }
+            got += n as u64;
+        }
+        Ok::<_, std::io::Error>(Instant::now())
+    });
+    let buf = vec![0x5Au8; CHUNK];
+    let start = Instant::now();
+    let mut left = bytes;
+    while left > 0 {
+        let n = left.min(CHUNK as u64) as usize;
+        a.write_all(&buf[..n]).await?;
+        left -= n as u64;
+    }
+    let end = reader.await??;
+    Ok(bytes as f64 * 8.0 / (end - start).as_secs_f64() / 1e6)
+}
+
+async fn request_response<A, B>(mut a: A, mut b: B, n: usize) -> Result<Vec<Duration>, CliError>
+where
+    A: AsyncRead + AsyncWrite + Unpin,
+    B: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let echo = tokio::spawn(async move {
+        let mut buf = [0u8; RR_SIZE];
+        for _ in 0..n + WARMUP {
+            b.read_exact(&mut buf).await?;
+            b.write_all(&buf).await?;
+        }
+        Ok::<_, std::io::Error>(())
+    });
+    let mut samples = Vec::with_capacity(n);
+    let mut buf = [7u8; RR_SIZE];
+    for i in 0..n + WARMUP {
+        let t = Instant::now();
+        a.write_all(&buf).await?;
+        a.read_exact(&mut buf).await?;
+        if i >= WARMUP {
+            samples.push(t.elapsed());
+        }
+    }
+    echo.await??;
+    Ok(samples)
+}
+
+/// Both ends of a completed Noise handshake, in the stateless mode msocket uses.
+fn noise_pair() -> Result<(snow::StatelessTransportState, snow::StatelessTransportState), CliError> {
+    let params: snow::params::NoiseParams = NOISE_PARAMS.parse()?;
+    let server_keys = snow::Builder::new(params.clone()).generate_keypair()?;
+    let client_keys = snow::Builder::new(params.clone()).generate_keypair()?;
+    let mut init = snow::Builder::new(params.clone())
+        .local_private_key(&client_keys.private)?
+        .remote_public_key(&server_keys.public)?
+        .build_initiator()?;
+    let mut resp = snow::Builder::new(params).local_private_key(&server_keys.private)?.build_responder()?;
+    let (mut m, mut p) = (vec![0u8; 1024], vec![0u8; 1024]);
+    let n = init.write_message(&[], &mut m)?;
+    resp.read_message(&m[..n], &mut p)?;
+    let n = resp.write_message(&[], &mut m)?;
+    init.read_message(&m[..n], &mut p)?;
+    Ok((init.into_stateless_transport_mode()?, resp.into_stateless_transport_mode()?))
+}
+
+fn seal(t: &snow::StatelessTransportState, pn: u64, plain: &[u8], out: &mut Vec<u8>) -> Result<(), CliError> {
+    let len = plain.len() + 16;
+    out.extend_from_slice(&(len as u16).to_be_bytes());
+    out.extend_from_slice(&pn.to_be_bytes());
+    let start = out.len();
+    out.resize(start + len, 0);
+    t.write_message(pn, plain, &mut out[start..])?;
+    Ok(())
+}
+
+async fn open_next(
+    t: &snow::StatelessTransportState,
+    r: &mut (impl AsyncRead + Unpin),
+    ct: &mut [u8],
+    plain: &mut [u8],
+) -> Result<usize, CliError> {
+    let mut hdr = [0u8; 10];
+    r.read_exact(&mut hdr).await?;
+    let len = u16::from_be_bytes([hdr[0], hdr[1]]) as usize;
+    let pn = u64::from_be_bytes(hdr[2..].try_into().expect("8 bytes"));
+    r.read_exact(&mut ct[..len]).await?;
+    Ok(t.read_message(pn, &ct[..len], plain)?)
+}
+
+async fn noise_bulk(mut a: TcpStream, b: TcpStream, bytes: u64) -> Result<f64, CliError> {
+    let (ta, tb) = noise_pair()?;
+    let reader = tokio::spawn(async move {
+        let mut b = tokio::io::BufReader::with_capacity(CHUNK, b);
+        let (mut ct, mut plain) = (vec![0u8; 65536], vec![0u8; 65536]);
+        let mut got = 0u64;
+        while got < bytes {
+            got += open_next(&tb, &mut b, &mut ct, &mut plain).await? as u64;
+        }
+        Ok::<_, CliError>(Instant::now())
+    });
+    let data = vec![0x5Au8; RECORD];
+    let mut out = Vec::with_capacity(4 * (RECORD + 32));
+    let start = Instant::now();
+    let (mut left, mut pn) = (bytes, 0u64);
+    while left > 0 {
+        out.clear();
+        for _ in 0..4 {
+            if left == 0 {
+                break;
+            }
+            let n = left.min(RECORD as u64) as usize;
+            seal(&ta, pn, &data[..n], &mut out)?;
+            pn += 1;
+            left -= n as u64;
+        }
+        a.write_all(&out).await?;
+    }
+    let end = reader.await.map_err(|e| CliError(e.to_string()))??;
+    Ok(bytes as f64 * 8.0 / (end - start).as_secs_f64() / 1e6)
+}
+
+async fn noise_request_response(mut a: TcpStream, mut b: TcpStream, n: usize) -> Result<Vec<Duration>, CliError> {
+    let (ta, tb) = noise_pair()?;
+    let echo = tokio::spawn(async move {
+        let (mut ct, mut plain, mut out) = (vec![0u8; 1024], vec![0u8; 1024], Vec::new());
+        for pn in 0..(n + WARMUP) as u64 {
+            let len = open_next(&tb, &mut b, &mut ct, &mut plain).await?;
+            out.clear();
+            seal(&tb, pn, &plain[..len], &mut out)?;
+            b.write_all(&out).await?;
+        }
+        Ok::<_, CliError>(())
+    });
+    let (mut ct, mut plain, mut out) = (vec![0u8; 1024], vec![0u8; 1024], Vec::new());
+    let mut samples = Vec::with_capacity(n);
+    let msg = [7u8; RR_SIZE];
+    for pn in 0..(n + WARMUP) as u64 {
+        let t = Instant::now();
+        out.clear();
+        seal(&ta, pn, &msg, &mut out)?;
+        a.write_all(&out).await?;
+        open_next(&ta, &mut a, &mut ct, &mut plain).await?;
+        if pn as usize >= WARMUP {
+            samples.push(t.elapsed());
+        }
+    }
+    echo.await.map_err(|e| CliError(e.to_string()))??;
+    Ok(samples)
+}
