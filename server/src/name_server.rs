@@ -13,7 +13,8 @@
 //! cannot pile up blocking threads.
 //!
 //! The network side speaks [`msocket::name::protocol`]. Every wait is bounded: a
-//! connection that sends nothing for [`IDLE_TIMEOUT`] is closed, as is one whose response
+//! connection that sends nothing, or dribbles one request out, for [`IDLE_TIMEOUT`] is
+//! closed, as is one whose response
 //! cannot be written within [`WRITE_TIMEOUT`], and at most [`MAX_CONNECTIONS`] are served
 //! at once. Malformed input earns a `Refused(malformed)` answer and the end of that
 //! connection, never of the process.
@@ -30,8 +31,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 
-/// How long a connection may stay silent (or take to deliver one request) before it is
-/// closed.
+/// How long, by default, a connection may stay silent (or take to deliver one request)
+/// before it is closed.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long writing one response may take.
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -64,6 +65,7 @@ pub enum NameServerError {
 pub struct NameServer {
     db: Database,
     store_ops: Semaphore,
+    idle_timeout: Duration,
 }
 
 fn store_error(e: impl Into<redb::Error>) -> NameError {
@@ -81,7 +83,14 @@ impl NameServer {
         let txn = db.begin_write().map_err(|e| open_error(e.into()))?;
         txn.open_table(RECORDS).map_err(|e| open_error(e.into()))?;
         txn.commit().map_err(|e| open_error(e.into()))?;
-        Ok(NameServer { db, store_ops: Semaphore::new(MAX_STORE_OPS) })
+        Ok(NameServer { db, store_ops: Semaphore::new(MAX_STORE_OPS), idle_timeout: IDLE_TIMEOUT })
+    }
+
+    /// Sets how long a connection may stay silent, or take to deliver one request, before
+    /// it is closed (default [`IDLE_TIMEOUT`]).
+    pub fn with_idle_timeout(mut self, timeout: Duration) -> Self {
+        self.idle_timeout = timeout;
+        self
     }
 
     /// Applies the registration rules to `offered` and stores it, durably. Blocking.
@@ -230,7 +239,7 @@ impl NameServer {
             let read = tokio::select! {
                 // The sender is dropped at shutdown; between requests is a clean place to stop.
                 _ = stop.changed() => break,
-                read = tokio::time::timeout(IDLE_TIMEOUT, read_message(&mut stream)) => read,
+                read = tokio::time::timeout(self.idle_timeout, read_message(&mut stream)) => read,
             };
             let (response, keep_open) = match read {
                 Err(_) => {

@@ -7,7 +7,7 @@ use std::time::Duration;
 use msocket::name::protocol::{read_message, write_message, RefuseCode, Request, Response};
 use msocket::name::{unix_now, NameError, NameRecord, NameService, SignedRecord, TcpNameClient};
 use msocket::Identity;
-use msocket_server::name_server::NameServer;
+use msocket_server::name_server::{NameServer, IDLE_TIMEOUT, SHUTDOWN_GRACE};
 use tokio::io::AsyncWriteExt as _;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
@@ -24,8 +24,13 @@ struct TestServer {
 
 impl TestServer {
     async fn start() -> TestServer {
+        TestServer::start_with(|server| server).await
+    }
+
+    async fn start_with(configure: impl FnOnce(NameServer) -> NameServer) -> TestServer {
         let dir = tempfile::tempdir().unwrap();
-        let server = Arc::new(NameServer::open(dir.path().join("names.redb")).unwrap());
+        let server = NameServer::open(dir.path().join("names.redb")).unwrap();
+        let server = Arc::new(configure(server));
         // Bound before serving: clients can connect as soon as this returns.
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -242,13 +247,34 @@ async fn garbage_is_refused_and_the_server_keeps_serving() {
 }
 
 #[tokio::test]
+async fn silent_and_dribbling_clients_are_cut_off() {
+    let idle = Duration::from_millis(300);
+    let server = TestServer::start_with(|s| s.with_idle_timeout(idle)).await;
+    let started = std::time::Instant::now();
+    let mut silent = server.raw().await;
+    let mut dribbling = server.raw().await;
+    // Half a length prefix, then nothing: the whole request must arrive in time.
+    dribbling.write_all(&[0, 0]).await.unwrap();
+    assert!(closed(&mut silent).await);
+    assert!(closed(&mut dribbling).await);
+    assert!(started.elapsed() >= idle);
+
+    // A fresh client is still served.
+    assert!(matches!(server.client().lookup("x").await, Err(NameError::NotFound(_))));
+    server.shut_down().await;
+}
+
+#[tokio::test]
 async fn shutdown_closes_idle_connections() {
     let server = TestServer::start().await;
     let mut idle = server.raw().await;
     // Make sure the connection was accepted and is being served.
     write_message(&mut idle, &Request::Lookup("x".into()).encode()).await.unwrap();
     assert_eq!(response(&mut idle).await, Response::NotFound);
+    let started = std::time::Instant::now();
     server.shut_down().await;
+    // Closed on the stop signal, not by the grace-period abort or the idle timeout.
+    assert!(started.elapsed() < SHUTDOWN_GRACE.min(IDLE_TIMEOUT));
     assert!(closed(&mut idle).await);
 }
 

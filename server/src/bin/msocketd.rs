@@ -10,6 +10,9 @@ use msocket_server::name_server::NameServer;
 use tracing_subscriber::EnvFilter;
 
 /// The msocket server daemon.
+///
+/// Runs the services msocket peers rely on, one per subcommand. `name` is the name
+/// service: it maps peer names to signed records of their keys and current addresses.
 #[derive(Debug, Parser)]
 #[command(name = "msocketd", version)]
 struct Cli {
