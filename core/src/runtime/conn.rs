@@ -355,6 +355,7 @@ async fn writer(
                 _ = killed(&mut kill) => break "retired",
             }
         }
+        tracing::trace!(subflow = id.0, records = records.len(), "writing records");
         out.clear();
         for (pn, plain) in &records {
             if let Err(e) = conn.keys.seal(*pn, plain, &mut out) {
@@ -413,6 +414,7 @@ async fn reader(
                 },
                 _ = killed(&mut kill) => return "retired".into(),
             };
+            tracing::trace!(subflow = id.0, pn, len, "record read");
             let mut plain = BytesMut::zeroed(len);
             let n = match conn.keys.open(pn, &ct[..len], &mut plain) {
                 Ok(n) => n,

@@ -112,7 +112,9 @@ async fn run_inner(bytes: u64, moves: usize) -> Result<DemoReport, String> {
     let mut recoveries = Vec::new();
     for (k, mv) in plan.iter().enumerate() {
         let threshold = bytes * (k as u64 + 1) / (plan.len() as u64 + 1);
-        progress.wait_for(|p| p.0 >= threshold).await.map_err(|_| "receiver stopped early".to_string())?;
+        if progress.wait_for(|p| p.0 >= threshold).await.is_err() {
+            break; // the receiver ended: its result below says why
+        }
         bar.set_position(progress.borrow().0);
         while server_events.try_next().is_some() {}
         let old = (loopback(client_host), loopback(server_host));
@@ -164,8 +166,11 @@ async fn run_inner(bytes: u64, moves: usize) -> Result<DemoReport, String> {
         bar.println(line);
         recoveries.push(recovered);
     }
-    let sent = sender.await.map_err(|e| e.to_string())??;
     let (received_bytes, received) = receiver.await.map_err(|e| e.to_string())??;
+    let sent = sender.await.map_err(|e| e.to_string())??;
+    if recoveries.len() != plan.len() {
+        return Err(format!("the stream ended after {} of {} moves", recoveries.len(), plan.len()));
+    }
     bar.finish_and_clear();
     let _ = stop_names.send(());
     if received_bytes != bytes {
