@@ -246,6 +246,13 @@ impl FlowState {
         let id = SubflowId(self.next_subflow);
         self.next_subflow += 1;
         let ends_outage = self.subflows.is_empty() && self.outage_since.is_some();
+        if self.status == FlowStatus::Open {
+            // A new subflow often means the peer moved: probe the old ones so a silently
+            // dead path is found within the dead-path timeout, not at the next keepalive.
+            for s in self.subflows.values_mut() {
+                s.ping_pending = true;
+            }
+        }
         self.subflows.insert(id, Subflow::new(id, now, ends_outage));
         self.no_live_since = None;
         self.stats.subflows_added += 1;
@@ -399,7 +406,11 @@ impl FlowState {
         // Resume ACK, owed ACKs.
         let data_waiting = sub.ack_owed && (self.send.has_new() || (sub.heard && self.send.has_retransmit()));
         let ack_fits = max_len >= ACK_HEADER_LEN;
-        if ack_fits && sub.resume_ack_pending {
+        if sub.resume_ack_pending {
+            // The resume ACK must be the first frame on the subflow, whatever the room.
+            if !ack_fits {
+                return None;
+            }
             let frame = self.ack_frame(max_len);
             return Some(self.sent(id, now, frame, false));
         }
