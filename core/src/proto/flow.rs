@@ -246,6 +246,13 @@ impl FlowState {
         let id = SubflowId(self.next_subflow);
         self.next_subflow += 1;
         let ends_outage = self.subflows.is_empty() && self.outage_since.is_some();
+        if !matches!(self.status, FlowStatus::Failed(_)) {
+            // A new subflow often means the peer moved: probe the old ones so a silently
+            // dead path is found within the dead-path timeout, not at the next keepalive.
+            for s in self.subflows.values_mut() {
+                s.ping_pending = true;
+            }
+        }
         self.subflows.insert(id, Subflow::new(id, now, ends_outage));
         self.no_live_since = None;
         self.stats.subflows_added += 1;
@@ -260,7 +267,7 @@ impl FlowState {
         self.stats.subflows_lost += 1;
         if self.subflows.is_empty() {
             self.no_live_since = Some(now);
-            if self.status == FlowStatus::Open && self.outage_since.is_none() {
+            if !matches!(self.status, FlowStatus::Failed(_)) && self.outage_since.is_none() {
                 self.outage_since = Some(now);
             }
         }
@@ -364,7 +371,7 @@ impl FlowState {
         }
         let mut dead = Vec::new();
         for s in self.subflows.values_mut() {
-            if s.on_timeout(now, &self.cfg, open) {
+            if s.on_timeout(now, &self.cfg) {
                 dead.push(s.id);
             }
         }
@@ -399,7 +406,11 @@ impl FlowState {
         // Resume ACK, owed ACKs.
         let data_waiting = sub.ack_owed && (self.send.has_new() || (sub.heard && self.send.has_retransmit()));
         let ack_fits = max_len >= ACK_HEADER_LEN;
-        if ack_fits && sub.resume_ack_pending {
+        if sub.resume_ack_pending {
+            // The resume ACK must be the first frame on the subflow, whatever the room.
+            if !ack_fits {
+                return None;
+            }
             let frame = self.ack_frame(max_len);
             return Some(self.sent(id, now, frame, false));
         }
@@ -415,7 +426,7 @@ impl FlowState {
             return Some(self.sent(id, now, frame, false));
         }
         let sub = self.subflows.get_mut(&id)?;
-        if sub.ping_pending && max_len >= 9 && self.status == FlowStatus::Open {
+        if sub.ping_pending && max_len >= 9 {
             sub.ping_pending = false;
             let ping = self.next_ping;
             self.next_ping += 1;
@@ -484,7 +495,7 @@ impl FlowState {
         let data = self.send.has_new() || (sub.heard && self.send.has_retransmit());
         sub.wants_ack()
             || !sub.pongs.is_empty()
-            || (sub.ping_pending && self.status == FlowStatus::Open)
+            || sub.ping_pending
             || sub.addrs.is_some()
             || data
     }
@@ -497,7 +508,7 @@ impl FlowState {
         let open = self.status == FlowStatus::Open;
         let mut t = if open { self.no_live_since.map(|s| s + self.cfg.flow_deadline) } else { None };
         for s in self.subflows.values() {
-            if let Some(x) = s.next_timeout(&self.cfg, open) {
+            if let Some(x) = s.next_timeout(&self.cfg) {
                 t = Some(t.map_or(x, |t| t.min(x)));
             }
         }
@@ -578,9 +589,6 @@ impl FlowState {
         if self.status == FlowStatus::Open && self.send.fin_acked() && self.recv.at_fin() {
             self.status = FlowStatus::Finished;
             self.events.push_back(FlowEvent::Finished);
-            for s in self.subflows.values_mut() {
-                s.ping_pending = false;
-            }
         }
     }
 }

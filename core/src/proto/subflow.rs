@@ -144,8 +144,8 @@ impl Subflow {
         self.resume_ack_pending || self.ack_now || self.window_update
     }
 
-    /// Earliest instant any of this subflow's timers fires, given the flow is open.
-    pub fn next_timeout(&self, cfg: &FlowConfig, open: bool) -> Option<Instant> {
+    /// Earliest instant any of this subflow's timers fires.
+    pub fn next_timeout(&self, cfg: &FlowConfig) -> Option<Instant> {
         let mut t: Option<Instant> = None;
         let mut consider = |x: Instant| t = Some(t.map_or(x, |t| t.min(x)));
         if self.ack_owed && !self.ack_now {
@@ -153,27 +153,22 @@ impl Subflow {
                 consider(d);
             }
         }
-        if open {
-            if let Some(since) = self.awaiting_since {
-                consider(since + cfg.dead_path_timeout);
-                if !self.half_ping_sent && !self.in_flight.is_empty() {
-                    consider(since + cfg.dead_path_timeout / 2);
-                }
+        if let Some(since) = self.awaiting_since {
+            consider(since + cfg.dead_path_timeout);
+            if !self.half_ping_sent && !self.in_flight.is_empty() {
+                consider(since + cfg.dead_path_timeout / 2);
             }
-            if !self.ping_pending {
-                consider(self.last_sent.max(self.last_heard) + cfg.keepalive_interval);
-            }
+        }
+        if !self.ping_pending {
+            consider(self.last_sent.max(self.last_heard) + cfg.keepalive_interval);
         }
         t
     }
 
     /// Fires due timers. Returns `true` when the subflow is dead.
-    pub fn on_timeout(&mut self, now: Instant, cfg: &FlowConfig, open: bool) -> bool {
+    pub fn on_timeout(&mut self, now: Instant, cfg: &FlowConfig) -> bool {
         if self.ack_owed && self.ack_deadline.is_some_and(|d| d <= now) {
             self.ack_now = true;
-        }
-        if !open {
-            return false;
         }
         if let Some(since) = self.awaiting_since {
             if since + cfg.dead_path_timeout <= now {
