@@ -361,7 +361,7 @@ impl FlowState {
             return;
         }
         let open = self.status == FlowStatus::Open;
-        if open {
+        if open && self.needs_path() {
             if let Some(since) = self.no_live_since {
                 if since + self.cfg.flow_deadline <= now {
                     self.fail(FlowError::DeadlineExceeded { after: now.saturating_duration_since(since) });
@@ -506,7 +506,11 @@ impl FlowState {
             return None;
         }
         let open = self.status == FlowStatus::Open;
-        let mut t = if open { self.no_live_since.map(|s| s + self.cfg.flow_deadline) } else { None };
+        let mut t = if open && self.needs_path() {
+            self.no_live_since.map(|s| s + self.cfg.flow_deadline)
+        } else {
+            None
+        };
         for s in self.subflows.values() {
             if let Some(x) = s.next_timeout(&self.cfg) {
                 t = Some(t.map_or(x, |t| t.min(x)));
@@ -583,6 +587,13 @@ impl FlowState {
         self.events.push_back(FlowEvent::Failed(err));
         self.readable_hint = true;
         self.writable_hint = true;
+    }
+
+    /// Whether the flow still needs a subflow: it is open and something is still to be
+    /// sent, acknowledged or received. A flow whose transfer is complete but not yet all
+    /// read needs none (and no longer runs the flow deadline).
+    pub fn needs_path(&self) -> bool {
+        self.status == FlowStatus::Open && !(self.send.fin_acked() && self.recv.fin_received())
     }
 
     fn check_finished(&mut self) {

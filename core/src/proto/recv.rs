@@ -91,6 +91,11 @@ impl RecvBuffer {
         self.data_end > self.read_off
     }
 
+    /// Every byte up to the FIN has arrived (read or not).
+    pub fn fin_received(&self) -> bool {
+        self.fin == Some(self.data_end)
+    }
+
     /// All data was read and the FIN received.
     pub fn at_fin(&self) -> bool {
         self.fin == Some(self.read_off)

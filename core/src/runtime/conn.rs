@@ -254,10 +254,11 @@ impl Conn {
                 let mut inner = self.lock();
                 let now = Instant::now();
                 inner.proto.handle_timeout(now);
-                inner.driver_deadline = None;
                 self.settle(&mut inner);
                 if let Some(t) = inner.terminal_at {
-                    if inner.subflows.is_empty() {
+                    // A finished flow lingers so a peer that lost our last ACK can rejoin.
+                    let finished = matches!(inner.proto.status(), FlowStatus::Finished);
+                    if inner.subflows.is_empty() && (!finished || now >= t + LINGER) {
                         break;
                     }
                     if now >= t + LINGER {
@@ -266,7 +267,11 @@ impl Conn {
                         }
                         break;
                     }
-                } else if self.role == Role::Client && inner.proto.live_subflows() == 0 && !inner.dialing {
+                } else if self.role == Role::Client
+                    && inner.proto.live_subflows() == 0
+                    && inner.proto.needs_path()
+                    && !inner.dialing
+                {
                     inner.dialing = true;
                     tokio::spawn(super::dial::redial(self.clone()));
                 }

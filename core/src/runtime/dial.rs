@@ -124,7 +124,7 @@ pub(crate) async fn redial(conn: Arc<Conn>) {
 
 fn needs_subflow(conn: &Conn) -> bool {
     let inner = conn.lock();
-    matches!(inner.proto.status(), crate::proto::FlowStatus::Open) && inner.proto.live_subflows() == 0
+    inner.proto.needs_path() && inner.proto.live_subflows() == 0
 }
 
 /// One round: known addresses, then a fresh lookup. True once a subflow is attached.
