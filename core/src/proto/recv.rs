@@ -262,6 +262,23 @@ mod tests {
     }
 
     #[test]
+    fn partial_overlaps_are_trimmed_on_both_sides() {
+        let mut r = RecvBuffer::new(100, 0);
+        r.receive(0, b("hel"), false).unwrap();
+        let got = r.receive(1, b("ello"), false).unwrap();
+        assert_eq!((got.new_bytes, got.duplicate_bytes), (2, 2));
+        r.receive(8, b("rld"), false).unwrap();
+        let got = r.receive(6, b("wor"), false).unwrap();
+        assert_eq!((got.new_bytes, got.duplicate_bytes), (2, 1));
+        // Overlaps delivered data, fills the gap, overlaps both out-of-order segments.
+        let got = r.receive(4, b("o worl"), false).unwrap();
+        assert_eq!((got.new_bytes, got.duplicate_bytes), (1, 5));
+        assert_eq!(read_all(&mut r), "hello world");
+        assert_eq!(r.cum(), 11);
+        assert_eq!(r.buffered(), 0);
+    }
+
+    #[test]
     fn window_and_fin_are_enforced() {
         let mut r = RecvBuffer::new(10, 0);
         assert!(matches!(r.receive(5, b("123456"), false), Err(ProtocolViolation::DataBeyondWindow { end: 11, window: 10 })));

@@ -462,13 +462,39 @@ impl Sim {
                     .collect();
                 if !others.is_empty() {
                     let o = others[self.rng.below(others.len() as u64) as usize];
-                    let late = Duration::from_millis(self.rng.below(500));
+                    let late = Duration::from_millis(self.rng.below(500) * self.rng.below(2));
+                    let copy = self.reslice(rec);
                     let p = &mut self.links[o].pipes[side];
                     let at = now + p.delay + late;
-                    p.push(at, rec);
+                    p.push(at, copy);
                 }
             }
         }
+    }
+
+    /// A copy of the DATA frames in `rec`, half the time cut to a random sub-range, so
+    /// copies overlap what the receiver has partially (as a sender re-segmenting would).
+    fn reslice(&mut self, rec: Bytes) -> Bytes {
+        let mut out = BytesMut::new();
+        for f in Frame::decode_all(rec).expect("own record") {
+            let Frame::Data { offset, fin, payload } = f else { continue };
+            let len = payload.len() as u64;
+            let cut = 1 + self.rng.below(len.max(1));
+            let (from, to) = match self.rng.below(4) {
+                _ if len == 0 => (0, 0),
+                0 => (0, len),
+                1 => (0, cut),
+                2 => (cut - 1, len),
+                _ => {
+                    let a = self.rng.below(len);
+                    (a, a + 1 + self.rng.below(len - a))
+                }
+            };
+            let fin = fin && to == len;
+            let payload = payload.slice(from as usize..to as usize);
+            Frame::Data { offset: offset + from, fin, payload }.encode(&mut out);
+        }
+        out.freeze()
     }
 
     fn deliver(&mut self, link: usize, dir: usize) -> bool {
