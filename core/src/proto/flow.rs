@@ -18,7 +18,7 @@ use bytes::Bytes;
 
 use super::frame::{check_ack, clamp_str, ACK_HEADER_LEN, ACK_RANGE_LEN, DATA_HEADER_LEN};
 use super::recv::RecvBuffer;
-use super::send::{SendBuffer, Segment};
+use super::send::{Segment, SendBuffer};
 use super::subflow::Subflow;
 use super::{
     FlowConfig, FlowError, Frame, ProtocolViolation, INITIAL_WINDOW, MAX_ACK_RANGES, MAX_ADDRS,
@@ -54,11 +54,19 @@ pub enum FlowStatus {
 pub enum FlowEvent {
     SubflowAdded(SubflowId),
     /// Liveness timeout: already removed from the flow; the runtime closes its socket.
-    SubflowDead { id: SubflowId },
+    SubflowDead {
+        id: SubflowId,
+    },
     /// First frame heard on a subflow added while the flow had no live subflow.
-    Resumed { id: SubflowId, outage: Duration },
+    Resumed {
+        id: SubflowId,
+        outage: Duration,
+    },
     /// The peer moved (only the latest unpolled one is kept).
-    PeerAddrs { addrs: Vec<SocketAddr>, relays: Vec<String> },
+    PeerAddrs {
+        addrs: Vec<SocketAddr>,
+        relays: Vec<String>,
+    },
     /// Hint: `read` has something new.
     Readable,
     /// Hint: `write` accepts bytes again.
@@ -232,8 +240,11 @@ impl FlowState {
     /// [`MAX_ADDRS`]/[`MAX_RELAYS`]; relay names over [`MAX_RELAY_LEN`] bytes are dropped.
     pub fn advertise_addrs(&mut self, mut addrs: Vec<SocketAddr>, relays: Vec<String>) {
         addrs.truncate(MAX_ADDRS);
-        let relays: Vec<String> =
-            relays.into_iter().filter(|r| r.len() <= MAX_RELAY_LEN).take(MAX_RELAYS).collect();
+        let relays: Vec<String> = relays
+            .into_iter()
+            .filter(|r| r.len() <= MAX_RELAY_LEN)
+            .take(MAX_RELAYS)
+            .collect();
         for s in self.subflows.values_mut() {
             s.addrs = Some((addrs.clone(), relays.clone()));
         }
@@ -262,7 +273,9 @@ impl FlowState {
 
     /// The subflow is gone; what it carried unacknowledged is re-sent elsewhere.
     pub fn remove_subflow(&mut self, id: SubflowId, now: Instant) {
-        let Some(sub) = self.subflows.remove(&id) else { return };
+        let Some(sub) = self.subflows.remove(&id) else {
+            return;
+        };
         self.send.on_lost(&sub.in_flight);
         self.stats.subflows_lost += 1;
         if self.subflows.is_empty() {
@@ -277,7 +290,12 @@ impl FlowState {
 
     /// Takes in one frame received on subflow `id`. An error condemns that subflow (the
     /// runtime closes it and calls [`remove_subflow`](Self::remove_subflow)), not the flow.
-    pub fn handle_frame(&mut self, id: SubflowId, frame: Frame, now: Instant) -> Result<(), ProtocolViolation> {
+    pub fn handle_frame(
+        &mut self,
+        id: SubflowId,
+        frame: Frame,
+        now: Instant,
+    ) -> Result<(), ProtocolViolation> {
         let wire_len = frame.encoded_len();
         let Some(sub) = self.subflows.get_mut(&id) else {
             return Err(ProtocolViolation::UnknownSubflow(id));
@@ -286,22 +304,35 @@ impl FlowState {
         if sub.ends_outage {
             sub.ends_outage = false;
             if let Some(since) = self.outage_since.take() {
-                self.events.push_back(FlowEvent::Resumed { id, outage: now.saturating_duration_since(since) });
+                self.events.push_back(FlowEvent::Resumed {
+                    id,
+                    outage: now.saturating_duration_since(since),
+                });
             }
         }
         if matches!(self.status, FlowStatus::Failed(_)) {
             return Ok(());
         }
         match frame {
-            Frame::Data { offset, fin, payload } => self.on_data(id, offset, fin, payload, now)?,
-            Frame::Ack { cum, ranges, window } => self.on_ack(cum, &ranges, window)?,
+            Frame::Data {
+                offset,
+                fin,
+                payload,
+            } => self.on_data(id, offset, fin, payload, now)?,
+            Frame::Ack {
+                cum,
+                ranges,
+                window,
+            } => self.on_ack(cum, &ranges, window)?,
             Frame::Ping { id: ping } => sub.queue_pong(ping),
             Frame::Pong { id: pong } => sub.on_pong(pong, now),
             Frame::Addrs { mut addrs, relays } => {
                 addrs.truncate(MAX_ADDRS);
                 let relays = relays.into_iter().take(MAX_RELAYS).collect();
-                self.events.retain(|e| !matches!(e, FlowEvent::PeerAddrs { .. }));
-                self.events.push_back(FlowEvent::PeerAddrs { addrs, relays });
+                self.events
+                    .retain(|e| !matches!(e, FlowEvent::PeerAddrs { .. }));
+                self.events
+                    .push_back(FlowEvent::PeerAddrs { addrs, relays });
             }
             Frame::Close { code, reason } => {
                 let reason = clamp_str(&reason, MAX_REASON_LEN).to_owned();
@@ -311,7 +342,14 @@ impl FlowState {
         Ok(())
     }
 
-    fn on_data(&mut self, id: SubflowId, offset: u64, fin: bool, payload: Bytes, now: Instant) -> Result<(), ProtocolViolation> {
+    fn on_data(
+        &mut self,
+        id: SubflowId,
+        offset: u64,
+        fin: bool,
+        payload: Bytes,
+        now: Instant,
+    ) -> Result<(), ProtocolViolation> {
         if payload.len() > MAX_DATA_LEN {
             return Err(ProtocolViolation::DataTooLong(payload.len()));
         }
@@ -331,7 +369,12 @@ impl FlowState {
         Ok(())
     }
 
-    fn on_ack(&mut self, cum: u64, ranges: &[std::ops::Range<u64>], window: u64) -> Result<(), ProtocolViolation> {
+    fn on_ack(
+        &mut self,
+        cum: u64,
+        ranges: &[std::ops::Range<u64>],
+        window: u64,
+    ) -> Result<(), ProtocolViolation> {
         check_ack(cum, ranges, window).map_err(|_| ProtocolViolation::BadAckRanges)?;
         let sent = self.send.sent_end();
         let acked = ranges.last().map_or(cum, |r| r.end.max(cum));
@@ -347,7 +390,11 @@ impl FlowState {
             }
         }
         self.stats.bytes_acked = self.send.acked_bytes();
-        if freed && (was_full || self.write_blocked) && self.status == FlowStatus::Open && !self.send.is_finished() {
+        if freed
+            && (was_full || self.write_blocked)
+            && self.status == FlowStatus::Open
+            && !self.send.is_finished()
+        {
             self.write_blocked = false;
             self.writable_hint = true;
         }
@@ -364,7 +411,9 @@ impl FlowState {
         if open && self.needs_path() {
             if let Some(since) = self.no_live_since {
                 if since + self.cfg.flow_deadline <= now {
-                    self.fail(FlowError::DeadlineExceeded { after: now.saturating_duration_since(since) });
+                    self.fail(FlowError::DeadlineExceeded {
+                        after: now.saturating_duration_since(since),
+                    });
                     return;
                 }
             }
@@ -393,7 +442,10 @@ impl FlowState {
         // CLOSE
         if let Some((code, reason)) = sub.close.take() {
             let room = max_len.saturating_sub(5);
-            let frame = Frame::Close { code, reason: clamp_str(&reason, room).to_owned() };
+            let frame = Frame::Close {
+                code,
+                reason: clamp_str(&reason, room).to_owned(),
+            };
             if frame.encoded_len() <= max_len {
                 return Some(self.sent(id, now, frame, false));
             }
@@ -404,7 +456,8 @@ impl FlowState {
             return None;
         }
         // Resume ACK, owed ACKs.
-        let data_waiting = sub.ack_owed && (self.send.has_new() || (sub.heard && self.send.has_retransmit()));
+        let data_waiting =
+            sub.ack_owed && (self.send.has_new() || (sub.heard && self.send.has_retransmit()));
         let ack_fits = max_len >= ACK_HEADER_LEN;
         if sub.resume_ack_pending {
             // The resume ACK must be the first frame on the subflow, whatever the room.
@@ -438,7 +491,9 @@ impl FlowState {
             if frame.encoded_len() <= max_len {
                 return Some(self.sent(id, now, frame, false));
             }
-            let Frame::Addrs { addrs, relays } = frame else { unreachable!() };
+            let Frame::Addrs { addrs, relays } = frame else {
+                unreachable!()
+            };
             sub.addrs = Some((addrs, relays));
         }
         if max_len < DATA_HEADER_LEN {
@@ -461,7 +516,11 @@ impl FlowState {
         let room = (max_len - ACK_HEADER_LEN) / ACK_RANGE_LEN;
         let window = self.recv.window();
         self.advertised = self.advertised.max(window);
-        Frame::Ack { cum: self.recv.cum(), ranges: self.recv.ack_ranges(room.min(MAX_ACK_RANGES)), window }
+        Frame::Ack {
+            cum: self.recv.cum(),
+            ranges: self.recv.ack_ranges(room.min(MAX_ACK_RANGES)),
+            window,
+        }
     }
 
     fn sent_data(&mut self, id: SubflowId, now: Instant, seg: Segment) -> Frame {
@@ -469,7 +528,11 @@ impl FlowState {
         if let Some(sub) = self.subflows.get_mut(&id) {
             sub.in_flight.insert(seg.units());
         }
-        let frame = Frame::Data { offset: seg.offset, fin: seg.fin, payload: seg.payload };
+        let frame = Frame::Data {
+            offset: seg.offset,
+            fin: seg.fin,
+            payload: seg.payload,
+        };
         self.sent(id, now, frame, true)
     }
 
@@ -485,7 +548,9 @@ impl FlowState {
 
     /// Whether [`poll_transmit`](Self::poll_transmit) would return a frame (given room).
     pub fn wants_transmit(&self, id: SubflowId) -> bool {
-        let Some(sub) = self.subflows.get(&id) else { return false };
+        let Some(sub) = self.subflows.get(&id) else {
+            return false;
+        };
         if sub.close.is_some() {
             return true;
         }
@@ -493,11 +558,7 @@ impl FlowState {
             return false;
         }
         let data = self.send.has_new() || (sub.heard && self.send.has_retransmit());
-        sub.wants_ack()
-            || !sub.pongs.is_empty()
-            || sub.ping_pending
-            || sub.addrs.is_some()
-            || data
+        sub.wants_ack() || !sub.pongs.is_empty() || sub.ping_pending || sub.addrs.is_some() || data
     }
 
     /// When [`handle_timeout`](Self::handle_timeout) should next be called.

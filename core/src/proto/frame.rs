@@ -61,17 +61,28 @@ const FLAG_FIN: u8 = 0x01;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Frame {
     /// Stream bytes at `offset`; `fin` marks `offset + payload.len()` as the end of the stream.
-    Data { offset: u64, fin: bool, payload: Bytes },
+    Data {
+        offset: u64,
+        fin: bool,
+        payload: Bytes,
+    },
     /// `cum`: every unit below is received; `ranges`: units received beyond `cum` (ascending,
     /// disjoint, not touching `cum` or each other, ≤ [`MAX_ACK_RANGES`]); `window`: the peer
     /// may send payload bytes at offsets `< window`.
-    Ack { cum: u64, ranges: Vec<Range<u64>>, window: u64 },
+    Ack {
+        cum: u64,
+        ranges: Vec<Range<u64>>,
+        window: u64,
+    },
     /// Asks for a PONG with the same id.
     Ping { id: u64 },
     /// Answers a PING.
     Pong { id: u64 },
     /// A peer that moved tells its new addresses and relays.
-    Addrs { addrs: Vec<SocketAddr>, relays: Vec<String> },
+    Addrs {
+        addrs: Vec<SocketAddr>,
+        relays: Vec<String>,
+    },
     /// Aborts the flow.
     Close { code: u16, reason: String },
 }
@@ -134,7 +145,10 @@ pub(crate) fn clamp_str(s: &str, max: usize) -> &str {
 }
 
 fn relays_within_bounds(relays: &[String]) -> impl Iterator<Item = &String> {
-    relays.iter().filter(|r| r.len() <= MAX_RELAY_LEN).take(MAX_RELAYS)
+    relays
+        .iter()
+        .filter(|r| r.len() <= MAX_RELAY_LEN)
+        .take(MAX_RELAYS)
 }
 
 impl Frame {
@@ -149,7 +163,11 @@ impl Frame {
     pub fn encode(&self, out: &mut BytesMut) {
         out.reserve(self.encoded_len());
         match self {
-            Frame::Data { offset, fin, payload } => {
+            Frame::Data {
+                offset,
+                fin,
+                payload,
+            } => {
                 debug_assert!(payload.len() <= MAX_DATA_LEN);
                 let payload = &payload[..payload.len().min(MAX_DATA_LEN)];
                 out.put_u8(T_DATA);
@@ -158,7 +176,11 @@ impl Frame {
                 out.put_u16(payload.len() as u16);
                 out.put_slice(payload);
             }
-            Frame::Ack { cum, ranges, window } => {
+            Frame::Ack {
+                cum,
+                ranges,
+                window,
+            } => {
                 let ranges = &ranges[..ranges.len().min(MAX_ACK_RANGES)];
                 out.put_u8(T_ACK);
                 out.put_u64(*cum);
@@ -243,7 +265,11 @@ impl Frame {
                     }
                     let start = buf.len() - r.remaining();
                     r.bytes(len, "DATA payload")?;
-                    Frame::Data { offset, fin, payload: buf.slice(start..start + len) }
+                    Frame::Data {
+                        offset,
+                        fin,
+                        payload: buf.slice(start..start + len),
+                    }
                 }
                 T_ACK => {
                     let cum = r.u64("ACK cum")?;
@@ -257,10 +283,18 @@ impl Frame {
                         ranges.push(r.u64("ACK range start")?..r.u64("ACK range end")?);
                     }
                     check_ack(cum, &ranges, window)?;
-                    Frame::Ack { cum, ranges, window }
+                    Frame::Ack {
+                        cum,
+                        ranges,
+                        window,
+                    }
                 }
-                T_PING => Frame::Ping { id: r.u64("PING id")? },
-                T_PONG => Frame::Pong { id: r.u64("PONG id")? },
+                T_PING => Frame::Ping {
+                    id: r.u64("PING id")?,
+                },
+                T_PONG => Frame::Pong {
+                    id: r.u64("PONG id")?,
+                },
                 T_ADDRS => {
                     let n = r.u8("address count")? as usize;
                     if n > MAX_ADDRS {
@@ -294,26 +328,59 @@ impl Frame {
 }
 
 #[cfg(test)]
+#[allow(clippy::single_range_in_vec_init)] // one-range ACKs are the point
 mod tests {
     use super::*;
     use proptest::prelude::*;
 
     fn samples() -> Vec<Frame> {
         vec![
-            Frame::Data { offset: 0, fin: false, payload: Bytes::from_static(b"hello") },
-            Frame::Data { offset: 77, fin: true, payload: Bytes::new() },
-            Frame::Data { offset: 1 << 40, fin: true, payload: Bytes::from(vec![7; MAX_DATA_LEN]) },
-            Frame::Ack { cum: 0, ranges: vec![], window: 65536 },
-            Frame::Ack { cum: 10, ranges: vec![12..14, 20..21], window: 1 << 30 },
+            Frame::Data {
+                offset: 0,
+                fin: false,
+                payload: Bytes::from_static(b"hello"),
+            },
+            Frame::Data {
+                offset: 77,
+                fin: true,
+                payload: Bytes::new(),
+            },
+            Frame::Data {
+                offset: 1 << 40,
+                fin: true,
+                payload: Bytes::from(vec![7; MAX_DATA_LEN]),
+            },
+            Frame::Ack {
+                cum: 0,
+                ranges: vec![],
+                window: 65536,
+            },
+            Frame::Ack {
+                cum: 10,
+                ranges: vec![12..14, 20..21],
+                window: 1 << 30,
+            },
             Frame::Ping { id: 0 },
             Frame::Pong { id: u64::MAX },
             Frame::Addrs {
-                addrs: vec!["10.0.0.1:7450".parse().unwrap(), "[2001:db8::1]:443".parse().unwrap()],
+                addrs: vec![
+                    "10.0.0.1:7450".parse().unwrap(),
+                    "[2001:db8::1]:443".parse().unwrap(),
+                ],
                 relays: vec!["relay.example".into(), "ü".into()],
             },
-            Frame::Addrs { addrs: vec![], relays: vec![] },
-            Frame::Close { code: 3, reason: "bye 👋".into() },
-            Frame::Close { code: 0, reason: String::new() },
+            Frame::Addrs {
+                addrs: vec![],
+                relays: vec![],
+            },
+            Frame::Close {
+                code: 3,
+                reason: "bye 👋".into(),
+            },
+            Frame::Close {
+                code: 0,
+                reason: String::new(),
+            },
         ]
     }
 
@@ -331,16 +398,25 @@ mod tests {
     fn every_variant_round_trips_alone_and_together() {
         let all = samples();
         for f in &all {
-            assert_eq!(Frame::decode_all(encode(std::slice::from_ref(f))).unwrap(), vec![f.clone()]);
+            assert_eq!(
+                Frame::decode_all(encode(std::slice::from_ref(f))).unwrap(),
+                vec![f.clone()]
+            );
         }
         assert_eq!(Frame::decode_all(encode(&all)).unwrap(), all);
     }
 
     #[test]
     fn data_payload_is_a_slice_of_the_record() {
-        let rec = encode(&[Frame::Data { offset: 5, fin: false, payload: Bytes::from_static(b"abc") }]);
+        let rec = encode(&[Frame::Data {
+            offset: 5,
+            fin: false,
+            payload: Bytes::from_static(b"abc"),
+        }]);
         let frames = Frame::decode_all(rec.clone()).unwrap();
-        let Frame::Data { payload, .. } = &frames[0] else { panic!() };
+        let Frame::Data { payload, .. } = &frames[0] else {
+            panic!()
+        };
         assert_eq!(payload.as_ptr(), rec[DATA_HEADER_LEN..].as_ptr());
     }
 
@@ -358,14 +434,20 @@ mod tests {
             let res = Frame::decode_all(all.slice(..cut));
             assert_eq!(res.is_ok(), boundaries.contains(&cut), "cut at {cut}");
         }
-        assert_eq!(Frame::decode_all(Bytes::new()), Err(FrameError::EmptyRecord));
+        assert_eq!(
+            Frame::decode_all(Bytes::new()),
+            Err(FrameError::EmptyRecord)
+        );
     }
 
     #[test]
     fn bad_inputs_are_named() {
         let dec = |v: Vec<u8>| Frame::decode_all(Bytes::from(v));
         assert_eq!(dec(vec![0x7f]), Err(FrameError::UnknownType(0x7f)));
-        assert_eq!(dec(vec![T_DATA, 0x02, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]), Err(FrameError::ReservedFlags(2)));
+        assert_eq!(
+            dec(vec![T_DATA, 0x02, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]),
+            Err(FrameError::ReservedFlags(2))
+        );
         let mut over = vec![T_DATA, 0];
         over.extend_from_slice(&0u64.to_be_bytes());
         over.extend_from_slice(&65_001u16.to_be_bytes());
@@ -377,7 +459,12 @@ mod tests {
         assert_eq!(dec(huge), Err(FrameError::OffsetTooLarge));
         let ack = |cum: u64, ranges: Vec<Range<u64>>| {
             let mut out = BytesMut::new();
-            Frame::Ack { cum, ranges, window: 1 }.encode(&mut out);
+            Frame::Ack {
+                cum,
+                ranges,
+                window: 1,
+            }
+            .encode(&mut out);
             Frame::decode_all(out.freeze())
         };
         assert_eq!(ack(10, vec![10..12]), Err(FrameError::BadAckRanges));
@@ -389,24 +476,44 @@ mod tests {
         many.push(33);
         assert_eq!(dec(many), Err(DecodeError::TooLong("ACK ranges").into()));
         let mut bad_utf8 = vec![T_CLOSE, 0, 1, 0, 2, 0xff, 0xfe];
-        assert_eq!(dec(bad_utf8.clone()), Err(DecodeError::Invalid("CLOSE reason").into()));
+        assert_eq!(
+            dec(bad_utf8.clone()),
+            Err(DecodeError::Invalid("CLOSE reason").into())
+        );
         bad_utf8.truncate(3);
         assert!(dec(bad_utf8).is_err());
-        assert_eq!(dec(vec![T_ADDRS, 17]), Err(DecodeError::TooLong("address list").into()));
-        assert_eq!(dec(vec![T_ADDRS, 0, 9]), Err(DecodeError::TooLong("relay list").into()));
+        assert_eq!(
+            dec(vec![T_ADDRS, 17]),
+            Err(DecodeError::TooLong("address list").into())
+        );
+        assert_eq!(
+            dec(vec![T_ADDRS, 0, 9]),
+            Err(DecodeError::TooLong("relay list").into())
+        );
     }
 
     #[test]
     fn encoder_clamps_over_bound_fields() {
-        let f = Frame::Close { code: 1, reason: "é".repeat(600) };
-        let Frame::Close { reason, .. } = &Frame::decode_all(encode(&[f])).unwrap()[0] else { panic!() };
+        let f = Frame::Close {
+            code: 1,
+            reason: "é".repeat(600),
+        };
+        let Frame::Close { reason, .. } = &Frame::decode_all(encode(&[f])).unwrap()[0] else {
+            panic!()
+        };
         assert_eq!(reason.len(), 1024);
         let f = Frame::Addrs {
             addrs: vec!["1.2.3.4:5".parse().unwrap(); 20],
             relays: vec!["x".repeat(300), "ok".into()],
         };
         let got = Frame::decode_all(encode(&[f])).unwrap();
-        assert_eq!(got, vec![Frame::Addrs { addrs: vec!["1.2.3.4:5".parse().unwrap(); 16], relays: vec!["ok".into()] }]);
+        assert_eq!(
+            got,
+            vec![Frame::Addrs {
+                addrs: vec!["1.2.3.4:5".parse().unwrap(); 16],
+                relays: vec!["ok".into()]
+            }]
+        );
     }
 
     proptest! {

@@ -25,7 +25,7 @@
 //! `offset .. offset + len (+1 if fin)`; `fin` is only set when `offset + len == L`.
 //! ACK `cum` says every unit below `cum` arrived, so `cum == L + 1` means the whole stream
 //! including its end. `ranges` report units received beyond `cum` (lowest
-//! [`MAX_ACK_RANGES`] gaps). `window` is absolute: payload bytes must lie below it (the FIN
+//! [`MAX_ACK_RANGES`] ranges). `window` is absolute: payload bytes must lie below it (the FIN
 //! unit itself needs no window). Before any ACK arrives a sender may assume
 //! [`INITIAL_WINDOW`]; receivers never advertise less.
 //!
@@ -34,6 +34,34 @@
 //! The first frame each side sends on a new subflow is an ACK: "this is what I have".
 //! Units that were in flight on a lost subflow are re-sent only on a subflow whose peer
 //! has already spoken (so its ACK pruned them first); new data may go at once.
+
+//! # Liveness
+//!
+//! A subflow that sent DATA or PING and heard nothing at all for `dead_path_timeout` is
+//! dead ([`FlowEvent::SubflowDead`]); halfway there it PINGs if data is outstanding. Idle
+//! subflows PING every `keepalive_interval`; a new subflow PINGs at once (RTT sample) and
+//! makes the older subflows PING too, since a new subflow usually means the peer moved.
+//! With no live subflow for `flow_deadline` the flow fails with
+//! [`FlowError::DeadlineExceeded`].
+//!
+//! # Contract with the runtime
+//!
+//! - Call [`FlowState::add_subflow`] once a subflow is authenticated, then
+//!   [`FlowState::poll_transmit`] whenever its socket is writable until it returns `None`
+//!   ([`FlowState::wants_transmit`] tells cheaply whether to). Offer at least 64 bytes of
+//!   room; a DATA frame uses at most `DATA_HEADER_LEN + max_data_frame` bytes.
+//! - Feed every decoded frame to [`FlowState::handle_frame`]. An error condemns only that
+//!   subflow: close it and call [`FlowState::remove_subflow`]. Frames still arriving on a
+//!   subflow reported as [`FlowEvent::SubflowDead`] get `UnknownSubflow`.
+//! - Call [`FlowState::handle_timeout`] at [`FlowState::poll_timeout`], and drain
+//!   [`FlowState::poll_event`] after every call into the state machine.
+//! - After [`FlowStatus::Finished`] the state machine still answers (ACKs, PONGs, resume
+//!   ACKs on new subflows) and still detects dead paths: the peer may not have our ACK of
+//!   its FIN yet. Linger (keep or re-establish a subflow) for a while before dropping the
+//!   flow, like TCP's TIME_WAIT; a peer that never gets that ACK ends with
+//!   `DeadlineExceeded` although every byte was delivered.
+//! - After a failure `read` still returns bytes that had arrived in order, then the error;
+//!   `write` and `finish` return the error at once; only queued CLOSE frames are sent.
 
 mod config;
 mod error;

@@ -42,7 +42,10 @@ impl RangeSet {
 
     #[cfg(test)]
     pub(crate) fn contains(&self, unit: u64) -> bool {
-        self.map.range(..=unit).next_back().is_some_and(|(_, &e)| unit < e)
+        self.map
+            .range(..=unit)
+            .next_back()
+            .is_some_and(|(_, &e)| unit < e)
     }
 
     pub(crate) fn iter(&self) -> impl Iterator<Item = Range<u64>> + '_ {

@@ -102,7 +102,12 @@ impl RecvBuffer {
     }
 
     /// Takes in one DATA frame.
-    pub fn receive(&mut self, offset: u64, payload: Bytes, fin: bool) -> Result<Received, ProtocolViolation> {
+    pub fn receive(
+        &mut self,
+        offset: u64,
+        payload: Bytes,
+        fin: bool,
+    ) -> Result<Received, ProtocolViolation> {
         let len = payload.len() as u64;
         let end = offset
             .checked_add(len)
@@ -115,9 +120,14 @@ impl RecvBuffer {
         let mut out = Received::default();
         if fin {
             match self.fin {
-                Some(f) if f != end => return Err(ProtocolViolation::FinChanged { was: f, now: end }),
+                Some(f) if f != end => {
+                    return Err(ProtocolViolation::FinChanged { was: f, now: end })
+                }
                 None if self.highest > end => {
-                    return Err(ProtocolViolation::FinChanged { was: self.highest, now: end })
+                    return Err(ProtocolViolation::FinChanged {
+                        was: self.highest,
+                        now: end,
+                    })
                 }
                 _ => {}
             }
@@ -194,7 +204,11 @@ impl RecvBuffer {
                 held.push(s..s + b.len() as u64);
             }
         }
-        held.extend(self.ooo.range(offset..end).map(|(&s, b)| s..s + b.len() as u64));
+        held.extend(
+            self.ooo
+                .range(offset..end)
+                .map(|(&s, b)| s..s + b.len() as u64),
+        );
         let mut pos = offset;
         let mut fresh = 0;
         let mut gaps = Vec::new();
@@ -219,7 +233,9 @@ impl RecvBuffer {
     pub fn read(&mut self, buf: &mut [u8]) -> usize {
         let mut n = 0;
         while n < buf.len() {
-            let Some(front) = self.ready.front_mut() else { break };
+            let Some(front) = self.ready.front_mut() else {
+                break;
+            };
             let take = front.len().min(buf.len() - n);
             buf[n..n + take].copy_from_slice(&front[..take]);
             n += take;
@@ -267,20 +283,52 @@ mod tests {
     }
 
     #[test]
+    fn partial_overlaps_are_trimmed_on_both_sides() {
+        let mut r = RecvBuffer::new(100, 0);
+        r.receive(0, b("hel"), false).unwrap();
+        let got = r.receive(1, b("ello"), false).unwrap();
+        assert_eq!((got.new_bytes, got.duplicate_bytes), (2, 2));
+        r.receive(8, b("rld"), false).unwrap();
+        let got = r.receive(6, b("wor"), false).unwrap();
+        assert_eq!((got.new_bytes, got.duplicate_bytes), (2, 1));
+        // Overlaps delivered data, fills the gap, overlaps both out-of-order segments.
+        let got = r.receive(4, b("o worl"), false).unwrap();
+        assert_eq!((got.new_bytes, got.duplicate_bytes), (1, 5));
+        assert_eq!(read_all(&mut r), "hello world");
+        assert_eq!(r.cum(), 11);
+        assert_eq!(r.buffered(), 0);
+    }
+
+    #[test]
     fn window_and_fin_are_enforced() {
         let mut r = RecvBuffer::new(10, 0);
-        assert!(matches!(r.receive(5, b("123456"), false), Err(ProtocolViolation::DataBeyondWindow { end: 11, window: 10 })));
+        assert!(matches!(
+            r.receive(5, b("123456"), false),
+            Err(ProtocolViolation::DataBeyondWindow {
+                end: 11,
+                window: 10
+            })
+        ));
         r.receive(0, b("0123456789"), false).unwrap();
         assert_eq!(read_all(&mut r).len(), 10);
         assert_eq!(r.window(), 20);
         r.receive(12, b("ab"), true).unwrap();
-        assert!(matches!(r.receive(12, b("abc"), true), Err(ProtocolViolation::FinChanged { .. })));
-        assert!(matches!(r.receive(13, b("bc"), false), Err(ProtocolViolation::DataBeyondFin { .. })));
+        assert!(matches!(
+            r.receive(12, b("abc"), true),
+            Err(ProtocolViolation::FinChanged { .. })
+        ));
+        assert!(matches!(
+            r.receive(13, b("bc"), false),
+            Err(ProtocolViolation::DataBeyondFin { .. })
+        ));
         assert_eq!(r.ack_ranges(32), vec![12..15]);
         r.receive(10, b("xy"), false).unwrap();
         assert_eq!(r.cum(), 15);
         let mut r = RecvBuffer::new(10, 0);
         r.receive(5, b("abc"), false).unwrap();
-        assert!(matches!(r.receive(0, b("ab"), true), Err(ProtocolViolation::FinChanged { .. })));
+        assert!(matches!(
+            r.receive(0, b("ab"), true),
+            Err(ProtocolViolation::FinChanged { .. })
+        ));
     }
 }

@@ -119,7 +119,14 @@ impl Subflow {
     }
 
     /// DATA of `len` bytes arrived; an ACK is owed here.
-    pub fn on_data(&mut self, now: Instant, len: u64, immediate_after: u64, fin: bool, cfg: &FlowConfig) {
+    pub fn on_data(
+        &mut self,
+        now: Instant,
+        len: u64,
+        immediate_after: u64,
+        fin: bool,
+        cfg: &FlowConfig,
+    ) {
         if !self.ack_owed {
             self.ack_owed = true;
             self.ack_deadline = Some(now + cfg.ack_delay);
@@ -174,12 +181,16 @@ impl Subflow {
             if since + cfg.dead_path_timeout <= now {
                 return true;
             }
-            if !self.half_ping_sent && !self.in_flight.is_empty() && since + cfg.dead_path_timeout / 2 <= now {
+            if !self.half_ping_sent
+                && !self.in_flight.is_empty()
+                && since + cfg.dead_path_timeout / 2 <= now
+            {
                 self.half_ping_sent = true;
                 self.ping_pending = true;
             }
         }
-        if !self.ping_pending && self.last_sent.max(self.last_heard) + cfg.keepalive_interval <= now {
+        if !self.ping_pending && self.last_sent.max(self.last_heard) + cfg.keepalive_interval <= now
+        {
             self.ping_pending = true;
         }
         false

@@ -14,7 +14,9 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 
-use crate::proto::{FlowConfig, FlowError, FlowEvent, FlowState, FlowStatus, Frame, ReadOutcome, SubflowId};
+use crate::proto::{
+    FlowConfig, FlowError, FlowEvent, FlowState, FlowStatus, Frame, ReadOutcome, SubflowId,
+};
 
 /// Largest record the simulated runtime builds.
 pub const RECORD_MAX: usize = 64 * 1024 + 256;
@@ -56,7 +58,13 @@ pub struct Pipe {
 
 impl Pipe {
     fn new(delay: Duration, now: Instant) -> Self {
-        Pipe { queue: VecDeque::new(), delay, busy_until: now, last_deliver: now, records_sent: 0 }
+        Pipe {
+            queue: VecDeque::new(),
+            delay,
+            busy_until: now,
+            last_deliver: now,
+            records_sent: 0,
+        }
     }
 
     fn push(&mut self, at: Instant, rec: Bytes) {
@@ -120,7 +128,8 @@ pub struct Sim {
 }
 
 fn has_data(rec: &Bytes) -> bool {
-    Frame::decode_all(rec.clone()).is_ok_and(|fs| fs.iter().any(|f| matches!(f, Frame::Data { .. })))
+    Frame::decode_all(rec.clone())
+        .is_ok_and(|fs| fs.iter().any(|f| matches!(f, Frame::Data { .. })))
 }
 
 impl Sim {
@@ -156,13 +165,20 @@ impl Sim {
     pub fn send(&mut self, side: usize, data: Vec<u8>, write_sizes: Vec<usize>, finish: bool) {
         let app = &mut self.apps[side];
         app.data = data;
-        app.write_sizes = if write_sizes.is_empty() { vec![16 * 1024] } else { write_sizes };
+        app.write_sizes = if write_sizes.is_empty() {
+            vec![16 * 1024]
+        } else {
+            write_sizes
+        };
         app.finish_when_written = finish;
     }
 
     /// A new subflow pair, added at both ends now.
     pub fn add_link(&mut self, delay: Duration) -> usize {
-        let ids = [self.ends[0].add_subflow(self.now), self.ends[1].add_subflow(self.now)];
+        let ids = [
+            self.ends[0].add_subflow(self.now),
+            self.ends[1].add_subflow(self.now),
+        ];
         self.links.push(Link {
             ids,
             open: [true, true],
@@ -194,15 +210,21 @@ impl Sim {
     }
 
     pub fn live_links(&self) -> Vec<usize> {
-        (0..self.links.len()).filter(|&i| self.links[i].open == [true, true] && !self.links[i].blackhole).collect()
+        (0..self.links.len())
+            .filter(|&i| self.links[i].open == [true, true] && !self.links[i].blackhole)
+            .collect()
     }
 
     pub fn done(&self) -> bool {
-        self.apps.iter().all(|a| a.got_fin) && self.ends.iter().all(|e| e.status() == FlowStatus::Finished)
+        self.apps.iter().all(|a| a.got_fin)
+            && self.ends.iter().all(|e| e.status() == FlowStatus::Finished)
     }
 
     pub fn events_of(&self, side: usize) -> impl Iterator<Item = &FlowEvent> {
-        self.events.iter().filter(move |(_, s, _)| *s == side).map(|(_, _, e)| e)
+        self.events
+            .iter()
+            .filter(move |(_, s, _)| *s == side)
+            .map(|(_, _, e)| e)
     }
 
     /// Runs until `cond` holds, time passes `limit` (since t0), or nothing can happen.
@@ -215,7 +237,11 @@ impl Sim {
             }
             match self.next_time() {
                 Some(t) if t <= end => {
-                    assert!(t > self.now, "next event at {:?} is not in the future", t - self.t0);
+                    assert!(
+                        t > self.now,
+                        "next event at {:?} is not in the future",
+                        t - self.t0
+                    );
                     self.now = t;
                 }
                 _ => {
@@ -247,9 +273,22 @@ impl Sim {
     pub fn assert_complete(&self) {
         for side in 0..2 {
             let (tx, rx) = (&self.apps[side], &self.apps[1 - side]);
-            assert_eq!(rx.received.len(), tx.data.len(), "side {side} → {} length", 1 - side);
-            assert!(rx.received == tx.data, "side {side} → {} content differs", 1 - side);
-            assert_eq!(self.ends[side].status(), FlowStatus::Finished, "side {side}");
+            assert_eq!(
+                rx.received.len(),
+                tx.data.len(),
+                "side {side} → {} length",
+                1 - side
+            );
+            assert!(
+                rx.received == tx.data,
+                "side {side} → {} content differs",
+                1 - side
+            );
+            assert_eq!(
+                self.ends[side].status(),
+                FlowStatus::Finished,
+                "side {side}"
+            );
             let stats = self.ends[1 - side].stats();
             assert_eq!(stats.bytes_received, tx.data.len() as u64);
             assert_eq!(stats.bytes_read, tx.data.len() as u64);
@@ -299,7 +338,12 @@ impl Sim {
             let mut progress = false;
             // Scheduled removals (the runtime noticed a broken subflow).
             let now = self.now;
-            let due: Vec<_> = self.removals.iter().filter(|r| r.0 <= now).cloned().collect();
+            let due: Vec<_> = self
+                .removals
+                .iter()
+                .filter(|r| r.0 <= now)
+                .cloned()
+                .collect();
             self.removals.retain(|r| r.0 > now);
             for (_, side, link) in due {
                 let l = &mut self.links[link];
@@ -318,7 +362,11 @@ impl Sim {
                 if self.ends[side].poll_timeout().is_some_and(|t| t <= now) {
                     self.ends[side].handle_timeout(now);
                     if let Some(t) = self.ends[side].poll_timeout() {
-                        assert!(t > now, "side {side}: timer at {:?} still due after handle_timeout", t - self.t0);
+                        assert!(
+                            t > now,
+                            "side {side}: timer at {:?} still due after handle_timeout",
+                            t - self.t0
+                        );
                     }
                     progress = true;
                 }
@@ -339,7 +387,8 @@ impl Sim {
             }
             self.drain_events();
             if let Some(d) = self.auto_reconnect {
-                if self.reconnect_at.is_none() && self.ends[0].live_subflows() == 0 && !self.done() {
+                if self.reconnect_at.is_none() && self.ends[0].live_subflows() == 0 && !self.done()
+                {
                     self.reconnect_at = Some(self.now + d);
                 }
             }
@@ -421,7 +470,10 @@ impl Sim {
                 let room = RECORD_MAX - rec.len();
                 let Some(f) = self.ends[side].poll_transmit(id, self.now, room) else {
                     if room >= 4096 {
-                        assert!(!self.ends[side].wants_transmit(id), "wants_transmit but poll_transmit gave nothing");
+                        assert!(
+                            !self.ends[side].wants_transmit(id),
+                            "wants_transmit but poll_transmit gave nothing"
+                        );
                     }
                     break;
                 };
@@ -462,13 +514,51 @@ impl Sim {
                     .collect();
                 if !others.is_empty() {
                     let o = others[self.rng.below(others.len() as u64) as usize];
-                    let late = Duration::from_millis(self.rng.below(500));
+                    let late = Duration::from_millis(self.rng.below(500) * self.rng.below(2));
+                    let copy = self.reslice(rec);
                     let p = &mut self.links[o].pipes[side];
                     let at = now + p.delay + late;
-                    p.push(at, rec);
+                    p.push(at, copy);
                 }
             }
         }
+    }
+
+    /// A copy of the DATA frames in `rec`, half the time cut to a random sub-range, so
+    /// copies overlap what the receiver has partially (as a sender re-segmenting would).
+    fn reslice(&mut self, rec: Bytes) -> Bytes {
+        let mut out = BytesMut::new();
+        for f in Frame::decode_all(rec).expect("own record") {
+            let Frame::Data {
+                offset,
+                fin,
+                payload,
+            } = f
+            else {
+                continue;
+            };
+            let len = payload.len() as u64;
+            let cut = 1 + self.rng.below(len.max(1));
+            let (from, to) = match self.rng.below(4) {
+                _ if len == 0 => (0, 0),
+                0 => (0, len),
+                1 => (0, cut),
+                2 => (cut - 1, len),
+                _ => {
+                    let a = self.rng.below(len);
+                    (a, a + 1 + self.rng.below(len - a))
+                }
+            };
+            let fin = fin && to == len;
+            let payload = payload.slice(from as usize..to as usize);
+            Frame::Data {
+                offset: offset + from,
+                fin,
+                payload,
+            }
+            .encode(&mut out);
+        }
+        out.freeze()
     }
 
     fn deliver(&mut self, link: usize, dir: usize) -> bool {
@@ -489,7 +579,10 @@ impl Sim {
             let frames = Frame::decode_all(rec).expect("records built by the simulation decode");
             for f in frames {
                 if let Err(e) = self.ends[dst].handle_frame(id, f.clone(), self.now) {
-                    panic!("side {dst} at {:?}: honest peer flagged as violation: {e} ({f:?})", self.elapsed());
+                    panic!(
+                        "side {dst} at {:?}: honest peer flagged as violation: {e} ({f:?})",
+                        self.elapsed()
+                    );
                 }
             }
             // Events (e.g. a failure) before the next record.
@@ -503,7 +596,11 @@ impl Sim {
                 if let FlowEvent::SubflowDead { id } = &ev {
                     // The runtime closes the socket. If the path still works, the peer
                     // sees the close one delay later.
-                    if let Some(link) = self.links.iter().position(|l| l.ids[side] == *id && l.open[side]) {
+                    if let Some(link) = self
+                        .links
+                        .iter()
+                        .position(|l| l.ids[side] == *id && l.open[side])
+                    {
                         let l = &mut self.links[link];
                         l.open[side] = false;
                         if !l.blackhole {

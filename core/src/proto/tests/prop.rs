@@ -39,8 +39,16 @@ struct Case {
 }
 
 fn kill() -> impl Strategy<Value = Kill> {
-    (0u64..6000, proptest::option::of(0u64..1500), proptest::option::of(0u64..1500))
-        .prop_map(|(at_ms, notice_a, notice_b)| Kill { at_ms, notice_a, notice_b })
+    (
+        0u64..6000,
+        proptest::option::of(0u64..1500),
+        proptest::option::of(0u64..1500),
+    )
+        .prop_map(|(at_ms, notice_a, notice_b)| Kill {
+            at_ms,
+            notice_a,
+            notice_b,
+        })
 }
 
 prop_compose! {
@@ -65,7 +73,12 @@ prop_compose! {
 
 fn run(c: Case) {
     let cfg = if c.small_windows {
-        FlowConfig { send_buffer: 100_000, recv_window: 70_000, max_data_frame: 9_000, ..FlowConfig::default() }
+        FlowConfig {
+            send_buffer: 100_000,
+            recv_window: 70_000,
+            max_data_frame: 9_000,
+            ..FlowConfig::default()
+        }
     } else {
         FlowConfig::default()
     };
@@ -77,8 +90,18 @@ fn run(c: Case) {
     sim.cross_pct = c.cross_pct;
     sim.default_delay = Duration::from_millis(c.delay_ms);
     sim.auto_reconnect = Some(Duration::from_millis(c.reconnect_ms));
-    sim.send(0, (0..c.a_len).map(|_| rng.next() as u8).collect(), c.a_sizes, true);
-    sim.send(1, (0..c.b_len).map(|_| rng.next() as u8).collect(), c.b_sizes, true);
+    sim.send(
+        0,
+        (0..c.a_len).map(|_| rng.next() as u8).collect(),
+        c.a_sizes,
+        true,
+    );
+    sim.send(
+        1,
+        (0..c.b_len).map(|_| rng.next() as u8).collect(),
+        c.b_sizes,
+        true,
+    );
     sim.add_link(Duration::from_millis(c.delay_ms));
     if c.second_link {
         sim.add_link(Duration::from_millis(1 + rng.below(200)));
@@ -92,7 +115,13 @@ fn run(c: Case) {
             continue;
         }
         let link = live[rng.below(live.len() as u64) as usize];
-        sim.kill_link(link, [k.notice_a.map(Duration::from_millis), k.notice_b.map(Duration::from_millis)]);
+        sim.kill_link(
+            link,
+            [
+                k.notice_a.map(Duration::from_millis),
+                k.notice_b.map(Duration::from_millis),
+            ],
+        );
     }
     let ok = sim.run_to_completion(Duration::from_secs(900));
     assert!(
@@ -138,7 +167,11 @@ fn regression_last_ack_lost_on_a_silent_path() {
         second_link: false,
         bandwidth: Some(2416496),
         small_windows: true,
-        kills: vec![Kill { at_ms: 391, notice_a: None, notice_b: None }],
+        kills: vec![Kill {
+            at_ms: 391,
+            notice_a: None,
+            notice_b: None,
+        }],
         reconnect_ms: 241,
         dup_pct: 22,
         cross_pct: 17,

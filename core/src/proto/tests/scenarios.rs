@@ -6,7 +6,8 @@ use bytes::Bytes;
 
 use super::harness::Sim;
 use crate::proto::{
-    FlowConfig, FlowError, FlowEvent, FlowState, FlowStatus, Frame, ProtocolViolation, ReadOutcome, SubflowId,
+    FlowConfig, FlowError, FlowEvent, FlowState, FlowStatus, Frame, ProtocolViolation, ReadOutcome,
+    SubflowId,
 };
 
 fn ms(n: u64) -> Duration {
@@ -14,7 +15,14 @@ fn ms(n: u64) -> Duration {
 }
 
 fn pattern(len: usize, seed: u8) -> Vec<u8> {
-    (0..len).map(|i| (i as u32).wrapping_mul(2_654_435_761).wrapping_add(seed as u32).to_be_bytes()[0]).collect()
+    (0..len)
+        .map(|i| {
+            (i as u32)
+                .wrapping_mul(2_654_435_761)
+                .wrapping_add(seed as u32)
+                .to_be_bytes()[0]
+        })
+        .collect()
 }
 
 /// A sim with `a_len` bytes client→server and `b_len` back, both finishing, one link.
@@ -48,7 +56,10 @@ fn clean_transfer_both_ways_finishes() {
         assert_eq!(s.duplicate_bytes_received, 0);
         assert_eq!(s.bytes_sent, s.bytes_written);
         assert_eq!(count(&sim, side, |e| *e == FlowEvent::Finished), 1);
-        assert!(resumed_outage(&sim, side).is_none(), "the first subflow is no resume");
+        assert!(
+            resumed_outage(&sim, side).is_none(),
+            "the first subflow is no resume"
+        );
     }
 }
 
@@ -93,7 +104,11 @@ fn client_address_change() {
     assert!(sim.ends[0].stats().bytes_retransmitted > 0);
     let outage = resumed_outage(&sim, 0).expect("client resumed");
     assert!(outage >= ms(100) && outage < ms(300), "{outage:?}");
-    assert_eq!(count(&sim, 1, |e| matches!(e, FlowEvent::SubflowDead { .. })), 1, "server found the dead path");
+    assert_eq!(
+        count(&sim, 1, |e| matches!(e, FlowEvent::SubflowDead { .. })),
+        1,
+        "server found the dead path"
+    );
     assert_eq!(sim.ends[0].stats().subflows_lost, 1);
 }
 
@@ -109,7 +124,10 @@ fn server_address_change_is_announced_then_followed() {
         FlowEvent::PeerAddrs { addrs, relays } => Some((addrs.clone(), relays.clone())),
         _ => None,
     });
-    assert_eq!(addrs, Some((vec![new_addr], vec!["relay.example".to_string()])));
+    assert_eq!(
+        addrs,
+        Some((vec![new_addr], vec!["relay.example".to_string()]))
+    );
     // The server moves: it drops the old subflow at once; the client's TCP reports an
     // error 200 ms later; the client dials the new address.
     sim.kill_link(0, [Some(ms(200)), Some(ms(0))]);
@@ -130,7 +148,10 @@ fn both_ends_move_at_once() {
     sim.add_link(ms(60));
     assert!(sim.run_to_completion(Duration::from_secs(30)));
     sim.assert_complete();
-    let (a, b) = (resumed_outage(&sim, 0).unwrap(), resumed_outage(&sim, 1).unwrap());
+    let (a, b) = (
+        resumed_outage(&sim, 0).unwrap(),
+        resumed_outage(&sim, 1).unwrap(),
+    );
     assert!(a > b, "the client lost its subflow first: {a:?} vs {b:?}");
     for side in 0..2 {
         assert!(sim.ends[side].stats().bytes_retransmitted > 0);
@@ -143,7 +164,10 @@ fn killed_subflow_loses_frames_in_flight_and_another_link_takes_over() {
     sim.bandwidth = Some(2_000_000);
     sim.add_link(ms(80));
     sim.run_until(ms(700));
-    assert!(sim.links[0].pipes.iter().any(|p| !p.queue.is_empty()), "frames in flight");
+    assert!(
+        sim.links[0].pipes.iter().any(|p| !p.queue.is_empty()),
+        "frames in flight"
+    );
     sim.kill_link(0, [Some(ms(0)), Some(ms(10))]);
     assert!(sim.run_to_completion(Duration::from_secs(30)));
     sim.assert_complete();
@@ -154,7 +178,10 @@ fn killed_subflow_loses_frames_in_flight_and_another_link_takes_over() {
 
 #[test]
 fn resume_after_five_minute_outage() {
-    let cfg = FlowConfig { flow_deadline: Duration::from_secs(600), ..FlowConfig::default() };
+    let cfg = FlowConfig {
+        flow_deadline: Duration::from_secs(600),
+        ..FlowConfig::default()
+    };
     let mut sim = transfer(cfg, 2_000_000, 1_000_000);
     sim.bandwidth = Some(1_000_000);
     sim.run_until(ms(800));
@@ -165,7 +192,10 @@ fn resume_after_five_minute_outage() {
     assert!(sim.run_to_completion(Duration::from_secs(400)));
     sim.assert_complete();
     let outage = resumed_outage(&sim, 0).unwrap();
-    assert!(outage >= Duration::from_secs(300) && outage < Duration::from_secs(301), "{outage:?}");
+    assert!(
+        outage >= Duration::from_secs(300) && outage < Duration::from_secs(301),
+        "{outage:?}"
+    );
 }
 
 #[test]
@@ -176,13 +206,23 @@ fn deadline_expiry_fails_both_ends() {
     sim.kill_link(0, [Some(ms(0)), Some(ms(100))]);
     sim.run_until(Duration::from_secs(400));
     for side in 0..2 {
-        let FlowStatus::Failed(FlowError::DeadlineExceeded { after }) = sim.ends[side].status() else {
+        let FlowStatus::Failed(FlowError::DeadlineExceeded { after }) = sim.ends[side].status()
+        else {
             panic!("side {side}: {:?}", sim.ends[side].status());
         };
         assert_eq!(after, Duration::from_secs(300));
-        assert!(matches!(sim.ends[side].write(b"x"), Err(FlowError::DeadlineExceeded { .. })));
+        assert!(matches!(
+            sim.ends[side].write(b"x"),
+            Err(FlowError::DeadlineExceeded { .. })
+        ));
         assert_eq!(sim.ends[side].poll_timeout(), None);
-        assert_eq!(count(&sim, side, |e| matches!(e, FlowEvent::Failed(FlowError::DeadlineExceeded { .. }))), 1);
+        assert_eq!(
+            count(&sim, side, |e| matches!(
+                e,
+                FlowEvent::Failed(FlowError::DeadlineExceeded { .. })
+            )),
+            1
+        );
     }
     // Bytes received before the failure can still be read, then the error.
     let end = &mut sim.ends[1];
@@ -191,7 +231,10 @@ fn deadline_expiry_fails_both_ends() {
         match end.read(&mut buf) {
             Ok(ReadOutcome::Data(_)) => {}
             other => {
-                assert!(matches!(other, Err(FlowError::DeadlineExceeded { .. })), "{other:?}");
+                assert!(
+                    matches!(other, Err(FlowError::DeadlineExceeded { .. })),
+                    "{other:?}"
+                );
                 break;
             }
         }
@@ -204,7 +247,12 @@ fn deadline_counts_from_creation_when_never_connected() {
     let mut f = FlowState::new(FlowConfig::default(), t0);
     assert_eq!(f.poll_timeout(), Some(t0 + Duration::from_secs(300)));
     f.handle_timeout(t0 + Duration::from_secs(300));
-    assert_eq!(f.status(), FlowStatus::Failed(FlowError::DeadlineExceeded { after: Duration::from_secs(300) }));
+    assert_eq!(
+        f.status(),
+        FlowStatus::Failed(FlowError::DeadlineExceeded {
+            after: Duration::from_secs(300)
+        })
+    );
 }
 
 #[test]
@@ -224,7 +272,10 @@ fn silent_path_death_is_detected_and_recovered() {
             .map(|(t, _, _)| *t)
             .unwrap_or_else(|| panic!("side {side} never noticed"));
         // Data was outstanding, so within the dead-path timeout (+ the probe for the server).
-        assert!(dead_at <= ms(500 + 1500 + 1600), "side {side} at {dead_at:?}");
+        assert!(
+            dead_at <= ms(500 + 1500 + 1600),
+            "side {side} at {dead_at:?}"
+        );
     }
     assert!(sim.links.len() >= 2);
 }
@@ -242,7 +293,10 @@ fn idle_silent_path_death_is_found_by_keepalive() {
         .find(|(_, s, e)| *s == 0 && matches!(e, FlowEvent::SubflowDead { .. }))
         .map(|(t, _, _)| *t)
         .expect("keepalive found the dead path");
-    assert!(dead_at > Duration::from_secs(25) && dead_at <= Duration::from_secs(28), "{dead_at:?}");
+    assert!(
+        dead_at > Duration::from_secs(25) && dead_at <= Duration::from_secs(28),
+        "{dead_at:?}"
+    );
 }
 
 #[test]
@@ -251,7 +305,10 @@ fn idle_healthy_flow_keeps_alive_without_false_deaths() {
     sim.add_link(ms(200));
     sim.run_until(Duration::from_secs(600));
     assert_eq!(sim.ends[0].live_subflows(), 1);
-    assert!(sim.events.iter().all(|(_, _, e)| !matches!(e, FlowEvent::SubflowDead { .. } | FlowEvent::Failed(_))));
+    assert!(sim
+        .events
+        .iter()
+        .all(|(_, _, e)| !matches!(e, FlowEvent::SubflowDead { .. } | FlowEvent::Failed(_))));
     let frames = sim.ends[0].subflow_stats(SubflowId(0)).unwrap().frames_sent;
     // About one PING (or PONG) per keepalive interval, not a flood.
     assert!((10..=60).contains(&frames), "{frames}");
@@ -262,22 +319,39 @@ fn rtt_is_measured_by_ping() {
     let mut sim = Sim::new(FlowConfig::default());
     sim.add_link(ms(35));
     sim.run_until(Duration::from_secs(1));
-    let srtt = sim.ends[0].subflow_stats(SubflowId(0)).unwrap().srtt.unwrap();
+    let srtt = sim.ends[0]
+        .subflow_stats(SubflowId(0))
+        .unwrap()
+        .srtt
+        .unwrap();
     assert!(srtt >= ms(70) && srtt < ms(80), "{srtt:?}");
 }
 
 #[test]
 fn flow_control_blocks_the_writer_and_bounds_memory() {
-    let cfg = FlowConfig { send_buffer: 256 * 1024, recv_window: 128 * 1024, ..FlowConfig::default() };
+    let cfg = FlowConfig {
+        send_buffer: 256 * 1024,
+        recv_window: 128 * 1024,
+        ..FlowConfig::default()
+    };
     let mut sim = transfer(cfg, 4_000_000, 0);
     sim.apps[1].paused = true;
     sim.run_until(Duration::from_secs(90));
     let (a, b) = (&sim.apps[0], &sim.apps[1]);
-    assert!(a.written <= 128 * 1024 + 256 * 1024, "writer blocked: {}", a.written);
+    assert!(
+        a.written <= 128 * 1024 + 256 * 1024,
+        "writer blocked: {}",
+        a.written
+    );
     assert!(a.max_send_buffered <= 256 * 1024);
     assert!(b.max_recv_buffered <= 128 * 1024, "{}", b.max_recv_buffered);
     assert!(!sim.ends[0].is_writable());
-    assert!(sim.events.iter().all(|(_, _, e)| !matches!(e, FlowEvent::SubflowDead { .. })), "stall is not death");
+    assert!(
+        sim.events
+            .iter()
+            .all(|(_, _, e)| !matches!(e, FlowEvent::SubflowDead { .. })),
+        "stall is not death"
+    );
     sim.apps[1].paused = false;
     assert!(sim.run_to_completion(Duration::from_secs(200)));
     sim.assert_complete();
@@ -294,12 +368,20 @@ fn abort_reaches_the_peer() {
     sim.ends[0].abort(7, "going away");
     assert_eq!(
         sim.ends[0].status(),
-        FlowStatus::Failed(FlowError::LocallyAborted { code: 7, reason: "going away".into() })
+        FlowStatus::Failed(FlowError::LocallyAborted {
+            code: 7,
+            reason: "going away".into()
+        })
     );
     sim.run_until(ms(400));
-    let want = FlowError::PeerAborted { code: 7, reason: "going away".into() };
+    let want = FlowError::PeerAborted {
+        code: 7,
+        reason: "going away".into(),
+    };
     assert_eq!(sim.ends[1].status(), FlowStatus::Failed(want.clone()));
-    assert!(sim.events_of(1).any(|e| *e == FlowEvent::Failed(want.clone())));
+    assert!(sim
+        .events_of(1)
+        .any(|e| *e == FlowEvent::Failed(want.clone())));
     assert_eq!(sim.ends[1].write(b"x"), Err(want.clone()));
     // The paused reader still gets what arrived before the abort, then the error.
     sim.apps[1].paused = false;
@@ -312,24 +394,69 @@ fn abort_reaches_the_peer() {
 #[test]
 fn violations_are_errors_not_panics() {
     let t0 = std::time::Instant::now();
-    let mut f = FlowState::new(FlowConfig { recv_window: 100_000, ..FlowConfig::default() }, t0);
+    let mut f = FlowState::new(
+        FlowConfig {
+            recv_window: 100_000,
+            ..FlowConfig::default()
+        },
+        t0,
+    );
     let id = f.add_subflow(t0);
-    let data = |offset: u64, fin: bool, n: usize| Frame::Data { offset, fin, payload: Bytes::from(vec![0; n]) };
-    assert!(matches!(f.handle_frame(id, data(99_990, false, 20), t0), Err(ProtocolViolation::DataBeyondWindow { .. })));
+    let data = |offset: u64, fin: bool, n: usize| Frame::Data {
+        offset,
+        fin,
+        payload: Bytes::from(vec![0; n]),
+    };
+    assert!(matches!(
+        f.handle_frame(id, data(99_990, false, 20), t0),
+        Err(ProtocolViolation::DataBeyondWindow { .. })
+    ));
     assert_eq!(f.handle_frame(id, data(10, true, 5), t0), Ok(()));
-    assert!(matches!(f.handle_frame(id, data(10, true, 6), t0), Err(ProtocolViolation::FinChanged { .. })));
-    assert!(matches!(f.handle_frame(id, data(14, false, 6), t0), Err(ProtocolViolation::DataBeyondFin { .. })));
-    assert!(matches!(f.handle_frame(id, data(0, false, 70_000), t0), Err(ProtocolViolation::DataTooLong(70_000))));
-    assert!(matches!(f.handle_frame(id, data(u64::MAX - 2, false, 5), t0), Err(ProtocolViolation::OffsetTooLarge)));
-    let ack = |cum, ranges| Frame::Ack { cum, ranges, window: 1 << 20 };
-    assert!(matches!(f.handle_frame(id, ack(1, vec![]), t0), Err(ProtocolViolation::AckOfUnsent { acked: 1, sent: 0 })));
-    assert!(matches!(f.handle_frame(id, ack(0, vec![5..3]), t0), Err(ProtocolViolation::BadAckRanges)));
-    assert_eq!(f.handle_frame(SubflowId(9), Frame::Ping { id: 1 }, t0), Err(ProtocolViolation::UnknownSubflow(SubflowId(9))));
+    assert!(matches!(
+        f.handle_frame(id, data(10, true, 6), t0),
+        Err(ProtocolViolation::FinChanged { .. })
+    ));
+    assert!(matches!(
+        f.handle_frame(id, data(14, false, 6), t0),
+        Err(ProtocolViolation::DataBeyondFin { .. })
+    ));
+    assert!(matches!(
+        f.handle_frame(id, data(0, false, 70_000), t0),
+        Err(ProtocolViolation::DataTooLong(70_000))
+    ));
+    assert!(matches!(
+        f.handle_frame(id, data(u64::MAX - 2, false, 5), t0),
+        Err(ProtocolViolation::OffsetTooLarge)
+    ));
+    let ack = |cum, ranges| Frame::Ack {
+        cum,
+        ranges,
+        window: 1 << 20,
+    };
+    assert!(matches!(
+        f.handle_frame(id, ack(1, vec![]), t0),
+        Err(ProtocolViolation::AckOfUnsent { acked: 1, sent: 0 })
+    ));
+    assert!(matches!(
+        f.handle_frame(id, ack(0, vec![5..3]), t0),
+        Err(ProtocolViolation::BadAckRanges)
+    ));
+    assert_eq!(
+        f.handle_frame(SubflowId(9), Frame::Ping { id: 1 }, t0),
+        Err(ProtocolViolation::UnknownSubflow(SubflowId(9)))
+    );
     f.write(b"abc").unwrap();
     while f.poll_transmit(id, t0, 1500).is_some() {}
     assert_eq!(f.handle_frame(id, ack(3, vec![]), t0), Ok(()));
-    assert!(matches!(f.handle_frame(id, ack(0, vec![2..5]), t0), Err(ProtocolViolation::AckOfUnsent { .. })));
-    assert_eq!(f.status(), FlowStatus::Open, "violations condemn the subflow, not the flow");
+    assert!(matches!(
+        f.handle_frame(id, ack(0, vec![2..5]), t0),
+        Err(ProtocolViolation::AckOfUnsent { .. })
+    ));
+    assert_eq!(
+        f.status(),
+        FlowStatus::Open,
+        "violations condemn the subflow, not the flow"
+    );
 }
 
 #[test]
@@ -340,7 +467,14 @@ fn resume_ack_comes_first_and_frames_respect_max_len() {
     let id = f.add_subflow(t0);
     assert!(f.wants_transmit(id));
     assert_eq!(f.poll_transmit(id, t0, 10), None, "an ACK needs 18 bytes");
-    assert!(matches!(f.poll_transmit(id, t0, 100), Some(Frame::Ack { cum: 0, window: 4194304, .. })));
+    assert!(matches!(
+        f.poll_transmit(id, t0, 100),
+        Some(Frame::Ack {
+            cum: 0,
+            window: 4194304,
+            ..
+        })
+    ));
     let mut total = 0;
     for max in [9, 20, 13, 100, 1000, 5000, 65_000] {
         while let Some(frame) = f.poll_transmit(id, t0, max) {
@@ -370,13 +504,31 @@ fn retransmits_wait_for_the_peer_on_a_new_subflow() {
     }
     // Resume ACK, PING, then only the new bytes.
     assert!(matches!(sent[0], Frame::Ack { .. }));
-    let data: Vec<_> = sent.iter().filter_map(|fr| match fr { Frame::Data { offset, .. } => Some(*offset), _ => None }).collect();
+    let data: Vec<_> = sent
+        .iter()
+        .filter_map(|fr| match fr {
+            Frame::Data { offset, .. } => Some(*offset),
+            _ => None,
+        })
+        .collect();
     assert_eq!(data, vec![1000]);
     // The peer's resume ACK says it got the first 600 bytes: only the rest is re-sent.
-    f.handle_frame(b, Frame::Ack { cum: 600, ranges: vec![], window: 1 << 20 }, t0 + ms(20)).unwrap();
+    f.handle_frame(
+        b,
+        Frame::Ack {
+            cum: 600,
+            ranges: vec![],
+            window: 1 << 20,
+        },
+        t0 + ms(20),
+    )
+    .unwrap();
     let mut resent = 0;
     while let Some(fr) = f.poll_transmit(b, t0 + ms(20), 1500) {
-        if let Frame::Data { offset, payload, .. } = fr {
+        if let Frame::Data {
+            offset, payload, ..
+        } = fr
+        {
             assert!(offset >= 600);
             resent += payload.len();
         }
