@@ -66,6 +66,21 @@ struct State {
     refresh: Option<AbortHandle>,
 }
 
+impl State {
+    /// Names whose records must follow our addresses: those listened on, and those of
+    /// flows peers opened to us (they must find us again after a move even once the
+    /// listener is gone).
+    fn published_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.services.keys().cloned().collect();
+        for conn in self.flows.values().filter_map(Weak::upgrade) {
+            if conn.role == Role::Server && !names.contains(&conn.name) {
+                names.push(conn.name.clone());
+            }
+        }
+        names
+    }
+}
+
 pub(crate) struct EndpointInner {
     pub(crate) identity: Identity,
     pub(crate) config: EndpointConfig,
@@ -205,7 +220,7 @@ impl Endpoint {
                 self.inner.bind_listeners(&mut st)?;
             }
             let flows: Vec<_> = st.flows.values().filter_map(Weak::upgrade).collect();
-            (flows, st.services.keys().cloned().collect::<Vec<_>>())
+            (flows, st.published_names())
         };
         tracing::info!(?ips, "local addresses changed");
         for conn in &flows {
@@ -456,7 +471,7 @@ async fn refresh_records(ep: Weak<EndpointInner>) {
         let Some(period) = ep.upgrade().map(|e| e.config.record_ttl / 2) else { return };
         tokio::time::sleep(period.max(Duration::from_secs(1))).await;
         let Some(ep) = ep.upgrade() else { return };
-        let names: Vec<String> = ep.lock().services.keys().cloned().collect();
+        let names = ep.lock().published_names();
         for name in names {
             if let Err(e) = ep.publish(&name).await {
                 tracing::warn!(name, error = %e, "re-publishing the name record failed");

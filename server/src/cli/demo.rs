@@ -8,8 +8,8 @@
 //! SHA-256 of what was sent and what was received must match.
 //!
 //! A move's recovery time runs from the move until the receiver gets new data over the
-//! network again (the first increase of its received-bytes counter after the flow resumed
-//! on a new subflow).
+//! network again: the first increase of its received-bytes counter after a new subflow
+//! joined the flow.
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
@@ -142,7 +142,7 @@ async fn run_inner(bytes: u64, moves: usize) -> Result<DemoReport, String> {
         let recovered = tokio::time::timeout(MOVE_TIMEOUT, async {
             loop {
                 match server_events.next().await {
-                    Some(FlowEvent::Resumed { .. }) => break,
+                    Some(FlowEvent::PathAdded { .. }) => break,
                     Some(_) => {}
                     None => return Err("the flow ended during a move".to_string()),
                 }
@@ -163,7 +163,7 @@ async fn run_inner(bytes: u64, moves: usize) -> Result<DemoReport, String> {
             loopback(server_host),
             recovered.as_secs_f64() * 1e3
         );
-        bar.println(line);
+        bar.suspend(|| println!("{line}"));
         recoveries.push(recovered);
     }
     let (received_bytes, received) = receiver.await.map_err(|e| e.to_string())??;
