@@ -15,6 +15,7 @@
 //! [`Flow`]: super::Flow
 
 use std::collections::HashMap;
+use std::ops::Range;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
@@ -22,7 +23,7 @@ use std::task::Waker;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::{broadcast, watch, Notify};
@@ -30,7 +31,7 @@ use tokio::sync::{broadcast, watch, Notify};
 use super::endpoint::EndpointInner;
 use super::events::FlowEvent;
 use crate::proto::{self, Frame, FlowState, FlowStatus, SubflowId};
-use crate::session::{ReplayWindow, SessionKeys, MAX_RECORD_PLAINTEXT, RECORD_HEADER_LEN};
+use crate::session::{ReplayWindow, SessionKeys, MAX_RECORD_PLAINTEXT, RECORD_HEADER_LEN, TAG_LEN};
 
 /// How long a finished or failed flow waits for its writers to flush before cutting them.
 const LINGER: Duration = Duration::from_secs(2);
@@ -299,25 +300,25 @@ impl Conn {
         tracing::debug!(flow = %self.keys.flow_id, "flow driver done");
     }
 
-    /// Takes up to [`RECORDS_PER_BATCH`] records of frames for subflow `id`, each with its
-    /// packet number.
-    fn take_records(&self, inner: &mut Inner, id: SubflowId) -> Vec<(u64, BytesMut)> {
+    /// Encodes up to [`RECORDS_PER_BATCH`] records of frames for subflow `id` into `out`,
+    /// each between room for its header and room for its tag; returns the byte range and
+    /// packet number of each, for sealing once the lock is released.
+    fn take_records(&self, inner: &mut Inner, id: SubflowId, out: &mut BytesMut) -> Vec<(Range<usize>, u64)> {
         let now = Instant::now();
         let mut records = Vec::new();
-        let mut cur = BytesMut::with_capacity(MAX_RECORD_PLAINTEXT);
         while records.len() < RECORDS_PER_BATCH {
-            let room = MAX_RECORD_PLAINTEXT - cur.len();
-            match inner.proto.poll_transmit(id, now, room) {
-                Some(frame) => frame.encode(&mut cur),
-                None if cur.is_empty() => break,
-                None => {
-                    let pn = self.next_pn.fetch_add(1, Ordering::Relaxed);
-                    records.push((pn, std::mem::replace(&mut cur, BytesMut::with_capacity(MAX_RECORD_PLAINTEXT))));
-                }
+            let start = out.len();
+            out.resize(start + RECORD_HEADER_LEN, 0);
+            let body = out.len();
+            while let Some(frame) = inner.proto.poll_transmit(id, now, MAX_RECORD_PLAINTEXT - (out.len() - body)) {
+                frame.encode(out);
             }
-        }
-        if !cur.is_empty() {
-            records.push((self.next_pn.fetch_add(1, Ordering::Relaxed), cur));
+            if out.len() == body {
+                out.truncate(start);
+                break;
+            }
+            out.resize(out.len() + TAG_LEN, 0);
+            records.push((start..out.len(), self.next_pn.fetch_add(1, Ordering::Relaxed)));
         }
         records
     }
@@ -339,14 +340,15 @@ async fn writer(
     wake: Arc<Notify>,
     mut kill: watch::Receiver<bool>,
 ) {
-    let mut out = Vec::with_capacity(RECORDS_PER_BATCH * (MAX_RECORD_PLAINTEXT + 32));
+    let mut out = BytesMut::with_capacity(RECORDS_PER_BATCH * (u16::MAX as usize + RECORD_HEADER_LEN));
     let reason = loop {
+        out.clear();
         let (records, terminal) = {
             let mut inner = conn.lock();
             if !inner.subflows.contains_key(&id) {
                 break "retired";
             }
-            let records = conn.take_records(&mut inner, id);
+            let records = conn.take_records(&mut inner, id, &mut out);
             conn.settle(&mut inner);
             (records, inner.terminal_at.is_some())
         };
@@ -360,10 +362,9 @@ async fn writer(
                 _ = killed(&mut kill) => break "retired",
             }
         }
-        tracing::trace!(subflow = id.0, records = records.len(), "writing records");
-        out.clear();
-        for (pn, plain) in &records {
-            if let Err(e) = conn.keys.seal(*pn, plain, &mut out) {
+        tracing::trace!(subflow = id.0, records = records.len(), bytes = out.len(), "writing records");
+        for (range, pn) in records {
+            if let Err(e) = conn.keys.seal_record(pn, &mut out[range]) {
                 tracing::error!(error = %e, "sealing a record failed");
                 return conn.subflow_gone(id, "sealing failed");
             }
@@ -386,7 +387,8 @@ async fn reader(
     mut kill: watch::Receiver<bool>,
     join: Option<JoinCheck>,
 ) {
-    let mut r = BufReader::with_capacity(READ_BUFFER, r);
+    let mut r = r;
+    let mut buf = BytesMut::with_capacity(READ_BUFFER);
     let reason: String = async {
         if let Some(check) = join {
             let answer = tokio::select! {
@@ -402,31 +404,36 @@ async fn reader(
                 return e.to_string();
             }
         }
-        let mut ct = vec![0u8; u16::MAX as usize];
         loop {
-            let mut hdr = [0u8; RECORD_HEADER_LEN];
-            let read = async {
-                r.read_exact(&mut hdr).await?;
-                let (len, pn) = crate::session::record_header(&hdr);
-                r.read_exact(&mut ct[..len]).await?;
-                Ok::<_, std::io::Error>((len, pn))
+            // Read until `buf` holds a whole record.
+            let (len, pn) = loop {
+                if buf.len() >= RECORD_HEADER_LEN {
+                    let (len, pn) = crate::session::record_header(&buf[..RECORD_HEADER_LEN]);
+                    if buf.len() >= RECORD_HEADER_LEN + len {
+                        break (len, pn);
+                    }
+                }
+                if buf.capacity() - buf.len() < u16::MAX as usize + RECORD_HEADER_LEN {
+                    buf.reserve(READ_BUFFER);
+                }
+                tokio::select! {
+                    res = r.read_buf(&mut buf) => match res {
+                        Ok(0) if buf.is_empty() => return "peer closed the subflow".into(),
+                        Ok(0) => return "peer closed the subflow inside a record".into(),
+                        Ok(_) => {}
+                        Err(e) => return format!("read failed: {e}"),
+                    },
+                    _ = killed(&mut kill) => return "retired".into(),
+                }
             };
-            let (len, pn) = tokio::select! {
-                res = read => match res {
-                    Ok(v) => v,
-                    Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return "peer closed the subflow".into(),
-                    Err(e) => return format!("read failed: {e}"),
-                },
-                _ = killed(&mut kill) => return "retired".into(),
-            };
+            let mut ciphertext = buf.split_to(RECORD_HEADER_LEN + len).split_off(RECORD_HEADER_LEN);
             tracing::trace!(subflow = id.0, pn, len, "record read");
-            let mut plain = BytesMut::zeroed(len);
-            let n = match conn.keys.open(pn, &ct[..len], &mut plain) {
+            let n = match conn.keys.open_record(pn, &mut ciphertext) {
                 Ok(n) => n,
                 Err(e) => return e.to_string(),
             };
-            plain.truncate(n);
-            let frames = match Frame::decode_all(plain.freeze()) {
+            ciphertext.truncate(n);
+            let frames = match Frame::decode_all(ciphertext.freeze()) {
                 Ok(f) => f,
                 Err(e) => return format!("malformed frame: {e}"),
             };

@@ -39,7 +39,10 @@ fn noise(e: snow::Error) -> HandshakeError {
 
 /// What both ends hold once the handshake is done.
 pub(crate) struct SessionKeys {
-    pub(crate) transport: snow::StatelessTransportState,
+    /// AES-256-GCM keys of the Noise transport phase, one per direction. Used directly
+    /// (not through snow) so records are sealed and opened in place.
+    pub(crate) send: ring::aead::LessSafeKey,
+    pub(crate) recv: ring::aead::LessSafeKey,
     pub(crate) flow_id: FlowId,
     pub(crate) join_key: [u8; 32],
     /// The peer's Noise static key (authenticated by the handshake).
@@ -52,7 +55,12 @@ impl std::fmt::Debug for SessionKeys {
     }
 }
 
-fn finish(hs: snow::HandshakeState) -> Result<Arc<SessionKeys>, HandshakeError> {
+fn aes_key(raw: &[u8; 32]) -> ring::aead::LessSafeKey {
+    let key = ring::aead::UnboundKey::new(&ring::aead::AES_256_GCM, raw).expect("32-byte AES-256 key");
+    ring::aead::LessSafeKey::new(key)
+}
+
+fn finish(mut hs: snow::HandshakeState) -> Result<Arc<SessionKeys>, HandshakeError> {
     let hk = Hkdf::<Sha256>::new(Some(b"msocket session"), hs.get_handshake_hash());
     let mut flow_id = [0u8; 16];
     hk.expand(b"flow id", &mut flow_id).expect("valid HKDF length");
@@ -62,8 +70,19 @@ fn finish(hs: snow::HandshakeState) -> Result<Arc<SessionKeys>, HandshakeError> 
         .get_remote_static()
         .and_then(|k| k.try_into().ok())
         .ok_or(HandshakeError::Payload)?;
-    let transport = hs.into_stateless_transport_mode().map_err(noise)?;
-    Ok(Arc::new(SessionKeys { transport, flow_id: FlowId(flow_id), join_key, remote_static }))
+    if !hs.is_handshake_finished() {
+        return Err(HandshakeError::Payload);
+    }
+    // Noise's Split(): the first key protects initiator → responder.
+    let (k1, k2) = hs.dangerously_get_raw_split();
+    let (send, recv) = if hs.is_initiator() { (k1, k2) } else { (k2, k1) };
+    Ok(Arc::new(SessionKeys {
+        send: aes_key(&send),
+        recv: aes_key(&recv),
+        flow_id: FlowId(flow_id),
+        join_key,
+        remote_static,
+    }))
 }
 
 fn builder() -> snow::Builder<'static> {

@@ -15,7 +15,7 @@ mod record;
 mod replay;
 
 pub(crate) use handshake::{HandshakeError, Initiator, Responder, SessionKeys, MAX_HANDSHAKE_MSG};
-pub(crate) use record::{parse_header as record_header, MAX_RECORD_PLAINTEXT, RECORD_HEADER_LEN};
+pub(crate) use record::{parse_header as record_header, MAX_RECORD_PLAINTEXT, RECORD_HEADER_LEN, TAG_LEN};
 pub(crate) use replay::ReplayWindow;
 
 /// Identifies a flow on the wire (derived from the handshake hash, so both ends agree

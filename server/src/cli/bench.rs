@@ -1,6 +1,6 @@
 //! `msocket bench throughput`: a flow against plain TCP and against TCP carrying the same
-//! Noise cipher (AES-256-GCM records of the same size) without msocket, side by side in one
-//! run on loopback. Bulk: one sender, one receiver, `bytes` bytes, timed until the receiver
+//! Noise cipher without msocket (a Noise IK handshake, then AES-256-GCM records of the same
+//! size sealed in place with the same nonces), side by side in one run on loopback. Bulk: one sender, one receiver, `bytes` bytes, timed until the receiver
 //! has them all. Latency: 64-byte request, 64-byte response, one at a time.
 
 use std::sync::Arc;
@@ -177,8 +177,53 @@ where
     Ok(samples)
 }
 
-/// Both ends of a completed Noise handshake, in the stateless mode msocket uses.
-fn noise_pair() -> Result<(snow::StatelessTransportState, snow::StatelessTransportState), CliError> {
+/// One direction's key after a Noise handshake, used the way msocket uses it: records
+/// sealed and opened in place with the packet number as the nonce.
+struct RecordKey(ring::aead::LessSafeKey);
+
+impl RecordKey {
+    fn new(raw: &[u8; 32]) -> RecordKey {
+        let key = ring::aead::UnboundKey::new(&ring::aead::AES_256_GCM, raw).expect("32-byte key");
+        RecordKey(ring::aead::LessSafeKey::new(key))
+    }
+
+    fn nonce(pn: u64) -> ring::aead::Nonce {
+        let mut n = [0u8; 12];
+        n[4..].copy_from_slice(&pn.to_be_bytes());
+        ring::aead::Nonce::assume_unique_for_key(n)
+    }
+
+    /// Appends the sealed record of `plain` to `out`.
+    fn seal(&self, pn: u64, plain: &[u8], out: &mut Vec<u8>) -> Result<(), CliError> {
+        out.extend_from_slice(&((plain.len() + 16) as u16).to_be_bytes());
+        out.extend_from_slice(&pn.to_be_bytes());
+        let start = out.len();
+        out.extend_from_slice(plain);
+        let tag = self
+            .0
+            .seal_in_place_separate_tag(Self::nonce(pn), ring::aead::Aad::empty(), &mut out[start..])
+            .map_err(|_| CliError("seal failed".into()))?;
+        out.extend_from_slice(tag.as_ref());
+        Ok(())
+    }
+
+    /// Reads one record and opens it in place; returns its plaintext length.
+    async fn open_next(&self, r: &mut (impl AsyncRead + Unpin), buf: &mut [u8]) -> Result<usize, CliError> {
+        let mut hdr = [0u8; 10];
+        r.read_exact(&mut hdr).await?;
+        let len = u16::from_be_bytes([hdr[0], hdr[1]]) as usize;
+        let pn = u64::from_be_bytes(hdr[2..].try_into().expect("8 bytes"));
+        r.read_exact(&mut buf[..len]).await?;
+        let plain = self
+            .0
+            .open_in_place(Self::nonce(pn), ring::aead::Aad::empty(), &mut buf[..len])
+            .map_err(|_| CliError("record failed authentication".into()))?;
+        Ok(plain.len())
+    }
+}
+
+/// The two directions' keys of a completed Noise IK handshake: (client → server, server → client).
+fn noise_keys() -> Result<(RecordKey, RecordKey), CliError> {
     let params: snow::params::NoiseParams = NOISE_PARAMS.parse()?;
     let server_keys = snow::Builder::new(params.clone()).generate_keypair()?;
     let client_keys = snow::Builder::new(params.clone()).generate_keypair()?;
@@ -192,41 +237,20 @@ fn noise_pair() -> Result<(snow::StatelessTransportState, snow::StatelessTranspo
     resp.read_message(&m[..n], &mut p)?;
     let n = resp.write_message(&[], &mut m)?;
     init.read_message(&m[..n], &mut p)?;
-    Ok((init.into_stateless_transport_mode()?, resp.into_stateless_transport_mode()?))
-}
-
-fn seal(t: &snow::StatelessTransportState, pn: u64, plain: &[u8], out: &mut Vec<u8>) -> Result<(), CliError> {
-    let len = plain.len() + 16;
-    out.extend_from_slice(&(len as u16).to_be_bytes());
-    out.extend_from_slice(&pn.to_be_bytes());
-    let start = out.len();
-    out.resize(start + len, 0);
-    t.write_message(pn, plain, &mut out[start..])?;
-    Ok(())
-}
-
-async fn open_next(
-    t: &snow::StatelessTransportState,
-    r: &mut (impl AsyncRead + Unpin),
-    ct: &mut [u8],
-    plain: &mut [u8],
-) -> Result<usize, CliError> {
-    let mut hdr = [0u8; 10];
-    r.read_exact(&mut hdr).await?;
-    let len = u16::from_be_bytes([hdr[0], hdr[1]]) as usize;
-    let pn = u64::from_be_bytes(hdr[2..].try_into().expect("8 bytes"));
-    r.read_exact(&mut ct[..len]).await?;
-    Ok(t.read_message(pn, &ct[..len], plain)?)
+    let (up, down) = init.dangerously_get_raw_split();
+    Ok((RecordKey::new(&up), RecordKey::new(&down)))
 }
 
 async fn noise_bulk(mut a: TcpStream, b: TcpStream, bytes: u64) -> Result<f64, CliError> {
-    let (ta, tb) = noise_pair()?;
+    let (up, _) = noise_keys()?;
+    let up = Arc::new(up);
+    let opener = up.clone();
     let reader = tokio::spawn(async move {
         let mut b = tokio::io::BufReader::with_capacity(CHUNK, b);
-        let (mut ct, mut plain) = (vec![0u8; 65536], vec![0u8; 65536]);
+        let mut buf = vec![0u8; 65536];
         let mut got = 0u64;
         while got < bytes {
-            got += open_next(&tb, &mut b, &mut ct, &mut plain).await? as u64;
+            got += opener.open_next(&mut b, &mut buf).await? as u64;
         }
         Ok::<_, CliError>(Instant::now())
     });
@@ -241,7 +265,7 @@ async fn noise_bulk(mut a: TcpStream, b: TcpStream, bytes: u64) -> Result<f64, C
                 break;
             }
             let n = left.min(RECORD as u64) as usize;
-            seal(&ta, pn, &data[..n], &mut out)?;
+            up.seal(pn, &data[..n], &mut out)?;
             pn += 1;
             left -= n as u64;
         }
@@ -252,26 +276,28 @@ async fn noise_bulk(mut a: TcpStream, b: TcpStream, bytes: u64) -> Result<f64, C
 }
 
 async fn noise_request_response(mut a: TcpStream, mut b: TcpStream, n: usize) -> Result<Vec<Duration>, CliError> {
-    let (ta, tb) = noise_pair()?;
+    let (up, down) = noise_keys()?;
+    let (up, down) = (Arc::new(up), Arc::new(down));
+    let (up2, down2) = (up.clone(), down.clone());
     let echo = tokio::spawn(async move {
-        let (mut ct, mut plain, mut out) = (vec![0u8; 1024], vec![0u8; 1024], Vec::new());
+        let (mut buf, mut out) = (vec![0u8; 1024], Vec::new());
         for pn in 0..(n + WARMUP) as u64 {
-            let len = open_next(&tb, &mut b, &mut ct, &mut plain).await?;
+            let len = up2.open_next(&mut b, &mut buf).await?;
             out.clear();
-            seal(&tb, pn, &plain[..len], &mut out)?;
+            down2.seal(pn, &buf[..len], &mut out)?;
             b.write_all(&out).await?;
         }
         Ok::<_, CliError>(())
     });
-    let (mut ct, mut plain, mut out) = (vec![0u8; 1024], vec![0u8; 1024], Vec::new());
+    let (mut buf, mut out) = (vec![0u8; 1024], Vec::new());
     let mut samples = Vec::with_capacity(n);
     let msg = [7u8; RR_SIZE];
     for pn in 0..(n + WARMUP) as u64 {
         let t = Instant::now();
         out.clear();
-        seal(&ta, pn, &msg, &mut out)?;
+        up.seal(pn, &msg, &mut out)?;
         a.write_all(&out).await?;
-        open_next(&ta, &mut a, &mut ct, &mut plain).await?;
+        down.open_next(&mut a, &mut buf).await?;
         if pn as usize >= WARMUP {
             samples.push(t.elapsed());
         }
