@@ -443,7 +443,12 @@ fn interface_ips() -> Vec<IpAddr> {
     ips
 }
 
+/// Incoming subflows allowed in their opening exchange at once (per listening socket);
+/// more are closed at once, so a flood cannot pile up tasks.
+const MAX_PENDING_OPENINGS: usize = 256;
+
 async fn accept_loop(ep: Weak<EndpointInner>, listener: TcpListener) {
+    let pending = Arc::new(tokio::sync::Semaphore::new(MAX_PENDING_OPENINGS));
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(x) => x,
@@ -455,8 +460,13 @@ async fn accept_loop(ep: Weak<EndpointInner>, listener: TcpListener) {
             }
         };
         let Some(ep) = ep.upgrade() else { return };
+        let Ok(permit) = pending.clone().try_acquire_owned() else {
+            tracing::warn!(%peer, "too many subflows opening at once; closing this one");
+            continue;
+        };
         let limit = ep.config.io_timeout;
         tokio::spawn(async move {
+            let _permit = permit;
             match tokio::time::timeout(limit, ep.handle_incoming(stream)).await {
                 Ok(Ok(())) => {}
                 Ok(Err(reason)) => tracing::warn!(%peer, reason, "incoming subflow refused"),
