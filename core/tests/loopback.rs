@@ -102,3 +102,63 @@ async fn simultaneous_move_resumes() {
     })
     .await;
 }
+
+/// A name service whose lookups can be switched off, to show what works without it.
+#[derive(Debug)]
+struct Switchable {
+    inner: msocket::name::MemoryNameService,
+    lookups: std::sync::atomic::AtomicBool,
+}
+
+impl msocket::name::NameService for Switchable {
+    fn register<'a>(&'a self, record: &'a msocket::name::SignedRecord) -> msocket::name::NameFuture<'a, ()> {
+        self.inner.register(record)
+    }
+
+    fn lookup<'a>(&'a self, name: &'a str) -> msocket::name::NameFuture<'a, msocket::name::SignedRecord> {
+        if self.lookups.load(std::sync::atomic::Ordering::SeqCst) {
+            self.inner.lookup(name)
+        } else {
+            Box::pin(async move { Err(msocket::name::NameError::NotFound(name.to_string())) })
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn addresses_announced_over_a_surviving_subflow_are_used_without_a_lookup() {
+    init_tracing();
+    let switch = std::sync::Arc::new(Switchable {
+        inner: msocket::name::MemoryNameService::new(),
+        lookups: true.into(),
+    });
+    let names: std::sync::Arc<dyn msocket::name::NameService> = switch.clone();
+    let server = endpoint(&names, 71, 71);
+    server.set_local_ips(vec![lo(71), lo(72)]).await.unwrap();
+    let client = endpoint(&names, 73, 73);
+    let mut listener = server.listen("addrs.test").await.unwrap();
+    let (c, mut s) = within(10, "pair", pair(&client, &mut listener, "addrs.test")).await;
+    let mut client_events = c.events();
+    switch.lookups.store(false, std::sync::atomic::Ordering::SeqCst);
+
+    // The subflow's server end (127.0.0.71) survives; 127.0.0.72 is replaced by .74.
+    server.set_local_ips(vec![lo(71), lo(74)]).await.unwrap();
+    let announced = within(10, "ADDRS", async {
+        loop {
+            if let Some(FlowEvent::PeerMoved { addrs }) = client_events.next().await {
+                break addrs;
+            }
+        }
+    })
+    .await;
+    let ips: Vec<_> = announced.iter().map(|a| a.ip()).collect();
+    assert_eq!(ips, vec![lo(71), lo(74)]);
+
+    // Now the surviving address goes too: the client must re-dial .74 from the ADDRS alone.
+    server.set_local_ips(vec![lo(74)]).await.unwrap();
+    let sent = data(2_000_000, 74);
+    let writer = tokio::spawn(send_all(c, sent.clone()));
+    let mut got = Vec::new();
+    within(30, "read", s.read_to_end(&mut got)).await.unwrap();
+    within(30, "writer", writer).await.unwrap();
+    assert_eq!(sha(&got), sha(&sent));
+}
