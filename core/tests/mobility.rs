@@ -222,6 +222,7 @@ async fn ten_alternating_moves_during_a_two_way_transfer() {
     let len: usize = 20_000_000;
     let up = data(len, 9);
     let down = data(len, 10);
+    let mut c_events = c.events();
     let (c_progress, mut c_seen) = watch::channel(0u64);
     let (s_progress, mut s_seen) = watch::channel(0u64);
     let client_side = tokio::spawn(exchange(c, up.clone(), c_progress));
@@ -229,9 +230,10 @@ async fn ten_alternating_moves_during_a_two_way_transfer() {
 
     let moves = 10u64;
     for i in 0..moves {
-        // Each move waits for data to have crossed both ways since the last one, which
-        // also proves the flow resumed after it.
-        let mark = (i + 1) * len as u64 / (moves + 2);
+        // Spread the moves over the first half of the transfer, beyond what the send
+        // buffer and receive window (4 MiB each) can hold, so every move finds data in
+        // flight both ways and the flow must come back after it.
+        let mark = (i + 1) * len as u64 / (2 * moves);
         within(30, "progress before the next move", async {
             c_seen.wait_for(|n| *n >= mark).await.unwrap();
             s_seen.wait_for(|n| *n >= mark).await.unwrap();
@@ -242,6 +244,9 @@ async fn ten_alternating_moves_during_a_two_way_transfer() {
         } else {
             server.set_local_ips(vec![lo(180 + i as u8)]).await.unwrap();
         }
+        // The move cut the flow's path (the client loses it either way), and it came back.
+        wait_event(&mut c_events, "path lost in the move", |e| matches!(e, FlowEvent::PathLost { .. })).await;
+        wait_event(&mut c_events, "resumed after the move", |e| matches!(e, FlowEvent::Resumed { .. })).await;
     }
     let got_down = within(60, "client side", client_side).await.unwrap();
     let got_up = within(60, "server side", server_side).await.unwrap();
