@@ -88,7 +88,16 @@ async fn new_flow(
     let mut stream = ep.dial_tcp(addr).await.map_err(|e| fail(&e))?;
     let (init, msg1) = Initiator::start(&ep.identity, noise_key, name).map_err(|e| fail(&e))?;
     header::write_handshake(&mut stream, &header::header(Kind::NewFlow), &msg1).await.map_err(|e| fail(&e))?;
-    let msg2 = header::read_handshake(&mut stream, MAX_HANDSHAKE_MSG).await.map_err(|e| fail(&e))?;
+    let msg2 = header::read_handshake(&mut stream, MAX_HANDSHAKE_MSG).await.map_err(|e| match e {
+        // A responder that cannot read our first message (it is not for its key) closes
+        // without a word: there is no key to answer under. Say what that usually means.
+        header::HeaderError::Io(io) if io.kind() == std::io::ErrorKind::UnexpectedEof => Attempt::Failed(
+            "the peer closed the connection during the handshake (it does not hold the keys \
+             the name record lists, or it is not an msocket endpoint)"
+                .into(),
+        ),
+        e => fail(&e),
+    })?;
     let keys = match init.finish(&msg2) {
         Ok(k) => k,
         Err(HandshakeError::UnknownName(_)) => return Err(Attempt::UnknownName),

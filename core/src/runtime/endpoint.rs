@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, watch, Notify};
 use tokio::task::AbortHandle;
 
 use super::conn::{Conn, Role};
@@ -89,6 +89,10 @@ pub(crate) struct EndpointInner {
     pub(crate) net_changed: watch::Sender<u64>,
     pins: Mutex<HashMap<String, PublicIdentity>>,
     record_seq: AtomicU64,
+    /// Wakes the refresh task after a publish failed, so it retries soon instead of at
+    /// the next periodic refresh (held in an `Arc` so the task can wait on it without
+    /// keeping the endpoint alive).
+    republish: Arc<Notify>,
 }
 
 impl Drop for EndpointInner {
@@ -163,6 +167,7 @@ impl Endpoint {
                 net_changed,
                 pins: Mutex::new(HashMap::new()),
                 record_seq: AtomicU64::new(0),
+                republish: Arc::new(Notify::new()),
             }),
         })
     }
@@ -234,8 +239,19 @@ impl Endpoint {
             conn.emit(FlowEvent::Moved { addrs: ips.clone() });
         }
         self.inner.net_changed.send_modify(|g| *g += 1);
+        // A name service that cannot be reached right now must not leave the old
+        // addresses published for good, nor stop the other names and the peers of live
+        // flows from learning the new ones: publish every name, keep retrying the failures
+        // in the background, and report the first failure.
+        let mut failed = None;
         for name in &services {
-            self.inner.publish(name).await?;
+            if let Err(e) = self.inner.publish(name).await {
+                tracing::warn!(name, error = %e, "publishing the new addresses failed; retrying in the background");
+                failed.get_or_insert(e);
+            }
+        }
+        if failed.is_some() {
+            self.inner.republish.notify_one();
         }
         let addrs = self.inner.published_addrs();
         for conn in flows.iter().filter(|c| c.role == Role::Server) {
@@ -243,7 +259,7 @@ impl Endpoint {
             inner.proto.advertise_addrs(addrs.clone(), Vec::new());
             conn.settle(&mut inner);
         }
-        Ok(())
+        failed.map_or(Ok(()), Err)
     }
 
     /// The addresses this endpoint publishes for its names.
@@ -476,16 +492,36 @@ async fn accept_loop(ep: Weak<EndpointInner>, listener: TcpListener) {
     }
 }
 
+/// First delay before re-trying a failed publish; doubles up to [`MAX_REPUBLISH_RETRY`].
+const FIRST_REPUBLISH_RETRY: Duration = Duration::from_millis(100);
+const MAX_REPUBLISH_RETRY: Duration = Duration::from_secs(2);
+
+/// Re-publishes every name at half the record lifetime, and soon after a failed publish
+/// (with back-off) until the name service takes the records again.
 async fn refresh_records(ep: Weak<EndpointInner>) {
+    let mut retry: Option<Duration> = None;
     loop {
-        let Some(period) = ep.upgrade().map(|e| e.config.record_ttl / 2) else { return };
-        tokio::time::sleep(period.max(Duration::from_secs(1))).await;
+        let Some((period, kick)) = ep.upgrade().map(|e| (e.config.record_ttl / 2, e.republish.clone())) else {
+            return;
+        };
+        let period = period.max(Duration::from_secs(1));
+        tokio::select! {
+            _ = tokio::time::sleep(retry.map_or(period, |r| r.min(period))) => {}
+            _ = kick.notified() => {
+                // A publish just failed elsewhere: retry after the first back-off step.
+                retry = Some(FIRST_REPUBLISH_RETRY);
+                continue;
+            }
+        }
         let Some(ep) = ep.upgrade() else { return };
         let names = ep.lock().published_names();
+        let mut ok = true;
         for name in names {
             if let Err(e) = ep.publish(&name).await {
                 tracing::warn!(name, error = %e, "re-publishing the name record failed");
+                ok = false;
             }
         }
+        retry = if ok { None } else { Some(retry.map_or(FIRST_REPUBLISH_RETRY, |r| (r * 2).min(MAX_REPUBLISH_RETRY))) };
     }
 }

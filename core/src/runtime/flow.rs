@@ -48,6 +48,13 @@ impl Flow {
         self.conn.keys.flow_id
     }
 
+    /// The full 16-byte flow id as it travels (in clear) in JOIN requests. For tests that
+    /// play an attacker who observed it on the wire; not part of the supported API.
+    #[doc(hidden)]
+    pub fn flow_id_bytes(&self) -> [u8; 16] {
+        self.conn.keys.flow_id.0
+    }
+
     /// The peer's Noise public key, authenticated by the handshake.
     pub fn peer_key(&self) -> [u8; 32] {
         self.conn.keys.remote_static

@@ -1,14 +1,17 @@
 //! Shared helpers for the loopback integration tests.
 #![allow(dead_code)]
 
-use std::net::{IpAddr, Ipv4Addr};
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use msocket::name::{MemoryNameService, NameService};
+use msocket::name::{MemoryNameService, NameError, NameFuture, NameRecord, NameService, SignedRecord};
 use msocket::{Endpoint, EndpointConfig, Flow, Identity};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::watch;
 
 pub fn init_tracing() {
     let _ = tracing_subscriber::fmt()
@@ -77,3 +80,137 @@ pub async fn read_all(mut flow: Flow) -> (Vec<u8>, Flow) {
 pub async fn within<T>(secs: u64, what: &str, f: impl std::future::Future<Output = T>) -> T {
     tokio::time::timeout(Duration::from_secs(secs), f).await.unwrap_or_else(|_| panic!("{what}: timed out after {secs}s"))
 }
+
+/// Like [`endpoint`], then `tune` adjusts the configuration.
+pub fn endpoint_with(
+    names: &Arc<dyn NameService>,
+    seed: u8,
+    host: u8,
+    tune: impl FnOnce(&mut EndpointConfig),
+) -> Endpoint {
+    let mut config = EndpointConfig::new(names.clone());
+    config.local_ips = vec![lo(host)];
+    config.flow.flow_deadline = Duration::from_secs(20);
+    config.connect_timeout = Duration::from_secs(10);
+    tune(&mut config);
+    Endpoint::bind(Identity::from_seed([seed; 32]), config).unwrap()
+}
+
+/// A record for `name` signed by `id`, pointing at `addrs`.
+pub fn signed_record(id: &Identity, name: &str, addrs: Vec<SocketAddr>, seq: u64) -> SignedRecord {
+    let public = id.public();
+    let record = NameRecord {
+        name: name.into(),
+        signing_key: public.signing,
+        noise_key: public.noise,
+        addrs,
+        relays: vec![],
+        seq,
+        expires: msocket::name::unix_now() + 3600,
+    };
+    SignedRecord::sign(record, id).unwrap()
+}
+
+/// A name service for tests: a [`MemoryNameService`] that can be switched off (every
+/// request then fails as if the server were unreachable) and can be made to lie (serve a
+/// given, validly signed record instead of the stored one, as a compromised server would).
+/// It counts lookups so tests can wait for "the client tried" instead of sleeping.
+#[derive(Debug)]
+pub struct TestNames {
+    store: MemoryNameService,
+    down: AtomicBool,
+    lies: Mutex<HashMap<String, SignedRecord>>,
+    lookups: watch::Sender<u64>,
+    failed_lookups: watch::Sender<u64>,
+}
+
+impl TestNames {
+    pub fn new() -> Arc<TestNames> {
+        Arc::new(TestNames {
+            store: MemoryNameService::new(),
+            down: AtomicBool::new(false),
+            lies: Mutex::new(HashMap::new()),
+            lookups: watch::channel(0).0,
+            failed_lookups: watch::channel(0).0,
+        })
+    }
+
+    pub fn dyn_arc(self: &Arc<Self>) -> Arc<dyn NameService> {
+        self.clone()
+    }
+
+    pub fn set_down(&self, down: bool) {
+        self.down.store(down, Ordering::SeqCst);
+    }
+
+    /// Serve `record` for its name from now on, whatever is registered.
+    pub fn lie(&self, record: SignedRecord) {
+        self.lies.lock().unwrap().insert(record.record.name.clone(), record);
+    }
+
+    pub fn lookups(&self) -> watch::Receiver<u64> {
+        self.lookups.subscribe()
+    }
+
+    pub fn failed_lookups(&self) -> watch::Receiver<u64> {
+        self.failed_lookups.subscribe()
+    }
+
+    fn unreachable() -> NameError {
+        NameError::Unreachable { server: "test names".into(), reason: "switched off by the test".into() }
+    }
+}
+
+impl NameService for TestNames {
+    fn register<'a>(&'a self, record: &'a SignedRecord) -> NameFuture<'a, ()> {
+        Box::pin(async move {
+            if self.down.load(Ordering::SeqCst) {
+                return Err(Self::unreachable());
+            }
+            self.store.register(record).await
+        })
+    }
+
+    fn lookup<'a>(&'a self, name: &'a str) -> NameFuture<'a, SignedRecord> {
+        Box::pin(async move {
+            self.lookups.send_modify(|n| *n += 1);
+            if self.down.load(Ordering::SeqCst) {
+                self.failed_lookups.send_modify(|n| *n += 1);
+                return Err(Self::unreachable());
+            }
+            if let Some(r) = self.lies.lock().unwrap().get(name).cloned() {
+                return Ok(r);
+            }
+            self.store.lookup(name).await
+        })
+    }
+}
+
+/// Sends `out` on `flow` (then finishes it) while reading what the peer sends, both at
+/// once; returns the bytes received. `progress` counts the bytes read so far.
+pub async fn exchange(flow: Flow, out: Vec<u8>, progress: watch::Sender<u64>) -> Vec<u8> {
+    let (mut r, mut w) = tokio::io::split(flow);
+    let send = async move {
+        for chunk in out.chunks(64 * 1024) {
+            w.write_all(chunk).await.expect("write");
+        }
+        w.shutdown().await.expect("shutdown");
+        w
+    };
+    let recv = async move {
+        let mut got = Vec::new();
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let n = r.read(&mut buf).await.expect("read");
+            if n == 0 {
+                break;
+            }
+            got.extend_from_slice(&buf[..n]);
+            progress.send_modify(|p| *p += n as u64);
+        }
+        (got, r)
+    };
+    let (_w, (got, _r)) = tokio::join!(send, recv);
+    got
+}
+

@@ -1,0 +1,569 @@
+//! End-to-end security tests over real loopback sockets: name records that lie, joins by
+//! strangers, replayed and tampered records, malformed subflow openings. Every data check
+//! compares SHA-256 of what was sent and what was received, and every attack is followed by
+//! proof that the attacked endpoint still serves honest peers.
+
+mod support;
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use msocket::name::protocol::{read_message, write_message, Request, Response};
+use msocket::name::{MemoryNameService, NameError, NameService, TcpNameClient};
+use msocket::{Endpoint, Error, Flow, Identity, Listener};
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+const MAGIC: &[u8] = b"MSKT";
+
+fn subflow_header(version: u8, kind: u8) -> Vec<u8> {
+    let mut h = MAGIC.to_vec();
+    h.push(version);
+    h.push(kind);
+    h
+}
+
+fn join_bytes(flow_id: [u8; 16], seq: u64, mac: [u8; 16]) -> Vec<u8> {
+    let mut out = subflow_header(1, 2);
+    out.extend_from_slice(&flow_id);
+    out.extend_from_slice(&seq.to_be_bytes());
+    out.extend_from_slice(&mac);
+    out
+}
+
+/// Reads until the peer closes the connection (EOF or reset); returns what arrived first.
+async fn read_until_closed(s: &mut TcpStream) -> Vec<u8> {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    within(10, "server closes the raw connection", async {
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) => break,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break,
+                Err(e) => panic!("unexpected read error {e}"),
+            }
+        }
+    })
+    .await;
+    got
+}
+
+/// Parses a JOIN refusal: (code, reason).
+fn parse_refusal(bytes: &[u8]) -> (u8, String) {
+    assert!(bytes.len() >= 2, "no refusal received: {bytes:?}");
+    let (code, len) = (bytes[0], bytes[1] as usize);
+    assert_ne!(code, 0, "a join without the key was accepted");
+    assert_eq!(bytes.len(), 2 + len, "refusal then close, nothing else: {bytes:?}");
+    (code, String::from_utf8_lossy(&bytes[2..]).into_owned())
+}
+
+/// Proves `listener` still serves: a fresh client opens a flow and bytes cross both ways.
+async fn still_serves(names: &Arc<dyn NameService>, listener: &mut Listener, seed: u8, host: u8) {
+    let client = endpoint(names, seed, host);
+    let name = listener.name().to_string();
+    let (c, s) = within(15, "honest client pairs", pair(&client, listener, &name)).await;
+    round_trip(c, s, 300_000, seed as u64).await;
+}
+
+/// Client sends `len` bytes and finishes, server answers with `len / 3` and finishes.
+async fn round_trip(c: Flow, s: Flow, len: usize, seed: u64) {
+    let up = data(len, seed);
+    let down = data(len / 3, seed + 1);
+    let (up2, down2) = (up.clone(), down.clone());
+    let server = tokio::spawn(async move {
+        let (got, s) = read_all(s).await;
+        send_all(s, down2).await;
+        got
+    });
+    let c = within(20, "client send", send_all(c, up2)).await;
+    let (got_down, _c) = within(20, "client read", read_all(c)).await;
+    let got_up = within(20, "server side", server).await.unwrap();
+    assert_eq!(sha(&got_up), sha(&up), "client → server bytes differ");
+    assert_eq!(sha(&got_down), sha(&down), "server → client bytes differ");
+}
+
+/// A TCP listener that must never be connected to.
+fn honeypot(host: u8) -> (std::net::TcpListener, SocketAddr) {
+    let l = std::net::TcpListener::bind(SocketAddr::new(lo(host), 0)).unwrap();
+    l.set_nonblocking(true).unwrap();
+    let addr = l.local_addr().unwrap();
+    (l, addr)
+}
+
+fn assert_untouched(honeypot: &std::net::TcpListener) {
+    match honeypot.accept() {
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+        Ok((_, from)) => panic!("a forged record was used: {from} connected to its address"),
+        Err(e) => panic!("honeypot accept: {e}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_with_another_identitys_keys_fails_and_the_listener_keeps_serving() {
+    init_tracing();
+    let names = memory_names();
+    let server = endpoint(&names, 1, 51);
+    let mut listener = server.listen("keys.test").await.unwrap();
+
+    // The misled client's name service holds a validly signed record for the name that
+    // points at the real listener but carries an impostor's keys.
+    let impostor = Identity::from_seed([77; 32]);
+    let lying: Arc<dyn NameService> = Arc::new(MemoryNameService::new());
+    lying.register(&signed_record(&impostor, "keys.test", server.published_addrs(), 1)).await.unwrap();
+    let misled = endpoint_with(&lying, 2, 52, |c| c.connect_timeout = Duration::from_secs(2));
+
+    let started = Instant::now();
+    let err = within(10, "misled connect", misled.connect("keys.test")).await.unwrap_err();
+    let took = started.elapsed();
+    eprintln!("misled connect failed after {took:?}: {err}");
+    match &err {
+        Error::Unreachable { name, tried, last, .. } => {
+            assert_eq!(name, "keys.test");
+            assert_eq!(tried, &server.published_addrs());
+            assert!(last.contains("handshake"), "the error should say the handshake failed: {last}");
+        }
+        other => panic!("expected Unreachable, got {other:?}"),
+    }
+    assert!(took < Duration::from_secs(4), "connect_timeout not honoured: {took:?}");
+
+    // No flow was accepted for the impostor's handshakes, and the listener still serves.
+    assert!(listener_is_empty(&mut listener), "a flow was accepted for a handshake with the wrong keys");
+    still_serves(&names, &mut listener, 3, 53).await;
+}
+
+fn listener_is_empty(listener: &mut Listener) -> bool {
+    use std::future::Future;
+    use std::task::{Context, Poll};
+    let waker = std::task::Waker::noop();
+    let mut cx = Context::from_waker(waker);
+    let fut = listener.accept();
+    let mut fut = std::pin::pin!(fut);
+    matches!(fut.as_mut().poll(&mut cx), Poll::Pending)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_record_is_refused_by_the_memory_service_and_never_used() {
+    init_tracing();
+    let names = memory_names();
+    let server = endpoint(&names, 4, 54);
+    let mut listener = server.listen("forge.test").await.unwrap();
+    let (pot, pot_addr) = honeypot(55);
+    let attacker = Identity::from_seed([66; 32]);
+
+    // The real record, re-pointed at the attacker's address and keys: the signature breaks.
+    let mut forged = names.lookup("forge.test").await.unwrap();
+    forged.record.addrs = vec![pot_addr];
+    forged.record.noise_key = attacker.public().noise;
+    forged.record.seq += 1_000;
+    assert_eq!(names.register(&forged).await, Err(NameError::BadSignature));
+    // A fresh name under a record with a corrupted signature.
+    let mut fresh = signed_record(&attacker, "fresh-forge.test", vec![pot_addr], 1);
+    fresh.signature[0] ^= 1;
+    assert_eq!(names.register(&fresh).await, Err(NameError::BadSignature));
+
+    let client = endpoint(&names, 5, 56);
+    match within(10, "connect to the unregistered name", client.connect("fresh-forge.test")).await {
+        Err(Error::Name(NameError::NotFound(n))) => assert_eq!(n, "fresh-forge.test"),
+        other => panic!("expected NotFound, got {other:?}"),
+    }
+    // The name still leads to the real server.
+    assert_eq!(names.lookup("forge.test").await.unwrap().record.addrs, server.published_addrs());
+    let name = "forge.test";
+    let (c, s) = within(10, "pair", pair(&client, &mut listener, name)).await;
+    assert_eq!(c.peer_key(), server.public().noise);
+    round_trip(c, s, 200_000, 4).await;
+    assert_untouched(&pot);
+}
+
+/// A name server that answers every lookup with a record it forged for the name asked.
+async fn lying_name_server(ip: IpAddr, pot: SocketAddr) -> SocketAddr {
+    let l = TcpListener::bind(SocketAddr::new(ip, 0)).await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let attacker = Identity::from_seed([99; 32]);
+    let victim = Identity::from_seed([98; 32]);
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = l.accept().await else { return };
+            let (attacker, victim) = (attacker.clone(), victim.clone());
+            tokio::spawn(async move {
+                let Ok(body) = read_message(&mut s).await else { return };
+                let response = match Request::decode(&body) {
+                    Ok(Request::Lookup(name)) if name.starts_with("badsig") => {
+                        // The victim's record, re-pointed at the attacker: signature broken.
+                        let mut r = signed_record(&victim, &name, vec!["192.0.2.7:7".parse().unwrap()], 5);
+                        r.record.addrs = vec![pot];
+                        r.record.noise_key = attacker.public().noise;
+                        Response::Record(r)
+                    }
+                    // A validly signed record, but for another name.
+                    Ok(Request::Lookup(_)) => Response::Record(signed_record(&attacker, "other.test", vec![pot], 5)),
+                    _ => Response::Ok,
+                };
+                let _ = write_message(&mut s, &response.encode()).await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_tcp_name_client_refuses_forged_and_misnamed_records() {
+    init_tracing();
+    let (pot, pot_addr) = honeypot(57);
+    let server = lying_name_server(lo(58), pot_addr).await;
+    let names: Arc<dyn NameService> = Arc::new(TcpNameClient::new(server.to_string(), Duration::from_secs(2)));
+
+    assert_eq!(names.lookup("badsig.test").await, Err(NameError::BadSignature));
+    assert_eq!(names.lookup("victim.test").await, Err(NameError::BadSignature));
+
+    let client = endpoint(&names, 6, 59);
+    for name in ["badsig.test", "victim.test"] {
+        match within(10, "connect", client.connect(name)).await {
+            Err(Error::Name(NameError::BadSignature)) => {}
+            other => panic!("{name}: expected a bad-signature error, got {other:?}"),
+        }
+    }
+    assert_untouched(&pot);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stale_records_are_refused() {
+    init_tracing();
+    let names = memory_names();
+    let server = endpoint(&names, 7, 60);
+    let mut listener = server.listen("stale.test").await.unwrap();
+    let current = names.lookup("stale.test").await.unwrap();
+    let id = Identity::from_seed([7; 32]);
+    let elsewhere = vec!["192.0.2.9:9".parse().unwrap()];
+    for seq in [1, current.record.seq - 1, current.record.seq] {
+        match names.register(&signed_record(&id, "stale.test", elsewhere.clone(), seq)).await {
+            Err(NameError::Stale { current: c, offered }) => {
+                assert_eq!((c, offered), (current.record.seq, seq));
+            }
+            other => panic!("seq {seq}: expected Stale, got {other:?}"),
+        }
+    }
+    assert_eq!(names.lookup("stale.test").await.unwrap(), current, "a refused record replaced the current one");
+    still_serves(&names, &mut listener, 8, 61).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn other_keys_after_the_first_lookup_fail_with_key_changed() {
+    init_tracing();
+    let test_names = TestNames::new();
+    let names = test_names.dyn_arc();
+    let server = endpoint(&names, 9, 62);
+    let mut listener = server.listen("pin.test").await.unwrap();
+    let client = endpoint(&names, 10, 63);
+    let (c, s) = within(10, "first pair", pair(&client, &mut listener, "pin.test")).await;
+    round_trip(c, s, 100_000, 9).await;
+
+    // A compromised name service now serves a validly signed record under other keys.
+    let usurper = Identity::from_seed([88; 32]);
+    test_names.lie(signed_record(&usurper, "pin.test", server.published_addrs(), u64::MAX / 2));
+    match within(10, "connect after the keys changed", client.connect("pin.test")).await {
+        Err(Error::KeyChanged { name, pinned, offered }) => {
+            assert_eq!(name, "pin.test");
+            assert_eq!(pinned, server.public().fingerprint());
+            assert_eq!(offered, usurper.public().fingerprint());
+        }
+        other => panic!("expected KeyChanged, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn joins_with_guessed_or_stolen_flow_ids_are_refused_and_the_flow_is_unaffected() {
+    init_tracing();
+    let names = memory_names();
+    let server = endpoint(&names, 11, 64);
+    let client = endpoint(&names, 12, 65);
+    let mut listener = server.listen("join.test").await.unwrap();
+    let (mut c, mut s) = within(10, "pair", pair(&client, &mut listener, "join.test")).await;
+    let target = server.published_addrs()[0];
+
+    // Some bytes first, so the flow is in use when attacked.
+    let first = data(200_000, 11);
+    within(10, "first write", c.write_all(&first)).await.unwrap();
+    let mut got = vec![0u8; first.len()];
+    within(10, "first read", s.read_exact(&mut got)).await.unwrap();
+    assert_eq!(sha(&got), sha(&first));
+    let received_before = s.stats().bytes_received;
+
+    // Guessed flow ids: the server does not know them.
+    for seed in 0..4u64 {
+        let mut raw = TcpStream::connect(target).await.unwrap();
+        let id: [u8; 16] = data(16, 1000 + seed).try_into().unwrap();
+        raw.write_all(&join_bytes(id, 1, [0; 16])).await.unwrap();
+        let (code, reason) = parse_refusal(&read_until_closed(&mut raw).await);
+        assert_eq!(code, 1, "guessed id: {reason}");
+    }
+
+    // The real id (seen on the wire) with MACs made up without the key, including one with
+    // the highest join sequence: refused, and it must not poison the flow's join sequence.
+    let stolen = s.flow_id_bytes();
+    assert_eq!(stolen, c.flow_id_bytes());
+    for (seq, mac_seed) in [(1u64, 1u64), (2, 2), (u64::MAX, 3)] {
+        let mut raw = TcpStream::connect(target).await.unwrap();
+        let mac: [u8; 16] = data(16, mac_seed).try_into().unwrap();
+        raw.write_all(&join_bytes(stolen, seq, mac)).await.unwrap();
+        let mut answer = [0u8; 2];
+        within(5, "refusal", raw.read_exact(&mut answer)).await.unwrap();
+        assert_eq!(answer[0], 2, "stolen id, seq {seq}: expected a bad-MAC refusal");
+        let mut reason = vec![0u8; answer[1] as usize];
+        raw.read_exact(&mut reason).await.unwrap();
+        // Garbage shaped like sealed records after the refusal goes nowhere: the server
+        // has closed the connection.
+        let mut junk = 60u16.to_be_bytes().to_vec();
+        junk.extend_from_slice(&7u64.to_be_bytes());
+        junk.extend_from_slice(&data(60, seq));
+        let _ = raw.write_all(&junk).await;
+        assert!(read_until_closed(&mut raw).await.is_empty(), "bytes after a refusal");
+    }
+
+    assert_eq!(s.paths(), 1, "a stranger's subflow was attached");
+    assert_eq!(c.paths(), 1);
+    assert_eq!(s.stats().bytes_received, received_before, "a stranger's bytes reached the flow");
+
+    // The real client can still join after a move: the forged seq u64::MAX was not recorded.
+    let mut events = s.events();
+    client.set_local_ips(vec![lo(66)]).await.unwrap();
+    let second = data(500_000, 12);
+    within(10, "second write", c.write_all(&second)).await.unwrap();
+    let mut got = vec![0u8; second.len()];
+    within(15, "second read after the rejoin", s.read_exact(&mut got)).await.unwrap();
+    assert_eq!(sha(&got), sha(&second));
+    let mut rejoined = false;
+    while let Some(ev) = events.try_next() {
+        if let msocket::FlowEvent::PathAdded { remote, .. } = ev {
+            rejoined |= remote.ip() == lo(66);
+        }
+    }
+    assert!(rejoined, "the client's new subflow never joined");
+    round_trip(c, s, 100_000, 13).await;
+}
+
+/// What the record-level proxy does to the first connection's client → server records.
+#[derive(Clone, Copy, PartialEq)]
+enum Mischief {
+    /// Re-sends copies of earlier records.
+    Replay,
+    /// Flips one bit in one record.
+    Tamper,
+}
+
+struct Proxy {
+    addr: SocketAddr,
+    connections: Arc<AtomicUsize>,
+    injected: Arc<AtomicUsize>,
+}
+
+/// A man in the middle that understands the framing (not the crypto) of subflows.
+async fn proxy(ip: IpAddr, target: SocketAddr, mischief: Mischief) -> Proxy {
+    let l = TcpListener::bind(SocketAddr::new(ip, 0)).await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let connections = Arc::new(AtomicUsize::new(0));
+    let injected = Arc::new(AtomicUsize::new(0));
+    let (conns, inj) = (connections.clone(), injected.clone());
+    tokio::spawn(async move {
+        loop {
+            let Ok((client, _)) = l.accept().await else { return };
+            let index = conns.fetch_add(1, Ordering::SeqCst);
+            let Ok(server) = TcpStream::connect(target).await else { return };
+            let (mut cr, mut cw) = client.into_split();
+            let (mut sr, mut sw) = server.into_split();
+            tokio::spawn(async move {
+                let _ = tokio::io::copy(&mut sr, &mut cw).await;
+                let _ = cw.shutdown().await;
+            });
+            let inj = inj.clone();
+            tokio::spawn(async move {
+                let _ = pump_records(&mut cr, &mut sw, if index == 0 { Some(mischief) } else { None }, &inj).await;
+                let _ = sw.shutdown().await;
+            });
+        }
+    });
+    Proxy { addr, connections, injected }
+}
+
+async fn pump_records(
+    from: &mut (impl AsyncReadExt + Unpin),
+    to: &mut (impl AsyncWriteExt + Unpin),
+    mischief: Option<Mischief>,
+    injected: &AtomicUsize,
+) -> std::io::Result<()> {
+    let mut header = [0u8; 6];
+    from.read_exact(&mut header).await?;
+    to.write_all(&header).await?;
+    if header[5] == 1 {
+        let len = from.read_u16().await?;
+        let mut msg = vec![0u8; len as usize];
+        from.read_exact(&mut msg).await?;
+        to.write_u16(len).await?;
+        to.write_all(&msg).await?;
+    } else {
+        let mut join = [0u8; 40];
+        from.read_exact(&mut join).await?;
+        to.write_all(&join).await?;
+    }
+    let mut first_data: Option<Vec<u8>> = None;
+    let mut data_records = 0;
+    loop {
+        let mut rec = vec![0u8; 10];
+        from.read_exact(&mut rec).await?;
+        let len = u16::from_be_bytes([rec[0], rec[1]]) as usize;
+        rec.resize(10 + len, 0);
+        from.read_exact(&mut rec[10..]).await?;
+        let is_data = len > 4096;
+        if is_data {
+            data_records += 1;
+        }
+        match mischief {
+            Some(Mischief::Tamper) if is_data && data_records == 5 => {
+                rec[10 + len / 2] ^= 0x20;
+                injected.fetch_add(1, Ordering::SeqCst);
+                to.write_all(&rec).await?;
+            }
+            Some(Mischief::Replay) if is_data && (data_records == 5 || data_records == 12) => {
+                to.write_all(&rec).await?;
+                // The same record again at once, and the first data record much later.
+                to.write_all(&rec).await?;
+                to.write_all(first_data.as_ref().unwrap()).await?;
+                injected.fetch_add(2, Ordering::SeqCst);
+            }
+            _ => to.write_all(&rec).await?,
+        }
+        if is_data && first_data.is_none() {
+            first_data = Some(rec);
+        }
+    }
+}
+
+/// A server, a proxy in front of it, and a client whose name service points at the proxy
+/// (with a record the test signs with the server's key, so the handshake still succeeds).
+async fn through_proxy(seed: u8, host: u8, mischief: Mischief) -> (Endpoint, Listener, Endpoint, Proxy, String) {
+    let names = memory_names();
+    let server = endpoint(&names, seed, host);
+    let name = format!("mitm{seed}.test");
+    let listener = server.listen(&name).await.unwrap();
+    let proxy = proxy(lo(host + 1), server.published_addrs()[0], mischief).await;
+    let via: Arc<dyn NameService> = Arc::new(MemoryNameService::new());
+    let server_id = Identity::from_seed([seed; 32]);
+    via.register(&signed_record(&server_id, &name, vec![proxy.addr], 1)).await.unwrap();
+    let client = endpoint(&via, seed + 1, host + 2);
+    (server, listener, client, proxy, name)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replayed_records_never_reach_the_application() {
+    init_tracing();
+    let (_server, mut listener, client, proxy, name) = through_proxy(13, 70, Mischief::Replay).await;
+    let (c, s) = within(10, "pair", pair(&client, &mut listener, &name)).await;
+    let mut s_events = s.events();
+    let sent = data(3_000_000, 13);
+    let writer = tokio::spawn(send_all(c, sent.clone()));
+    let (got, s) = within(30, "read", read_all(s)).await;
+    let c = within(30, "writer", writer).await.unwrap();
+    assert_eq!(proxy.injected.load(Ordering::SeqCst), 4, "the proxy did not replay");
+    assert_eq!(sha(&got), sha(&sent));
+    // The copies authenticate (they are genuine records) but were dropped by the replay
+    // window before the flow saw them: no duplicate payload, and no subflow was lost.
+    let (cs, ss) = (c.stats(), s.stats());
+    assert_eq!(cs.bytes_retransmitted, 0, "retransmissions would blur the duplicate count");
+    assert_eq!(ss.duplicate_bytes_received, 0, "replayed DATA reached the flow");
+    assert_eq!(ss.subflows_lost, 0);
+    assert_eq!(proxy.connections.load(Ordering::SeqCst), 1);
+    while let Some(ev) = s_events.try_next() {
+        assert!(!matches!(ev, msocket::FlowEvent::PathLost { .. }), "replays cost a subflow: {ev:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tampered_record_costs_its_subflow_and_the_flow_heals() {
+    init_tracing();
+    let (_server, mut listener, client, proxy, name) = through_proxy(15, 74, Mischief::Tamper).await;
+    let (c, s) = within(10, "pair", pair(&client, &mut listener, &name)).await;
+    let sent = data(3_000_000, 15);
+    let writer = tokio::spawn(send_all(c, sent.clone()));
+    let (got, s) = within(30, "read", read_all(s)).await;
+    within(30, "writer", writer).await.unwrap();
+    assert_eq!(proxy.injected.load(Ordering::SeqCst), 1, "the proxy did not tamper");
+    assert_eq!(sha(&got), sha(&sent), "tampered bytes reached the application");
+    assert!(s.stats().subflows_lost >= 1, "the tampered subflow was not dropped");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_subflow_openings_are_refused_and_the_endpoint_keeps_serving() {
+    init_tracing();
+    let names = memory_names();
+    let io_timeout = Duration::from_secs(1);
+    let server = endpoint_with(&names, 17, 78, |c| c.io_timeout = io_timeout);
+    let mut listener = server.listen("malformed.test").await.unwrap();
+    let target = server.published_addrs()[0];
+
+    let new_flow = |len: u16, body: Vec<u8>| {
+        let mut b = subflow_header(1, 1);
+        b.extend_from_slice(&len.to_be_bytes());
+        b.extend_from_slice(&body);
+        b
+    };
+    let cases: Vec<(&str, Vec<u8>, bool)> = vec![
+        ("bad magic", b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(), false),
+        ("unknown version", subflow_header(2, 1), false),
+        ("unknown kind", subflow_header(1, 9), false),
+        ("handshake over the limit", new_flow(60_000, data(200, 1)), false),
+        ("half a header then close", b"MSK".to_vec(), true),
+        ("NEW_FLOW with random Noise bytes", new_flow(96, data(96, 2)), false),
+        ("NEW_FLOW with a short Noise message", new_flow(96, data(10, 3)), true),
+        ("JOIN cut short", {
+            let mut b = subflow_header(1, 2);
+            b.extend_from_slice(&[5; 10]);
+            b
+        }, true),
+    ];
+    for (what, bytes, half_close) in cases {
+        let mut raw = TcpStream::connect(target).await.unwrap();
+        raw.write_all(&bytes).await.unwrap();
+        if half_close {
+            raw.shutdown().await.unwrap();
+        }
+        let answer = read_until_closed(&mut raw).await;
+        assert!(answer.is_empty(), "{what}: the server answered {answer:?}");
+    }
+    // A connection that says nothing is cut after the I/O timeout, not held forever.
+    let mut silent = TcpStream::connect(target).await.unwrap();
+    let started = Instant::now();
+    assert!(read_until_closed(&mut silent).await.is_empty());
+    let held = started.elapsed();
+    assert!(held >= io_timeout - Duration::from_millis(100), "cut too early: {held:?}");
+    assert!(held < io_timeout + Duration::from_secs(2), "held too long: {held:?}");
+
+    assert!(listener_is_empty(&mut listener));
+    still_serves(&names, &mut listener, 18, 79).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_name_the_listener_does_not_serve_is_unknown_name() {
+    init_tracing();
+    let names = memory_names();
+    let server = endpoint(&names, 19, 80);
+    let mut listener = server.listen("served.test").await.unwrap();
+    // The server's own key signs a record for a name it does not listen on.
+    let server_id = Identity::from_seed([19; 32]);
+    names.register(&signed_record(&server_id, "unserved.test", server.published_addrs(), 1)).await.unwrap();
+    let client = endpoint(&names, 20, 81);
+    let started = Instant::now();
+    match within(10, "connect", client.connect("unserved.test")).await {
+        Err(Error::UnknownName { name, addr }) => {
+            assert_eq!(name, "unserved.test");
+            assert_eq!(addr, server.published_addrs()[0]);
+        }
+        other => panic!("expected UnknownName, got {other:?}"),
+    }
+    assert!(started.elapsed() < Duration::from_secs(2), "UnknownName should not be retried");
+    assert!(listener_is_empty(&mut listener));
+    still_serves(&names, &mut listener, 21, 82).await;
+}
