@@ -15,8 +15,9 @@ pub mod name;
 pub mod proto;
 mod runtime;
 mod session;
+pub mod watch;
 pub mod wire;
 
 pub use identity::{Identity, IdentityError, PublicIdentity};
 pub use proto::{FlowConfig, FlowError, FlowStats};
-pub use runtime::{BlockingFlow, Endpoint, EndpointConfig, Error, Flow, FlowEvent, FlowEvents, Listener};
+pub use runtime::{BlockingFlow, Endpoint, EndpointConfig, Error, Flow, FlowEvent, FlowEvents, Listener, NetworkFollower};

@@ -14,6 +14,7 @@ use tokio::task::AbortHandle;
 use super::conn::{Conn, Role};
 use super::events::FlowEvent;
 use super::flow::Flow;
+use super::follow::NetworkFollower;
 use super::header::{self, Kind};
 use super::Error;
 use crate::identity::{Identity, PublicIdentity};
@@ -21,6 +22,7 @@ use crate::name::{self, NameRecord, NameService, SignedRecord};
 use crate::proto::FlowConfig;
 use crate::session::join::{self, JoinRefusal};
 use crate::session::{FlowId, Responder};
+use crate::watch::{Classifier, Interface, NetworkState, WatchError};
 
 /// How an endpoint behaves. Every field has a default chosen for phones.
 #[derive(Clone, Debug)]
@@ -40,6 +42,9 @@ pub struct EndpointConfig {
     pub io_timeout: Duration,
     /// Lifetime of a published name record; it is re-published at half this. Default 1 h.
     pub record_ttl: Duration,
+    /// Whether a followed network watcher may give this endpoint loopback addresses
+    /// (for peers on the same host, and tests). Default false.
+    pub use_loopback: bool,
 }
 
 impl EndpointConfig {
@@ -53,6 +58,7 @@ impl EndpointConfig {
             connect_timeout: Duration::from_secs(20),
             io_timeout: Duration::from_secs(5),
             record_ttl: Duration::from_secs(3600),
+            use_loopback: false,
         }
     }
 }
@@ -64,6 +70,8 @@ struct State {
     services: HashMap<String, mpsc::Sender<Flow>>,
     flows: HashMap<FlowId, Weak<Conn>>,
     refresh: Option<AbortHandle>,
+    /// The interfaces last seen by a followed network watcher.
+    interfaces: Vec<Interface>,
 }
 
 impl State {
@@ -158,6 +166,7 @@ impl Endpoint {
             services: HashMap::new(),
             flows: HashMap::new(),
             refresh: None,
+            interfaces: Vec::new(),
         };
         Ok(Endpoint {
             inner: Arc::new(EndpointInner {
@@ -265,6 +274,43 @@ impl Endpoint {
     /// The addresses this endpoint publishes for its names.
     pub fn published_addrs(&self) -> Vec<SocketAddr> {
         self.inner.published_addrs()
+    }
+
+    /// Follows `network` (from any watcher in [`crate::watch`]): on every change, hands
+    /// the usable addresses (interfaces up, best first: Wi-Fi, Ethernet, other,
+    /// cellular; loopback only with [`EndpointConfig::use_loopback`]) to
+    /// [`set_local_ips`](Self::set_local_ips) if they differ from the current ones.
+    /// Runs until the returned handle is dropped or stopped. Needs a tokio runtime.
+    pub fn follow_network(&self, network: watch::Receiver<NetworkState>) -> NetworkFollower {
+        NetworkFollower::spawn(Arc::downgrade(&self.inner), network)
+    }
+
+    /// Starts the best network watcher for this system (netlink on Linux, polling
+    /// elsewhere; see [`crate::watch::system`]) and follows it.
+    pub async fn watch_network(&self) -> Result<NetworkFollower, WatchError> {
+        let network = crate::watch::system(Classifier::new()).await?;
+        Ok(self.follow_network(network))
+    }
+
+    /// The interfaces last seen by a followed network watcher (empty if none is
+    /// followed), whether or not they are in use.
+    pub fn interfaces(&self) -> Vec<Interface> {
+        self.inner.lock().interfaces.clone()
+    }
+
+    pub(super) fn upgrade(inner: &Weak<EndpointInner>) -> Option<Endpoint> {
+        inner.upgrade().map(|inner| Endpoint { inner })
+    }
+
+    pub(super) fn uses_loopback(&self) -> bool {
+        self.inner.config.use_loopback
+    }
+
+    /// Records the interfaces a watcher reported; returns the local addresses in use.
+    pub(super) fn record_interfaces(&self, interfaces: Vec<Interface>) -> Vec<IpAddr> {
+        let mut st = self.inner.lock();
+        st.interfaces = interfaces;
+        st.ips.clone()
     }
 }
 

@@ -11,9 +11,11 @@ mod endpoint;
 mod error;
 mod events;
 mod flow;
+mod follow;
 mod header;
 
 pub use endpoint::{Endpoint, EndpointConfig, Listener};
 pub use error::Error;
 pub use events::{FlowEvent, FlowEvents};
 pub use flow::{BlockingFlow, Flow};
+pub use follow::NetworkFollower;
