@@ -164,6 +164,107 @@ mod tests {
         assert_eq!(decide(&[], a.clone(), false), Decision::Apply(a));
     }
 
+    /// Keeps the last record registered, for waiting on publications.
+    #[derive(Debug)]
+    struct Recording {
+        store: crate::name::MemoryNameService,
+        last: watch::Sender<Option<crate::name::NameRecord>>,
+    }
+
+    impl crate::name::NameService for Recording {
+        fn register<'a>(&'a self, record: &'a crate::name::SignedRecord) -> crate::name::NameFuture<'a, ()> {
+            Box::pin(async move {
+                self.store.register(record).await?;
+                self.last.send_replace(Some(record.record.clone()));
+                Ok(())
+            })
+        }
+
+        fn lookup<'a>(&'a self, name: &'a str) -> crate::name::NameFuture<'a, crate::name::SignedRecord> {
+            self.store.lookup(name)
+        }
+    }
+
+    async fn published_after(
+        rx: &mut watch::Receiver<Option<crate::name::NameRecord>>,
+        seq: u64,
+    ) -> crate::name::NameRecord {
+        let wait = async {
+            loop {
+                if let Some(r) = rx.borrow_and_update().as_ref().filter(|r| r.seq > seq) {
+                    return r.clone();
+                }
+                rx.changed().await.unwrap();
+            }
+        };
+        tokio::time::timeout(std::time::Duration::from_secs(10), wait).await.expect("published in time")
+    }
+
+    fn lo_iface(name: &str, index: u32, kind: InterfaceKind, up: bool, addrs: &[&str]) -> Interface {
+        Interface { name: name.into(), index, kind, metered: kind == InterfaceKind::Cellular, up, addrs: ips(addrs) }
+    }
+
+    #[tokio::test]
+    async fn an_endpoint_follows_pushed_snapshots() {
+        use crate::watch::PushedNetwork;
+        use crate::{EndpointConfig, Identity};
+        use std::sync::Arc;
+
+        let (last, mut published) = watch::channel(None);
+        let names = Arc::new(Recording { store: Default::default(), last });
+        let mut config = EndpointConfig::new(names);
+        config.local_ips = ips(&["127.0.0.61"]);
+        config.use_loopback = true; // the test's "Wi-Fi" lives on 127/8
+        let ep = Endpoint::bind(Identity::from_seed([61; 32]), config).unwrap();
+        let _listener = ep.listen("follow.test").await.unwrap();
+        let first = published_after(&mut published, 0).await;
+        let port = first.addrs[0].port();
+
+        let wifi = lo_iface("wlan0", 3, InterfaceKind::Wifi, true, &["127.0.0.62"]);
+        let cell = lo_iface("rmnet0", 2, InterfaceKind::Cellular, true, &["127.0.0.63"]);
+        let net = PushedNetwork::new(vec![cell.clone(), wifi.clone()]);
+        let follower = ep.follow_network(net.subscribe());
+        let r = published_after(&mut published, first.seq).await;
+        let want: Vec<std::net::SocketAddr> =
+            ["127.0.0.62", "127.0.0.63"].iter().map(|a| std::net::SocketAddr::new(a.parse().unwrap(), port)).collect();
+        assert_eq!(r.addrs, want, "Wi-Fi first, the old address gone, the port kept");
+        assert_eq!(ep.interfaces(), vec![cell.clone(), wifi.clone()]);
+
+        // Wi-Fi goes down: only cellular is left.
+        let wifi_down = Interface { up: false, ..wifi.clone() };
+        net.push(vec![cell.clone(), wifi_down.clone()]);
+        let r = published_after(&mut published, r.seq).await;
+        assert_eq!(r.addrs, want[1..]);
+
+        // Nothing usable: the endpoint keeps what it had (no publication), and records
+        // the interfaces. Then the same address comes back and is applied again, so the
+        // name is re-published.
+        let cell_down = Interface { up: false, ..cell.clone() };
+        let offline = vec![cell_down, Interface { addrs: vec![], ..wifi }];
+        net.push(offline.clone());
+        // Wait (bounded) until the follower has seen it: the interfaces are recorded.
+        tokio::time::timeout(std::time::Duration::from_secs(10), async {
+            while ep.interfaces() != offline {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .expect("the follower records the offline state");
+        assert_eq!(ep.published_addrs(), want[1..], "kept while offline");
+        assert_eq!(published.borrow().as_ref().map(|p| p.seq), Some(r.seq), "nothing published while offline");
+        net.push(vec![cell.clone(), offline[1].clone()]);
+        let back = published_after(&mut published, r.seq).await;
+        assert_eq!(back.addrs, want[1..]);
+        assert_eq!(ep.published_addrs(), want[1..]);
+
+        follower.stop();
+        net.push(vec![lo_iface("wlan0", 3, InterfaceKind::Wifi, true, &["127.0.0.64"])]);
+        // A stopped follower changes nothing: an explicit move is the next publication.
+        ep.set_local_ips(ips(&["127.0.0.65"])).await.unwrap();
+        let r = published_after(&mut published, back.seq).await;
+        assert_eq!(r.addrs, vec![std::net::SocketAddr::new("127.0.0.65".parse().unwrap(), port)]);
+    }
+
     #[test]
     fn summaries_name_kind_state_and_addresses() {
         let list = vec![
