@@ -52,6 +52,8 @@ const DUMP_TIMEOUT: Duration = Duration::from_secs(5);
 const DUMP_ATTEMPTS: usize = 5;
 /// Queued datagrams applied at most in one go before a state is published.
 const MAX_BATCH: usize = 64;
+/// Queued datagrams applied at most after a dump before the first state is published.
+const MAX_DRAIN: usize = 4096;
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
 
@@ -215,9 +217,10 @@ impl Events {
                 }
                 Err(DumpError::Failed(e)) => return Err(e),
             }
-            // Events queued since we subscribed; a lost one means dumping again.
+            // Events queued since we subscribed; a lost one means dumping again. Bounded:
+            // under an endless storm the rest is applied by the event loop.
             let mut lost = false;
-            loop {
+            for _ in 0..MAX_DRAIN {
                 match self.try_recv(buf) {
                     Ok(true) => {
                         if apply_datagram(buf, &mut table).is_err() {
