@@ -291,7 +291,7 @@ fn start_listen(
     stdin: Stdio,
     stdout: Stdio,
 ) -> Proc {
-    let key = keygen(dir);
+    let key = keygen(&dir.join(name));
     let mut cmd = msocket();
     cmd.args(["listen", name, "--bind", "127.0.0.2", "--names", &ns.url])
         .args(extra);
@@ -632,6 +632,100 @@ fn netcat_pipe_listen_to_connect() {
         "connect's stdout differs"
     );
     assert_eq!(listener_got.join().unwrap().0, 0);
+}
+
+/// Like `hash_all`, but the result can be waited for with a bound.
+fn hash_all_rx(r: impl Read + Send + 'static) -> Receiver<(usize, [u8; 32])> {
+    let (tx, rx) = mpsc::channel();
+    let h = hash_all(r);
+    std::thread::spawn(move || {
+        let _ = tx.send(h.join().unwrap());
+    });
+    rx
+}
+
+/// Each end's stdout must end as soon as the peer has ended its side, even while the
+/// local stdin is still open (ssh waits for EOF on a ProxyCommand's stdout; `msocket
+/// listen x | tar x` must end without the user closing stdin).
+#[test]
+fn stdout_ends_when_the_peer_ends_while_stdin_stays_open() {
+    let ns = names();
+    let dir = tempfile::tempdir().unwrap();
+    let mut listen = start_listen(
+        &ns,
+        dir.path(),
+        "half.close",
+        &[],
+        Stdio::piped(),
+        Stdio::piped(),
+    );
+    let mut listen_in = listen.take_stdin();
+    let listen_out = hash_all_rx(listen.take_stdout());
+    let mut cmd = connect_cmd(&ns, "half.close");
+    cmd.stdin(Stdio::piped()).stdout(Stdio::piped());
+    let mut connect = Proc::spawn("connect", cmd);
+    let mut connect_in = connect.take_stdin();
+    let connect_out = hash_all_rx(connect.take_stdout());
+
+    // connect -> listen, then connect's stdin ends; listen's stdin stays open.
+    let up = data(3, MB);
+    connect_in.write_all(&up).unwrap();
+    drop(connect_in);
+    let got = listen_out
+        .recv_timeout(WAIT)
+        .unwrap_or_else(|_| panic!("listen's stdout did not end; stderr:\n{}", listen.stderr()));
+    assert_eq!(got, (MB, sha256(&up)));
+
+    // listen -> connect, then listen's stdin ends too: both finish.
+    let down = data(4, MB);
+    listen_in.write_all(&down).unwrap();
+    drop(listen_in);
+    let got = connect_out.recv_timeout(WAIT).unwrap_or_else(|_| {
+        panic!(
+            "connect's stdout did not end; stderr:\n{}",
+            connect.stderr()
+        )
+    });
+    assert_eq!(got, (MB, sha256(&down)));
+    connect.expect_success();
+    listen.expect_success();
+
+    // And the other way round: listen's side ends first while connect's stdin is open.
+    let mut listen = start_listen(
+        &ns,
+        dir.path(),
+        "half.close2",
+        &[],
+        Stdio::piped(),
+        Stdio::piped(),
+    );
+    let mut listen_in = listen.take_stdin();
+    let listen_out = hash_all_rx(listen.take_stdout());
+    let mut cmd = connect_cmd(&ns, "half.close2");
+    cmd.stdin(Stdio::piped()).stdout(Stdio::piped());
+    let mut connect = Proc::spawn("connect", cmd);
+    let connect_in = connect.take_stdin();
+    let connect_out = hash_all_rx(connect.take_stdout());
+    let d = down.clone();
+    let writer = std::thread::spawn(move || listen_in.write_all(&d)); // then EOF
+    let got = connect_out.recv_timeout(WAIT).unwrap_or_else(|_| {
+        panic!(
+            "connect's stdout did not end; stderr:\n{}",
+            connect.stderr()
+        )
+    });
+    assert_eq!(got, (MB, sha256(&down)));
+    writer.join().unwrap().unwrap();
+    drop(connect_in);
+    assert_eq!(
+        listen_out
+            .recv_timeout(WAIT)
+            .expect("listen's stdout did not end")
+            .0,
+        0
+    );
+    connect.expect_success();
+    listen.expect_success();
 }
 
 #[test]

@@ -4,7 +4,10 @@
 //! its sending side and exits once the peer has ended its side too, so it works as an ssh
 //! `ProxyCommand`. Exit status 0 means every byte it sent was acknowledged by the peer.
 
+use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
 
 use msocket::{Endpoint, Flow};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
@@ -37,7 +40,53 @@ where
 
 /// stdin/stdout as one duplex stream.
 fn stdio() -> impl AsyncRead + AsyncWrite + Unpin {
-    tokio::io::join(tokio::io::stdin(), tokio::io::stdout())
+    tokio::io::join(tokio::io::stdin(), Stdout { inner: tokio::io::stdout(), closed: false })
+}
+
+/// Standard output whose `shutdown` really ends the stream: the reader of our stdout
+/// sees end of file as soon as the peer has ended its side, while we go on reading stdin.
+/// (`tokio::io::Stdout`'s shutdown only flushes, so a pipeline like `msocket listen x |
+/// tar x`, or ssh reading a ProxyCommand, would wait until our stdin ended too.)
+struct Stdout {
+    inner: tokio::io::Stdout,
+    closed: bool,
+}
+
+impl AsyncWrite for Stdout {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        ready!(Pin::new(&mut self.inner).poll_flush(cx))?;
+        if !self.closed {
+            self.closed = true;
+            close_stdout()?;
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// Closes our end of standard output, leaving /dev/null on descriptor 1 so that nothing
+/// else can take that descriptor and receive stray output.
+#[cfg(unix)]
+fn close_stdout() -> io::Result<()> {
+    use std::os::fd::AsRawFd as _;
+    let null = std::fs::OpenOptions::new().write(true).open("/dev/null")?;
+    // SAFETY: dup2 on two open descriptors; it atomically replaces descriptor 1.
+    if unsafe { libc::dup2(null.as_raw_fd(), libc::STDOUT_FILENO) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+#[cfg(not(unix))]
+fn close_stdout() -> io::Result<()> {
+    Ok(())
 }
 
 /// `msocket connect NAME`.
@@ -55,7 +104,8 @@ pub async fn listen_once(ep: &Endpoint, name: &str) -> Result<(), CliError> {
     eprintln!("listening on {name} at {:?}", ep.published_addrs());
     let flow = listener.accept().await?;
     tracing::info!(flow = %flow.id(), "accepted");
-    splice(stdio(), flow).await?;
+    let (sent, received) = splice(stdio(), flow).await?;
+    tracing::info!(sent, received, "flow finished");
     Ok(())
 }
 
