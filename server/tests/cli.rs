@@ -728,6 +728,43 @@ fn stdout_ends_when_the_peer_ends_while_stdin_stays_open() {
     listen.expect_success();
 }
 
+/// A `connect` that only receives must not exit before its end of stream reached the
+/// listener: the listener (with a short --deadline, so a lost end of stream shows as a
+/// failure within seconds) must exit 0 every time.
+#[test]
+fn a_receiving_connect_lets_the_listener_finish() {
+    let ns = names();
+    let dir = tempfile::tempdir().unwrap();
+    let payload = data(5, 100_000);
+    for round in 0..5 {
+        let name = format!("recv.only{round}");
+        let extra = ["--deadline", "5"];
+        let mut listen = start_listen(
+            &ns,
+            dir.path(),
+            &name,
+            &extra,
+            Stdio::piped(),
+            Stdio::null(),
+        );
+        let mut listen_in = listen.take_stdin();
+        let p = payload.clone();
+        let writer = std::thread::spawn(move || listen_in.write_all(&p)); // then EOF
+        let mut cmd = connect_cmd(&ns, &name);
+        cmd.stdin(Stdio::piped()).stdout(Stdio::piped());
+        let mut connect = Proc::spawn("connect", cmd);
+        let connect_in = connect.take_stdin();
+        let got = hash_all_rx(connect.take_stdout())
+            .recv_timeout(WAIT)
+            .expect("connect's stdout did not end");
+        assert_eq!(got, (payload.len(), sha256(&payload)));
+        writer.join().unwrap().unwrap();
+        drop(connect_in); // connect sends its (empty) side's end now, then exits
+        connect.expect_success();
+        listen.expect_success();
+    }
+}
+
 #[test]
 fn proxy_command_style_round_trips() {
     let ns = names();

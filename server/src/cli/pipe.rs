@@ -8,8 +8,9 @@ use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
+use std::time::Duration;
 
-use msocket::{Endpoint, Flow};
+use msocket::{Endpoint, Flow, FlowEvent};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -89,11 +90,48 @@ fn close_stdout() -> io::Result<()> {
     Ok(())
 }
 
+/// How long a finished stdin/stdout flow may take to send its last frames before exit.
+const CLOSE_WAIT: Duration = Duration::from_secs(2);
+
+/// Carries one flow on stdin/stdout until both directions ended, then waits (at most
+/// [`CLOSE_WAIT`]) until the flow has finished and its last frames have left.
+///
+/// `splice` returns once our bytes are acknowledged and the peer's end of stream was read,
+/// but our own end of stream, and the acknowledgement of the peer's, may still be queued:
+/// exiting then would leave the peer waiting for them until its flow deadline (five
+/// minutes by default) and then failing. The flow is finished once the peer acknowledged
+/// our end of stream; each subflow then flushes what it still owes and closes.
+async fn stdio_flow(flow: Flow) -> Result<(u64, u64), CliError> {
+    let mut events = flow.events();
+    let mut live = flow.paths();
+    let counts = splice(stdio(), flow).await?;
+    let flushed = tokio::time::timeout(CLOSE_WAIT, async {
+        let mut finished = false;
+        while !finished || live > 0 {
+            match events.next().await {
+                Some(FlowEvent::Closed { error: None }) => finished = true,
+                Some(FlowEvent::Closed { error: Some(e) }) => return Err(CliError(e)),
+                Some(FlowEvent::PathAdded { .. }) => live += 1,
+                Some(FlowEvent::PathLost { .. }) => live = live.saturating_sub(1),
+                Some(_) => {}
+                None => break, // the flow is gone: nothing left to send
+            }
+        }
+        Ok(())
+    })
+    .await;
+    match flushed {
+        Ok(result) => result?,
+        Err(_) => tracing::warn!("the flow did not finish within {CLOSE_WAIT:?} after the last byte"),
+    }
+    Ok(counts)
+}
+
 /// `msocket connect NAME`.
 pub async fn connect(ep: &Endpoint, name: &str) -> Result<(), CliError> {
     let flow = ep.connect(name).await?;
     tracing::info!(flow = %flow.id(), name, "connected");
-    let (sent, received) = splice(stdio(), flow).await?;
+    let (sent, received) = stdio_flow(flow).await?;
     tracing::info!(sent, received, "flow finished");
     Ok(())
 }
@@ -104,7 +142,7 @@ pub async fn listen_once(ep: &Endpoint, name: &str) -> Result<(), CliError> {
     eprintln!("listening on {name} at {:?}", ep.published_addrs());
     let flow = listener.accept().await?;
     tracing::info!(flow = %flow.id(), "accepted");
-    let (sent, received) = splice(stdio(), flow).await?;
+    let (sent, received) = stdio_flow(flow).await?;
     tracing::info!(sent, received, "flow finished");
     Ok(())
 }
