@@ -8,8 +8,9 @@
 //! SHA-256 of what was sent and what was received must match.
 //!
 //! A move's recovery time runs from the move until the receiver gets new data over the
-//! network again: the first increase of its received-bytes counter after a new subflow
-//! joined the flow.
+//! network again: a new subflow has joined the flow and the receiver's received-bytes
+//! counter has grown past its value at the end of the move. The sender is held one
+//! segment ahead of the moves, so there is always new data to show the recovery.
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
@@ -66,6 +67,11 @@ fn loopback(host: u8) -> IpAddr {
 
 /// Runs the demo: `bytes` streamed, `moves` moves of each end plus one of both.
 pub async fn run(bytes: u64, moves: usize) -> Result<DemoReport, String> {
+    // Every move needs new data after it (see `run_inner`): at least one byte a segment.
+    let least = 2 * moves as u64 + 3;
+    if bytes < least {
+        return Err(format!("--bytes must be at least {least} for {moves} moves"));
+    }
     tokio::time::timeout(DEMO_TIMEOUT, run_inner(bytes, moves))
         .await
         .unwrap_or_else(|_| Err(format!("did not finish within {DEMO_TIMEOUT:?}")))
@@ -101,18 +107,25 @@ async fn run_inner(bytes: u64, moves: usize) -> Result<DemoReport, String> {
     let mut server_events = server_flow.events();
     let (progress_tx, mut progress) = watch::channel((0u64, 0u64));
     let receiver = tokio::spawn(receive(server_flow, progress_tx));
-    let sender = tokio::spawn(send(client_flow, bytes));
+    let mut plan: Vec<Move> = (0..moves).flat_map(|_| [Move::Client, Move::Server]).collect();
+    plan.push(Move::Both);
+    // The stream is cut into plan.len() + 2 segments; move k happens once the receiver has
+    // read `threshold(k)` bytes (the end of segment k). The sender may run one segment
+    // ahead of that (so data is in flight during a move) but no further: the segment after
+    // it is released only once move k is done, so data is always left to cross the new
+    // path and show the recovery, however small `bytes` is and however big the windows.
+    let threshold = |k: usize| bytes * (k as u64 + 1) / (plan.len() as u64 + 2);
+    let (allowed, allowed_rx) = watch::channel(threshold(1));
+    let sender = tokio::spawn(send(client_flow, bytes, allowed_rx));
 
     let bar = ProgressBar::new(bytes).with_style(
         ProgressStyle::with_template("{bar:40} {bytes}/{total_bytes} {bytes_per_sec} {msg}")
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
-    let mut plan: Vec<Move> = (0..moves).flat_map(|_| [Move::Client, Move::Server]).collect();
-    plan.push(Move::Both);
     let mut recoveries = Vec::new();
     for (k, mv) in plan.iter().enumerate() {
-        let threshold = bytes * (k as u64 + 1) / (plan.len() as u64 + 1);
-        if progress.wait_for(|p| p.0 >= threshold).await.is_err() {
+        let due = threshold(k);
+        if progress.wait_for(|p| p.0 >= due).await.is_err() {
             break; // the receiver ended: its result below says why
         }
         bar.set_position(progress.borrow().0);
@@ -139,6 +152,9 @@ async fn run_inner(bytes: u64, moves: usize) -> Result<DemoReport, String> {
             }
         }
         .map_err(|e| format!("move {}: {e}", k + 1))?;
+        // The old paths are gone: whatever arrives from here on crossed a new one.
+        let base = progress.borrow().1;
+        allowed.send_replace(if k + 2 <= plan.len() { threshold(k + 2) } else { bytes });
         let recovered = tokio::time::timeout(MOVE_TIMEOUT, async {
             loop {
                 match server_events.next().await {
@@ -147,7 +163,6 @@ async fn run_inner(bytes: u64, moves: usize) -> Result<DemoReport, String> {
                     None => return Err("the flow ended during a move".to_string()),
                 }
             }
-            let base = progress.borrow().1;
             progress.wait_for(|p| p.1 > base).await.map_err(|_| "receiver stopped".to_string())?;
             Ok(started.elapsed())
         })
@@ -166,6 +181,7 @@ async fn run_inner(bytes: u64, moves: usize) -> Result<DemoReport, String> {
         bar.suspend(|| println!("{line}"));
         recoveries.push(recovered);
     }
+    drop(allowed); // a stream cut short must not leave the sender waiting
     let (received_bytes, received) = receiver.await.map_err(|e| e.to_string())??;
     let sent = sender.await.map_err(|e| e.to_string())??;
     if recoveries.len() != plan.len() {
@@ -194,17 +210,19 @@ pub fn fill(state: &mut u64, buf: &mut [u8]) {
     }
 }
 
-async fn send(mut flow: Flow, bytes: u64) -> Result<[u8; 32], String> {
+/// Sends `bytes` bytes, never more than `allowed` says yet.
+async fn send(mut flow: Flow, bytes: u64, mut allowed: watch::Receiver<u64>) -> Result<[u8; 32], String> {
     let mut hash = Sha256::new();
     let mut state = 0x9E37_79B9_7F4A_7C15u64;
     let mut buf = vec![0u8; 64 * 1024];
-    let mut left = bytes;
-    while left > 0 {
-        let n = left.min(buf.len() as u64) as usize;
+    let mut sent = 0u64;
+    while sent < bytes {
+        let limit = *allowed.wait_for(|&a| a > sent).await.map_err(|_| "the demo stopped".to_string())?;
+        let n = (limit.min(bytes) - sent).min(buf.len() as u64) as usize;
         fill(&mut state, &mut buf[..n]);
         flow.write_all(&buf[..n]).await.map_err(|e| format!("send: {e}"))?;
         hash.update(&buf[..n]);
-        left -= n as u64;
+        sent += n as u64;
     }
     flow.shutdown().await.map_err(|e| format!("finishing the stream: {e}"))?;
     Ok(hash.finalize().into())

@@ -4,9 +4,13 @@
 //! its sending side and exits once the peer has ended its side too, so it works as an ssh
 //! `ProxyCommand`. Exit status 0 means every byte it sent was acknowledged by the peer.
 
+use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+use std::time::Duration;
 
-use msocket::{Endpoint, Flow};
+use msocket::{Endpoint, Flow, FlowEvent};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -37,14 +41,97 @@ where
 
 /// stdin/stdout as one duplex stream.
 fn stdio() -> impl AsyncRead + AsyncWrite + Unpin {
-    tokio::io::join(tokio::io::stdin(), tokio::io::stdout())
+    tokio::io::join(tokio::io::stdin(), Stdout { inner: tokio::io::stdout(), closed: false })
+}
+
+/// Standard output whose `shutdown` really ends the stream: the reader of our stdout
+/// sees end of file as soon as the peer has ended its side, while we go on reading stdin.
+/// (`tokio::io::Stdout`'s shutdown only flushes, so a pipeline like `msocket listen x |
+/// tar x`, or ssh reading a ProxyCommand, would wait until our stdin ended too.)
+struct Stdout {
+    inner: tokio::io::Stdout,
+    closed: bool,
+}
+
+impl AsyncWrite for Stdout {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        ready!(Pin::new(&mut self.inner).poll_flush(cx))?;
+        if !self.closed {
+            self.closed = true;
+            close_stdout()?;
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// Closes our end of standard output, leaving /dev/null on descriptor 1 so that nothing
+/// else can take that descriptor and receive stray output.
+#[cfg(unix)]
+fn close_stdout() -> io::Result<()> {
+    use std::os::fd::AsRawFd as _;
+    let null = std::fs::OpenOptions::new().write(true).open("/dev/null")?;
+    // SAFETY: dup2 on two open descriptors; it atomically replaces descriptor 1.
+    if unsafe { libc::dup2(null.as_raw_fd(), libc::STDOUT_FILENO) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+#[cfg(not(unix))]
+fn close_stdout() -> io::Result<()> {
+    Ok(())
+}
+
+/// How long a finished stdin/stdout flow may take to send its last frames before exit.
+const CLOSE_WAIT: Duration = Duration::from_secs(2);
+
+/// Carries one flow on stdin/stdout until both directions ended, then waits (at most
+/// [`CLOSE_WAIT`]) until the flow has finished and its last frames have left.
+///
+/// `splice` returns once our bytes are acknowledged and the peer's end of stream was read,
+/// but our own end of stream, and the acknowledgement of the peer's, may still be queued:
+/// exiting then would leave the peer waiting for them until its flow deadline (five
+/// minutes by default) and then failing. The flow is finished once the peer acknowledged
+/// our end of stream; each subflow then flushes what it still owes and closes.
+async fn stdio_flow(flow: Flow) -> Result<(u64, u64), CliError> {
+    let mut events = flow.events();
+    let mut live = flow.paths();
+    let counts = splice(stdio(), flow).await?;
+    let flushed = tokio::time::timeout(CLOSE_WAIT, async {
+        let mut finished = false;
+        while !finished || live > 0 {
+            match events.next().await {
+                Some(FlowEvent::Closed { error: None }) => finished = true,
+                Some(FlowEvent::Closed { error: Some(e) }) => return Err(CliError(e)),
+                Some(FlowEvent::PathAdded { .. }) => live += 1,
+                Some(FlowEvent::PathLost { .. }) => live = live.saturating_sub(1),
+                Some(_) => {}
+                None => break, // the flow is gone: nothing left to send
+            }
+        }
+        Ok(())
+    })
+    .await;
+    match flushed {
+        Ok(result) => result?,
+        Err(_) => tracing::warn!("the flow did not finish within {CLOSE_WAIT:?} after the last byte"),
+    }
+    Ok(counts)
 }
 
 /// `msocket connect NAME`.
 pub async fn connect(ep: &Endpoint, name: &str) -> Result<(), CliError> {
     let flow = ep.connect(name).await?;
     tracing::info!(flow = %flow.id(), name, "connected");
-    let (sent, received) = splice(stdio(), flow).await?;
+    let (sent, received) = stdio_flow(flow).await?;
     tracing::info!(sent, received, "flow finished");
     Ok(())
 }
@@ -55,7 +142,8 @@ pub async fn listen_once(ep: &Endpoint, name: &str) -> Result<(), CliError> {
     eprintln!("listening on {name} at {:?}", ep.published_addrs());
     let flow = listener.accept().await?;
     tracing::info!(flow = %flow.id(), "accepted");
-    splice(stdio(), flow).await?;
+    let (sent, received) = stdio_flow(flow).await?;
+    tracing::info!(sent, received, "flow finished");
     Ok(())
 }
 
