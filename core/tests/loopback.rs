@@ -31,10 +31,14 @@ async fn bytes_cross_both_ways_and_the_flow_finishes() {
         (got, s)
     });
     let c = within(30, "client send", client_side).await.unwrap();
-    let (got_up, _s) = within(30, "server side", server_side).await.unwrap();
-    let (got_down, _c) = within(30, "client read", read_all(c)).await;
+    let (got_up, s) = within(30, "server side", server_side).await.unwrap();
+    let (got_down, c) = within(30, "client read", read_all(c)).await;
     assert_eq!(sha(&got_up), sha(&up));
     assert_eq!(sha(&got_down), sha(&down));
+    // Both ends ended and read everything: both flows finish cleanly and go quiet.
+    within(10, "client closed", c.closed()).await.unwrap();
+    within(10, "server closed", s.closed()).await.unwrap();
+    assert_eq!(c.paths(), 0);
 }
 
 async fn send_all_dup(flow: msocket::Flow, bytes: Vec<u8>) -> msocket::Flow {

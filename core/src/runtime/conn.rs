@@ -87,6 +87,8 @@ pub(crate) struct Conn {
     pub(crate) name: String,
     pub(crate) endpoint: Weak<EndpointInner>,
     events: broadcast::Sender<FlowEvent>,
+    /// Becomes true once the flow is over and every subflow has flushed and closed.
+    quiet: watch::Sender<bool>,
 }
 
 impl Conn {
@@ -120,6 +122,7 @@ impl Conn {
             name,
             endpoint,
             events,
+            quiet: watch::channel(false).0,
         })
     }
 
@@ -135,6 +138,11 @@ impl Conn {
     pub(crate) fn emit(&self, ev: FlowEvent) {
         tracing::debug!(flow = %self.keys.flow_id, event = ?ev, "flow event");
         let _ = self.events.send(ev);
+    }
+
+    /// Waits until the flow is over and every subflow has flushed and closed.
+    pub(crate) async fn quiet(&self) {
+        let _ = self.quiet.subscribe().wait_for(|q| *q).await;
     }
 
     pub(crate) fn wake_driver(&self) {
@@ -175,6 +183,9 @@ impl Conn {
         if terminal && inner.terminal_at.is_none() {
             inner.terminal_at = Some(Instant::now());
             self.driver.notify_one();
+        }
+        if terminal && inner.subflows.is_empty() {
+            self.quiet.send_if_modified(|q| !std::mem::replace(q, true));
         }
         if inner.app_gone {
             let mut sink = [0u8; 16 * 1024];
@@ -266,6 +277,7 @@ impl Conn {
                         for (_, sub) in inner.subflows.drain() {
                             let _ = sub.kill.send(true);
                         }
+                        self.quiet.send_replace(true);
                         break;
                     }
                 } else if self.role == Role::Client

@@ -11,6 +11,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use super::conn::Conn;
 use super::error::flow_io_error;
 use super::events::FlowEvents;
+use super::Error;
 use crate::proto::{FlowStats, FlowStatus, ReadOutcome};
 use crate::session::FlowId;
 
@@ -80,6 +81,22 @@ impl Flow {
         let mut inner = self.conn.lock();
         inner.proto.abort(1, reason);
         self.conn.settle(&mut inner);
+    }
+
+    /// Resolves once the flow is over and every subflow has sent what it owed (our end of
+    /// stream, the last acknowledgement) and closed: `Ok` after a clean finish — both sides
+    /// ended their streams and everything was acknowledged and read — or the reason it
+    /// failed. Does not borrow the flow, so it can be awaited after the flow was handed to
+    /// a copy loop; bound it with a timeout, since it waits for the peer as well.
+    pub fn closed(&self) -> impl std::future::Future<Output = Result<(), Error>> + Send + 'static {
+        let conn = self.conn.clone();
+        async move {
+            conn.quiet().await;
+            match conn.lock().proto.status() {
+                FlowStatus::Failed(e) => Err(Error::Flow(e)),
+                _ => Ok(()),
+            }
+        }
     }
 
     /// A blocking handle for threads outside the async runtime.

@@ -10,7 +10,7 @@ use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
-use msocket::{Endpoint, Flow, FlowEvent};
+use msocket::{Endpoint, Flow};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -99,28 +99,11 @@ const CLOSE_WAIT: Duration = Duration::from_secs(2);
 /// `splice` returns once our bytes are acknowledged and the peer's end of stream was read,
 /// but our own end of stream, and the acknowledgement of the peer's, may still be queued:
 /// exiting then would leave the peer waiting for them until its flow deadline (five
-/// minutes by default) and then failing. The flow is finished once the peer acknowledged
-/// our end of stream; each subflow then flushes what it still owes and closes.
+/// minutes by default) and then failing.
 async fn stdio_flow(flow: Flow) -> Result<(u64, u64), CliError> {
-    let mut events = flow.events();
-    let mut live = flow.paths();
+    let closed = flow.closed();
     let counts = splice(stdio(), flow).await?;
-    let flushed = tokio::time::timeout(CLOSE_WAIT, async {
-        let mut finished = false;
-        while !finished || live > 0 {
-            match events.next().await {
-                Some(FlowEvent::Closed { error: None }) => finished = true,
-                Some(FlowEvent::Closed { error: Some(e) }) => return Err(CliError(e)),
-                Some(FlowEvent::PathAdded { .. }) => live += 1,
-                Some(FlowEvent::PathLost { .. }) => live = live.saturating_sub(1),
-                Some(_) => {}
-                None => break, // the flow is gone: nothing left to send
-            }
-        }
-        Ok(())
-    })
-    .await;
-    match flushed {
+    match tokio::time::timeout(CLOSE_WAIT, closed).await {
         Ok(result) => result?,
         Err(_) => tracing::warn!("the flow did not finish within {CLOSE_WAIT:?} after the last byte"),
     }
