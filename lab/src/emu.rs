@@ -67,7 +67,11 @@ pub struct EmuOptions {
 
 impl Default for EmuOptions {
     fn default() -> Self {
-        EmuOptions { seed: 1, queue_bytes: 1000 * 1514, max_frames: 100_000 }
+        EmuOptions {
+            seed: 1,
+            queue_bytes: 1000 * 1514,
+            max_frames: 100_000,
+        }
     }
 }
 
@@ -196,7 +200,11 @@ impl EmuHandle {
     /// Drops every frame, including those in flight, while `on`: the path silently dies.
     pub fn set_blackhole(&self, on: bool) {
         info!(link = %self.0.name, on, "blackhole");
-        self.0.params.lock().unwrap_or_else(|p| p.into_inner()).blackhole = on;
+        self.0
+            .params
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .blackhole = on;
     }
 
     /// Whether the link is blackholed.
@@ -206,7 +214,10 @@ impl EmuHandle {
 
     /// Counters so far.
     pub fn stats(&self) -> EmuStats {
-        EmuStats { a_to_b: self.0.dirs[0].snapshot(), b_to_a: self.0.dirs[1].snapshot() }
+        EmuStats {
+            a_to_b: self.0.dirs[0].snapshot(),
+            b_to_a: self.0.dirs[1].snapshot(),
+        }
     }
 
     /// The emulator's name (`namespace:a<->b`).
@@ -226,32 +237,59 @@ pub struct Emulator {
 impl Emulator {
     /// Starts forwarding between interfaces `a` and `b` of `ns` (which should hold no
     /// addresses). Brings both up in promiscuous mode with offloads off.
-    pub fn start(ns: &Netns, a: &str, b: &str, spec: LinkSpec, opts: EmuOptions) -> Result<Emulator> {
+    pub fn start(
+        ns: &Netns,
+        a: &str,
+        b: &str,
+        spec: LinkSpec,
+        opts: EmuOptions,
+    ) -> Result<Emulator> {
         if a == b {
-            return Err(Error::Invalid(format!("emulator needs two different interfaces, got {a} twice")));
+            return Err(Error::Invalid(format!(
+                "emulator needs two different interfaces, got {a} twice"
+            )));
         }
         for dev in [a, b] {
             ns.ip(&["link", "set", "dev", dev, "up", "promisc", "on"])?;
-            ns.run("ethtool", &["-K", dev, "tx", "off", "rx", "off", "tso", "off", "gso", "off", "gro", "off"])?;
+            ns.run(
+                "ethtool",
+                &[
+                    "-K", dev, "tx", "off", "rx", "off", "tso", "off", "gso", "off", "gro", "off",
+                ],
+            )?;
         }
         let name = format!("{}:{a}<->{b}", ns.name());
         let (fa, fb) = open_sockets(ns, a, b)?;
         // SAFETY: eventfd has no preconditions; the result is checked below.
         let efd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
         if efd < 0 {
-            return Err(io_err("eventfd for the emulator", std::io::Error::last_os_error()));
+            return Err(io_err(
+                "eventfd for the emulator",
+                std::io::Error::last_os_error(),
+            ));
         }
         // SAFETY: efd is a fresh, owned descriptor.
         let stop = unsafe { OwnedFd::from_raw_fd(efd) };
         let shared = Arc::new(Shared {
             name: name.clone(),
-            params: Mutex::new(Params { spec, blackhole: false }),
+            params: Mutex::new(Params {
+                spec,
+                blackhole: false,
+            }),
             dirs: [Counters::default(), Counters::default()],
         });
         let (fa, fb) = (Arc::new(fa), Arc::new(fb));
-        let mut emu = Emulator { handle: EmuHandle(shared.clone()), stop, threads: Vec::new() };
+        let mut emu = Emulator {
+            handle: EmuHandle(shared.clone()),
+            stop,
+            threads: Vec::new(),
+        };
         for dir in 0..2usize {
-            let (rx, tx) = if dir == 0 { (fa.clone(), fb.clone()) } else { (fb.clone(), fa.clone()) };
+            let (rx, tx) = if dir == 0 {
+                (fa.clone(), fb.clone())
+            } else {
+                (fb.clone(), fa.clone())
+            };
             let shared = shared.clone();
             let stop_fd = emu.stop.as_raw_fd();
             let thread = std::thread::Builder::new()
@@ -297,7 +335,8 @@ fn open_sockets(ns: &Netns, a: &str, b: &str) -> Result<(OwnedFd, OwnedFd)> {
 
 fn packet_socket(dev: &str) -> Result<OwnedFd> {
     let last = |what: &str| io_err(format!("{what} for {dev}"), std::io::Error::last_os_error());
-    let cname = std::ffi::CString::new(dev).map_err(|_| Error::Invalid(format!("interface name {dev:?}")))?;
+    let cname = std::ffi::CString::new(dev)
+        .map_err(|_| Error::Invalid(format!("interface name {dev:?}")))?;
     // SAFETY: plain libc calls on values we own; every result is checked.
     unsafe {
         let ifindex = libc::if_nametoindex(cname.as_ptr());
@@ -325,13 +364,21 @@ fn packet_socket(dev: &str) -> Result<OwnedFd> {
         let one: libc::c_int = 1;
         let buf: libc::c_int = 4 << 20;
         let set = |level, opt, v: &libc::c_int| {
-            libc::setsockopt(fd.as_raw_fd(), level, opt, (v as *const libc::c_int).cast(), 4) == 0
+            libc::setsockopt(
+                fd.as_raw_fd(),
+                level,
+                opt,
+                (v as *const libc::c_int).cast(),
+                4,
+            ) == 0
         };
         if !set(SOL_PACKET, PACKET_IGNORE_OUTGOING, &one) {
             // Older kernels: outgoing frames are filtered by sll_pkttype in `pump` anyway.
             debug!(dev, "PACKET_IGNORE_OUTGOING not supported");
         }
-        if !set(libc::SOL_SOCKET, SO_RCVBUFFORCE, &buf) || !set(libc::SOL_SOCKET, SO_SNDBUFFORCE, &buf) {
+        if !set(libc::SOL_SOCKET, SO_RCVBUFFORCE, &buf)
+            || !set(libc::SOL_SOCKET, SO_SNDBUFFORCE, &buf)
+        {
             return Err(last("enlarge packet socket buffers"));
         }
         Ok(fd)
@@ -364,13 +411,24 @@ struct Timing {
 
 impl Timing {
     fn new(now: Instant) -> Timing {
-        Timing { link_free: now, last_release: now }
+        Timing {
+            link_free: now,
+            last_release: now,
+        }
     }
 
-    fn schedule(&mut self, now: Instant, len: usize, spec: &LinkSpec, queue_bytes: usize, rng: &mut Rng) -> Option<Instant> {
+    fn schedule(
+        &mut self,
+        now: Instant,
+        len: usize,
+        spec: &LinkSpec,
+        queue_bytes: usize,
+        rng: &mut Rng,
+    ) -> Option<Instant> {
         let serialised = match spec.rate_bps() {
             Some(rate) => {
-                let backlog = self.link_free.saturating_duration_since(now).as_secs_f64() * rate as f64 / 8.0;
+                let backlog =
+                    self.link_free.saturating_duration_since(now).as_secs_f64() * rate as f64 / 8.0;
                 if backlog + len as f64 > queue_bytes as f64 {
                     return None;
                 }
@@ -383,7 +441,11 @@ impl Timing {
         };
         let delay = spec.delay().as_nanos() as i128;
         let jitter = spec.jitter().as_nanos() as i128;
-        let offset = if jitter > 0 { ((rng.unit() * 2.0 - 1.0) * jitter as f64) as i128 } else { 0 };
+        let offset = if jitter > 0 {
+            ((rng.unit() * 2.0 - 1.0) * jitter as f64) as i128
+        } else {
+            0
+        };
         let total = Duration::from_nanos((delay + offset).max(0) as u64);
         let at = (serialised + total).max(self.last_release);
         self.last_release = at;
@@ -391,7 +453,19 @@ impl Timing {
     }
 }
 
-fn pump(dir: usize, rx: &OwnedFd, tx: &OwnedFd, stop: libc::c_int, shared: &Shared, opts: EmuOptions) {
+fn pump(
+    dir: usize,
+    rx: &OwnedFd,
+    tx: &OwnedFd,
+    stop: libc::c_int,
+    shared: &Shared,
+    opts: EmuOptions,
+) {
+    // The default 50 µs timer slack would add up to 50 µs to every release time.
+    // SAFETY: prctl(PR_SET_TIMERSLACK) only affects this thread.
+    if unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1 as libc::c_ulong) } != 0 {
+        debug!(link = %shared.name, "could not lower timer slack");
+    }
     let c = &shared.dirs[dir];
     let mut rng = Rng(opts.seed ^ (0xA5A5_0000_0000_0000u64.wrapping_mul(dir as u64 + 1)));
     let mut timing = Timing::new(Instant::now());
@@ -403,7 +477,9 @@ fn pump(dir: usize, rx: &OwnedFd, tx: &OwnedFd, stop: libc::c_int, shared: &Shar
         // 1. Release everything due.
         let now = Instant::now();
         while line.front().is_some_and(|(at, _)| *at <= now) {
-            let Some((_, frame)) = line.pop_front() else { break };
+            let Some((_, frame)) = line.pop_front() else {
+                break;
+            };
             if shared.params().blackhole {
                 bump(&c.dropped_blackhole);
                 continue;
@@ -424,13 +500,26 @@ fn pump(dir: usize, rx: &OwnedFd, tx: &OwnedFd, stop: libc::c_int, shared: &Shar
         // 2. Sleep until a frame arrives, the head is due, or we are stopped.
         let timeout = line.front().map(|(at, _)| {
             let d = at.saturating_duration_since(Instant::now());
-            libc::timespec { tv_sec: d.as_secs() as libc::time_t, tv_nsec: d.subsec_nanos() as libc::c_long }
+            libc::timespec {
+                tv_sec: d.as_secs() as libc::time_t,
+                tv_nsec: d.subsec_nanos() as libc::c_long,
+            }
         });
         let mut fds = [
-            libc::pollfd { fd: rx.as_raw_fd(), events: libc::POLLIN, revents: 0 },
-            libc::pollfd { fd: stop, events: libc::POLLIN, revents: 0 },
+            libc::pollfd {
+                fd: rx.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: stop,
+                events: libc::POLLIN,
+                revents: 0,
+            },
         ];
-        let tp = timeout.as_ref().map_or(std::ptr::null(), |t| t as *const libc::timespec);
+        let tp = timeout
+            .as_ref()
+            .map_or(std::ptr::null(), |t| t as *const libc::timespec);
         // SAFETY: fds and tp point to live locals for the duration of the call.
         let rc = unsafe { libc::ppoll(fds.as_mut_ptr(), 2, tp, std::ptr::null()) };
         if rc < 0 {
@@ -526,7 +615,9 @@ mod tests {
         let t0 = Instant::now();
         let mut t = Timing::new(t0);
         let mut rng = Rng(1);
-        let at = t.schedule(t0, 1500, &spec("50ms"), 1 << 20, &mut rng).unwrap();
+        let at = t
+            .schedule(t0, 1500, &spec("50ms"), 1 << 20, &mut rng)
+            .unwrap();
         assert_eq!(at - t0, Duration::from_millis(50));
     }
 
@@ -542,7 +633,10 @@ mod tests {
         assert_eq!(b - t0, Duration::from_micros(2000));
         // After the link idles, a frame starts at once.
         let later = t0 + Duration::from_secs(1);
-        assert_eq!(t.schedule(later, 1000, &s, 1 << 20, &mut rng).unwrap() - later, Duration::from_micros(1000));
+        assert_eq!(
+            t.schedule(later, 1000, &s, 1 << 20, &mut rng).unwrap() - later,
+            Duration::from_micros(1000)
+        );
     }
 
     #[test]
@@ -573,7 +667,10 @@ mod tests {
             assert!(d <= Duration::from_millis(60), "{d:?}");
             spread = (spread.0.min(d), spread.1.max(d));
         }
-        assert!(spread.1 - spread.0 > Duration::from_millis(15), "{spread:?}");
+        assert!(
+            spread.1 - spread.0 > Duration::from_millis(15),
+            "{spread:?}"
+        );
     }
 
     #[test]

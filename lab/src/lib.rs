@@ -94,5 +94,8 @@ pub enum Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 pub(crate) fn io_err(what: impl Into<String>, source: std::io::Error) -> Error {
-    Error::Io { what: what.into(), source }
+    Error::Io {
+        what: what.into(),
+        source,
+    }
 }

@@ -50,14 +50,20 @@ impl Netns {
     ///
     /// `tag` may hold ASCII letters, digits and `-` (at most 40 characters).
     pub fn new(tag: &str) -> Result<Netns> {
-        if tag.is_empty() || tag.len() > 40 || !tag.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
+        if tag.is_empty()
+            || tag.len() > 40
+            || !tag.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        {
             return Err(Error::Invalid(format!(
                 "namespace tag {tag:?} must be 1-40 ASCII letters, digits or '-'"
             )));
         }
         let name = format!("{NS_PREFIX}{}-{tag}", std::process::id());
         run_cmd(Command::new("ip").args(["netns", "add", &name]), None)?;
-        let ns = Netns { path: Path::new(NETNS_DIR).join(&name), name };
+        let ns = Netns {
+            path: Path::new(NETNS_DIR).join(&name),
+            name,
+        };
         debug!(ns = %ns.name, "namespace created");
         ns.ip(&["link", "set", "lo", "up"])?;
         if Path::new("/proc/sys/net/ipv6").exists() {
@@ -102,13 +108,15 @@ impl Netns {
 
     /// `sysctl -w key=value` inside the namespace.
     pub fn sysctl(&self, key: &str, value: &str) -> Result<()> {
-        self.run("sysctl", &["-q", "-w", &format!("{key}={value}")]).map(drop)
+        self.run("sysctl", &["-q", "-w", &format!("{key}={value}")])
+            .map(drop)
     }
 
     /// Makes the *calling thread* join this namespace: its new sockets live here from now
     /// on. Used by the emulator and the runtime threads; the thread never leaves.
     pub(crate) fn enter_current_thread(&self) -> Result<()> {
-        let file = File::open(&self.path).map_err(|e| io_err(format!("open {}", self.path.display()), e))?;
+        let file = File::open(&self.path)
+            .map_err(|e| io_err(format!("open {}", self.path.display()), e))?;
         setns(&file, &self.name)
     }
 
@@ -123,7 +131,8 @@ impl Netns {
     {
         // Opened here so a missing namespace is reported to the caller, not the thread.
         let file = Arc::new(
-            File::open(&self.path).map_err(|e| io_err(format!("open {}", self.path.display()), e))?,
+            File::open(&self.path)
+                .map_err(|e| io_err(format!("open {}", self.path.display()), e))?,
         );
         let ns = self.name.clone();
         let (result_tx, result_rx) = mpsc::channel::<Result<Option<T>>>();
@@ -137,7 +146,12 @@ impl Netns {
                 let _ = result_tx.send(outcome);
             })
             .map_err(|e| io_err(format!("spawn thread for namespace {ns}"), e))?;
-        Ok(NsTask { ns, result: result_rx, cancel: Some(cancel_tx), thread: Some(thread) })
+        Ok(NsTask {
+            ns,
+            result: result_rx,
+            cancel: Some(cancel_tx),
+            thread: Some(thread),
+        })
     }
 }
 
@@ -176,7 +190,9 @@ where
     });
     rt.shutdown_timeout(Duration::from_secs(1));
     if let Some(msg) = worker_failed.lock().ok().and_then(|mut s| s.take()) {
-        return Err(Error::Invalid(format!("a blocking-pool thread ran outside namespace {ns}: {msg}")));
+        return Err(Error::Invalid(format!(
+            "a blocking-pool thread ran outside namespace {ns}: {msg}"
+        )));
     }
     Ok(out)
 }
@@ -185,7 +201,10 @@ fn setns(file: &File, ns: &str) -> Result<()> {
     // SAFETY: setns on a valid fd; affects only the calling thread's network namespace.
     let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
     if rc != 0 {
-        return Err(io_err(format!("setns into network namespace {ns}"), std::io::Error::last_os_error()));
+        return Err(io_err(
+            format!("setns into network namespace {ns}"),
+            std::io::Error::last_os_error(),
+        ));
     }
     Ok(())
 }
@@ -223,14 +242,20 @@ impl<T> NsTask<T> {
                 self.cancel.take();
                 // Give the cancelled runtime a moment to wind down so its sockets close.
                 let _ = self.result.recv_timeout(Duration::from_secs(2));
-                Err(Error::Timeout { after: timeout, what: format!("task in namespace {}", self.ns) })
+                Err(Error::Timeout {
+                    after: timeout,
+                    what: format!("task in namespace {}", self.ns),
+                })
             }
             Err(mpsc::RecvTimeoutError::Disconnected) => {
                 let message = match self.thread.take().map(JoinHandle::join) {
                     Some(Err(payload)) => panic_message(&payload),
                     _ => "thread ended without a result".to_string(),
                 };
-                Err(Error::Panicked { ns: self.ns.clone(), message })
+                Err(Error::Panicked {
+                    ns: self.ns.clone(),
+                    message,
+                })
             }
         }
     }
@@ -270,14 +295,24 @@ fn panic_message(payload: &Box<dyn std::any::Any + Send>) -> String {
 pub(crate) fn run_cmd(cmd: &mut Command, stdin: Option<&str>) -> Result<String> {
     let line = command_line(cmd);
     debug!(command = %line, "run");
-    cmd.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = cmd.spawn().map_err(|source| Error::Spawn { command: line.clone(), source })?;
+    cmd.stdin(if stdin.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    })
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
+    let mut child = cmd.spawn().map_err(|source| Error::Spawn {
+        command: line.clone(),
+        source,
+    })?;
     if let (Some(input), Some(mut pipe)) = (stdin, child.stdin.take()) {
-        pipe.write_all(input.as_bytes()).map_err(|e| io_err(format!("write stdin of `{line}`"), e))?;
+        pipe.write_all(input.as_bytes())
+            .map_err(|e| io_err(format!("write stdin of `{line}`"), e))?;
     }
-    let out = child.wait_with_output().map_err(|e| io_err(format!("wait for `{line}`"), e))?;
+    let out = child
+        .wait_with_output()
+        .map_err(|e| io_err(format!("wait for `{line}`"), e))?;
     if !out.status.success() {
         return Err(Error::Command {
             command: line,

@@ -2,12 +2,11 @@
 //! access router (optionally NAT), a core router, and a server.
 //!
 //! ```text
-//!  phone                lwifi (emu)          r-wifi                     core                 server
-//!  wifi0 192.168.1.2 ── p ═══════ r ── lan0 192.168.1.1             wifi0 172.16.1.1
-//!                                      wan0 172.16.1.2  ─────────── (NAT: masquerade)
-//!  cell0 10.64.0.2  ─── p ═══════ r ── lan0 10.64.0.1  r-cell       cell0 172.16.2.1
-//!                       lcell (emu)    wan0 172.16.2.2  ───────────
-//!                                                                   srv0 172.16.100.1 ── [c ═ s lsrv] ── eth0 172.16.100.10
+//!  phone wifi0 192.168.1.2 ─ [l-wifi: p ═emu═ r] ─ lan0 192.168.1.1 r-wifi wan0 172.16.1.2 ─ wifi0 172.16.1.1
+//!                                                                                            core
+//!  phone cell0 10.64.0.2   ─ [l-cell: p ═emu═ r] ─ lan0 10.64.0.1   r-cell wan0 172.16.2.2 ─ cell0 172.16.2.1
+//!                                                                                            srv0 172.16.100.1
+//!                                         server eth0 172.16.100.10 ─ [l-srv: s ═emu═ c] ─┘ (if not unlimited)
 //! ```
 //!
 //! Why this shape: every move msocket must survive is one command away. The phone's two
@@ -180,7 +179,11 @@ impl PhoneLab {
         let server = ns("server")?;
         let lwifi = ns("l-wifi")?;
         let lcell = ns("l-cell")?;
-        let lsrv = if config.server_link.is_unlimited() { None } else { Some(ns("l-srv")?) };
+        let lsrv = if config.server_link.is_unlimited() {
+            None
+        } else {
+            Some(ns("l-srv")?)
+        };
 
         for n in [&phone, &routers[0], &routers[1], &core, &server] {
             n.run(
@@ -216,9 +219,21 @@ impl PhoneLab {
 
         // Core and server.
         let server_addr = host(CORE_SERVER_NET, SERVER_HOST);
-        core.ip(&["addr", "add", &format!("{}/24", host(CORE_SERVER_NET, 1)), "dev", "srv0"])?;
+        core.ip(&[
+            "addr",
+            "add",
+            &format!("{}/24", host(CORE_SERVER_NET, 1)),
+            "dev",
+            "srv0",
+        ])?;
         server.ip(&["addr", "add", &format!("{server_addr}/24"), "dev", "eth0"])?;
-        server.ip(&["route", "add", "default", "via", &host(CORE_SERVER_NET, 1).to_string()])?;
+        server.ip(&[
+            "route",
+            "add",
+            "default",
+            "via",
+            &host(CORE_SERVER_NET, 1).to_string(),
+        ])?;
 
         // Access networks.
         let mut public = [Ipv4Addr::UNSPECIFIED; 2];
@@ -226,10 +241,34 @@ impl PhoneLab {
             let p = access.plan();
             let r = &routers[access.idx()];
             let core_if = access.ifname();
-            core.ip(&["addr", "add", &format!("{}/24", host(p.wan, 1)), "dev", core_if])?;
-            r.ip(&["addr", "add", &format!("{}/24", host(p.wan, 2)), "dev", "wan0"])?;
-            r.ip(&["route", "add", "default", "via", &host(p.wan, 1).to_string()])?;
-            r.ip(&["addr", "add", &format!("{}/24", host(p.subnet, 1)), "dev", "lan0"])?;
+            core.ip(&[
+                "addr",
+                "add",
+                &format!("{}/24", host(p.wan, 1)),
+                "dev",
+                core_if,
+            ])?;
+            r.ip(&[
+                "addr",
+                "add",
+                &format!("{}/24", host(p.wan, 2)),
+                "dev",
+                "wan0",
+            ])?;
+            r.ip(&[
+                "route",
+                "add",
+                "default",
+                "via",
+                &host(p.wan, 1).to_string(),
+            ])?;
+            r.ip(&[
+                "addr",
+                "add",
+                &format!("{}/24", host(p.subnet, 1)),
+                "dev",
+                "lan0",
+            ])?;
             public[access.idx()] = host(p.wan, 2);
             let nat = match access {
                 Access::Wifi => config.nat_wifi,
@@ -240,16 +279,49 @@ impl PhoneLab {
                     "table ip msl_nat {\n  chain postrouting {\n    type nat hook postrouting priority srcnat; policy accept;\n    oifname \"wan0\" masquerade\n  }\n}\n",
                 )?;
             } else {
-                core.ip(&["route", "add", &format!("{}/24", p.subnet), "via", &host(p.wan, 2).to_string()])?;
+                core.ip(&[
+                    "route",
+                    "add",
+                    &format!("{}/24", p.subnet),
+                    "via",
+                    &host(p.wan, 2).to_string(),
+                ])?;
             }
             // Phone: policy routing that survives moves (see module docs).
             let table = p.table.to_string();
-            phone.ip(&["rule", "add", "from", &format!("{}/24", p.subnet), "lookup", &table, "priority", &table])?;
-            phone.ip(&["route", "add", "unreachable", "default", "metric", "4000", "table", &table])?;
+            phone.ip(&[
+                "rule",
+                "add",
+                "from",
+                &format!("{}/24", p.subnet),
+                "lookup",
+                &table,
+                "priority",
+                &table,
+            ])?;
+            phone.ip(&[
+                "route",
+                "add",
+                "unreachable",
+                "default",
+                "metric",
+                "4000",
+                "table",
+                &table,
+            ])?;
         }
 
         let emu = |n: &Netns, a: &str, b: &str, spec: LinkSpec, salt: u64| {
-            Emulator::start(n, a, b, spec, EmuOptions { seed: config.seed.wrapping_add(salt), ..EmuOptions::default() })
+            Emulator::start(
+                n,
+                a,
+                b,
+                spec,
+                EmuOptions {
+                    seed: config.seed.wrapping_add(salt),
+                    ..EmuOptions::default()
+                },
+            )
         };
         let emus = [
             Some(emu(&lwifi, "p", "r", config.wifi, 0)?),
@@ -338,9 +410,14 @@ impl PhoneLab {
     /// to it stop working; returns the removed address.
     pub fn del_addr(&self, access: Access) -> Result<Ipv4Addr> {
         let mut st = self.state();
-        let addr = st.phone_addr[access.idx()]
-            .ok_or_else(|| Error::Invalid(format!("phone {} has no address to delete", access.ifname())))?;
-        self.phone.ip(&["addr", "del", &format!("{addr}/24"), "dev", access.ifname()])?;
+        let addr = st.phone_addr[access.idx()].ok_or_else(|| {
+            Error::Invalid(format!(
+                "phone {} has no address to delete",
+                access.ifname()
+            ))
+        })?;
+        self.phone
+            .ip(&["addr", "del", &format!("{addr}/24"), "dev", access.ifname()])?;
         st.phone_addr[access.idx()] = None;
         info!(iface = access.ifname(), %addr, "phone address deleted");
         Ok(addr)
@@ -361,9 +438,13 @@ impl PhoneLab {
         }
         let mut st = self.state();
         if let Some(old) = st.phone_addr[access.idx()] {
-            return Err(Error::Invalid(format!("phone {} already has {old}; delete it first", access.ifname())));
+            return Err(Error::Invalid(format!(
+                "phone {} already has {old}; delete it first",
+                access.ifname()
+            )));
         }
-        self.phone.ip(&["addr", "add", &format!("{addr}/24"), "dev", access.ifname()])?;
+        self.phone
+            .ip(&["addr", "add", &format!("{addr}/24"), "dev", access.ifname()])?;
         st.phone_addr[access.idx()] = Some(addr);
         if st.link_up[access.idx()] {
             self.install_routes(access, addr)?;
@@ -374,20 +455,31 @@ impl PhoneLab {
 
     fn install_routes(&self, access: Access, addr: Ipv4Addr) -> Result<()> {
         let p = access.plan();
-        let (dev, gw, table, metric) =
-            (access.ifname(), host(p.subnet, 1).to_string(), p.table.to_string(), p.metric.to_string());
+        let (dev, gw, table, metric) = (
+            access.ifname(),
+            host(p.subnet, 1).to_string(),
+            p.table.to_string(),
+            p.metric.to_string(),
+        );
         let src = addr.to_string();
         let net = format!("{}/24", p.subnet);
-        self.phone.ip(&["route", "replace", &net, "dev", dev, "src", &src, "table", &table])?;
-        self.phone.ip(&["route", "replace", "default", "via", &gw, "dev", dev, "table", &table])?;
-        self.phone.ip(&["route", "replace", "default", "via", &gw, "dev", dev, "metric", &metric])?;
+        self.phone.ip(&[
+            "route", "replace", &net, "dev", dev, "src", &src, "table", &table,
+        ])?;
+        self.phone.ip(&[
+            "route", "replace", "default", "via", &gw, "dev", dev, "table", &table,
+        ])?;
+        self.phone.ip(&[
+            "route", "replace", "default", "via", &gw, "dev", dev, "metric", &metric,
+        ])?;
         Ok(())
     }
 
     /// Takes the phone's interface down (out of range). Its address stays; its routes go.
     pub fn link_down(&self, access: Access) -> Result<()> {
         let mut st = self.state();
-        self.phone.ip(&["link", "set", "dev", access.ifname(), "down"])?;
+        self.phone
+            .ip(&["link", "set", "dev", access.ifname(), "down"])?;
         st.link_up[access.idx()] = false;
         info!(iface = access.ifname(), "phone link down");
         Ok(())
@@ -396,7 +488,8 @@ impl PhoneLab {
     /// Brings the phone's interface back up and restores its routes.
     pub fn link_up(&self, access: Access) -> Result<()> {
         let mut st = self.state();
-        self.phone.ip(&["link", "set", "dev", access.ifname(), "up"])?;
+        self.phone
+            .ip(&["link", "set", "dev", access.ifname(), "up"])?;
         st.link_up[access.idx()] = true;
         if let Some(addr) = st.phone_addr[access.idx()] {
             self.install_routes(access, addr)?;
@@ -416,9 +509,17 @@ impl PhoneLab {
                 "{new} is not a new host address in {CORE_SERVER_NET}/24 (hosts .2-.254, current {old})"
             )));
         }
-        self.server.ip(&["addr", "add", &format!("{new}/24"), "dev", "eth0"])?;
-        self.server.ip(&["addr", "del", &format!("{old}/24"), "dev", "eth0"])?;
-        self.server.ip(&["route", "replace", "default", "via", &host(CORE_SERVER_NET, 1).to_string()])?;
+        self.server
+            .ip(&["addr", "add", &format!("{new}/24"), "dev", "eth0"])?;
+        self.server
+            .ip(&["addr", "del", &format!("{old}/24"), "dev", "eth0"])?;
+        self.server.ip(&[
+            "route",
+            "replace",
+            "default",
+            "via",
+            &host(CORE_SERVER_NET, 1).to_string(),
+        ])?;
         st.server = new;
         info!(%old, %new, "server renumbered");
         Ok(old)
@@ -433,19 +534,30 @@ impl PhoneLab {
             Access::Cell => self.config.nat_cell,
         };
         if !nat {
-            return Err(Error::Invalid(format!("NAT is off on the {access:?} router: nothing to rebind")));
+            return Err(Error::Invalid(format!(
+                "NAT is off on the {access:?} router: nothing to rebind"
+            )));
         }
         let p = access.plan();
         let r = &self.routers[access.idx()];
         let mut st = self.state();
         let h = st.next_public[access.idx()];
         if h > 254 {
-            return Err(Error::Invalid(format!("the {access:?} router has used every address of {}/24", p.wan)));
+            return Err(Error::Invalid(format!(
+                "the {access:?} router has used every address of {}/24",
+                p.wan
+            )));
         }
         let (old, new) = (st.public[access.idx()], host(p.wan, h));
         r.ip(&["addr", "add", &format!("{new}/24"), "dev", "wan0"])?;
         r.ip(&["addr", "del", &format!("{old}/24"), "dev", "wan0"])?;
-        r.ip(&["route", "replace", "default", "via", &host(p.wan, 1).to_string()])?;
+        r.ip(&[
+            "route",
+            "replace",
+            "default",
+            "via",
+            &host(p.wan, 1).to_string(),
+        ])?;
         r.run("conntrack", &["-F"])?;
         st.public[access.idx()] = new;
         st.next_public[access.idx()] = h + 1;
@@ -478,9 +590,26 @@ impl PhoneLab {
 /// A veth pair from `a`/`a_if` to `b`/`b_if`, both up, with checksum offload, TSO, GSO and
 /// GRO off (required by the emulator; harmless elsewhere and keeps all links alike).
 fn veth(a: &Netns, a_if: &str, b: &Netns, b_if: &str) -> Result<()> {
-    a.ip(&["link", "add", "name", a_if, "type", "veth", "peer", "name", b_if, "netns", b.name()])?;
+    a.ip(&[
+        "link",
+        "add",
+        "name",
+        a_if,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        b_if,
+        "netns",
+        b.name(),
+    ])?;
     for (n, dev) in [(a, a_if), (b, b_if)] {
-        n.run("ethtool", &["-K", dev, "tx", "off", "rx", "off", "tso", "off", "gso", "off", "gro", "off"])?;
+        n.run(
+            "ethtool",
+            &[
+                "-K", dev, "tx", "off", "rx", "off", "tso", "off", "gso", "off", "gro", "off",
+            ],
+        )?;
         n.ip(&["link", "set", "dev", dev, "up"])?;
     }
     Ok(())

@@ -32,7 +32,9 @@ pub struct EchoServer {
 
 impl std::fmt::Debug for EchoServer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("EchoServer").field("port", &self.port).finish()
+        f.debug_struct("EchoServer")
+            .field("port", &self.port)
+            .finish()
     }
 }
 
@@ -67,10 +69,24 @@ impl EchoServer {
         let timeout = Duration::from_secs(10);
         let port = match ready_rx.recv_timeout(timeout) {
             Ok(Ok(port)) => port,
-            Ok(Err(e)) => return Err(crate::io_err(format!("echo server bind port {port} in {}", ns.name()), e)),
-            Err(_) => return Err(Error::Timeout { after: timeout, what: format!("echo server in {}", ns.name()) }),
+            Ok(Err(e)) => {
+                return Err(crate::io_err(
+                    format!("echo server bind port {port} in {}", ns.name()),
+                    e,
+                ))
+            }
+            Err(_) => {
+                return Err(Error::Timeout {
+                    after: timeout,
+                    what: format!("echo server in {}", ns.name()),
+                })
+            }
         };
-        Ok(EchoServer { port, peers, _task: task })
+        Ok(EchoServer {
+            port,
+            peers,
+            _task: task,
+        })
     }
 
     /// The port it listens on.
@@ -80,17 +96,28 @@ impl EchoServer {
 
     /// Peer addresses of every connection accepted so far, oldest first.
     pub fn peers(&self) -> Vec<SocketAddr> {
-        self.peers.seen.lock().map(|s| s.clone()).unwrap_or_default()
+        self.peers
+            .seen
+            .lock()
+            .map(|s| s.clone())
+            .unwrap_or_default()
     }
 
     /// Waits until at least `n` connections were accepted; returns their peer addresses.
     pub fn wait_for_peers(&self, n: usize, timeout: Duration) -> Result<Vec<SocketAddr>> {
         let deadline = Instant::now() + timeout;
-        let mut seen = self.peers.seen.lock().map_err(|_| Error::Invalid("echo peer list poisoned".into()))?;
+        let mut seen = self
+            .peers
+            .seen
+            .lock()
+            .map_err(|_| Error::Invalid("echo peer list poisoned".into()))?;
         while seen.len() < n {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
-                return Err(Error::Timeout { after: timeout, what: format!("{n} connections to the echo server") });
+                return Err(Error::Timeout {
+                    after: timeout,
+                    what: format!("{n} connections to the echo server"),
+                });
             }
             seen = self
                 .peers
@@ -105,26 +132,43 @@ impl EchoServer {
 
 /// One TCP connect to `to` from local address `bind` (port chosen by the kernel), bounded
 /// by `timeout`.
-pub async fn connect_from(bind: Option<IpAddr>, to: SocketAddr, timeout: Duration) -> io::Result<TcpStream> {
-    let socket = if to.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+pub async fn connect_from(
+    bind: Option<IpAddr>,
+    to: SocketAddr,
+    timeout: Duration,
+) -> io::Result<TcpStream> {
+    let socket = if to.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
     if let Some(ip) = bind {
         socket.bind(SocketAddr::new(ip, 0))?;
     }
     match tokio::time::timeout(timeout, socket.connect(to)).await {
         Ok(r) => r,
-        Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, format!("connect to {to} timed out after {timeout:?}"))),
+        Err(_) => Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!("connect to {to} timed out after {timeout:?}"),
+        )),
     }
 }
 
 /// Retries [`connect_from`] until it succeeds or `deadline` has passed since the call; for
 /// waiting until a path works (routes, ARP, a server starting) without sleeping blindly.
-pub async fn connect_until(bind: Option<IpAddr>, to: SocketAddr, deadline: Duration) -> io::Result<TcpStream> {
+pub async fn connect_until(
+    bind: Option<IpAddr>,
+    to: SocketAddr,
+    deadline: Duration,
+) -> io::Result<TcpStream> {
     let end = tokio::time::Instant::now() + deadline;
     loop {
         let left = end.saturating_duration_since(tokio::time::Instant::now());
         match connect_from(bind, to, left.min(Duration::from_secs(3))).await {
             Ok(s) => return Ok(s),
-            Err(e) if tokio::time::Instant::now() + Duration::from_millis(50) >= end => return Err(e),
+            Err(e) if tokio::time::Instant::now() + Duration::from_millis(50) >= end => {
+                return Err(e)
+            }
             Err(e) => {
                 debug!(%to, "connect failed, retrying: {e}");
                 // Pace retries of instant failures (e.g. "network unreachable").
@@ -141,7 +185,10 @@ pub async fn echo_round_trip(stream: &mut TcpStream, payload: &[u8]) -> io::Resu
     let mut back = vec![0u8; payload.len()];
     stream.read_exact(&mut back).await?;
     if back != payload {
-        return Err(io::Error::new(io::ErrorKind::InvalidData, "echo returned different bytes"));
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "echo returned different bytes",
+        ));
     }
     Ok(start.elapsed())
 }
@@ -172,10 +219,16 @@ pub async fn echo_bulk(stream: TcpStream, len: usize) -> io::Result<Duration> {
         while got < len {
             let n = r.read(&mut buf).await?;
             if n == 0 {
-                return Err(io::Error::new(io::ErrorKind::UnexpectedEof, format!("echo closed after {got} of {len} bytes")));
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    format!("echo closed after {got} of {len} bytes"),
+                ));
             }
             if let Some(i) = (0..n).find(|&i| buf[i] != pattern(got + i)) {
-                return Err(io::Error::new(io::ErrorKind::InvalidData, format!("byte {} differs", got + i)));
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("byte {} differs", got + i),
+                ));
             }
             got += n;
         }

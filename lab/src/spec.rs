@@ -53,7 +53,12 @@ impl LinkSpec {
         jitter: Duration,
         loss_percent: f64,
     ) -> Result<LinkSpec, SpecError> {
-        let spec = LinkSpec { rate_bps, delay, jitter, loss: loss_percent / 100.0 };
+        let spec = LinkSpec {
+            rate_bps,
+            delay,
+            jitter,
+            loss: loss_percent / 100.0,
+        };
         if rate_bps == Some(0) {
             return Err(spec.error("rate must be above 0 bit/s"));
         }
@@ -85,7 +90,10 @@ impl LinkSpec {
     }
 
     fn error(&self, reason: &str) -> SpecError {
-        SpecError { input: self.to_string(), reason: reason.to_string() }
+        SpecError {
+            input: self.to_string(),
+            reason: reason.to_string(),
+        }
     }
 }
 
@@ -135,15 +143,24 @@ impl FromStr for LinkSpec {
     type Err = SpecError;
 
     fn from_str(input: &str) -> Result<LinkSpec, SpecError> {
-        let err = |reason: String| SpecError { input: input.to_string(), reason };
-        let tokens: Vec<&str> =
-            input.split(|c: char| c.is_whitespace() || c == ',').filter(|t| !t.is_empty()).collect();
+        let err = |reason: String| SpecError {
+            input: input.to_string(),
+            reason,
+        };
+        let tokens: Vec<&str> = input
+            .split(|c: char| c.is_whitespace() || c == ',')
+            .filter(|t| !t.is_empty())
+            .collect();
         if tokens.is_empty() {
-            return Err(err("empty: write e.g. \"20mbit 10ms\" or \"unlimited\"".into()));
+            return Err(err(
+                "empty: write e.g. \"20mbit 10ms\" or \"unlimited\"".into()
+            ));
         }
         if tokens.iter().any(|t| t.eq_ignore_ascii_case("unlimited")) {
             if tokens.len() > 1 {
-                return Err(err("\"unlimited\" cannot be combined with other items".into()));
+                return Err(err(
+                    "\"unlimited\" cannot be combined with other items".into()
+                ));
             }
             return Ok(LinkSpec::unlimited());
         }
@@ -154,7 +171,11 @@ impl FromStr for LinkSpec {
         let mut i = 0;
         while i < tokens.len() {
             let tok = tokens[i];
-            let next_is = |word: &str| tokens.get(i + 1).is_some_and(|t| t.eq_ignore_ascii_case(word));
+            let next_is = |word: &str| {
+                tokens
+                    .get(i + 1)
+                    .is_some_and(|t| t.eq_ignore_ascii_case(word))
+            };
             if let Some(p) = tok.strip_suffix('%') {
                 if !next_is("loss") {
                     return Err(err(format!("{tok:?} must be followed by \"loss\"")));
@@ -205,7 +226,8 @@ fn parse_number(s: &str) -> Result<f64, String> {
     if s.is_empty() || !s.chars().all(|c| c.is_ascii_digit() || c == '.') {
         return Err(format!("{s:?} is not a non-negative decimal number"));
     }
-    s.parse::<f64>().map_err(|_| format!("{s:?} is not a number"))
+    s.parse::<f64>()
+        .map_err(|_| format!("{s:?} is not a number"))
 }
 
 /// `Ok(None)` when the token does not end in a time unit.
@@ -270,7 +292,10 @@ mod tests {
     #[test]
     fn parses_the_documented_forms() {
         let s: LinkSpec = "20mbit 10ms".parse().unwrap();
-        assert_eq!((s.rate_bps(), s.delay(), s.loss()), (Some(20_000_000), ms(10), 0.0));
+        assert_eq!(
+            (s.rate_bps(), s.delay(), s.loss()),
+            (Some(20_000_000), ms(10), 0.0)
+        );
         let s: LinkSpec = "10mbit 40ms 0.5% loss".parse().unwrap();
         assert_eq!((s.rate_bps(), s.delay()), (Some(10_000_000), ms(40)));
         assert!((s.loss() - 0.005).abs() < 1e-12);
@@ -280,20 +305,39 @@ mod tests {
         let s: LinkSpec = "0ms 30% loss".parse().unwrap();
         assert!((s.loss() - 0.3).abs() < 1e-12);
         let s: LinkSpec = "1.5gbit, 250us".parse().unwrap();
-        assert_eq!((s.rate_bps(), s.delay()), (Some(1_500_000_000), Duration::from_micros(250)));
-        assert_eq!("2s".parse::<LinkSpec>().unwrap().delay(), Duration::from_secs(2));
+        assert_eq!(
+            (s.rate_bps(), s.delay()),
+            (Some(1_500_000_000), Duration::from_micros(250))
+        );
+        assert_eq!(
+            "2s".parse::<LinkSpec>().unwrap().delay(),
+            Duration::from_secs(2)
+        );
         assert_eq!("100% loss".parse::<LinkSpec>().unwrap().loss(), 1.0);
     }
 
     #[test]
     fn display_round_trips() {
-        for s in ["20mbit 10ms", "10mbit 40ms 0.5% loss", "50ms 5ms jitter", "unlimited", "0ms", "300kbit", "30% loss"]
-        {
+        for s in [
+            "20mbit 10ms",
+            "10mbit 40ms 0.5% loss",
+            "50ms 5ms jitter",
+            "unlimited",
+            "0ms",
+            "300kbit",
+            "30% loss",
+        ] {
             let spec: LinkSpec = s.parse().unwrap();
             let again: LinkSpec = spec.to_string().parse().unwrap();
             assert_eq!(spec, again, "{s} -> {spec}");
         }
-        assert_eq!("10mbit 40ms 0.5% loss".parse::<LinkSpec>().unwrap().to_string(), "10mbit 40ms 0.5% loss");
+        assert_eq!(
+            "10mbit 40ms 0.5% loss"
+                .parse::<LinkSpec>()
+                .unwrap()
+                .to_string(),
+            "10mbit 40ms 0.5% loss"
+        );
     }
 
     #[test]
@@ -326,6 +370,11 @@ mod tests {
         assert!(LinkSpec::new(Some(0), ms(1), ms(0), 0.0).is_err());
         assert!(LinkSpec::new(None, ms(1), ms(0), 100.5).is_err());
         assert!(LinkSpec::new(None, ms(1), ms(0), f64::NAN).is_err());
-        assert_eq!(LinkSpec::new(Some(1000), ms(1), ms(0), 50.0).unwrap().loss(), 0.5);
+        assert_eq!(
+            LinkSpec::new(Some(1000), ms(1), ms(0), 50.0)
+                .unwrap()
+                .loss(),
+            0.5
+        );
     }
 }

@@ -18,9 +18,15 @@ fn rtts(lab: &PhoneLab, server: &EchoServer, bind: IpAddr) -> (Duration, Duratio
     let to = sa(lab.server_addr(), server.port());
     run_in(lab.phone(), SECS_30, move || async move {
         // The first connect also waits for ARP across the link: measure a second one.
-        drop(connect_until(Some(bind), to, Duration::from_secs(10)).await.expect("path works"));
+        drop(
+            connect_until(Some(bind), to, Duration::from_secs(10))
+                .await
+                .expect("path works"),
+        );
         let t = std::time::Instant::now();
-        let mut s = connect_from(Some(bind), to, Duration::from_secs(5)).await.expect("connect");
+        let mut s = connect_from(Some(bind), to, Duration::from_secs(5))
+            .await
+            .expect("connect");
         let connect = t.elapsed();
         let mut best = Duration::MAX;
         for _ in 0..5 {
@@ -39,14 +45,20 @@ fn delay_sets_the_round_trip_time_and_can_change_at_run_time() {
     let server = EchoServer::start(lab.server(), 7000).unwrap();
     let (connect, echo) = rtts(&lab, &server, wifi(&lab));
     for rtt in [connect, echo] {
-        assert!(rtt >= Duration::from_millis(100) && rtt < Duration::from_millis(200), "{connect:?} {echo:?}");
+        assert!(
+            rtt >= Duration::from_millis(100) && rtt < Duration::from_millis(200),
+            "{connect:?} {echo:?}"
+        );
     }
     // The cellular link is not delayed.
     let (_, cell) = rtts(&lab, &server, lab.phone_addr(Access::Cell).unwrap().into());
     assert!(cell < Duration::from_millis(50), "{cell:?}");
     lab.set_link(LinkId::Wifi, "10ms".parse().unwrap()).unwrap();
     let (_, echo) = rtts(&lab, &server, wifi(&lab));
-    assert!(echo >= Duration::from_millis(20) && echo < Duration::from_millis(100), "{echo:?}");
+    assert!(
+        echo >= Duration::from_millis(20) && echo < Duration::from_millis(100),
+        "{echo:?}"
+    );
 }
 
 #[test]
@@ -58,15 +70,26 @@ fn rate_limits_a_bulk_transfer() {
     let server = EchoServer::start(lab.server(), 7000).unwrap();
     let (bind, to) = (wifi(&lab), sa(lab.server_addr(), server.port()));
     let took = run_in(lab.phone(), Duration::from_secs(60), move || async move {
-        let s = connect_until(Some(bind), to, Duration::from_secs(10)).await.expect("connect");
+        let s = connect_until(Some(bind), to, Duration::from_secs(10))
+            .await
+            .expect("connect");
         echo_bulk(s, 2_000_000).await.expect("transfer")
     });
     // 2 MB is 16 Mbit: at least 1.6 s at 10 Mbit/s (each direction limited separately).
-    assert!(took >= Duration::from_millis(1500), "{took:?}: rate not enforced");
+    assert!(
+        took >= Duration::from_millis(1500),
+        "{took:?}: rate not enforced"
+    );
     assert!(took < Duration::from_secs(20), "{took:?}");
     let stats = lab.emulator(LinkId::Wifi).unwrap().stats();
-    assert!(stats.a_to_b.bytes_out >= 2_000_000 && stats.b_to_a.bytes_out >= 2_000_000, "{stats:?}");
-    assert_eq!(stats.a_to_b.dropped_oversize + stats.b_to_a.dropped_oversize, 0);
+    assert!(
+        stats.a_to_b.bytes_out >= 2_000_000 && stats.b_to_a.bytes_out >= 2_000_000,
+        "{stats:?}"
+    );
+    assert_eq!(
+        stats.a_to_b.dropped_oversize + stats.b_to_a.dropped_oversize,
+        0
+    );
 }
 
 #[test]
@@ -78,13 +101,21 @@ fn transfers_finish_through_heavy_loss_and_drops_are_counted() {
     let server = EchoServer::start(lab.server(), 7000).unwrap();
     let (bind, to) = (wifi(&lab), sa(lab.server_addr(), server.port()));
     run_in(lab.phone(), Duration::from_secs(120), move || async move {
-        let s = connect_until(Some(bind), to, Duration::from_secs(60)).await.expect("connect");
+        let s = connect_until(Some(bind), to, Duration::from_secs(60))
+            .await
+            .expect("connect");
         echo_bulk(s, 100_000).await.expect("transfer despite loss")
     });
     let stats = lab.emulator(LinkId::Wifi).unwrap().stats();
-    assert!(stats.a_to_b.dropped_loss > 0 && stats.b_to_a.dropped_loss > 0, "{stats:?}");
+    assert!(
+        stats.a_to_b.dropped_loss > 0 && stats.b_to_a.dropped_loss > 0,
+        "{stats:?}"
+    );
     let rate = stats.a_to_b.dropped_loss as f64 / stats.a_to_b.frames_in as f64;
-    assert!((0.15..0.45).contains(&rate), "loss rate {rate} far from 30%: {stats:?}");
+    assert!(
+        (0.15..0.45).contains(&rate),
+        "loss rate {rate} far from 30%: {stats:?}"
+    );
 }
 
 #[test]
@@ -94,21 +125,40 @@ fn blackhole_silences_a_path_until_lifted() {
     }
     let lab = lab_with("unlimited");
     let server = EchoServer::start(lab.server(), 7000).unwrap();
-    let (bind, cell, to) =
-        (wifi(&lab), IpAddr::from(lab.phone_addr(Access::Cell).unwrap()), sa(lab.server_addr(), server.port()));
+    let (bind, cell, to) = (
+        wifi(&lab),
+        IpAddr::from(lab.phone_addr(Access::Cell).unwrap()),
+        sa(lab.server_addr(), server.port()),
+    );
     rtts(&lab, &server, bind);
     lab.blackhole(LinkId::Wifi, true).unwrap();
     let blocked = run_in(lab.phone(), SECS_30, move || async move {
-        connect_from(Some(bind), to, Duration::from_secs(1)).await.map(drop)
+        connect_from(Some(bind), to, Duration::from_secs(1))
+            .await
+            .map(drop)
     });
     assert_eq!(blocked.unwrap_err().kind(), std::io::ErrorKind::TimedOut);
     run_in(lab.phone(), SECS_30, move || async move {
-        connect_from(Some(cell), to, Duration::from_secs(5)).await.expect("cell unaffected")
+        connect_from(Some(cell), to, Duration::from_secs(5))
+            .await
+            .expect("cell unaffected")
     });
-    assert!(lab.emulator(LinkId::Wifi).unwrap().stats().a_to_b.dropped_blackhole > 0);
+    assert!(
+        lab.emulator(LinkId::Wifi)
+            .unwrap()
+            .stats()
+            .a_to_b
+            .dropped_blackhole
+            > 0
+    );
     lab.blackhole(LinkId::Wifi, false).unwrap();
     run_in(lab.phone(), SECS_30, move || async move {
-        connect_until(Some(bind), to, Duration::from_secs(10)).await.expect("restored")
+        connect_until(Some(bind), to, Duration::from_secs(10))
+            .await
+            .expect("restored")
     });
-    assert!(lab.blackhole(LinkId::Server, true).is_err(), "unlimited server link has no emulator");
+    assert!(
+        lab.blackhole(LinkId::Server, true).is_err(),
+        "unlimited server link has no emulator"
+    );
 }

@@ -23,7 +23,10 @@ pub fn ready() -> bool {
         return false;
     }
     let missing = missing_tools();
-    assert!(missing.is_empty(), "missing tools {missing:?}: run lab/setup.sh (as root)");
+    assert!(
+        missing.is_empty(),
+        "missing tools {missing:?}: run lab/setup.sh (as root)"
+    );
     cleanup_stale().expect("cleanup_stale");
     true
 }
@@ -33,7 +36,10 @@ pub fn lab(cfg: LabConfig) -> PhoneLab {
 }
 
 pub fn lab_with(wifi: &str) -> PhoneLab {
-    lab(LabConfig { wifi: wifi.parse().expect("wifi spec"), ..LabConfig::default() })
+    lab(LabConfig {
+        wifi: wifi.parse().expect("wifi spec"),
+        ..LabConfig::default()
+    })
 }
 
 /// Runs `f` inside `ns` and returns its result, failing the test after `limit`.
@@ -43,7 +49,10 @@ where
     Fut: Future<Output = T> + 'static,
     T: Send + 'static,
 {
-    ns.spawn_runtime(f).expect("spawn runtime").join(limit).expect("task in namespace")
+    ns.spawn_runtime(f)
+        .expect("spawn runtime")
+        .join(limit)
+        .expect("task in namespace")
 }
 
 pub fn sa(ip: impl Into<IpAddr>, port: u16) -> SocketAddr {
