@@ -27,7 +27,7 @@
 //!
 //! The veth ends that send into the emulator must have checksum offload, TSO/GSO and GRO
 //! off: otherwise the kernel hands a packet socket frames with unfinished checksums or
-//! 64 KB super-frames. [`crate::PhoneLab`] does this for every veth it makes; frames too
+//! 64 KB super-frames. [`Netns::veth`] does this for every veth it makes; frames too
 //! large to forward are counted in [`DirStats::dropped_oversize`].
 
 use std::collections::VecDeque;

@@ -17,6 +17,7 @@ use std::ffi::OsStr;
 use std::fs::File;
 use std::future::Future;
 use std::io::Write;
+use std::net::Ipv4Addr;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -110,6 +111,83 @@ impl Netns {
     pub fn sysctl(&self, key: &str, value: &str) -> Result<()> {
         self.run("sysctl", &["-q", "-w", &format!("{key}={value}")])
             .map(drop)
+    }
+
+    /// A veth pair from `name` here to `peer_name` in `peer`, both up, with checksum
+    /// offload, TSO, GSO and GRO off: the link emulator needs that (a packet socket would
+    /// otherwise see unfinished checksums and 64 KB super-frames), and it keeps every lab
+    /// link alike.
+    pub fn veth(&self, name: &str, peer: &Netns, peer_name: &str) -> Result<()> {
+        for n in [name, peer_name] {
+            if n.is_empty()
+                || n.len() > 15
+                || !n
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+            {
+                return Err(Error::Invalid(format!(
+                    "interface name {n:?} must be 1-15 of [A-Za-z0-9._-]"
+                )));
+            }
+        }
+        self.ip(&[
+            "link",
+            "add",
+            "name",
+            name,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            peer_name,
+            "netns",
+            peer.name(),
+        ])?;
+        for (ns, dev) in [(self, name), (peer, peer_name)] {
+            ns.run(
+                "ethtool",
+                &[
+                    "-K", dev, "tx", "off", "rx", "off", "tso", "off", "gso", "off", "gro", "off",
+                ],
+            )?;
+            ns.ip(&["link", "set", "dev", dev, "up"])?;
+        }
+        Ok(())
+    }
+
+    /// Adds `addr/prefix` to interface `dev`.
+    pub fn add_addr(&self, dev: &str, addr: Ipv4Addr, prefix: u8) -> Result<()> {
+        if prefix > 32 {
+            return Err(Error::Invalid(format!(
+                "prefix length /{prefix} is above 32"
+            )));
+        }
+        self.ip(&["addr", "add", &format!("{addr}/{prefix}"), "dev", dev])
+            .map(drop)
+    }
+
+    /// Makes this namespace a router: IPv4 forwarding on, reverse-path filtering off (the
+    /// lab's asymmetric and source-routed paths would trip it).
+    pub fn make_router(&self) -> Result<()> {
+        self.disable_rp_filter()?;
+        self.sysctl("net.ipv4.ip_forward", "1")
+    }
+
+    /// Reverse-path filtering off, for existing and future interfaces, and secondary
+    /// addresses promoted when the primary is deleted (renumbering keeps routes).
+    pub fn disable_rp_filter(&self) -> Result<()> {
+        self.run(
+            "sysctl",
+            &[
+                "-q",
+                "-w",
+                "net.ipv4.conf.all.rp_filter=0",
+                "net.ipv4.conf.default.rp_filter=0",
+                "net.ipv4.conf.all.promote_secondaries=1",
+                "net.ipv4.conf.default.promote_secondaries=1",
+            ],
+        )
+        .map(drop)
     }
 
     /// Makes the *calling thread* join this namespace: its new sockets live here from now

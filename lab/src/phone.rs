@@ -185,36 +185,26 @@ impl PhoneLab {
             Some(ns("l-srv")?)
         };
 
-        for n in [&phone, &routers[0], &routers[1], &core, &server] {
-            n.run(
-                "sysctl",
-                &[
-                    "-q",
-                    "-w",
-                    "net.ipv4.conf.all.rp_filter=0",
-                    "net.ipv4.conf.default.rp_filter=0",
-                    "net.ipv4.conf.all.promote_secondaries=1",
-                    "net.ipv4.conf.default.promote_secondaries=1",
-                ],
-            )?;
+        for n in [&phone, &server] {
+            n.disable_rp_filter()?;
         }
         for n in [&routers[0], &routers[1], &core] {
-            n.sysctl("net.ipv4.ip_forward", "1")?;
+            n.make_router()?;
         }
 
         // Wires. Link namespaces: `p` faces the phone, `r` the router; `c` core, `s` server.
-        veth(&phone, "wifi0", &lwifi, "p")?;
-        veth(&lwifi, "r", &routers[0], "lan0")?;
-        veth(&phone, "cell0", &lcell, "p")?;
-        veth(&lcell, "r", &routers[1], "lan0")?;
-        veth(&routers[0], "wan0", &core, "wifi0")?;
-        veth(&routers[1], "wan0", &core, "cell0")?;
+        phone.veth("wifi0", &lwifi, "p")?;
+        lwifi.veth("r", &routers[0], "lan0")?;
+        phone.veth("cell0", &lcell, "p")?;
+        lcell.veth("r", &routers[1], "lan0")?;
+        routers[0].veth("wan0", &core, "wifi0")?;
+        routers[1].veth("wan0", &core, "cell0")?;
         match &lsrv {
             Some(l) => {
-                veth(&core, "srv0", l, "c")?;
-                veth(l, "s", &server, "eth0")?;
+                core.veth("srv0", l, "c")?;
+                l.veth("s", &server, "eth0")?;
             }
-            None => veth(&core, "srv0", &server, "eth0")?,
+            None => core.veth("srv0", &server, "eth0")?,
         }
 
         // Core and server.
@@ -585,32 +575,4 @@ impl PhoneLab {
             ))
         })
     }
-}
-
-/// A veth pair from `a`/`a_if` to `b`/`b_if`, both up, with checksum offload, TSO, GSO and
-/// GRO off (required by the emulator; harmless elsewhere and keeps all links alike).
-fn veth(a: &Netns, a_if: &str, b: &Netns, b_if: &str) -> Result<()> {
-    a.ip(&[
-        "link",
-        "add",
-        "name",
-        a_if,
-        "type",
-        "veth",
-        "peer",
-        "name",
-        b_if,
-        "netns",
-        b.name(),
-    ])?;
-    for (n, dev) in [(a, a_if), (b, b_if)] {
-        n.run(
-            "ethtool",
-            &[
-                "-K", dev, "tx", "off", "rx", "off", "tso", "off", "gso", "off", "gro", "off",
-            ],
-        )?;
-        n.ip(&["link", "set", "dev", dev, "up"])?;
-    }
-    Ok(())
 }
