@@ -84,15 +84,7 @@ async fn cuts_mid_record_lose_and_duplicate_nothing() {
     // Point the name at the proxy, signed by the server's own key.
     let proxy = start_proxy(real[0], vec![1_000_003, 2_500_007, 4_000_009]).await;
     let id = Identity::from_seed([61; 32]);
-    let record = NameRecord {
-        name: "cut.test".into(),
-        signing_key: id.public().signing,
-        noise_key: id.public().noise,
-        addrs: vec![proxy.addr],
-        relays: vec![],
-        seq: u64::MAX / 2,
-        expires: msocket::name::unix_now() + 3600,
-    };
+    let record = NameRecord::new("cut.test", id.public(), vec![proxy.addr], u64::MAX / 2, msocket::name::unix_now() + 3600);
     names.register(&SignedRecord::sign(record, &id).unwrap()).await.unwrap();
 
     let (c, s) = within(10, "pair", pair(&client, &mut listener, "cut.test")).await;

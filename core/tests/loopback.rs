@@ -18,31 +18,11 @@ async fn bytes_cross_both_ways_and_the_flow_finishes() {
     let client = endpoint(&names, 2, 32);
     let mut listener = server.listen("plain.test").await.unwrap();
     let (c, s) = within(10, "pair", pair(&client, &mut listener, "plain.test")).await;
-    let up = data(3_000_000, 1);
-    let down = data(1_000_000, 2);
-    let (up2, down2) = (up.clone(), down.clone());
-    let client_side = tokio::spawn(async move {
-        let (c, _) = tokio::join!(send_all_dup(c, up2), async {});
-        c
-    });
-    let server_side = tokio::spawn(async move {
-        let (got, s) = read_all(s).await;
-        let s = send_all(s, down2).await;
-        (got, s)
-    });
-    let c = within(30, "client send", client_side).await.unwrap();
-    let (got_up, s) = within(30, "server side", server_side).await.unwrap();
-    let (got_down, c) = within(30, "client read", read_all(c)).await;
-    assert_eq!(sha(&got_up), sha(&up));
-    assert_eq!(sha(&got_down), sha(&down));
+    let (c, s) = round_trip(c, s, 3_000_000, 1_000_000, 1).await;
     // Both ends ended and read everything: both flows finish cleanly and go quiet.
     within(10, "client closed", c.closed()).await.unwrap();
     within(10, "server closed", s.closed()).await.unwrap();
     assert_eq!(c.paths(), 0);
-}
-
-async fn send_all_dup(flow: msocket::Flow, bytes: Vec<u8>) -> msocket::Flow {
-    send_all(flow, bytes).await
 }
 
 /// Streams `len` bytes client → server while `mv` moves ends once the server has read a

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use msocket::name::protocol::{read_message, write_message, Request, Response};
 use msocket::name::{MemoryNameService, NameError, NameService, TcpNameClient};
-use msocket::{Endpoint, Error, Flow, Identity, Listener};
+use msocket::{Endpoint, Error, Identity, Listener};
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -66,24 +66,7 @@ async fn still_serves(names: &Arc<dyn NameService>, listener: &mut Listener, see
     let client = endpoint(names, seed, host);
     let name = listener.name().to_string();
     let (c, s) = within(15, "honest client pairs", pair(&client, listener, &name)).await;
-    round_trip(c, s, 300_000, seed as u64).await;
-}
-
-/// Client sends `len` bytes and finishes, server answers with `len / 3` and finishes.
-async fn round_trip(c: Flow, s: Flow, len: usize, seed: u64) {
-    let up = data(len, seed);
-    let down = data(len / 3, seed + 1);
-    let (up2, down2) = (up.clone(), down.clone());
-    let server = tokio::spawn(async move {
-        let (got, s) = read_all(s).await;
-        send_all(s, down2).await;
-        got
-    });
-    let c = within(20, "client send", send_all(c, up2)).await;
-    let (got_down, _c) = within(20, "client read", read_all(c)).await;
-    let got_up = within(20, "server side", server).await.unwrap();
-    assert_eq!(sha(&got_up), sha(&up), "client → server bytes differ");
-    assert_eq!(sha(&got_down), sha(&down), "server → client bytes differ");
+    round_trip(c, s, 300_000, 100_000, seed as u64).await;
 }
 
 /// A TCP listener that must never be connected to.
@@ -175,7 +158,7 @@ async fn a_forged_record_is_refused_by_the_memory_service_and_never_used() {
     let name = "forge.test";
     let (c, s) = within(10, "pair", pair(&client, &mut listener, name)).await;
     assert_eq!(c.peer_key(), server.public().noise);
-    round_trip(c, s, 200_000, 4).await;
+    round_trip(c, s, 200_000, 66_666, 4).await;
     assert_untouched(&pot);
 }
 
@@ -260,7 +243,7 @@ async fn other_keys_after_the_first_lookup_fail_with_key_changed() {
     let mut listener = server.listen("pin.test").await.unwrap();
     let client = endpoint(&names, 10, 63);
     let (c, s) = within(10, "first pair", pair(&client, &mut listener, "pin.test")).await;
-    round_trip(c, s, 100_000, 9).await;
+    round_trip(c, s, 100_000, 33_333, 9).await;
 
     // A compromised name service now serves a validly signed record under other keys.
     let usurper = Identity::from_seed([88; 32]);
@@ -343,7 +326,7 @@ async fn joins_with_guessed_or_stolen_flow_ids_are_refused_and_the_flow_is_unaff
         }
     }
     assert!(rejoined, "the client's new subflow never joined");
-    round_trip(c, s, 100_000, 13).await;
+    round_trip(c, s, 100_000, 33_333, 13).await;
 }
 
 /// What the record-level proxy does to the first connection's client → server records.

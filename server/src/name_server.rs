@@ -298,15 +298,7 @@ mod tests {
     fn signed_until(seed: u8, name: &str, seq: u64, expires: u64) -> SignedRecord {
         let id = Identity::from_seed([seed; 32]);
         let p = id.public();
-        let record = NameRecord {
-            name: name.into(),
-            signing_key: p.signing,
-            noise_key: p.noise,
-            addrs: vec![],
-            relays: vec![],
-            seq,
-            expires,
-        };
+        let record = NameRecord::new(name, p, vec![], seq, expires);
         SignedRecord::sign(record, &id).unwrap()
     }
 

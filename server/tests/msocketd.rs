@@ -90,15 +90,7 @@ impl Drop for Daemon {
 fn record(seed: u8, name: &str, seq: u64) -> SignedRecord {
     let id = Identity::from_seed([seed; 32]);
     let p = id.public();
-    let record = NameRecord {
-        name: name.into(),
-        signing_key: p.signing,
-        noise_key: p.noise,
-        addrs: vec![SocketAddr::from(([198, 51, 100, seed], 5000 + seq as u16))],
-        relays: vec![],
-        seq,
-        expires: unix_now() + 3600,
-    };
+    let record = NameRecord::new(name, p, vec![SocketAddr::from(([198, 51, 100, seed], 5000 + seq as u16))], seq, unix_now() + 3600);
     SignedRecord::sign(record, &id).unwrap()
 }
 

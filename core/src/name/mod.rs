@@ -228,15 +228,7 @@ mod tests {
 
     fn signed(id: &Identity, name: &str, seq: u64, expires: u64) -> SignedRecord {
         let public = id.public();
-        let record = NameRecord {
-            name: name.into(),
-            signing_key: public.signing,
-            noise_key: public.noise,
-            addrs: vec!["192.0.2.1:4000".parse().unwrap()],
-            relays: vec![],
-            seq,
-            expires,
-        };
+        let record = NameRecord::new(name, public, vec!["192.0.2.1:4000".parse().unwrap()], seq, expires);
         SignedRecord::sign(record, id).unwrap()
     }
 

@@ -104,6 +104,11 @@ pub fn validate_name(name: &str) -> Result<(), NameError> {
 }
 
 impl NameRecord {
+    /// A record for `name` with the keys of `keys`, no relays.
+    pub fn new(name: impl Into<String>, keys: PublicIdentity, addrs: Vec<SocketAddr>, seq: u64, expires: u64) -> NameRecord {
+        NameRecord { name: name.into(), signing_key: keys.signing, noise_key: keys.noise, addrs, relays: Vec::new(), seq, expires }
+    }
+
     /// The keys the record binds to its name.
     pub fn public(&self) -> PublicIdentity {
         PublicIdentity { signing: self.signing_key, noise: self.noise_key }

@@ -376,15 +376,7 @@ impl EndpointInner {
             .record_seq
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |s| Some(millis.max(s + 1)))
             .map_or(millis, |prev| millis.max(prev + 1));
-        let record = NameRecord {
-            name: name.to_string(),
-            signing_key: public.signing,
-            noise_key: public.noise,
-            addrs: self.published_addrs(),
-            relays: Vec::new(),
-            seq,
-            expires: now + self.config.record_ttl.as_secs(),
-        };
+        let record = NameRecord::new(name.to_string(), public, self.published_addrs(), seq, now + self.config.record_ttl.as_secs());
         let signed = SignedRecord::sign(record, &self.identity)?;
         self.config.names.register(&signed).await?;
         tracing::info!(name, addrs = ?signed.record.addrs, seq, "name published");

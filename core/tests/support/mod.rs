@@ -214,3 +214,21 @@ pub async fn exchange(flow: Flow, out: Vec<u8>, progress: watch::Sender<u64>) ->
     got
 }
 
+
+/// Client sends `up_len` bytes and finishes; the server reads them all, then answers with
+/// `down_len` bytes and finishes. Checks both hashes; returns both flows, all read.
+pub async fn round_trip(c: Flow, s: Flow, up_len: usize, down_len: usize, seed: u64) -> (Flow, Flow) {
+    let up = data(up_len, seed);
+    let down = data(down_len, seed + 1);
+    let (up2, down2) = (up.clone(), down.clone());
+    let server = tokio::spawn(async move {
+        let (got, s) = read_all(s).await;
+        (got, send_all(s, down2).await)
+    });
+    let c = within(20, "client send", send_all(c, up2)).await;
+    let (got_down, c) = within(20, "client read", read_all(c)).await;
+    let (got_up, s) = within(20, "server side", server).await.unwrap();
+    assert_eq!(sha(&got_up), sha(&up), "client → server bytes differ");
+    assert_eq!(sha(&got_down), sha(&down), "server → client bytes differ");
+    (c, s)
+}
