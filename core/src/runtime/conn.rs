@@ -228,7 +228,9 @@ impl Conn {
         let (kill, kill_rx) = watch::channel(false);
         let id = {
             let mut inner = self.lock();
-            if inner.terminal_at.is_some() {
+            // A finished flow still takes subflows while it lingers: a peer that lost our
+            // last ACK rejoins to get it (the new subflow's resume ACK carries it).
+            if matches!(inner.proto.status(), FlowStatus::Failed(_)) {
                 return;
             }
             let id = inner.proto.add_subflow(Instant::now());

@@ -1,0 +1,98 @@
+//! The end of a flow's life: lingering after a clean finish, and flows that outlive their
+//! endpoint.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use msocket::name::{NameRecord, SignedRecord};
+use msocket::Identity;
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// A TCP forwarder whose first connection can be made to drop everything the server sends
+/// (a path that dies in one direction); later connections forward normally.
+struct OneWayProxy {
+    addr: SocketAddr,
+    freeze: Arc<AtomicBool>,
+}
+
+async fn one_way_proxy(ip: &str, upstream: SocketAddr) -> OneWayProxy {
+    let listener = TcpListener::bind(format!("{ip}:0")).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let freeze = Arc::new(AtomicBool::new(false));
+    let count = Arc::new(AtomicUsize::new(0));
+    let f = freeze.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((down, _)) = listener.accept().await else { return };
+            let Ok(up) = TcpStream::connect(upstream).await else { continue };
+            let first = count.fetch_add(1, Ordering::SeqCst) == 0;
+            let (mut down_r, mut down_w) = down.into_split();
+            let (mut up_r, mut up_w) = up.into_split();
+            tokio::spawn(async move {
+                let _ = tokio::io::copy(&mut down_r, &mut up_w).await;
+            });
+            let f = f.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 16 * 1024];
+                loop {
+                    let n = match up_r.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => n,
+                    };
+                    if first && f.load(Ordering::SeqCst) {
+                        continue;
+                    }
+                    if down_w.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    OneWayProxy { addr, freeze }
+}
+
+/// The server finishes, but its last ACK (of the client's FIN) is lost with the path. The
+/// client re-joins while the server's flow lingers and must get that ACK there: both ends
+/// finish cleanly instead of the client being told the flow is unknown once the linger ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_lost_the_last_ack_rejoins_the_lingering_flow_and_finishes() {
+    init_tracing();
+    let names = memory_names();
+    let server = endpoint(&names, 141, 141);
+    let client = endpoint(&names, 142, 142);
+    let mut listener = server.listen("linger.test").await.unwrap();
+    let proxy = one_way_proxy("127.0.0.143", server.published_addrs()[0]).await;
+    let id = Identity::from_seed([141; 32]);
+    let record =
+        NameRecord::new("linger.test", id.public(), vec![proxy.addr], u64::MAX / 2, msocket::name::unix_now() + 3600);
+    names.register(&SignedRecord::sign(record, &id).unwrap()).await.unwrap();
+
+    let (mut c, mut s) = within(10, "pair", pair(&client, &mut listener, "linger.test")).await;
+    // Server → client first, to the end: the server's FIN gets acknowledged.
+    s.write_all(b"down").await.unwrap();
+    within(10, "server shutdown", s.shutdown()).await.unwrap();
+    let mut got = Vec::new();
+    within(10, "client read", c.read_to_end(&mut got)).await.unwrap();
+    assert_eq!(got, b"down");
+
+    // From now on nothing the server sends on this path arrives.
+    proxy.freeze.store(true, Ordering::SeqCst);
+    let server_side = tokio::spawn(async move {
+        let mut got = Vec::new();
+        s.read_to_end(&mut got).await.unwrap();
+        (got, s)
+    });
+    c.write_all(b"up").await.unwrap();
+    within(10, "client shutdown", c.shutdown()).await.expect("the client's bytes and FIN acknowledged");
+    let (got, s) = within(10, "server read", server_side).await.unwrap();
+    assert_eq!(got, b"up");
+    within(10, "client closed", c.closed()).await.expect("the client finished cleanly");
+    within(10, "server closed", s.closed()).await.expect("the server finished cleanly");
+}
