@@ -96,3 +96,65 @@ async fn a_client_that_lost_the_last_ack_rejoins_the_lingering_flow_and_finishes
     within(10, "client closed", c.closed()).await.expect("the client finished cleanly");
     within(10, "server closed", s.closed()).await.expect("the server finished cleanly");
 }
+
+/// A TCP forwarder for the first connection only; once `cut` is set it drops that one and
+/// from then on accepts every connection and closes it at once (a load balancer with no
+/// backend, or a server shedding load), counting them.
+struct SlammingProxy {
+    addr: SocketAddr,
+    cut: Arc<tokio::sync::watch::Sender<bool>>,
+    slammed: Arc<AtomicUsize>,
+}
+
+async fn slamming_proxy(ip: &str, upstream: SocketAddr) -> SlammingProxy {
+    let listener = TcpListener::bind(format!("{ip}:0")).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let cut = Arc::new(tokio::sync::watch::channel(false).0);
+    let slammed = Arc::new(AtomicUsize::new(0));
+    let (c, n) = (cut.clone(), slammed.clone());
+    tokio::spawn(async move {
+        loop {
+            let Ok((down, _)) = listener.accept().await else { return };
+            if *c.borrow() {
+                n.fetch_add(1, Ordering::SeqCst);
+                continue;
+            }
+            let Ok(up) = TcpStream::connect(upstream).await else { continue };
+            let mut cut = c.subscribe();
+            tokio::spawn(async move {
+                let (mut down, mut up) = (down, up);
+                tokio::select! {
+                    _ = tokio::io::copy_bidirectional(&mut down, &mut up) => {}
+                    _ = cut.wait_for(|c| *c) => {}
+                }
+            });
+        }
+    });
+    SlammingProxy { addr, cut, slammed }
+}
+
+/// A peer address that accepts TCP and closes at once must not be re-dialed in a tight
+/// loop: every attempt "attaches" (the JOIN is sent and the answer read later), so the
+/// re-dialer used to start over without any back-off, thousands of times a second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_address_that_closes_every_connection_is_redialed_with_backoff() {
+    init_tracing();
+    let names = memory_names();
+    let server = endpoint(&names, 144, 144);
+    let client = endpoint(&names, 145, 145);
+    let mut listener = server.listen("slam.test").await.unwrap();
+    let proxy = slamming_proxy("127.0.0.146", server.published_addrs()[0]).await;
+    let id = Identity::from_seed([144; 32]);
+    let record =
+        NameRecord::new("slam.test", id.public(), vec![proxy.addr], u64::MAX / 2, msocket::name::unix_now() + 3600);
+    names.register(&SignedRecord::sign(record, &id).unwrap()).await.unwrap();
+    let (mut c, _s) = within(10, "pair", pair(&client, &mut listener, "slam.test")).await;
+    c.write_all(b"something to deliver").await.unwrap();
+
+    proxy.cut.send_replace(true);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let attempts = proxy.slammed.load(Ordering::SeqCst);
+    eprintln!("{attempts} re-dials in one second");
+    assert!(attempts >= 1, "the client never re-dialed");
+    assert!(attempts <= 30, "{attempts} re-dials in one second: no back-off");
+}

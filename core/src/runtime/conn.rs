@@ -68,6 +68,10 @@ pub(crate) struct Inner {
     terminal_at: Option<Instant>,
     driver_deadline: Option<Instant>,
     pub(crate) dialing: bool,
+    /// Client: how long the next re-dial waits before its first attempt. Grows each time a
+    /// re-dial attached a subflow that died before the peer said anything on it (an address
+    /// that accepts and closes, a refused join); back to zero once a record is heard.
+    pub(crate) redial_pause: Duration,
     /// Client: the last join sequence used. Server: the highest accepted.
     pub(crate) join_seq: u64,
     /// Where the peer was last reachable (client side re-dials these first).
@@ -111,6 +115,7 @@ impl Conn {
                 terminal_at: None,
                 driver_deadline: None,
                 dialing: false,
+                redial_pause: Duration::ZERO,
                 join_seq: 0,
                 peer_addrs: Vec::new(),
                 app_gone: false,
@@ -460,6 +465,7 @@ async fn reader(
             if !inner.subflows.contains_key(&id) {
                 return "retired".into();
             }
+            inner.redial_pause = Duration::ZERO;
             let now = Instant::now();
             for frame in frames {
                 if let Err(v) = inner.proto.handle_frame(id, frame, now) {

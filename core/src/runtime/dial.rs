@@ -115,6 +115,13 @@ async fn new_flow(
 pub(crate) async fn redial(conn: Arc<Conn>) {
     if let Some(ep) = conn.endpoint.upgrade() {
         let mut net = ep.net_changed.subscribe();
+        let pause = conn.lock().redial_pause;
+        if !pause.is_zero() {
+            tokio::select! {
+                _ = tokio::time::sleep(pause) => {}
+                _ = net.changed() => {}
+            }
+        }
         let mut backoff = FIRST_BACKOFF;
         while needs_subflow(&conn) {
             if rejoin_round(&ep, &conn).await {
@@ -127,7 +134,12 @@ pub(crate) async fn redial(conn: Arc<Conn>) {
             backoff = (backoff * 2).min(MAX_BACKOFF);
         }
     }
-    conn.lock().dialing = false;
+    {
+        let mut inner = conn.lock();
+        inner.dialing = false;
+        // Reset by the reader as soon as the peer is heard on the subflow attached here.
+        inner.redial_pause = (inner.redial_pause * 2).clamp(FIRST_BACKOFF, MAX_BACKOFF);
+    }
     conn.wake_driver();
 }
 
