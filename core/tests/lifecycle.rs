@@ -158,3 +158,49 @@ async fn a_peer_address_that_closes_every_connection_is_redialed_with_backoff() 
     assert!(attempts >= 1, "the client never re-dialed");
     assert!(attempts <= 30, "{attempts} re-dials in one second: no back-off");
 }
+
+/// CPU time the calling thread used so far.
+#[cfg(target_os = "linux")]
+fn thread_cpu() -> Duration {
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    assert_eq!(unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut usage) }, 0);
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    tv(usage.ru_utime) + tv(usage.ru_stime)
+}
+
+/// A client flow that outlives its endpoint and then loses its path can never re-dial: it
+/// must fail at once and say why, not spin its driver (which re-spawned a re-dialer that
+/// found no endpoint and woke the driver again) until the flow deadline.
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn a_client_flow_that_outlives_its_endpoint_fails_when_its_path_dies_without_spinning() {
+    init_tracing();
+    let names = memory_names();
+    let server = endpoint(&names, 147, 147);
+    let client = endpoint(&names, 148, 148);
+    let mut listener = server.listen("orphan.test").await.unwrap();
+    let proxy = slamming_proxy("127.0.0.149", server.published_addrs()[0]).await;
+    let id = Identity::from_seed([147; 32]);
+    let record =
+        NameRecord::new("orphan.test", id.public(), vec![proxy.addr], u64::MAX / 2, msocket::name::unix_now() + 3600);
+    names.register(&SignedRecord::sign(record, &id).unwrap()).await.unwrap();
+    let (mut c, _s) = within(10, "pair", pair(&client, &mut listener, "orphan.test")).await;
+    c.write_all(b"something to deliver").await.unwrap();
+    drop(client);
+
+    proxy.cut.send_replace(true);
+    within(5, "path lost", async {
+        while c.paths() > 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    // Everything of this test runs on this thread (current-thread runtime).
+    let before = thread_cpu();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let used = thread_cpu() - before;
+    eprintln!("{used:?} of CPU in 500 ms without a path");
+    assert!(used < Duration::from_millis(150), "{used:?} of CPU in 500 ms: the flow spins");
+    let err = within(2, "the flow fails", c.closed()).await.expect_err("no endpoint to re-dial with");
+    assert!(err.to_string().contains("endpoint"), "{err}");
+}

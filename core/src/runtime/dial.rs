@@ -133,6 +133,12 @@ pub(crate) async fn redial(conn: Arc<Conn>) {
             }
             backoff = (backoff * 2).min(MAX_BACKOFF);
         }
+    } else {
+        // Nothing can dial for this flow any more. Waiting for the flow deadline instead
+        // would have the driver re-spawn this task at once, over and over.
+        let mut inner = conn.lock();
+        inner.proto.abort(0, "the endpoint was dropped: the flow cannot re-dial");
+        conn.settle(&mut inner);
     }
     {
         let mut inner = conn.lock();

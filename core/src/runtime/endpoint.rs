@@ -116,6 +116,9 @@ impl Drop for EndpointInner {
 }
 
 /// An identity bound to a name service: listens on names and connects to them.
+///
+/// Flows may outlive every handle of their endpoint, but without it they cannot follow
+/// moves: a connected flow that then loses its last path fails instead of re-dialing.
 #[derive(Clone)]
 pub struct Endpoint {
     inner: Arc<EndpointInner>,
