@@ -22,7 +22,7 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::task::Waker;
 use std::time::{Duration, Instant};
 
-use bytes::BytesMut;
+use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
@@ -445,17 +445,29 @@ async fn reader(
                     _ = killed(&mut kill) => return "retired".into(),
                 }
             };
-            let mut ciphertext = buf.split_to(RECORD_HEADER_LEN + len).split_off(RECORD_HEADER_LEN);
+            // Copied out of the read buffer: the payloads reassembly keeps then hold this
+            // record alive, not the whole buffer it was read into (which is reused instead).
+            let mut ciphertext = BytesMut::from(&buf[RECORD_HEADER_LEN..RECORD_HEADER_LEN + len]);
+            buf.advance(RECORD_HEADER_LEN + len);
             tracing::trace!(subflow = id.0, pn, len, "record read");
             let n = match conn.keys.open_record(pn, &mut ciphertext) {
                 Ok(n) => n,
                 Err(e) => return e.to_string(),
             };
             ciphertext.truncate(n);
-            let frames = match Frame::decode_all(ciphertext.freeze()) {
+            let mut frames = match Frame::decode_all(ciphertext.freeze()) {
                 Ok(f) => f,
                 Err(e) => return format!("malformed frame: {e}"),
             };
+            // A payload much smaller than its record gets a buffer of its own, so what
+            // reassembly holds stays within a small multiple of the receive window.
+            for frame in &mut frames {
+                if let Frame::Data { payload, .. } = frame {
+                    if payload.len() * 4 < len {
+                        *payload = Bytes::copy_from_slice(payload);
+                    }
+                }
+            }
             let mut inner = conn.lock();
             if !inner.replay.is_fresh(pn) {
                 tracing::warn!(flow = %conn.keys.flow_id, pn, "replayed record dropped");
@@ -478,4 +490,73 @@ async fn reader(
     }
     .await;
     conn.subflow_gone(id, &reason);
+}
+
+#[cfg(all(test, target_os = "linux"))]
+mod tests {
+    use super::*;
+    use crate::session::session_pair;
+
+    fn resident_bytes() -> usize {
+        let statm = std::fs::read_to_string("/proc/self/statm").unwrap();
+        let pages: usize = statm.split_whitespace().nth(1).unwrap().parse().unwrap();
+        pages * unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize
+    }
+
+    /// Seals `frames` as one record with packet number `pn`.
+    fn record(keys: &SessionKeys, pn: u64, frames: &[Frame]) -> Vec<u8> {
+        let mut out = BytesMut::new();
+        out.resize(RECORD_HEADER_LEN, 0);
+        for f in frames {
+            f.encode(&mut out);
+        }
+        out.resize(out.len() + TAG_LEN, 0);
+        keys.seal_record(pn, &mut out).unwrap();
+        out.to_vec()
+    }
+
+    /// A peer sends one byte out of order per ~300 KiB of duplicate data. What the flow
+    /// keeps is 400 bytes (plus the first in-order segment); what it holds in memory must
+    /// stay near that, not one whole read buffer per kept byte.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_few_kept_bytes_do_not_pin_whole_read_buffers() {
+        let (peer_keys, keys) = session_pair();
+        let conn = Conn::new(keys, Role::Server, "svc".into(), proto::FlowConfig::default(), Weak::new());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let peer = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+        let (ours, _) = listener.accept().await.unwrap();
+        conn.attach(ours, None);
+        let (mut from_conn, mut to_conn) = peer.into_split();
+        tokio::spawn(async move {
+            let mut sink = vec![0u8; 64 * 1024];
+            while let Ok(1..) = from_conn.read(&mut sink).await {}
+        });
+
+        const SEGMENT: usize = 60_000;
+        let first = Frame::Data { offset: 0, fin: false, payload: Bytes::from(vec![7u8; SEGMENT]) };
+        let mut pn = 0;
+        to_conn.write_all(&record(&peer_keys, pn, &[first.clone()])).await.unwrap();
+        let before = resident_bytes();
+        const KEPT: u64 = 400;
+        for i in 0..KEPT {
+            pn += 1;
+            let kept = Frame::Data { offset: SEGMENT as u64 + 1 + 2 * i, fin: false, payload: Bytes::from_static(b"x") };
+            to_conn.write_all(&record(&peer_keys, pn, &[kept, first.clone()])).await.unwrap();
+            for _ in 0..4 {
+                pn += 1;
+                to_conn.write_all(&record(&peer_keys, pn, &[first.clone()])).await.unwrap();
+            }
+        }
+        let want = SEGMENT as u64 + KEPT;
+        for _ in 0..1000 {
+            if conn.lock().proto.stats().bytes_received == want {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(conn.lock().proto.stats().bytes_received, want);
+        let grown = resident_bytes().saturating_sub(before);
+        eprintln!("resident memory grew by {} KiB", grown / 1024);
+        assert!(grown < 40 << 20, "{} MiB held for {} bytes kept", grown >> 20, want);
+    }
 }

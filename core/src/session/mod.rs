@@ -17,6 +17,8 @@ mod replay;
 pub(crate) use handshake::{HandshakeError, Initiator, Responder, SessionKeys, MAX_HANDSHAKE_MSG};
 pub(crate) use record::{parse_header as record_header, MAX_RECORD_PLAINTEXT, RECORD_HEADER_LEN, TAG_LEN};
 pub(crate) use replay::ReplayWindow;
+#[cfg(test)]
+pub(crate) use handshake::tests::session_pair;
 
 /// Identifies a flow on the wire (derived from the handshake hash, so both ends agree
 /// without sending it, and nobody can choose it).
