@@ -37,7 +37,10 @@ use crate::session::{ReplayWindow, SessionKeys, MAX_RECORD_PLAINTEXT, RECORD_HEA
 const LINGER: Duration = Duration::from_secs(2);
 /// Records a writer seals per batch (bounds latency and memory per wake-up).
 const RECORDS_PER_BATCH: usize = 4;
-const READ_BUFFER: usize = 256 * 1024;
+/// Bytes read at a time while looking for the next record header (small records, such as
+/// acks, arrive whole in one read).
+const SMALL_READ: usize = 4096;
+const CLOSED: &str = "closed";
 
 /// Which end of the flow this is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -352,6 +355,27 @@ async fn killed(kill: &mut watch::Receiver<bool>) {
     let _ = kill.wait_for(|k| *k).await;
 }
 
+/// Reads at most `max` more bytes into `buf`. Errors with [`CLOSED`] at end of stream, a
+/// description on failure, or "retired" when the subflow is retired.
+async fn read_some(
+    r: &mut OwnedReadHalf,
+    buf: &mut BytesMut,
+    max: usize,
+    kill: &mut watch::Receiver<bool>,
+) -> Result<(), String> {
+    use bytes::BufMut as _;
+    buf.reserve(max);
+    let mut limited = (&mut *buf).limit(max);
+    tokio::select! {
+        res = r.read_buf(&mut limited) => match res {
+            Ok(0) => Err(CLOSED.into()),
+            Ok(_) => Ok(()),
+            Err(e) => Err(format!("read failed: {e}")),
+        },
+        _ = killed(kill) => Err("retired".into()),
+    }
+}
+
 async fn writer(
     conn: Arc<Conn>,
     id: SubflowId,
@@ -407,7 +431,7 @@ async fn reader(
     join: Option<JoinCheck>,
 ) {
     let mut r = r;
-    let mut buf = BytesMut::with_capacity(READ_BUFFER);
+    let mut small = BytesMut::with_capacity(SMALL_READ);
     let reason: String = async {
         if let Some(check) = join {
             let answer = tokio::select! {
@@ -424,31 +448,37 @@ async fn reader(
             }
         }
         loop {
-            // Read until `buf` holds a whole record.
-            let (len, pn) = loop {
-                if buf.len() >= RECORD_HEADER_LEN {
-                    let (len, pn) = crate::session::record_header(&buf[..RECORD_HEADER_LEN]);
-                    if buf.len() >= RECORD_HEADER_LEN + len {
-                        break (len, pn);
+            // The header (and small records whole) come through `small`; a record that does
+            // not fit there is read straight into a buffer of its own, so the payloads that
+            // reassembly keeps hold their own record and nothing more, without a copy.
+            while small.len() < RECORD_HEADER_LEN {
+                let room = SMALL_READ - small.len();
+                match read_some(&mut r, &mut small, room, &mut kill).await {
+                    Ok(()) => {}
+                    Err(why) if why == CLOSED && small.is_empty() => return "peer closed the subflow".into(),
+                    Err(why) if why == CLOSED => return "peer closed the subflow inside a record".into(),
+                    Err(why) => return why,
+                }
+            }
+            let (len, pn) = crate::session::record_header(&small[..RECORD_HEADER_LEN]);
+            let mut ciphertext = if small.len() >= RECORD_HEADER_LEN + len {
+                let record = BytesMut::from(&small[RECORD_HEADER_LEN..RECORD_HEADER_LEN + len]);
+                small.advance(RECORD_HEADER_LEN + len);
+                record
+            } else {
+                let mut record = BytesMut::with_capacity(len);
+                record.extend_from_slice(&small[RECORD_HEADER_LEN..]);
+                small.clear();
+                while record.len() < len {
+                    let want = len - record.len();
+                    match read_some(&mut r, &mut record, want, &mut kill).await {
+                        Ok(()) => {}
+                        Err(why) if why == CLOSED => return "peer closed the subflow inside a record".into(),
+                        Err(why) => return why,
                     }
                 }
-                if buf.capacity() - buf.len() < u16::MAX as usize + RECORD_HEADER_LEN {
-                    buf.reserve(READ_BUFFER);
-                }
-                tokio::select! {
-                    res = r.read_buf(&mut buf) => match res {
-                        Ok(0) if buf.is_empty() => return "peer closed the subflow".into(),
-                        Ok(0) => return "peer closed the subflow inside a record".into(),
-                        Ok(_) => {}
-                        Err(e) => return format!("read failed: {e}"),
-                    },
-                    _ = killed(&mut kill) => return "retired".into(),
-                }
+                record
             };
-            // Copied out of the read buffer: the payloads reassembly keeps then hold this
-            // record alive, not the whole buffer it was read into (which is reused instead).
-            let mut ciphertext = BytesMut::from(&buf[RECORD_HEADER_LEN..RECORD_HEADER_LEN + len]);
-            buf.advance(RECORD_HEADER_LEN + len);
             tracing::trace!(subflow = id.0, pn, len, "record read");
             let n = match conn.keys.open_record(pn, &mut ciphertext) {
                 Ok(n) => n,
