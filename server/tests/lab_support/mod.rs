@@ -129,14 +129,14 @@ impl Recv {
     fn lock(&self) -> std::sync::MutexGuard<'_, RecvState> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
-    fn add(&self, n: usize) {
+    pub fn add(&self, n: usize) {
         let mut st = self.lock();
         st.bytes += n as u64;
         let b = st.bytes;
         st.arrivals.push((Instant::now(), b));
         self.cv.notify_all();
     }
-    fn finish(&self) {
+    pub fn finish(&self) {
         self.lock().done = true;
         self.cv.notify_all();
     }
