@@ -219,6 +219,16 @@ impl Endpoint {
     /// retired at once and re-dialed from the new ones; listening sockets move; names
     /// are re-published and peers told the new addresses.
     pub async fn set_local_ips(&self, ips: Vec<IpAddr>) -> Result<(), Error> {
+        let names = self.apply_local_ips(ips)?;
+        self.publish_names(names).await
+    }
+
+    /// The local part of [`set_local_ips`](Self::set_local_ips): moves listeners, retires
+    /// subflows on vanished addresses, tells the peers of live flows our new addresses and
+    /// wakes re-dialers. Returns the names to re-publish. Never waits on the network, so a
+    /// network follower can apply the next change at once even while a publication of the
+    /// previous one is stuck (for instance on a socket whose source address just vanished).
+    pub(super) fn apply_local_ips(&self, ips: Vec<IpAddr>) -> Result<Vec<String>, Error> {
         let (flows, services) = {
             let mut st = self.inner.lock();
             st.ips = ips.clone();
@@ -248,12 +258,25 @@ impl Endpoint {
             conn.emit(FlowEvent::Moved { addrs: ips.clone() });
         }
         self.inner.net_changed.send_modify(|g| *g += 1);
-        // A name service that cannot be reached right now must not leave the old
-        // addresses published for good, nor stop the other names and the peers of live
-        // flows from learning the new ones: publish every name, keep retrying the failures
-        // in the background, and report the first failure.
+        // Peers of live flows learn the new addresses first: that is local work, while
+        // publishing waits on the name service.
+        let addrs = self.inner.published_addrs();
+        for conn in flows.iter().filter(|c| c.role == Role::Server) {
+            let mut inner = conn.lock();
+            inner.proto.advertise_addrs(addrs.clone(), Vec::new());
+            conn.settle(&mut inner);
+        }
+        Ok(services)
+    }
+
+    /// Publishes `names` with the current addresses.
+    ///
+    /// A name service that cannot be reached right now must not leave the old addresses
+    /// published for good, nor stop the other names from being published: publish every
+    /// name, keep retrying the failures in the background, and report the first failure.
+    pub(super) async fn publish_names(&self, names: Vec<String>) -> Result<(), Error> {
         let mut failed = None;
-        for name in &services {
+        for name in &names {
             if let Err(e) = self.inner.publish(name).await {
                 tracing::warn!(name, error = %e, "publishing the new addresses failed; retrying in the background");
                 failed.get_or_insert(e);
@@ -261,12 +284,6 @@ impl Endpoint {
         }
         if failed.is_some() {
             self.inner.republish.notify_one();
-        }
-        let addrs = self.inner.published_addrs();
-        for conn in flows.iter().filter(|c| c.role == Role::Server) {
-            let mut inner = conn.lock();
-            inner.proto.advertise_addrs(addrs.clone(), Vec::new());
-            conn.settle(&mut inner);
         }
         failed.map_or(Ok(()), Err)
     }
