@@ -424,9 +424,16 @@ impl EndpointInner {
         Ok(record)
     }
 
-    /// A TCP connection to `addr` from one of our local addresses.
-    pub(crate) async fn dial_tcp(&self, addr: SocketAddr) -> std::io::Result<TcpStream> {
-        let local = self.lock().ips.iter().copied().find(|ip| ip.is_ipv4() == addr.is_ipv4());
+    /// Our local addresses of `addr`'s family, best first (`[None]`: let the system
+    /// choose, when no local address is configured).
+    pub(crate) fn local_ips_for(&self, addr: SocketAddr) -> Vec<Option<IpAddr>> {
+        let ips: Vec<Option<IpAddr>> =
+            self.lock().ips.iter().copied().filter(|ip| ip.is_ipv4() == addr.is_ipv4()).map(Some).collect();
+        if ips.is_empty() { vec![None] } else { ips }
+    }
+
+    /// A TCP connection to `addr` from `local` (None: the system chooses).
+    pub(crate) async fn dial_tcp_from(&self, local: Option<IpAddr>, addr: SocketAddr) -> std::io::Result<TcpStream> {
         let sock = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
         if let Some(ip) = local {
             sock.bind(SocketAddr::new(ip, 0))?;
