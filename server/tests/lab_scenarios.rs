@@ -274,3 +274,34 @@ fn s9_peer_process_killed() {
     assert!(failed < flow_deadline + Duration::from_secs(5), "[{label}] took {failed:?}");
     assert!(failed >= flow_deadline - Duration::from_secs(1), "[{label}] failed before its deadline: {failed:?}");
 }
+
+#[test]
+fn s10_silent_death_of_wifi() {
+    let Some(scene) = Scene::build("20ms", "40ms") else { return };
+    let label = "s10 wifi silently dead";
+    let server_plan = Plan::paced(6 * MB, 101);
+    let phone_plan = Plan::paced(6 * MB, 102);
+    let server = scene.start_server(server_plan, DEADLINE);
+    let phone = scene.start_phone(phone_plan, DEADLINE, None);
+    assert!(phone.recv.wait_bytes(MB as u64, STEP));
+    assert!(server.recv.wait_bytes(MB as u64, STEP));
+    // No netlink event anywhere: the Wi-Fi keeps its address, frames just vanish.
+    let dark = timed(label, || scene.lab.blackhole(LinkId::Wifi, true).unwrap());
+    let (p_recv, s_recv) = (phone.recv.clone(), server.recv.clone());
+    let phone_out = phone.join(STEP * 2);
+    let server_out = server.join(STEP);
+    check_exchange(label, dark, phone_plan, server_plan, &phone_out, &server_out);
+    let detected = phone_out
+        .events
+        .iter()
+        .find(|(at, ev)| *at > dark && matches!(ev, msocket::FlowEvent::PathLost { .. }))
+        .map(|(at, _)| *at - dark)
+        .expect("the phone noticed the dead path");
+    println!("[{label}] the phone detected the dead path after {} ms", detected.as_millis());
+    assert!(detected < Duration::from_secs(5), "[{label}] detection took {detected:?}");
+    let down = report(label, "server → phone", &p_recv, dark);
+    let up = report(label, "phone → server", &s_recv, dark);
+    for r in [down, up] {
+        assert!(r.resumed < RECOVERY_BOUND, "[{label}] took {:?} to recover", r.resumed);
+    }
+}
