@@ -79,7 +79,7 @@ pub(crate) async fn connect(ep: &Arc<EndpointInner>, name: &str) -> Result<Flow,
                     }
                 };
                 let attempt = async {
-                    let (stream, addr) = match race(ep, &record.addrs, relookup).await {
+                    let (stream, addr) = match race(ep, &record.addrs, relookup, false).await {
                         Ok(won) => won,
                         Err(why) => return Err(Attempt::Failed(why)),
                     };
@@ -204,7 +204,7 @@ async fn rejoin_round(ep: &Arc<EndpointInner>, conn: &Arc<Conn>) -> bool {
             }
         }
     };
-    match race(ep, &known, lookup).await {
+    match race(ep, &known, lookup, true).await {
         Ok((stream, addr)) => try_join(conn, stream, addr).await,
         Err(why) => {
             tracing::debug!(name = %conn.name, why, "re-dial round failed");
@@ -217,11 +217,14 @@ async fn rejoin_round(ep: &Arc<EndpointInner>, conn: &Arc<Conn>) -> bool {
 /// each of `first`, then those of `more`'s addresses (which go to the front: they are
 /// newer). One attempt starts every [`ATTEMPT_DELAY`] while earlier ones are still
 /// trying, or at once when one failed; the losers are dropped. Each attempt is bounded by
-/// `io_timeout`.
+/// `io_timeout`. When every attempt failed outright, `wait_for_more` says whether to wait
+/// for `more` (a lookup running alongside) or to report the failure at once (the caller
+/// retries on its own schedule).
 async fn race(
     ep: &Arc<EndpointInner>,
     first: &[SocketAddr],
     more: impl Future<Output = Vec<SocketAddr>>,
+    wait_for_more: bool,
 ) -> Result<(TcpStream, SocketAddr), String> {
     let mut pending: VecDeque<(Option<IpAddr>, SocketAddr)> = VecDeque::new();
     let mut seen: Vec<(Option<IpAddr>, SocketAddr)> = Vec::new();
@@ -258,7 +261,7 @@ async fn race(
                 continue;
             }
         }
-        if attempts.is_empty() && more_done {
+        if attempts.is_empty() && (more_done || !wait_for_more) {
             return Err(last);
         }
         tokio::select! {
