@@ -1,16 +1,29 @@
 //! The connecting side: opening a flow by name, and re-dialing after its paths died.
 //!
-//! Re-dialing tries the addresses the peer was last reached at (or announced in ADDRS)
-//! first, since after our own move they are still right; then a fresh lookup, which finds a
-//! peer that moved too. Between rounds it backs off (10 ms doubling to 1 s) but wakes at once
-//! when our own addresses change. It stops when a subflow is back or the flow ended (the
-//! flow deadline ends it).
+//! Connection attempts *race* (like RFC 8305's Happy Eyeballs): every (local address,
+//! peer address) pair is a candidate, one attempt starts every [`ATTEMPT_DELAY`] while the
+//! earlier ones are still trying (at once when one failed), and the first TCP connection
+//! that opens wins. A stale candidate — the peer's old address after it moved, or our own
+//! path that silently died while its address stayed — then costs a quarter second instead
+//! of a whole `io_timeout`.
+//!
+//! Re-dialing races the addresses the peer was last reached at (or announced in ADDRS),
+//! since after our own move they are still right, with a fresh lookup started at the same
+//! time, whose addresses (a peer that moved too) go to the front of the queue. Between
+//! rounds it backs off (10 ms doubling to 1 s) but wakes at once when our own addresses
+//! change. It stops when a subflow is back or the flow ended (the flow deadline ends it).
+//! Opening a flow races the looked-up addresses the same way and looks the name up again
+//! if none answered within [`RELOOKUP_AFTER`] (the record may predate a move).
 
-use std::net::SocketAddr;
+use std::collections::VecDeque;
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio::task::JoinSet;
 
 use super::conn::{Conn, JoinCheck, Role};
 use super::endpoint::EndpointInner;
@@ -22,10 +35,16 @@ use crate::session::{HandshakeError, Initiator, MAX_HANDSHAKE_MSG};
 
 const FIRST_BACKOFF: Duration = Duration::from_millis(10);
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
+/// How long a connection attempt runs alone before the next candidate starts too.
+const ATTEMPT_DELAY: Duration = Duration::from_millis(250);
+/// When opening a flow: look the name up again if no address answered within this.
+const RELOOKUP_AFTER: Duration = Duration::from_secs(1);
 
 enum Attempt {
     /// The peer answered but does not serve the name: no use retrying.
     UnknownName,
+    /// The same, at this address.
+    UnknownAt(SocketAddr),
     Failed(String),
 }
 
@@ -48,14 +67,41 @@ pub(crate) async fn connect(ep: &Arc<EndpointInner>, name: &str) -> Result<Flow,
                     if !tried.contains(&addr) {
                         tried.push(addr);
                     }
-                    let limit = ep.config.io_timeout.min(deadline.saturating_duration_since(Instant::now()));
-                    match tokio::time::timeout(limit, new_flow(ep, name, &record.noise_key, addr, &record.addrs)).await {
+                }
+                let limit = ep.config.io_timeout.min(deadline.saturating_duration_since(Instant::now()));
+                // The record may predate a move of the peer: if nothing answered soon,
+                // look again and race the addresses it lists now as well.
+                let relookup = async {
+                    tokio::time::sleep(RELOOKUP_AFTER).await;
+                    match ep.lookup_pinned(name).await {
+                        Ok(r) if r.noise_key == record.noise_key => r.addrs,
+                        _ => Vec::new(),
+                    }
+                };
+                let attempt = async {
+                    let (stream, addr) = match race(ep, &record.addrs, relookup, false).await {
+                        Ok(won) => won,
+                        Err(why) => return Err(Attempt::Failed(why)),
+                    };
+                    if !tried.contains(&addr) {
+                        tried.push(addr);
+                    }
+                    match new_flow(ep, name, &record.noise_key, stream, &record.addrs).await {
+                        Ok(flow) => Ok(flow),
+                        Err(Attempt::UnknownName) => Err(Attempt::UnknownAt(addr)),
+                        Err(Attempt::Failed(why)) => Err(Attempt::Failed(format!("{addr}: {why}"))),
+                        Err(e) => Err(e),
+                    }
+                };
+                if !record.addrs.is_empty() {
+                    match tokio::time::timeout(limit, attempt).await {
                         Ok(Ok(flow)) => return Ok(flow),
-                        Ok(Err(Attempt::UnknownName)) => {
+                        Ok(Err(Attempt::UnknownAt(addr))) => {
                             return Err(Error::UnknownName { name: name.to_string(), addr })
                         }
-                        Ok(Err(Attempt::Failed(why))) => last = format!("{addr}: {why}"),
-                        Err(_) => last = format!("{addr}: handshake timed out"),
+                        Ok(Err(Attempt::UnknownName)) => last = "the peer does not serve the name".into(),
+                        Ok(Err(Attempt::Failed(why))) => last = why,
+                        Err(_) => last = "connect or handshake timed out".into(),
                     }
                 }
             }
@@ -76,16 +122,15 @@ pub(crate) async fn connect(ep: &Arc<EndpointInner>, name: &str) -> Result<Flow,
     }
 }
 
-/// One handshake on one address.
+/// One handshake on a connected stream.
 async fn new_flow(
     ep: &Arc<EndpointInner>,
     name: &str,
     noise_key: &[u8; 32],
-    addr: SocketAddr,
+    mut stream: TcpStream,
     addrs: &[SocketAddr],
 ) -> Result<Flow, Attempt> {
     let fail = |e: &dyn std::fmt::Display| Attempt::Failed(e.to_string());
-    let mut stream = ep.dial_tcp(addr).await.map_err(|e| fail(&e))?;
     let (init, msg1) = Initiator::start(&ep.identity, noise_key, name).map_err(|e| fail(&e))?;
     header::write_handshake(&mut stream, &header::header(Kind::NewFlow), &msg1).await.map_err(|e| fail(&e))?;
     let msg2 = header::read_handshake(&mut stream, MAX_HANDSHAKE_MSG).await.map_err(|e| match e {
@@ -154,49 +199,123 @@ fn needs_subflow(conn: &Conn) -> bool {
     inner.proto.needs_path() && inner.proto.live_subflows() == 0
 }
 
-/// One round: known addresses, then a fresh lookup. True once a subflow is attached.
+/// One round: the known addresses raced with a fresh lookup's. True once a subflow is
+/// attached.
 async fn rejoin_round(ep: &Arc<EndpointInner>, conn: &Arc<Conn>) -> bool {
+    if !needs_subflow(conn) {
+        return true;
+    }
     let known = conn.lock().peer_addrs.clone();
-    for &addr in &known {
-        if try_join(ep, conn, addr).await {
-            return true;
+    let lookup = async {
+        match ep.lookup_pinned(&conn.name).await {
+            Ok(record) if record.noise_key == conn.keys.remote_static => {
+                conn.lock().peer_addrs = record.addrs.clone();
+                record.addrs
+            }
+            Ok(_) => {
+                tracing::warn!(name = %conn.name, "the name now belongs to other keys; not re-dialing it");
+                Vec::new()
+            }
+            Err(e) => {
+                tracing::debug!(name = %conn.name, error = %e, "re-lookup failed");
+                Vec::new()
+            }
+        }
+    };
+    match race(ep, &known, lookup, true).await {
+        Ok((stream, addr)) => try_join(conn, stream, addr).await,
+        Err(why) => {
+            tracing::debug!(name = %conn.name, why, "re-dial round failed");
+            !needs_subflow(conn)
         }
     }
-    match ep.lookup_pinned(&conn.name).await {
-        Ok(record) if record.noise_key == conn.keys.remote_static => {
-            conn.lock().peer_addrs = record.addrs.clone();
-            for &addr in record.addrs.iter().filter(|a| !known.contains(a)) {
-                if try_join(ep, conn, addr).await {
-                    return true;
+}
+
+/// Connects to the first candidate that answers: every local address (best first) to
+/// each of `first`, then those of `more`'s addresses (which go to the front: they are
+/// newer). One attempt starts every [`ATTEMPT_DELAY`] while earlier ones are still
+/// trying, or at once when one failed; the losers are dropped. Each attempt is bounded by
+/// `io_timeout`. When every attempt failed outright, `wait_for_more` says whether to wait
+/// for `more` (a lookup running alongside) or to report the failure at once (the caller
+/// retries on its own schedule).
+async fn race(
+    ep: &Arc<EndpointInner>,
+    first: &[SocketAddr],
+    more: impl Future<Output = Vec<SocketAddr>>,
+    wait_for_more: bool,
+) -> Result<(TcpStream, SocketAddr), String> {
+    let mut pending: VecDeque<(Option<IpAddr>, SocketAddr)> = VecDeque::new();
+    let mut seen: Vec<(Option<IpAddr>, SocketAddr)> = Vec::new();
+    let mut add = |addrs: &[SocketAddr], front: bool, pending: &mut VecDeque<_>| {
+        let mut fresh = Vec::new();
+        for &addr in addrs {
+            for local in ep.local_ips_for(addr) {
+                if !seen.contains(&(local, addr)) {
+                    seen.push((local, addr));
+                    fresh.push((local, addr));
                 }
             }
         }
-        Ok(_) => tracing::warn!(name = %conn.name, "the name now belongs to other keys; not re-dialing it"),
-        Err(e) => tracing::debug!(name = %conn.name, error = %e, "re-lookup failed"),
+        if front {
+            for c in fresh.into_iter().rev() {
+                pending.push_front(c);
+            }
+        } else {
+            pending.extend(fresh);
+        }
+    };
+    add(first, false, &mut pending);
+    let mut attempts = JoinSet::new();
+    let mut more = std::pin::pin!(more);
+    let mut more_done = false;
+    let mut next_at = tokio::time::Instant::now();
+    let mut last = String::from("no address to try");
+    loop {
+        if attempts.is_empty() || tokio::time::Instant::now() >= next_at {
+            if let Some((local, addr)) = pending.pop_front() {
+                let ep = ep.clone();
+                attempts.spawn(async move { (local, addr, ep.dial_tcp_from(local, addr).await) });
+                next_at = tokio::time::Instant::now() + ATTEMPT_DELAY;
+                continue;
+            }
+        }
+        if attempts.is_empty() && (more_done || !wait_for_more) {
+            return Err(last);
+        }
+        tokio::select! {
+            Some(joined) = attempts.join_next(), if !attempts.is_empty() => match joined {
+                Ok((_, addr, Ok(stream))) => return Ok((stream, addr)),
+                Ok((local, addr, Err(e))) => {
+                    tracing::debug!(?local, %addr, error = %e, "connection attempt failed");
+                    last = format!("{addr}: {e}");
+                    next_at = tokio::time::Instant::now();
+                }
+                Err(e) => last = e.to_string(),
+            },
+            addrs = &mut more, if !more_done => {
+                more_done = true;
+                add(&addrs, true, &mut pending);
+            }
+            _ = tokio::time::sleep_until(next_at), if !pending.is_empty() => {}
+            else => return Err(last),
+        }
     }
-    !needs_subflow(conn)
 }
 
-/// Opens a TCP connection to `addr` and sends a JOIN. The subflow is attached at once (its
+/// Sends a JOIN on a fresh connection to `addr`. The subflow is attached at once (its
 /// reader checks the answer before any record), which saves a round trip on resume.
-async fn try_join(ep: &Arc<EndpointInner>, conn: &Arc<Conn>, addr: SocketAddr) -> bool {
+async fn try_join(conn: &Arc<Conn>, mut stream: TcpStream, addr: SocketAddr) -> bool {
     if conn.role != Role::Client || !needs_subflow(conn) {
         return !needs_subflow(conn);
     }
-    let mut stream = match ep.dial_tcp(addr).await {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::debug!(%addr, error = %e, "re-dial failed");
-            return false;
-        }
-    };
     let seq = {
         let mut inner = conn.lock();
         inner.join_seq += 1;
         inner.join_seq
     };
     let request = header::join_request(&conn.keys.join_key, &conn.keys.flow_id, seq);
-    if stream.write_all(&request).await.is_err() {
+    if let Err(e) = stream.write_all(&request).await {
+        tracing::debug!(%addr, error = %e, "sending a JOIN failed");
         return false;
     }
     conn.attach(stream, Some(JoinCheck { seq }));

@@ -222,6 +222,16 @@ impl Endpoint {
     /// retired at once and re-dialed from the new ones; listening sockets move; names
     /// are re-published and peers told the new addresses.
     pub async fn set_local_ips(&self, ips: Vec<IpAddr>) -> Result<(), Error> {
+        let names = self.apply_local_ips(ips)?;
+        self.publish_names(names).await
+    }
+
+    /// The local part of [`set_local_ips`](Self::set_local_ips): moves listeners, retires
+    /// subflows on vanished addresses, tells the peers of live flows our new addresses and
+    /// wakes re-dialers. Returns the names to re-publish. Never waits on the network, so a
+    /// network follower can apply the next change at once even while a publication of the
+    /// previous one is stuck (for instance on a socket whose source address just vanished).
+    pub(super) fn apply_local_ips(&self, ips: Vec<IpAddr>) -> Result<Vec<String>, Error> {
         let (flows, services) = {
             let mut st = self.inner.lock();
             st.ips = ips.clone();
@@ -251,12 +261,25 @@ impl Endpoint {
             conn.emit(FlowEvent::Moved { addrs: ips.clone() });
         }
         self.inner.net_changed.send_modify(|g| *g += 1);
-        // A name service that cannot be reached right now must not leave the old
-        // addresses published for good, nor stop the other names and the peers of live
-        // flows from learning the new ones: publish every name, keep retrying the failures
-        // in the background, and report the first failure.
+        // Peers of live flows learn the new addresses first: that is local work, while
+        // publishing waits on the name service.
+        let addrs = self.inner.published_addrs();
+        for conn in flows.iter().filter(|c| c.role == Role::Server) {
+            let mut inner = conn.lock();
+            inner.proto.advertise_addrs(addrs.clone(), Vec::new());
+            conn.settle(&mut inner);
+        }
+        Ok(services)
+    }
+
+    /// Publishes `names` with the current addresses.
+    ///
+    /// A name service that cannot be reached right now must not leave the old addresses
+    /// published for good, nor stop the other names from being published: publish every
+    /// name, keep retrying the failures in the background, and report the first failure.
+    pub(super) async fn publish_names(&self, names: Vec<String>) -> Result<(), Error> {
         let mut failed = None;
-        for name in &services {
+        for name in &names {
             if let Err(e) = self.inner.publish(name).await {
                 tracing::warn!(name, error = %e, "publishing the new addresses failed; retrying in the background");
                 failed.get_or_insert(e);
@@ -264,12 +287,6 @@ impl Endpoint {
         }
         if failed.is_some() {
             self.inner.republish.notify_one();
-        }
-        let addrs = self.inner.published_addrs();
-        for conn in flows.iter().filter(|c| c.role == Role::Server) {
-            let mut inner = conn.lock();
-            inner.proto.advertise_addrs(addrs.clone(), Vec::new());
-            conn.settle(&mut inner);
         }
         failed.map_or(Ok(()), Err)
     }
@@ -402,9 +419,16 @@ impl EndpointInner {
         Ok(record)
     }
 
-    /// A TCP connection to `addr` from one of our local addresses.
-    pub(crate) async fn dial_tcp(&self, addr: SocketAddr) -> std::io::Result<TcpStream> {
-        let local = self.lock().ips.iter().copied().find(|ip| ip.is_ipv4() == addr.is_ipv4());
+    /// Our local addresses of `addr`'s family, best first (`[None]`: let the system
+    /// choose, when no local address is configured).
+    pub(crate) fn local_ips_for(&self, addr: SocketAddr) -> Vec<Option<IpAddr>> {
+        let ips: Vec<Option<IpAddr>> =
+            self.lock().ips.iter().copied().filter(|ip| ip.is_ipv4() == addr.is_ipv4()).map(Some).collect();
+        if ips.is_empty() { vec![None] } else { ips }
+    }
+
+    /// A TCP connection to `addr` from `local` (None: the system chooses).
+    pub(crate) async fn dial_tcp_from(&self, local: Option<IpAddr>, addr: SocketAddr) -> std::io::Result<TcpStream> {
         let sock = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
         if let Some(ip) = local {
             sock.bind(SocketAddr::new(ip, 0))?;

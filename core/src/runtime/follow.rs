@@ -108,7 +108,20 @@ async fn apply(endpoint: &Endpoint, state: NetworkState, offline: bool) -> bool 
         }
         Decision::Apply(ips) => {
             let diff = AddrDiff::between(&current, &ips);
-            let result = endpoint.set_local_ips(ips.clone()).await;
+            // The local part now; the publication in the background, so that a name
+            // service that is slow or unreachable from the changing network (a request
+            // stuck on a source address that just vanished waits for its whole timeout)
+            // does not hold back the next change. Publications carry increasing sequence
+            // numbers, so a late one for an older state cannot override a newer one.
+            let result = endpoint.apply_local_ips(ips.clone());
+            if let Ok(names) = &result {
+                let (endpoint, names) = (endpoint.clone(), names.clone());
+                tokio::spawn(async move {
+                    if let Err(e) = endpoint.publish_names(names).await {
+                        tracing::warn!(error = %e, "publishing after a network change failed; retrying in the background");
+                    }
+                });
+            }
             let took = state.observed_at.elapsed();
             tracing::info!(
                 interfaces = %summary(&state.interfaces),
