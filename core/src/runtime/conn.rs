@@ -36,7 +36,7 @@ use crate::session::{ReplayWindow, SessionKeys, MAX_RECORD_PLAINTEXT, RECORD_HEA
 /// How long a finished or failed flow waits for its writers to flush before cutting them.
 const LINGER: Duration = Duration::from_secs(2);
 /// Records a writer seals per batch (bounds latency and memory per wake-up).
-const RECORDS_PER_BATCH: usize = 4;
+const RECORDS_PER_BATCH: usize = 8;
 /// Bytes read at a time while looking for the next record header (small records, such as
 /// acks, arrive whole in one read).
 const SMALL_READ: usize = 4096;

@@ -87,6 +87,9 @@ enum BenchKind {
         /// Request/response round trips.
         #[arg(long, default_value_t = 5000)]
         round_trips: usize,
+        /// Bulk transfers per system (interleaved); the median is reported.
+        #[arg(long, default_value_t = 3)]
+        trials: usize,
         /// Print one JSON array instead of a table.
         #[arg(long)]
         json: bool,
@@ -146,8 +149,8 @@ async fn run(command: Command) -> Result<ExitCode, CliError> {
                 }
             })
         }
-        Command::Bench { which: BenchKind::Throughput { bytes, round_trips, json } } => {
-            cli::bench::throughput(bytes, round_trips, json).await?
+        Command::Bench { which: BenchKind::Throughput { bytes, round_trips, trials, json } } => {
+            cli::bench::throughput(bytes, round_trips, trials, json).await?
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -1,7 +1,9 @@
 //! `msocket bench throughput`: a flow against plain TCP and against TCP carrying the same
 //! Noise cipher without msocket (a Noise IK handshake, then AES-256-GCM records of the same
-//! size sealed in place with the same nonces), side by side in one run on loopback. Bulk: one sender, one receiver, `bytes` bytes, timed until the receiver
-//! has them all. Latency: 64-byte request, 64-byte response, one at a time.
+//! size sealed in place with the same nonces), side by side in one run on loopback.
+//! Bulk: one sender, one receiver, `bytes` bytes, timed until the receiver has them all;
+//! repeated `trials` times with the systems interleaved, the median reported. Latency:
+//! 64-byte request, 64-byte response, one at a time.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -25,7 +27,10 @@ const RECORD: usize = 65535 - 16;
 pub struct Row {
     pub system: String,
     pub bytes: u64,
+    /// Median over the trials.
     pub throughput_mbps: f64,
+    /// Every trial, in the order run.
+    pub throughput_mbps_trials: Vec<f64>,
     pub rr_latency_us_p50: f64,
     pub rr_latency_us_p99: f64,
     pub throughput_ratio_vs_tcp: f64,
@@ -33,38 +38,69 @@ pub struct Row {
     pub rr_p99_ratio_vs_tcp: f64,
 }
 
-/// Runs the three systems and prints their rows.
-pub async fn throughput(bytes: u64, round_trips: usize, json: bool) -> Result<(), CliError> {
-    if bytes == 0 || round_trips == 0 {
-        return Err(CliError("--bytes and --round-trips must be above 0".into()));
+const SYSTEMS: [&str; 3] = ["tcp", "tcp+noise", "msocket"];
+
+/// One bulk transfer of `bytes` over `system`; Mbit/s.
+async fn bulk_of(system: &str, bytes: u64) -> Result<f64, CliError> {
+    match system {
+        "tcp" => {
+            let (a, b) = tcp_pair().await?;
+            bulk(a, b, bytes).await
+        }
+        "tcp+noise" => {
+            let (a, b) = tcp_pair().await?;
+            noise_bulk(a, b, bytes).await
+        }
+        _ => {
+            let (a, b, _endpoints) = flow_pair().await?;
+            bulk(a, b, bytes).await
+        }
+    }
+}
+
+/// `n` request/response round trips over `system`.
+async fn latency_of(system: &str, n: usize) -> Result<Vec<Duration>, CliError> {
+    match system {
+        "tcp" => {
+            let (a, b) = tcp_pair().await?;
+            request_response(a, b, n).await
+        }
+        "tcp+noise" => {
+            let (a, b) = tcp_pair().await?;
+            noise_request_response(a, b, n).await
+        }
+        _ => {
+            let (a, b, _endpoints) = flow_pair().await?;
+            request_response(a, b, n).await
+        }
+    }
+}
+
+/// Runs the three systems and prints their rows. Bulk transfers run `trials` times, the
+/// systems interleaved, and each row reports the median, so that one unlucky scheduling
+/// of a run on a shared machine does not decide a ratio.
+pub async fn throughput(bytes: u64, round_trips: usize, trials: usize, json: bool) -> Result<(), CliError> {
+    if bytes == 0 || round_trips == 0 || trials == 0 {
+        return Err(CliError("--bytes, --round-trips and --trials must be above 0".into()));
+    }
+    let mut runs: Vec<Vec<f64>> = vec![Vec::new(); SYSTEMS.len()];
+    for trial in 1..=trials {
+        for (i, system) in SYSTEMS.iter().enumerate() {
+            eprintln!("trial {trial}/{trials}: bulk over {system} ...");
+            runs[i].push(bulk_of(system, bytes).await?);
+        }
     }
     let mut rows = Vec::new();
-    for system in ["tcp", "tcp+noise", "msocket"] {
-        eprintln!("measuring {system} ...");
-        let (mbps, lat) = match system {
-            "tcp" => {
-                let (a, b) = tcp_pair().await?;
-                let mbps = bulk(a, b, bytes).await?;
-                let (a, b) = tcp_pair().await?;
-                (mbps, request_response(a, b, round_trips).await?)
-            }
-            "tcp+noise" => {
-                let (a, b) = tcp_pair().await?;
-                let mbps = noise_bulk(a, b, bytes).await?;
-                let (a, b) = tcp_pair().await?;
-                (mbps, noise_request_response(a, b, round_trips).await?)
-            }
-            _ => {
-                let (a, b, _eps) = flow_pair().await?;
-                let mbps = bulk(a, b, bytes).await?;
-                let (a, b, _eps) = flow_pair().await?;
-                (mbps, request_response(a, b, round_trips).await?)
-            }
-        };
+    for (i, system) in SYSTEMS.iter().enumerate() {
+        eprintln!("request/response over {system} ...");
+        let lat = latency_of(system, round_trips).await?;
+        let mut sorted = runs[i].clone();
+        sorted.sort_by(f64::total_cmp);
         rows.push(Row {
             system: system.to_string(),
             bytes,
-            throughput_mbps: mbps,
+            throughput_mbps: sorted[sorted.len() / 2],
+            throughput_mbps_trials: runs[i].clone(),
             rr_latency_us_p50: percentile(&lat, 0.50),
             rr_latency_us_p99: percentile(&lat, 0.99),
             throughput_ratio_vs_tcp: 0.0,
