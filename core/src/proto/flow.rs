@@ -49,11 +49,15 @@ pub enum FlowStatus {
     Failed(FlowError),
 }
 
+/// Lost subflows remembered for ABANDON until a subflow can carry the news.
+const MAX_ABANDONED: usize = 16;
+
 /// Something the runtime should know about.
 #[derive(Clone, Debug, PartialEq)]
 pub enum FlowEvent {
     SubflowAdded(SubflowId),
-    /// Liveness timeout: already removed from the flow; the runtime closes its socket.
+    /// Liveness timeout, or the peer reported the subflow lost (ABANDON): already removed
+    /// from the flow; the runtime closes its socket.
     SubflowDead {
         id: SubflowId,
     },
@@ -120,6 +124,8 @@ pub struct FlowState {
     /// Highest window sent in an ACK.
     advertised: u64,
     events: VecDeque<FlowEvent>,
+    /// Tokens of subflows we lost, to tell the peer (newest kept, at most [`MAX_ABANDONED`]).
+    abandoned: VecDeque<u64>,
     readable_hint: bool,
     writable_hint: bool,
     write_blocked: bool,
@@ -145,6 +151,7 @@ impl FlowState {
             no_live_since: Some(now),
             outage_since: None,
             events: VecDeque::new(),
+            abandoned: VecDeque::new(),
             readable_hint: false,
             writable_hint: false,
             write_blocked: false,
@@ -271,10 +278,30 @@ impl FlowState {
         id
     }
 
-    /// The subflow is gone; what it carried unacknowledged is re-sent elsewhere.
+    /// Names subflow `id` with a token both ends agree on (the runtime uses the join
+    /// sequence number), so that losing it can be reported to the peer with ABANDON.
+    pub fn set_subflow_token(&mut self, id: SubflowId, token: u64) {
+        if let Some(sub) = self.subflows.get_mut(&id) {
+            sub.token = Some(token);
+        }
+    }
+
+    /// The subflow is gone; what it carried unacknowledged is re-sent elsewhere, and the
+    /// peer is told (ABANDON on another subflow, now or once there is one), since its end
+    /// may not know: a vanished address sends no FIN.
     pub fn remove_subflow(&mut self, id: SubflowId, now: Instant) {
+        if let Some(token) = self.retire(id, now) {
+            if self.abandoned.len() == MAX_ABANDONED {
+                self.abandoned.pop_front();
+            }
+            self.abandoned.push_back(token);
+        }
+    }
+
+    /// Removes subflow `id`; returns its token.
+    fn retire(&mut self, id: SubflowId, now: Instant) -> Option<u64> {
         let Some(sub) = self.subflows.remove(&id) else {
-            return;
+            return None;
         };
         self.send.on_lost(&sub.in_flight);
         self.stats.subflows_lost += 1;
@@ -284,6 +311,7 @@ impl FlowState {
                 self.outage_since = Some(now);
             }
         }
+        sub.token
     }
 
     // ---- input ----
@@ -337,6 +365,14 @@ impl FlowState {
             Frame::Close { code, reason } => {
                 let reason = clamp_str(&reason, MAX_REASON_LEN).to_owned();
                 self.fail(FlowError::PeerAborted { code, reason });
+            }
+            Frame::Abandon { token } => {
+                let gone = self.subflows.values().find(|s| s.token == Some(token) && s.id != id).map(|s| s.id);
+                if let Some(gone) = gone {
+                    tracing::debug!(id = ?gone, token, "the peer lost this subflow");
+                    self.retire(gone, now);
+                    self.events.push_back(FlowEvent::SubflowDead { id: gone });
+                }
             }
         }
         Ok(())
@@ -478,6 +514,11 @@ impl FlowState {
             let frame = self.ack_frame(max_len);
             return Some(self.sent(id, now, frame, false));
         }
+        if max_len >= 9 {
+            if let Some(token) = self.abandoned.pop_front() {
+                return Some(self.sent(id, now, Frame::Abandon { token }, false));
+            }
+        }
         let sub = self.subflows.get_mut(&id)?;
         if sub.ping_pending && max_len >= 9 {
             sub.ping_pending = false;
@@ -558,7 +599,12 @@ impl FlowState {
             return false;
         }
         let data = self.send.has_new() || (sub.heard && self.send.has_retransmit());
-        sub.wants_ack() || !sub.pongs.is_empty() || sub.ping_pending || sub.addrs.is_some() || data
+        sub.wants_ack()
+            || !sub.pongs.is_empty()
+            || sub.ping_pending
+            || sub.addrs.is_some()
+            || !self.abandoned.is_empty()
+            || data
     }
 
     /// When [`handle_timeout`](Self::handle_timeout) should next be called.

@@ -55,6 +55,7 @@ const T_PING: u8 = 0x03;
 const T_PONG: u8 = 0x04;
 const T_ADDRS: u8 = 0x05;
 const T_CLOSE: u8 = 0x06;
+const T_ABANDON: u8 = 0x07;
 const FLAG_FIN: u8 = 0x01;
 
 /// One protocol frame.
@@ -85,6 +86,10 @@ pub enum Frame {
     },
     /// Aborts the flow.
     Close { code: u16, reason: String },
+    /// The sender lost the subflow with this token (its address vanished, or it stopped
+    /// answering): the receiver retires its end of it at once instead of waiting for the
+    /// dead-path timeout, and re-sends what was in flight there.
+    Abandon { token: u64 },
 }
 
 /// Why a record could not be decoded into frames.
@@ -216,6 +221,10 @@ impl Frame {
                 out.put_u16(*code);
                 put_short_bytes(out, clamp_str(reason, MAX_REASON_LEN).as_bytes());
             }
+            Frame::Abandon { token } => {
+                out.put_u8(T_ABANDON);
+                out.put_u64(*token);
+            }
         }
     }
 
@@ -226,7 +235,7 @@ impl Frame {
             Frame::Ack { ranges, .. } => {
                 ACK_HEADER_LEN + ACK_RANGE_LEN * ranges.len().min(MAX_ACK_RANGES)
             }
-            Frame::Ping { .. } | Frame::Pong { .. } => 9,
+            Frame::Ping { .. } | Frame::Pong { .. } | Frame::Abandon { .. } => 9,
             Frame::Addrs { addrs, relays } => {
                 let a: usize = addrs
                     .iter()
@@ -319,6 +328,7 @@ impl Frame {
                     let reason = r.short_str(MAX_REASON_LEN, "CLOSE reason")?.to_owned();
                     Frame::Close { code, reason }
                 }
+                T_ABANDON => Frame::Abandon { token: r.u64("ABANDON token")? },
                 t => return Err(FrameError::UnknownType(t)),
             };
             frames.push(frame);
@@ -362,6 +372,7 @@ mod tests {
             },
             Frame::Ping { id: 0 },
             Frame::Pong { id: u64::MAX },
+            Frame::Abandon { token: 7 },
             Frame::Addrs {
                 addrs: vec![
                     "10.0.0.1:7450".parse().unwrap(),

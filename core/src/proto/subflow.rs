@@ -21,6 +21,9 @@ const MAX_PENDING_PONGS: usize = 4;
 #[derive(Debug)]
 pub(crate) struct Subflow {
     pub id: SubflowId,
+    /// The name both ends give this subflow (set by the runtime), so one end can tell the
+    /// other that it lost it.
+    pub token: Option<u64>,
     /// The peer's first frame was heard (its resume ACK), so re-sends may use this subflow.
     pub heard: bool,
     /// Added while the flow had no live subflow: its first frame heard ends the outage.
@@ -53,6 +56,7 @@ impl Subflow {
     pub fn new(id: SubflowId, now: Instant, ends_outage: bool) -> Self {
         Subflow {
             id,
+            token: None,
             heard: false,
             ends_outage,
             last_heard: now,

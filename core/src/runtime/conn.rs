@@ -173,7 +173,7 @@ impl Conn {
                         self.emit(FlowEvent::PathLost {
                             local: sub.local,
                             remote: sub.remote,
-                            reason: "no reply within the dead-path timeout".into(),
+                            reason: "the peer reported it lost, or no reply within the dead-path timeout".into(),
                         });
                     }
                 }
@@ -225,8 +225,10 @@ impl Conn {
         }
     }
 
-    /// Puts an authenticated TCP connection to work as a subflow of this flow.
-    pub(crate) fn attach(self: &Arc<Self>, stream: TcpStream, reader_prefix: Option<JoinCheck>) {
+    /// Puts an authenticated TCP connection to work as a subflow of this flow. `token` is
+    /// the name both ends give it: 0 for the handshake's subflow, the join sequence for a
+    /// joined one (so either end can report it lost with ABANDON).
+    pub(crate) fn attach(self: &Arc<Self>, stream: TcpStream, token: u64, reader_prefix: Option<JoinCheck>) {
         let _ = stream.set_nodelay(true);
         let (Ok(local), Ok(remote)) = (stream.local_addr(), stream.peer_addr()) else {
             return;
@@ -242,6 +244,7 @@ impl Conn {
                 return;
             }
             let id = inner.proto.add_subflow(Instant::now());
+            inner.proto.set_subflow_token(id, token);
             inner.subflows.insert(id, Sub { local, remote, wake: wake.clone(), kill });
             if !inner.peer_addrs.contains(&remote) {
                 inner.peer_addrs.insert(0, remote);
@@ -325,25 +328,53 @@ impl Conn {
     /// Encodes up to [`RECORDS_PER_BATCH`] records of frames for subflow `id` into `out`,
     /// each between room for its header and room for its tag; returns the byte range and
     /// packet number of each, for sealing once the lock is released.
+    ///
+    /// Control frames followed by DATA go in a record of their own: a record is only read
+    /// once whole, and an ACK, PONG or ABANDON should not wait behind 64 KiB of data.
     fn take_records(&self, inner: &mut Inner, id: SubflowId, out: &mut BytesMut) -> Vec<(Range<usize>, u64)> {
         let now = Instant::now();
         let mut records = Vec::new();
-        while records.len() < RECORDS_PER_BATCH {
-            let start = out.len();
-            out.resize(start + RECORD_HEADER_LEN, 0);
-            let body = out.len();
-            while let Some(frame) = inner.proto.poll_transmit(id, now, MAX_RECORD_PLAINTEXT - (out.len() - body)) {
-                frame.encode(out);
-            }
-            if out.len() == body {
-                out.truncate(start);
+        // The record being filled: where it starts, and whether it holds DATA.
+        let mut open: Option<(usize, bool)> = None;
+        loop {
+            if open.is_none() && records.len() >= RECORDS_PER_BATCH {
                 break;
             }
-            out.resize(out.len() + TAG_LEN, 0);
-            records.push((start..out.len(), self.next_pn.fetch_add(1, Ordering::Relaxed)));
+            let room = open.map_or(MAX_RECORD_PLAINTEXT, |(start, _)| {
+                MAX_RECORD_PLAINTEXT - (out.len() - start - RECORD_HEADER_LEN)
+            });
+            let Some(frame) = inner.proto.poll_transmit(id, now, room) else {
+                match open.take() {
+                    // Full, or all sent: close it and try a fresh record.
+                    Some((start, _)) => self.close_record(out, start, &mut records),
+                    None => break,
+                }
+                continue;
+            };
+            let data = matches!(frame, Frame::Data { .. });
+            if let Some((start, false)) = open {
+                if data {
+                    self.close_record(out, start, &mut records);
+                    open = None;
+                }
+            }
+            let (start, had_data) = *open.get_or_insert_with(|| {
+                let start = out.len();
+                out.resize(start + RECORD_HEADER_LEN, 0);
+                (start, false)
+            });
+            frame.encode(out);
+            open = Some((start, had_data || data));
         }
         records
     }
+
+    /// Ends the record that starts at `start`: room for its tag, and a packet number.
+    fn close_record(&self, out: &mut BytesMut, start: usize, records: &mut Vec<(Range<usize>, u64)>) {
+        out.resize(out.len() + TAG_LEN, 0);
+        records.push((start..out.len(), self.next_pn.fetch_add(1, Ordering::Relaxed)));
+    }
+
 }
 
 /// For a joining client: the JOIN answer to read before any record.
@@ -555,7 +586,7 @@ mod tests {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let peer = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
         let (ours, _) = listener.accept().await.unwrap();
-        conn.attach(ours, None);
+        conn.attach(ours, 0, None);
         let (mut from_conn, mut to_conn) = peer.into_split();
         tokio::spawn(async move {
             let mut sink = vec![0u8; 64 * 1024];

@@ -151,7 +151,7 @@ async fn new_flow(
     let conn = Conn::new(keys, Role::Client, name.to_string(), ep.config.flow.clone(), Arc::downgrade(ep));
     conn.lock().peer_addrs = addrs.to_vec();
     ep.remember_flow(&conn);
-    conn.attach(stream, None);
+    conn.attach(stream, 0, None);
     tokio::spawn(conn.clone().drive());
     Ok(Flow::new(conn))
 }
@@ -318,6 +318,6 @@ async fn try_join(conn: &Arc<Conn>, mut stream: TcpStream, addr: SocketAddr) -> 
         tracing::debug!(%addr, error = %e, "sending a JOIN failed");
         return false;
     }
-    conn.attach(stream, Some(JoinCheck { seq }));
+    conn.attach(stream, seq, Some(JoinCheck { seq }));
     true
 }

@@ -459,7 +459,7 @@ impl EndpointInner {
                 header::write_handshake(&mut stream, &[], &reply).await.map_err(|e| e.to_string())?;
                 let conn = Conn::new(keys, Role::Server, name, self.config.flow.clone(), Arc::downgrade(&self));
                 self.remember_flow(&conn);
-                conn.attach(stream, None);
+                conn.attach(stream, 0, None);
                 tokio::spawn(conn.clone().drive());
                 if let Err(mpsc::error::TrySendError::Full(flow) | mpsc::error::TrySendError::Closed(flow)) =
                     tx.try_send(Flow::new(conn))
@@ -489,7 +489,7 @@ impl EndpointInner {
                     (None, Some(conn)) => {
                         let ok = header::join_accept(&conn.keys.join_key, &flow_id, seq);
                         stream.write_all(&ok).await.map_err(|e| e.to_string())?;
-                        conn.attach(stream, None);
+                        conn.attach(stream, seq, None);
                         Ok(())
                     }
                     (why, _) => {

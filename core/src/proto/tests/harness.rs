@@ -179,6 +179,11 @@ impl Sim {
             self.ends[0].add_subflow(self.now),
             self.ends[1].add_subflow(self.now),
         ];
+        // Both ends name the subflow alike, as the runtime does with join sequences.
+        let token = self.links.len() as u64;
+        for (end, id) in self.ends.iter_mut().zip(ids) {
+            end.set_subflow_token(id, token);
+        }
         self.links.push(Link {
             ids,
             open: [true, true],
@@ -454,18 +459,27 @@ impl Sim {
 
     fn transmit(&mut self, link: usize, side: usize) -> bool {
         let mut progress = false;
+        // A DATA frame polled after control frames starts the next record, as the runtime
+        // does, so those control frames need not wait for a whole record of data.
+        let mut carry: Option<Frame> = None;
         loop {
             let l = &self.links[link];
             if !l.open[side] {
                 return progress;
             }
             if let Some(ready) = self.backlog_ready_at(&l.pipes[side]) {
-                if ready > self.now {
+                // A carried frame was already taken from the flow: it must go out now.
+                if ready > self.now && carry.is_none() {
                     return progress;
                 }
             }
             let id = l.ids[side];
             let mut rec = BytesMut::new();
+            let mut rec_has_data = false;
+            if let Some(f) = carry.take() {
+                f.encode(&mut rec);
+                rec_has_data = true;
+            }
             while rec.len() + 64 < RECORD_MAX {
                 let room = RECORD_MAX - rec.len();
                 let Some(f) = self.ends[side].poll_transmit(id, self.now, room) else {
@@ -478,6 +492,12 @@ impl Sim {
                     break;
                 };
                 assert!(f.encoded_len() <= room);
+                let data = matches!(f, Frame::Data { .. });
+                if data && !rec.is_empty() && !rec_has_data {
+                    carry = Some(f);
+                    break;
+                }
+                rec_has_data |= data;
                 f.encode(&mut rec);
             }
             if rec.is_empty() {

@@ -113,6 +113,43 @@ fn client_address_change() {
 }
 
 #[test]
+fn a_lost_subflow_is_abandoned_so_the_peer_resends_at_once() {
+    let mut sim = transfer(FlowConfig::default(), 2_000_000, 2_000_000);
+    sim.bandwidth = Some(1_000_000);
+    sim.run_until(ms(500));
+    // The client's address vanished: its runtime retires the subflow at once; no FIN can
+    // reach the server, which would otherwise wait out its dead-path timeout (1.5 s).
+    sim.kill_link(0, [Some(ms(0)), None]);
+    sim.run_until(ms(600));
+    sim.add_link(ms(30));
+    sim.run_until(ms(700));
+    let dead_at = sim
+        .events
+        .iter()
+        .find(|(_, side, e)| *side == 1 && matches!(e, FlowEvent::SubflowDead { .. }))
+        .map(|(t, _, _)| *t)
+        .expect("the server retired its end of the lost subflow");
+    // Told over the new subflow: its set-up (at 600 ms) plus one 30 ms crossing.
+    assert!(dead_at >= ms(600) && dead_at <= ms(640), "{dead_at:?}");
+    assert!(sim.run_to_completion(Duration::from_secs(30)));
+    sim.assert_complete();
+    assert!(sim.ends[1].stats().bytes_retransmitted > 0, "the server re-sent what the lost subflow held");
+}
+
+#[test]
+fn abandon_for_an_unknown_or_own_subflow_is_ignored() {
+    let mut sim = transfer(FlowConfig::default(), 100_000, 100_000);
+    sim.run_until(ms(100));
+    let id = sim.links[0].ids[1];
+    let now = sim.now;
+    sim.ends[1].handle_frame(id, Frame::Abandon { token: 99 }, now).unwrap();
+    sim.ends[1].handle_frame(id, Frame::Abandon { token: 0 }, now).unwrap();
+    assert_eq!(sim.ends[1].live_subflows(), 1);
+    assert!(sim.run_to_completion(Duration::from_secs(30)));
+    sim.assert_complete();
+}
+
+#[test]
 fn server_address_change_is_announced_then_followed() {
     let mut sim = transfer(FlowConfig::default(), 1_000_000, 3_000_000);
     sim.bandwidth = Some(2_000_000);
