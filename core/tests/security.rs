@@ -52,13 +52,15 @@ async fn read_until_closed(s: &mut TcpStream) -> Vec<u8> {
     got
 }
 
-/// Parses a JOIN refusal: (code, reason).
+/// Parses a JOIN refusal: (code, reason). An "unknown flow" refusal (code 1) carries the
+/// refusing endpoint's 64-byte signature after the reason.
 fn parse_refusal(bytes: &[u8]) -> (u8, String) {
     assert!(bytes.len() >= 2, "no refusal received: {bytes:?}");
     let (code, len) = (bytes[0], bytes[1] as usize);
     assert_ne!(code, 0, "a join without the key was accepted");
-    assert_eq!(bytes.len(), 2 + len, "refusal then close, nothing else: {bytes:?}");
-    (code, String::from_utf8_lossy(&bytes[2..]).into_owned())
+    let signature = if code == 1 { 64 } else { 0 };
+    assert_eq!(bytes.len(), 2 + len + signature, "refusal then close, nothing else: {bytes:?}");
+    (code, String::from_utf8_lossy(&bytes[2..2 + len]).into_owned())
 }
 
 /// Proves `listener` still serves: a fresh client opens a flow and bytes cross both ways.
@@ -549,4 +551,101 @@ async fn a_name_the_listener_does_not_serve_is_unknown_name() {
     assert!(started.elapsed() < Duration::from_secs(2), "UnknownName should not be retried");
     assert!(listener_is_empty(&mut listener));
     still_serves(&names, &mut listener, 21, 82).await;
+}
+
+/// Answers every connection on `addr` with a JOIN refusal claiming the flow is unknown,
+/// signed by nobody in particular; counts the refusals sent.
+async fn lying_refuser(addr: SocketAddr) -> tokio::sync::watch::Receiver<u32> {
+    // The endpoint's old listener closes as soon as its task is next polled.
+    let mut tries = 0;
+    let listener = loop {
+        match TcpListener::bind(addr).await {
+            Ok(l) => break l,
+            Err(e) if tries < 10_000 => {
+                tries += 1;
+                let _ = e;
+                tokio::task::yield_now().await;
+            }
+            Err(e) => panic!("the old address stays taken: {e}"),
+        }
+    };
+    let (count_tx, count) = tokio::sync::watch::channel(0u32);
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            let mut opening = [0u8; 6 + 40];
+            if conn.read_exact(&mut opening).await.is_err() {
+                continue;
+            }
+            let reason = b"no such flow";
+            let mut refusal = vec![1u8, reason.len() as u8];
+            refusal.extend_from_slice(reason);
+            refusal.extend_from_slice(&[0x5a; 64]);
+            if conn.write_all(&refusal).await.is_ok() {
+                count_tx.send_modify(|n| *n += 1);
+            }
+        }
+    });
+    count
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unsigned_unknown_flow_claim_does_not_end_the_flow() {
+    init_tracing();
+    let names = TestNames::new();
+    let dyn_names = names.dyn_arc();
+    let server = endpoint(&dyn_names, 151, 151);
+    let client = endpoint(&dyn_names, 152, 152);
+    let mut listener = server.listen("claim.test").await.unwrap();
+    let (mut c, mut s) = within(10, "pair", pair(&client, &mut listener, "claim.test")).await;
+    let old = server.published_addrs()[0];
+
+    // The server moves while lookups fail, and a stranger takes its old address and port,
+    // answering the client's re-dials with "unknown flow" it cannot prove.
+    names.set_down(true);
+    server.set_local_ips(vec![lo(153)]).await.ok();
+    let mut refusals = lying_refuser(old).await;
+    within(20, "the client met the lying refusal", refusals.wait_for(|n| *n >= 1)).await.unwrap();
+
+    // Once the name service answers again the client finds the server, and the flow goes
+    // on with every byte: the unproven claim did not end it.
+    names.set_down(false);
+    let sent = data(500_000, 151);
+    c.write_all(&sent).await.unwrap();
+    c.shutdown().await.unwrap();
+    let mut got = Vec::new();
+    within(30, "server read", s.read_to_end(&mut got)).await.unwrap();
+    assert_eq!(sha(&got), sha(&sent));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signed_unknown_flow_answer_ends_the_flow_at_once() {
+    init_tracing();
+    let names = memory_names();
+    // The server runs on a runtime of its own, so "the process restarts" can be played by
+    // shutting that runtime down and starting the same identity again on the same port.
+    let server_rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    let (port_tx, port_rx) = tokio::sync::oneshot::channel();
+    let n = names.clone();
+    server_rt.spawn(async move {
+        let server = endpoint(&n, 154, 154);
+        let mut listener = server.listen("restart.test").await.unwrap();
+        port_tx.send(server.published_addrs()[0].port()).unwrap();
+        let s = listener.accept().await.unwrap();
+        std::future::pending::<()>().await;
+        drop((server, listener, s));
+    });
+    let port = within(10, "server up", port_rx).await.unwrap();
+    let client = endpoint(&names, 155, 155);
+    let mut c = within(10, "connect", client.connect("restart.test")).await.unwrap();
+    c.write_all(b"hello").await.unwrap();
+    server_rt.shutdown_background();
+
+    // The same identity comes back on the same address, without the flow.
+    let restarted = endpoint_with(&names, 154, 154, |cfg| cfg.listen_port = port);
+    let _listener = restarted.listen("restart.test").await.unwrap();
+    let started = Instant::now();
+    let mut buf = [0u8; 16];
+    let err = within(10, "the flow fails", c.read(&mut buf)).await.unwrap_err();
+    assert!(err.to_string().contains("no longer knows"), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(5), "failed at once, not at the 20 s deadline");
 }

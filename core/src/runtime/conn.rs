@@ -79,6 +79,9 @@ pub(crate) struct Inner {
     pub(crate) join_seq: u64,
     /// Where the peer was last reachable (client side re-dials these first).
     pub(crate) peer_addrs: Vec<SocketAddr>,
+    /// Client: the peer's Ed25519 key from its name record, which must sign a claim that
+    /// it no longer knows the flow before that claim ends the flow.
+    pub(crate) peer_signing_key: Option<[u8; 32]>,
     /// The application dropped its handle: received data is discarded.
     pub(crate) app_gone: bool,
 }
@@ -121,6 +124,7 @@ impl Conn {
                 redial_pause: Duration::ZERO,
                 join_seq: 0,
                 peer_addrs: Vec::new(),
+                peer_signing_key: None,
                 app_gone: false,
             }),
             keys,
@@ -465,15 +469,26 @@ async fn reader(
     let mut small = BytesMut::with_capacity(SMALL_READ);
     let reason: String = async {
         if let Some(check) = join {
+            let peer_signing_key = conn.lock().peer_signing_key;
             let answer = tokio::select! {
-                a = super::header::read_join_answer(&mut r, &conn.keys.join_key, &conn.keys.flow_id, check.seq) => a,
+                a = super::header::read_join_answer(
+                    &mut r,
+                    &conn.keys.join_key,
+                    &conn.keys.flow_id,
+                    check.seq,
+                    peer_signing_key.as_ref(),
+                ) => a,
                 _ = killed(&mut kill) => return "retired".to_string(),
             };
             if let Err(e) = answer {
+                let mut inner = conn.lock();
                 if e.is_fatal() {
-                    let mut inner = conn.lock();
                     inner.proto.abort(0, "the peer no longer knows this flow");
                     conn.settle(&mut inner);
+                } else if let Some(remote) = inner.subflows.get(&id).map(|s| s.remote) {
+                    // Whoever answers there now is not our peer: re-dial elsewhere (a
+                    // fresh lookup) rather than there again.
+                    inner.peer_addrs.retain(|a| *a != remote);
                 }
                 return e.to_string();
             }

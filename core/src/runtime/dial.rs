@@ -86,7 +86,7 @@ pub(crate) async fn connect(ep: &Arc<EndpointInner>, name: &str) -> Result<Flow,
                     if !tried.contains(&addr) {
                         tried.push(addr);
                     }
-                    match new_flow(ep, name, &record.noise_key, stream, &record.addrs).await {
+                    match new_flow(ep, name, (&record.noise_key, &record.signing_key), stream, &record.addrs).await {
                         Ok(flow) => Ok(flow),
                         Err(Attempt::UnknownName) => Err(Attempt::UnknownAt(addr)),
                         Err(Attempt::Failed(why)) => Err(Attempt::Failed(format!("{addr}: {why}"))),
@@ -126,7 +126,7 @@ pub(crate) async fn connect(ep: &Arc<EndpointInner>, name: &str) -> Result<Flow,
 async fn new_flow(
     ep: &Arc<EndpointInner>,
     name: &str,
-    noise_key: &[u8; 32],
+    (noise_key, signing_key): (&[u8; 32], &[u8; 32]),
     mut stream: TcpStream,
     addrs: &[SocketAddr],
 ) -> Result<Flow, Attempt> {
@@ -149,7 +149,11 @@ async fn new_flow(
         Err(e) => return Err(fail(&e)),
     };
     let conn = Conn::new(keys, Role::Client, name.to_string(), ep.config.flow.clone(), Arc::downgrade(ep));
-    conn.lock().peer_addrs = addrs.to_vec();
+    {
+        let mut inner = conn.lock();
+        inner.peer_addrs = addrs.to_vec();
+        inner.peer_signing_key = Some(*signing_key);
+    }
     ep.remember_flow(&conn);
     conn.attach(stream, 0, None);
     tokio::spawn(conn.clone().drive());

@@ -494,7 +494,11 @@ impl EndpointInner {
                     }
                     (why, _) => {
                         let why = why.unwrap_or(JoinRefusal::UnknownFlow);
-                        let _ = stream.write_all(&header::join_refuse(why)).await;
+                        let refusal = match why {
+                            JoinRefusal::UnknownFlow => header::join_refuse_unknown(&self.identity, &flow_id, seq),
+                            why => header::join_refuse(why),
+                        };
+                        let _ = stream.write_all(&refusal).await;
                         Err(format!("refused a join for flow {flow_id}: {why}"))
                     }
                 }

@@ -4,7 +4,8 @@
 //! header    = magic "MSKT"  version:u8 (1)  kind:u8
 //! kind 1 NEW_FLOW: → len:u16 noise_msg1     ← len:u16 noise_msg2
 //! kind 2 JOIN:     → flow_id[16] join_seq:u64 mac[16]
-//!                  ← 0 mac[16]  (accepted)  |  code:u8 len:u8 reason (refused, then close)
+//!                  ← 0 mac[16]  (accepted)  |  code:u8 len:u8 reason (refused, then close;
+//!                    code 1 "unknown flow" adds sig[64], the peer's Ed25519 signature)
 //! ```
 //! After that, both directions carry sealed records (see `session::record`). Every read
 //! here is bounded in size and, by the caller, in time.
@@ -13,6 +14,7 @@ use std::io;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
+use crate::identity::{verify_signature, Identity};
 use crate::session::join::{self, JoinRefusal, JOIN_LEN, MAC_LEN};
 use crate::session::FlowId;
 
@@ -113,11 +115,32 @@ pub(crate) fn join_refuse(why: JoinRefusal) -> Vec<u8> {
     out
 }
 
+/// The words an endpoint signs, with its identity key, to say it does not know a flow.
+/// It no longer holds the flow's keys (it restarted, or the flow ended), so only its
+/// long-term key can make the refusal believable.
+pub(crate) fn unknown_flow_statement(flow: &FlowId, seq: u64) -> Vec<u8> {
+    let mut msg = b"msocket unknown flow\0".to_vec();
+    msg.extend_from_slice(&flow.0);
+    msg.extend_from_slice(&seq.to_be_bytes());
+    msg
+}
+
+/// A refusal of a JOIN for a flow this endpoint does not know, signed by `identity`.
+pub(crate) fn join_refuse_unknown(identity: &Identity, flow: &FlowId, seq: u64) -> Vec<u8> {
+    let mut out = join_refuse(JoinRefusal::UnknownFlow);
+    out.extend_from_slice(&identity.sign(&unknown_flow_statement(flow, seq)));
+    out
+}
+
 /// The server's answer to a JOIN, as the client reads it.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum JoinAnswerError {
     #[error("join refused: {0}")]
     Refused(String),
+    /// The peer says it does not know the flow; `proven` when the statement is signed by
+    /// the peer's identity key (anyone else may say it, but it then proves nothing).
+    #[error("join refused: {}", if *.proven { "the peer no longer knows this flow" } else { "an unproven claim that the flow is unknown" })]
+    UnknownFlow { proven: bool },
     #[error("join reply not authenticated (not our peer)")]
     BadMac,
     #[error("{0}")]
@@ -125,9 +148,10 @@ pub(crate) enum JoinAnswerError {
 }
 
 impl JoinAnswerError {
-    /// Whether the flow can never be joined again (the peer no longer knows it).
+    /// Whether the flow can never be joined again: the peer itself said it no longer
+    /// knows it.
     pub(crate) fn is_fatal(&self) -> bool {
-        matches!(self, JoinAnswerError::Refused(r) if r == &JoinRefusal::UnknownFlow.to_string())
+        matches!(self, JoinAnswerError::UnknownFlow { proven: true })
     }
 }
 
@@ -136,6 +160,7 @@ pub(crate) async fn read_join_answer(
     key: &[u8; 32],
     flow: &FlowId,
     seq: u64,
+    peer_signing_key: Option<&[u8; 32]>,
 ) -> Result<(), JoinAnswerError> {
     let status = r.read_u8().await?;
     if status == 0 {
@@ -146,6 +171,13 @@ pub(crate) async fn read_join_answer(
     let len = r.read_u8().await? as usize;
     let mut reason = vec![0u8; len];
     r.read_exact(&mut reason).await?;
+    if JoinRefusal::from_code(status) == Some(JoinRefusal::UnknownFlow) {
+        let mut signature = [0u8; 64];
+        r.read_exact(&mut signature).await?;
+        let proven = peer_signing_key
+            .is_some_and(|k| verify_signature(k, &unknown_flow_statement(flow, seq), &signature));
+        return Err(JoinAnswerError::UnknownFlow { proven });
+    }
     let known = JoinRefusal::from_code(status).map(|w| w.to_string());
     Err(JoinAnswerError::Refused(known.unwrap_or_else(|| String::from_utf8_lossy(&reason).into_owned())))
 }

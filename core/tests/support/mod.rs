@@ -98,16 +98,7 @@ pub fn endpoint_with(
 
 /// A record for `name` signed by `id`, pointing at `addrs`.
 pub fn signed_record(id: &Identity, name: &str, addrs: Vec<SocketAddr>, seq: u64) -> SignedRecord {
-    let public = id.public();
-    let record = NameRecord {
-        name: name.into(),
-        signing_key: public.signing,
-        noise_key: public.noise,
-        addrs,
-        relays: vec![],
-        seq,
-        expires: msocket::name::unix_now() + 3600,
-    };
+    let record = NameRecord::new(name, id.public(), addrs, seq, msocket::name::unix_now() + 3600);
     SignedRecord::sign(record, id).unwrap()
 }
 
