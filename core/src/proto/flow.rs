@@ -300,9 +300,7 @@ impl FlowState {
 
     /// Removes subflow `id`; returns its token.
     fn retire(&mut self, id: SubflowId, now: Instant) -> Option<u64> {
-        let Some(sub) = self.subflows.remove(&id) else {
-            return None;
-        };
+        let sub = self.subflows.remove(&id)?;
         self.send.on_lost(&sub.in_flight);
         self.stats.subflows_lost += 1;
         if self.subflows.is_empty() {

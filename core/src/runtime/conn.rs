@@ -611,7 +611,7 @@ mod tests {
         const SEGMENT: usize = 60_000;
         let first = Frame::Data { offset: 0, fin: false, payload: Bytes::from(vec![7u8; SEGMENT]) };
         let mut pn = 0;
-        to_conn.write_all(&record(&peer_keys, pn, &[first.clone()])).await.unwrap();
+        to_conn.write_all(&record(&peer_keys, pn, std::slice::from_ref(&first))).await.unwrap();
         let before = resident_bytes();
         const KEPT: u64 = 400;
         for i in 0..KEPT {
@@ -620,7 +620,7 @@ mod tests {
             to_conn.write_all(&record(&peer_keys, pn, &[kept, first.clone()])).await.unwrap();
             for _ in 0..4 {
                 pn += 1;
-                to_conn.write_all(&record(&peer_keys, pn, &[first.clone()])).await.unwrap();
+                to_conn.write_all(&record(&peer_keys, pn, std::slice::from_ref(&first))).await.unwrap();
             }
         }
         let want = SEGMENT as u64 + KEPT;
