@@ -297,6 +297,18 @@ fn msocket_rep(scene: &Scene, scenario: &str, opts: &Options) -> Result<Rep, Str
     Ok(rep)
 }
 
+/// The phone's `MPTcpExt` counters MPCapableSYNACKRX and MPJoinSynAckRx.
+fn mptcp_counters(ns: &Netns) -> Option<(u64, u64)> {
+    let text = ns.run("cat", &["/proc/net/netstat"]).ok()?;
+    let mut lines = text.lines().filter(|l| l.starts_with("MPTcpExt:"));
+    let (names, values) = (lines.next()?, lines.next()?);
+    let get = |key: &str| {
+        let i = names.split_whitespace().position(|n| n == key)?;
+        values.split_whitespace().nth(i)?.parse::<u64>().ok()
+    };
+    Some((get("MPCapableSYNACKRX")?, get("MPJoinSynAckRx")?))
+}
+
 /// The slower direction's recovery.
 fn recovery(a: &Recv, b: &Recv, moved: Instant) -> Option<Duration> {
     let (a, b) = (a.recovery(moved)?, b.recovery(moved)?);
@@ -505,6 +517,15 @@ fn raw_rep(scene: &Scene, scenario: &str, opts: &Options, mptcp: bool) -> Result
             notes.push(format!("no progress within {} ms of the move", opts.give_up.as_millis()));
         }
         // Dropping the sides cancels their futures and closes their sockets.
+    }
+    if mptcp {
+        // Whether the connection really was MPTCP (not a fallback to TCP) and joined cellular.
+        match mptcp_counters(lab.phone()) {
+            Some((capable, joins)) if capable == 0 => notes.push(format!("MPTCP fell back to TCP (joins {joins})")),
+            Some((_, 0)) => notes.push("MPTCP: no subflow joined".into()),
+            Some(_) => {}
+            None => notes.push("MPTCP counters unreadable".into()),
+        }
     }
     if !notes.is_empty() {
         rep.note = Some(notes.join("; "));
