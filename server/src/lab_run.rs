@@ -278,22 +278,32 @@ pub async fn stream(flow: Flow, plan: Plan, recv: Arc<Recv>, connect_took: Durat
     }
 }
 
-/// A name service that tells the test thread after every lookup (for "move right after
-/// the phone looked the server up").
+/// A name service that tells the calling thread after every lookup (for "move right
+/// after the phone looked the server up") and when each registration was acknowledged
+/// (for "recovery after the record was updated").
 #[derive(Debug)]
 pub struct HookedNames {
     inner: TcpNameClient,
-    after_lookup: Mutex<std::sync::mpsc::Sender<()>>,
+    after_lookup: Option<Mutex<std::sync::mpsc::Sender<()>>>,
+    after_register: Option<Mutex<std::sync::mpsc::Sender<Instant>>>,
 }
 
 impl NameService for HookedNames {
     fn register<'a>(&'a self, record: &'a SignedRecord) -> NameFuture<'a, ()> {
-        self.inner.register(record)
+        Box::pin(async move {
+            let r = self.inner.register(record).await;
+            if let (Ok(()), Some(tx)) = (&r, &self.after_register) {
+                let _ = tx.lock().unwrap_or_else(|p| p.into_inner()).send(Instant::now());
+            }
+            r
+        })
     }
     fn lookup<'a>(&'a self, name: &'a str) -> NameFuture<'a, SignedRecord> {
         Box::pin(async move {
             let r = self.inner.lookup(name).await;
-            let _ = self.after_lookup.lock().unwrap_or_else(|p| p.into_inner()).send(());
+            if let Some(tx) = &self.after_lookup {
+                let _ = tx.lock().unwrap_or_else(|p| p.into_inner()).send(());
+            }
             r
         })
     }
@@ -373,8 +383,14 @@ impl Scene {
 
     /// The server endpoint in `server`: listens on [`SERVICE`] (following its interface
     /// with netlink), accepts one flow and streams `plan` on it. Returns once the name is
-    /// published, with the published addresses.
-    pub fn launch_server(&self, plan: Plan, flow_deadline: Duration) -> Result<(Side, Vec<SocketAddr>), String> {
+    /// published, with the published addresses. `after_register`, if given, hears when
+    /// every registration of the name was acknowledged.
+    pub fn launch_server(
+        &self,
+        plan: Plan,
+        flow_deadline: Duration,
+        after_register: Option<std::sync::mpsc::Sender<Instant>>,
+    ) -> Result<(Side, Vec<SocketAddr>), String> {
         let recv = Recv::new();
         let r = recv.clone();
         let local = vec![IpAddr::V4(self.lab.server_addr())];
@@ -383,7 +399,15 @@ impl Scene {
             .lab
             .server()
             .spawn_runtime(move || async move {
-                let config = lab_config(Arc::new(names_client()), local, flow_deadline);
+                let names: Arc<dyn NameService> = match after_register {
+                    Some(tx) => Arc::new(HookedNames {
+                        inner: names_client(),
+                        after_lookup: None,
+                        after_register: Some(Mutex::new(tx)),
+                    }),
+                    None => Arc::new(names_client()),
+                };
+                let config = lab_config(names, local, flow_deadline);
                 let ep = Endpoint::bind(Identity::from_seed([1; 32]), config).map_err(|e| format!("bind: {e}"))?;
                 let _follower = ep.watch_network().await.map_err(|e| format!("watch the server's network: {e}"))?;
                 let mut listener = ep.listen(SERVICE).await.map_err(|e| format!("listen: {e}"))?;
@@ -418,7 +442,11 @@ impl Scene {
             .phone()
             .spawn_runtime(move || async move {
                 let names: Arc<dyn NameService> = match after_lookup {
-                    Some(tx) => Arc::new(HookedNames { inner: names_client(), after_lookup: Mutex::new(tx) }),
+                    Some(tx) => Arc::new(HookedNames {
+                        inner: names_client(),
+                        after_lookup: Some(Mutex::new(tx)),
+                        after_register: None,
+                    }),
                     None => Arc::new(names_client()),
                 };
                 let config = lab_config(names, local, flow_deadline);

@@ -103,7 +103,9 @@ and, a quarter through, one move happens:\n\n\
   wifi-to-cell     the phone's Wi-Fi address is removed (cellular already up)\n\
   link-down        the phone's Wi-Fi link goes down (cellular already up)\n\
   server-renumber  the server moves to a new address (its name record follows)\n\
-  nat-rebind       the Wi-Fi router's NAT takes a new public address, forgets its mappings\n\n\
+  nat-rebind       the Wi-Fi router's NAT takes a new public address, forgets its mappings\n\
+  break-before-make  cellular is down from the start; Wi-Fi's address goes, then cellular \
+comes up (recovery measured from then)\n\n\
 Systems: msocket (a flow, both ends following their interfaces); tcp (one TCP connection from \
 the phone's Wi-Fi address); mptcp (IPPROTO_MPTCP on both ends, both phone addresses as \
 `subflow` endpoints). An RTT r sets both access links to r/2 one way (plus --cell-extra-ms on \
@@ -117,8 +119,9 @@ connection fails, died. Every repetition builds a fresh lab; median and max are 
         /// Repetitions of every scenario × RTT × system.
         #[arg(long, default_value_t = 10)]
         reps: usize,
-        /// Scenarios to run (comma-separated): wifi-to-cell, link-down, server-renumber, nat-rebind.
-        #[arg(long, value_delimiter = ',', default_value = "wifi-to-cell,link-down,server-renumber,nat-rebind")]
+        /// Scenarios to run (comma-separated): wifi-to-cell, link-down, server-renumber,
+        /// nat-rebind, break-before-make.
+        #[arg(long, value_delimiter = ',', default_value = "wifi-to-cell,link-down,server-renumber,nat-rebind,break-before-make")]
         scenarios: Vec<String>,
         /// Systems to compare (comma-separated): msocket, tcp, mptcp.
         #[arg(long, value_delimiter = ',', default_value = "msocket,tcp,mptcp")]

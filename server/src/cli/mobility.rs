@@ -25,7 +25,7 @@ use super::CliError;
 use crate::lab_run::{data, lab_ready, Plan, Recv, Scene, STEP};
 
 /// Scenarios, in the order run.
-pub const SCENARIOS: [&str; 4] = ["wifi-to-cell", "link-down", "server-renumber", "nat-rebind"];
+pub const SCENARIOS: [&str; 5] = ["wifi-to-cell", "link-down", "server-renumber", "nat-rebind", "break-before-make"];
 /// Systems, in the order run.
 pub const SYSTEMS: [&str; 3] = ["msocket", "tcp", "mptcp"];
 /// `IPPROTO_MPTCP`.
@@ -77,6 +77,11 @@ pub struct Row {
     pub bytes_lost: u64,
     /// msocket and recovered runs: both directions' SHA-256 matched in every repetition.
     pub sha256_match: Option<bool>,
+    /// msocket, server moves: from the move until the name server acknowledged the
+    /// server's new record, and recovery counted from then (median over the repetitions).
+    pub record_updated_ms_p50: Option<f64>,
+    pub recovery_after_record_ms_p50: Option<f64>,
+    pub recovery_after_record_rtts_p50: Option<f64>,
     pub give_up_ms: u64,
     /// Errors and remarks of the repetitions (connection errors of the dead ones).
     pub notes: Vec<String>,
@@ -90,6 +95,9 @@ struct Rep {
     bytes_lost: u64,
     sha_ok: Option<bool>,
     note: Option<String>,
+    /// msocket: when the server's new record was acknowledged by the name server.
+    record_updated: Option<Instant>,
+    moved: Option<Instant>,
 }
 
 /// Runs the benchmark and prints its rows.
@@ -145,6 +153,15 @@ fn row(scenario: &str, rtt: u32, system: &str, opts: &Options, reps: &[Rep]) -> 
     let p50 = (!ok.is_empty()).then(|| median(&ok));
     let died_reps = reps.iter().filter(|r| r.died).count();
     let shas: Vec<bool> = reps.iter().filter_map(|r| r.sha_ok).collect();
+    let med = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        (!v.is_empty()).then(|| median(&v))
+    };
+    let updated: Vec<(Duration, Option<Duration>)> = reps
+        .iter()
+        .filter_map(|r| Some((r.record_updated? - r.moved?, r.recovery)))
+        .collect();
+    let after_record = med(updated.iter().filter_map(|(u, rec)| Some(ms(rec.as_ref()?.saturating_sub(*u)))).collect());
     Row {
         scenario: scenario.to_string(),
         rtt_ms: rtt,
@@ -156,10 +173,13 @@ fn row(scenario: &str, rtt: u32, system: &str, opts: &Options, reps: &[Rep]) -> 
         died: died_reps > 0,
         recovery_ms_p50: p50,
         recovery_ms_max: ok.last().copied(),
-        recovery_rtts_p50: p50.map(|p| p / rtt as f64),
+        recovery_rtts_p50: p50.map(|p| rtts(p, rtt)),
         recovery_ms_all: reps.iter().map(|r| r.recovery.map(ms)).collect(),
         bytes_lost: reps.iter().map(|r| r.bytes_lost).max().unwrap_or(0),
         sha256_match: (!shas.is_empty()).then(|| shas.iter().all(|&s| s)),
+        record_updated_ms_p50: med(updated.iter().map(|(u, _)| ms(*u)).collect()),
+        recovery_after_record_ms_p50: after_record,
+        recovery_after_record_rtts_p50: after_record.map(|p| rtts(p, rtt)),
         give_up_ms: opts.give_up.as_millis() as u64,
         notes: reps.iter().filter_map(|r| r.note.clone()).collect(),
     }
@@ -167,6 +187,11 @@ fn row(scenario: &str, rtt: u32, system: &str, opts: &Options, reps: &[Rep]) -> 
 
 fn ms(d: Duration) -> f64 {
     (d.as_secs_f64() * 1e4).round() / 10.0
+}
+
+/// `ms` in round trips, two decimals.
+fn rtts(ms: f64, rtt: u32) -> f64 {
+    (ms / rtt as f64 * 100.0).round() / 100.0
 }
 
 fn median(sorted: &[f64]) -> f64 {
@@ -210,27 +235,39 @@ fn lab_config(rtt: u32, cell_extra_ms: u32) -> Result<LabConfig, String> {
 
 /// Makes the scenario's move; returns when its commands completed.
 fn make_move(scene: &Scene, scenario: &str) -> Result<Instant, String> {
+    make_move_from(scene, scenario).map(|(_, done)| done)
+}
+
+/// Makes the scenario's move; returns when its commands started and completed.
+fn make_move_from(scene: &Scene, scenario: &str) -> Result<(Instant, Instant), String> {
+    let started = Instant::now();
     let lab = &scene.lab;
     let r = match scenario {
         "wifi-to-cell" => lab.del_addr(Access::Wifi).map(|_| ()),
         "link-down" => lab.link_down(Access::Wifi),
         "server-renumber" => lab.renumber_server(SERVER_MOVED).map(|_| ()),
         "nat-rebind" => lab.nat_rebind(Access::Wifi).map(|_| ()),
+        // Cellular was down from the start: Wi-Fi goes, then cellular comes up. Measured
+        // from the moment the new path is usable.
+        "break-before-make" => lab.del_addr(Access::Wifi).and_then(|_| lab.link_up(Access::Cell)),
         other => return Err(format!("unknown scenario {other}")),
     };
     r.map_err(|e| format!("the move failed: {e}"))?;
-    Ok(Instant::now())
+    Ok((started, Instant::now()))
 }
 
 fn run_rep(scenario: &str, rtt: u32, system: &str, opts: &Options) -> Result<Rep, String> {
     let scene = Scene::start(lab_config(rtt, opts.cell_extra_ms)?)?;
+    if system == "mptcp" {
+        mptcp_setup(&scene)?;
+    }
+    if scenario == "break-before-make" {
+        scene.lab.link_down(Access::Cell).map_err(|e| format!("cellular down: {e}"))?;
+    }
     match system {
         "msocket" => msocket_rep(&scene, scenario, opts),
         "tcp" => raw_rep(&scene, scenario, opts, false),
-        _ => {
-            mptcp_setup(&scene)?;
-            raw_rep(&scene, scenario, opts, true)
-        }
+        _ => raw_rep(&scene, scenario, opts, true),
     }
 }
 
@@ -244,21 +281,26 @@ fn completion_bound(plan: &Plan, give_up: Duration) -> Duration {
 fn msocket_rep(scene: &Scene, scenario: &str, opts: &Options) -> Result<Rep, String> {
     let len = opts.bytes;
     let (server_plan, phone_plan) = (Plan::paced(len, 11), Plan::paced(len, 22));
-    let (server, _) = scene.launch_server(server_plan, opts.give_up)?;
+    let (registered_tx, registered) = std::sync::mpsc::channel();
+    let (server, _) = scene.launch_server(server_plan, opts.give_up, Some(registered_tx))?;
     let phone = scene.launch_phone(phone_plan, opts.give_up, None)?;
     let quarter = (len / 4) as u64;
     if !phone.recv.wait_bytes(quarter, STEP) || !server.recv.wait_bytes(quarter, STEP) {
         return Err("the flow did not get a quarter through before the move".into());
     }
-    let moved = make_move(scene, scenario)?;
+    let mut rep = Rep::default();
+    while registered.try_recv().is_ok() {} // the registrations before the move
+    let (move_started, moved) = make_move_from(scene, scenario)?;
     let bound = moved + completion_bound(&phone_plan, opts.give_up);
     let left = || bound.saturating_duration_since(Instant::now());
     let complete = phone.recv.wait_bytes(len as u64, left()) && server.recv.wait_bytes(len as u64, left());
     let (p_recv, s_recv) = (phone.recv.clone(), server.recv.clone());
+    // The first registration acknowledged since the move began: the record was updated
+    // then (possibly before the move's last command returned: counted as 0).
+    rep.record_updated = registered.try_iter().find(|at| *at > move_started).map(|at| at.max(moved));
     // A clean end also waits for the flow to close (bounded inside `stream`).
     let phone_out = phone.finish(left() + STEP);
     let server_out = server.finish(left() + STEP);
-    let mut rep = Rep::default();
     let mut notes = Vec::new();
     let mut sha_ok = true;
     for (who, out, plan) in [("phone", &phone_out, server_plan), ("server", &server_out, phone_plan)] {
@@ -287,6 +329,7 @@ fn msocket_rep(scene: &Scene, scenario: &str, opts: &Options) -> Result<Rep, Str
         rep.bytes_lost = (len as u64 - p_recv.bytes().min(len as u64)) + (len as u64 - s_recv.bytes().min(len as u64));
     }
     rep.sha_ok = Some(sha_ok);
+    rep.moved = Some(moved);
     rep.died = !complete || !notes.is_empty();
     if !rep.died {
         rep.recovery = recovery(&p_recv, &s_recv, moved);
@@ -521,7 +564,7 @@ fn raw_rep(scene: &Scene, scenario: &str, opts: &Options, mptcp: bool) -> Result
     if mptcp {
         // Whether the connection really was MPTCP (not a fallback to TCP) and joined cellular.
         match mptcp_counters(lab.phone()) {
-            Some((capable, joins)) if capable == 0 => notes.push(format!("MPTCP fell back to TCP (joins {joins})")),
+            Some((0, joins)) => notes.push(format!("MPTCP fell back to TCP (joins {joins})")),
             Some((_, 0)) => notes.push("MPTCP: no subflow joined".into()),
             Some(_) => {}
             None => notes.push("MPTCP counters unreadable".into()),

@@ -64,7 +64,7 @@ impl SceneExt for Scene {
     }
 
     fn start_server(&self, plan: Plan, flow_deadline: Duration) -> Side {
-        let (side, published) = self.launch_server(plan, flow_deadline).expect("start the server");
+        let (side, published) = self.launch_server(plan, flow_deadline, None).expect("start the server");
         println!("server published {published:?}");
         side
     }
