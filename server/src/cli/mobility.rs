@@ -129,9 +129,11 @@ pub fn run(opts: &Options) -> Result<(), CliError> {
                         Ok(r) => r,
                         Err(e) => return Err(CliError(format!("{scenario} rtt {rtt} ms {system} rep {rep}: {e}"))),
                     };
-                    match (r.recovery, &r.note) {
-                        (Some(d), _) => eprintln!("recovered in {} ms, {} bytes lost", d.as_millis(), r.bytes_lost),
-                        (None, note) => eprintln!("died ({}), {} bytes lost", note.as_deref().unwrap_or("-"), r.bytes_lost),
+                    let note = r.note.as_deref().map(|n| format!(" ({n})")).unwrap_or_default();
+                    match (r.died, r.recovery) {
+                        (true, _) => eprintln!("died, {} bytes lost{note}", r.bytes_lost),
+                        (false, Some(d)) => eprintln!("recovered in {} ms, {} bytes lost{note}", d.as_millis(), r.bytes_lost),
+                        (false, None) => eprintln!("not measured, {} bytes lost{note}", r.bytes_lost),
                     }
                     reps.push(r);
                 }
@@ -284,8 +286,7 @@ fn msocket_rep(scene: &Scene, scenario: &str, opts: &Options) -> Result<Rep, Str
     let (registered_tx, registered) = std::sync::mpsc::channel();
     let (server, _) = scene.launch_server(server_plan, opts.give_up, Some(registered_tx))?;
     let phone = scene.launch_phone(phone_plan, opts.give_up, None)?;
-    let quarter = (len / 4) as u64;
-    if !phone.recv.wait_bytes(quarter, STEP) || !server.recv.wait_bytes(quarter, STEP) {
+    if !ready_to_move(&phone.recv, &server.recv, len as u64) {
         return Err("the flow did not get a quarter through before the move".into());
     }
     let mut rep = Rep::default();
@@ -332,7 +333,7 @@ fn msocket_rep(scene: &Scene, scenario: &str, opts: &Options) -> Result<Rep, Str
     rep.moved = Some(moved);
     rep.died = !complete || !notes.is_empty();
     if !rep.died {
-        rep.recovery = recovery(&p_recv, &s_recv, moved);
+        rep.recovery = recovery(&p_recv, &s_recv, moved, &mut notes);
     }
     if !notes.is_empty() {
         rep.note = Some(notes.join("; "));
@@ -352,10 +353,39 @@ fn mptcp_counters(ns: &Netns) -> Option<(u64, u64)> {
     Some((get("MPCapableSYNACKRX")?, get("MPJoinSynAckRx")?))
 }
 
-/// The slower direction's recovery.
-fn recovery(a: &Recv, b: &Recv, moved: Instant) -> Option<Duration> {
-    let (a, b) = (a.recovery(moved)?, b.recovery(moved)?);
-    Some(a.resumed.max(b.resumed))
+/// Waits (bounded by [`STEP`]) until the move may happen: both directions a quarter
+/// through, or the faster one three quarters through (some systems ramp one direction far
+/// more slowly than the other; the move must land while both still have data to
+/// deliver). Waits on the slower direction's arrivals, re-checking the other at least
+/// every 20 ms. False if neither happened in time.
+fn ready_to_move(phone: &Recv, server: &Recv, len: u64) -> bool {
+    let deadline = Instant::now() + STEP;
+    loop {
+        let (p, s) = (phone.bytes(), server.bytes());
+        if p.min(s) >= len / 4 || p.max(s) >= len * 3 / 4 {
+            return true;
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return false;
+        }
+        let (slower, got) = if p <= s { (phone, p) } else { (server, s) };
+        slower.wait_bytes(got + 1, left.min(Duration::from_millis(20)));
+    }
+}
+
+/// The slower direction's recovery, over the directions that still had data to deliver
+/// after the move (a direction that was already complete has none); a note names a
+/// direction that was left out.
+fn recovery(phone: &Recv, server: &Recv, moved: Instant, notes: &mut Vec<String>) -> Option<Duration> {
+    let mut worst = None;
+    for (dir, recv) in [("server → phone", phone), ("phone → server", server)] {
+        match recv.recovery(moved) {
+            Some(r) => worst = worst.max(Some(r.resumed)),
+            None => notes.push(format!("{dir} was complete before the move: not measured")),
+        }
+    }
+    worst
 }
 
 /// MPTCP on both ends: limits, the phone's two addresses as `subflow` endpoints, and
@@ -519,9 +549,9 @@ fn raw_rep(scene: &Scene, scenario: &str, opts: &Options, mptcp: bool) -> Result
     let server = raw_server(lab.server(), server_plan, mptcp)?;
     let wifi = lab.phone_addr(Access::Wifi).ok_or("the phone has no Wi-Fi address")?;
     let to = SocketAddr::from((lab.server_addr(), RAW_PORT));
+    let started = Instant::now();
     let phone = raw_phone(lab.phone(), wifi, to, phone_plan, mptcp)?;
-    let quarter = (len / 4) as u64;
-    if !phone.recv.wait_bytes(quarter, STEP) || !server.recv.wait_bytes(quarter, STEP) {
+    if !ready_to_move(&phone.recv, &server.recv, len as u64) {
         let err = |s: &RawSide| s.counters.error.lock().ok().and_then(|e| e.clone());
         return Err(format!(
             "the connection did not get a quarter through before the move (phone: {:?}, server: {:?})",
@@ -529,6 +559,12 @@ fn raw_rep(scene: &Scene, scenario: &str, opts: &Options, mptcp: bool) -> Result
             err(&server)
         ));
     }
+    tracing::debug!(
+        after_ms = started.elapsed().as_millis() as u64,
+        phone_received = phone.recv.bytes(),
+        server_received = server.recv.bytes(),
+        "moving"
+    );
     let moved = make_move(scene, scenario)?;
     let bound = moved + completion_bound(&phone_plan, opts.give_up);
     let left = || bound.saturating_duration_since(Instant::now());
@@ -552,7 +588,7 @@ fn raw_rep(scene: &Scene, scenario: &str, opts: &Options, mptcp: bool) -> Result
             rep.bytes_lost = 2 * len as u64;
         }
         rep.sha_ok = Some(ok);
-        rep.recovery = recovery(&phone.recv, &server.recv, moved);
+        rep.recovery = recovery(&phone.recv, &server.recv, moved, &mut notes);
         rep.died = !ok;
     } else {
         rep.died = true;
