@@ -1,4 +1,6 @@
 //! msocketd and the msocket CLI.
 
 pub mod cli;
+#[cfg(target_os = "linux")]
+pub mod lab_run;
 pub mod name_server;

@@ -70,7 +70,7 @@ enum Command {
         #[arg(long, default_value_t = 5)]
         moves: usize,
     },
-    /// Measure msocket against plain TCP and TCP + the same Noise cipher on loopback.
+    /// Measure msocket: throughput and latency on loopback, hand-offs in a network lab.
     Bench {
         #[command(subcommand)]
         which: BenchKind,
@@ -90,6 +90,51 @@ enum BenchKind {
         /// Bulk transfers per system (interleaved); the median is reported.
         #[arg(long, default_value_t = 3)]
         trials: usize,
+        /// Print one JSON array instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Hand-offs in a network lab built in Linux network namespaces (needs root): msocket
+    /// side by side with plain TCP and Linux MPTCP.
+    #[command(long_about = "Hand-offs in a network lab built in Linux network namespaces \
+(needs root; lab/setup.sh installs iproute2, nftables, ethtool, conntrack). A phone with Wi-Fi \
+and cellular, both behind NAT, streams to a server both ways (--bytes each way, about 2 MB/s) \
+and, a quarter through, one move happens:\n\n\
+  wifi-to-cell     the phone's Wi-Fi address is removed (cellular already up)\n\
+  link-down        the phone's Wi-Fi link goes down (cellular already up)\n\
+  server-renumber  the server moves to a new address (its name record follows)\n\
+  nat-rebind       the Wi-Fi router's NAT takes a new public address, forgets its mappings\n\
+  break-before-make  cellular is down from the start; Wi-Fi's address goes, then cellular \
+comes up (recovery measured from then)\n\n\
+Systems: msocket (a flow, both ends following their interfaces); tcp (one TCP connection from \
+the phone's Wi-Fi address); mptcp (IPPROTO_MPTCP on both ends, both phone addresses as \
+`subflow` endpoints). An RTT r sets both access links to r/2 one way (plus --cell-extra-ms on \
+cellular). Recovery: from the move to the first byte after the longest stall that follows, \
+slower direction; a system with no progress within --give-up-secs of the move, or whose \
+connection fails, died. Every repetition builds a fresh lab; median and max are reported.")]
+    Mobility {
+        /// Round-trip times to emulate, in ms (comma-separated).
+        #[arg(long, value_delimiter = ',', default_value = "20,50,100")]
+        rtts: Vec<u32>,
+        /// Repetitions of every scenario × RTT × system.
+        #[arg(long, default_value_t = 10)]
+        reps: usize,
+        /// Scenarios to run (comma-separated): wifi-to-cell, link-down, server-renumber,
+        /// nat-rebind, break-before-make.
+        #[arg(long, value_delimiter = ',', default_value = "wifi-to-cell,link-down,server-renumber,nat-rebind,break-before-make")]
+        scenarios: Vec<String>,
+        /// Systems to compare (comma-separated): msocket, tcp, mptcp.
+        #[arg(long, value_delimiter = ',', default_value = "msocket,tcp,mptcp")]
+        systems: Vec<String>,
+        /// Bytes streamed each way per run.
+        #[arg(long, default_value_t = 2_000_000)]
+        bytes: usize,
+        /// Seconds after the move without completion before a run counts as dead.
+        #[arg(long, default_value_t = 8)]
+        give_up_secs: u64,
+        /// Extra one-way delay of the cellular link over Wi-Fi's, in ms.
+        #[arg(long, default_value_t = 0)]
+        cell_extra_ms: u32,
         /// Print one JSON array instead of a table.
         #[arg(long)]
         json: bool,
@@ -152,6 +197,58 @@ async fn run(command: Command) -> Result<ExitCode, CliError> {
         Command::Bench { which: BenchKind::Throughput { bytes, round_trips, trials, json } } => {
             cli::bench::throughput(bytes, round_trips, trials, json).await?
         }
+        Command::Bench {
+            which: BenchKind::Mobility { rtts, reps, scenarios, systems, bytes, give_up_secs, cell_extra_ms, json },
+        } => mobility(cli_mobility_options(rtts, reps, scenarios, systems, bytes, give_up_secs, cell_extra_ms, json))?,
     }
     Ok(ExitCode::SUCCESS)
+}
+
+#[allow(clippy::too_many_arguments)]
+#[cfg(target_os = "linux")]
+fn cli_mobility_options(
+    rtts: Vec<u32>,
+    reps: usize,
+    scenarios: Vec<String>,
+    systems: Vec<String>,
+    bytes: usize,
+    give_up_secs: u64,
+    cell_extra_ms: u32,
+    json: bool,
+) -> cli::mobility::Options {
+    cli::mobility::Options {
+        rtts,
+        reps,
+        scenarios,
+        systems,
+        bytes,
+        give_up: std::time::Duration::from_secs(give_up_secs),
+        cell_extra_ms,
+        json,
+    }
+}
+
+/// Runs the lab benchmark on this thread (it blocks on its namespaces' runtimes).
+#[cfg(target_os = "linux")]
+fn mobility(opts: cli::mobility::Options) -> Result<(), CliError> {
+    tokio::task::block_in_place(|| cli::mobility::run(&opts))
+}
+
+#[allow(clippy::too_many_arguments)]
+#[cfg(not(target_os = "linux"))]
+fn cli_mobility_options(
+    _: Vec<u32>,
+    _: usize,
+    _: Vec<String>,
+    _: Vec<String>,
+    _: usize,
+    _: u64,
+    _: u32,
+    _: bool,
+) {
+}
+
+#[cfg(not(target_os = "linux"))]
+fn mobility(_: ()) -> Result<(), CliError> {
+    Err(CliError("bench mobility needs Linux (network namespaces)".into()))
 }

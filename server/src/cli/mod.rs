@@ -3,6 +3,8 @@
 
 pub mod bench;
 pub mod demo;
+#[cfg(target_os = "linux")]
+pub mod mobility;
 pub mod pipe;
 
 use std::net::IpAddr;

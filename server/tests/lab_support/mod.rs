@@ -1,33 +1,13 @@
-//! Shared set-up of the network-lab scenarios: a [`PhoneLab`], the real name server in the
-//! `core` namespace, a server endpoint in `server` and a phone endpoint in `phone`, each on
-//! its own thread with its own tokio runtime (its sockets live in its namespace), both
-//! following their interfaces with the netlink watcher.
-//!
-//! The runtimes talk to the test thread only through [`Recv`] (bytes received, with the
-//! time of every read, and a condition variable to wait on) and the outcome of their task.
-//! Every wait is bounded; nothing sleeps to synchronise (the senders *pace* their writes
-//! with timers so that a stream is still running when a move happens, which is load, not
-//! synchronisation).
+//! Test-side glue for the network-lab scenarios. The harness itself (lab, name server,
+//! endpoints in their namespaces, [`Recv`] and recovery measurement) lives in
+//! `msocket_server::lab_run`, shared with `msocket bench mobility`; this adds the skip
+//! line, test logging and the panicking conveniences the tests use.
 #![allow(dead_code)]
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::sync::{Arc, Condvar, Mutex, OnceLock};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use msocket::name::{NameFuture, NameService, SignedRecord, TcpNameClient};
-use msocket::{Endpoint, EndpointConfig, Flow, FlowEvent, Identity};
-use msocket_lab::{Access, LabConfig, NsTask, PhoneLab};
-use msocket_server::name_server::NameServer;
-use sha2::{Digest, Sha256};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-/// Where the name server listens (in `core`, which never moves).
-pub const NAMES_IP: Ipv4Addr = Ipv4Addr::new(172, 16, 100, 1);
-pub const NAMES_PORT: u16 = 7450;
-/// The name the server endpoint serves.
-pub const SERVICE: &str = "files.lab";
-/// Bound on one step (a lab build, a connect, a stretch of streaming).
-pub const STEP: Duration = Duration::from_secs(30);
+pub use msocket_server::lab_run::*;
 
 pub fn init_tracing() {
     let _ = tracing_subscriber::fmt()
@@ -59,403 +39,48 @@ pub fn lab_available() -> bool {
     ok
 }
 
-/// Deterministic test data (xorshift).
-pub fn data(len: usize, seed: u64) -> Vec<u8> {
-    let mut state = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    (0..len)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state as u8
-        })
-        .collect()
-}
-
-pub fn sha(bytes: &[u8]) -> [u8; 32] {
-    Sha256::digest(bytes).into()
-}
-
-/// What one side sends: `len` bytes of `data(len, seed)`, in `chunk`s with `pace` between
-/// them (a stream that lasts, so moves land in the middle of it).
-#[derive(Clone, Copy, Debug)]
-pub struct Plan {
-    pub len: usize,
-    pub seed: u64,
-    pub chunk: usize,
-    pub pace: Duration,
-}
-
-impl Plan {
-    /// About 2 MB/s: 32 KiB every 16 ms.
-    pub fn paced(len: usize, seed: u64) -> Plan {
-        Plan { len, seed, chunk: 32 * 1024, pace: Duration::from_millis(16) }
-    }
-    pub fn expected_sha(&self) -> [u8; 32] {
-        sha(&data(self.len, self.seed))
-    }
-}
-
-/// Bytes received by one side, with the time of every read: the test thread waits on it
-/// and measures recovery from it.
-#[derive(Default, Debug)]
-pub struct Recv {
-    state: Mutex<RecvState>,
-    cv: Condvar,
-}
-
-#[derive(Default, Debug)]
-struct RecvState {
-    bytes: u64,
-    arrivals: Vec<(Instant, u64)>,
-    done: bool,
-}
-
-/// How a receiver fared after a move at time `t`.
-#[derive(Debug, Clone, Copy)]
-pub struct Recovery {
-    /// From the move to the first byte read after it (may be data that was in flight).
-    pub first_byte: Duration,
-    /// The longest gap between two reads that ended after the move.
-    pub stall: Duration,
-    /// From the move to the first read after that gap: the recovery time.
-    pub resumed: Duration,
-}
-
-impl Recv {
-    pub fn new() -> Arc<Recv> {
-        Arc::new(Recv::default())
-    }
-    fn lock(&self) -> std::sync::MutexGuard<'_, RecvState> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
-    }
-    pub fn add(&self, n: usize) {
-        let mut st = self.lock();
-        st.bytes += n as u64;
-        let b = st.bytes;
-        st.arrivals.push((Instant::now(), b));
-        self.cv.notify_all();
-    }
-    pub fn finish(&self) {
-        self.lock().done = true;
-        self.cv.notify_all();
-    }
-    pub fn bytes(&self) -> u64 {
-        self.lock().bytes
-    }
-    /// Waits until at least `n` bytes arrived; false on timeout or when the stream ended
-    /// first.
-    pub fn wait_bytes(&self, n: u64, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
-        let mut st = self.lock();
-        while st.bytes < n && !st.done {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return false;
-            }
-            st = self.cv.wait_timeout(st, left).unwrap_or_else(|p| p.into_inner()).0;
-        }
-        st.bytes >= n
-    }
-    /// Waits until more than `n` bytes arrived (bounded); returns when.
-    pub fn wait_more_than(&self, n: u64, timeout: Duration) -> Option<Instant> {
-        let deadline = Instant::now() + timeout;
-        let mut st = self.lock();
-        loop {
-            if let Some(&(t, _)) = st.arrivals.iter().find(|(_, b)| *b > n) {
-                return Some(t);
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() || st.done {
-                return None;
-            }
-            st = self.cv.wait_timeout(st, left).unwrap_or_else(|p| p.into_inner()).0;
-        }
-    }
-    /// Recovery after a move at `t` (None: nothing arrived after it).
-    pub fn recovery(&self, t: Instant) -> Option<Recovery> {
-        let st = self.lock();
-        let first = st.arrivals.iter().position(|(at, _)| *at > t)?;
-        let mut prev = if first == 0 { t } else { st.arrivals[first - 1].0 };
-        let mut best = (Duration::ZERO, st.arrivals[first].0);
-        for &(at, _) in &st.arrivals[first..] {
-            let gap = at.saturating_duration_since(prev);
-            if gap > best.0 {
-                best = (gap, at);
-            }
-            prev = at;
-        }
-        Some(Recovery {
-            first_byte: st.arrivals[first].0 - t,
-            stall: best.0,
-            resumed: best.1.saturating_duration_since(t),
-        })
-    }
-}
-
-/// What one side's task saw.
-#[derive(Debug)]
-pub struct Outcome {
-    /// How long `connect` (or `accept`) took.
-    pub connect_took: Duration,
-    /// The first write or shutdown error.
-    pub write_error: Option<std::io::Error>,
-    /// The first read error.
-    pub read_error: Option<std::io::Error>,
-    pub received_len: u64,
-    pub received_sha: [u8; 32],
-    /// What `Flow::closed` said (None: it did not resolve in time, or was not awaited).
-    pub closed: Option<Result<(), String>>,
-    /// The flow's events, with the time each was seen.
-    pub events: Vec<(Instant, FlowEvent)>,
-    /// When the write side ended (acknowledged, or failed).
-    pub write_done: Option<Instant>,
-    pub read_done: Option<Instant>,
-}
-
-impl Outcome {
-    pub fn print_events(&self, who: &str, t0: Instant) {
-        for (at, ev) in &self.events {
-            let rel = if *at >= t0 {
-                format!("+{:>6} ms", (*at - t0).as_millis())
-            } else {
-                format!("-{:>6} ms", (t0 - *at).as_millis())
-            };
-            println!("  {who:6} {rel}  {ev:?}");
-        }
-    }
-}
-
-/// Sends `plan` on `flow` (then finishes it) while reading what the peer sends, both at
-/// once; records every read in `recv`. Errors are reported, not panicked on.
-pub async fn stream(flow: Flow, plan: Plan, recv: Arc<Recv>, connect_took: Duration) -> Outcome {
-    let events = Arc::new(Mutex::new(Vec::new()));
-    let mut ev_rx = flow.events();
-    let ev_log = events.clone();
-    let ev_task = tokio::spawn(async move {
-        while let Some(ev) = ev_rx.next().await {
-            ev_log.lock().unwrap().push((Instant::now(), ev));
-        }
-    });
-    let closed = flow.closed();
-    let (mut r, mut w) = tokio::io::split(flow);
-    let send = async move {
-        let bytes = data(plan.len, plan.seed);
-        let mut err = None;
-        for chunk in bytes.chunks(plan.chunk) {
-            if let Err(e) = w.write_all(chunk).await {
-                err = Some(e);
-                break;
-            }
-            if !plan.pace.is_zero() {
-                tokio::time::sleep(plan.pace).await;
-            }
-        }
-        if err.is_none() {
-            if let Err(e) = w.shutdown().await {
-                err = Some(e);
-            }
-        }
-        (err, Instant::now(), w)
-    };
-    let recv2 = recv.clone();
-    let receive = async move {
-        let mut hasher = Sha256::new();
-        let mut buf = vec![0u8; 64 * 1024];
-        let mut len = 0u64;
-        let err = loop {
-            match r.read(&mut buf).await {
-                Ok(0) => break None,
-                Ok(n) => {
-                    hasher.update(&buf[..n]);
-                    len += n as u64;
-                    recv2.add(n);
-                }
-                Err(e) => break Some(e),
-            }
-        };
-        recv2.finish();
-        (err, len, <[u8; 32]>::from(hasher.finalize()), Instant::now(), r)
-    };
-    let ((write_error, write_done, w), (read_error, received_len, received_sha, read_done, r)) =
-        tokio::join!(send, receive);
-    let clean = write_error.is_none() && read_error.is_none();
-    // After a clean exchange, wait (bounded) until the flow finished and its last frames
-    // left, so dropping the runtime does not cut the peer's last acknowledgement.
-    let closed = if clean {
-        tokio::time::timeout(Duration::from_secs(10), closed).await.ok().map(|r| r.map_err(|e| e.to_string()))
-    } else {
-        None
-    };
-    drop((w, r));
-    // The flow handle is gone: the event stream ends once the flow's tasks are done.
-    let _ = tokio::time::timeout(Duration::from_millis(200), ev_task).await;
-    let events = std::mem::take(&mut *events.lock().unwrap());
-    recv.finish();
-    Outcome {
-        connect_took,
-        write_error,
-        read_error,
-        received_len,
-        received_sha,
-        closed,
-        events,
-        write_done: Some(write_done),
-        read_done: Some(read_done),
-    }
-}
-
-/// A name service that tells the test thread after every lookup (for "move right after
-/// the phone looked the server up").
-#[derive(Debug)]
-pub struct HookedNames {
-    inner: TcpNameClient,
-    after_lookup: Mutex<std::sync::mpsc::Sender<()>>,
-}
-
-impl NameService for HookedNames {
-    fn register<'a>(&'a self, record: &'a SignedRecord) -> NameFuture<'a, ()> {
-        self.inner.register(record)
-    }
-    fn lookup<'a>(&'a self, name: &'a str) -> NameFuture<'a, SignedRecord> {
-        Box::pin(async move {
-            let r = self.inner.lookup(name).await;
-            let _ = self.after_lookup.lock().unwrap().send(());
-            r
-        })
-    }
-}
-
-pub fn names_client() -> TcpNameClient {
-    TcpNameClient::new(format!("{NAMES_IP}:{NAMES_PORT}"), Duration::from_secs(3))
-}
-
-/// Endpoint configuration for the lab: the real name server, bounded timers.
-pub fn lab_config(names: Arc<dyn NameService>, local_ips: Vec<IpAddr>, flow_deadline: Duration) -> EndpointConfig {
-    let mut config = EndpointConfig::new(names);
-    config.local_ips = local_ips;
-    config.flow.flow_deadline = flow_deadline;
-    config.connect_timeout = Duration::from_secs(20);
-    config
-}
-
-/// A built lab with the name server running in `core`.
-pub struct Scene {
-    pub lab: PhoneLab,
-    names: Option<NsTask<()>>,
-    _db: tempfile::TempDir,
-}
-
-impl Scene {
+/// The tests' way of using the harness: panics instead of errors, skip line when the lab
+/// cannot run.
+pub trait SceneExt: Sized {
     /// Builds the lab (NAT on both access routers) and starts the name server. None: the
     /// lab cannot run here (the skip line was printed).
-    pub fn build(wifi: &str, cell: &str) -> Option<Scene> {
+    fn build(wifi: &str, cell: &str) -> Option<Self>;
+    fn start_server(&self, plan: Plan, flow_deadline: Duration) -> Side;
+    fn start_phone(&self, plan: Plan, flow_deadline: Duration, after_lookup: Option<std::sync::mpsc::Sender<()>>) -> Side;
+}
+
+impl SceneExt for Scene {
+    fn build(wifi: &str, cell: &str) -> Option<Scene> {
         init_tracing();
         if !lab_available() {
             return None;
         }
-        let lab = PhoneLab::build(LabConfig {
+        let config = msocket_lab::LabConfig {
             wifi: wifi.parse().expect("wifi spec"),
             cell: cell.parse().expect("cell spec"),
-            ..LabConfig::default()
-        })
-        .expect("build the lab");
-        let db = tempfile::tempdir().unwrap();
-        let path = db.path().join("names.redb");
-        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-        let names = lab
-            .core()
-            .spawn_runtime(move || async move {
-                let server = Arc::new(NameServer::open(path).expect("open the name database"));
-                let listener = tokio::net::TcpListener::bind(SocketAddr::from((NAMES_IP, NAMES_PORT)))
-                    .await
-                    .expect("bind the name server");
-                let _ = ready_tx.send(());
-                server.serve(listener, std::future::pending::<()>()).await;
-            })
-            .expect("start the name server");
-        ready_rx.recv_timeout(STEP).expect("the name server started");
-        Some(Scene { lab, names: Some(names), _db: db })
+            ..msocket_lab::LabConfig::default()
+        };
+        Some(Scene::start(config).expect("build the lab and start the name server"))
     }
 
-    pub fn phone_ips(&self) -> Vec<IpAddr> {
-        [Access::Wifi, Access::Cell].iter().filter_map(|a| self.lab.phone_addr(*a)).map(IpAddr::V4).collect()
-    }
-
-    /// The server endpoint in `server`: listens on [`SERVICE`] (following its interface
-    /// with netlink), accepts one flow and streams `plan` on it. `ready` says when the name
-    /// is published.
-    pub fn start_server(&self, plan: Plan, flow_deadline: Duration) -> Side {
-        let recv = Recv::new();
-        let r = recv.clone();
-        let local = vec![IpAddr::V4(self.lab.server_addr())];
-        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-        let task = self
-            .lab
-            .server()
-            .spawn_runtime(move || async move {
-                let config = lab_config(Arc::new(names_client()), local, flow_deadline);
-                let ep = Endpoint::bind(Identity::from_seed([1; 32]), config).expect("bind");
-                let _follower = ep.watch_network().await.expect("watch the server's network");
-                let mut listener = ep.listen(SERVICE).await.expect("listen");
-                let _ = ready_tx.send(ep.published_addrs());
-                let started = Instant::now();
-                let flow = listener.accept().await.expect("accept");
-                stream(flow, plan, r, started.elapsed()).await
-            })
-            .expect("start the server");
-        let published = ready_rx.recv_timeout(STEP).expect("the server published its name");
+    fn start_server(&self, plan: Plan, flow_deadline: Duration) -> Side {
+        let (side, published) = self.launch_server(plan, flow_deadline, None).expect("start the server");
         println!("server published {published:?}");
-        Side { task, recv }
+        side
     }
 
-    /// The phone endpoint in `phone`: connects to [`SERVICE`] (following its interfaces
-    /// with netlink) and streams `plan`. `after_lookup`, if given, hears of every lookup.
-    pub fn start_phone(
-        &self,
-        plan: Plan,
-        flow_deadline: Duration,
-        after_lookup: Option<std::sync::mpsc::Sender<()>>,
-    ) -> Side {
-        let recv = Recv::new();
-        let r = recv.clone();
-        let local = self.phone_ips();
-        let task = self
-            .lab
-            .phone()
-            .spawn_runtime(move || async move {
-                let names: Arc<dyn NameService> = match after_lookup {
-                    Some(tx) => Arc::new(HookedNames { inner: names_client(), after_lookup: Mutex::new(tx) }),
-                    None => Arc::new(names_client()),
-                };
-                let config = lab_config(names, local, flow_deadline);
-                let ep = Endpoint::bind(Identity::from_seed([2; 32]), config).expect("bind");
-                let _follower = ep.watch_network().await.expect("watch the phone's network");
-                let started = Instant::now();
-                let flow = ep.connect(SERVICE).await.expect("connect");
-                stream(flow, plan, r, started.elapsed()).await
-            })
-            .expect("start the phone");
-        Side { task, recv }
+    fn start_phone(&self, plan: Plan, flow_deadline: Duration, after_lookup: Option<std::sync::mpsc::Sender<()>>) -> Side {
+        self.launch_phone(plan, flow_deadline, after_lookup).expect("start the phone")
     }
 }
 
-impl Drop for Scene {
-    fn drop(&mut self) {
-        // The name server's runtime ends before its namespace goes.
-        drop(self.names.take());
-    }
+pub trait SideExt {
+    fn join(self, timeout: Duration) -> Outcome;
 }
 
-/// One side's running task and what it has received so far.
-pub struct Side {
-    pub task: NsTask<Outcome>,
-    pub recv: Arc<Recv>,
-}
-
-impl Side {
-    pub fn join(self, timeout: Duration) -> Outcome {
-        self.task.join(timeout).expect("the side's task finished")
+impl SideExt for Side {
+    fn join(self, timeout: Duration) -> Outcome {
+        self.finish(timeout).expect("the side's task finished")
     }
 }
 
