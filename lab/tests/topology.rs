@@ -160,20 +160,7 @@ fn both_interfaces_reach_the_server_through_nat() {
         return;
     }
     let lab = lab(LabConfig::default());
-    let server = EchoServer::start(lab.server(), 7000).unwrap();
-    echo_from(
-        &lab,
-        &server,
-        lab.phone_addr(Access::Wifi).unwrap().into(),
-        1,
-    );
-    echo_from(
-        &lab,
-        &server,
-        lab.phone_addr(Access::Cell).unwrap().into(),
-        2,
-    );
-    let peers: Vec<IpAddr> = server.peers().iter().map(|p| p.ip()).collect();
+    let peers = echo_from_both(&lab);
     assert_eq!(
         peers,
         vec![
@@ -181,6 +168,15 @@ fn both_interfaces_reach_the_server_through_nat() {
             IpAddr::from(lab.router_public_addr(Access::Cell))
         ]
     );
+}
+
+/// Echoes from the phone's Wi-Fi address, then its cellular one; returns the source
+/// addresses the server saw, in that order.
+fn echo_from_both(lab: &PhoneLab) -> Vec<IpAddr> {
+    let server = EchoServer::start(lab.server(), 7000).unwrap();
+    echo_from(lab, &server, lab.phone_addr(Access::Wifi).unwrap().into(), 1);
+    echo_from(lab, &server, lab.phone_addr(Access::Cell).unwrap().into(), 2);
+    server.peers().iter().map(|p| p.ip()).collect()
 }
 
 #[test]
@@ -193,20 +189,7 @@ fn without_nat_the_server_sees_the_phone() {
         nat_cell: false,
         ..LabConfig::default()
     });
-    let server = EchoServer::start(lab.server(), 7000).unwrap();
-    echo_from(
-        &lab,
-        &server,
-        lab.phone_addr(Access::Wifi).unwrap().into(),
-        1,
-    );
-    echo_from(
-        &lab,
-        &server,
-        lab.phone_addr(Access::Cell).unwrap().into(),
-        2,
-    );
-    let peers: Vec<IpAddr> = server.peers().iter().map(|p| p.ip()).collect();
+    let peers = echo_from_both(&lab);
     assert_eq!(
         peers,
         vec![
