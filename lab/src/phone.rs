@@ -18,6 +18,12 @@
 //! of leaking out of the other interface with a foreign source address. The main table
 //! prefers Wi-Fi (metric 100) over cellular (200) for unbound sockets.
 //!
+//! The access links carry no ARP: [`PhoneLab`] pins the neighbours on both ends (phone →
+//! gateway, router → phone) whenever it installs routes. A cellular bearer is
+//! point-to-point and an associated Wi-Fi has resolved its gateway before the address is
+//! usable, so a link that comes up carries packets at once; without the pins every
+//! hand-off would pay one emulated round trip for ARP before its first SYN.
+//!
 //! The access links (and the server link, unless it is `unlimited`) pass through an
 //! [`Emulator`] in a link namespace, so delay, loss, rate and "the path silently dies"
 //! are per-link and changeable at run time. With NAT on, an access router masquerades
@@ -462,6 +468,17 @@ impl PhoneLab {
         self.phone.ip(&[
             "route", "replace", "default", "via", &gw, "dev", dev, "metric", &metric,
         ])?;
+        // No ARP on the access links (see the module docs). A link taken down loses its
+        // permanent neighbours too, so they are pinned again here.
+        let router = &self.routers[access.idx()];
+        let gw_mac = mac_of(router, "lan0")?;
+        let phone_mac = mac_of(&self.phone, dev)?;
+        self.phone.ip(&[
+            "neigh", "replace", &gw, "lladdr", &gw_mac, "dev", dev, "nud", "permanent",
+        ])?;
+        router.ip(&[
+            "neigh", "replace", &src, "lladdr", &phone_mac, "dev", "lan0", "nud", "permanent",
+        ])?;
         Ok(())
     }
 
@@ -575,4 +592,14 @@ impl PhoneLab {
             ))
         })
     }
+}
+
+/// The link-layer address of `dev` in `ns`.
+fn mac_of(ns: &Netns, dev: &str) -> Result<String> {
+    let out = ns.ip(&["-o", "link", "show", "dev", dev])?;
+    out.split_whitespace()
+        .skip_while(|w| *w != "link/ether")
+        .nth(1)
+        .map(str::to_owned)
+        .ok_or_else(|| Error::Invalid(format!("{dev} has no Ethernet address: {out}")))
 }
