@@ -472,6 +472,7 @@ impl FlowState {
     /// except a long CLOSE reason or ADDRS list).
     pub fn poll_transmit(&mut self, id: SubflowId, now: Instant, max_len: usize) -> Option<Frame> {
         let failed = matches!(self.status, FlowStatus::Failed(_));
+        let self_only = self.subflows.len() == 1;
         let sub = self.subflows.get_mut(&id)?;
         // CLOSE
         if let Some((code, reason)) = sub.close.take() {
@@ -490,8 +491,7 @@ impl FlowState {
             return None;
         }
         // Resume ACK, owed ACKs.
-        let data_waiting =
-            sub.ack_owed && (self.send.has_new() || (sub.heard && self.send.has_retransmit()));
+        let data_waiting = sub.ack_owed && data_waiting(&self.send, sub, self_only);
         let ack_fits = max_len >= ACK_HEADER_LEN;
         if sub.resume_ack_pending {
             // The resume ACK must be the first frame on the subflow, whatever the room.
@@ -545,11 +545,16 @@ impl FlowState {
                 return Some(self.sent_data(id, now, seg));
             }
         }
+        if !sub.heard && !(self_only && !sub.ends_outage) {
+            return None;
+        }
         if let Some(seg) = self.send.next_new(max_payload) {
             return Some(self.sent_data(id, now, seg));
         }
         None
     }
+
+
 
     fn ack_frame(&mut self, max_len: usize) -> Frame {
         let room = (max_len - ACK_HEADER_LEN) / ACK_RANGE_LEN;
@@ -596,7 +601,7 @@ impl FlowState {
         if matches!(self.status, FlowStatus::Failed(_)) {
             return false;
         }
-        let data = self.send.has_new() || (sub.heard && self.send.has_retransmit());
+        let data = data_waiting(&self.send, sub, self.subflows.len() == 1);
         sub.wants_ack()
             || !sub.pongs.is_empty()
             || sub.ping_pending
@@ -706,5 +711,18 @@ impl FlowState {
             self.status = FlowStatus::Finished;
             self.events.push_back(FlowEvent::Finished);
         }
+    }
+}
+
+/// Whether `sub` has DATA to carry (`only`: it is the flow's only subflow). Only the
+/// flow's first subflow sends before the peer's first frame on it. Elsewhere DATA waits
+/// for that frame, the resume ACK: it says where the peer's data stops, so the units it
+/// lacks go out first, in order, and none that it has. New data sent sooner would queue in
+/// the socket ahead of those re-sends, and the receiver reads nothing until they arrive.
+fn data_waiting(send: &SendBuffer, sub: &Subflow, only: bool) -> bool {
+    if sub.heard {
+        send.has_retransmit() || send.has_new()
+    } else {
+        only && !sub.ends_outage && send.has_new()
     }
 }

@@ -526,7 +526,7 @@ fn resume_ack_comes_first_and_frames_respect_max_len() {
 }
 
 #[test]
-fn retransmits_wait_for_the_peer_on_a_new_subflow() {
+fn a_subflow_ending_an_outage_waits_for_the_peer_then_resends_first() {
     let t0 = std::time::Instant::now();
     let mut f = FlowState::new(FlowConfig::default(), t0);
     let a = f.add_subflow(t0);
@@ -539,7 +539,38 @@ fn retransmits_wait_for_the_peer_on_a_new_subflow() {
     while let Some(fr) = f.poll_transmit(b, t0 + ms(10), 1500) {
         sent.push(fr);
     }
-    // Resume ACK, PING, then only the new bytes.
+    assert!(matches!(sent[0], Frame::Ack { .. }));
+    assert!(!sent.iter().any(|fr| matches!(fr, Frame::Data { .. })), "{sent:?}");
+    let hello = Frame::Ack { cum: 400, ranges: vec![], window: 1 << 20 };
+    f.handle_frame(b, hello, t0 + ms(20)).unwrap();
+    let mut data = Vec::new();
+    while let Some(fr) = f.poll_transmit(b, t0 + ms(20), 1500) {
+        if let Frame::Data { offset, payload, .. } = fr {
+            data.push((offset, payload.len()));
+        }
+    }
+    assert_eq!(data, vec![(400, 600), (1000, 10)], "the missing units first, then the new ones");
+}
+
+#[test]
+fn retransmits_wait_for_the_peer_on_a_new_subflow() {
+    let t0 = std::time::Instant::now();
+    let mut f = FlowState::new(FlowConfig::default(), t0);
+    let a = f.add_subflow(t0);
+    // Another subflow stays up (unheard): losing `a` is no outage.
+    let _other = f.add_subflow(t0);
+    let hello = Frame::Ack { cum: 0, ranges: vec![], window: 1 << 20 };
+    f.handle_frame(a, hello, t0).unwrap();
+    f.write(&[5; 1000]).unwrap();
+    while f.poll_transmit(a, t0, 1500).is_some() {}
+    f.remove_subflow(a, t0);
+    f.write(&[6; 10]).unwrap();
+    let b = f.add_subflow(t0 + ms(10));
+    let mut sent = Vec::new();
+    while let Some(fr) = f.poll_transmit(b, t0 + ms(10), 1500) {
+        sent.push(fr);
+    }
+    // Resume ACK and PING only: with another subflow up, DATA waits for the peer here.
     assert!(matches!(sent[0], Frame::Ack { .. }));
     let data: Vec<_> = sent
         .iter()
@@ -548,7 +579,7 @@ fn retransmits_wait_for_the_peer_on_a_new_subflow() {
             _ => None,
         })
         .collect();
-    assert_eq!(data, vec![1000]);
+    assert_eq!(data, Vec::<u64>::new());
     // The peer's resume ACK says it got the first 600 bytes: only the rest is re-sent.
     f.handle_frame(
         b,
@@ -567,7 +598,9 @@ fn retransmits_wait_for_the_peer_on_a_new_subflow() {
         } = fr
         {
             assert!(offset >= 600);
-            resent += payload.len();
+            if offset < 1000 {
+                resent += payload.len();
+            }
         }
     }
     assert_eq!(resent, 400);
