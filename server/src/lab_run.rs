@@ -158,6 +158,15 @@ impl Recv {
             }
             prev = at;
         }
+        // A look at the reads around the stall, for whoever studies a slow recovery.
+        if std::env::var_os("MSOCKET_BENCH_ARRIVALS").is_some() {
+            let reads: Vec<String> = st.arrivals[first.saturating_sub(3)..]
+                .iter()
+                .take(40)
+                .map(|(at, b)| format!("{:.0}ms:{}kB", at.saturating_duration_since(t).as_secs_f64() * 1e3, b / 1000))
+                .collect();
+            eprintln!("reads after the move (time: bytes so far): {}", reads.join(" "));
+        }
         Some(Recovery {
             first_byte: st.arrivals[first].0 - t,
             stall: best.0,

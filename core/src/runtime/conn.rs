@@ -37,6 +37,12 @@ use crate::session::{ReplayWindow, SessionKeys, MAX_RECORD_PLAINTEXT, RECORD_HEA
 const LINGER: Duration = Duration::from_secs(2);
 /// Records a writer seals per batch (bounds latency and memory per wake-up).
 const RECORDS_PER_BATCH: usize = 8;
+/// Bytes a writer seals per batch, at most (plus one record): what it holds beyond the
+/// socket's low-water mark is committed to its path (see `socket.rs`).
+const BATCH_BYTES: usize = 128 * 1024;
+/// The smallest limit on a record's plaintext: a fresh subflow starts with records of
+/// this size and doubles the limit with every record (up to the largest record).
+const FIRST_RECORD_LIMIT: usize = 4096;
 /// Bytes read at a time while looking for the next record header (small records, such as
 /// acks, arrive whole in one read).
 const SMALL_READ: usize = 4096;
@@ -55,6 +61,11 @@ pub(crate) enum Role {
 struct Sub {
     local: SocketAddr,
     remote: SocketAddr,
+    /// Largest plaintext of the next record. A record is opened only once whole, and a
+    /// fresh TCP connection delivers about 14 KB in its first round trip, doubling each
+    /// round (slow start): 64 KiB records would hold every byte of a resumed flow back for
+    /// three round trips. Small at first, like TLS's dynamic record sizing.
+    record_limit: usize,
     wake: Arc<Notify>,
     kill: watch::Sender<bool>,
 }
@@ -233,7 +244,7 @@ impl Conn {
     /// the name both ends give it: 0 for the handshake's subflow, the join sequence for a
     /// joined one (so either end can report it lost with ABANDON).
     pub(crate) fn attach(self: &Arc<Self>, stream: TcpStream, token: u64, reader_prefix: Option<JoinCheck>) {
-        let _ = stream.set_nodelay(true);
+        super::socket::tune_subflow(&stream);
         let (Ok(local), Ok(remote)) = (stream.local_addr(), stream.peer_addr()) else {
             return;
         };
@@ -249,7 +260,8 @@ impl Conn {
             }
             let id = inner.proto.add_subflow(Instant::now());
             inner.proto.set_subflow_token(id, token);
-            inner.subflows.insert(id, Sub { local, remote, wake: wake.clone(), kill });
+            let sub = Sub { local, remote, record_limit: FIRST_RECORD_LIMIT, wake: wake.clone(), kill };
+            inner.subflows.insert(id, sub);
             if !inner.peer_addrs.contains(&remote) {
                 inner.peer_addrs.insert(0, remote);
             }
@@ -338,19 +350,25 @@ impl Conn {
     fn take_records(&self, inner: &mut Inner, id: SubflowId, out: &mut BytesMut) -> Vec<(Range<usize>, u64)> {
         let now = Instant::now();
         let mut records = Vec::new();
+        let Some(mut limit) = inner.subflows.get(&id).map(|s| s.record_limit) else {
+            return records;
+        };
         // The record being filled: where it starts, and whether it holds DATA.
         let mut open: Option<(usize, bool)> = None;
         loop {
-            if open.is_none() && records.len() >= RECORDS_PER_BATCH {
+            if open.is_none() && (records.len() >= RECORDS_PER_BATCH || out.len() >= BATCH_BYTES) {
                 break;
             }
-            let room = open.map_or(MAX_RECORD_PLAINTEXT, |(start, _)| {
-                MAX_RECORD_PLAINTEXT - (out.len() - start - RECORD_HEADER_LEN)
-            });
+            let room = open.map_or(limit, |(start, _)| limit - (out.len() - start - RECORD_HEADER_LEN));
             let Some(frame) = inner.proto.poll_transmit(id, now, room) else {
                 match open.take() {
                     // Full, or all sent: close it and try a fresh record.
-                    Some((start, _)) => self.close_record(out, start, &mut records),
+                    Some((start, had_data)) => {
+                        self.close_record(out, start, &mut records);
+                        if had_data {
+                            limit = (limit * 2).min(MAX_RECORD_PLAINTEXT);
+                        }
+                    }
                     None => break,
                 }
                 continue;
@@ -369,6 +387,9 @@ impl Conn {
             });
             frame.encode(out);
             open = Some((start, had_data || data));
+        }
+        if let Some(sub) = inner.subflows.get_mut(&id) {
+            sub.record_limit = limit;
         }
         records
     }

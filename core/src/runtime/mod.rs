@@ -13,6 +13,7 @@ mod events;
 mod flow;
 mod follow;
 mod header;
+mod socket;
 
 pub use endpoint::{Endpoint, EndpointConfig, Listener};
 pub use error::Error;

@@ -9,7 +9,8 @@
 //! to the first byte after the longest stall that follows, for the slower of the two
 //! directions. A system that delivers nothing more within `give_up` after the move, or
 //! whose connection fails, "died". Every lab is torn down (namespaces deleted) before the
-//! next one is built.
+//! next one is built. With `MSOCKET_BENCH_ARRIVALS` set, each receiver's reads after the
+//! move are printed (time since the move: bytes so far), to see where a recovery went.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
