@@ -119,6 +119,7 @@ fn unexpected(response: &Response) -> NameError {
         Response::Ok => "Ok",
         Response::Record(_) => "Record",
         Response::NotFound => "NotFound",
+        Response::Unchanged => "Unchanged",
         Response::Refused { .. } => "Refused",
     };
     NameError::Malformed(format!("unexpected {kind} response"))
