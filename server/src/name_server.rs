@@ -18,18 +18,35 @@
 //! cannot be written within [`WRITE_TIMEOUT`], and at most [`MAX_CONNECTIONS`] are served
 //! at once. Malformed input earns a `Refused(malformed)` answer and the end of that
 //! connection, never of the process.
+//!
+//! `Watch` is a long poll: a client holding a flow to a name parks a watch on its own
+//! connection and hears about a new record as soon as it is stored, instead of polling.
+//! Each successful registration fires a per-name [`ChangeNotifier`] once its transaction
+//! is durably committed, so a woken watcher always finds the record in the store. A watch
+//! is held at most [`MAX_WATCH_WAIT`] (configurable), and a parked watch does not read
+//! the store or hold a store permit. The idle timeout covers only the wait for a request,
+//! so a parked watch is never cut by it; the timer starts again after the answer. Memory
+//! is bounded: a connection holds at most one watch, and a watch whose client closes the
+//! connection is dropped at once (the server watches the socket while the watch is
+//! parked), so nothing outlives its connection. At shutdown parked watches are answered
+//! `Unchanged` and their connections closed.
 
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use msocket::name::protocol::{read_message, write_message, FrameError, Request, Response};
-use msocket::name::{check_update, unix_now, validate_name, NameError, SignedRecord};
+use msocket::name::protocol::{
+    read_message, write_message, FrameError, Request, Response, MAX_WATCH_WAIT,
+};
+use msocket::name::{
+    check_update, unix_now, validate_name, ChangeNotifier, NameError, SignedRecord,
+};
 use redb::{Database, Durability, ReadableDatabase as _, ReadableTable as _, TableDefinition};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
+use tokio::time::Instant;
 
 /// How long, by default, a connection may stay silent (or take to deliver one request)
 /// before it is closed.
@@ -66,6 +83,9 @@ pub struct NameServer {
     db: Database,
     store_ops: Semaphore,
     idle_timeout: Duration,
+    watch_cap: Duration,
+    /// Wakes parked watches; fired after each committed registration.
+    changes: ChangeNotifier,
 }
 
 fn store_error(e: impl Into<redb::Error>) -> NameError {
@@ -83,7 +103,13 @@ impl NameServer {
         let txn = db.begin_write().map_err(|e| open_error(e.into()))?;
         txn.open_table(RECORDS).map_err(|e| open_error(e.into()))?;
         txn.commit().map_err(|e| open_error(e.into()))?;
-        Ok(NameServer { db, store_ops: Semaphore::new(MAX_STORE_OPS), idle_timeout: IDLE_TIMEOUT })
+        Ok(NameServer {
+            db,
+            store_ops: Semaphore::new(MAX_STORE_OPS),
+            idle_timeout: IDLE_TIMEOUT,
+            watch_cap: MAX_WATCH_WAIT,
+            changes: ChangeNotifier::new(),
+        })
     }
 
     /// Sets how long a connection may stay silent, or take to deliver one request, before
@@ -91,6 +117,18 @@ impl NameServer {
     pub fn with_idle_timeout(mut self, timeout: Duration) -> Self {
         self.idle_timeout = timeout;
         self
+    }
+
+    /// Sets the longest a `Watch` is held before it is answered `Unchanged`, whatever the
+    /// client asked for (default [`MAX_WATCH_WAIT`]).
+    pub fn with_watch_cap(mut self, cap: Duration) -> Self {
+        self.watch_cap = cap;
+        self
+    }
+
+    /// How many watches are parked right now (for monitoring and tests).
+    pub fn parked_watches(&self) -> usize {
+        self.changes.watchers()
     }
 
     /// Applies the registration rules to `offered` and stores it, durably. Blocking.
@@ -126,46 +164,120 @@ impl NameServer {
         Ok(record)
     }
 
-    /// Answers one request, running the store on the blocking pool.
-    async fn handle(self: &Arc<Self>, request: Request) -> Response {
+    /// Runs `op` on the blocking pool with the current time, holding one of the
+    /// [`MAX_STORE_OPS`] permits.
+    async fn run_store<T: Send + 'static>(
+        self: &Arc<Self>,
+        op: impl FnOnce(&NameServer, u64) -> Result<T, NameError> + Send + 'static,
+    ) -> Result<T, NameError> {
         let Ok(_permit) = self.store_ops.acquire().await else {
-            return Response::refusal(&NameError::Store("server is shutting down".into()));
+            return Err(NameError::Store("server is shutting down".into()));
         };
         let this = Arc::clone(self);
-        let result = tokio::task::spawn_blocking(move || {
-            let now = unix_now();
-            match request {
-                Request::Register(record) => {
+        match tokio::task::spawn_blocking(move || op(&this, unix_now())).await {
+            Ok(result) => result,
+            Err(join) => {
+                tracing::error!(error = %join, "name store task failed");
+                Err(NameError::Store("internal error".into()))
+            }
+        }
+    }
+
+    /// Answers a `Register` or a `Lookup`. (`Watch` needs the connection: see
+    /// [`Self::watch`].)
+    async fn handle(self: &Arc<Self>, request: Request) -> Response {
+        let outcome = match request {
+            Request::Register(record) => {
+                self.run_store(move |this, now| {
                     let outcome = this.register_blocking(&record, now);
                     let r = &record.record;
                     match &outcome {
-                        Ok(()) => tracing::info!(name = %r.name, seq = r.seq,
-                            key = %r.public().fingerprint(), "registered"),
+                        Ok(()) => {
+                            tracing::info!(name = %r.name, seq = r.seq,
+                                key = %r.public().fingerprint(), "registered");
+                            // Committed durably: watchers woken now will find it.
+                            this.changes.notify(&r.name);
+                        }
                         Err(e) => tracing::info!(name = %r.name, seq = r.seq, error = %e,
                             "registration refused"),
                     }
                     outcome.map(|()| Response::Ok)
-                }
-                Request::Lookup(name) => {
+                })
+                .await
+            }
+            Request::Lookup(name) => {
+                self.run_store(move |this, now| {
                     let outcome = this.lookup_blocking(&name, now);
                     tracing::debug!(%name, found = outcome.is_ok(), "lookup");
                     outcome.map(Response::Record)
-                }
+                })
+                .await
             }
-        })
-        .await;
-        match result {
-            Ok(Ok(response)) => response,
-            Ok(Err(NameError::NotFound(_))) => Response::NotFound,
-            Ok(Err(e)) => {
-                if matches!(e, NameError::Store(_)) {
-                    tracing::error!(error = %e, "name store failed");
-                }
-                Response::refusal(&e)
+            Request::Watch { .. } => {
+                Err(NameError::Store("watch reached the plain request handler".into()))
             }
-            Err(join) => {
-                tracing::error!(error = %join, "name store task failed");
-                Response::refusal(&NameError::Store("internal error".into()))
+        };
+        match outcome {
+            Ok(response) => response,
+            Err(NameError::NotFound(_)) => Response::NotFound,
+            Err(e) => refusal_logged(&e),
+        }
+    }
+
+    /// Answers a `Watch`: at once if the store holds a live record of `name` above
+    /// `after_seq`, else when a registration brings one, else `Unchanged` after the wait
+    /// (capped) or at shutdown. `None` means the client closed the connection while the
+    /// watch was parked, so there is nobody to answer.
+    ///
+    /// While parked, the socket is watched for the client going away. A client may
+    /// pipeline its next request behind the watch; once bytes arrive the socket is left
+    /// alone (they are read after the answer), and the wait is bounded by the cap alone.
+    async fn watch(
+        self: &Arc<Self>,
+        name: String,
+        after_seq: u64,
+        wait_ms: u32,
+        stream: &TcpStream,
+        stop: &mut watch::Receiver<()>,
+        peer: SocketAddr,
+    ) -> Option<Response> {
+        if let Err(e) = validate_name(&name) {
+            tracing::debug!(%peer, %name, error = %e, "watch refused");
+            return Some(Response::refusal(&e));
+        }
+        let wait = Duration::from_millis(wait_ms.into()).min(self.watch_cap);
+        let now = Instant::now();
+        let deadline = now.checked_add(wait).unwrap_or(now);
+        // Subscribe before the first check, so a registration in between still wakes us.
+        let mut changes = self.changes.subscribe(&name);
+        let mut peer_sent_more = false;
+        tracing::debug!(%peer, %name, after_seq, ?wait, "watch");
+        loop {
+            let key = name.clone();
+            match self.run_store(move |this, now| this.lookup_blocking(&key, now)).await {
+                Ok(record) if record.record.seq > after_seq => {
+                    tracing::debug!(%peer, %name, seq = record.record.seq, "watch answered");
+                    return Some(Response::Record(record));
+                }
+                // No live record above `after_seq` yet: wait for one.
+                Ok(_) | Err(NameError::NotFound(_)) | Err(NameError::Expired) => {}
+                Err(e) => return Some(refusal_logged(&e)),
+            }
+            tokio::select! {
+                () = changes.changed() => {}
+                () = tokio::time::sleep_until(deadline) => {
+                    tracing::debug!(%peer, %name, "watch unchanged");
+                    return Some(Response::Unchanged);
+                }
+                // The sender is dropped at shutdown: answer now rather than hold it up.
+                _ = stop.changed() => return Some(Response::Unchanged),
+                gone = peer_gone(stream), if !peer_sent_more => {
+                    if gone {
+                        tracing::debug!(%peer, %name, "watcher went away");
+                        return None;
+                    }
+                    peer_sent_more = true;
+                }
             }
         }
     }
@@ -256,6 +368,12 @@ impl NameServer {
                     (Response::refusal(&NameError::Malformed(e.to_string())), false)
                 }
                 Ok(Ok(body)) => match Request::decode(&body) {
+                    Ok(Request::Watch { name, after_seq, wait_ms }) => {
+                        match self.watch(name, after_seq, wait_ms, &stream, &mut stop, peer).await {
+                            Some(response) => (response, true),
+                            None => break,
+                        }
+                    }
                     Ok(request) => (self.handle(request).await, true),
                     Err(e) => {
                         tracing::warn!(%peer, error = %e, "malformed request; closing");
@@ -275,6 +393,24 @@ impl NameServer {
             }
         }
         tracing::debug!(%peer, "connection closed");
+    }
+}
+
+/// The refusal for `err`, logging store failures (the operator must hear of those).
+fn refusal_logged(err: &NameError) -> Response {
+    if matches!(err, NameError::Store(_)) {
+        tracing::error!(error = %err, "name store failed");
+    }
+    Response::refusal(err)
+}
+
+/// Completes when the peer has closed its side or reset the connection (`true`), or has
+/// sent more bytes (`false`), without consuming anything.
+async fn peer_gone(stream: &TcpStream) -> bool {
+    let mut byte = [0u8; 1];
+    match stream.peek(&mut byte).await {
+        Ok(0) | Err(_) => true,
+        Ok(_) => false,
     }
 }
 
@@ -341,6 +477,28 @@ mod tests {
             server.lookup_blocking("broken", NOW),
             Err(NameError::Store(m)) if m.contains("unreadable")
         ));
+    }
+
+    #[tokio::test]
+    async fn only_committed_registrations_wake_watchers() {
+        let dir = tempfile::tempdir().unwrap();
+        let server = Arc::new(NameServer::open(dir.path().join("names.redb")).unwrap());
+        let mut watching = server.changes.subscribe("alice");
+        let mut other = server.changes.subscribe("bob");
+        assert_eq!(server.parked_watches(), 2);
+        let record = signed_until(1, "alice", 1, unix_now() + 100);
+        assert_eq!(server.handle(Request::Register(record.clone())).await, Response::Ok);
+        tokio::time::timeout(Duration::from_secs(5), watching.changed())
+            .await
+            .expect("registration did not wake the watcher");
+        // A refused registration stores nothing and wakes nobody; other names sleep on.
+        let refused = server.handle(Request::Register(record)).await;
+        assert!(matches!(refused, Response::Refused { .. }), "{refused:?}");
+        let short = Duration::from_millis(100);
+        assert!(tokio::time::timeout(short, watching.changed()).await.is_err());
+        assert!(tokio::time::timeout(short, other.changed()).await.is_err());
+        drop((watching, other));
+        assert_eq!(server.parked_watches(), 0);
     }
 
     #[test]

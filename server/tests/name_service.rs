@@ -12,11 +12,13 @@ use tokio::io::AsyncWriteExt as _;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 
 const WAIT: Duration = Duration::from_secs(10);
 
 struct TestServer {
     addr: SocketAddr,
+    server: Arc<NameServer>,
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<()>,
     _dir: tempfile::TempDir,
@@ -35,10 +37,10 @@ impl TestServer {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(server.serve(listener, async move {
+        let task = tokio::spawn(Arc::clone(&server).serve(listener, async move {
             let _ = stopped.await;
         }));
-        TestServer { addr, stop: Some(stop), task, _dir: dir }
+        TestServer { addr, server, stop: Some(stop), task, _dir: dir }
     }
 
     fn client(&self) -> TcpNameClient {
@@ -47,6 +49,16 @@ impl TestServer {
 
     async fn raw(&self) -> TcpStream {
         TcpStream::connect(self.addr).await.unwrap()
+    }
+
+    /// Waits until exactly `n` watches are parked on the server. Synchronises on the
+    /// server's own count rather than on a guessed delay.
+    async fn parked(&self, n: usize) {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while self.server.parked_watches() != n {
+            assert!(tokio::time::Instant::now() < deadline, "never saw {n} parked watches");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
     }
 
     async fn shut_down(mut self) {
@@ -315,4 +327,247 @@ async fn the_client_catches_a_lying_server() {
     let (addr, task) = fake_server(Response::Record(genuine.clone())).await;
     assert_eq!(TcpNameClient::new(addr, WAIT).lookup("alice").await, Ok(genuine));
     task.await.unwrap();
+}
+
+// ---- Watch ----
+
+/// Far longer than any watch in these tests should take to answer: a watch with this wait
+/// that answers quickly was answered by a push, not by its wait running out.
+const LONG_WAIT: Duration = Duration::from_secs(30);
+/// "Promptly": well under `LONG_WAIT`, with room for a slow, shared test machine.
+const PROMPT: Duration = Duration::from_secs(5);
+
+fn watch(name: &str, after_seq: u64, wait: Duration) -> Vec<u8> {
+    Request::watch(name, after_seq, wait).encode()
+}
+
+#[tokio::test]
+async fn a_watch_answers_at_once_when_a_newer_record_exists() {
+    let server = TestServer::start().await;
+    let client = server.client();
+    client.register(&record(1, "alice", 1, later())).await.unwrap();
+    let second = record(1, "alice", 2, later());
+    client.register(&second).await.unwrap();
+
+    let started = Instant::now();
+    assert_eq!(client.watch("alice", 0, LONG_WAIT).await, Ok(Some(second.clone())));
+    assert_eq!(client.watch("alice", 1, LONG_WAIT).await, Ok(Some(second)));
+    assert!(started.elapsed() < PROMPT, "took {:?}", started.elapsed());
+    server.parked(0).await;
+    server.shut_down().await;
+}
+
+#[tokio::test]
+async fn a_parked_watch_is_woken_by_a_registration_from_another_client() {
+    let server = TestServer::start().await;
+    let publisher = server.client();
+    publisher.register(&record(1, "alice", 1, later())).await.unwrap();
+
+    let watcher = server.client();
+    let watching = tokio::spawn(async move { watcher.watch("alice", 1, LONG_WAIT).await });
+    server.parked(1).await;
+    // The server moved: it re-registers with new addresses.
+    let moved = record(1, "alice", 2, later());
+    let registered_at = Instant::now();
+    publisher.register(&moved).await.unwrap();
+    let seen = tokio::time::timeout(PROMPT, watching).await.expect("watch not woken").unwrap();
+    assert_eq!(seen, Ok(Some(moved)));
+    assert!(registered_at.elapsed() < PROMPT);
+    server.parked(0).await;
+    server.shut_down().await;
+}
+
+#[tokio::test]
+async fn a_watch_on_an_unregistered_name_waits_for_the_first_record() {
+    let server = TestServer::start().await;
+    let watcher = server.client();
+    let watching = tokio::spawn(async move { watcher.watch("newcomer", 0, LONG_WAIT).await });
+    server.parked(1).await;
+    let first = record(3, "newcomer", 1, later());
+    server.client().register(&first).await.unwrap();
+    let seen = tokio::time::timeout(PROMPT, watching).await.expect("watch not woken").unwrap();
+    assert_eq!(seen, Ok(Some(first)));
+    server.shut_down().await;
+}
+
+#[tokio::test]
+async fn a_watch_reports_unchanged_when_nothing_changes() {
+    let server = TestServer::start().await;
+    let client = server.client();
+    client.register(&record(1, "alice", 4, later())).await.unwrap();
+    let wait = Duration::from_millis(300);
+
+    // The registered record is not newer than what the watcher has.
+    let started = Instant::now();
+    assert_eq!(client.watch("alice", 4, wait).await, Ok(None));
+    assert!(started.elapsed() >= wait);
+    assert!(started.elapsed() < PROMPT);
+    // A name with no record at all is "unchanged", not "not found".
+    let started = Instant::now();
+    assert_eq!(client.watch("nobody", 0, wait).await, Ok(None));
+    assert!(started.elapsed() >= wait);
+
+    // On the wire: Unchanged, and the connection stays usable.
+    let mut conn = server.raw().await;
+    write_message(&mut conn, &watch("nobody", 0, wait)).await.unwrap();
+    assert_eq!(response(&mut conn).await, Response::Unchanged);
+    write_message(&mut conn, &Request::Lookup("alice".into()).encode()).await.unwrap();
+    assert!(matches!(response(&mut conn).await, Response::Record(r) if r.record.seq == 4));
+    server.parked(0).await;
+    server.shut_down().await;
+}
+
+#[tokio::test]
+async fn watches_on_invalid_names_are_refused() {
+    let server = TestServer::start().await;
+    // The client refuses before sending anything...
+    let refused = server.client().watch("Alice", 0, LONG_WAIT).await;
+    assert!(
+        matches!(&refused, Err(NameError::InvalidName { name, reason })
+            if name == "Alice" && reason.contains("lowercase")),
+        "{refused:?}"
+    );
+    // ...and so does the server, at once, keeping the connection open.
+    let mut conn = server.raw().await;
+    let started = Instant::now();
+    write_message(&mut conn, &watch("Alice", 0, LONG_WAIT)).await.unwrap();
+    assert!(matches!(
+        response(&mut conn).await,
+        Response::Refused { code: RefuseCode::InvalidName, message, .. } if message.contains("lowercase")
+    ));
+    assert!(started.elapsed() < PROMPT);
+    write_message(&mut conn, &Request::Lookup("bob".into()).encode()).await.unwrap();
+    assert_eq!(response(&mut conn).await, Response::NotFound);
+    server.parked(0).await;
+    server.shut_down().await;
+}
+
+#[tokio::test]
+async fn a_forged_record_is_never_returned_by_a_watch() {
+    let genuine = record(1, "alice", 3, later());
+    let mut forged = genuine.clone();
+    forged.record.addrs = vec!["203.0.113.66:1".parse().unwrap()];
+    let mallory = Identity::from_seed([66; 32]);
+    let mut resigned = genuine.clone();
+    resigned.signature = mallory.sign(b"anything");
+    let cases = [
+        (Response::Record(forged), NameError::BadSignature),
+        (Response::Record(resigned), NameError::BadSignature),
+        (Response::Record(record(1, "mallory", 3, later())), NameError::BadSignature),
+        (Response::Record(record(1, "alice", 3, unix_now().saturating_sub(1))), NameError::Expired),
+        (
+            Response::Record(record(1, "alice", 2, later())),
+            NameError::Malformed("watch for \"alice\" after seq 2 answered with seq 2".into()),
+        ),
+        (Response::NotFound, NameError::Malformed("unexpected NotFound response".into())),
+    ];
+    for (answer, expected) in cases {
+        let (addr, task) = fake_server(answer).await;
+        let client = TcpNameClient::new(addr, WAIT);
+        assert_eq!(client.watch("alice", 2, LONG_WAIT).await, Err(expected));
+        task.await.unwrap();
+    }
+    let (addr, task) = fake_server(Response::Record(genuine.clone())).await;
+    assert_eq!(
+        TcpNameClient::new(addr, WAIT).watch("alice", 2, LONG_WAIT).await,
+        Ok(Some(genuine))
+    );
+    task.await.unwrap();
+}
+
+#[tokio::test]
+async fn a_watcher_that_hangs_up_leaves_nothing_behind() {
+    let server = TestServer::start().await;
+    let mut conns = Vec::new();
+    for name in ["alice", "alice", "bob"] {
+        let mut conn = server.raw().await;
+        write_message(&mut conn, &watch(name, 0, LONG_WAIT)).await.unwrap();
+        conns.push(conn);
+    }
+    server.parked(3).await;
+    drop(conns);
+    // Noticed from the socket, long before the watches' own wait would end.
+    let started = Instant::now();
+    server.parked(0).await;
+    assert!(started.elapsed() < PROMPT);
+    // The server still serves and pushes.
+    let watcher = server.client();
+    let watching = tokio::spawn(async move { watcher.watch("alice", 0, LONG_WAIT).await });
+    server.parked(1).await;
+    server.client().register(&record(1, "alice", 1, later())).await.unwrap();
+    assert!(matches!(watching.await.unwrap(), Ok(Some(_))));
+    server.shut_down().await;
+}
+
+#[tokio::test]
+async fn a_parked_watch_outlives_the_idle_timeout() {
+    let idle = Duration::from_millis(200);
+    let server = TestServer::start_with(|s| s.with_idle_timeout(idle)).await;
+    let mut conn = server.raw().await;
+    let wait = Duration::from_millis(800);
+    let started = Instant::now();
+    write_message(&mut conn, &watch("alice", 0, wait)).await.unwrap();
+    assert_eq!(response(&mut conn).await, Response::Unchanged);
+    assert!(started.elapsed() >= wait);
+    // The idle timer starts again after the answer.
+    write_message(&mut conn, &Request::Lookup("alice".into()).encode()).await.unwrap();
+    assert_eq!(response(&mut conn).await, Response::NotFound);
+    assert!(closed(&mut conn).await);
+    server.shut_down().await;
+}
+
+#[tokio::test]
+async fn the_server_caps_the_wait_and_the_client_watches_again() {
+    let cap = Duration::from_millis(200);
+    let server = TestServer::start_with(|s| s.with_watch_cap(cap)).await;
+    let mut conn = server.raw().await;
+    let started = Instant::now();
+    write_message(&mut conn, &watch("alice", 0, LONG_WAIT)).await.unwrap();
+    assert_eq!(response(&mut conn).await, Response::Unchanged);
+    assert!(started.elapsed() >= cap && started.elapsed() < PROMPT);
+
+    // A client asking for longer than the cap gets its whole wait, over several watches,
+    // and a registration during any of them still answers it.
+    let client = server.client();
+    let started = Instant::now();
+    assert_eq!(client.watch("alice", 0, Duration::from_millis(700)).await, Ok(None));
+    assert!(started.elapsed() >= Duration::from_millis(700));
+    let (watched, registered) = tokio::join!(client.watch("alice", 0, LONG_WAIT), async {
+        server.parked(1).await;
+        tokio::time::sleep(cap * 2).await; // into the second watch of the series
+        server.client().register(&record(1, "alice", 1, later())).await
+    });
+    registered.unwrap();
+    assert!(matches!(watched, Ok(Some(r)) if r.record.seq == 1));
+    server.shut_down().await;
+}
+
+#[tokio::test]
+async fn a_request_pipelined_behind_a_watch_is_answered_after_it() {
+    let server = TestServer::start().await;
+    let mut conn = server.raw().await;
+    let mut both = Vec::new();
+    for body in
+        [watch("alice", 0, Duration::from_millis(300)), Request::Lookup("bob".into()).encode()]
+    {
+        both.extend((body.len() as u32).to_be_bytes());
+        both.extend(body);
+    }
+    conn.write_all(&both).await.unwrap();
+    assert_eq!(response(&mut conn).await, Response::Unchanged);
+    assert_eq!(response(&mut conn).await, Response::NotFound);
+    server.shut_down().await;
+}
+
+#[tokio::test]
+async fn shutdown_answers_parked_watches() {
+    let server = TestServer::start().await;
+    let mut conn = server.raw().await;
+    write_message(&mut conn, &watch("alice", 0, LONG_WAIT)).await.unwrap();
+    server.parked(1).await;
+    let started = Instant::now();
+    server.shut_down().await;
+    assert!(started.elapsed() < SHUTDOWN_GRACE);
+    assert_eq!(response(&mut conn).await, Response::Unchanged);
+    assert!(closed(&mut conn).await);
 }

@@ -16,9 +16,16 @@
 //! function so the in-process store ([`MemoryNameService`]) and the durable server store
 //! cannot drift apart.
 //!
+//! A client holding a flow to a name must learn quickly when that name's owner moves, so
+//! services offer [`NameService::watch`]: a long poll that answers as soon as a newer
+//! record is registered. Stores push the change through a [`ChangeNotifier`]; a service
+//! that cannot push still works, through the trait's default implementation, which polls
+//! [`NameService::lookup`].
+//!
 //! Services are used through the object-safe [`NameService`] trait; [`connect_url`] turns
 //! a configuration string into one.
 
+mod notify;
 pub mod protocol;
 mod record;
 mod tcp_client;
@@ -30,6 +37,7 @@ use std::pin::Pin;
 use std::sync::Mutex;
 use std::time::Duration;
 
+pub use notify::{ChangeNotifier, Subscription};
 pub use record::{
     validate_name, NameRecord, SignedRecord, MAX_ADDRS, MAX_NAME_LEN, MAX_RELAYS, MAX_RELAY_LEN,
     RECORD_VERSION,
@@ -124,6 +132,69 @@ pub trait NameService: Send + Sync + std::fmt::Debug {
     /// Looks a name up. Implementations return only records whose signature, name and
     /// expiry they verified.
     fn lookup<'a>(&'a self, name: &'a str) -> NameFuture<'a, SignedRecord>;
+
+    /// Waits up to `wait` for a record of `name` with a sequence number above
+    /// `after_seq`: `Ok(Some(record))` as soon as there is one (at once if there already
+    /// is), `Ok(None)` once `wait` has passed without one. A name with no record, or only
+    /// an expired one, is "no record yet" and waits. Records are verified like
+    /// [`lookup`](Self::lookup)'s. A zero `wait` checks once.
+    ///
+    /// The default implementation polls [`lookup`](Self::lookup) every
+    /// [`WATCH_POLL_INTERVAL`], so services that cannot push changes need not implement
+    /// it; the services in this crate push, and answer within moments of a registration.
+    /// Lookup errors other than "not found" and "expired" end the watch with that error.
+    fn watch<'a>(
+        &'a self,
+        name: &'a str,
+        after_seq: u64,
+        wait: Duration,
+    ) -> NameFuture<'a, Option<SignedRecord>> {
+        Box::pin(poll_watch(self, name, after_seq, wait))
+    }
+}
+
+/// How often the default [`NameService::watch`] looks a name up again.
+pub const WATCH_POLL_INTERVAL: Duration = Duration::from_millis(100);
+
+/// The default watch: looks the name up until a newer record shows up or `wait` passes.
+async fn poll_watch<S: NameService + ?Sized>(
+    service: &S,
+    name: &str,
+    after_seq: u64,
+    wait: Duration,
+) -> Result<Option<SignedRecord>, NameError> {
+    validate_name(name)?;
+    let deadline = deadline_after(wait);
+    loop {
+        if let Some(record) = newer_than(service.lookup(name).await, after_seq)? {
+            return Ok(Some(record));
+        }
+        let now = tokio::time::Instant::now();
+        if now >= deadline {
+            return Ok(None);
+        }
+        tokio::time::sleep_until((now + WATCH_POLL_INTERVAL).min(deadline)).await;
+    }
+}
+
+/// What a lookup's outcome means to a watch after `after_seq`: a newer record, nothing
+/// yet (no record, an expired one, or one not above `after_seq`), or a real failure.
+fn newer_than(
+    lookup: Result<SignedRecord, NameError>,
+    after_seq: u64,
+) -> Result<Option<SignedRecord>, NameError> {
+    match lookup {
+        Ok(record) if record.record.seq > after_seq => Ok(Some(record)),
+        Ok(_) | Err(NameError::NotFound(_)) | Err(NameError::Expired) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// The instant `wait` from now; a `wait` too long to represent means "in a century".
+fn deadline_after(wait: Duration) -> tokio::time::Instant {
+    const CENTURY: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+    let now = tokio::time::Instant::now();
+    now.checked_add(wait).or_else(|| now.checked_add(CENTURY)).unwrap_or(now)
 }
 
 /// The registration rules, shared by every store.
@@ -174,10 +245,11 @@ pub fn unix_now() -> u64 {
 /// An in-process name service: a map behind a mutex, applying [`check_update`].
 ///
 /// Nothing is persisted; it serves tests and `msocket demo`, where both ends live in one
-/// process.
+/// process. Watches are pushed: every registration wakes the watchers of its name.
 #[derive(Debug, Default)]
 pub struct MemoryNameService {
     records: Mutex<HashMap<String, SignedRecord>>,
+    changes: ChangeNotifier,
 }
 
 impl MemoryNameService {
@@ -190,6 +262,8 @@ impl MemoryNameService {
         let mut records = self.records.lock().map_err(|_| poisoned())?;
         check_update(records.get(&offered.record.name), offered, now)?;
         records.insert(offered.record.name.clone(), offered.clone());
+        drop(records);
+        self.changes.notify(&offered.record.name);
         Ok(())
     }
 
@@ -216,6 +290,30 @@ impl NameService for MemoryNameService {
 
     fn lookup<'a>(&'a self, name: &'a str) -> NameFuture<'a, SignedRecord> {
         Box::pin(async move { self.lookup_now(name, unix_now()) })
+    }
+
+    /// Parks on the name's change notification; every check goes through the same
+    /// verification as [`lookup`](NameService::lookup).
+    fn watch<'a>(
+        &'a self,
+        name: &'a str,
+        after_seq: u64,
+        wait: Duration,
+    ) -> NameFuture<'a, Option<SignedRecord>> {
+        Box::pin(async move {
+            validate_name(name)?;
+            let deadline = deadline_after(wait);
+            // Subscribe before checking, so a registration in between still wakes us.
+            let mut changes = self.changes.subscribe(name);
+            loop {
+                if let Some(record) = newer_than(self.lookup_now(name, unix_now()), after_seq)? {
+                    return Ok(Some(record));
+                }
+                if tokio::time::timeout_at(deadline, changes.changed()).await.is_err() {
+                    return Ok(None);
+                }
+            }
+        })
     }
 }
 
@@ -314,5 +412,103 @@ mod tests {
         svc.register_now(&signed(&a, "alice", 1, NOW + 10), NOW).unwrap();
         assert!(svc.lookup_now("alice", NOW + 9).is_ok());
         assert_eq!(svc.lookup_now("alice", NOW + 10), Err(NameError::Expired));
+    }
+
+    /// A service that only looks up, so `watch` is the trait's polling default.
+    #[derive(Debug, Default)]
+    struct PollOnly(MemoryNameService);
+
+    impl NameService for PollOnly {
+        fn register<'a>(&'a self, record: &'a SignedRecord) -> NameFuture<'a, ()> {
+            self.0.register(record)
+        }
+        fn lookup<'a>(&'a self, name: &'a str) -> NameFuture<'a, SignedRecord> {
+            self.0.lookup(name)
+        }
+    }
+
+    const LONG: Duration = Duration::from_secs(30);
+    const SHORT: Duration = Duration::from_millis(200);
+
+    /// The watch contract, for any service. `svc` starts empty.
+    async fn watch_contract(svc: &dyn NameService) {
+        let a = Identity::from_seed([1; 32]);
+        let far = unix_now() + 3600;
+
+        // No record yet: waits, and says "unchanged" once the wait is over.
+        let started = tokio::time::Instant::now();
+        assert_eq!(svc.watch("alice", 0, SHORT).await, Ok(None));
+        assert!(started.elapsed() >= SHORT);
+
+        // A newer record answers at once; one not above `after_seq` does not.
+        let first = signed(&a, "alice", 1, far);
+        svc.register(&first).await.unwrap();
+        let started = tokio::time::Instant::now();
+        assert_eq!(svc.watch("alice", 0, LONG).await, Ok(Some(first.clone())));
+        assert!(started.elapsed() < Duration::from_secs(5));
+        assert_eq!(svc.watch("alice", 1, Duration::ZERO).await, Ok(None));
+
+        // A registration during the wait answers it (the wait is long, so a watch that
+        // returns the new record did not merely time out).
+        let second = signed(&a, "alice", 2, far);
+        let started = tokio::time::Instant::now();
+        let (watched, registered) =
+            tokio::join!(svc.watch("alice", 1, LONG), svc.register(&second));
+        registered.unwrap();
+        assert_eq!(watched, Ok(Some(second)));
+        assert!(started.elapsed() < Duration::from_secs(5));
+
+        assert!(matches!(svc.watch("Alice", 0, SHORT).await, Err(NameError::InvalidName { .. })));
+    }
+
+    #[tokio::test]
+    async fn memory_service_watch_is_pushed() {
+        let svc = MemoryNameService::new();
+        watch_contract(&svc).await;
+        // Every watch above has ended, so nothing is left subscribed.
+        assert_eq!((svc.changes.watchers(), svc.changes.watched_names()), (0, 0));
+    }
+
+    #[tokio::test]
+    async fn memory_service_watch_wakes_on_register_while_parked() {
+        let svc = std::sync::Arc::new(MemoryNameService::new());
+        let a = Identity::from_seed([1; 32]);
+        let far = unix_now() + 3600;
+        let watcher = {
+            let svc = std::sync::Arc::clone(&svc);
+            tokio::spawn(async move { svc.watch("alice", 0, LONG).await })
+        };
+        // Wait until the watch is parked on the name (a condition, not a fixed delay).
+        while svc.changes.watchers() == 0 {
+            tokio::task::yield_now().await;
+        }
+        let started = tokio::time::Instant::now();
+        let first = signed(&a, "alice", 1, far);
+        svc.register(&first).await.unwrap();
+        assert_eq!(watcher.await.unwrap(), Ok(Some(first)));
+        assert!(started.elapsed() < Duration::from_secs(1));
+        assert_eq!(svc.changes.watchers(), 0);
+    }
+
+    #[tokio::test]
+    async fn memory_service_watch_skips_expired_records() {
+        let svc = MemoryNameService::new();
+        let a = Identity::from_seed([1; 32]);
+        svc.register_now(&signed(&a, "alice", 1, NOW + 10), NOW).unwrap();
+        // The record expired long ago by the real clock: there is no live record yet.
+        assert_eq!(svc.watch("alice", 0, Duration::from_millis(50)).await, Ok(None));
+    }
+
+    #[tokio::test]
+    async fn the_default_watch_polls_lookup() {
+        watch_contract(&PollOnly::default()).await;
+    }
+
+    #[test]
+    fn huge_waits_do_not_overflow() {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
+        rt.block_on(async {
+            assert!(deadline_after(Duration::MAX) > tokio::time::Instant::now());
+        });
     }
 }

@@ -10,13 +10,16 @@
 //! requests (client -> server)
 //!   tag 1  Register  payload = signed record (see name::SignedRecord encoding)
 //!   tag 2  Lookup    payload = name_len:u16 name:[u8; name_len]     (name_len <= 253)
+//!   tag 3  Watch     payload = name_len:u16 name:[u8; name_len] after_seq:u64 wait_ms:u32
 //!
 //! responses (server -> client)
 //!   tag 1  Ok        payload = empty                 (register succeeded, durably stored)
-//!   tag 2  Record    payload = signed record         (lookup succeeded)
+//!   tag 2  Record    payload = signed record         (lookup succeeded; watch: a record
+//!                                                     with seq > after_seq is stored)
 //!   tag 3  NotFound  payload = empty                 (lookup: no record for the name)
 //!   tag 4  Refused   payload = code:u8 current_seq:u64 msg_len:u16 msg:[u8; msg_len]
 //!                                                    (msg: UTF-8, <= 1024 bytes)
+//!   tag 5  Unchanged payload = empty                 (watch: nothing newer came in time)
 //!
 //! refusal codes: 1 bad signature   2 stale (current_seq = the registered seq)
 //!                3 key mismatch    4 expired        5 invalid name
@@ -28,8 +31,19 @@
 //! body with trailing bytes, an unknown version or tag, or a frame over the limit is
 //! malformed: the server answers `Refused(malformed)` and closes the connection.
 //!
+//! `Watch` is a long poll, so a client holding a flow to a name learns within half a round
+//! trip that the name's owner moved, without polling `Lookup`. The server answers `Record`
+//! as soon as it holds a live record for the name whose seq is above `after_seq` (at once
+//! if it already does), or `Unchanged` once `min(wait_ms, MAX_WATCH_WAIT)` passed without
+//! one. A name with no record, or only an expired one, simply waits: watch never answers
+//! `NotFound`. A server that is shutting down may answer `Unchanged` early and close.
+//! Responses stay in request order, so a connection is busy while its watch waits:
+//! clients watch on a connection of their own.
+//!
 //! Records served by the server are *not* trusted: clients verify them (signature, name,
 //! expiry) themselves.
+
+use std::time::Duration;
 
 use bytes::BufMut;
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
@@ -44,13 +58,18 @@ pub const PROTOCOL_VERSION: u8 = 1;
 pub const MAX_MESSAGE_LEN: usize = 64 * 1024;
 /// Longest refusal message, in bytes (longer ones are cut when encoding).
 pub const MAX_REFUSAL_MESSAGE_LEN: usize = 1024;
+/// Longest a server holds a `Watch` before answering `Unchanged`, whatever `wait_ms` asked
+/// for. Clients that want to wait longer send another watch.
+pub const MAX_WATCH_WAIT: Duration = Duration::from_secs(60);
 
 const REQ_REGISTER: u8 = 1;
 const REQ_LOOKUP: u8 = 2;
+const REQ_WATCH: u8 = 3;
 const RESP_OK: u8 = 1;
 const RESP_RECORD: u8 = 2;
 const RESP_NOT_FOUND: u8 = 3;
 const RESP_REFUSED: u8 = 4;
+const RESP_UNCHANGED: u8 = 5;
 
 /// A client's request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -59,6 +78,31 @@ pub enum Request {
     Register(SignedRecord),
     /// Look a name up.
     Lookup(String),
+    /// Wait for a record of `name` with a sequence number above `after_seq`.
+    Watch {
+        /// The watched name.
+        name: String,
+        /// Only records with a higher sequence number answer the watch (0: any record).
+        after_seq: u64,
+        /// How long the client is willing to wait, in milliseconds (the server caps it at
+        /// [`MAX_WATCH_WAIT`]).
+        wait_ms: u32,
+    },
+}
+
+impl Request {
+    /// A watch waiting up to `wait` (see [`watch_wait_ms`]).
+    pub fn watch(name: &str, after_seq: u64, wait: Duration) -> Request {
+        Request::Watch { name: name.to_string(), after_seq, wait_ms: watch_wait_ms(wait) }
+    }
+}
+
+/// The `wait_ms` field for `wait`: rounded up to whole milliseconds, so the server never
+/// gives up before the client does, and saturated at what the field holds.
+pub fn watch_wait_ms(wait: Duration) -> u32 {
+    let nanos = wait.as_nanos();
+    let millis = nanos / 1_000_000 + u128::from(nanos % 1_000_000 != 0);
+    u32::try_from(millis).unwrap_or(u32::MAX)
 }
 
 /// Why the server refused a request.
@@ -121,6 +165,8 @@ pub enum Response {
     Record(SignedRecord),
     /// No record is registered under the looked-up name.
     NotFound,
+    /// No record newer than the watch's `after_seq` arrived within its wait.
+    Unchanged,
     /// The request was refused.
     Refused {
         /// Why.
@@ -192,6 +238,12 @@ fn open_body<'a>(bytes: &'a [u8]) -> Result<(u8, Reader<'a>), NameError> {
     Ok((tag, r))
 }
 
+/// Appends a name field. An over-long name is cut one byte past the limit, so it stays
+/// over the limit and the server refuses it, without ever overflowing the `u16` length.
+fn put_name(out: &mut Vec<u8>, name: &str) {
+    put_short_bytes(out, truncate(name, MAX_NAME_LEN + 1).as_bytes());
+}
+
 /// Cuts `s` to at most `max` bytes on a character boundary.
 fn truncate(s: &str, max: usize) -> &str {
     if s.len() <= max {
@@ -215,8 +267,14 @@ impl Request {
             }
             Request::Lookup(name) => {
                 let mut out = body(REQ_LOOKUP);
-                // An over-long name is cut one byte past the limit so the server refuses it.
-                put_short_bytes(&mut out, truncate(name, MAX_NAME_LEN + 1).as_bytes());
+                put_name(&mut out, name);
+                out
+            }
+            Request::Watch { name, after_seq, wait_ms } => {
+                let mut out = body(REQ_WATCH);
+                put_name(&mut out, name);
+                out.put_u64(*after_seq);
+                out.put_u32(*wait_ms);
                 out
             }
         }
@@ -228,6 +286,11 @@ impl Request {
         let request = match tag {
             REQ_REGISTER => Request::Register(SignedRecord::decode_from(&mut r)?),
             REQ_LOOKUP => Request::Lookup(r.short_str(MAX_NAME_LEN, "looked-up name")?.to_string()),
+            REQ_WATCH => Request::Watch {
+                name: r.short_str(MAX_NAME_LEN, "watched name")?.to_string(),
+                after_seq: r.u64("watch sequence number")?,
+                wait_ms: r.u32("watch wait")?,
+            },
             _ => return Err(NameError::Malformed(format!("unknown request tag {tag}"))),
         };
         r.finish("request")?;
@@ -246,6 +309,7 @@ impl Response {
                 out
             }
             Response::NotFound => body(RESP_NOT_FOUND),
+            Response::Unchanged => body(RESP_UNCHANGED),
             Response::Refused { code, current_seq, message } => {
                 let mut out = body(RESP_REFUSED);
                 out.put_u8(code.to_u8());
@@ -263,6 +327,7 @@ impl Response {
             RESP_OK => Response::Ok,
             RESP_RECORD => Response::Record(SignedRecord::decode_from(&mut r)?),
             RESP_NOT_FOUND => Response::NotFound,
+            RESP_UNCHANGED => Response::Unchanged,
             RESP_REFUSED => Response::Refused {
                 code: RefuseCode::from_u8(r.u8("refusal code")?),
                 current_seq: r.u64("current sequence number")?,
@@ -348,7 +413,13 @@ mod tests {
     }
 
     fn all_requests() -> Vec<Request> {
-        vec![Request::Register(record()), Request::Lookup("bob.example".into())]
+        vec![
+            Request::Register(record()),
+            Request::Lookup("bob.example".into()),
+            Request::Watch { name: "bob.example".into(), after_seq: 7, wait_ms: 30_000 },
+            Request::Watch { name: "b".into(), after_seq: u64::MAX, wait_ms: u32::MAX },
+            Request::Watch { name: "b".into(), after_seq: 0, wait_ms: 0 },
+        ]
     }
 
     fn all_responses() -> Vec<Response> {
@@ -356,6 +427,7 @@ mod tests {
             Response::Ok,
             Response::Record(record()),
             Response::NotFound,
+            Response::Unchanged,
             Response::refusal(&NameError::Stale { current: 9, offered: 3 }),
             Response::Refused {
                 code: RefuseCode::Other(200), current_seq: 0, message: "é".into()
@@ -383,6 +455,23 @@ mod tests {
         let mut register = vec![1, 1];
         register.extend(record().encode());
         assert_eq!(Request::Register(record()).encode(), register);
+        assert_eq!(Response::Unchanged.encode(), [1, 5]);
+        let watch = Request::Watch { name: "ab".into(), after_seq: 0x0102, wait_ms: 0x0304 };
+        assert_eq!(watch.encode(), [1, 3, 0, 2, b'a', b'b', 0, 0, 0, 0, 0, 0, 1, 2, 0, 0, 3, 4]);
+    }
+
+    #[test]
+    fn watch_waits_are_rounded_up_and_saturated() {
+        let ms = |wait: Duration| match Request::watch("a", 1, wait) {
+            Request::Watch { wait_ms, after_seq: 1, .. } => wait_ms,
+            other => panic!("not a watch: {other:?}"),
+        };
+        assert_eq!(ms(Duration::ZERO), 0);
+        assert_eq!(ms(Duration::from_millis(300)), 300);
+        assert_eq!(ms(Duration::from_micros(300_001)), 301);
+        assert_eq!(ms(Duration::from_nanos(1)), 1);
+        assert_eq!(ms(Duration::from_secs(u64::from(u32::MAX))), u32::MAX);
+        assert_eq!(ms(Duration::MAX), u32::MAX);
     }
 
     #[test]
@@ -433,11 +522,20 @@ mod tests {
             vec![1, 2, 0xff, 0xff],           // name over the bound
             vec![1, 2, 0, 1, 0xff],           // not UTF-8
         ];
+        let watch = Request::Watch { name: "bob".into(), after_seq: 1, wait_ms: 2 }.encode();
+        // A watch cut anywhere is truncated, one with a byte more has trailing bytes.
+        let mut cases = cases;
+        cases.extend((2..watch.len()).map(|n| watch[..n].to_vec()));
+        cases.push([watch.clone(), vec![0]].concat());
+        cases.push(vec![1, 3, 0xff, 0xff]); // watched name over the bound
+        cases.push(vec![1, 3, 0, 1, 0xff, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]); // not UTF-8
         for bytes in &cases {
             assert!(matches!(Request::decode(bytes), Err(NameError::Malformed(_))), "{bytes:?}");
         }
         assert!(matches!(Response::decode(&[1, 1, 0]), Err(NameError::Malformed(_))));
         assert!(matches!(Response::decode(&[1, 4, 2]), Err(NameError::Malformed(_))));
+        assert!(matches!(Response::decode(&[1, 5, 0]), Err(NameError::Malformed(_))));
+        assert!(matches!(Response::decode(&[1, 6]), Err(NameError::Malformed(_))));
         assert!(matches!(
             Response::decode(&vec![1; MAX_MESSAGE_LEN + 1]),
             Err(NameError::Malformed(_))
@@ -447,8 +545,11 @@ mod tests {
     #[test]
     fn overlong_fields_are_cut_so_the_peer_refuses_them() {
         let long = "a".repeat(400);
-        let bytes = Request::Lookup(long).encode();
+        let bytes = Request::Lookup(long.clone()).encode();
         assert_eq!(bytes.len(), 2 + 2 + MAX_NAME_LEN + 1);
+        assert!(matches!(Request::decode(&bytes), Err(NameError::Malformed(_))));
+        let bytes = Request::watch(&long, 1, Duration::from_secs(1)).encode();
+        assert_eq!(bytes.len(), 2 + 2 + MAX_NAME_LEN + 1 + 8 + 4);
         assert!(matches!(Request::decode(&bytes), Err(NameError::Malformed(_))));
         let msg = "é".repeat(MAX_REFUSAL_MESSAGE_LEN);
         let resp = Response::Refused { code: RefuseCode::Internal, current_seq: 0, message: msg };
@@ -484,12 +585,13 @@ mod tests {
         #[test]
         fn decoding_random_bodies_never_panics(
             mut bytes in prop::collection::vec(any::<u8>(), 0..400),
-            tag in 0u8..6,
+            tag in 0u8..10,
         ) {
-            // Half the cases get a valid header so the payload decoders are exercised.
-            if bytes.len() >= 2 && tag < 3 {
+            // Half the cases get a valid header (tags 1 to 5) so the payload decoders are
+            // exercised.
+            if bytes.len() >= 2 && tag < 5 {
                 bytes[0] = PROTOCOL_VERSION;
-                bytes[1] = tag % 2 + 1;
+                bytes[1] = tag + 1;
             }
             if let Ok(req) = Request::decode(&bytes) {
                 prop_assert_eq!(req.encode(), bytes.clone());

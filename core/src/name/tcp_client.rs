@@ -3,14 +3,23 @@
 //! Each request uses a fresh TCP connection. Name requests are rare (at startup, when an
 //! address changes, when a peer is looked up), so the extra round trip costs little, and
 //! it avoids keeping a pooled connection that silently died when the phone changed
-//! networks: every request starts from the current network state.
+//! networks: every request starts from the current network state. It also keeps watches
+//! out of everyone else's way: the server answers a connection's requests in order, so a
+//! watch, which can wait for a minute, keeps its connection to itself and never delays a
+//! lookup or a registration.
 
 use std::time::Duration;
 
 use tokio::net::TcpStream;
+use tokio::time::Instant;
 
-use super::protocol::{read_message, write_message, FrameError, Request, Response};
-use super::{unix_now, validate_name, NameError, NameFuture, NameService, SignedRecord};
+use super::protocol::{
+    read_message, watch_wait_ms, write_message, FrameError, Request, Response, MAX_WATCH_WAIT,
+};
+use super::{
+    deadline_after, unix_now, validate_name, NameError, NameFuture, NameService, SignedRecord,
+    WATCH_POLL_INTERVAL,
+};
 
 /// A [`NameService`] reached over TCP at `host:port`, speaking [`super::protocol`].
 #[derive(Debug, Clone)]
@@ -21,7 +30,8 @@ pub struct TcpNameClient {
 
 impl TcpNameClient {
     /// A client of the server at `server` (`host:port`). `timeout` bounds each request as
-    /// a whole: name resolution, connect, send and response.
+    /// a whole: name resolution, connect, send and response. A watch may take its `wait`
+    /// on top of that.
     pub fn new(server: String, timeout: Duration) -> Self {
         TcpNameClient { server, timeout }
     }
@@ -31,35 +41,126 @@ impl TcpNameClient {
         &self.server
     }
 
+    /// One request on a fresh connection, bounded by the client's timeout.
     async fn request(&self, request: &Request) -> Result<Response, NameError> {
-        match tokio::time::timeout(self.timeout, self.exchange(request)).await {
+        self.bounded(self.timeout, async {
+            let mut stream = self.connect().await?;
+            self.send(&mut stream, request).await?;
+            self.receive(&mut stream).await
+        })
+        .await
+    }
+
+    /// Runs `step`, turning a wait longer than `limit` into [`NameError::Timeout`].
+    async fn bounded<T>(
+        &self,
+        limit: Duration,
+        step: impl std::future::Future<Output = Result<T, NameError>>,
+    ) -> Result<T, NameError> {
+        match tokio::time::timeout(limit, step).await {
             Ok(result) => result,
-            Err(_) => Err(NameError::Timeout { server: self.server.clone(), after: self.timeout }),
+            Err(_) => Err(NameError::Timeout { server: self.server.clone(), after: limit }),
         }
     }
 
-    async fn exchange(&self, request: &Request) -> Result<Response, NameError> {
-        let unreachable =
-            |reason: String| NameError::Unreachable { server: self.server.clone(), reason };
-        let mut stream = TcpStream::connect(self.server.as_str())
+    fn unreachable(&self, reason: String) -> NameError {
+        NameError::Unreachable { server: self.server.clone(), reason }
+    }
+
+    async fn connect(&self) -> Result<TcpStream, NameError> {
+        let stream = TcpStream::connect(self.server.as_str())
             .await
-            .map_err(|e| unreachable(format!("connect: {e}")))?;
+            .map_err(|e| self.unreachable(format!("connect: {e}")))?;
         // Requests are single small writes; don't let Nagle hold them back.
         let _ = stream.set_nodelay(true);
-        write_message(&mut stream, &request.encode())
+        Ok(stream)
+    }
+
+    async fn send(&self, stream: &mut TcpStream, request: &Request) -> Result<(), NameError> {
+        write_message(stream, &request.encode())
             .await
-            .map_err(|e| unreachable(format!("send: {e}")))?;
-        let body = match read_message(&mut stream).await {
+            .map_err(|e| self.unreachable(format!("send: {e}")))
+    }
+
+    async fn receive(&self, stream: &mut TcpStream) -> Result<Response, NameError> {
+        let body = match read_message(stream).await {
             Ok(body) => body,
             Err(FrameError::TooLong(len)) => {
                 return Err(NameError::Malformed(format!("response of {len} bytes is too long")))
             }
             Err(FrameError::Closed) => {
-                return Err(unreachable("connection closed before a response".into()))
+                return Err(self.unreachable("connection closed before a response".into()))
             }
-            Err(FrameError::Io(e)) => return Err(unreachable(format!("receive: {e}"))),
+            Err(FrameError::Io(e)) => return Err(self.unreachable(format!("receive: {e}"))),
         };
         Response::decode(&body)
+    }
+
+    /// Checks a record the server served for `name`: the name it carries, its signature
+    /// and its expiry. The server is trusted for availability, not integrity.
+    fn check_served(&self, name: &str, record: SignedRecord) -> Result<SignedRecord, NameError> {
+        if record.record.name != name {
+            tracing::warn!(server = %self.server, asked = name,
+                got = %record.record.name, "name server returned another name's record");
+            return Err(NameError::BadSignature);
+        }
+        if let Err(e) = record.verify(unix_now()) {
+            tracing::warn!(server = %self.server, name, error = %e,
+                "name server returned a record that does not verify");
+            return Err(e);
+        }
+        Ok(record)
+    }
+
+    /// The watch itself, on a connection of its own. A server holds each watch for at most
+    /// its cap ([`MAX_WATCH_WAIT`] for `msocketd name`), so a longer `wait` takes several
+    /// watches in a row on the same connection.
+    async fn watch_on_own_connection(
+        &self,
+        name: &str,
+        after_seq: u64,
+        wait: Duration,
+    ) -> Result<Option<SignedRecord>, NameError> {
+        let deadline = deadline_after(wait);
+        let mut stream = self.bounded(self.timeout, self.connect()).await?;
+        loop {
+            let asked_at = Instant::now();
+            let remaining = deadline.saturating_duration_since(asked_at).min(MAX_WATCH_WAIT);
+            let wait_ms = watch_wait_ms(remaining);
+            // What the server is actually asked for (whole milliseconds, rounded up).
+            let ask = Duration::from_millis(wait_ms.into());
+            let request = Request::Watch { name: name.to_string(), after_seq, wait_ms };
+            self.bounded(self.timeout, self.send(&mut stream, &request)).await?;
+            let answer =
+                self.bounded(ask.saturating_add(self.timeout), self.receive(&mut stream)).await?;
+            match answer {
+                Response::Record(record) => {
+                    let record = self.check_served(name, record)?;
+                    if record.record.seq <= after_seq {
+                        tracing::warn!(server = %self.server, name, after_seq,
+                            seq = record.record.seq, "name server answered a watch with an old record");
+                        return Err(NameError::Malformed(format!(
+                            "watch for {name:?} after seq {after_seq} answered with seq {}",
+                            record.record.seq
+                        )));
+                    }
+                    return Ok(Some(record));
+                }
+                Response::Unchanged => {
+                    // Answered before our deadline (the server's cap is shorter): ask
+                    // again, but never more often than the poll interval, so a server
+                    // that answers `Unchanged` at once cannot make us spin.
+                    tokio::time::sleep_until((asked_at + WATCH_POLL_INTERVAL).min(deadline)).await;
+                    if Instant::now() >= deadline {
+                        return Ok(None);
+                    }
+                }
+                Response::Refused { code, current_seq, message } => {
+                    return Err(Response::refusal_error(code, current_seq, &message, name, 0))
+                }
+                other => return Err(unexpected(&other)),
+            }
+        }
     }
 }
 
@@ -91,25 +192,36 @@ impl NameService for TcpNameClient {
             validate_name(name)?;
             tracing::debug!(server = %self.server, name, "looking name up");
             match self.request(&Request::Lookup(name.to_string())).await? {
-                Response::Record(record) => {
-                    if record.record.name != name {
-                        tracing::warn!(server = %self.server, asked = name,
-                            got = %record.record.name, "name server returned another name's record");
-                        return Err(NameError::BadSignature);
-                    }
-                    if let Err(e) = record.verify(unix_now()) {
-                        tracing::warn!(server = %self.server, name, error = %e,
-                            "name server returned a record that does not verify");
-                        return Err(e);
-                    }
-                    Ok(record)
-                }
+                Response::Record(record) => self.check_served(name, record),
                 Response::NotFound => Err(NameError::NotFound(name.to_string())),
                 Response::Refused { code, current_seq, message } => {
                     Err(Response::refusal_error(code, current_seq, &message, name, 0))
                 }
                 other => Err(unexpected(&other)),
             }
+        })
+    }
+
+    /// Sends `Watch` on a fresh connection and waits up to `wait` plus the client's
+    /// timeout for the answer. The served record is verified as [`lookup`](Self::lookup)
+    /// verifies, and must be newer than `after_seq`.
+    fn watch<'a>(
+        &'a self,
+        name: &'a str,
+        after_seq: u64,
+        wait: Duration,
+    ) -> NameFuture<'a, Option<SignedRecord>> {
+        Box::pin(async move {
+            validate_name(name)?;
+            tracing::debug!(server = %self.server, name, after_seq, ?wait, "watching name");
+            let outcome = self.watch_on_own_connection(name, after_seq, wait).await;
+            match &outcome {
+                Ok(Some(record)) => tracing::debug!(server = %self.server, name,
+                    seq = record.record.seq, "watched name changed"),
+                Ok(None) => tracing::debug!(server = %self.server, name, "watched name unchanged"),
+                Err(e) => tracing::debug!(server = %self.server, name, error = %e, "watch failed"),
+            }
+            outcome
         })
     }
 }
@@ -119,6 +231,7 @@ fn unexpected(response: &Response) -> NameError {
         Response::Ok => "Ok",
         Response::Record(_) => "Record",
         Response::NotFound => "NotFound",
+        Response::Unchanged => "Unchanged",
         Response::Refused { .. } => "Refused",
     };
     NameError::Malformed(format!("unexpected {kind} response"))
@@ -158,5 +271,50 @@ mod tests {
         // Nothing listens on port 9 of a TEST-NET address; the name check comes first.
         let client = TcpNameClient::new("192.0.2.1:9".into(), Duration::from_secs(5));
         assert!(matches!(client.lookup("Alice").await, Err(NameError::InvalidName { .. })));
+    }
+
+    #[tokio::test]
+    async fn a_silent_server_times_a_watch_out_after_wait_plus_timeout() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let holder = tokio::spawn(async move { listener.accept().await.map(|(s, _)| s) });
+        let client = TcpNameClient::new(addr.clone(), Duration::from_millis(200));
+        let wait = Duration::from_millis(100);
+        assert_eq!(
+            client.watch("alice", 0, wait).await,
+            Err(NameError::Timeout { server: addr, after: Duration::from_millis(300) })
+        );
+        drop(holder);
+    }
+
+    /// A server that answers every request on its first connection with `Unchanged` at
+    /// once, and reports how many requests it answered.
+    async fn impatient_server() -> (String, tokio::task::JoinHandle<usize>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let task = tokio::spawn(async move {
+            let (mut conn, _) = listener.accept().await.unwrap();
+            let mut answered = 0;
+            while let Ok(body) = read_message(&mut conn).await {
+                assert!(matches!(Request::decode(&body), Ok(Request::Watch { .. })));
+                write_message(&mut conn, &Response::Unchanged.encode()).await.unwrap();
+                answered += 1;
+            }
+            answered
+        });
+        (addr, task)
+    }
+
+    #[tokio::test]
+    async fn an_early_unchanged_is_watched_again_without_spinning() {
+        let (addr, server) = impatient_server().await;
+        let client = TcpNameClient::new(addr, Duration::from_secs(5));
+        let wait = Duration::from_millis(350);
+        let started = Instant::now();
+        assert_eq!(client.watch("alice", 0, wait).await, Ok(None));
+        assert!(started.elapsed() >= wait);
+        // At most one watch per poll interval, all on the one connection.
+        let answered = server.await.unwrap();
+        assert!((2..=5).contains(&answered), "{answered} watches");
     }
 }
