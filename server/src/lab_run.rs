@@ -89,9 +89,12 @@ struct RecvState {
 pub struct Recovery {
     /// From the move to the first byte read after it (may be data that was in flight).
     pub first_byte: Duration,
-    /// The longest gap between two reads that ended after the move.
+    /// The outage: the first gap between reads, ending after the move, of at least the
+    /// threshold given (zero if none).
     pub stall: Duration,
-    /// From the move to the first read after that gap: the recovery time.
+    /// The longest gap between two reads that ended after the move.
+    pub longest_stall: Duration,
+    /// From the move to the read that ended the outage: the recovery time.
     pub resumed: Duration,
 }
 
@@ -145,19 +148,26 @@ impl Recv {
             st = self.cv.wait_timeout(st, left).unwrap_or_else(|p| p.into_inner()).0;
         }
     }
-    /// Recovery after a move at `t` (None: nothing arrived after it).
-    pub fn recovery(&self, t: Instant) -> Option<Recovery> {
+    /// Recovery after a move at `t` (None: nothing arrived after it). The first gap of at
+    /// least `min_stall` between reads that ends after `t` is the outage the move caused
+    /// (reads right after `t` may be data that was already in flight); recovery is the
+    /// read that ended it, or the first read after `t` if there was no such gap. Later
+    /// gaps (a new path's slow start) are not the outage.
+    pub fn recovery(&self, t: Instant, min_stall: Duration) -> Option<Recovery> {
         let st = self.lock();
         let first = st.arrivals.iter().position(|(at, _)| *at > t)?;
         let mut prev = if first == 0 { t } else { st.arrivals[first - 1].0 };
-        let mut best = (Duration::ZERO, st.arrivals[first].0);
+        let mut longest = Duration::ZERO;
+        let mut outage = None;
         for &(at, _) in &st.arrivals[first..] {
             let gap = at.saturating_duration_since(prev);
-            if gap > best.0 {
-                best = (gap, at);
+            longest = longest.max(gap);
+            if outage.is_none() && gap >= min_stall {
+                outage = Some((gap, at));
             }
             prev = at;
         }
+        let (stall, resumed_at) = outage.unwrap_or((Duration::ZERO, st.arrivals[first].0));
         // A look at the reads around the stall, for whoever studies a slow recovery.
         if std::env::var_os("MSOCKET_BENCH_ARRIVALS").is_some() {
             let reads: Vec<String> = st.arrivals[first.saturating_sub(3)..]
@@ -169,8 +179,9 @@ impl Recv {
         }
         Some(Recovery {
             first_byte: st.arrivals[first].0 - t,
-            stall: best.0,
-            resumed: best.1.saturating_duration_since(t),
+            stall,
+            longest_stall: longest,
+            resumed: resumed_at.saturating_duration_since(t),
         })
     }
 }
@@ -315,6 +326,9 @@ impl NameService for HookedNames {
             }
             r
         })
+    }
+    fn watch<'a>(&'a self, name: &'a str, after_seq: u64, wait: Duration) -> NameFuture<'a, Option<SignedRecord>> {
+        self.inner.watch(name, after_seq, wait)
     }
 }
 

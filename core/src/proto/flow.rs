@@ -51,6 +51,10 @@ pub enum FlowStatus {
 
 /// Lost subflows remembered for ABANDON until a subflow can carry the news.
 const MAX_ABANDONED: usize = 16;
+/// Bounds on how long re-sends wait for the peer's ACK after we lost a subflow (twice the
+/// round trip of the remaining ones).
+const RESEND_HOLD_MIN: Duration = Duration::from_millis(20);
+const RESEND_HOLD_MAX: Duration = Duration::from_millis(500);
 
 /// Something the runtime should know about.
 #[derive(Clone, Debug, PartialEq)]
@@ -126,6 +130,13 @@ pub struct FlowState {
     events: VecDeque<FlowEvent>,
     /// Tokens of subflows we lost, to tell the peer (newest kept, at most [`MAX_ABANDONED`]).
     abandoned: VecDeque<u64>,
+    /// An ACK went out right before the next ABANDON (so its receiver re-sends exactly
+    /// what we lack, not all it had in flight there).
+    ack_led_abandon: bool,
+    /// After we lost a subflow: re-sends wait until the peer's next ACK (or this instant),
+    /// since what we know of its receipt is a round trip old and most of what was in
+    /// flight likely arrived.
+    resend_hold: Option<Instant>,
     readable_hint: bool,
     writable_hint: bool,
     write_blocked: bool,
@@ -152,6 +163,8 @@ impl FlowState {
             outage_since: None,
             events: VecDeque::new(),
             abandoned: VecDeque::new(),
+            ack_led_abandon: false,
+            resend_hold: None,
             readable_hint: false,
             writable_hint: false,
             write_blocked: false,
@@ -286,10 +299,32 @@ impl FlowState {
         }
     }
 
+    /// Keeps subflow `id` as a standby (or makes it active again) and tells the peer, so
+    /// that both ends send DATA on it only while no active subflow is heard: a hot spare
+    /// for a hand-off without a handshake. What it has in flight stays in flight.
+    pub fn set_standby(&mut self, id: SubflowId, standby: bool) {
+        if let Some(sub) = self.subflows.get_mut(&id) {
+            if sub.standby != standby {
+                sub.standby = standby;
+                sub.standby_out = Some(standby);
+            }
+        }
+    }
+
+    /// Whether subflow `id` is a standby (by our choice or the peer's).
+    pub fn is_standby(&self, id: SubflowId) -> bool {
+        self.subflows.get(&id).is_some_and(|s| s.standby)
+    }
+
     /// The subflow is gone; what it carried unacknowledged is re-sent elsewhere, and the
     /// peer is told (ABANDON on another subflow, now or once there is one), since its end
     /// may not know: a vanished address sends no FIN.
     pub fn remove_subflow(&mut self, id: SubflowId, now: Instant) {
+        if self.subflows.get(&id).is_some_and(|s| !s.in_flight.is_empty()) && self.subflows.len() > 1 {
+            let srtt = self.subflows.values().filter(|s| s.id != id).filter_map(|s| s.srtt).max();
+            let hold = srtt.map_or(RESEND_HOLD_MAX, |r| (r * 2).clamp(RESEND_HOLD_MIN, RESEND_HOLD_MAX));
+            self.resend_hold = Some(now + hold);
+        }
         if let Some(token) = self.retire(id, now) {
             if self.abandoned.len() == MAX_ABANDONED {
                 self.abandoned.pop_front();
@@ -364,7 +399,10 @@ impl FlowState {
                 let reason = clamp_str(&reason, MAX_REASON_LEN).to_owned();
                 self.fail(FlowError::PeerAborted { code, reason });
             }
+            Frame::Standby { standby } => sub.standby = standby,
             Frame::Abandon { token } => {
+                // Tell the peer at once what arrived, so it re-sends only what did not.
+                sub.ack_now = true;
                 let gone = self.subflows.values().find(|s| s.token == Some(token) && s.id != id).map(|s| s.id);
                 if let Some(gone) = gone {
                     tracing::debug!(id = ?gone, token, "the peer lost this subflow");
@@ -415,6 +453,7 @@ impl FlowState {
         if acked > sent {
             return Err(ProtocolViolation::AckOfUnsent { acked, sent });
         }
+        self.resend_hold = None;
         let was_full = self.send.capacity() == 0;
         let freed = self.send.on_ack(cum, ranges, window);
         for s in self.subflows.values_mut() {
@@ -452,6 +491,9 @@ impl FlowState {
                 }
             }
         }
+        if self.resend_hold.is_some_and(|t| t <= now) {
+            self.resend_hold = None;
+        }
         let mut dead = Vec::new();
         for s in self.subflows.values_mut() {
             if s.on_timeout(now, &self.cfg) {
@@ -473,6 +515,7 @@ impl FlowState {
     pub fn poll_transmit(&mut self, id: SubflowId, now: Instant, max_len: usize) -> Option<Frame> {
         let failed = matches!(self.status, FlowStatus::Failed(_));
         let self_only = self.subflows.len() == 1;
+        let sidelined = self.sidelined(id);
         let sub = self.subflows.get_mut(&id)?;
         // CLOSE
         if let Some((code, reason)) = sub.close.take() {
@@ -491,7 +534,8 @@ impl FlowState {
             return None;
         }
         // Resume ACK, owed ACKs.
-        let data_waiting = sub.ack_owed && data_waiting(&self.send, sub, self_only);
+        let resend_ok = self.resend_hold.is_none();
+        let data_waiting = sub.ack_owed && !sidelined && data_waiting(&self.send, sub, self_only, resend_ok);
         let ack_fits = max_len >= ACK_HEADER_LEN;
         if sub.resume_ack_pending {
             // The resume ACK must be the first frame on the subflow, whatever the room.
@@ -512,10 +556,20 @@ impl FlowState {
             let frame = self.ack_frame(max_len);
             return Some(self.sent(id, now, frame, false));
         }
-        if max_len >= 9 {
+        if max_len >= 9 && !self.abandoned.is_empty() {
+            if !self.ack_led_abandon && ack_fits {
+                self.ack_led_abandon = true;
+                let frame = self.ack_frame(max_len);
+                return Some(self.sent(id, now, frame, false));
+            }
+            self.ack_led_abandon = false;
             if let Some(token) = self.abandoned.pop_front() {
                 return Some(self.sent(id, now, Frame::Abandon { token }, false));
             }
+        }
+        let sub = self.subflows.get_mut(&id)?;
+        if let Some(standby) = sub.standby_out.take() {
+            return Some(self.sent(id, now, Frame::Standby { standby }, false));
         }
         let sub = self.subflows.get_mut(&id)?;
         if sub.ping_pending && max_len >= 9 {
@@ -535,17 +589,20 @@ impl FlowState {
             };
             sub.addrs = Some((addrs, relays));
         }
-        if max_len < DATA_HEADER_LEN {
+        if max_len < DATA_HEADER_LEN || sidelined {
             return None;
         }
         let max_payload = (max_len - DATA_HEADER_LEN).min(self.cfg.max_data_frame);
-        if sub.heard {
+        if sub.heard && resend_ok {
             if let Some(seg) = self.send.next_retransmit(max_payload) {
                 self.stats.bytes_retransmitted += seg.payload.len() as u64;
                 return Some(self.sent_data(id, now, seg));
             }
         }
         if !sub.heard && !(self_only && !sub.ends_outage) {
+            return None;
+        }
+        if !resend_ok && self.send.has_retransmit() {
             return None;
         }
         if let Some(seg) = self.send.next_new(max_payload) {
@@ -601,8 +658,10 @@ impl FlowState {
         if matches!(self.status, FlowStatus::Failed(_)) {
             return false;
         }
-        let data = data_waiting(&self.send, sub, self.subflows.len() == 1);
+        let only = self.subflows.len() == 1;
+        let data = !self.sidelined(id) && data_waiting(&self.send, sub, only, self.resend_hold.is_none());
         sub.wants_ack()
+            || sub.standby_out.is_some()
             || !sub.pongs.is_empty()
             || sub.ping_pending
             || sub.addrs.is_some()
@@ -621,10 +680,8 @@ impl FlowState {
         } else {
             None
         };
-        for s in self.subflows.values() {
-            if let Some(x) = s.next_timeout(&self.cfg) {
-                t = Some(t.map_or(x, |t| t.min(x)));
-            }
+        for x in self.subflows.values().filter_map(|s| s.next_timeout(&self.cfg)).chain(self.resend_hold) {
+            t = Some(t.map_or(x, |t| t.min(x)));
         }
         t
     }
@@ -699,6 +756,12 @@ impl FlowState {
         self.writable_hint = true;
     }
 
+    /// A standby subflow carries no DATA while another, active subflow is heard.
+    fn sidelined(&self, id: SubflowId) -> bool {
+        self.subflows.get(&id).is_some_and(|s| s.standby)
+            && self.subflows.values().any(|o| o.id != id && !o.standby && o.heard)
+    }
+
     /// Whether the flow still needs a subflow: it is open and something is still to be
     /// sent, acknowledged or received. A flow whose transfer is complete but not yet all
     /// read needs none (and no longer runs the flow deadline).
@@ -718,10 +781,12 @@ impl FlowState {
 /// flow's first subflow sends before the peer's first frame on it. Elsewhere DATA waits
 /// for that frame, the resume ACK: it says where the peer's data stops, so the units it
 /// lacks go out first, in order, and none that it has. New data sent sooner would queue in
-/// the socket ahead of those re-sends, and the receiver reads nothing until they arrive.
-fn data_waiting(send: &SendBuffer, sub: &Subflow, only: bool) -> bool {
+/// the socket ahead of those re-sends, and the receiver reads nothing until they arrive;
+/// for the same reason new data waits while re-sends are held (`resend_ok` false).
+fn data_waiting(send: &SendBuffer, sub: &Subflow, only: bool, resend_ok: bool) -> bool {
     if sub.heard {
-        send.has_retransmit() || send.has_new()
+        // Held re-sends hold new data back too: it would queue ahead of them.
+        if send.has_retransmit() { resend_ok } else { send.has_new() }
     } else {
         only && !sub.ends_outage && send.has_new()
     }

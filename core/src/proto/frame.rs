@@ -56,6 +56,7 @@ const T_PONG: u8 = 0x04;
 const T_ADDRS: u8 = 0x05;
 const T_CLOSE: u8 = 0x06;
 const T_ABANDON: u8 = 0x07;
+const T_STANDBY: u8 = 0x08;
 const FLAG_FIN: u8 = 0x01;
 
 /// One protocol frame.
@@ -90,6 +91,9 @@ pub enum Frame {
     /// answering): the receiver retires its end of it at once instead of waiting for the
     /// dead-path timeout, and re-sends what was in flight there.
     Abandon { token: u64 },
+    /// The sender wants this subflow kept as a standby (`true`): both ends send DATA on
+    /// it only while no active subflow is heard. `false` makes it active again.
+    Standby { standby: bool },
 }
 
 /// Why a record could not be decoded into frames.
@@ -104,6 +108,8 @@ pub enum FrameError {
     /// DATA flags other than FIN are set.
     #[error("reserved DATA flags set: {0:#04x}")]
     ReservedFlags(u8),
+    #[error("STANDBY flag {0} is neither 0 nor 1")]
+    BadStandbyFlag(u8),
     /// A field is truncated, over its bound or malformed.
     #[error(transparent)]
     Decode(#[from] DecodeError),
@@ -225,6 +231,10 @@ impl Frame {
                 out.put_u8(T_ABANDON);
                 out.put_u64(*token);
             }
+            Frame::Standby { standby } => {
+                out.put_u8(T_STANDBY);
+                out.put_u8(u8::from(*standby));
+            }
         }
     }
 
@@ -236,6 +246,7 @@ impl Frame {
                 ACK_HEADER_LEN + ACK_RANGE_LEN * ranges.len().min(MAX_ACK_RANGES)
             }
             Frame::Ping { .. } | Frame::Pong { .. } | Frame::Abandon { .. } => 9,
+            Frame::Standby { .. } => 2,
             Frame::Addrs { addrs, relays } => {
                 let a: usize = addrs
                     .iter()
@@ -329,6 +340,11 @@ impl Frame {
                     Frame::Close { code, reason }
                 }
                 T_ABANDON => Frame::Abandon { token: r.u64("ABANDON token")? },
+                T_STANDBY => match r.u8("STANDBY flag")? {
+                    0 => Frame::Standby { standby: false },
+                    1 => Frame::Standby { standby: true },
+                    v => return Err(FrameError::BadStandbyFlag(v)),
+                },
                 t => return Err(FrameError::UnknownType(t)),
             };
             frames.push(frame);
@@ -373,6 +389,8 @@ mod tests {
             Frame::Ping { id: 0 },
             Frame::Pong { id: u64::MAX },
             Frame::Abandon { token: 7 },
+            Frame::Standby { standby: true },
+            Frame::Standby { standby: false },
             Frame::Addrs {
                 addrs: vec![
                     "10.0.0.1:7450".parse().unwrap(),

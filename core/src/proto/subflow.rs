@@ -46,6 +46,10 @@ pub(crate) struct Subflow {
     pub window_update: bool,
     pub close: Option<(u16, String)>,
     pub addrs: Option<(Vec<std::net::SocketAddr>, Vec<String>)>,
+    /// Kept as a standby: DATA only while no active subflow is heard (set by either end).
+    pub standby: bool,
+    /// A STANDBY frame to send, telling the peer.
+    pub standby_out: Option<bool>,
     /// Units sent on this subflow and not yet acknowledged.
     pub in_flight: RangeSet,
     pub srtt: Option<Duration>,
@@ -75,6 +79,8 @@ impl Subflow {
             window_update: false,
             close: None,
             addrs: None,
+            standby: false,
+            standby_out: None,
             in_flight: RangeSet::new(),
             srtt: None,
             stats: SubflowStats::default(),

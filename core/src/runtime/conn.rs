@@ -95,6 +95,21 @@ pub(crate) struct Inner {
     pub(crate) peer_signing_key: Option<[u8; 32]>,
     /// The application dropped its handle: received data is discarded.
     pub(crate) app_gone: bool,
+    /// Client: standby subflows and subflows to newly announced peer addresses.
+    pub(crate) paths: super::paths::Paths,
+}
+
+impl Inner {
+    /// (local, remote) of the live subflows, active ones first.
+    pub(crate) fn subflow_ends(&self) -> Vec<(SocketAddr, SocketAddr)> {
+        let mut ends: Vec<_> = self.subflows.iter().map(|(id, s)| (self.proto.is_standby(*id), s.local, s.remote)).collect();
+        ends.sort_by_key(|e| e.0);
+        ends.into_iter().map(|(_, l, r)| (l, r)).collect()
+    }
+
+    pub(crate) fn subflow_ids_and_locals(&self) -> Vec<(SubflowId, SocketAddr)> {
+        self.subflows.iter().map(|(id, s)| (*id, s.local)).collect()
+    }
 }
 
 /// One flow, shared by its handle and its tasks.
@@ -137,6 +152,7 @@ impl Conn {
                 peer_addrs: Vec::new(),
                 peer_signing_key: None,
                 app_gone: false,
+                paths: Default::default(),
             }),
             keys,
             next_pn: AtomicU64::new(0),
@@ -185,6 +201,9 @@ impl Conn {
                 proto::FlowEvent::SubflowDead { id } => {
                     if let Some(sub) = inner.subflows.remove(&id) {
                         let _ = sub.kill.send(true);
+                        inner.paths.lost(sub.local.ip(), Instant::now());
+                        self.assign_standbys(inner);
+                        self.driver.notify_one();
                         self.emit(FlowEvent::PathLost {
                             local: sub.local,
                             remote: sub.remote,
@@ -194,7 +213,9 @@ impl Conn {
                 }
                 proto::FlowEvent::Resumed { outage, .. } => self.emit(FlowEvent::Resumed { outage }),
                 proto::FlowEvent::PeerAddrs { addrs, .. } => {
-                    inner.peer_addrs = addrs.clone();
+                    let old = std::mem::replace(&mut inner.peer_addrs, addrs.clone());
+                    inner.paths.peer_listed(&old, &addrs);
+                    self.driver.notify_one();
                     self.emit(FlowEvent::PeerMoved { addrs });
                 }
                 proto::FlowEvent::Finished => self.emit(FlowEvent::Closed { error: None }),
@@ -265,6 +286,7 @@ impl Conn {
             if !inner.peer_addrs.contains(&remote) {
                 inner.peer_addrs.insert(0, remote);
             }
+            self.assign_standbys(&mut inner);
             self.settle(&mut inner);
             id
         };
@@ -272,6 +294,25 @@ impl Conn {
         self.emit(FlowEvent::PathAdded { local, remote });
         tokio::spawn(writer(self.clone(), id, w, wake, kill_rx.clone()));
         tokio::spawn(reader(self.clone(), id, r, kill_rx, reader_prefix));
+    }
+
+    /// Client: the peer's name record now lists `addrs`. Subflows to addresses it no
+    /// longer lists are retired at once (the peer left them; waiting for their dead-path
+    /// timer would only stall the flow), and re-dials start from the new list.
+    pub(crate) fn peer_moved(&self, addrs: Vec<SocketAddr>) {
+        if addrs.is_empty() {
+            return;
+        }
+        let left: Vec<SubflowId> = {
+            let mut inner = self.lock();
+            let old = std::mem::replace(&mut inner.peer_addrs, addrs.clone());
+            inner.paths.peer_listed(&old, &addrs);
+            inner.subflows.iter().filter(|(_, s)| !addrs.contains(&s.remote)).map(|(id, _)| *id).collect()
+        };
+        for id in left {
+            self.subflow_gone(id, "the peer's name record no longer lists this address");
+        }
+        self.driver.notify_one();
     }
 
     /// Retires a subflow (its socket failed, closed, or its local address vanished).
@@ -282,6 +323,8 @@ impl Conn {
         };
         let _ = sub.kill.send(true);
         inner.proto.remove_subflow(id, Instant::now());
+        inner.paths.lost(sub.local.ip(), Instant::now());
+        self.assign_standbys(&mut inner);
         tracing::info!(flow = %self.keys.flow_id, local = %sub.local, remote = %sub.remote, reason, "subflow down");
         self.emit(FlowEvent::PathLost { local: sub.local, remote: sub.remote, reason: reason.to_string() });
         self.settle(&mut inner);
@@ -320,10 +363,13 @@ impl Conn {
                 let mut d = inner.proto.poll_timeout();
                 if let Some(t) = inner.terminal_at {
                     d = Some(d.map_or(t + LINGER, |d| d.min(t + LINGER)));
+                } else if let Some(t) = inner.paths.next_retry(now) {
+                    d = Some(d.map_or(t, |d| d.min(t)));
                 }
                 inner.driver_deadline = d;
                 d
             };
+            self.ensure_paths();
             let sleep = async {
                 match deadline {
                     Some(d) => tokio::time::sleep_until(d.into()).await,

@@ -30,7 +30,7 @@ use super::endpoint::EndpointInner;
 use super::flow::Flow;
 use super::header::{self, Kind};
 use super::Error;
-use crate::name::{self, NameError};
+use crate::name::{self, NameError, NameRecord};
 use crate::session::{HandshakeError, Initiator, MAX_HANDSHAKE_MSG};
 
 const FIRST_BACKOFF: Duration = Duration::from_millis(10);
@@ -86,7 +86,7 @@ pub(crate) async fn connect(ep: &Arc<EndpointInner>, name: &str) -> Result<Flow,
                     if !tried.contains(&addr) {
                         tried.push(addr);
                     }
-                    match new_flow(ep, name, (&record.noise_key, &record.signing_key), stream, &record.addrs).await {
+                    match new_flow(ep, name, &record, stream).await {
                         Ok(flow) => Ok(flow),
                         Err(Attempt::UnknownName) => Err(Attempt::UnknownAt(addr)),
                         Err(Attempt::Failed(why)) => Err(Attempt::Failed(format!("{addr}: {why}"))),
@@ -123,13 +123,8 @@ pub(crate) async fn connect(ep: &Arc<EndpointInner>, name: &str) -> Result<Flow,
 }
 
 /// One handshake on a connected stream.
-async fn new_flow(
-    ep: &Arc<EndpointInner>,
-    name: &str,
-    (noise_key, signing_key): (&[u8; 32], &[u8; 32]),
-    mut stream: TcpStream,
-    addrs: &[SocketAddr],
-) -> Result<Flow, Attempt> {
+async fn new_flow(ep: &Arc<EndpointInner>, name: &str, record: &NameRecord, mut stream: TcpStream) -> Result<Flow, Attempt> {
+    let (noise_key, signing_key) = (&record.noise_key, &record.signing_key);
     let fail = |e: &dyn std::fmt::Display| Attempt::Failed(e.to_string());
     let (init, msg1) = Initiator::start(&ep.identity, noise_key, name).map_err(|e| fail(&e))?;
     header::write_handshake(&mut stream, &header::header(Kind::NewFlow), &msg1).await.map_err(|e| fail(&e))?;
@@ -151,12 +146,13 @@ async fn new_flow(
     let conn = Conn::new(keys, Role::Client, name.to_string(), ep.config.flow.clone(), Arc::downgrade(ep));
     {
         let mut inner = conn.lock();
-        inner.peer_addrs = addrs.to_vec();
+        inner.peer_addrs = record.addrs.clone();
         inner.peer_signing_key = Some(*signing_key);
     }
     ep.remember_flow(&conn);
     conn.attach(stream, 0, None);
     tokio::spawn(conn.clone().drive());
+    super::peer_watch::spawn(&conn, record.seq);
     Ok(Flow::new(conn))
 }
 
@@ -308,9 +304,18 @@ async fn race(
 
 /// Sends a JOIN on a fresh connection to `addr`. The subflow is attached at once (its
 /// reader checks the answer before any record), which saves a round trip on resume.
-async fn try_join(conn: &Arc<Conn>, mut stream: TcpStream, addr: SocketAddr) -> bool {
+async fn try_join(conn: &Arc<Conn>, stream: TcpStream, addr: SocketAddr) -> bool {
     if conn.role != Role::Client || !needs_subflow(conn) {
         return !needs_subflow(conn);
+    }
+    join_subflow(conn, stream, addr).await
+}
+
+/// Sends a JOIN on a fresh connection to `addr` and attaches it as a subflow (whether or
+/// not the flow has others). False if the JOIN could not be sent.
+pub(crate) async fn join_subflow(conn: &Arc<Conn>, mut stream: TcpStream, addr: SocketAddr) -> bool {
+    if conn.role != Role::Client || !conn.lock().proto.needs_path() {
+        return false;
     }
     let seq = {
         let mut inner = conn.lock();

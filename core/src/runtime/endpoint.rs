@@ -45,6 +45,10 @@ pub struct EndpointConfig {
     /// Whether a followed network watcher may give this endpoint loopback addresses
     /// (for peers on the same host, and tests). Default false.
     pub use_loopback: bool,
+    /// Whether a connecting flow keeps a standby subflow on each of its other local
+    /// addresses (cellular beside Wi-Fi), idle but for keepalives, so that losing the
+    /// active path costs no handshake. Default true.
+    pub standby_paths: bool,
 }
 
 impl EndpointConfig {
@@ -59,6 +63,7 @@ impl EndpointConfig {
             io_timeout: Duration::from_secs(5),
             record_ttl: Duration::from_secs(3600),
             use_loopback: false,
+            standby_paths: true,
         }
     }
 }
@@ -259,6 +264,7 @@ impl Endpoint {
                 }
             }
             conn.emit(FlowEvent::Moved { addrs: ips.clone() });
+            conn.wake_driver();
         }
         self.inner.net_changed.send_modify(|g| *g += 1);
         // Peers of live flows learn the new addresses first: that is local work, while
@@ -406,6 +412,13 @@ impl EndpointInner {
     /// Looks `name` up and checks its keys against the ones seen first.
     pub(crate) async fn lookup_pinned(&self, name: &str) -> Result<NameRecord, Error> {
         let record = self.config.names.lookup(name).await?.record;
+        self.check_pin(name, &record)?;
+        Ok(record)
+    }
+
+    /// Checks a record of `name` against the keys seen first for it (and pins them if
+    /// it is the first).
+    pub(crate) fn check_pin(&self, name: &str, record: &NameRecord) -> Result<(), Error> {
         let offered = record.public();
         let mut pins = self.pins.lock().unwrap_or_else(|p| p.into_inner());
         let pinned = *pins.entry(name.to_string()).or_insert(offered);
@@ -416,7 +429,12 @@ impl EndpointInner {
                 offered: offered.fingerprint(),
             });
         }
-        Ok(record)
+        Ok(())
+    }
+
+    /// Our local addresses, best first (empty: the system chooses).
+    pub(crate) fn local_ips(&self) -> Vec<IpAddr> {
+        self.lock().ips.clone()
     }
 
     /// Our local addresses of `addr`'s family, best first (`[None]`: let the system

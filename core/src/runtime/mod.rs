@@ -13,6 +13,8 @@ mod events;
 mod flow;
 mod follow;
 mod header;
+mod paths;
+mod peer_watch;
 mod socket;
 
 pub use endpoint::{Endpoint, EndpointConfig, Listener};

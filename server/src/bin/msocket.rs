@@ -109,8 +109,8 @@ comes up (recovery measured from then)\n\n\
 Systems: msocket (a flow, both ends following their interfaces); tcp (one TCP connection from \
 the phone's Wi-Fi address); mptcp (IPPROTO_MPTCP on both ends, both phone addresses as \
 `subflow` endpoints). An RTT r sets both access links to r/2 one way (plus --cell-extra-ms on \
-cellular). Recovery: from the move to the first byte after the longest stall that follows, \
-slower direction; a system with no progress within --give-up-secs of the move, or whose \
+cellular). Recovery: from the move to the read that ends the outage (the first gap between \
+reads of at least max(RTT/2, 32 ms)), slower direction; a system with no progress within --give-up-secs of the move, or whose \
 connection fails, died. Every repetition builds a fresh lab; median and max are reported.")]
     Mobility {
         /// Round-trip times to emulate, in ms (comma-separated).

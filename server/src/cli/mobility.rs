@@ -6,8 +6,10 @@
 //! (`bytes` each way, paced at about 2 MB/s so that it is still running when the move
 //! happens), the move is made once both directions are a quarter through, and each
 //! receiver's reads are timed. Recovery = from the moment the move's commands completed
-//! to the first byte after the longest stall that follows, for the slower of the two
-//! directions. A system that delivers nothing more within `give_up` after the move, or
+//! to the read that ends the outage — the first gap between reads of at least half an RTT
+//! (and 32 ms, two pauses of the paced writer) — for the slower of the two directions.
+//! Reads right after the move may be data that was in flight, hence the gap; later gaps
+//! (a new path's slow start) are not the outage. A system that delivers nothing more within `give_up` after the move, or
 //! whose connection fails, "died". Every lab is torn down (namespaces deleted) before the
 //! next one is built. With `MSOCKET_BENCH_ARRIVALS` set, each receiver's reads after the
 //! move are printed (time since the move: bytes so far), to see where a recovery went.
@@ -268,9 +270,9 @@ fn run_rep(scenario: &str, rtt: u32, system: &str, opts: &Options) -> Result<Rep
         scene.lab.link_down(Access::Cell).map_err(|e| format!("cellular down: {e}"))?;
     }
     match system {
-        "msocket" => msocket_rep(&scene, scenario, opts),
-        "tcp" => raw_rep(&scene, scenario, opts, false),
-        _ => raw_rep(&scene, scenario, opts, true),
+        "msocket" => msocket_rep(&scene, scenario, rtt, opts),
+        "tcp" => raw_rep(&scene, scenario, rtt, opts, false),
+        _ => raw_rep(&scene, scenario, rtt, opts, true),
     }
 }
 
@@ -281,7 +283,7 @@ fn completion_bound(plan: &Plan, give_up: Duration) -> Duration {
     give_up + plan.pace * chunks
 }
 
-fn msocket_rep(scene: &Scene, scenario: &str, opts: &Options) -> Result<Rep, String> {
+fn msocket_rep(scene: &Scene, scenario: &str, rtt: u32, opts: &Options) -> Result<Rep, String> {
     let len = opts.bytes;
     let (server_plan, phone_plan) = (Plan::paced(len, 11), Plan::paced(len, 22));
     let (registered_tx, registered) = std::sync::mpsc::channel();
@@ -334,7 +336,7 @@ fn msocket_rep(scene: &Scene, scenario: &str, opts: &Options) -> Result<Rep, Str
     rep.moved = Some(moved);
     rep.died = !complete || !notes.is_empty();
     if !rep.died {
-        rep.recovery = recovery(&p_recv, &s_recv, moved, &mut notes);
+        rep.recovery = recovery(&p_recv, &s_recv, moved, min_stall(rtt, &phone_plan), &mut notes);
     }
     if !notes.is_empty() {
         rep.note = Some(notes.join("; "));
@@ -375,13 +377,19 @@ fn ready_to_move(phone: &Recv, server: &Recv, len: u64) -> bool {
     }
 }
 
+/// The shortest gap between reads that counts as the move's outage: half a round trip,
+/// and at least two of the paced writer's pauses (which a healthy stream shows anyway).
+fn min_stall(rtt: u32, plan: &Plan) -> Duration {
+    Duration::from_micros(rtt as u64 * 500).max(plan.pace * 2)
+}
+
 /// The slower direction's recovery, over the directions that still had data to deliver
 /// after the move (a direction that was already complete has none); a note names a
 /// direction that was left out.
-fn recovery(phone: &Recv, server: &Recv, moved: Instant, notes: &mut Vec<String>) -> Option<Duration> {
+fn recovery(phone: &Recv, server: &Recv, moved: Instant, min_stall: Duration, notes: &mut Vec<String>) -> Option<Duration> {
     let mut worst = None;
     for (dir, recv) in [("server → phone", phone), ("phone → server", server)] {
-        match recv.recovery(moved) {
+        match recv.recovery(moved, min_stall) {
             Some(r) => worst = worst.max(Some(r.resumed)),
             None => notes.push(format!("{dir} was complete before the move: not measured")),
         }
@@ -543,7 +551,7 @@ fn raw_phone(ns: &Netns, bind: Ipv4Addr, to: SocketAddr, plan: Plan, mptcp: bool
     Ok(RawSide { task, recv, counters })
 }
 
-fn raw_rep(scene: &Scene, scenario: &str, opts: &Options, mptcp: bool) -> Result<Rep, String> {
+fn raw_rep(scene: &Scene, scenario: &str, rtt: u32, opts: &Options, mptcp: bool) -> Result<Rep, String> {
     let lab = &scene.lab;
     let len = opts.bytes;
     let (server_plan, phone_plan) = (Plan::paced(len, 11), Plan::paced(len, 22));
@@ -589,7 +597,7 @@ fn raw_rep(scene: &Scene, scenario: &str, opts: &Options, mptcp: bool) -> Result
             rep.bytes_lost = 2 * len as u64;
         }
         rep.sha_ok = Some(ok);
-        rep.recovery = recovery(&phone.recv, &server.recv, moved, &mut notes);
+        rep.recovery = recovery(&phone.recv, &server.recv, moved, min_stall(rtt, &phone_plan), &mut notes);
         rep.died = !ok;
     } else {
         rep.died = true;

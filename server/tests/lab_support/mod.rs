@@ -108,11 +108,12 @@ pub fn check_exchange(
 
 /// Prints and returns the recovery of a receiver after the move.
 pub fn report(label: &str, dir: &str, recv: &Recv, moved_at: Instant) -> Recovery {
-    let r = recv.recovery(moved_at).unwrap_or_else(|| panic!("[{label}] {dir}: nothing arrived after the move"));
+    let r = recv.recovery(moved_at, Duration::from_millis(30)).unwrap_or_else(|| panic!("[{label}] {dir}: nothing arrived after the move"));
     println!(
-        "[{label}] {dir}: recovery {} ms (longest stall {} ms; first byte after the move at {} ms)",
+        "[{label}] {dir}: recovery {} ms (outage {} ms, longest stall {} ms; first byte after the move at {} ms)",
         r.resumed.as_millis(),
         r.stall.as_millis(),
+        r.longest_stall.as_millis(),
         r.first_byte.as_millis()
     );
     r

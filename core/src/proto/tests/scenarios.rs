@@ -607,3 +607,72 @@ fn retransmits_wait_for_the_peer_on_a_new_subflow() {
     assert_eq!(f.stats().bytes_retransmitted, 400);
     assert!(matches!(f.poll_event(), Some(FlowEvent::SubflowAdded(_))));
 }
+
+#[test]
+fn a_standby_subflow_carries_data_only_once_the_active_one_is_gone() {
+    let t0 = std::time::Instant::now();
+    let mut f = FlowState::new(FlowConfig::default(), t0);
+    let (a, b) = (f.add_subflow(t0), f.add_subflow(t0));
+    f.set_standby(b, true);
+    let hello = || Frame::Ack { cum: 0, ranges: vec![], window: 1 << 20 };
+    f.handle_frame(a, hello(), t0).unwrap();
+    f.handle_frame(b, hello(), t0).unwrap();
+    f.write(&[1; 3000]).unwrap();
+    let drain = |f: &mut FlowState, id| {
+        let mut frames = Vec::new();
+        while let Some(fr) = f.poll_transmit(id, t0 + ms(1), 1500) {
+            frames.push(fr);
+        }
+        frames
+    };
+    let on_b = drain(&mut f, b);
+    assert!(on_b.contains(&Frame::Standby { standby: true }), "the peer is told: {on_b:?}");
+    assert!(!on_b.iter().any(|fr| matches!(fr, Frame::Data { .. })), "{on_b:?}");
+    assert!(!f.wants_transmit(b));
+    let on_a = drain(&mut f, a);
+    let sent_a: usize = on_a.iter().map(|fr| if let Frame::Data { payload, .. } = fr { payload.len() } else { 0 }).sum();
+    assert_eq!(sent_a, 3000);
+    // The active subflow goes. What it carried is re-sent on the standby once the peer's
+    // next ACK says what arrived (what we knew is a round trip old).
+    f.set_subflow_token(a, 0);
+    f.remove_subflow(a, t0 + ms(2));
+    let on_b = drain(&mut f, b);
+    assert!(matches!(on_b[..], [Frame::Ack { .. }, Frame::Abandon { token: 0 }]), "{on_b:?}");
+    assert!(!f.wants_transmit(b), "re-sends wait for the peer's ACK");
+    f.handle_frame(b, Frame::Ack { cum: 1000, ranges: vec![], window: 1 << 20 }, t0 + ms(3)).unwrap();
+    let on_b = drain(&mut f, b);
+    let resent: Vec<u64> = on_b.iter().filter_map(|fr| if let Frame::Data { offset, .. } = fr { Some(*offset) } else { None }).collect();
+    assert_eq!(resent.first(), Some(&1000), "{resent:?}");
+    assert_eq!(f.stats().bytes_retransmitted, 2000);
+    // The peer's STANDBY marks its end too.
+    let mut g = FlowState::new(FlowConfig::default(), t0);
+    let c = g.add_subflow(t0);
+    g.handle_frame(c, Frame::Standby { standby: true }, t0).unwrap();
+    assert!(g.is_standby(c));
+    g.handle_frame(c, Frame::Standby { standby: false }, t0).unwrap();
+    assert!(!g.is_standby(c));
+}
+
+#[test]
+fn resends_after_a_local_loss_go_without_an_ack_once_the_hold_ends() {
+    let t0 = std::time::Instant::now();
+    let mut f = FlowState::new(FlowConfig::default(), t0);
+    let (a, b) = (f.add_subflow(t0), f.add_subflow(t0));
+    let hello = || Frame::Ack { cum: 0, ranges: vec![], window: 1 << 20 };
+    f.handle_frame(a, hello(), t0).unwrap();
+    f.handle_frame(b, hello(), t0).unwrap();
+    f.write(&[1; 1000]).unwrap();
+    while f.poll_transmit(a, t0, 1500).is_some() {}
+    f.remove_subflow(a, t0);
+    while f.poll_transmit(b, t0, 1500).is_some() {}
+    let hold_end = f.poll_timeout().unwrap();
+    assert!(hold_end > t0 && hold_end <= t0 + ms(500), "{:?}", hold_end - t0);
+    f.handle_timeout(hold_end);
+    let mut resent = 0;
+    while let Some(fr) = f.poll_transmit(b, hold_end, 1500) {
+        if let Frame::Data { payload, .. } = fr {
+            resent += payload.len();
+        }
+    }
+    assert_eq!(resent, 1000);
+}

@@ -1,0 +1,183 @@
+//! The extra subflows of a connecting flow.
+//!
+//! Re-dialing (`dial.rs`) brings a flow back once it has *no* subflow. This module adds
+//! subflows while one still works, so that the next hand-off needs no handshake:
+//! - a **standby** on each other local address (cellular beside Wi-Fi): joined at once,
+//!   marked STANDBY so both ends keep DATA off it while the active path is heard, and
+//!   carrying the flow the moment that path is lost — the make-before-break hand-off;
+//! - a subflow to each address the peer **newly announced** (ADDRS, or its name record):
+//!   a server that moves with its old address still up is joined at the new one before
+//!   the old one goes.
+//!
+//! The best local address (first in the endpoint's list: unmetered before metered) is the
+//! active path; subflows from worse ones are standbys. Only the connecting side decides;
+//! the other end follows the STANDBY frames. A local address whose subflows keep dying
+//! backs off (1 s doubling to 1 min) before it is dialed again.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::conn::{Conn, Inner, Role};
+
+const FIRST_BACKOFF: Duration = Duration::from_secs(1);
+const MAX_BACKOFF: Duration = Duration::from_secs(60);
+
+/// What the flow is doing about extra subflows.
+#[derive(Debug, Default)]
+pub(crate) struct Paths {
+    /// Dials under way, by (local address, peer address).
+    dialing: Vec<(Option<IpAddr>, SocketAddr)>,
+    /// Local addresses whose subflows died: not dialed again before the instant.
+    backoff: Vec<(IpAddr, Duration, Instant)>,
+    /// Peer addresses announced since the last look, not yet joined.
+    fresh: Vec<SocketAddr>,
+}
+
+impl Paths {
+    /// The peer now lists `addrs` (before: `old`): the new ones are worth a subflow.
+    pub(crate) fn peer_listed(&mut self, old: &[SocketAddr], addrs: &[SocketAddr]) {
+        for a in addrs {
+            if !old.contains(a) && !self.fresh.contains(a) {
+                self.fresh.push(*a);
+            }
+        }
+    }
+
+    /// A subflow from `local` died: back off before dialing from there again (doubling if
+    /// the last loss was recent).
+    pub(crate) fn lost(&mut self, local: IpAddr, now: Instant) {
+        let prev = self.backoff.iter().position(|(ip, ..)| *ip == local).map(|i| self.backoff.swap_remove(i));
+        let delay = match prev {
+            Some((_, d, until)) if now < until + MAX_BACKOFF => (d * 2).min(MAX_BACKOFF),
+            _ => FIRST_BACKOFF,
+        };
+        self.backoff.push((local, delay, now + delay));
+    }
+
+    fn backing_off(&self, local: IpAddr, now: Instant) -> bool {
+        self.backoff.iter().any(|(ip, _, until)| *ip == local && now < *until)
+    }
+
+    /// When the earliest back-off ends (for the driver's timer).
+    pub(crate) fn next_retry(&self, now: Instant) -> Option<Instant> {
+        self.backoff.iter().map(|(_, _, until)| *until).filter(|u| *u > now).min()
+    }
+}
+
+impl Conn {
+    /// Client: starts the dials for the extra subflows the flow lacks. Called by the
+    /// driver; cheap when nothing is missing.
+    pub(crate) fn ensure_paths(self: &Arc<Self>) {
+        if self.role != Role::Client {
+            return;
+        }
+        let Some(ep) = self.endpoint.upgrade() else { return };
+        let standby = ep.config.standby_paths;
+        let inner = self.lock();
+        if !inner.proto.needs_path() || inner.proto.live_subflows() == 0 {
+            return; // nothing to do, or the re-dialer's job
+        }
+        let now = Instant::now();
+        let subs = inner.subflow_ends();
+        // The path the flow uses now: its peer address is where standbys go too.
+        let Some(&(_, remote)) = subs.first() else { return };
+        drop(inner);
+        let locals = ep.local_ips_for(remote);
+        let best = locals.first().copied().flatten();
+        let mut inner = self.lock();
+        let mut wanted: Vec<(Option<IpAddr>, SocketAddr)> = Vec::new();
+        for addr in std::mem::take(&mut inner.paths.fresh) {
+            if !subs.iter().any(|(_, r)| *r == addr) {
+                wanted.push((best, addr));
+            }
+        }
+        if standby {
+            for ip in locals.iter().skip(1).flatten() {
+                let covered = subs.iter().any(|(l, _)| l.ip() == *ip);
+                if !covered && !inner.paths.backing_off(*ip, now) {
+                    wanted.push((Some(*ip), remote));
+                }
+            }
+        }
+        for (local, addr) in wanted {
+            if inner.paths.dialing.contains(&(local, addr)) {
+                continue;
+            }
+            inner.paths.dialing.push((local, addr));
+            tracing::debug!(flow = %self.keys.flow_id, ?local, %addr, "opening an extra subflow");
+            tokio::spawn(dial_extra(self.clone(), local, addr));
+        }
+    }
+
+    /// Client: marks every subflow from a worse local address than the best one in use
+    /// as a standby, and the others active (the peer is told by STANDBY frames).
+    pub(crate) fn assign_standbys(&self, inner: &mut Inner) {
+        if self.role != Role::Client {
+            return;
+        }
+        let Some(ep) = self.endpoint.upgrade() else { return };
+        let order = ep.local_ips();
+        let rank = |ip: IpAddr| order.iter().position(|o| *o == ip).unwrap_or(usize::MAX);
+        let ends = inner.subflow_ids_and_locals();
+        let Some(best) = ends.iter().map(|(_, l)| rank(l.ip())).min() else { return };
+        for (id, local) in ends {
+            inner.proto.set_standby(id, rank(local.ip()) > best);
+        }
+    }
+}
+
+async fn dial_extra(conn: Arc<Conn>, local: Option<IpAddr>, addr: SocketAddr) {
+    let joined = match conn.endpoint.upgrade() {
+        Some(ep) => match ep.dial_tcp_from(local, addr).await {
+            Ok(stream) => super::dial::join_subflow(&conn, stream, addr).await,
+            Err(e) => {
+                tracing::debug!(?local, %addr, error = %e, "extra subflow: connect failed");
+                false
+            }
+        },
+        None => false,
+    };
+    {
+        let mut inner = conn.lock();
+        inner.paths.dialing.retain(|d| *d != (local, addr));
+        if !joined {
+            if let Some(ip) = local {
+                inner.paths.lost(ip, Instant::now());
+            }
+        }
+    }
+    conn.wake_driver();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn losses_back_off_doubling_and_reset_after_a_quiet_spell() {
+        let mut p = Paths::default();
+        let ip: IpAddr = "10.0.0.1".parse().unwrap();
+        let t0 = Instant::now();
+        p.lost(ip, t0);
+        assert!(p.backing_off(ip, t0));
+        assert_eq!(p.next_retry(t0), Some(t0 + FIRST_BACKOFF));
+        p.lost(ip, t0 + Duration::from_millis(1500));
+        assert_eq!(p.next_retry(t0 + Duration::from_millis(1500)), Some(t0 + Duration::from_millis(3500)));
+        assert!(!p.backing_off(ip, t0 + Duration::from_secs(4)));
+        // Long after the last back-off ended, a loss starts over at the first delay.
+        let later = t0 + Duration::from_secs(600);
+        p.lost(ip, later);
+        assert_eq!(p.next_retry(later), Some(later + FIRST_BACKOFF));
+    }
+
+    #[test]
+    fn only_newly_listed_peer_addresses_are_fresh() {
+        let mut p = Paths::default();
+        let a: SocketAddr = "10.0.0.1:1".parse().unwrap();
+        let b: SocketAddr = "10.0.0.2:1".parse().unwrap();
+        p.peer_listed(&[a], &[a, b]);
+        p.peer_listed(&[a], &[b]);
+        assert_eq!(p.fresh, vec![b]);
+    }
+}
