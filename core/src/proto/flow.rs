@@ -535,7 +535,7 @@ impl FlowState {
         }
         // Resume ACK, owed ACKs.
         let resend_ok = self.resend_hold.is_none();
-        let data_waiting = sub.ack_owed && !sidelined && data_waiting(&self.send, sub, self_only, resend_ok);
+        let ack_leads_data = sub.ack_owed && !sidelined && data_waiting(&self.send, sub, self_only, resend_ok);
         let ack_fits = max_len >= ACK_HEADER_LEN;
         if sub.resume_ack_pending {
             // The resume ACK must be the first frame on the subflow, whatever the room.
@@ -552,7 +552,7 @@ impl FlowState {
                 return Some(self.sent(id, now, Frame::Pong { id: pong }, false));
             }
         }
-        if ack_fits && (sub.wants_ack() || data_waiting) {
+        if ack_fits && (sub.wants_ack() || ack_leads_data) {
             let frame = self.ack_frame(max_len);
             return Some(self.sent(id, now, frame, false));
         }
@@ -589,29 +589,19 @@ impl FlowState {
             };
             sub.addrs = Some((addrs, relays));
         }
-        if max_len < DATA_HEADER_LEN || sidelined {
+        if max_len < DATA_HEADER_LEN || sidelined || !data_waiting(&self.send, sub, self_only, resend_ok) {
             return None;
         }
         let max_payload = (max_len - DATA_HEADER_LEN).min(self.cfg.max_data_frame);
-        if sub.heard && resend_ok {
-            if let Some(seg) = self.send.next_retransmit(max_payload) {
-                self.stats.bytes_retransmitted += seg.payload.len() as u64;
-                return Some(self.sent_data(id, now, seg));
-            }
-        }
-        if !sub.heard && !(self_only && !sub.ends_outage) {
-            return None;
-        }
-        if !resend_ok && self.send.has_retransmit() {
-            return None;
+        if let Some(seg) = self.send.next_retransmit(max_payload) {
+            self.stats.bytes_retransmitted += seg.payload.len() as u64;
+            return Some(self.sent_data(id, now, seg));
         }
         if let Some(seg) = self.send.next_new(max_payload) {
             return Some(self.sent_data(id, now, seg));
         }
         None
     }
-
-
 
     fn ack_frame(&mut self, max_len: usize) -> Frame {
         let room = (max_len - ACK_HEADER_LEN) / ACK_RANGE_LEN;
@@ -784,10 +774,11 @@ impl FlowState {
 /// the socket ahead of those re-sends, and the receiver reads nothing until they arrive;
 /// for the same reason new data waits while re-sends are held (`resend_ok` false).
 fn data_waiting(send: &SendBuffer, sub: &Subflow, only: bool, resend_ok: bool) -> bool {
-    if sub.heard {
-        // Held re-sends hold new data back too: it would queue ahead of them.
-        if send.has_retransmit() { resend_ok } else { send.has_new() }
+    if send.has_retransmit() {
+        // Re-sends go first, once the peer was heard here and they are not held; new
+        // data waits behind them.
+        sub.heard && resend_ok
     } else {
-        only && !sub.ends_outage && send.has_new()
+        send.has_new() && (sub.heard || (only && !sub.ends_outage))
     }
 }

@@ -30,6 +30,8 @@ struct Case {
     b_sizes: Vec<usize>,
     delay_ms: u64,
     second_link: bool,
+    /// The second link is a standby (the client's choice, told to the server by frame).
+    standby: bool,
     bandwidth: Option<u64>,
     small_windows: bool,
     kills: Vec<Kill>,
@@ -60,6 +62,7 @@ prop_compose! {
         b_sizes in proptest::collection::vec(1usize..5_000, 1..6),
         delay_ms in 1u64..150,
         second_link in any::<bool>(),
+        standby in any::<bool>(),
         bandwidth in proptest::option::of(200_000u64..5_000_000),
         small_windows in any::<bool>(),
         kills in proptest::collection::vec(kill(), 0..5),
@@ -67,7 +70,7 @@ prop_compose! {
         dup_pct in 0u32..30,
         cross_pct in 0u32..30,
     ) -> Case {
-        Case { seed, a_len, b_len, a_sizes, b_sizes, delay_ms, second_link, bandwidth, small_windows, kills, reconnect_ms, dup_pct, cross_pct }
+        Case { seed, a_len, b_len, a_sizes, b_sizes, delay_ms, second_link, standby, bandwidth, small_windows, kills, reconnect_ms, dup_pct, cross_pct }
     }
 }
 
@@ -104,7 +107,11 @@ fn run(c: Case) {
     );
     sim.add_link(Duration::from_millis(c.delay_ms));
     if c.second_link {
-        sim.add_link(Duration::from_millis(1 + rng.below(200)));
+        let link = sim.add_link(Duration::from_millis(1 + rng.below(200)));
+        if c.standby {
+            let id = sim.links[link].ids[0];
+            sim.ends[0].set_standby(id, true);
+        }
     }
     let mut kills = c.kills;
     kills.sort_by_key(|k| k.at_ms);
@@ -165,6 +172,7 @@ fn regression_last_ack_lost_on_a_silent_path() {
         b_sizes: vec![1],
         delay_ms: 30,
         second_link: false,
+        standby: false,
         bandwidth: Some(2416496),
         small_windows: true,
         kills: vec![Kill {
