@@ -190,7 +190,7 @@ async fn a_client_flow_that_outlives_its_endpoint_fails_when_its_path_dies_witho
 
     proxy.cut.send_replace(true);
     within(5, "path lost", async {
-        while c.paths() > 0 {
+        while !c.paths().is_empty() {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     })

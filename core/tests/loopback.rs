@@ -22,7 +22,7 @@ async fn bytes_cross_both_ways_and_the_flow_finishes() {
     // Both ends ended and read everything: both flows finish cleanly and go quiet.
     within(10, "client closed", c.closed()).await.unwrap();
     within(10, "server closed", s.closed()).await.unwrap();
-    assert_eq!(c.paths(), 0);
+    assert_eq!(c.paths().len(), 0);
 }
 
 /// Streams `len` bytes client → server while `mv` moves ends once the server has read a

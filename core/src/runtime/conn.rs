@@ -188,6 +188,17 @@ impl Conn {
         self.driver.notify_one();
     }
 
+    pub(crate) fn paths(&self) -> Vec<super::flow::Path> {
+        let inner = self.lock();
+        let mut paths: Vec<_> = inner
+            .subflows
+            .iter()
+            .map(|(id, s)| super::flow::Path { local: s.local, remote: s.remote, standby: inner.proto.is_standby(*id) })
+            .collect();
+        paths.sort_by_key(|p| p.standby);
+        paths
+    }
+
     /// Local addresses of the live subflows.
     pub(crate) fn subflow_locals(&self) -> Vec<(SubflowId, SocketAddr)> {
         self.lock().subflows.iter().map(|(id, s)| (*id, s.local)).collect()

@@ -30,6 +30,15 @@ impl std::fmt::Debug for Flow {
     }
 }
 
+/// One live subflow of a flow, as [`Flow::paths`] reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Path {
+    pub local: std::net::SocketAddr,
+    pub remote: std::net::SocketAddr,
+    /// Kept as a hot spare: it carries data only while no active path is heard.
+    pub standby: bool,
+}
+
 impl Flow {
     pub(crate) fn new(conn: Arc<Conn>) -> Flow {
         Flow { conn, finished: false }
@@ -66,14 +75,14 @@ impl Flow {
         FlowEvents { rx: self.conn.subscribe() }
     }
 
+    /// The live subflows: where each runs, and whether it is a standby.
+    pub fn paths(&self) -> Vec<Path> {
+        self.conn.paths()
+    }
+
     /// Byte counters.
     pub fn stats(&self) -> FlowStats {
         self.conn.lock().proto.stats()
-    }
-
-    /// Number of live subflows.
-    pub fn paths(&self) -> usize {
-        self.conn.lock().proto.live_subflows()
     }
 
     /// Ends the flow at once with `reason`; the peer's reads and writes fail with it.

@@ -20,5 +20,5 @@ mod socket;
 pub use endpoint::{Endpoint, EndpointConfig, Listener};
 pub use error::Error;
 pub use events::{FlowEvent, FlowEvents};
-pub use flow::{BlockingFlow, Flow};
+pub use flow::{BlockingFlow, Flow, Path};
 pub use follow::NetworkFollower;

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::conn::Conn;
-use crate::name::NameRecord;
+use crate::name::{NameRecord, WATCH_POLL_INTERVAL};
 
 /// How long one watch request waits for a change (the name server caps it at 60 s).
 const WATCH_WAIT: Duration = Duration::from_secs(55);
@@ -38,6 +38,7 @@ async fn watch_peer(conn: Arc<Conn>, mut seq: u64) {
         let mut net = ep.net_changed.subscribe();
         drop(ep);
         // Our own move may have cut the watch's connection without a word: start over.
+        let started = tokio::time::Instant::now();
         let result = tokio::select! {
             r = names.watch(&conn.name, seq, WATCH_WAIT) => r,
             _ = net.changed() => continue,
@@ -49,7 +50,11 @@ async fn watch_peer(conn: Arc<Conn>, mut seq: u64) {
                 seq = signed.record.seq;
                 follow(&conn, signed.record);
             }
-            Ok(None) => retry = FIRST_RETRY,
+            Ok(None) => {
+                retry = FIRST_RETRY;
+                // A service that answers "unchanged" at once must not make this spin.
+                tokio::time::sleep_until(started + WATCH_POLL_INTERVAL).await;
+            }
             Err(e) => {
                 tracing::debug!(name = %conn.name, error = %e, ?retry, "watching the peer's name failed; retrying");
                 tokio::select! {

@@ -113,6 +113,8 @@ pub struct TestNames {
     lies: Mutex<HashMap<String, SignedRecord>>,
     lookups: watch::Sender<u64>,
     failed_lookups: watch::Sender<u64>,
+    /// Wakes watches when a lie is told.
+    lied: tokio::sync::Notify,
 }
 
 impl TestNames {
@@ -123,6 +125,7 @@ impl TestNames {
             lies: Mutex::new(HashMap::new()),
             lookups: watch::channel(0).0,
             failed_lookups: watch::channel(0).0,
+            lied: tokio::sync::Notify::new(),
         })
     }
 
@@ -137,6 +140,7 @@ impl TestNames {
     /// Serve `record` for its name from now on, whatever is registered.
     pub fn lie(&self, record: SignedRecord) {
         self.lies.lock().unwrap().insert(record.record.name.clone(), record);
+        self.lied.notify_waiters();
     }
 
     pub fn lookups(&self) -> watch::Receiver<u64> {
@@ -173,6 +177,33 @@ impl NameService for TestNames {
                 return Ok(r);
             }
             self.store.lookup(name).await
+        })
+    }
+
+    /// The store's pushed watch, or the lie once one is told (not counted as lookups).
+    fn watch<'a>(&'a self, name: &'a str, after_seq: u64, wait: std::time::Duration) -> NameFuture<'a, Option<SignedRecord>> {
+        Box::pin(async move {
+            let deadline = tokio::time::Instant::now() + wait;
+            loop {
+                if self.down.load(Ordering::SeqCst) {
+                    return Err(Self::unreachable());
+                }
+                let lied = self.lied.notified();
+                let lie = self.lies.lock().unwrap().get(name).cloned();
+                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                match lie {
+                    Some(r) if r.record.seq > after_seq => return Ok(Some(r)),
+                    // A lie hides the store: wait for the next one.
+                    Some(_) => tokio::select! {
+                        _ = tokio::time::sleep(left) => return Ok(None),
+                        _ = lied => {}
+                    },
+                    None => tokio::select! {
+                        r = self.store.watch(name, after_seq, left) => return r,
+                        _ = lied => {}
+                    },
+                }
+            }
         })
     }
 }

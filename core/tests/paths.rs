@@ -1,0 +1,160 @@
+//! Extra subflows of a connecting flow, over real loopback sockets: a standby on a second
+//! local address that takes over without a handshake, and a peer followed through its
+//! name record when its old path goes silent.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use msocket::{FlowEvent, FlowEvents, Identity};
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// Waits (bounded) for an event matching `want`; returns it.
+async fn wait_event(events: &mut FlowEvents, what: &str, want: impl Fn(&FlowEvent) -> bool) -> FlowEvent {
+    within(10, what, async {
+        loop {
+            match events.next().await {
+                Some(ev) if want(&ev) => return ev,
+                Some(_) => {}
+                None => panic!("{what}: the flow's events ended"),
+            }
+        }
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_subflow_takes_over_without_a_handshake() {
+    init_tracing();
+    let names = memory_names();
+    let server = endpoint(&names, 161, 161);
+    let client = endpoint_with(&names, 162, 162, |cfg| cfg.local_ips = vec![lo(162), lo(163)]);
+    let mut listener = server.listen("standby.test").await.unwrap();
+    let (c, s) = within(10, "pair", pair(&client, &mut listener, "standby.test")).await;
+    let mut events = c.events();
+    // The flow's first subflow is from the best address; the standby joins from the other.
+    if c.paths().len() < 2 {
+        wait_event(&mut events, "the standby joins", |ev| {
+            matches!(ev, FlowEvent::PathAdded { local, .. } if local.ip() == lo(163))
+        })
+        .await;
+    }
+    let paths = c.paths();
+    assert_eq!(paths.len(), 2, "{paths:?}");
+    assert!(!paths[0].standby && paths[0].local.ip() == lo(162), "{paths:?}");
+    assert!(paths[1].standby && paths[1].local.ip() == lo(163), "{paths:?}");
+
+    // The active address goes: the standby carries the flow at once, with no new subflow
+    // and no outage.
+    client.set_local_ips(vec![lo(163)]).await.unwrap();
+    let (c, _s) = round_trip(c, s, 2_000_000, 2_000_000, 7).await;
+    let mut seen = Vec::new();
+    while let Some(ev) = events.try_next() {
+        seen.push(ev);
+    }
+    assert!(
+        seen.iter().any(|ev| matches!(ev, FlowEvent::PathLost { local, .. } if local.ip() == lo(162))),
+        "{seen:?}"
+    );
+    assert!(!seen.iter().any(|ev| matches!(ev, FlowEvent::PathAdded { .. })), "no new subflow was needed: {seen:?}");
+    assert!(!seen.iter().any(|ev| matches!(ev, FlowEvent::Resumed { .. })), "no outage: {seen:?}");
+    drop(c);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_standby_paths_the_flow_keeps_one_subflow() {
+    init_tracing();
+    let names = memory_names();
+    let server = endpoint(&names, 164, 164);
+    let client = endpoint_with(&names, 165, 165, |cfg| {
+        cfg.local_ips = vec![lo(165), lo(166)];
+        cfg.standby_paths = false;
+    });
+    let mut listener = server.listen("single.test").await.unwrap();
+    let (c, s) = within(10, "pair", pair(&client, &mut listener, "single.test")).await;
+    let mut events = c.events();
+    let paths = c.paths();
+    let (c, _s) = round_trip(c, s, 300_000, 300_000, 8).await;
+    assert_eq!(paths.len(), 1, "{paths:?}");
+    while let Some(ev) = events.try_next() {
+        assert!(!matches!(ev, FlowEvent::PathAdded { .. }), "an extra subflow: {ev:?}");
+    }
+    drop(c);
+}
+
+/// A forwarder to `upstream` that can be frozen: it then forwards nothing more and closes
+/// nothing, like a path that silently died.
+async fn freezable_proxy(upstream: SocketAddr) -> (SocketAddr, Arc<AtomicBool>) {
+    let listener = TcpListener::bind((lo(169), 0)).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let frozen = Arc::new(AtomicBool::new(false));
+    let f = frozen.clone();
+    tokio::spawn(async move {
+        while let Ok((down, _)) = listener.accept().await {
+            let Ok(up) = TcpStream::connect(upstream).await else { continue };
+            let (down_r, down_w) = down.into_split();
+            let (up_r, up_w) = up.into_split();
+            for (mut from, mut to) in [(down_r, up_w), (up_r, down_w)] {
+                let frozen = f.clone();
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 16 * 1024];
+                    loop {
+                        let n = match from.read(&mut buf).await {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => n,
+                        };
+                        if frozen.load(Ordering::SeqCst) {
+                            // Hold both sockets open, forwarding nothing.
+                            std::future::pending::<()>().await;
+                        }
+                        if to.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+        }
+    });
+    (addr, frozen)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_follows_the_peers_name_record_when_its_path_goes_silent() {
+    init_tracing();
+    let names = TestNames::new();
+    let dyn_names = names.dyn_arc();
+    let server = endpoint(&dyn_names, 167, 167);
+    let client = endpoint(&dyn_names, 168, 168);
+    let mut listener = server.listen("follow.test").await.unwrap();
+    let direct = server.published_addrs()[0];
+    // The name first points at a forwarder, which later freezes.
+    let (via, frozen) = freezable_proxy(direct).await;
+    let id = Identity::from_seed([167; 32]);
+    let seq = u64::MAX / 2;
+    names.lie(signed_record(&id, "follow.test", vec![via], seq));
+    let (mut c, mut s) = within(10, "pair", pair(&client, &mut listener, "follow.test")).await;
+    let mut events = c.events();
+    c.write_all(b"hello").await.unwrap();
+    let mut hello = [0u8; 5];
+    within(10, "hello", s.read_exact(&mut hello)).await.unwrap();
+    assert_eq!(&hello, b"hello");
+
+    // The path goes silent and the record changes. The flow is idle: nothing but the
+    // record tells the client (its keepalive is 25 s away, and no data is outstanding
+    // for the dead-path timer).
+    frozen.store(true, Ordering::SeqCst);
+    names.lie(signed_record(&id, "follow.test", vec![direct], seq + 1));
+    let lost = wait_event(&mut events, "the silent path is left", |ev| matches!(ev, FlowEvent::PathLost { .. })).await;
+    let FlowEvent::PathLost { remote, reason, .. } = lost else { unreachable!() };
+    assert_eq!(remote, via);
+    assert!(reason.contains("record"), "{reason}");
+    wait_event(&mut events, "a subflow to the new address", |ev| {
+        matches!(ev, FlowEvent::PathAdded { remote, .. } if *remote == direct)
+    })
+    .await;
+    let (_c, _s) = round_trip(c, s, 500_000, 500_000, 10).await;
+}
