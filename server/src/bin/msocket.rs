@@ -103,6 +103,7 @@ and, a quarter through, one move happens:\n\n\
   wifi-to-cell     the phone's Wi-Fi address is removed (cellular already up)\n\
   link-down        the phone's Wi-Fi link goes down (cellular already up)\n\
   server-renumber  the server moves to a new address (its name record follows)\n\
+  both-move        the phone's Wi-Fi address goes (cellular already up) and the server moves, at once\n\
   nat-rebind       the Wi-Fi router's NAT takes a new public address, forgets its mappings\n\
   break-before-make  cellular is down from the start; Wi-Fi's address goes, then cellular \
 comes up (recovery measured from then)\n\n\
@@ -120,8 +121,8 @@ connection fails, died. Every repetition builds a fresh lab; median and max are 
         #[arg(long, default_value_t = 10)]
         reps: usize,
         /// Scenarios to run (comma-separated): wifi-to-cell, link-down, server-renumber,
-        /// nat-rebind, break-before-make.
-        #[arg(long, value_delimiter = ',', default_value = "wifi-to-cell,link-down,server-renumber,nat-rebind,break-before-make")]
+        /// both-move, nat-rebind, break-before-make.
+        #[arg(long, value_delimiter = ',', default_value = "wifi-to-cell,link-down,server-renumber,both-move,nat-rebind,break-before-make")]
         scenarios: Vec<String>,
         /// Systems to compare (comma-separated): msocket, tcp, mptcp.
         #[arg(long, value_delimiter = ',', default_value = "msocket,tcp,mptcp")]

@@ -28,7 +28,7 @@ use super::CliError;
 use crate::lab_run::{data, lab_ready, Plan, Recv, Scene, STEP};
 
 /// Scenarios, in the order run.
-pub const SCENARIOS: [&str; 5] = ["wifi-to-cell", "link-down", "server-renumber", "nat-rebind", "break-before-make"];
+pub const SCENARIOS: [&str; 6] = ["wifi-to-cell", "link-down", "server-renumber", "both-move", "nat-rebind", "break-before-make"];
 /// Systems, in the order run.
 pub const SYSTEMS: [&str; 3] = ["msocket", "tcp", "mptcp"];
 /// `IPPROTO_MPTCP`.
@@ -251,6 +251,8 @@ fn make_move_from(scene: &Scene, scenario: &str) -> Result<(Instant, Instant), S
         "wifi-to-cell" => lab.del_addr(Access::Wifi).map(|_| ()),
         "link-down" => lab.link_down(Access::Wifi),
         "server-renumber" => lab.renumber_server(SERVER_MOVED).map(|_| ()),
+        // Neither end can reach the other's old address.
+        "both-move" => lab.del_addr(Access::Wifi).and_then(|_| lab.renumber_server(SERVER_MOVED)).map(|_| ()),
         "nat-rebind" => lab.nat_rebind(Access::Wifi).map(|_| ()),
         // Cellular was down from the start: Wi-Fi goes, then cellular comes up. Measured
         // from the moment the new path is usable.
