@@ -14,19 +14,6 @@ use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;
 
-async fn wait_event(events: &mut msocket::FlowEvents, what: &str, pred: impl Fn(&FlowEvent) -> bool) -> FlowEvent {
-    within(20, what, async {
-        loop {
-            match events.next().await {
-                Some(ev) if pred(&ev) => return ev,
-                Some(_) => {}
-                None => panic!("{what}: the flow ended first"),
-            }
-        }
-    })
-    .await
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_that_moved_before_the_first_lookup_is_reached_at_its_new_address() {
     init_tracing();

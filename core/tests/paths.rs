@@ -8,24 +8,10 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use msocket::{FlowEvent, FlowEvents, Identity};
+use msocket::{FlowEvent, Identity};
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-
-/// Waits (bounded) for an event matching `want`; returns it.
-async fn wait_event(events: &mut FlowEvents, what: &str, want: impl Fn(&FlowEvent) -> bool) -> FlowEvent {
-    within(10, what, async {
-        loop {
-            match events.next().await {
-                Some(ev) if want(&ev) => return ev,
-                Some(_) => {}
-                None => panic!("{what}: the flow's events ended"),
-            }
-        }
-    })
-    .await
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_standby_subflow_takes_over_without_a_handshake() {

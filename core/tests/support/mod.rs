@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use msocket::name::{MemoryNameService, NameError, NameFuture, NameRecord, NameService, SignedRecord};
-use msocket::{Endpoint, EndpointConfig, Flow, Identity};
+use msocket::{Endpoint, EndpointConfig, Flow, FlowEvent, Identity};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;
@@ -253,4 +253,18 @@ pub async fn round_trip(c: Flow, s: Flow, up_len: usize, down_len: usize, seed: 
     assert_eq!(sha(&got_up), sha(&up), "client → server bytes differ");
     assert_eq!(sha(&got_down), sha(&down), "server → client bytes differ");
     (c, s)
+}
+
+/// Waits (at most 20 s) for an event matching `want`; returns it.
+pub async fn wait_event(events: &mut msocket::FlowEvents, what: &str, want: impl Fn(&FlowEvent) -> bool) -> FlowEvent {
+    within(20, what, async {
+        loop {
+            match events.next().await {
+                Some(ev) if want(&ev) => return ev,
+                Some(_) => {}
+                None => panic!("{what}: the flow's events ended"),
+            }
+        }
+    })
+    .await
 }
