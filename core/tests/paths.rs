@@ -144,3 +144,32 @@ async fn a_client_follows_the_peers_name_record_when_its_path_goes_silent() {
     .await;
     let (_c, _s) = round_trip(c, s, 500_000, 500_000, 10).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flow_returns_to_the_better_address_when_it_comes_back() {
+    init_tracing();
+    let names = memory_names();
+    let server = endpoint(&names, 170, 170);
+    let client = endpoint_with(&names, 171, 171, |cfg| cfg.local_ips = vec![lo(171), lo(172)]);
+    let mut listener = server.listen("back.test").await.unwrap();
+    let (c, s) = within(10, "pair", pair(&client, &mut listener, "back.test")).await;
+    let mut events = c.events();
+    // Only the worse address is left, then the better one returns (back on Wi-Fi).
+    client.set_local_ips(vec![lo(172)]).await.unwrap();
+    if c.paths().iter().all(|p| p.local.ip() != lo(172)) {
+        wait_event(&mut events, "a subflow from the remaining address", |ev| {
+            matches!(ev, FlowEvent::PathAdded { local, .. } if local.ip() == lo(172))
+        })
+        .await;
+    }
+    client.set_local_ips(vec![lo(171), lo(172)]).await.unwrap();
+    wait_event(&mut events, "a subflow from the better address", |ev| {
+        matches!(ev, FlowEvent::PathAdded { local, .. } if local.ip() == lo(171))
+    })
+    .await;
+    let paths = c.paths();
+    assert_eq!(paths.len(), 2, "{paths:?}");
+    assert!(!paths[0].standby && paths[0].local.ip() == lo(171), "the better address carries the flow: {paths:?}");
+    assert!(paths[1].standby && paths[1].local.ip() == lo(172), "{paths:?}");
+    let (_c, _s) = round_trip(c, s, 500_000, 500_000, 11).await;
+}

@@ -311,6 +311,11 @@ impl FlowState {
         }
     }
 
+    /// Whether the peer was heard on subflow `id`.
+    pub fn is_heard(&self, id: SubflowId) -> bool {
+        self.subflows.get(&id).is_some_and(|s| s.heard)
+    }
+
     /// Whether subflow `id` is a standby (by our choice or the peer's).
     pub fn is_standby(&self, id: SubflowId) -> bool {
         self.subflows.get(&id).is_some_and(|s| s.standby)

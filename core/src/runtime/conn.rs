@@ -201,7 +201,7 @@ impl Conn {
 
     /// Local addresses of the live subflows.
     pub(crate) fn subflow_locals(&self) -> Vec<(SubflowId, SocketAddr)> {
-        self.lock().subflows.iter().map(|(id, s)| (*id, s.local)).collect()
+        self.lock().subflow_ids_and_locals()
     }
 
     /// Turns the state machine's news into wake-ups and application events. Call after
@@ -333,8 +333,13 @@ impl Conn {
             return;
         };
         let _ = sub.kill.send(true);
+        // A subflow that died before the peer said a word there (a refused join, a port
+        // that accepts and closes) makes its address back off; a working one that broke
+        // (its address went, a NAT forgot it) may be replaced at once.
+        if !inner.proto.is_heard(id) {
+            inner.paths.lost(sub.local.ip(), Instant::now());
+        }
         inner.proto.remove_subflow(id, Instant::now());
-        inner.paths.lost(sub.local.ip(), Instant::now());
         self.assign_standbys(&mut inner);
         tracing::info!(flow = %self.keys.flow_id, local = %sub.local, remote = %sub.remote, reason, "subflow down");
         self.emit(FlowEvent::PathLost { local: sub.local, remote: sub.remote, reason: reason.to_string() });

@@ -10,15 +10,19 @@
 //!   the old one goes.
 //!
 //! The best local address (first in the endpoint's list: unmetered before metered) is the
-//! active path; subflows from worse ones are standbys. Only the connecting side decides;
-//! the other end follows the STANDBY frames. A local address whose subflows keep dying
-//! backs off (1 s doubling to 1 min) before it is dialed again.
+//! active path; subflows from worse ones are standbys. When a better address appears (back
+//! on Wi-Fi) a subflow joins from it and takes over; without standbys
+//! (`EndpointConfig::standby_paths` off) the worse subflows are then retired. Only the connecting side decides;
+//! the other end follows the STANDBY frames. A local address whose subflows die before
+//! the peer is heard on them, or stop answering, backs off (1 s doubling to 1 min) before
+//! it is dialed again.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::conn::{Conn, Inner, Role};
+use crate::proto::SubflowId;
 
 const FIRST_BACKOFF: Duration = Duration::from_secs(1);
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
@@ -92,12 +96,13 @@ impl Conn {
                 wanted.push((best, addr));
             }
         }
-        if standby {
-            for ip in locals.iter().skip(1).flatten() {
-                let covered = subs.iter().any(|(l, _)| l.ip() == *ip);
-                if !covered && !inner.paths.backing_off(*ip, now) {
-                    wanted.push((Some(*ip), remote));
-                }
+        // Every local address gets a subflow (the best one to carry the flow, the others
+        // as standbys); without standbys only the best one does.
+        let covered = |ip: &IpAddr| subs.iter().any(|(l, _)| l.ip() == *ip);
+        let limit = if standby { locals.len() } else { 1 };
+        for ip in locals.iter().take(limit).flatten() {
+            if !covered(ip) && !inner.paths.backing_off(*ip, now) {
+                wanted.push((Some(*ip), remote));
             }
         }
         for (local, addr) in wanted {
@@ -107,6 +112,20 @@ impl Conn {
             inner.paths.dialing.push((local, addr));
             tracing::debug!(flow = %self.keys.flow_id, ?local, %addr, "opening an extra subflow");
             tokio::spawn(dial_extra(self.clone(), local, addr));
+        }
+        // Without standbys, a flow that moved to a better address leaves the worse ones.
+        let worse: Vec<SubflowId> = match best {
+            Some(best) if !standby && covered(&best) => inner
+                .subflow_ids_and_locals()
+                .into_iter()
+                .filter(|(_, l)| l.ip() != best)
+                .map(|(id, _)| id)
+                .collect(),
+            _ => Vec::new(),
+        };
+        drop(inner);
+        for id in worse {
+            self.subflow_gone(id, "a better local address carries the flow");
         }
     }
 
