@@ -17,7 +17,6 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use super::frame::{check_ack, clamp_str, ACK_HEADER_LEN, ACK_RANGE_LEN, DATA_HEADER_LEN};
-use super::ranges::RangeSet;
 use super::recv::RecvBuffer;
 use super::send::{Segment, SendBuffer};
 use super::subflow::Subflow;
@@ -134,11 +133,10 @@ pub struct FlowState {
     /// An ACK went out right before the next ABANDON (so its receiver re-sends exactly
     /// what we lack, not all it had in flight there).
     ack_led_abandon: bool,
-    /// Units in flight on a subflow we lost that may well have arrived: what we know of
-    /// the peer's receipt is a round trip old. They join the re-sends at the peer's next
-    /// ACK (which prunes what arrived) or at `held_until`; new data waits behind them.
-    held: RangeSet,
-    held_until: Option<Instant>,
+    /// After we lost a subflow: re-sends wait until the peer's next ACK (or this instant),
+    /// since what we know of its receipt is a round trip old and most of what was in
+    /// flight likely arrived.
+    resend_hold: Option<Instant>,
     readable_hint: bool,
     writable_hint: bool,
     write_blocked: bool,
@@ -166,8 +164,7 @@ impl FlowState {
             events: VecDeque::new(),
             abandoned: VecDeque::new(),
             ack_led_abandon: false,
-            held: RangeSet::new(),
-            held_until: None,
+            resend_hold: None,
             readable_hint: false,
             writable_hint: false,
             write_blocked: false,
@@ -328,33 +325,10 @@ impl FlowState {
     /// peer is told (ABANDON on another subflow, now or once there is one), since its end
     /// may not know: a vanished address sends no FIN.
     pub fn remove_subflow(&mut self, id: SubflowId, now: Instant) {
-        self.remove_subflow_knowing(id, now, &[]);
-    }
-
-    /// [`remove_subflow`](Self::remove_subflow), when the runtime knows which units the
-    /// subflow certainly never delivered (they never left this host: still unsent in its
-    /// socket, or in a record cut short). Those are re-sent at once; the rest of what it
-    /// had in flight waits for the peer's next ACK while other subflows remain.
-    pub fn remove_subflow_knowing(&mut self, id: SubflowId, now: Instant, undelivered: &[std::ops::Range<u64>]) {
-        let others = self.subflows.len() > 1;
-        let srtt = self.subflows.values().filter(|s| s.id != id).filter_map(|s| s.srtt).max();
-        let Some(sub) = self.subflows.get_mut(&id) else { return };
-        if others && !sub.in_flight.is_empty() {
-            let mut certain = RangeSet::new();
-            for r in undelivered {
-                for f in sub.in_flight.intersect(r.clone()) {
-                    certain.insert(f);
-                }
-            }
-            for r in certain.iter() {
-                sub.in_flight.remove(r);
-            }
-            for r in sub.in_flight.iter() {
-                self.held.insert(r);
-            }
-            sub.in_flight = certain;
+        if self.subflows.get(&id).is_some_and(|s| !s.in_flight.is_empty()) && self.subflows.len() > 1 {
+            let srtt = self.subflows.values().filter(|s| s.id != id).filter_map(|s| s.srtt).max();
             let hold = srtt.map_or(RESEND_HOLD_MAX, |r| (r * 2).clamp(RESEND_HOLD_MIN, RESEND_HOLD_MAX));
-            self.held_until = Some(now + hold);
+            self.resend_hold = Some(now + hold);
         }
         if let Some(token) = self.retire(id, now) {
             if self.abandoned.len() == MAX_ABANDONED {
@@ -362,16 +336,6 @@ impl FlowState {
             }
             self.abandoned.push_back(token);
         }
-    }
-
-    /// The held units join the re-sends (the peer's ACK just pruned them, or the wait
-    /// for it ended).
-    fn release_held(&mut self) {
-        if !self.held.is_empty() {
-            self.send.on_lost(&self.held);
-            self.held = RangeSet::new();
-        }
-        self.held_until = None;
     }
 
     /// Removes subflow `id`; returns its token.
@@ -494,9 +458,9 @@ impl FlowState {
         if acked > sent {
             return Err(ProtocolViolation::AckOfUnsent { acked, sent });
         }
+        self.resend_hold = None;
         let was_full = self.send.capacity() == 0;
         let freed = self.send.on_ack(cum, ranges, window);
-        self.release_held();
         for s in self.subflows.values_mut() {
             s.in_flight.remove_below(cum);
             for r in ranges {
@@ -532,8 +496,8 @@ impl FlowState {
                 }
             }
         }
-        if self.held_until.is_some_and(|t| t <= now) {
-            self.release_held();
+        if self.resend_hold.is_some_and(|t| t <= now) {
+            self.resend_hold = None;
         }
         let mut dead = Vec::new();
         for s in self.subflows.values_mut() {
@@ -575,8 +539,8 @@ impl FlowState {
             return None;
         }
         // Resume ACK, owed ACKs.
-        let none_held = self.held.is_empty();
-        let ack_leads_data = sub.ack_owed && !sidelined && data_waiting(&self.send, sub, self_only, none_held);
+        let resend_ok = self.resend_hold.is_none();
+        let ack_leads_data = sub.ack_owed && !sidelined && data_waiting(&self.send, sub, self_only, resend_ok);
         let ack_fits = max_len >= ACK_HEADER_LEN;
         if sub.resume_ack_pending {
             // The resume ACK must be the first frame on the subflow, whatever the room.
@@ -630,7 +594,7 @@ impl FlowState {
             };
             sub.addrs = Some((addrs, relays));
         }
-        if max_len < DATA_HEADER_LEN || sidelined || !data_waiting(&self.send, sub, self_only, none_held) {
+        if max_len < DATA_HEADER_LEN || sidelined || !data_waiting(&self.send, sub, self_only, resend_ok) {
             return None;
         }
         let max_payload = (max_len - DATA_HEADER_LEN).min(self.cfg.max_data_frame);
@@ -690,7 +654,7 @@ impl FlowState {
             return false;
         }
         let only = self.subflows.len() == 1;
-        let data = !self.sidelined(id) && data_waiting(&self.send, sub, only, self.held.is_empty());
+        let data = !self.sidelined(id) && data_waiting(&self.send, sub, only, self.resend_hold.is_none());
         sub.wants_ack()
             || sub.standby_out.is_some()
             || !sub.pongs.is_empty()
@@ -711,7 +675,7 @@ impl FlowState {
         } else {
             None
         };
-        for x in self.subflows.values().filter_map(|s| s.next_timeout(&self.cfg)).chain(self.held_until) {
+        for x in self.subflows.values().filter_map(|s| s.next_timeout(&self.cfg)).chain(self.resend_hold) {
             t = Some(t.map_or(x, |t| t.min(x)));
         }
         t
@@ -813,12 +777,13 @@ impl FlowState {
 /// for that frame, the resume ACK: it says where the peer's data stops, so the units it
 /// lacks go out first, in order, and none that it has. New data sent sooner would queue in
 /// the socket ahead of those re-sends, and the receiver reads nothing until they arrive;
-/// for the same reason new data waits while units are held (`none_held` false).
-fn data_waiting(send: &SendBuffer, sub: &Subflow, only: bool, none_held: bool) -> bool {
+/// for the same reason new data waits while re-sends are held (`resend_ok` false).
+fn data_waiting(send: &SendBuffer, sub: &Subflow, only: bool, resend_ok: bool) -> bool {
     if send.has_retransmit() {
-        // Re-sends go first, once the peer was heard here; new data waits behind them.
-        sub.heard
+        // Re-sends go first, once the peer was heard here and they are not held; new
+        // data waits behind them.
+        sub.heard && resend_ok
     } else {
-        none_held && send.has_new() && (sub.heard || (only && !sub.ends_outage))
+        send.has_new() && (sub.heard || (only && !sub.ends_outage))
     }
 }

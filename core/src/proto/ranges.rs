@@ -40,16 +40,6 @@ impl RangeSet {
         self.map.iter().next().map(|(&s, &e)| s..e)
     }
 
-    /// The parts of the set that lie inside `r`.
-    pub(crate) fn intersect(&self, r: Range<u64>) -> Vec<Range<u64>> {
-        self.iter()
-            .filter_map(|x| {
-                let (start, end) = (x.start.max(r.start), x.end.min(r.end));
-                (start < end).then_some(start..end)
-            })
-            .collect()
-    }
-
     #[cfg(test)]
     pub(crate) fn contains(&self, unit: u64) -> bool {
         self.map

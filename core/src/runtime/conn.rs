@@ -14,7 +14,7 @@
 //!
 //! [`Flow`]: super::Flow
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::ops::Range;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -66,41 +66,8 @@ struct Sub {
     /// round (slow start): 64 KiB records would hold every byte of a resumed flow back for
     /// three round trips. Small at first, like TLS's dynamic record sizing.
     record_limit: usize,
-    /// What went into this subflow's byte stream: see [`Sent`].
-    sent: Sent,
     wake: Arc<Notify>,
     kill: watch::Sender<bool>,
-}
-
-/// Where the units a subflow carried lie in its TCP byte stream, so that when it is lost
-/// the units that certainly never reached the peer (still unsent in the socket, or in a
-/// record cut short, which the peer cannot open) are re-sent at once instead of waiting
-/// for the peer's ACK with the rest.
-struct Sent {
-    /// Record bytes sealed for this subflow so far (stream position after them).
-    produced: u64,
-    /// Record bytes the writer handed to the socket so far.
-    written: Arc<AtomicU64>,
-    /// Recent records with DATA: their stream span and units, oldest first.
-    records: VecDeque<(Range<u64>, Vec<Range<u64>>)>,
-    /// A duplicate of the socket, to ask how much it still holds unsent.
-    socket: Option<super::socket::SocketProbe>,
-}
-
-/// Records remembered per subflow in [`Sent`] (older ones count as maybe delivered).
-const SENT_RECORDS: usize = 64;
-
-impl Sent {
-    /// Units that certainly never reached the peer (empty if that cannot be told).
-    fn undelivered(&self) -> Vec<Range<u64>> {
-        let Some(unsent) = self.socket.as_ref().and_then(|s| s.unsent_bytes()) else {
-            return Vec::new();
-        };
-        // Bytes before `boundary` left this host; a record ending after it is incomplete
-        // at the peer.
-        let boundary = self.written.load(Ordering::Relaxed).saturating_sub(unsent);
-        self.records.iter().filter(|(span, _)| span.end > boundary).flat_map(|(_, units)| units.iter().cloned()).collect()
-    }
 }
 
 /// The mutable part of a flow.
@@ -313,8 +280,6 @@ impl Conn {
         let (Ok(local), Ok(remote)) = (stream.local_addr(), stream.peer_addr()) else {
             return;
         };
-        let probe = super::socket::SocketProbe::new(&stream);
-        let written = Arc::new(AtomicU64::new(0));
         let (r, w) = stream.into_split();
         let wake = Arc::new(Notify::new());
         let (kill, kill_rx) = watch::channel(false);
@@ -327,8 +292,7 @@ impl Conn {
             }
             let id = inner.proto.add_subflow(Instant::now());
             inner.proto.set_subflow_token(id, token);
-            let sent = Sent { produced: 0, written: written.clone(), records: VecDeque::new(), socket: probe };
-            let sub = Sub { local, remote, record_limit: FIRST_RECORD_LIMIT, sent, wake: wake.clone(), kill };
+            let sub = Sub { local, remote, record_limit: FIRST_RECORD_LIMIT, wake: wake.clone(), kill };
             inner.subflows.insert(id, sub);
             if !inner.peer_addrs.contains(&remote) {
                 inner.peer_addrs.insert(0, remote);
@@ -339,7 +303,7 @@ impl Conn {
         };
         tracing::info!(flow = %self.keys.flow_id, %local, %remote, subflow = id.0, "subflow up");
         self.emit(FlowEvent::PathAdded { local, remote });
-        tokio::spawn(writer(self.clone(), id, w, written, wake, kill_rx.clone()));
+        tokio::spawn(writer(self.clone(), id, w, wake, kill_rx.clone()));
         tokio::spawn(reader(self.clone(), id, r, kill_rx, reader_prefix));
     }
 
@@ -375,8 +339,7 @@ impl Conn {
         if !inner.proto.is_heard(id) {
             inner.paths.lost(sub.local.ip(), Instant::now());
         }
-        let undelivered = sub.sent.undelivered();
-        inner.proto.remove_subflow_knowing(id, Instant::now(), &undelivered);
+        inner.proto.remove_subflow(id, Instant::now());
         self.assign_standbys(&mut inner);
         tracing::info!(flow = %self.keys.flow_id, local = %sub.local, remote = %sub.remote, reason, "subflow down");
         self.emit(FlowEvent::PathLost { local: sub.local, remote: sub.remote, reason: reason.to_string() });
@@ -452,57 +415,43 @@ impl Conn {
         let Some(mut limit) = inner.subflows.get(&id).map(|s| s.record_limit) else {
             return records;
         };
-        // The record being filled: where it starts, and the DATA units it holds.
-        let mut open: Option<(usize, Vec<Range<u64>>)> = None;
-        let mut logged = Vec::new();
+        // The record being filled: where it starts, and whether it holds DATA.
+        let mut open: Option<(usize, bool)> = None;
         loop {
             if open.is_none() && (records.len() >= RECORDS_PER_BATCH || out.len() >= BATCH_BYTES) {
                 break;
             }
-            let room = open.as_ref().map_or(limit, |(start, _)| limit - (out.len() - start - RECORD_HEADER_LEN));
+            let room = open.map_or(limit, |(start, _)| limit - (out.len() - start - RECORD_HEADER_LEN));
             let Some(frame) = inner.proto.poll_transmit(id, now, room) else {
                 match open.take() {
                     // Full, or all sent: close it and try a fresh record.
-                    Some((start, units)) => {
+                    Some((start, had_data)) => {
                         self.close_record(out, start, &mut records);
-                        if !units.is_empty() {
+                        if had_data {
                             limit = (limit * 2).min(MAX_RECORD_PLAINTEXT);
-                            logged.push((start..out.len(), units));
                         }
                     }
                     None => break,
                 }
                 continue;
             };
-            let units = match &frame {
-                Frame::Data { offset, fin, payload } => Some(*offset..offset + payload.len() as u64 + u64::from(*fin)),
-                _ => None,
-            };
-            if let Some((start, held)) = &open {
-                if units.is_some() && held.is_empty() {
-                    // Control frames ahead of DATA travel in a record of their own.
-                    self.close_record(out, *start, &mut records);
+            let data = matches!(frame, Frame::Data { .. });
+            if let Some((start, false)) = open {
+                if data {
+                    self.close_record(out, start, &mut records);
                     open = None;
                 }
             }
-            let (_, held) = open.get_or_insert_with(|| {
+            let (start, had_data) = *open.get_or_insert_with(|| {
                 let start = out.len();
                 out.resize(start + RECORD_HEADER_LEN, 0);
-                (start, Vec::new())
+                (start, false)
             });
-            held.extend(units);
             frame.encode(out);
+            open = Some((start, had_data || data));
         }
         if let Some(sub) = inner.subflows.get_mut(&id) {
             sub.record_limit = limit;
-            let base = sub.sent.produced;
-            for (span, units) in logged {
-                if sub.sent.records.len() == SENT_RECORDS {
-                    sub.sent.records.pop_front();
-                }
-                sub.sent.records.push_back((base + span.start as u64..base + span.end as u64, units));
-            }
-            sub.sent.produced += out.len() as u64;
         }
         records
     }
@@ -549,7 +498,6 @@ async fn writer(
     conn: Arc<Conn>,
     id: SubflowId,
     mut w: OwnedWriteHalf,
-    written: Arc<AtomicU64>,
     wake: Arc<Notify>,
     mut kill: watch::Receiver<bool>,
 ) {
@@ -582,26 +530,12 @@ async fn writer(
                 return conn.subflow_gone(id, "sealing failed");
             }
         }
-        // Written piece by piece, counting what the socket took (see `Sent`).
-        let mut done = 0;
-        while done < out.len() {
-            tokio::select! {
-                r = w.write(&out[done..]) => match r {
-                    Ok(n) if n > 0 => {
-                        done += n;
-                        written.fetch_add(n as u64, Ordering::Relaxed);
-                    }
-                    Ok(_) => break,
-                    Err(e) => {
-                        tracing::debug!(error = %e, "subflow write failed");
-                        break;
-                    }
-                },
-                _ = killed(&mut kill) => break,
-            }
-        }
-        if done < out.len() {
-            break if *kill.borrow() { "retired" } else { "write failed" };
+        tokio::select! {
+            r = w.write_all(&out) => if let Err(e) = r {
+                tracing::debug!(error = %e, "subflow write failed");
+                break "write failed";
+            },
+            _ = killed(&mut kill) => break "retired",
         }
     };
     conn.subflow_gone(id, reason);

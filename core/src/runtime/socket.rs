@@ -10,46 +10,6 @@
 
 use tokio::net::TcpStream;
 
-/// A duplicate of a subflow's socket descriptor, kept to ask how many bytes it still holds
-/// unsent when the subflow is lost (the duplicate stays valid whatever its tasks did).
-#[derive(Debug)]
-pub(crate) struct SocketProbe {
-    #[cfg(any(target_os = "linux", target_os = "android"))]
-    fd: std::os::fd::OwnedFd,
-}
-
-impl SocketProbe {
-    /// None where the question cannot be asked (then nothing counts as surely unsent).
-    pub(crate) fn new(stream: &TcpStream) -> Option<SocketProbe> {
-        #[cfg(any(target_os = "linux", target_os = "android"))]
-        {
-            use std::os::fd::AsFd;
-            stream.as_fd().try_clone_to_owned().ok().map(|fd| SocketProbe { fd })
-        }
-        #[cfg(not(any(target_os = "linux", target_os = "android")))]
-        {
-            let _ = stream;
-            None
-        }
-    }
-
-    /// Bytes written to the socket that the kernel has not sent yet (`SIOCOUTQNSD`).
-    pub(crate) fn unsent_bytes(&self) -> Option<u64> {
-        #[cfg(any(target_os = "linux", target_os = "android"))]
-        {
-            use std::os::fd::AsRawFd;
-            const SIOCOUTQNSD: libc::c_ulong = 0x894B;
-            let mut n: libc::c_int = 0;
-            // SAFETY: a valid socket descriptor and a pointer to a writable c_int, which is
-            // what this ioctl fills in.
-            let rc = unsafe { libc::ioctl(self.fd.as_raw_fd(), SIOCOUTQNSD as _, &mut n as *mut libc::c_int) };
-            (rc == 0 && n >= 0).then_some(n as u64)
-        }
-        #[cfg(not(any(target_os = "linux", target_os = "android")))]
-        None
-    }
-}
-
 /// Unsent bytes a subflow's socket may hold before it stops taking more.
 pub(crate) const NOTSENT_LOWAT: u32 = 128 * 1024;
 
@@ -91,26 +51,6 @@ fn set_notsent_lowat(stream: &TcpStream, bytes: u32) -> std::io::Result<()> {
 #[cfg(all(test, target_os = "linux"))]
 mod tests {
     use super::*;
-
-    #[tokio::test]
-    async fn unsent_bytes_are_counted_until_the_kernel_sends_them() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let stream = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
-        let (_peer, _) = listener.accept().await.unwrap();
-        let probe = SocketProbe::new(&stream).unwrap();
-        assert_eq!(probe.unsent_bytes(), Some(0));
-        // The peer never reads: its window fills, then our send buffer; what is left in it
-        // is unsent.
-        let chunk = vec![7u8; 64 * 1024];
-        loop {
-            match stream.try_write(&chunk) {
-                Ok(_) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                Err(e) => panic!("{e}"),
-            }
-        }
-        assert!(probe.unsent_bytes().unwrap() > 0);
-    }
 
     #[tokio::test]
     async fn the_low_water_mark_is_set() {

@@ -676,32 +676,3 @@ fn resends_after_a_local_loss_go_without_an_ack_once_the_hold_ends() {
     }
     assert_eq!(resent, 1000);
 }
-
-#[test]
-fn units_that_never_left_are_resent_at_once_the_rest_after_the_peers_ack() {
-    let t0 = std::time::Instant::now();
-    let cfg = FlowConfig { max_data_frame: 1000, ..FlowConfig::default() };
-    let mut f = FlowState::new(cfg, t0);
-    let (a, b) = (f.add_subflow(t0), f.add_subflow(t0));
-    let hello = || Frame::Ack { cum: 0, ranges: vec![], window: 1 << 20 };
-    f.handle_frame(a, hello(), t0).unwrap();
-    f.handle_frame(b, hello(), t0).unwrap();
-    f.write(&[3; 3000]).unwrap();
-    while f.poll_transmit(a, t0, 1500).is_some() {}
-    f.write(&[4; 500]).unwrap();
-    // 2000..3000 was still in `a`'s socket when it went: certainly not delivered.
-    f.remove_subflow_knowing(a, t0, &[2000..3000]);
-    let offsets = |f: &mut FlowState, at| {
-        let mut out = Vec::new();
-        while let Some(fr) = f.poll_transmit(b, at, 1500) {
-            if let Frame::Data { offset, .. } = fr {
-                out.push(offset);
-            }
-        }
-        out
-    };
-    assert_eq!(offsets(&mut f, t0), vec![2000], "only what never left, and no new data yet");
-    // The peer's ACK says 0..1000 arrived: 1000..2000 follows, then the new data.
-    f.handle_frame(b, Frame::Ack { cum: 1000, ranges: vec![], window: 1 << 20 }, t0 + ms(5)).unwrap();
-    assert_eq!(offsets(&mut f, t0 + ms(5)), vec![1000, 3000]);
-}
