@@ -85,6 +85,11 @@ pub struct Row {
     pub record_updated_ms_p50: Option<f64>,
     pub recovery_after_record_ms_p50: Option<f64>,
     pub recovery_after_record_rtts_p50: Option<f64>,
+    /// msocket, moves of an endpoint's own addresses: from the start of the move's
+    /// command to the moment that endpoint had applied the change (its netlink watcher saw
+    /// it and its flows acted: subflows retired, peers told), median and maximum.
+    pub detect_ms_p50: Option<f64>,
+    pub detect_ms_max: Option<f64>,
     pub give_up_ms: u64,
     /// Errors and remarks of the repetitions (connection errors of the dead ones).
     pub notes: Vec<String>,
@@ -101,6 +106,8 @@ struct Rep {
     /// msocket: when the server's new record was acknowledged by the name server.
     record_updated: Option<Instant>,
     moved: Option<Instant>,
+    /// msocket: how long after the move began the moving endpoint applied it.
+    detected: Option<Duration>,
 }
 
 /// Runs the benchmark and prints its rows.
@@ -185,6 +192,8 @@ fn row(scenario: &str, rtt: u32, system: &str, opts: &Options, reps: &[Rep]) -> 
         record_updated_ms_p50: med(updated.iter().map(|(u, _)| ms(*u)).collect()),
         recovery_after_record_ms_p50: after_record,
         recovery_after_record_rtts_p50: after_record.map(|p| rtts(p, rtt)),
+        detect_ms_p50: med(reps.iter().filter_map(|r| r.detected).map(ms).collect()),
+        detect_ms_max: reps.iter().filter_map(|r| r.detected).map(ms).reduce(f64::max),
         give_up_ms: opts.give_up.as_millis() as u64,
         notes: reps.iter().filter_map(|r| r.note.clone()).collect(),
     }
@@ -210,13 +219,13 @@ fn median(sorted: &[f64]) -> f64 {
 
 fn print_table(rows: &[Row]) {
     println!(
-        "{:<16} {:>6} {:<8} {:>9} {:>9} {:>8} {:>6} {:>11}",
-        "scenario", "rtt ms", "system", "p50 ms", "max ms", "p50 RTT", "died", "bytes lost"
+        "{:<17} {:>6} {:<8} {:>9} {:>9} {:>8} {:>6} {:>11} {:>10}",
+        "scenario", "rtt ms", "system", "p50 ms", "max ms", "p50 RTT", "died", "bytes lost", "detect ms"
     );
     let f = |v: Option<f64>, prec: usize| v.map_or("-".to_string(), |v| format!("{v:.prec$}"));
     for r in rows {
         println!(
-            "{:<16} {:>6} {:<8} {:>9} {:>9} {:>8} {:>6} {:>11}",
+            "{:<17} {:>6} {:<8} {:>9} {:>9} {:>8} {:>6} {:>11} {:>10}",
             r.scenario,
             r.rtt_ms,
             r.system,
@@ -224,7 +233,8 @@ fn print_table(rows: &[Row]) {
             f(r.recovery_ms_max, 0),
             f(r.recovery_rtts_p50, 1),
             format!("{}/{}", r.died_reps, r.reps),
-            r.bytes_lost
+            r.bytes_lost,
+            f(r.detect_ms_p50, 1)
         );
     }
 }
@@ -336,6 +346,17 @@ fn msocket_rep(scene: &Scene, scenario: &str, rtt: u32, opts: &Options) -> Resul
     }
     rep.sha_ok = Some(sha_ok);
     rep.moved = Some(moved);
+    // The endpoint that moved: the server in a renumbering, the phone otherwise.
+    let mover = if scenario == "server-renumber" { &server_out } else { &phone_out };
+    if scenario != "nat-rebind" {
+        if let Ok(out) = mover {
+            rep.detected = out
+                .events
+                .iter()
+                .find(|(at, ev)| *at >= move_started && matches!(ev, msocket::FlowEvent::Moved { .. }))
+                .map(|(at, _)| *at - move_started);
+        }
+    }
     rep.died = !complete || !notes.is_empty();
     if !rep.died {
         rep.recovery = recovery(&p_recv, &s_recv, moved, min_stall(rtt, &phone_plan), &mut notes);
