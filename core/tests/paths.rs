@@ -33,6 +33,15 @@ async fn a_standby_subflow_takes_over_without_a_handshake() {
     assert_eq!(paths.len(), 2, "{paths:?}");
     assert!(!paths[0].standby && paths[0].local.ip() == lo(162), "{paths:?}");
     assert!(paths[1].standby && paths[1].local.ip() == lo(163), "{paths:?}");
+    // The standby carries nothing but control frames while the active path works.
+    let (mut c, mut s) = (c, s);
+    let bulk = data(300_000, 12);
+    c.write_all(&bulk).await.unwrap();
+    let mut got = vec![0u8; bulk.len()];
+    within(10, "bulk", s.read_exact(&mut got)).await.unwrap();
+    let paths = c.paths();
+    assert!(paths[0].bytes_sent >= bulk.len() as u64, "{paths:?}");
+    assert!(paths[1].bytes_sent < 1000, "the standby stayed idle: {paths:?}");
 
     // The active address goes: the standby carries the flow at once, with no new subflow
     // and no outage.

@@ -193,7 +193,17 @@ impl Conn {
         let mut paths: Vec<_> = inner
             .subflows
             .iter()
-            .map(|(id, s)| super::flow::Path { local: s.local, remote: s.remote, standby: inner.proto.is_standby(*id) })
+            .map(|(id, s)| {
+                let stats = inner.proto.subflow_stats(*id).unwrap_or_default();
+                super::flow::Path {
+                    local: s.local,
+                    remote: s.remote,
+                    standby: inner.proto.is_standby(*id),
+                    srtt: stats.srtt,
+                    bytes_sent: stats.bytes_sent,
+                    bytes_received: stats.bytes_received,
+                }
+            })
             .collect();
         paths.sort_by_key(|p| p.standby);
         paths

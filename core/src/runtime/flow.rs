@@ -37,6 +37,11 @@ pub struct Path {
     pub remote: std::net::SocketAddr,
     /// Kept as a hot spare: it carries data only while no active path is heard.
     pub standby: bool,
+    /// Smoothed round-trip time, once measured (PING/PONG).
+    pub srtt: Option<std::time::Duration>,
+    /// Frame bytes sent and received on this path (all frame types).
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
 }
 
 impl Flow {
