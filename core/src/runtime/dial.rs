@@ -12,8 +12,9 @@
 //! time, whose addresses (a peer that moved too) go to the front of the queue. Between
 //! rounds it backs off (10 ms doubling to 1 s) but wakes at once when our own addresses
 //! change. It stops when a subflow is back or the flow ended (the flow deadline ends it).
-//! Opening a flow races the looked-up addresses the same way and looks the name up again
-//! if none answered within [`RELOOKUP_AFTER`] (the record may predate a move).
+//! Opening a flow races the looked-up addresses the same way while watching the name for
+//! a newer record (the peer may move while we connect), and looks it up again if neither
+//! a newer record nor an answer came within [`RELOOKUP_AFTER`].
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -69,11 +70,19 @@ pub(crate) async fn connect(ep: &Arc<EndpointInner>, name: &str) -> Result<Flow,
                     }
                 }
                 let limit = ep.config.io_timeout.min(deadline.saturating_duration_since(Instant::now()));
-                // The record may predate a move of the peer: if nothing answered soon,
-                // look again and race the addresses it lists now as well.
+                // The record may predate a move of the peer: watch for a newer one (it
+                // arrives as soon as the name service stores it), and if none came and
+                // nothing answered soon, look again; race the addresses it lists as well.
                 let relookup = async {
-                    tokio::time::sleep(RELOOKUP_AFTER).await;
-                    match ep.lookup_pinned(name).await {
+                    let newer = match ep.config.names.watch(name, record.seq, RELOOKUP_AFTER).await {
+                        Ok(Some(signed)) => ep.check_pin(name, &signed.record).ok().map(|()| signed.record),
+                        _ => None,
+                    };
+                    let newer = match newer {
+                        Some(r) => Ok(r),
+                        None => ep.lookup_pinned(name).await,
+                    };
+                    match newer {
                         Ok(r) if r.noise_key == record.noise_key => r.addrs,
                         _ => Vec::new(),
                     }
