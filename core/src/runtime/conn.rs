@@ -107,6 +107,25 @@ impl Inner {
         ends.into_iter().map(|(_, l, r)| (l, r)).collect()
     }
 
+    /// Subflows that repeat an older one's local address and peer address (a re-dial and
+    /// a standby dial that raced): the newer ones, to retire.
+    pub(crate) fn duplicate_subflows(&self) -> Vec<SubflowId> {
+        let mut ids: Vec<_> = self.subflows.keys().copied().collect();
+        ids.sort();
+        let mut seen = Vec::new();
+        let mut extra = Vec::new();
+        for id in ids {
+            let s = &self.subflows[&id];
+            let key = (s.local.ip(), s.remote);
+            if seen.contains(&key) {
+                extra.push(id);
+            } else {
+                seen.push(key);
+            }
+        }
+        extra
+    }
+
     pub(crate) fn subflow_ids_and_locals(&self) -> Vec<(SubflowId, SocketAddr)> {
         self.subflows.iter().map(|(id, s)| (*id, s.local)).collect()
     }

@@ -113,8 +113,9 @@ impl Conn {
             tracing::debug!(flow = %self.keys.flow_id, ?local, %addr, "opening an extra subflow");
             tokio::spawn(dial_extra(self.clone(), local, addr));
         }
-        // Without standbys, a flow that moved to a better address leaves the worse ones.
-        let worse: Vec<SubflowId> = match best {
+        // Without standbys, a flow that moved to a better address leaves the worse ones;
+        // and a path opened twice (a re-dial raced a standby dial) is kept once.
+        let mut worse: Vec<SubflowId> = match best {
             Some(best) if !standby && covered(&best) => inner
                 .subflow_ids_and_locals()
                 .into_iter()
@@ -123,9 +124,10 @@ impl Conn {
                 .collect(),
             _ => Vec::new(),
         };
+        worse.extend(inner.duplicate_subflows());
         drop(inner);
         for id in worse {
-            self.subflow_gone(id, "a better local address carries the flow");
+            self.subflow_gone(id, "another subflow runs the same path, or a better one carries the flow");
         }
     }
 
