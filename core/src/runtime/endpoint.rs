@@ -237,9 +237,9 @@ impl Endpoint {
     /// network follower can apply the next change at once even while a publication of the
     /// previous one is stuck (for instance on a socket whose source address just vanished).
     pub(super) fn apply_local_ips(&self, ips: Vec<IpAddr>) -> Result<Vec<String>, Error> {
-        let (flows, services) = {
+        let (flows, services, old_ips) = {
             let mut st = self.inner.lock();
-            st.ips = ips.clone();
+            let old_ips = std::mem::replace(&mut st.ips, ips.clone());
             if !st.listeners.is_empty() {
                 let keep: Vec<_> = st.listeners.drain(..).collect();
                 for (addr, h) in keep {
@@ -252,7 +252,7 @@ impl Endpoint {
                 self.inner.bind_listeners(&mut st)?;
             }
             let flows: Vec<_> = st.flows.values().filter_map(Weak::upgrade).collect();
-            (flows, st.published_names())
+            (flows, st.published_names(), old_ips)
         };
         tracing::info!(?ips, "local addresses changed");
         for conn in &flows {
@@ -264,6 +264,7 @@ impl Endpoint {
                 }
             }
             conn.emit(FlowEvent::Moved { addrs: ips.clone() });
+            conn.addresses_added(ips.iter().filter(|ip| !old_ips.contains(ip)));
             conn.wake_driver();
         }
         self.inner.net_changed.send_modify(|g| *g += 1);

@@ -70,6 +70,15 @@ impl Paths {
 }
 
 impl Conn {
+    /// Local addresses that are new (or back): they get a fresh chance, whatever their
+    /// earlier subflows did.
+    pub(crate) fn addresses_added<'a>(&self, ips: impl Iterator<Item = &'a IpAddr>) {
+        let mut inner = self.lock();
+        for ip in ips {
+            inner.paths.backoff.retain(|(b, ..)| b != ip);
+        }
+    }
+
     /// Client: starts the dials for the extra subflows the flow lacks. Called by the
     /// driver; cheap when nothing is missing.
     pub(crate) fn ensure_paths(self: &Arc<Self>) {
