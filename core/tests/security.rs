@@ -570,19 +570,25 @@ async fn lying_refuser(addr: SocketAddr) -> tokio::sync::watch::Receiver<u32> {
         }
     };
     let (count_tx, count) = tokio::sync::watch::channel(0u32);
+    let count_tx = Arc::new(count_tx);
     tokio::spawn(async move {
         while let Ok((mut conn, _)) = listener.accept().await {
-            let mut opening = [0u8; 6 + 40];
-            if conn.read_exact(&mut opening).await.is_err() {
-                continue;
-            }
-            let reason = b"no such flow";
-            let mut refusal = vec![1u8, reason.len() as u8];
-            refusal.extend_from_slice(reason);
-            refusal.extend_from_slice(&[0x5a; 64]);
-            if conn.write_all(&refusal).await.is_ok() {
-                count_tx.send_modify(|n| *n += 1);
-            }
+            // Each connection on its own: one that never sends its opening (a losing
+            // connection attempt) must not hold up the next.
+            let count_tx = count_tx.clone();
+            tokio::spawn(async move {
+                let mut opening = [0u8; 6 + 40];
+                if conn.read_exact(&mut opening).await.is_err() {
+                    return;
+                }
+                let reason = b"no such flow";
+                let mut refusal = vec![1u8, reason.len() as u8];
+                refusal.extend_from_slice(reason);
+                refusal.extend_from_slice(&[0x5a; 64]);
+                if conn.write_all(&refusal).await.is_ok() {
+                    count_tx.send_modify(|n| *n += 1);
+                }
+            });
         }
     });
     count
