@@ -69,6 +69,7 @@ fn bench_mobility_json_wifi_to_cell() {
     assert_eq!(msocket["died"], false, "{msocket}");
     assert_eq!(msocket["sha256_match"], true, "{msocket}");
     assert!(msocket["recovery_ms_p50"].as_f64().is_some_and(|v| v > 0.0), "{msocket}");
+    assert!(msocket["detect_ms_p50"].as_f64().is_some(), "the phone's move was seen: {msocket}");
     // A TCP connection bound to the removed Wi-Fi address cannot survive.
     let tcp = &rows[1];
     assert_eq!(tcp["died"], true, "{tcp}");
