@@ -84,6 +84,7 @@ pub struct NameServer {
     store_ops: Semaphore,
     idle_timeout: Duration,
     watch_cap: Duration,
+    max_connections: usize,
     /// Wakes parked watches; fired after each committed registration.
     changes: ChangeNotifier,
 }
@@ -108,6 +109,7 @@ impl NameServer {
             store_ops: Semaphore::new(MAX_STORE_OPS),
             idle_timeout: IDLE_TIMEOUT,
             watch_cap: MAX_WATCH_WAIT,
+            max_connections: MAX_CONNECTIONS,
             changes: ChangeNotifier::new(),
         })
     }
@@ -123,6 +125,14 @@ impl NameServer {
     /// client asked for (default [`MAX_WATCH_WAIT`]).
     pub fn with_watch_cap(mut self, cap: Duration) -> Self {
         self.watch_cap = cap;
+        self
+    }
+
+    /// Sets how many connections are served at once (default [`MAX_CONNECTIONS`]; at least
+    /// 1). Every connecting flow of a client parks one watch on its peer's name, so a
+    /// busy service wants more than the default, and a file-descriptor limit to match.
+    pub fn with_max_connections(mut self, n: usize) -> Self {
+        self.max_connections = n.max(1);
         self
     }
 
@@ -286,7 +296,7 @@ impl NameServer {
     /// lets open connections finish their current request (up to [`SHUTDOWN_GRACE`]) and
     /// returns.
     pub async fn serve(self: Arc<Self>, listener: TcpListener, shutdown: impl std::future::Future) {
-        let connections = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+        let connections = Arc::new(Semaphore::new(self.max_connections));
         let (stop_tx, stop_rx) = watch::channel(());
         let mut tasks = JoinSet::new();
         tokio::pin!(shutdown);

@@ -154,11 +154,24 @@ fn help_explains_the_name_service() {
         Command::new(env!("CARGO_BIN_EXE_msocketd")).args(["name", "--help"]).output().unwrap();
     assert!(out.status.success());
     let help = String::from_utf8(out.stdout).unwrap();
-    for needle in ["signed name records", "--listen", "--db", "127.0.0.1:7450", "RUST_LOG"] {
+    for needle in ["signed name records", "--listen", "--db", "127.0.0.1:7450", "RUST_LOG", "--max-connections"] {
         assert!(help.contains(needle), "help lacks {needle:?}:\n{help}");
     }
     let out = Command::new(env!("CARGO_BIN_EXE_msocketd")).arg("--help").output().unwrap();
     assert!(String::from_utf8(out.stdout).unwrap().contains("name"));
+}
+
+#[test]
+fn zero_connections_is_refused_with_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_msocketd"))
+        .args(["name", "--listen", "127.0.0.1:0", "--max-connections", "0", "--db"])
+        .arg(dir.path().join("names.redb"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--max-connections must be at least 1"), "{err}");
 }
 
 #[test]

@@ -46,6 +46,11 @@ struct NameArgs {
     /// Database file holding the records (created if missing).
     #[arg(long, value_name = "FILE", default_value = "./msocketd-names.redb")]
     db: PathBuf,
+    /// Connections served at once; more wait in the kernel's backlog. Every open flow of
+    /// a connecting client parks one watch (a connection) on its peer's name, so size this
+    /// (and the process's open-file limit) to the flows you expect.
+    #[arg(long, value_name = "N", default_value_t = msocket_server::name_server::MAX_CONNECTIONS)]
+    max_connections: usize,
 }
 
 #[tokio::main]
@@ -71,7 +76,10 @@ async fn main() -> ExitCode {
 }
 
 async fn run_name(args: NameArgs) -> Result<(), String> {
-    let server = NameServer::open(&args.db).map_err(|e| e.to_string())?;
+    if args.max_connections == 0 {
+        return Err("--max-connections must be at least 1".into());
+    }
+    let server = NameServer::open(&args.db).map_err(|e| e.to_string())?.with_max_connections(args.max_connections);
     let listener = tokio::net::TcpListener::bind(&args.listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
