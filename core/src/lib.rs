@@ -10,6 +10,8 @@
 //! - the tokio runtime ([`Endpoint`], [`Flow`]) that owns sockets and timers and drives
 //!   the state machine.
 
+/// Energy estimates: how many joules a path's radio spends carrying a flow (sans-IO).
+pub mod energy;
 pub mod identity;
 pub mod name;
 pub mod proto;
