@@ -189,3 +189,39 @@ async fn a_flow_returns_to_the_better_address_when_it_comes_back() {
     assert!(paths[1].standby && paths[1].local.ip() == lo(172), "{paths:?}");
     let (_c, _s) = round_trip(c, s, 500_000, 500_000, 11).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paths_on_a_known_radio_report_modelled_energy() {
+    use msocket::watch::{Interface, InterfaceKind, NetworkState};
+    init_tracing();
+    let names = memory_names();
+    let server = endpoint(&names, 173, 173);
+    let client = endpoint_with(&names, 174, 174, |cfg| cfg.use_loopback = true);
+    // The platform says the client's address is on a cellular interface.
+    let cell = Interface {
+        name: "rmnet0".into(),
+        index: 7,
+        kind: InterfaceKind::Cellular,
+        metered: true,
+        up: true,
+        addrs: vec![lo(174)],
+    };
+    let (tx, rx) = tokio::sync::watch::channel(NetworkState::new(vec![cell]));
+    let _follower = client.follow_network(rx);
+    let mut listener = server.listen("energy.test").await.unwrap();
+    let (mut c, mut s) = within(10, "pair", pair(&client, &mut listener, "energy.test")).await;
+    let bulk = data(100_000, 13);
+    c.write_all(&bulk).await.unwrap();
+    let mut got = vec![0u8; bulk.len()];
+    within(10, "bulk", s.read_exact(&mut got)).await.unwrap();
+    // A cellular (LTE) path costs energy; a wired one would cost none, an unknown one has
+    // no figure.
+    let path = c.paths().into_iter().next().unwrap();
+    assert!(path.energy_joules.is_some_and(|j| j > 0.0), "{path:?}");
+    let (c, s) = round_trip(c, s, 100_000, 100_000, 14).await;
+    // Paths gone with the finished flow still count.
+    assert!(c.energy_joules().is_some_and(|j| j >= path.energy_joules.unwrap()), "{:?}", c.energy_joules());
+    // The server follows no watcher: its radio is unknown.
+    assert_eq!(s.energy_joules(), None);
+    drop(tx);
+}

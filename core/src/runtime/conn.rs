@@ -30,6 +30,7 @@ use tokio::sync::{broadcast, watch, Notify};
 
 use super::endpoint::EndpointInner;
 use super::events::FlowEvent;
+use crate::energy::EnergyMeter;
 use crate::proto::{self, Frame, FlowState, FlowStatus, SubflowId};
 use crate::session::{ReplayWindow, SessionKeys, MAX_RECORD_PLAINTEXT, RECORD_HEADER_LEN, TAG_LEN};
 
@@ -66,6 +67,8 @@ struct Sub {
     /// round (slow start): 64 KiB records would hold every byte of a resumed flow back for
     /// three round trips. Small at first, like TLS's dynamic record sizing.
     record_limit: usize,
+    /// Modelled energy of this path's radio (None: its interface's kind is unknown).
+    energy: Option<EnergyMeter>,
     wake: Arc<Notify>,
     kill: watch::Sender<bool>,
 }
@@ -97,9 +100,34 @@ pub(crate) struct Inner {
     pub(crate) app_gone: bool,
     /// Client: standby subflows and subflows to newly announced peer addresses.
     pub(crate) paths: super::paths::Paths,
+    /// Modelled joules of the subflows already gone (None: none had a known radio).
+    energy_gone: Option<f64>,
 }
 
 impl Inner {
+    /// Keeps the modelled energy of a subflow that is going.
+    fn bank_energy(&mut self, sub: &Sub) {
+        if let Some(meter) = &sub.energy {
+            let mut meter = meter.clone();
+            meter.advance(Instant::now());
+            *self.energy_gone.get_or_insert(0.0) += meter.joules();
+        }
+    }
+
+    /// Modelled joules of the flow's paths so far, gone ones included (None: no path had
+    /// an interface of known kind).
+    pub(crate) fn energy_joules(&mut self) -> Option<f64> {
+        let now = Instant::now();
+        let mut total = self.energy_gone;
+        for sub in self.subflows.values_mut() {
+            if let Some(meter) = sub.energy.as_mut() {
+                meter.advance(now);
+                *total.get_or_insert(0.0) += meter.joules();
+            }
+        }
+        total
+    }
+
     /// (local, remote) of the live subflows, active ones first.
     pub(crate) fn subflow_ends(&self) -> Vec<(SocketAddr, SocketAddr)> {
         let mut ends: Vec<_> = self.subflows.iter().map(|(id, s)| (self.proto.is_standby(*id), s.local, s.remote)).collect();
@@ -172,6 +200,7 @@ impl Conn {
                 peer_signing_key: None,
                 app_gone: false,
                 paths: Default::default(),
+                energy_gone: None,
             }),
             keys,
             next_pn: AtomicU64::new(0),
@@ -208,7 +237,13 @@ impl Conn {
     }
 
     pub(crate) fn paths(&self) -> Vec<super::flow::Path> {
-        let inner = self.lock();
+        let mut inner = self.lock();
+        let now = Instant::now();
+        for sub in inner.subflows.values_mut() {
+            if let Some(meter) = sub.energy.as_mut() {
+                meter.advance(now);
+            }
+        }
         let mut paths: Vec<_> = inner
             .subflows
             .iter()
@@ -221,6 +256,7 @@ impl Conn {
                     srtt: stats.srtt,
                     bytes_sent: stats.bytes_sent,
                     bytes_received: stats.bytes_received,
+                    energy_joules: s.energy.as_ref().map(EnergyMeter::joules),
                 }
             })
             .collect();
@@ -241,6 +277,7 @@ impl Conn {
                 proto::FlowEvent::SubflowDead { id } => {
                     if let Some(sub) = inner.subflows.remove(&id) {
                         let _ = sub.kill.send(true);
+                        inner.bank_energy(&sub);
                         inner.paths.lost(sub.local.ip(), Instant::now());
                         self.assign_standbys(inner);
                         self.driver.notify_one();
@@ -321,7 +358,9 @@ impl Conn {
             }
             let id = inner.proto.add_subflow(Instant::now());
             inner.proto.set_subflow_token(id, token);
-            let sub = Sub { local, remote, record_limit: FIRST_RECORD_LIMIT, wake: wake.clone(), kill };
+            let energy = self.endpoint.upgrade().and_then(|ep| ep.radio_for(local.ip()));
+            let energy = energy.map(|radio| EnergyMeter::new(radio.params(), Instant::now()));
+            let sub = Sub { local, remote, record_limit: FIRST_RECORD_LIMIT, energy, wake: wake.clone(), kill };
             inner.subflows.insert(id, sub);
             if !inner.peer_addrs.contains(&remote) {
                 inner.peer_addrs.insert(0, remote);
@@ -362,6 +401,7 @@ impl Conn {
             return;
         };
         let _ = sub.kill.send(true);
+        inner.bank_energy(&sub);
         // A subflow that died before the peer said a word there (a refused join, a port
         // that accepts and closes) makes its address back off; a working one that broke
         // (its address went, a NAT forgot it) may be replaced at once.
@@ -481,6 +521,9 @@ impl Conn {
         }
         if let Some(sub) = inner.subflows.get_mut(&id) {
             sub.record_limit = limit;
+            if let Some(meter) = sub.energy.as_mut().filter(|_| !out.is_empty()) {
+                meter.on_bytes(now, out.len() as u64, 0);
+            }
         }
         records
     }
@@ -662,6 +705,9 @@ async fn reader(
                 continue;
             }
             inner.replay.insert(pn);
+            if let Some(meter) = inner.subflows.get_mut(&id).and_then(|s| s.energy.as_mut()) {
+                meter.on_bytes(Instant::now(), 0, (RECORD_HEADER_LEN + len) as u64);
+            }
             if !inner.subflows.contains_key(&id) {
                 return "retired".into();
             }

@@ -433,6 +433,21 @@ impl EndpointInner {
         Ok(())
     }
 
+    /// The radio behind local address `ip`, from the interfaces a followed watcher
+    /// reported (None: unknown).
+    pub(crate) fn radio_for(&self, ip: IpAddr) -> Option<crate::energy::Radio> {
+        use crate::energy::Radio;
+        use crate::watch::InterfaceKind;
+        let st = self.lock();
+        let iface = st.interfaces.iter().find(|i| i.addrs.contains(&ip))?;
+        match iface.kind {
+            InterfaceKind::Wifi => Some(Radio::Wifi),
+            InterfaceKind::Cellular => Some(Radio::Lte),
+            InterfaceKind::Ethernet | InterfaceKind::Loopback => Some(Radio::Wired),
+            InterfaceKind::Other => None,
+        }
+    }
+
     /// Our local addresses, best first (empty: the system chooses).
     pub(crate) fn local_ips(&self) -> Vec<IpAddr> {
         self.lock().ips.clone()

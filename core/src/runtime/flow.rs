@@ -31,7 +31,7 @@ impl std::fmt::Debug for Flow {
 }
 
 /// One live subflow of a flow, as [`Flow::paths`] reports it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Path {
     pub local: std::net::SocketAddr,
     pub remote: std::net::SocketAddr,
@@ -42,6 +42,10 @@ pub struct Path {
     /// Frame bytes sent and received on this path (all frame types).
     pub bytes_sent: u64,
     pub bytes_received: u64,
+    /// Modelled marginal energy of this path's radio so far, in joules (see
+    /// [`crate::energy`]); None when its interface's kind is unknown (no network watcher
+    /// followed, or an interface of another kind).
+    pub energy_joules: Option<f64>,
 }
 
 impl Flow {
@@ -83,6 +87,13 @@ impl Flow {
     /// The live subflows: where each runs, and whether it is a standby.
     pub fn paths(&self) -> Vec<Path> {
         self.conn.paths()
+    }
+
+    /// Modelled marginal radio energy of this flow so far, in joules, over its paths
+    /// including those already gone (see [`crate::energy`]). None when no path ran over an
+    /// interface of known kind.
+    pub fn energy_joules(&self) -> Option<f64> {
+        self.conn.lock().energy_joules()
     }
 
     /// Byte counters.
