@@ -22,4 +22,4 @@ pub mod wire;
 
 pub use identity::{Identity, IdentityError, PublicIdentity};
 pub use proto::{FlowConfig, FlowError, FlowStats};
-pub use runtime::{BlockingFlow, Endpoint, EndpointConfig, Error, Flow, FlowEvent, FlowEvents, Listener, NetworkFollower, Path};
+pub use runtime::{BlockingFlow, Endpoint, EndpointConfig, Error, Flow, FlowEvent, FlowEvents, Listener, NetworkFollower, Path, PathPolicy};

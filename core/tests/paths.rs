@@ -225,3 +225,46 @@ async fn paths_on_a_known_radio_report_modelled_energy() {
     assert_eq!(s.energy_joules(), None);
     drop(tx);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_performance_policy_uses_every_path_and_backup_parks_the_others() {
+    use msocket::PathPolicy;
+    init_tracing();
+    let names = memory_names();
+    let server = endpoint(&names, 176, 176);
+    let client = endpoint_with(&names, 177, 177, |cfg| {
+        cfg.local_ips = vec![lo(177), lo(178)];
+        cfg.path_policy = PathPolicy::Performance;
+    });
+    let mut listener = server.listen("perf.test").await.unwrap();
+    let (mut c, mut s) = within(10, "pair", pair(&client, &mut listener, "perf.test")).await;
+    let mut events = c.events();
+    if c.paths().len() < 2 {
+        wait_event(&mut events, "the second path", |ev| matches!(ev, FlowEvent::PathAdded { .. })).await;
+    }
+    assert!(c.paths().iter().all(|p| !p.standby), "{:?}", c.paths());
+    within(20, "bulk over both paths", send_and_read(&mut c, &mut s, 8_000_000, 15)).await;
+    let paths = c.paths();
+    assert!(paths.iter().all(|p| p.bytes_sent > 100_000), "both paths carried data: {paths:?}");
+
+    // Back to one path: the other becomes a standby and carries nothing more.
+    c.set_policy(PathPolicy::Backup);
+    let before: Vec<u64> = c.paths().iter().map(|p| p.bytes_sent).collect();
+    within(20, "bulk over one path", send_and_read(&mut c, &mut s, 4_000_000, 16)).await;
+    let paths = c.paths();
+    assert!(!paths[0].standby && paths[1].standby, "{paths:?}");
+    assert!(paths[0].bytes_sent > before[0] + 4_000_000, "{paths:?}");
+    assert!(paths[1].bytes_sent < before[1] + 200_000, "the standby took little: {paths:?} {before:?}");
+}
+
+/// Writes `bytes` on `c` while `s` reads them; checks the hash.
+async fn send_and_read(c: &mut msocket::Flow, s: &mut msocket::Flow, bytes: usize, seed: u64) {
+    let bulk = data(bytes, seed);
+    let read = async {
+        let mut got = vec![0u8; bulk.len()];
+        s.read_exact(&mut got).await.map(|_| got)
+    };
+    let (w, got) = tokio::join!(c.write_all(&bulk), read);
+    w.unwrap();
+    assert_eq!(sha(&got.unwrap()), sha(&bulk));
+}

@@ -102,6 +102,8 @@ pub(crate) struct Inner {
     pub(crate) paths: super::paths::Paths,
     /// Modelled joules of the subflows already gone (None: none had a known radio).
     energy_gone: Option<f64>,
+    /// Client: how the flow uses its paths.
+    pub(crate) policy: super::paths::PathPolicy,
 }
 
 impl Inner {
@@ -201,6 +203,7 @@ impl Conn {
                 app_gone: false,
                 paths: Default::default(),
                 energy_gone: None,
+                policy: endpoint.upgrade().map(|ep| ep.config.path_policy).unwrap_or_default(),
             }),
             keys,
             next_pn: AtomicU64::new(0),
@@ -373,6 +376,14 @@ impl Conn {
         self.emit(FlowEvent::PathAdded { local, remote });
         tokio::spawn(writer(self.clone(), id, w, wake, kill_rx.clone()));
         tokio::spawn(reader(self.clone(), id, r, kill_rx, reader_prefix));
+    }
+
+    /// Client: switches how the flow uses its paths; the peer is told by STANDBY frames.
+    pub(crate) fn set_policy(&self, policy: super::paths::PathPolicy) {
+        let mut inner = self.lock();
+        inner.policy = policy;
+        self.assign_standbys(&mut inner);
+        self.settle(&mut inner);
     }
 
     /// Client: the peer's name record now lists `addrs`. Subflows to addresses it no

@@ -15,6 +15,7 @@ use super::conn::{Conn, Role};
 use super::events::FlowEvent;
 use super::flow::Flow;
 use super::follow::NetworkFollower;
+use super::paths::PathPolicy;
 use super::header::{self, Kind};
 use super::Error;
 use crate::identity::{Identity, PublicIdentity};
@@ -49,6 +50,9 @@ pub struct EndpointConfig {
     /// addresses (cellular beside Wi-Fi), idle but for keepalives, so that losing the
     /// active path costs no handshake. Default true.
     pub standby_paths: bool,
+    /// How connecting flows use their paths at first (see [`PathPolicy`]; each flow can
+    /// change it). Default [`PathPolicy::Backup`].
+    pub path_policy: PathPolicy,
 }
 
 impl EndpointConfig {
@@ -64,6 +68,7 @@ impl EndpointConfig {
             record_ttl: Duration::from_secs(3600),
             use_loopback: false,
             standby_paths: true,
+            path_policy: PathPolicy::Backup,
         }
     }
 }

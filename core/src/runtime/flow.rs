@@ -89,6 +89,14 @@ impl Flow {
         self.conn.paths()
     }
 
+    /// Changes how this flow uses its paths (connecting side; on an accepted flow the
+    /// peer decides and this does nothing).
+    pub fn set_policy(&self, policy: super::PathPolicy) {
+        if self.conn.role == super::conn::Role::Client {
+            self.conn.set_policy(policy);
+        }
+    }
+
     /// Modelled marginal radio energy of this flow so far, in joules, over its paths
     /// including those already gone (see [`crate::energy`]). None when no path ran over an
     /// interface of known kind.

@@ -21,4 +21,5 @@ pub use endpoint::{Endpoint, EndpointConfig, Listener};
 pub use error::Error;
 pub use events::{FlowEvent, FlowEvents};
 pub use flow::{BlockingFlow, Flow, Path};
+pub use paths::PathPolicy;
 pub use follow::NetworkFollower;
