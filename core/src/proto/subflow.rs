@@ -88,6 +88,15 @@ impl Subflow {
     }
 
     /// Any frame arrived.
+    /// How long this subflow may stay silent before it PINGs.
+    fn keepalive(&self, cfg: &FlowConfig) -> Duration {
+        if self.standby {
+            cfg.standby_keepalive_interval.max(cfg.keepalive_interval)
+        } else {
+            cfg.keepalive_interval
+        }
+    }
+
     pub fn on_heard(&mut self, now: Instant, wire_len: usize) {
         self.heard = true;
         self.last_heard = now;
@@ -177,7 +186,7 @@ impl Subflow {
             }
         }
         if !self.ping_pending {
-            consider(self.last_sent.max(self.last_heard) + cfg.keepalive_interval);
+            consider(self.last_sent.max(self.last_heard) + self.keepalive(cfg));
         }
         t
     }
@@ -199,7 +208,7 @@ impl Subflow {
                 self.ping_pending = true;
             }
         }
-        if !self.ping_pending && self.last_sent.max(self.last_heard) + cfg.keepalive_interval <= now
+        if !self.ping_pending && self.last_sent.max(self.last_heard) + self.keepalive(cfg) <= now
         {
             self.ping_pending = true;
         }

@@ -676,3 +676,33 @@ fn resends_after_a_local_loss_go_without_an_ack_once_the_hold_ends() {
     }
     assert_eq!(resent, 1000);
 }
+
+#[test]
+fn a_standby_keeps_alive_less_often_than_the_active_path() {
+    let t0 = std::time::Instant::now();
+    let mut f = FlowState::new(FlowConfig::default(), t0);
+    let (a, b) = (f.add_subflow(t0), f.add_subflow(t0));
+    f.set_standby(b, true);
+    let hello = || Frame::Ack { cum: 0, ranges: vec![], window: 1 << 20 };
+    f.handle_frame(a, hello(), t0).unwrap();
+    f.handle_frame(b, hello(), t0).unwrap();
+    let pings = |f: &mut FlowState, id, at| {
+        let mut n = 0;
+        while let Some(fr) = f.poll_transmit(id, at, 1500) {
+            if let Frame::Ping { id: ping } = fr {
+                f.handle_frame(id, Frame::Pong { id: ping }, at).unwrap();
+                n += 1;
+            }
+        }
+        n
+    };
+    // The first PING (RTT sample) and the STANDBY frame go at once.
+    pings(&mut f, a, t0);
+    pings(&mut f, b, t0);
+    let at = t0 + Duration::from_secs(26);
+    f.handle_timeout(at);
+    assert_eq!((pings(&mut f, a, at), pings(&mut f, b, at)), (1, 0), "after 26 s only the active path pings");
+    let at = t0 + Duration::from_secs(121);
+    f.handle_timeout(at);
+    assert_eq!(pings(&mut f, b, at), 1, "the standby pings after 120 s");
+}
