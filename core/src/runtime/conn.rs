@@ -107,6 +107,13 @@ pub(crate) struct Inner {
 }
 
 impl Inner {
+    /// The peer is reachable at `addrs` now; the ones it did not list before are worth a
+    /// subflow.
+    fn set_peer_addrs(&mut self, addrs: Vec<SocketAddr>) {
+        let old = std::mem::replace(&mut self.peer_addrs, addrs);
+        self.paths.peer_listed(&old, &self.peer_addrs);
+    }
+
     /// Keeps the modelled energy of a subflow that is going.
     fn bank_energy(&mut self, sub: &Sub) {
         if let Some(meter) = &sub.energy {
@@ -281,6 +288,7 @@ impl Conn {
                     if let Some(sub) = inner.subflows.remove(&id) {
                         let _ = sub.kill.send(true);
                         inner.bank_energy(&sub);
+                        inner.paths.changed();
                         inner.paths.lost(sub.local.ip(), Instant::now());
                         self.assign_standbys(inner);
                         self.driver.notify_one();
@@ -293,8 +301,7 @@ impl Conn {
                 }
                 proto::FlowEvent::Resumed { outage, .. } => self.emit(FlowEvent::Resumed { outage }),
                 proto::FlowEvent::PeerAddrs { addrs, .. } => {
-                    let old = std::mem::replace(&mut inner.peer_addrs, addrs.clone());
-                    inner.paths.peer_listed(&old, &addrs);
+                    inner.set_peer_addrs(addrs.clone());
                     self.driver.notify_one();
                     self.emit(FlowEvent::PeerMoved { addrs });
                 }
@@ -369,6 +376,7 @@ impl Conn {
                 inner.peer_addrs.insert(0, remote);
             }
             self.assign_standbys(&mut inner);
+            inner.paths.changed();
             self.settle(&mut inner);
             id
         };
@@ -395,8 +403,7 @@ impl Conn {
         }
         let left: Vec<SubflowId> = {
             let mut inner = self.lock();
-            let old = std::mem::replace(&mut inner.peer_addrs, addrs.clone());
-            inner.paths.peer_listed(&old, &addrs);
+            inner.set_peer_addrs(addrs.clone());
             inner.subflows.iter().filter(|(_, s)| !addrs.contains(&s.remote)).map(|(id, _)| *id).collect()
         };
         for id in left {
@@ -413,6 +420,7 @@ impl Conn {
         };
         let _ = sub.kill.send(true);
         inner.bank_energy(&sub);
+        inner.paths.changed();
         // A subflow that died before the peer said a word there (a refused join, a port
         // that accepts and closes) makes its address back off; a working one that broke
         // (its address went, a NAT forgot it) may be replaced at once.

@@ -22,6 +22,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::conn::{Conn, Inner, Role};
+use crate::proto::SubflowId;
 
 /// How a connecting flow uses its paths (changeable at run time with
 /// [`Flow::set_policy`](super::Flow::set_policy)); the accepting end follows.
@@ -36,7 +37,6 @@ pub enum PathPolicy {
     /// rates.
     Performance,
 }
-use crate::proto::SubflowId;
 
 const FIRST_BACKOFF: Duration = Duration::from_secs(1);
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
@@ -50,9 +50,28 @@ pub(crate) struct Paths {
     backoff: Vec<(IpAddr, Duration, Instant)>,
     /// Peer addresses announced since the last look, not yet joined.
     fresh: Vec<SocketAddr>,
+    /// When [`Conn::ensure_paths`] last looked (None: something changed since). The
+    /// driver calls it on every wake-up; it looks again only after a change or a back-off
+    /// that ended.
+    checked_at: Option<Instant>,
 }
 
 impl Paths {
+    /// Subflows, addresses or dials changed: the next [`Conn::ensure_paths`] looks again.
+    pub(crate) fn changed(&mut self) {
+        self.checked_at = None;
+    }
+
+    /// Whether [`Conn::ensure_paths`] has anything to look at; marks the look as done.
+    fn take_due(&mut self, now: Instant) -> bool {
+        let due = match self.checked_at {
+            None => true,
+            Some(at) => self.backoff.iter().any(|(_, _, until)| at < *until && *until <= now),
+        };
+        self.checked_at = Some(now);
+        due
+    }
+
     /// The peer now lists `addrs` (before: `old`): the new ones are worth a subflow.
     pub(crate) fn peer_listed(&mut self, old: &[SocketAddr], addrs: &[SocketAddr]) {
         for a in addrs {
@@ -60,6 +79,7 @@ impl Paths {
                 self.fresh.push(*a);
             }
         }
+        self.changed();
     }
 
     /// A subflow from `local` died: back off before dialing from there again (doubling if
@@ -71,6 +91,7 @@ impl Paths {
             _ => FIRST_BACKOFF,
         };
         self.backoff.push((local, delay, now + delay));
+        self.changed();
     }
 
     fn backing_off(&self, local: IpAddr, now: Instant) -> bool {
@@ -91,6 +112,7 @@ impl Conn {
         for ip in ips {
             inner.paths.backoff.retain(|(b, ..)| b != ip);
         }
+        inner.paths.changed();
     }
 
     /// Client: starts the dials for the extra subflows the flow lacks. Called by the
@@ -101,11 +123,11 @@ impl Conn {
         }
         let Some(ep) = self.endpoint.upgrade() else { return };
         let standby = ep.config.standby_paths;
-        let inner = self.lock();
-        if !inner.proto.needs_path() || inner.proto.live_subflows() == 0 {
-            return; // nothing to do, or the re-dialer's job
-        }
         let now = Instant::now();
+        let mut inner = self.lock();
+        if !inner.paths.take_due(now) || !inner.proto.needs_path() || inner.proto.live_subflows() == 0 {
+            return; // nothing changed, nothing to do, or the re-dialer's job
+        }
         let subs = inner.subflow_ends();
         // The path the flow uses now: its peer address is where standbys go too.
         let Some(&(_, remote)) = subs.first() else { return };
@@ -186,6 +208,7 @@ async fn dial_extra(conn: Arc<Conn>, local: Option<IpAddr>, addr: SocketAddr) {
     {
         let mut inner = conn.lock();
         inner.paths.dialing.retain(|d| *d != (local, addr));
+        inner.paths.changed();
         if !joined {
             if let Some(ip) = local {
                 inner.paths.lost(ip, Instant::now());
@@ -214,6 +237,22 @@ mod tests {
         let later = t0 + Duration::from_secs(600);
         p.lost(ip, later);
         assert_eq!(p.next_retry(later), Some(later + FIRST_BACKOFF));
+    }
+
+    #[test]
+    fn a_look_is_due_after_a_change_or_an_ended_back_off_only() {
+        let mut p = Paths::default();
+        let ip: IpAddr = "10.0.0.1".parse().unwrap();
+        let t0 = Instant::now();
+        assert!(p.take_due(t0), "a new flow looks once");
+        assert!(!p.take_due(t0 + Duration::from_millis(5)), "nothing changed");
+        p.lost(ip, t0 + Duration::from_millis(10));
+        assert!(p.take_due(t0 + Duration::from_millis(10)), "a loss is a change");
+        assert!(!p.take_due(t0 + Duration::from_millis(500)), "still backing off");
+        assert!(p.take_due(t0 + Duration::from_millis(1010)), "the back-off ended");
+        assert!(!p.take_due(t0 + Duration::from_millis(1100)));
+        p.changed();
+        assert!(p.take_due(t0 + Duration::from_millis(1200)));
     }
 
     #[test]
