@@ -87,6 +87,7 @@ fn cleanup_stale_removes_namespaces_of_dead_processes_only() {
     if !ready() {
         return;
     }
+    let _cleaning = common::cleanup_lock();
     // A pid that surely belonged to a process that has exited: one we ran and reaped.
     let mut child = std::process::Command::new("true").spawn().unwrap();
     let dead = child.id();

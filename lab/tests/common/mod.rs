@@ -3,6 +3,7 @@
 
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use msocket_lab::{cleanup_stale, is_root, missing_tools, LabConfig, Netns, PhoneLab};
@@ -27,8 +28,16 @@ pub fn ready() -> bool {
         missing.is_empty(),
         "missing tools {missing:?}: run lab/setup.sh (as root)"
     );
+    let _cleaning = cleanup_lock();
     cleanup_stale().expect("cleanup_stale");
     true
+}
+
+/// Serialises [`cleanup_stale`] calls within this test binary, so a test that checks what
+/// one call removed is not raced by another test's `ready()`.
+pub fn cleanup_lock() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 pub fn lab(cfg: LabConfig) -> PhoneLab {
