@@ -69,6 +69,7 @@ mod flow;
 mod frame;
 mod ranges;
 mod recv;
+mod sched;
 mod send;
 mod subflow;
 
@@ -77,6 +78,7 @@ mod tests;
 
 pub use config::FlowConfig;
 pub use error::{FlowError, ProtocolViolation};
+pub use sched::PathPolicy;
 pub use flow::{FlowEvent, FlowState, FlowStats, FlowStatus, ReadOutcome, SubflowId, SubflowStats};
 pub use frame::{
     Frame, FrameError, ACK_HEADER_LEN, ACK_RANGE_LEN, DATA_HEADER_LEN, MAX_ACK_RANGES, MAX_ADDRS,

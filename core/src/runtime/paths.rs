@@ -22,21 +22,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::conn::{Conn, Inner, Role};
+pub use crate::proto::PathPolicy;
 use crate::proto::SubflowId;
-
-/// How a connecting flow uses its paths (changeable at run time with
-/// [`Flow::set_policy`](super::Flow::set_policy)); the accepting end follows.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum PathPolicy {
-    /// One path (the best local address) carries the data; the others are hot standbys
-    /// that take over at once when it is lost. The default.
-    #[default]
-    Backup,
-    /// Every path carries data at once: each subflow's socket takes data as fast as its
-    /// path drains it (its send buffer is kept small), so the split follows the paths'
-    /// rates.
-    Performance,
-}
 
 const FIRST_BACKOFF: Duration = Duration::from_secs(1);
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
@@ -188,7 +175,7 @@ impl Conn {
         let ends = inner.subflow_ids_and_locals();
         let Some(best) = ends.iter().map(|(_, l)| rank(l.ip())).min() else { return };
         for (id, local) in ends {
-            let standby = inner.policy == PathPolicy::Backup && rank(local.ip()) > best;
+            let standby = inner.policy.uses_standbys() && rank(local.ip()) > best;
             inner.proto.set_standby(id, standby);
         }
     }
