@@ -21,5 +21,5 @@ pub mod watch;
 pub mod wire;
 
 pub use identity::{Identity, IdentityError, PublicIdentity};
-pub use proto::{FlowConfig, FlowError, FlowStats};
+pub use proto::{FlowConfig, FlowError, FlowStats, PathState};
 pub use runtime::{BlockingFlow, Endpoint, EndpointConfig, Error, Flow, FlowEvent, FlowEvents, Listener, NetworkFollower, Path, PathPolicy};

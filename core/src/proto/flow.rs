@@ -18,10 +18,11 @@ use bytes::Bytes;
 
 use super::frame::{check_ack, clamp_str, ACK_HEADER_LEN, ACK_RANGE_LEN, DATA_HEADER_LEN};
 use super::recv::RecvBuffer;
+use super::sched::{slower_path_helps, stall_after, Demand, PathEstimate, REDUNDANT_LIMIT};
 use super::send::{Segment, SendBuffer};
 use super::subflow::Subflow;
 use super::{
-    FlowConfig, FlowError, Frame, ProtocolViolation, INITIAL_WINDOW, MAX_ACK_RANGES, MAX_ADDRS,
+    FlowConfig, FlowError, Frame, PathPolicy, ProtocolViolation, INITIAL_WINDOW, MAX_ACK_RANGES, MAX_ADDRS,
     MAX_DATA_LEN, MAX_REASON_LEN, MAX_RELAYS, MAX_RELAY_LEN,
 };
 
@@ -99,16 +100,42 @@ pub struct FlowStats {
     pub subflows_added: u64,
     /// Subflows removed by the runtime or declared dead.
     pub subflows_lost: u64,
+    /// Times a subflow stalled and its data was sent again on the others.
+    pub stalls: u64,
+    /// DATA payload bytes copied onto a second path (`Redundant`).
+    pub bytes_copied: u64,
 }
 
 /// Subflow counters; bytes are encoded frame bytes (all frame types).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct SubflowStats {
     pub srtt: Option<Duration>,
     pub bytes_sent: u64,
     pub bytes_received: u64,
     pub frames_sent: u64,
     pub frames_received: u64,
+    /// Payload bytes the peer acknowledged while they were in flight here.
+    pub bytes_delivered: u64,
+    /// Delivery rate in bytes per second, once measured under load.
+    pub delivery_rate: Option<u64>,
+    /// Bytes sent here and not yet acknowledged.
+    pub in_flight: u64,
+    pub state: PathState,
+}
+
+/// What a subflow does for its flow now.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum PathState {
+    /// The peer has not been heard on it yet.
+    #[default]
+    Joining,
+    /// It may carry data.
+    Active,
+    /// A hot spare: no data while an active path works (or, under `Energy`, keeps up).
+    Standby,
+    /// It held the oldest data and delivered nothing for several round trips: that data
+    /// went out on the others, and it carries none until it is heard from again.
+    Stalled,
 }
 
 /// The flow protocol state machine. See the [module docs](super).
@@ -141,6 +168,10 @@ pub struct FlowState {
     writable_hint: bool,
     write_blocked: bool,
     stats: FlowStats,
+    policy: PathPolicy,
+    /// We chose the policy (not the peer): tell every subflow's peer end.
+    announce_policy: bool,
+    demand: Demand,
 }
 
 impl FlowState {
@@ -169,7 +200,25 @@ impl FlowState {
             writable_hint: false,
             write_blocked: false,
             stats: FlowStats::default(),
+            policy: PathPolicy::default(),
+            announce_policy: false,
+            demand: Demand::default(),
         }
+    }
+
+    /// Switches the scheduling policy and tells the peer (POLICY frames), which then
+    /// schedules its own sending the same way.
+    pub fn set_policy(&mut self, policy: PathPolicy) {
+        self.policy = policy;
+        self.announce_policy = true;
+        for s in self.subflows.values_mut() {
+            s.policy_out = true;
+        }
+    }
+
+    /// The scheduling policy in effect (ours or the peer's choice).
+    pub fn policy(&self) -> PathPolicy {
+        self.policy
     }
 
     /// The configuration in effect (after clamping).
@@ -284,7 +333,9 @@ impl FlowState {
                 s.ping_pending = true;
             }
         }
-        self.subflows.insert(id, Subflow::new(id, now, ends_outage));
+        let mut sub = Subflow::new(id, now, ends_outage);
+        sub.policy_out = self.announce_policy;
+        self.subflows.insert(id, sub);
         self.no_live_since = None;
         self.stats.subflows_added += 1;
         self.events.push_back(FlowEvent::SubflowAdded(id));
@@ -389,7 +440,7 @@ impl FlowState {
                 cum,
                 ranges,
                 window,
-            } => self.on_ack(cum, &ranges, window)?,
+            } => self.on_ack(cum, &ranges, window, now)?,
             Frame::Ping { id: ping } => sub.queue_pong(ping),
             Frame::Pong { id: pong } => sub.on_pong(pong, now),
             Frame::Addrs { mut addrs, relays } => {
@@ -405,6 +456,7 @@ impl FlowState {
                 self.fail(FlowError::PeerAborted { code, reason });
             }
             Frame::Standby { standby } => sub.standby = standby,
+            Frame::Policy { policy } => self.policy = policy,
             Frame::Abandon { token } => {
                 // Tell the peer at once what arrived, so it re-sends only what did not.
                 sub.ack_now = true;
@@ -451,6 +503,7 @@ impl FlowState {
         cum: u64,
         ranges: &[std::ops::Range<u64>],
         window: u64,
+        now: Instant,
     ) -> Result<(), ProtocolViolation> {
         check_ack(cum, ranges, window).map_err(|_| ProtocolViolation::BadAckRanges)?;
         let sent = self.send.sent_end();
@@ -462,12 +515,10 @@ impl FlowState {
         let was_full = self.send.capacity() == 0;
         let freed = self.send.on_ack(cum, ranges, window);
         for s in self.subflows.values_mut() {
-            s.in_flight.remove_below(cum);
-            for r in ranges {
-                s.in_flight.remove(r.clone());
-            }
+            s.on_acked(now, cum, ranges);
         }
         self.stats.bytes_acked = self.send.acked_bytes();
+        self.update_demand(now);
         if freed
             && (was_full || self.write_blocked)
             && self.status == FlowStatus::Open
@@ -499,6 +550,16 @@ impl FlowState {
         if self.resend_hold.is_some_and(|t| t <= now) {
             self.resend_hold = None;
         }
+        self.update_demand(now);
+        if let Some((id, at)) = self.stall_check() {
+            if at <= now {
+                let sub = self.subflows.get_mut(&id).expect("stall_check names a live subflow");
+                let carried = sub.stall();
+                tracing::debug!(?id, units = carried.covered(), "subflow stalled: its data goes out on the others");
+                self.send.on_lost(&carried);
+                self.stats.stalls += 1;
+            }
+        }
         let mut dead = Vec::new();
         for s in self.subflows.values_mut() {
             if s.on_timeout(now, &self.cfg) {
@@ -519,8 +580,7 @@ impl FlowState {
     /// except a long CLOSE reason or ADDRS list).
     pub fn poll_transmit(&mut self, id: SubflowId, now: Instant, max_len: usize) -> Option<Frame> {
         let failed = matches!(self.status, FlowStatus::Failed(_));
-        let self_only = self.subflows.len() == 1;
-        let sidelined = self.sidelined(id);
+        let data = !failed && self.data_waiting(id);
         let sub = self.subflows.get_mut(&id)?;
         // CLOSE
         if let Some((code, reason)) = sub.close.take() {
@@ -539,8 +599,7 @@ impl FlowState {
             return None;
         }
         // Resume ACK, owed ACKs.
-        let resend_ok = self.resend_hold.is_none();
-        let ack_leads_data = sub.ack_owed && !sidelined && data_waiting(&self.send, sub, self_only, resend_ok);
+        let ack_leads_data = sub.ack_owed && data;
         let ack_fits = max_len >= ACK_HEADER_LEN;
         if sub.resume_ack_pending {
             // The resume ACK must be the first frame on the subflow, whatever the room.
@@ -576,6 +635,10 @@ impl FlowState {
         if let Some(standby) = sub.standby_out.take() {
             return Some(self.sent(id, now, Frame::Standby { standby }, false));
         }
+        if std::mem::take(&mut sub.policy_out) {
+            let policy = self.policy;
+            return Some(self.sent(id, now, Frame::Policy { policy }, false));
+        }
         let sub = self.subflows.get_mut(&id)?;
         if sub.ping_pending && max_len >= 9 {
             sub.ping_pending = false;
@@ -594,7 +657,7 @@ impl FlowState {
             };
             sub.addrs = Some((addrs, relays));
         }
-        if max_len < DATA_HEADER_LEN || sidelined || !data_waiting(&self.send, sub, self_only, resend_ok) {
+        if max_len < DATA_HEADER_LEN || !data {
             return None;
         }
         let max_payload = (max_len - DATA_HEADER_LEN).min(self.cfg.max_data_frame);
@@ -602,10 +665,52 @@ impl FlowState {
             self.stats.bytes_retransmitted += seg.payload.len() as u64;
             return Some(self.sent_data(id, now, seg));
         }
+        if let Some(seg) = self.next_copy(id, max_payload) {
+            self.stats.bytes_copied += seg.payload.len() as u64;
+            return Some(self.sent_data(id, now, seg));
+        }
         if let Some(seg) = self.send.next_new(max_payload) {
+            self.copy_to_others(id, &seg);
             return Some(self.sent_data(id, now, seg));
         }
         None
+    }
+
+    /// The next copy owed on subflow `id` (`Redundant`), skipping what was acked.
+    fn next_copy(&mut self, id: SubflowId, max_payload: usize) -> Option<Segment> {
+        loop {
+            let r = self.subflows.get(&id)?.dup.first()?;
+            let seg = self.send.copy(r.clone(), max_payload);
+            let sub = self.subflows.get_mut(&id)?;
+            match seg {
+                Some(seg) => {
+                    sub.dup.remove(seg.units());
+                    return Some(seg);
+                }
+                None => {
+                    sub.dup.remove(r);
+                }
+            }
+        }
+    }
+
+    /// `Redundant`: while the flow carries little (an interactive exchange), new data
+    /// sent on `id` is also owed on every other path that may carry data.
+    fn copy_to_others(&mut self, id: SubflowId, seg: &Segment) {
+        if self.policy != PathPolicy::Redundant || self.send.outstanding() + self.send.unsent() > REDUNDANT_LIMIT {
+            return;
+        }
+        let others: Vec<SubflowId> = self
+            .subflows
+            .values()
+            .filter(|o| o.id != id && o.heard && !o.stalled && !self.sidelined(o.id))
+            .map(|o| o.id)
+            .collect();
+        for o in others {
+            if let Some(sub) = self.subflows.get_mut(&o) {
+                sub.dup.insert(seg.units());
+            }
+        }
     }
 
     fn ack_frame(&mut self, max_len: usize) -> Frame {
@@ -622,7 +727,7 @@ impl FlowState {
     fn sent_data(&mut self, id: SubflowId, now: Instant, seg: Segment) -> Frame {
         self.stats.bytes_sent += seg.payload.len() as u64;
         if let Some(sub) = self.subflows.get_mut(&id) {
-            sub.in_flight.insert(seg.units());
+            sub.on_carry(now, seg.units());
         }
         let frame = Frame::Data {
             offset: seg.offset,
@@ -653,10 +758,10 @@ impl FlowState {
         if matches!(self.status, FlowStatus::Failed(_)) {
             return false;
         }
-        let only = self.subflows.len() == 1;
-        let data = !self.sidelined(id) && data_waiting(&self.send, sub, only, self.resend_hold.is_none());
+        let data = self.data_waiting(id);
         sub.wants_ack()
             || sub.standby_out.is_some()
+            || sub.policy_out
             || !sub.pongs.is_empty()
             || sub.ping_pending
             || sub.addrs.is_some()
@@ -675,7 +780,9 @@ impl FlowState {
         } else {
             None
         };
-        for x in self.subflows.values().filter_map(|s| s.next_timeout(&self.cfg)).chain(self.resend_hold) {
+        let demand = if self.policy == PathPolicy::Energy { self.demand.next_change() } else { None };
+        let stall = self.stall_check().map(|(_, at)| at);
+        for x in self.subflows.values().filter_map(|s| s.next_timeout(&self.cfg)).chain(self.resend_hold).chain(demand).chain(stall) {
             t = Some(t.map_or(x, |t| t.min(x)));
         }
         t
@@ -725,7 +832,23 @@ impl FlowState {
     }
 
     pub fn subflow_stats(&self, id: SubflowId) -> Option<SubflowStats> {
-        self.subflows.get(&id).map(|s| s.stats.clone())
+        let s = self.subflows.get(&id)?;
+        let state = if !s.heard {
+            PathState::Joining
+        } else if s.stalled {
+            PathState::Stalled
+        } else if self.sidelined(id) {
+            PathState::Standby
+        } else {
+            PathState::Active
+        };
+        Some(SubflowStats {
+            bytes_delivered: s.delivered,
+            delivery_rate: s.rate.map(|r| r as u64),
+            in_flight: s.in_flight_bytes(),
+            state,
+            ..s.stats.clone()
+        })
     }
 
     /// Bytes held by the send buffer (written, not cumulatively acked).
@@ -751,10 +874,81 @@ impl FlowState {
         self.writable_hint = true;
     }
 
-    /// A standby subflow carries no DATA while another, active subflow is heard.
+    /// A standby subflow carries no DATA while another, active subflow is heard and not
+    /// stalled — under `Energy`, only while that one also keeps up with the demand.
     fn sidelined(&self, id: SubflowId) -> bool {
         self.subflows.get(&id).is_some_and(|s| s.standby)
-            && self.subflows.values().any(|o| o.id != id && !o.standby && o.heard)
+            && self.subflows.values().any(|o| o.id != id && !o.standby && o.heard && !o.stalled)
+            && !(self.policy == PathPolicy::Energy && self.demand.overflow)
+    }
+
+    /// Whether subflow `id` has DATA to carry now. Only the flow's first subflow sends
+    /// before the peer's first frame on it. Elsewhere DATA waits for that frame, the
+    /// resume ACK: it says where the peer's data stops, so the units it lacks go out
+    /// first, in order, and none that it has. New data sent sooner would queue in the
+    /// socket ahead of those re-sends, and the receiver reads nothing until they arrive;
+    /// for the same reason new data waits while re-sends are held (`resend_hold`).
+    fn data_waiting(&self, id: SubflowId) -> bool {
+        let Some(sub) = self.subflows.get(&id) else { return false };
+        if sub.stalled || self.sidelined(id) {
+            return false;
+        }
+        if self.send.has_retransmit() {
+            return sub.heard && self.resend_hold.is_none();
+        }
+        if !sub.heard && !(self.subflows.len() == 1 && !sub.ends_outage) {
+            return false;
+        }
+        !sub.dup.is_empty() || (self.send.has_new() && self.earliest_completion(id))
+    }
+
+    /// Whether new data on `id` would arrive no later than on the fastest other path
+    /// that may carry data (see [`slower_path_helps`]).
+    fn earliest_completion(&self, id: SubflowId) -> bool {
+        let estimate = |s: &Subflow| PathEstimate { srtt: s.srtt, rate: s.rate, in_flight: s.in_flight_bytes() };
+        let fastest = self
+            .subflows
+            .values()
+            .filter(|o| o.id != id && o.heard && !o.stalled && !self.sidelined(o.id))
+            .min_by_key(|o| o.srtt.unwrap_or(Duration::MAX));
+        match (self.subflows.get(&id), fastest) {
+            (Some(me), Some(fast)) => slower_path_helps(
+                estimate(me),
+                estimate(fast),
+                self.send.unsent(),
+                self.cfg.max_data_frame as u64,
+            ),
+            _ => true,
+        }
+    }
+
+    /// The subflow holding the oldest unacknowledged unit and when it counts as stalled,
+    /// if another subflow could take over its data.
+    fn stall_check(&self) -> Option<(SubflowId, Instant)> {
+        if self.status != FlowStatus::Open || self.subflows.len() < 2 {
+            return None;
+        }
+        let oldest = self.send.oldest_unacked()?;
+        let holder = self.subflows.values().find(|s| s.heard && !s.stalled && s.in_flight.contains(oldest))?;
+        self.subflows
+            .values()
+            .any(|o| o.id != holder.id && o.heard && !o.stalled)
+            .then(|| (holder.id, holder.last_progress + stall_after(holder.srtt)))
+    }
+
+    /// `Energy`: whether the paths carrying data keep up with what the application writes.
+    fn update_demand(&mut self, now: Instant) {
+        if self.policy != PathPolicy::Energy {
+            self.demand = Demand::default();
+            return;
+        }
+        let rate = self
+            .subflows
+            .values()
+            .filter(|s| !s.standby && s.heard && !s.stalled)
+            .filter_map(|s| s.rate)
+            .reduce(f64::max);
+        self.demand.update(now, self.send.unsent(), Demand::threshold(rate));
     }
 
     /// Whether the flow still needs a subflow: it is open and something is still to be
@@ -769,21 +963,5 @@ impl FlowState {
             self.status = FlowStatus::Finished;
             self.events.push_back(FlowEvent::Finished);
         }
-    }
-}
-
-/// Whether `sub` has DATA to carry (`only`: it is the flow's only subflow). Only the
-/// flow's first subflow sends before the peer's first frame on it. Elsewhere DATA waits
-/// for that frame, the resume ACK: it says where the peer's data stops, so the units it
-/// lacks go out first, in order, and none that it has. New data sent sooner would queue in
-/// the socket ahead of those re-sends, and the receiver reads nothing until they arrive;
-/// for the same reason new data waits while re-sends are held (`resend_ok` false).
-fn data_waiting(send: &SendBuffer, sub: &Subflow, only: bool, resend_ok: bool) -> bool {
-    if send.has_retransmit() {
-        // Re-sends go first, once the peer was heard here and they are not held; new
-        // data waits behind them.
-        sub.heard && resend_ok
-    } else {
-        send.has_new() && (sub.heard || (only && !sub.ends_outage))
     }
 }

@@ -15,6 +15,9 @@
 //! | 0x04 | PONG  | id u64 |
 //! | 0x05 | ADDRS | n u8 (≤ [`MAX_ADDRS`]), n × addr, m u8 (≤ [`MAX_RELAYS`]), m × (len u16 ≤ [`MAX_RELAY_LEN`], UTF-8) |
 //! | 0x06 | CLOSE | code u16, len u16 (≤ [`MAX_REASON_LEN`]), UTF-8 reason |
+//! | 0x07 | ABANDON | token u64 |
+//! | 0x08 | STANDBY | flag u8 (0 or 1) |
+//! | 0x09 | POLICY | policy u8 (0 backup, 1 performance, 2 energy, 3 redundant) |
 //!
 //! An addr is family u8 (4 or 6), 4 or 16 address bytes, port u16. Offsets count stream
 //! units: each payload byte is one unit and the FIN is one more unit just past the last
@@ -25,6 +28,7 @@ use std::ops::Range;
 
 use bytes::{BufMut, Bytes, BytesMut};
 
+use super::PathPolicy;
 use crate::wire::{put_short_bytes, put_socket_addr, DecodeError, Reader};
 
 /// Hard bound of a DATA payload on the wire.
@@ -57,6 +61,7 @@ const T_ADDRS: u8 = 0x05;
 const T_CLOSE: u8 = 0x06;
 const T_ABANDON: u8 = 0x07;
 const T_STANDBY: u8 = 0x08;
+const T_POLICY: u8 = 0x09;
 const FLAG_FIN: u8 = 0x01;
 
 /// One protocol frame.
@@ -94,6 +99,9 @@ pub enum Frame {
     /// The sender wants this subflow kept as a standby (`true`): both ends send DATA on
     /// it only while no active subflow is heard. `false` makes it active again.
     Standby { standby: bool },
+    /// The sender (the connecting end) switched the flow's scheduling policy; the
+    /// receiver schedules its own sending the same way.
+    Policy { policy: PathPolicy },
 }
 
 /// Why a record could not be decoded into frames.
@@ -110,6 +118,8 @@ pub enum FrameError {
     ReservedFlags(u8),
     #[error("STANDBY flag {0} is neither 0 nor 1")]
     BadStandbyFlag(u8),
+    #[error("POLICY {0} names no known policy")]
+    UnknownPolicy(u8),
     /// A field is truncated, over its bound or malformed.
     #[error(transparent)]
     Decode(#[from] DecodeError),
@@ -235,6 +245,10 @@ impl Frame {
                 out.put_u8(T_STANDBY);
                 out.put_u8(u8::from(*standby));
             }
+            Frame::Policy { policy } => {
+                out.put_u8(T_POLICY);
+                out.put_u8(policy.to_wire());
+            }
         }
     }
 
@@ -246,7 +260,7 @@ impl Frame {
                 ACK_HEADER_LEN + ACK_RANGE_LEN * ranges.len().min(MAX_ACK_RANGES)
             }
             Frame::Ping { .. } | Frame::Pong { .. } | Frame::Abandon { .. } => 9,
-            Frame::Standby { .. } => 2,
+            Frame::Standby { .. } | Frame::Policy { .. } => 2,
             Frame::Addrs { addrs, relays } => {
                 let a: usize = addrs
                     .iter()
@@ -345,6 +359,10 @@ impl Frame {
                     1 => Frame::Standby { standby: true },
                     v => return Err(FrameError::BadStandbyFlag(v)),
                 },
+                T_POLICY => {
+                    let v = r.u8("POLICY")?;
+                    Frame::Policy { policy: PathPolicy::from_wire(v).ok_or(FrameError::UnknownPolicy(v))? }
+                }
                 t => return Err(FrameError::UnknownType(t)),
             };
             frames.push(frame);
@@ -391,6 +409,8 @@ mod tests {
             Frame::Abandon { token: 7 },
             Frame::Standby { standby: true },
             Frame::Standby { standby: false },
+            Frame::Policy { policy: PathPolicy::Energy },
+            Frame::Policy { policy: PathPolicy::Redundant },
             Frame::Addrs {
                 addrs: vec![
                     "10.0.0.1:7450".parse().unwrap(),

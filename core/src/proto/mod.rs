@@ -79,7 +79,7 @@ mod tests;
 pub use config::FlowConfig;
 pub use error::{FlowError, ProtocolViolation};
 pub use sched::PathPolicy;
-pub use flow::{FlowEvent, FlowState, FlowStats, FlowStatus, ReadOutcome, SubflowId, SubflowStats};
+pub use flow::{FlowEvent, FlowState, FlowStats, FlowStatus, PathState, ReadOutcome, SubflowId, SubflowStats};
 pub use frame::{
     Frame, FrameError, ACK_HEADER_LEN, ACK_RANGE_LEN, DATA_HEADER_LEN, MAX_ACK_RANGES, MAX_ADDRS,
     MAX_DATA_LEN, MAX_OFFSET, MAX_REASON_LEN, MAX_RELAYS, MAX_RELAY_LEN,

@@ -12,6 +12,8 @@ use std::ops::Range;
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub(crate) struct RangeSet {
     map: BTreeMap<u64, u64>,
+    /// Units covered (kept current, so asking is free).
+    units: u64,
 }
 
 impl RangeSet {
@@ -30,9 +32,9 @@ impl RangeSet {
     }
 
     /// Total number of units covered.
-    #[cfg(test)]
     pub(crate) fn covered(&self) -> u64 {
-        self.map.iter().map(|(s, e)| e - s).sum()
+        debug_assert_eq!(self.units, self.map.iter().map(|(s, e)| e - s).sum::<u64>());
+        self.units
     }
 
     /// The lowest range.
@@ -40,7 +42,6 @@ impl RangeSet {
         self.map.iter().next().map(|(&s, &e)| s..e)
     }
 
-    #[cfg(test)]
     pub(crate) fn contains(&self, unit: u64) -> bool {
         self.map
             .range(..=unit)
@@ -77,14 +78,17 @@ impl RangeSet {
             self.map.remove(&s);
         }
         self.map.insert(start, end);
-        (r.end - r.start) - already
+        let added = (r.end - r.start) - already;
+        self.units += added;
+        added
     }
 
-    /// Removes every unit of `r`.
-    pub(crate) fn remove(&mut self, r: Range<u64>) {
+    /// Removes every unit of `r`; returns how many were in the set.
+    pub(crate) fn remove(&mut self, r: Range<u64>) -> u64 {
         if r.start >= r.end {
-            return;
+            return 0;
         }
+        let before = self.units;
         let mut hit = Vec::new();
         for (&s, &e) in self.map.range(..r.end).rev() {
             if e <= r.start {
@@ -94,28 +98,36 @@ impl RangeSet {
         }
         for (s, e) in hit {
             self.map.remove(&s);
+            self.units -= e - s;
             if s < r.start {
                 self.map.insert(s, r.start);
+                self.units += r.start - s;
             }
             if e > r.end {
                 self.map.insert(r.end, e);
+                self.units += e - r.end;
             }
         }
+        before - self.units
     }
 
-    /// Removes every unit below `unit`.
-    pub(crate) fn remove_below(&mut self, unit: u64) {
+    /// Removes every unit below `unit`; returns how many were in the set.
+    pub(crate) fn remove_below(&mut self, unit: u64) -> u64 {
+        let before = self.units;
         while let Some(entry) = self.map.first_entry() {
             let (s, e) = (*entry.key(), *entry.get());
             if s >= unit {
                 break;
             }
             entry.remove();
+            self.units -= e - s;
             if e > unit {
                 self.map.insert(unit, e);
+                self.units += e - unit;
                 break;
             }
         }
+        before - self.units
     }
 }
 

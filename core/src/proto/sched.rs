@@ -23,6 +23,8 @@
 //! end learns both from POLICY and STANDBY frames and schedules its own sending the same
 //! way.
 
+use std::time::{Duration, Instant};
+
 /// How a flow uses its paths (changeable at run time); see the [module docs](self).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Hash)]
 pub enum PathPolicy {
@@ -87,4 +89,114 @@ impl std::fmt::Display for PathPolicy {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.name())
     }
+}
+
+
+
+/// `Energy`: the backlog must stay at or over the threshold this long before standbys
+/// carry data (a burst is not a demand Wi-Fi cannot meet)…
+const OVERFLOW_AFTER: Duration = Duration::from_secs(1);
+/// …and under a quarter of it this long before they stop again.
+const CALM_AFTER: Duration = Duration::from_secs(2);
+/// The backlog threshold: what the active paths deliver in this time, at least
+/// [`OVERFLOW_MIN_BACKLOG`].
+const OVERFLOW_BACKLOG_TIME: Duration = Duration::from_millis(250);
+const OVERFLOW_MIN_BACKLOG: u64 = 64 * 1024;
+/// `Redundant`: new data is copied while the flow has at most this much unacknowledged
+/// or unsent (an interactive exchange, not a bulk transfer).
+pub(crate) const REDUNDANT_LIMIT: u64 = 64 * 1024;
+/// A subflow holding the oldest unacknowledged data is stalled after delivering nothing
+/// for this many of its round trips, and at least [`STALL_MIN`]: longer than a fast
+/// retransmit, shorter than TCP's minimum retransmission timeout (200 ms).
+const STALL_RTTS: u32 = 3;
+const STALL_MIN: Duration = Duration::from_millis(100);
+
+/// How long a subflow holding the oldest data may deliver nothing before it is stalled.
+pub(crate) fn stall_after(srtt: Option<Duration>) -> Duration {
+    srtt.map_or(STALL_MIN, |r| (r * STALL_RTTS).max(STALL_MIN))
+}
+
+/// `Energy`'s view of demand: whether the active paths keep up with what the
+/// application writes, judged by the unsent backlog over time.
+#[derive(Debug, Default)]
+pub(crate) struct Demand {
+    /// Standbys carry data too.
+    pub overflow: bool,
+    above_since: Option<Instant>,
+    below_since: Option<Instant>,
+}
+
+impl Demand {
+    /// The backlog threshold for active paths delivering `rate` bytes per second.
+    pub fn threshold(rate: Option<f64>) -> u64 {
+        let by_rate = rate.map_or(0, |r| (r * OVERFLOW_BACKLOG_TIME.as_secs_f64()) as u64);
+        by_rate.max(OVERFLOW_MIN_BACKLOG)
+    }
+
+    /// Takes in the backlog seen at `now`.
+    pub fn update(&mut self, now: Instant, backlog: u64, threshold: u64) {
+        if backlog >= threshold {
+            self.below_since = None;
+            let since = *self.above_since.get_or_insert(now);
+            if !self.overflow && now >= since + OVERFLOW_AFTER {
+                self.overflow = true;
+            }
+        } else if backlog < threshold / 4 {
+            self.above_since = None;
+            let since = *self.below_since.get_or_insert(now);
+            if self.overflow && now >= since + CALM_AFTER {
+                self.overflow = false;
+            }
+        } else {
+            self.above_since = None;
+            self.below_since = None;
+        }
+    }
+
+    /// When [`update`](Self::update) could next change `overflow` if the backlog holds.
+    pub fn next_change(&self) -> Option<Instant> {
+        if self.overflow {
+            self.below_since.map(|t| t + CALM_AFTER)
+        } else {
+            self.above_since.map(|t| t + OVERFLOW_AFTER)
+        }
+    }
+}
+
+/// What a slower path whose rate is not known yet may have in flight.
+const PROBE: u64 = 64 * 1024;
+
+/// What the earliest-completion rule knows of one path.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct PathEstimate {
+    pub srtt: Option<Duration>,
+    /// Delivery rate, bytes per second.
+    pub rate: Option<f64>,
+    /// Bytes sent on it and not yet acknowledged (its queue).
+    pub in_flight: u64,
+}
+
+/// Earliest completion first: whether a path slower than `fastest` should take the next
+/// `segment` bytes, given `unsent` bytes waiting. The fast path would deliver them once
+/// its queue and everything waiting ahead went through; the slow one once its own queue
+/// did, plus its longer one-way delay. Taking data the fast path would deliver sooner
+/// leaves the receiver waiting for the slow path (head-of-line blocking at the end of a
+/// transfer, or of every burst). A path not measured yet may carry one probe's worth.
+pub(crate) fn slower_path_helps(me: PathEstimate, fastest: PathEstimate, unsent: u64, segment: u64) -> bool {
+    let Some(rtt_fast) = fastest.srtt else { return true }; // nothing to compare with yet
+    let Some(rtt_me) = me.srtt else { return me.in_flight < PROBE };
+    if rtt_me <= rtt_fast {
+        return true;
+    }
+    let Some(rate_fast) = fastest.rate.filter(|r| *r > 0.0) else { return me.in_flight < PROBE };
+    let rate_me = match me.rate.filter(|r| *r > 0.0) {
+        Some(r) => r,
+        // Not measured yet: a probe's worth at a time, at a rate guessed from the RTTs
+        // (paths with longer round trips are usually slower; cellular beside Wi-Fi).
+        None if me.in_flight < PROBE => rate_fast * rtt_fast.as_secs_f64() / rtt_me.as_secs_f64(),
+        None => return false,
+    };
+    let fast_done = rtt_fast.as_secs_f64() / 2.0 + (fastest.in_flight + unsent) as f64 / rate_fast;
+    let me_done = rtt_me.as_secs_f64() / 2.0 + (me.in_flight + segment.min(unsent)) as f64 / rate_me;
+    me_done < fast_done
 }

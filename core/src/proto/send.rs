@@ -194,6 +194,33 @@ impl SendBuffer {
         }
     }
 
+    /// Written bytes never sent yet (the backlog).
+    pub fn unsent(&self) -> u64 {
+        self.written.saturating_sub(self.next_new)
+    }
+
+    /// Units sent and not cumulatively acknowledged.
+    pub fn outstanding(&self) -> u64 {
+        self.next_new - self.cum
+    }
+
+    /// The lowest unit sent and not acknowledged: what the receiver waits for.
+    pub fn oldest_unacked(&self) -> Option<u64> {
+        (self.cum < self.next_new).then_some(self.cum)
+    }
+
+    /// A copy of already sent units within `r` that are not cumulatively acked, for a
+    /// second path; None when nothing of `r` is left.
+    pub fn copy(&mut self, r: Range<u64>, max_payload: usize) -> Option<Segment> {
+        let start = r.start.max(self.cum);
+        let end = r.end.min(self.next_new);
+        if start >= end {
+            return None;
+        }
+        let seg = self.segment(start, end, max_payload);
+        (!seg.payload.is_empty() || seg.fin).then_some(seg)
+    }
+
     pub fn has_retransmit(&self) -> bool {
         !self.retransmit.is_empty()
     }

@@ -15,6 +15,9 @@ use std::time::{Duration, Instant};
 use super::ranges::RangeSet;
 use super::{FlowConfig, SubflowId, SubflowStats};
 
+/// A delivery-rate sample spans at least this (or the RTT, if longer).
+const RATE_SPAN_MIN: Duration = Duration::from_millis(20);
+
 /// PONGs owed beyond this are dropped (a peer flooding PINGs gets the latest answers).
 const MAX_PENDING_PONGS: usize = 4;
 
@@ -54,6 +57,21 @@ pub(crate) struct Subflow {
     pub in_flight: RangeSet,
     pub srtt: Option<Duration>,
     pub stats: SubflowStats,
+    /// A POLICY frame to send, telling the peer the flow's policy.
+    pub policy_out: bool,
+    /// Units acknowledged while in flight here: what this path delivered.
+    pub delivered: u64,
+    /// Delivery rate in bytes per second (smoothed over samples of at least one RTT).
+    pub rate: Option<f64>,
+    /// Start of the current rate sample: (when, `delivered` then).
+    rate_mark: Option<(Instant, u64)>,
+    /// When this subflow last delivered, or started carrying data again.
+    pub last_progress: Instant,
+    /// It held the oldest unacknowledged data and delivered nothing for a while: that
+    /// data went out again elsewhere, and it takes none until the peer is heard on it.
+    pub stalled: bool,
+    /// Copies of new data sent on another subflow, to send here too (`Redundant`).
+    pub dup: RangeSet,
 }
 
 impl Subflow {
@@ -84,7 +102,67 @@ impl Subflow {
             in_flight: RangeSet::new(),
             srtt: None,
             stats: SubflowStats::default(),
+            policy_out: false,
+            delivered: 0,
+            rate: None,
+            rate_mark: None,
+            last_progress: now,
+            stalled: false,
+            dup: RangeSet::new(),
         }
+    }
+
+    /// Stops carrying data: returns what was in flight here, to be sent elsewhere, and
+    /// probes the path so that hearing from it again ends the stall.
+    pub fn stall(&mut self) -> RangeSet {
+        self.stalled = true;
+        // A PING already out keeps its place (its PONG is the RTT sample).
+        self.ping_pending |= self.ping_out.is_none();
+        std::mem::take(&mut self.in_flight)
+    }
+
+    /// Units about to be sent here: a subflow that was idle starts its progress clock.
+    pub fn on_carry(&mut self, now: Instant, units: std::ops::Range<u64>) {
+        if self.in_flight.is_empty() {
+            // Busy again after a pause: progress and the next rate sample count from here
+            // (a sample spanning the pause would understate the path).
+            self.last_progress = now;
+            self.rate_mark = Some((now, self.delivered));
+        }
+        self.in_flight.insert(units);
+    }
+
+    /// An ACK covered these units; returns how many of them were in flight here.
+    pub fn on_acked(&mut self, now: Instant, cum: u64, ranges: &[std::ops::Range<u64>]) -> u64 {
+        let mut n = self.in_flight.remove_below(cum);
+        for r in ranges {
+            n += self.in_flight.remove(r.clone());
+        }
+        self.dup.remove_below(cum);
+        for r in ranges {
+            self.dup.remove(r.clone());
+        }
+        if n > 0 {
+            self.on_delivered(now, n);
+        }
+        n
+    }
+
+    fn on_delivered(&mut self, now: Instant, units: u64) {
+        self.last_progress = now;
+        self.delivered += units;
+        let Some((since, from)) = self.rate_mark else { return };
+        let span = now.saturating_duration_since(since);
+        if span >= self.srtt.unwrap_or(RATE_SPAN_MIN).max(RATE_SPAN_MIN) {
+            let sample = (self.delivered - from) as f64 / span.as_secs_f64();
+            self.rate = Some(self.rate.map_or(sample, |r| 0.75 * r + 0.25 * sample));
+            self.rate_mark = Some((now, self.delivered));
+        }
+    }
+
+    /// Bytes (units) in flight here.
+    pub fn in_flight_bytes(&self) -> u64 {
+        self.in_flight.covered()
     }
 
     /// Any frame arrived.
@@ -98,6 +176,11 @@ impl Subflow {
     }
 
     pub fn on_heard(&mut self, now: Instant, wire_len: usize) {
+        if self.stalled {
+            // The path works again: whatever it carried arrives or was sent elsewhere.
+            self.stalled = false;
+            self.last_progress = now;
+        }
         self.heard = true;
         self.last_heard = now;
         self.awaiting_since = None;
@@ -181,7 +264,7 @@ impl Subflow {
         }
         if let Some(since) = self.awaiting_since {
             consider(since + cfg.dead_path_timeout);
-            if !self.half_ping_sent && !self.in_flight.is_empty() {
+            if !self.half_ping_sent && (!self.in_flight.is_empty() || self.stalled) {
                 consider(since + cfg.dead_path_timeout / 2);
             }
         }
@@ -201,7 +284,7 @@ impl Subflow {
                 return true;
             }
             if !self.half_ping_sent
-                && !self.in_flight.is_empty()
+                && (!self.in_flight.is_empty() || self.stalled)
                 && since + cfg.dead_path_timeout / 2 <= now
             {
                 self.half_ping_sent = true;

@@ -192,9 +192,15 @@ impl Conn {
         endpoint: Weak<EndpointInner>,
     ) -> Arc<Conn> {
         let (events, _) = broadcast::channel(256);
+        let policy = endpoint.upgrade().map(|ep| ep.config.path_policy).unwrap_or_default();
+        let mut proto = FlowState::new(config, Instant::now());
+        if role == Role::Client {
+            // The connecting end chooses; the peer learns it with the first frames.
+            proto.set_policy(policy);
+        }
         Arc::new(Conn {
             inner: Mutex::new(Inner {
-                proto: FlowState::new(config, Instant::now()),
+                proto,
                 subflows: HashMap::new(),
                 replay: ReplayWindow::new(),
                 read_waker: None,
@@ -210,7 +216,7 @@ impl Conn {
                 app_gone: false,
                 paths: Default::default(),
                 energy_gone: None,
-                policy: endpoint.upgrade().map(|ep| ep.config.path_policy).unwrap_or_default(),
+                policy,
             }),
             keys,
             next_pn: AtomicU64::new(0),
@@ -263,7 +269,11 @@ impl Conn {
                     local: s.local,
                     remote: s.remote,
                     standby: inner.proto.is_standby(*id),
+                    state: stats.state,
                     srtt: stats.srtt,
+                    delivery_rate: stats.delivery_rate,
+                    in_flight: stats.in_flight,
+                    bytes_delivered: stats.bytes_delivered,
                     bytes_sent: stats.bytes_sent,
                     bytes_received: stats.bytes_received,
                     energy_joules: s.energy.as_ref().map(EnergyMeter::joules),
@@ -390,6 +400,7 @@ impl Conn {
     pub(crate) fn set_policy(&self, policy: super::paths::PathPolicy) {
         let mut inner = self.lock();
         inner.policy = policy;
+        inner.proto.set_policy(policy);
         self.assign_standbys(&mut inner);
         self.settle(&mut inner);
     }

@@ -35,10 +35,18 @@ impl std::fmt::Debug for Flow {
 pub struct Path {
     pub local: std::net::SocketAddr,
     pub remote: std::net::SocketAddr,
-    /// Kept as a hot spare: it carries data only while no active path is heard.
+    /// Marked a standby by the connecting end (see [`PathPolicy`](super::PathPolicy)).
     pub standby: bool,
+    /// What the path does for the flow now: joining, active, standby or stalled.
+    pub state: crate::PathState,
     /// Smoothed round-trip time, once measured (PING/PONG).
     pub srtt: Option<std::time::Duration>,
+    /// Bytes per second the peer acknowledged from this path, once measured under load.
+    pub delivery_rate: Option<u64>,
+    /// Bytes sent on this path and not yet acknowledged.
+    pub in_flight: u64,
+    /// Payload bytes the peer acknowledged while they were in flight on this path.
+    pub bytes_delivered: u64,
     /// Frame bytes sent and received on this path (all frame types).
     pub bytes_sent: u64,
     pub bytes_received: u64,

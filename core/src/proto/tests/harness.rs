@@ -51,6 +51,8 @@ impl Rng {
 pub struct Pipe {
     pub queue: VecDeque<(Instant, Bytes)>,
     pub delay: Duration,
+    /// Bytes per second; `None` uses the simulation's `bandwidth`.
+    pub bandwidth: Option<u64>,
     busy_until: Instant,
     last_deliver: Instant,
     pub records_sent: u64,
@@ -61,6 +63,7 @@ impl Pipe {
         Pipe {
             queue: VecDeque::new(),
             delay,
+            bandwidth: None,
             busy_until: now,
             last_deliver: now,
             records_sent: 0,
@@ -171,6 +174,36 @@ impl Sim {
             write_sizes
         };
         app.finish_when_written = finish;
+    }
+
+    /// A new subflow pair with its own bandwidth (bytes per second, each direction).
+    pub fn add_path(&mut self, delay: Duration, bandwidth: u64) -> usize {
+        let link = self.add_link(delay);
+        for p in &mut self.links[link].pipes {
+            p.bandwidth = Some(bandwidth);
+        }
+        link
+    }
+
+    /// Payload bytes side `side` received so far.
+    pub fn received(&self, side: usize) -> usize {
+        self.apps[side].received.len()
+    }
+
+    /// Runs until `at` in steps of `step`, returning the longest time in which side
+    /// `side` read nothing while it had not read everything yet.
+    pub fn longest_read_gap(&mut self, side: usize, at: Duration, step: Duration) -> Duration {
+        let (mut last, mut since, mut gap) = (self.received(side), self.elapsed(), Duration::ZERO);
+        while self.elapsed() < at && !self.done() {
+            let next = self.elapsed() + step;
+            self.run_until(next);
+            if self.received(side) != last || self.apps[side].got_fin {
+                last = self.received(side);
+                since = self.elapsed();
+            }
+            gap = gap.max(self.elapsed() - since);
+        }
+        gap
     }
 
     /// A new subflow pair, added at both ends now.
@@ -333,7 +366,7 @@ impl Sim {
     /// With limited bandwidth the socket buffer holds ~64 KiB of backlog; beyond that
     /// the runtime waits until the pipe drained to that level.
     fn backlog_ready_at(&self, p: &Pipe) -> Option<Instant> {
-        let bw = self.bandwidth?;
+        let bw = p.bandwidth.or(self.bandwidth)?;
         let allowance = Duration::from_secs_f64(64.0 * 1024.0 / bw as f64);
         Some(p.busy_until.checked_sub(allowance).unwrap_or(p.busy_until))
     }
@@ -509,8 +542,8 @@ impl Sim {
                 continue;
             }
             let now = self.now;
-            let bw = self.bandwidth;
             let p = &mut self.links[link].pipes[side];
+            let bw = p.bandwidth.or(self.bandwidth);
             let start = p.busy_until.max(now);
             p.busy_until = match bw {
                 Some(bw) => start + Duration::from_secs_f64(rec.len() as f64 / bw as f64),

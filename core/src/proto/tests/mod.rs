@@ -7,3 +7,4 @@
 mod harness;
 mod prop;
 mod scenarios;
+mod sched;

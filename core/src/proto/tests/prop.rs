@@ -10,7 +10,7 @@ use proptest::prelude::*;
 use proptest::test_runner::RngSeed;
 
 use super::harness::{Rng, Sim};
-use crate::proto::FlowConfig;
+use crate::proto::{FlowConfig, PathPolicy};
 
 const SEED: u64 = 0x6d73_6f63_6b65_7401;
 
@@ -38,6 +38,13 @@ struct Case {
     reconnect_ms: u64,
     dup_pct: u32,
     cross_pct: u32,
+    /// The client's scheduling policy, and another one it switches to at a time.
+    policy: PathPolicy,
+    switch: Option<(u64, PathPolicy)>,
+}
+
+fn policy() -> impl Strategy<Value = PathPolicy> {
+    proptest::sample::select(PathPolicy::ALL.to_vec())
 }
 
 fn kill() -> impl Strategy<Value = Kill> {
@@ -69,8 +76,10 @@ prop_compose! {
         reconnect_ms in 0u64..2000,
         dup_pct in 0u32..30,
         cross_pct in 0u32..30,
+        policy in policy(),
+        switch in proptest::option::of((0u64..6000, policy())),
     ) -> Case {
-        Case { seed, a_len, b_len, a_sizes, b_sizes, delay_ms, second_link, standby, bandwidth, small_windows, kills, reconnect_ms, dup_pct, cross_pct }
+        Case { seed, a_len, b_len, a_sizes, b_sizes, delay_ms, second_link, standby, bandwidth, small_windows, kills, reconnect_ms, dup_pct, cross_pct, policy, switch }
     }
 }
 
@@ -105,6 +114,7 @@ fn run(c: Case) {
         c.b_sizes,
         true,
     );
+    sim.ends[0].set_policy(c.policy);
     sim.add_link(Duration::from_millis(c.delay_ms));
     if c.second_link {
         let link = sim.add_link(Duration::from_millis(1 + rng.below(200)));
@@ -115,7 +125,13 @@ fn run(c: Case) {
     }
     let mut kills = c.kills;
     kills.sort_by_key(|k| k.at_ms);
+    let mut switch = c.switch;
     for k in kills {
+        if let Some((at, policy)) = switch.filter(|(at, _)| *at <= k.at_ms) {
+            sim.run_until(Duration::from_millis(at));
+            sim.ends[0].set_policy(policy);
+            switch = None;
+        }
         sim.run_until(Duration::from_millis(k.at_ms));
         let live = sim.live_links();
         if live.is_empty() {
@@ -129,6 +145,10 @@ fn run(c: Case) {
                 k.notice_b.map(Duration::from_millis),
             ],
         );
+    }
+    if let Some((at, policy)) = switch {
+        sim.run_until(Duration::from_millis(at));
+        sim.ends[0].set_policy(policy);
     }
     let ok = sim.run_to_completion(Duration::from_secs(900));
     assert!(
@@ -183,5 +203,7 @@ fn regression_last_ack_lost_on_a_silent_path() {
         reconnect_ms: 241,
         dup_pct: 22,
         cross_pct: 17,
+        policy: PathPolicy::Backup,
+        switch: None,
     });
 }
