@@ -268,3 +268,53 @@ async fn send_and_read(c: &mut msocket::Flow, s: &mut msocket::Flow, bytes: usiz
     w.unwrap();
     assert_eq!(sha(&got.unwrap()), sha(&bulk));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redundant_copies_small_writes_and_energy_keeps_the_standby_idle() {
+    use msocket::{PathPolicy, PathState};
+    init_tracing();
+    let names = memory_names();
+    let server = endpoint(&names, 179, 179);
+    let client = endpoint_with(&names, 180, 180, |cfg| {
+        cfg.local_ips = vec![lo(180), lo(181)];
+        cfg.path_policy = PathPolicy::Redundant;
+    });
+    let mut listener = server.listen("redundant.test").await.unwrap();
+    let (mut c, mut s) = within(10, "pair", pair(&client, &mut listener, "redundant.test")).await;
+    let mut events = c.events();
+    if c.paths().len() < 2 {
+        wait_event(&mut events, "the second path", |ev| matches!(ev, FlowEvent::PathAdded { .. })).await;
+    }
+    // Wait until the peer was heard on both paths (copies go only to such paths).
+    within(10, "both paths active", async {
+        while !c.paths().iter().all(|p| p.state == PathState::Active) {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    assert_eq!(s.policy(), PathPolicy::Redundant, "the server follows the client's policy");
+    // Small requests and answers: each goes out on both paths.
+    for i in 0..20u64 {
+        within(10, "request", send_and_read(&mut c, &mut s, 300, 100 + i)).await;
+        within(10, "answer", send_and_read(&mut s, &mut c, 300, 200 + i)).await;
+    }
+    assert!(c.stats().bytes_copied >= 20 * 300, "client copies: {:?}", c.stats());
+    assert!(s.stats().bytes_copied >= 20 * 300, "server copies: {:?}", s.stats());
+    assert!(s.stats().duplicate_bytes_received > 0, "{:?}", s.stats());
+
+    // Energy: the second path becomes a standby and a light load leaves it idle.
+    c.set_policy(PathPolicy::Energy);
+    within(10, "the server follows", async {
+        while s.policy() != PathPolicy::Energy {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    let before: Vec<u64> = c.paths().iter().map(|p| p.bytes_sent).collect();
+    for i in 0..10u64 {
+        within(10, "light load", send_and_read(&mut s, &mut c, 20_000, 300 + i)).await;
+    }
+    let paths = c.paths();
+    assert_eq!(paths[1].state, PathState::Standby, "{paths:?}");
+    assert!(paths[1].bytes_sent < before[1] + 2_000, "the standby stayed idle: {paths:?} {before:?}");
+}

@@ -105,6 +105,12 @@ impl Flow {
         }
     }
 
+    /// The policy in effect: the one set on the connecting side, which the accepting side
+    /// learns from its first frames.
+    pub fn policy(&self) -> super::PathPolicy {
+        self.conn.lock().proto.policy()
+    }
+
     /// Modelled marginal radio energy of this flow so far, in joules, over its paths
     /// including those already gone (see [`crate::energy`]). None when no path ran over an
     /// interface of known kind.
