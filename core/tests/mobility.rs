@@ -176,7 +176,7 @@ async fn a_peer_gone_for_good_fails_the_flow_at_its_deadline() {
     let err = c.shutdown().await.expect_err("shutdown after the deadline");
     assert_eq!(err.kind(), std::io::ErrorKind::TimedOut, "{err}");
     match wait_event(&mut events, "closed event", |e| matches!(e, FlowEvent::Closed { .. })).await {
-        FlowEvent::Closed { error: Some(why) } => eprintln!("closed: {why}"),
+        FlowEvent::Closed { error: Some(why), .. } => eprintln!("closed: {why}"),
         other => panic!("expected a failed close, got {other:?}"),
     }
 }

@@ -115,12 +115,12 @@ impl Inner {
     }
 
     /// Keeps the modelled energy of a subflow that is going.
-    fn bank_energy(&mut self, sub: &Sub) {
-        if let Some(meter) = &sub.energy {
-            let mut meter = meter.clone();
-            meter.advance(Instant::now());
-            *self.energy_gone.get_or_insert(0.0) += meter.joules();
-        }
+    /// Adds a path that is gone to the flow's energy; returns the path's joules.
+    fn bank_energy(&mut self, sub: &Sub) -> Option<f64> {
+        let mut meter = sub.energy.clone()?;
+        meter.advance(Instant::now());
+        *self.energy_gone.get_or_insert(0.0) += meter.joules();
+        Some(meter.joules())
     }
 
     /// Modelled joules of the flow's paths so far, gone ones included (None: no path had
@@ -297,7 +297,7 @@ impl Conn {
                 proto::FlowEvent::SubflowDead { id } => {
                     if let Some(sub) = inner.subflows.remove(&id) {
                         let _ = sub.kill.send(true);
-                        inner.bank_energy(&sub);
+                        let energy_joules = inner.bank_energy(&sub);
                         inner.paths.changed();
                         inner.paths.lost(sub.local.ip(), Instant::now());
                         self.assign_standbys(inner);
@@ -306,6 +306,7 @@ impl Conn {
                             local: sub.local,
                             remote: sub.remote,
                             reason: "the peer reported it lost, or no reply within the dead-path timeout".into(),
+                            energy_joules,
                         });
                     }
                 }
@@ -315,8 +316,13 @@ impl Conn {
                     self.driver.notify_one();
                     self.emit(FlowEvent::PeerMoved { addrs });
                 }
-                proto::FlowEvent::Finished => self.emit(FlowEvent::Closed { error: None }),
-                proto::FlowEvent::Failed(e) => self.emit(FlowEvent::Closed { error: Some(e.to_string()) }),
+                proto::FlowEvent::Finished => {
+                    self.emit(FlowEvent::Closed { error: None, energy_joules: inner.energy_joules() })
+                }
+                proto::FlowEvent::Failed(e) => self.emit(FlowEvent::Closed {
+                    error: Some(e.to_string()),
+                    energy_joules: inner.energy_joules(),
+                }),
                 _ => {}
             }
         }
@@ -430,7 +436,7 @@ impl Conn {
             return;
         };
         let _ = sub.kill.send(true);
-        inner.bank_energy(&sub);
+        let energy_joules = inner.bank_energy(&sub);
         inner.paths.changed();
         // A subflow that died before the peer said a word there (a refused join, a port
         // that accepts and closes) makes its address back off; a working one that broke
@@ -441,7 +447,7 @@ impl Conn {
         inner.proto.remove_subflow(id, Instant::now());
         self.assign_standbys(&mut inner);
         tracing::info!(flow = %self.keys.flow_id, local = %sub.local, remote = %sub.remote, reason, "subflow down");
-        self.emit(FlowEvent::PathLost { local: sub.local, remote: sub.remote, reason: reason.to_string() });
+        self.emit(FlowEvent::PathLost { local: sub.local, remote: sub.remote, reason: reason.to_string(), energy_joules });
         self.settle(&mut inner);
         self.driver.notify_one();
     }

@@ -24,6 +24,8 @@ pub enum FlowEvent {
         remote: SocketAddr,
         /// What ended it.
         reason: String,
+        /// Modelled radio energy the path used, in joules (None: interface kind unknown).
+        energy_joules: Option<f64>,
     },
     /// Data flows again after a time with no usable path.
     Resumed {
@@ -44,6 +46,9 @@ pub enum FlowEvent {
     Closed {
         /// The error, if the flow failed.
         error: Option<String>,
+        /// Modelled radio energy of all the flow's paths, in joules (None: no path ran
+        /// over an interface of known kind).
+        energy_joules: Option<f64>,
     },
 }
 
