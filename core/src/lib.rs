@@ -22,4 +22,7 @@ pub mod wire;
 
 pub use identity::{Identity, IdentityError, PublicIdentity};
 pub use proto::{FlowConfig, FlowError, FlowStats, PathState};
-pub use runtime::{BlockingFlow, Endpoint, EndpointConfig, Error, Flow, FlowEvent, FlowEvents, Listener, NetworkFollower, Path, PathPolicy};
+pub use runtime::{
+    BlockingFlow, Endpoint, EndpointConfig, Error, Flow, FlowEvent, FlowEvents, Listener, NetworkFollower, Path, PathPolicy,
+    RawSocket, SocketBinder,
+};

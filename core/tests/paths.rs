@@ -324,3 +324,52 @@ async fn redundant_copies_small_writes_and_energy_keeps_the_standby_idle() {
     assert_eq!(paths[1].state, PathState::Standby, "{paths:?}");
     assert!(paths[1].bytes_sent < before[1] + 2_000, "the standby stayed idle: {paths:?} {before:?}");
 }
+
+/// The platform's socket-binding hook sees every outgoing subflow before it connects, and
+/// a refusal costs that path only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_socket_binder_sees_each_subflow_and_may_refuse_one() {
+    use std::net::IpAddr;
+    use std::sync::Mutex;
+
+    #[derive(Debug, Default)]
+    struct Binder {
+        seen: Mutex<Vec<IpAddr>>,
+        refuse: Option<IpAddr>,
+    }
+    impl msocket::SocketBinder for Binder {
+        fn bind(&self, socket: msocket::RawSocket, local: IpAddr) -> std::io::Result<()> {
+            assert!(socket >= 0);
+            self.seen.lock().unwrap().push(local);
+            if Some(local) == self.refuse {
+                return Err(std::io::Error::new(std::io::ErrorKind::PermissionDenied, "network not available"));
+            }
+            Ok(())
+        }
+    }
+
+    init_tracing();
+    let names = memory_names();
+    let server = endpoint(&names, 182, 182);
+    let binder = Arc::new(Binder { refuse: Some(lo(184).into()), ..Binder::default() });
+    let client = endpoint_with(&names, 183, 183, |cfg| {
+        cfg.local_ips = vec![lo(183), lo(184)];
+        cfg.socket_binder = Some(binder.clone());
+    });
+    let mut listener = server.listen("binder.test").await.unwrap();
+    let (c, s) = within(10, "pair", pair(&client, &mut listener, "binder.test")).await;
+    // The refused address is tried (it is a path), and the flow works over the other.
+    within(10, "the binder is asked for both addresses", async {
+        loop {
+            let seen = binder.seen.lock().unwrap().clone();
+            if seen.contains(&lo(183).into()) && seen.contains(&lo(184).into()) {
+                break;
+            }
+            drop(seen);
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    let (c, _s) = round_trip(c, s, 200_000, 200_000, 17).await;
+    assert!(c.paths().iter().all(|p| p.local.ip() == lo(183)), "{:?}", c.paths());
+}

@@ -16,6 +16,7 @@ use super::events::FlowEvent;
 use super::flow::Flow;
 use super::follow::NetworkFollower;
 use super::paths::PathPolicy;
+use super::socket::SocketBinder;
 use super::header::{self, Kind};
 use super::Error;
 use crate::identity::{Identity, PublicIdentity};
@@ -53,6 +54,9 @@ pub struct EndpointConfig {
     /// How connecting flows use their paths at first (see [`PathPolicy`]; each flow can
     /// change it). Default [`PathPolicy::Backup`].
     pub path_policy: PathPolicy,
+    /// Binds each outgoing subflow's socket to its network (see [`SocketBinder`]).
+    /// Default none: the source address alone picks the path.
+    pub socket_binder: Option<Arc<dyn SocketBinder>>,
 }
 
 impl EndpointConfig {
@@ -69,6 +73,7 @@ impl EndpointConfig {
             use_loopback: false,
             standby_paths: true,
             path_policy: PathPolicy::Backup,
+            socket_binder: None,
         }
     }
 }
@@ -471,6 +476,13 @@ impl EndpointInner {
         let sock = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
         if let Some(ip) = local {
             sock.bind(SocketAddr::new(ip, 0))?;
+            if let Some(binder) = &self.config.socket_binder {
+                #[cfg(unix)]
+                let raw = std::os::fd::AsRawFd::as_raw_fd(&sock);
+                #[cfg(windows)]
+                let raw = std::os::windows::io::AsRawSocket::as_raw_socket(&sock);
+                binder.bind(raw, ip)?;
+            }
         }
         sock.set_nodelay(true)?;
         match tokio::time::timeout(self.config.io_timeout, sock.connect(addr)).await {

@@ -23,3 +23,4 @@ pub use events::{FlowEvent, FlowEvents};
 pub use flow::{BlockingFlow, Flow, Path};
 pub use paths::PathPolicy;
 pub use follow::NetworkFollower;
+pub use socket::{RawSocket, SocketBinder};

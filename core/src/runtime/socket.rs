@@ -8,7 +8,26 @@
 //! only while less than [`NOTSENT_LOWAT`] bytes wait unsent, and the rest stays in the
 //! flow's send buffer, uncommitted, free to take whichever path is alive.
 
+use std::net::IpAddr;
+
 use tokio::net::TcpStream;
+
+/// Binds each outgoing subflow's socket to a network before it connects: the platform's
+/// way of saying "this socket goes over cellular" when routing by source address alone
+/// is not enough — Android's `Network.bindSocket`, `IP_BOUND_IF` on Apple systems,
+/// `SO_BINDTODEVICE` on Linux. Set it as [`EndpointConfig::socket_binder`](super::EndpointConfig::socket_binder).
+pub trait SocketBinder: Send + Sync + std::fmt::Debug + 'static {
+    /// Called with the socket's descriptor, already bound to `local` but not connected.
+    /// An error fails this one subflow (the flow tries its other paths).
+    fn bind(&self, socket: RawSocket, local: IpAddr) -> std::io::Result<()>;
+}
+
+/// A socket descriptor as the platform sees it.
+#[cfg(unix)]
+pub type RawSocket = std::os::fd::RawFd;
+/// A socket descriptor as the platform sees it.
+#[cfg(windows)]
+pub type RawSocket = std::os::windows::io::RawSocket;
 
 /// Unsent bytes a subflow's socket may hold before it stops taking more.
 pub(crate) const NOTSENT_LOWAT: u32 = 128 * 1024;
