@@ -12,11 +12,13 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
+use std::ops::Range;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
 use super::frame::{check_ack, clamp_str, ACK_HEADER_LEN, ACK_RANGE_LEN, DATA_HEADER_LEN};
+use super::ranges::RangeSet;
 use super::recv::RecvBuffer;
 use super::sched::{slower_path_helps, stall_after, Demand, PathEstimate, REDUNDANT_LIMIT};
 use super::send::{Segment, SendBuffer};
@@ -160,10 +162,14 @@ pub struct FlowState {
     /// An ACK went out right before the next ABANDON (so its receiver re-sends exactly
     /// what we lack, not all it had in flight there).
     ack_led_abandon: bool,
-    /// After we lost a subflow: re-sends wait until the peer's next ACK (or this instant),
-    /// since what we know of its receipt is a round trip old and most of what was in
-    /// flight likely arrived.
+    /// After we lost a subflow: units that may have arrived wait here for the peer's next
+    /// ACK (or `resend_hold`), since what we know of its receipt is a round trip old and
+    /// most of what was in flight likely arrived.
+    held: RangeSet,
     resend_hold: Option<Instant>,
+    /// New data waits for the same ACK: what never left the lost subflow was not known,
+    /// and new data would queue ahead of its re-sends.
+    hold_new: bool,
     readable_hint: bool,
     writable_hint: bool,
     write_blocked: bool,
@@ -195,7 +201,9 @@ impl FlowState {
             events: VecDeque::new(),
             abandoned: VecDeque::new(),
             ack_led_abandon: false,
+            held: RangeSet::new(),
             resend_hold: None,
+            hold_new: false,
             readable_hint: false,
             writable_hint: false,
             write_blocked: false,
@@ -375,9 +383,34 @@ impl FlowState {
     /// The subflow is gone; what it carried unacknowledged is re-sent elsewhere, and the
     /// peer is told (ABANDON on another subflow, now or once there is one), since its end
     /// may not know: a vanished address sends no FIN.
+    ///
+    /// While other subflows remain, what was in flight on it waits for the peer's next ACK
+    /// before it is re-sent (most of it usually arrived), and so does new data.
     pub fn remove_subflow(&mut self, id: SubflowId, now: Instant) {
-        if self.subflows.get(&id).is_some_and(|s| !s.in_flight.is_empty()) && self.subflows.len() > 1 {
-            let srtt = self.subflows.values().filter(|s| s.id != id).filter_map(|s| s.srtt).max();
+        self.lose_subflow(id, now, None);
+    }
+
+    /// Like [`remove_subflow`](Self::remove_subflow), for a subflow whose socket told
+    /// which units never left it (`never_sent`, e.g. from its unsent queue): those cannot
+    /// have arrived and are re-sent at once, and new data follows them without waiting;
+    /// only the units that may have arrived wait for the peer's ACK.
+    pub fn remove_subflow_unsent(&mut self, id: SubflowId, now: Instant, never_sent: &[Range<u64>]) {
+        self.lose_subflow(id, now, Some(never_sent));
+    }
+
+    fn lose_subflow(&mut self, id: SubflowId, now: Instant, never_sent: Option<&[Range<u64>]>) {
+        let others = self.subflows.len() > 1;
+        let srtt = self.subflows.values().filter(|s| s.id != id).filter_map(|s| s.srtt).max();
+        if let Some(sub) = self.subflows.get_mut(&id).filter(|s| others && !s.in_flight.is_empty()) {
+            let mut maybe = std::mem::take(&mut sub.in_flight);
+            for r in never_sent.unwrap_or_default() {
+                let sure = maybe.split_off(r.clone());
+                self.send.on_lost(&sure);
+            }
+            for r in maybe.iter() {
+                self.held.insert(r);
+            }
+            self.hold_new |= never_sent.is_none();
             let hold = srtt.map_or(RESEND_HOLD_MAX, |r| (r * 2).clamp(RESEND_HOLD_MIN, RESEND_HOLD_MAX));
             self.resend_hold = Some(now + hold);
         }
@@ -511,9 +544,9 @@ impl FlowState {
         if acked > sent {
             return Err(ProtocolViolation::AckOfUnsent { acked, sent });
         }
-        self.resend_hold = None;
         let was_full = self.send.capacity() == 0;
         let freed = self.send.on_ack(cum, ranges, window);
+        self.release_held();
         for s in self.subflows.values_mut() {
             s.on_acked(now, cum, ranges);
         }
@@ -548,7 +581,7 @@ impl FlowState {
             }
         }
         if self.resend_hold.is_some_and(|t| t <= now) {
-            self.resend_hold = None;
+            self.release_held();
         }
         self.update_demand(now);
         if let Some((id, at)) = self.stall_check() {
@@ -574,6 +607,14 @@ impl FlowState {
     }
 
     // ---- output ----
+
+    /// Held units go to the re-send set (the peer's ACK, applied first, pruned what
+    /// arrived), and new data may go again.
+    fn release_held(&mut self) {
+        self.send.on_lost(&std::mem::take(&mut self.held));
+        self.resend_hold = None;
+        self.hold_new = false;
+    }
 
     /// The next frame to send on subflow `id`, at most `max_len` encoded bytes. `None` when
     /// nothing is due or nothing fits (at least 64 bytes always fits every control frame
@@ -887,14 +928,17 @@ impl FlowState {
     /// resume ACK: it says where the peer's data stops, so the units it lacks go out
     /// first, in order, and none that it has. New data sent sooner would queue in the
     /// socket ahead of those re-sends, and the receiver reads nothing until they arrive;
-    /// for the same reason new data waits while re-sends are held (`resend_hold`).
+    /// for the same reason new data waits while re-sends are held (`hold_new`).
     fn data_waiting(&self, id: SubflowId) -> bool {
         let Some(sub) = self.subflows.get(&id) else { return false };
         if sub.stalled || self.sidelined(id) {
             return false;
         }
         if self.send.has_retransmit() {
-            return sub.heard && self.resend_hold.is_none();
+            return sub.heard;
+        }
+        if self.hold_new {
+            return false;
         }
         if !sub.heard && !(self.subflows.len() == 1 && !sub.ends_outage) {
             return false;

@@ -111,6 +111,19 @@ impl RangeSet {
         before - self.units
     }
 
+    /// Removes the units of `r` and returns them as a set of their own.
+    pub(crate) fn split_off(&mut self, r: Range<u64>) -> RangeSet {
+        let mut out = RangeSet::new();
+        for (&s, &e) in self.map.range(..r.end).rev() {
+            if e <= r.start {
+                break;
+            }
+            out.insert(s.max(r.start)..e.min(r.end));
+        }
+        self.remove(r);
+        out
+    }
+
     /// Removes every unit below `unit`; returns how many were in the set.
     pub(crate) fn remove_below(&mut self, unit: u64) -> u64 {
         let before = self.units;

@@ -128,6 +128,8 @@ pub struct Sim {
     pub dup_pct: u32,
     /// Chance that a record carrying DATA is also delivered, late, on another subflow.
     pub cross_pct: u32,
+    /// Removals sometimes come with a (random) hint of units that never left.
+    pub unsent_hints: bool,
 }
 
 fn has_data(rec: &Bytes) -> bool {
@@ -157,6 +159,7 @@ impl Sim {
             rng: Rng::new(1),
             dup_pct: 0,
             cross_pct: 0,
+            unsent_hints: false,
         }
     }
 
@@ -387,7 +390,17 @@ impl Sim {
                 let l = &mut self.links[link];
                 if l.open[side] {
                     l.open[side] = false;
-                    self.ends[side].remove_subflow(l.ids[side], now);
+                    let id = l.ids[side];
+                    if self.unsent_hints && self.rng.percent(50) {
+                        // The runtime may know what never left the socket; a wrong guess
+                        // must cost duplicates only.
+                        let sent = self.ends[side].stats().bytes_sent;
+                        let from = self.rng.below(sent + 1);
+                        let hint = [from..from + 1 + self.rng.below(200_000)];
+                        self.ends[side].remove_subflow_unsent(id, now, &hint);
+                    } else {
+                        self.ends[side].remove_subflow(id, now);
+                    }
                     progress = true;
                 }
             }

@@ -100,6 +100,7 @@ fn run(c: Case) {
     sim.bandwidth = c.bandwidth;
     sim.dup_pct = c.dup_pct;
     sim.cross_pct = c.cross_pct;
+    sim.unsent_hints = true;
     sim.default_delay = Duration::from_millis(c.delay_ms);
     sim.auto_reconnect = Some(Duration::from_millis(c.reconnect_ms));
     sim.send(

@@ -706,3 +706,34 @@ fn a_standby_keeps_alive_less_often_than_the_active_path() {
     f.handle_timeout(at);
     assert_eq!(pings(&mut f, b, at), 1, "the standby pings after 120 s");
 }
+
+#[test]
+fn what_never_left_a_lost_subflow_goes_at_once_and_new_data_follows() {
+    let t0 = std::time::Instant::now();
+    let mut f = FlowState::new(FlowConfig::default(), t0);
+    let (a, b) = (f.add_subflow(t0), f.add_subflow(t0));
+    let hello = || Frame::Ack { cum: 0, ranges: vec![], window: 1 << 20 };
+    f.handle_frame(a, hello(), t0).unwrap();
+    f.handle_frame(b, hello(), t0).unwrap();
+    f.write(&[1; 3000]).unwrap();
+    while f.poll_transmit(a, t0, 1100).is_some() {}
+    // Units 2000.. were still in the socket's unsent queue when it went.
+    f.remove_subflow_unsent(a, t0, &[2000..3000]);
+    f.write(&[2; 500]).unwrap();
+    let data: Vec<(u64, usize)> = std::iter::from_fn(|| f.poll_transmit(b, t0, 1500))
+        .filter_map(|fr| match fr {
+            Frame::Data { offset, payload, .. } => Some((offset, payload.len())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(data, vec![(2000, 1000), (3000, 500)], "never-sent units first, then new data");
+    // What may have arrived waits for the ACK, which says 0..1000 did; 1000..2000 goes.
+    f.handle_frame(b, Frame::Ack { cum: 1000, ranges: vec![], window: 1 << 20 }, t0 + ms(3)).unwrap();
+    let resent: Vec<(u64, usize)> = std::iter::from_fn(|| f.poll_transmit(b, t0 + ms(3), 1500))
+        .filter_map(|fr| match fr {
+            Frame::Data { offset, payload, .. } => Some((offset, payload.len())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(resent, vec![(1000, 1000)]);
+}
