@@ -30,6 +30,7 @@ use tokio::sync::{broadcast, watch, Notify};
 
 use super::endpoint::EndpointInner;
 use super::events::FlowEvent;
+use super::unsent::SentLog;
 use crate::energy::EnergyMeter;
 use crate::proto::{self, Frame, FlowState, FlowStatus, SubflowId};
 use crate::session::{ReplayWindow, SessionKeys, MAX_RECORD_PLAINTEXT, RECORD_HEADER_LEN, TAG_LEN};
@@ -71,6 +72,8 @@ struct Sub {
     energy: Option<EnergyMeter>,
     wake: Arc<Notify>,
     kill: watch::Sender<bool>,
+    /// Which DATA went into which part of the socket's stream.
+    sent: SentLog,
 }
 
 /// The mutable part of a flow.
@@ -372,6 +375,8 @@ impl Conn {
         let (Ok(local), Ok(remote)) = (stream.local_addr(), stream.peer_addr()) else {
             return;
         };
+        let sent = SentLog::new(&stream);
+        let handed = sent.handed();
         let (r, w) = stream.into_split();
         let wake = Arc::new(Notify::new());
         let (kill, kill_rx) = watch::channel(false);
@@ -386,7 +391,7 @@ impl Conn {
             inner.proto.set_subflow_token(id, token);
             let energy = self.endpoint.upgrade().and_then(|ep| ep.radio_for(local.ip()));
             let energy = energy.map(|radio| EnergyMeter::new(radio.params(), Instant::now()));
-            let sub = Sub { local, remote, record_limit: FIRST_RECORD_LIMIT, energy, wake: wake.clone(), kill };
+            let sub = Sub { local, remote, record_limit: FIRST_RECORD_LIMIT, energy, wake: wake.clone(), kill, sent };
             inner.subflows.insert(id, sub);
             if !inner.peer_addrs.contains(&remote) {
                 inner.peer_addrs.insert(0, remote);
@@ -398,7 +403,7 @@ impl Conn {
         };
         tracing::info!(flow = %self.keys.flow_id, %local, %remote, subflow = id.0, "subflow up");
         self.emit(FlowEvent::PathAdded { local, remote });
-        tokio::spawn(writer(self.clone(), id, w, wake, kill_rx.clone()));
+        tokio::spawn(writer(self.clone(), id, w, handed, wake, kill_rx.clone()));
         tokio::spawn(reader(self.clone(), id, r, kill_rx, reader_prefix));
     }
 
@@ -444,7 +449,14 @@ impl Conn {
         if !inner.proto.is_heard(id) {
             inner.paths.lost(sub.local.ip(), Instant::now());
         }
-        inner.proto.remove_subflow(id, Instant::now());
+        match sub.sent.never_sent() {
+            Some(never_sent) => {
+                let units: u64 = never_sent.iter().map(|r| r.end - r.start).sum();
+                tracing::debug!(flow = %self.keys.flow_id, subflow = id.0, units, "units that never left the lost subflow go at once");
+                inner.proto.remove_subflow_unsent(id, Instant::now(), &never_sent)
+            }
+            None => inner.proto.remove_subflow(id, Instant::now()),
+        }
         self.assign_standbys(&mut inner);
         tracing::info!(flow = %self.keys.flow_id, local = %sub.local, remote = %sub.remote, reason, "subflow down");
         self.emit(FlowEvent::PathLost { local: sub.local, remote: sub.remote, reason: reason.to_string(), energy_joules });
@@ -522,6 +534,9 @@ impl Conn {
         };
         // The record being filled: where it starts, and whether it holds DATA.
         let mut open: Option<(usize, bool)> = None;
+        // DATA units of the open record, and (record end, units) of closed ones.
+        let mut units: Vec<Range<u64>> = Vec::new();
+        let mut data_log: Vec<(usize, Range<u64>)> = Vec::new();
         loop {
             if open.is_none() && (records.len() >= RECORDS_PER_BATCH || out.len() >= BATCH_BYTES) {
                 break;
@@ -532,6 +547,7 @@ impl Conn {
                     // Full, or all sent: close it and try a fresh record.
                     Some((start, had_data)) => {
                         self.close_record(out, start, &mut records);
+                        data_log.extend(units.drain(..).map(|u| (out.len(), u)));
                         if had_data {
                             limit = (limit * 2).min(MAX_RECORD_PLAINTEXT);
                         }
@@ -547,6 +563,9 @@ impl Conn {
                     open = None;
                 }
             }
+            if let Frame::Data { offset, fin, payload } = &frame {
+                units.push(*offset..offset + payload.len() as u64 + u64::from(*fin));
+            }
             let (start, had_data) = *open.get_or_insert_with(|| {
                 let start = out.len();
                 out.resize(start + RECORD_HEADER_LEN, 0);
@@ -557,6 +576,7 @@ impl Conn {
         }
         if let Some(sub) = inner.subflows.get_mut(&id) {
             sub.record_limit = limit;
+            sub.sent.on_batch(out.len(), data_log);
             if let Some(meter) = sub.energy.as_mut().filter(|_| !out.is_empty()) {
                 meter.on_bytes(now, out.len() as u64, 0);
             }
@@ -606,6 +626,7 @@ async fn writer(
     conn: Arc<Conn>,
     id: SubflowId,
     mut w: OwnedWriteHalf,
+    handed: Arc<AtomicU64>,
     wake: Arc<Notify>,
     mut kill: watch::Receiver<bool>,
 ) {
@@ -638,8 +659,21 @@ async fn writer(
                 return conn.subflow_gone(id, "sealing failed");
             }
         }
+        // Counted as it goes, so that a lost subflow can tell what never reached the kernel.
+        let write = async {
+            let mut at = 0;
+            while at < out.len() {
+                let n = w.write(&out[at..]).await?;
+                if n == 0 {
+                    return Err(std::io::ErrorKind::WriteZero.into());
+                }
+                at += n;
+                handed.fetch_add(n as u64, Ordering::Release);
+            }
+            Ok::<(), std::io::Error>(())
+        };
         tokio::select! {
-            r = w.write_all(&out) => if let Err(e) = r {
+            r = write => if let Err(e) = r {
                 tracing::debug!(error = %e, "subflow write failed");
                 break "write failed";
             },

@@ -16,6 +16,7 @@ mod header;
 mod paths;
 mod peer_watch;
 mod socket;
+mod unsent;
 
 pub use endpoint::{Endpoint, EndpointConfig, Listener};
 pub use error::Error;
