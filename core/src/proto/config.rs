@@ -31,6 +31,12 @@ pub struct FlowConfig {
     pub flow_deadline: Duration,
     /// Longest delay before acknowledging DATA. Default 5 ms.
     pub ack_delay: Duration,
+    /// A subflow takes no more DATA while what it has unacknowledged exceeds this many of
+    /// its base round trips at its delivery rate (at least 64 KiB; 0: no bound). TCP
+    /// alone would fill every buffer on the path (a router's queue can hold seconds of
+    /// data), and whatever sits there is lost in a hand-off and delays the other paths'
+    /// data at the receiver. Default 4.
+    pub max_in_flight_rtts: u32,
 }
 
 impl Default for FlowConfig {
@@ -44,6 +50,7 @@ impl Default for FlowConfig {
             dead_path_timeout: Duration::from_millis(1500),
             flow_deadline: Duration::from_secs(300),
             ack_delay: Duration::from_millis(5),
+            max_in_flight_rtts: 4,
         }
     }
 }

@@ -52,6 +52,8 @@ pub enum FlowStatus {
     Failed(FlowError),
 }
 
+/// The least a subflow may have unacknowledged, whatever its rate and RTT.
+const IN_FLIGHT_FLOOR: u64 = 64 * 1024;
 /// Lost subflows remembered for ABANDON until a subflow can carry the news.
 const MAX_ABANDONED: usize = 16;
 /// Bounds on how long re-sends wait for the peer's ACK after we lost a subflow (twice the
@@ -931,7 +933,7 @@ impl FlowState {
     /// for the same reason new data waits while re-sends are held (`hold_new`).
     fn data_waiting(&self, id: SubflowId) -> bool {
         let Some(sub) = self.subflows.get(&id) else { return false };
-        if sub.stalled || self.sidelined(id) {
+        if sub.stalled || self.sidelined(id) || sub.in_flight_full(self.cfg.max_in_flight_rtts, IN_FLIGHT_FLOOR) {
             return false;
         }
         if self.send.has_retransmit() {

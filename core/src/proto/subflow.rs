@@ -56,6 +56,8 @@ pub(crate) struct Subflow {
     /// Units sent on this subflow and not yet acknowledged.
     pub in_flight: RangeSet,
     pub srtt: Option<Duration>,
+    /// The least RTT sampled: the path's round trip without its queues.
+    pub min_rtt: Option<Duration>,
     pub stats: SubflowStats,
     /// A POLICY frame to send, telling the peer the flow's policy.
     pub policy_out: bool,
@@ -101,6 +103,7 @@ impl Subflow {
             standby_out: None,
             in_flight: RangeSet::new(),
             srtt: None,
+            min_rtt: None,
             stats: SubflowStats::default(),
             policy_out: false,
             delivered: 0,
@@ -119,6 +122,13 @@ impl Subflow {
         // A PING already out keeps its place (its PONG is the RTT sample).
         self.ping_pending |= self.ping_out.is_none();
         std::mem::take(&mut self.in_flight)
+    }
+
+    /// Since when a reply is due: the oldest unanswered frame that asks for one, or, with
+    /// data outstanding here, the last sign of life (a frame heard, or data delivered).
+    fn awaiting(&self) -> Option<Instant> {
+        self.awaiting_since
+            .or_else(|| (!self.in_flight.is_empty()).then(|| self.last_heard.max(self.last_progress)))
     }
 
     /// Units about to be sent here: a subflow that was idle starts its progress clock.
@@ -158,6 +168,18 @@ impl Subflow {
             self.rate = Some(self.rate.map_or(sample, |r| 0.75 * r + 0.25 * sample));
             self.rate_mark = Some((now, self.delivered));
         }
+    }
+
+    /// Whether this subflow already has as much unacknowledged as its path needs
+    /// (`rtts` base round trips at its delivery rate, at least `floor`); unknown figures
+    /// set no bound.
+    pub fn in_flight_full(&self, rtts: u32, floor: u64) -> bool {
+        let (Some(rate), Some(rtt)) = (self.rate, self.min_rtt) else { return false };
+        if rtts == 0 {
+            return false;
+        }
+        let bound = (rate * rtt.as_secs_f64() * rtts as f64) as u64;
+        self.in_flight_bytes() >= bound.max(floor)
     }
 
     /// Bytes (units) in flight here.
@@ -216,6 +238,7 @@ impl Subflow {
                     Some(s) => (s * 7 + sample) / 8,
                 });
                 self.stats.srtt = self.srtt;
+                self.min_rtt = Some(self.min_rtt.map_or(sample, |m| m.min(sample)));
             }
         }
     }
@@ -262,7 +285,7 @@ impl Subflow {
                 consider(d);
             }
         }
-        if let Some(since) = self.awaiting_since {
+        if let Some(since) = self.awaiting() {
             consider(since + cfg.dead_path_timeout);
             if !self.half_ping_sent && (!self.in_flight.is_empty() || self.stalled) {
                 consider(since + cfg.dead_path_timeout / 2);
@@ -279,7 +302,7 @@ impl Subflow {
         if self.ack_owed && self.ack_deadline.is_some_and(|d| d <= now) {
             self.ack_now = true;
         }
-        if let Some(since) = self.awaiting_since {
+        if let Some(since) = self.awaiting() {
             if since + cfg.dead_path_timeout <= now {
                 return true;
             }
