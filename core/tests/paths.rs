@@ -234,19 +234,7 @@ async fn paths_on_a_known_radio_report_modelled_energy() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_performance_policy_uses_every_path_and_backup_parks_the_others() {
     use msocket::PathPolicy;
-    init_tracing();
-    let names = memory_names();
-    let server = endpoint(&names, 176, 176);
-    let client = endpoint_with(&names, 177, 177, |cfg| {
-        cfg.local_ips = vec![lo(177), lo(178)];
-        cfg.path_policy = PathPolicy::Performance;
-    });
-    let mut listener = server.listen("perf.test").await.unwrap();
-    let (mut c, mut s) = within(10, "pair", pair(&client, &mut listener, "perf.test")).await;
-    let mut events = c.events();
-    if c.paths().len() < 2 {
-        wait_event(&mut events, "the second path", |ev| matches!(ev, FlowEvent::PathAdded { .. })).await;
-    }
+    let (_ends, mut c, mut s) = two_paths(176, PathPolicy::Performance).await;
     assert!(c.paths().iter().all(|p| !p.standby), "{:?}", c.paths());
     within(20, "bulk over both paths", send_and_read(&mut c, &mut s, 8_000_000, 15)).await;
     let paths = c.paths();
@@ -260,6 +248,26 @@ async fn the_performance_policy_uses_every_path_and_backup_parks_the_others() {
     assert!(!paths[0].standby && paths[1].standby, "{paths:?}");
     assert!(paths[0].bytes_sent > before[0] + 4_000_000, "{paths:?}");
     assert!(paths[1].bytes_sent < before[1] + 200_000, "the standby took little: {paths:?} {before:?}");
+}
+
+/// A server on 127.0.0.`n` and a client on `n+1` and `n+2` with `policy`, and a flow
+/// between them once it runs on both client addresses. The endpoints must outlive it.
+async fn two_paths(n: u8, policy: msocket::PathPolicy) -> ((msocket::Endpoint, msocket::Endpoint), msocket::Flow, msocket::Flow) {
+    init_tracing();
+    let names = memory_names();
+    let server = endpoint(&names, n, n);
+    let client = endpoint_with(&names, n + 1, n + 1, |cfg| {
+        cfg.local_ips = vec![lo(n + 1), lo(n + 2)];
+        cfg.path_policy = policy;
+    });
+    let service = format!("paths-{n}.test");
+    let mut listener = server.listen(&service).await.unwrap();
+    let (c, s) = within(10, "pair", pair(&client, &mut listener, &service)).await;
+    let mut events = c.events();
+    if c.paths().len() < 2 {
+        wait_event(&mut events, "the second path", |ev| matches!(ev, FlowEvent::PathAdded { .. })).await;
+    }
+    ((server, client), c, s)
 }
 
 /// Writes `bytes` on `c` while `s` reads them; checks the hash.
@@ -277,19 +285,7 @@ async fn send_and_read(c: &mut msocket::Flow, s: &mut msocket::Flow, bytes: usiz
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redundant_copies_small_writes_and_energy_keeps_the_standby_idle() {
     use msocket::{PathPolicy, PathState};
-    init_tracing();
-    let names = memory_names();
-    let server = endpoint(&names, 179, 179);
-    let client = endpoint_with(&names, 180, 180, |cfg| {
-        cfg.local_ips = vec![lo(180), lo(181)];
-        cfg.path_policy = PathPolicy::Redundant;
-    });
-    let mut listener = server.listen("redundant.test").await.unwrap();
-    let (mut c, mut s) = within(10, "pair", pair(&client, &mut listener, "redundant.test")).await;
-    let mut events = c.events();
-    if c.paths().len() < 2 {
-        wait_event(&mut events, "the second path", |ev| matches!(ev, FlowEvent::PathAdded { .. })).await;
-    }
+    let (_ends, mut c, mut s) = two_paths(179, PathPolicy::Redundant).await;
     // Wait until the peer was heard on both paths (copies go only to such paths).
     within(10, "both paths active", async {
         while !c.paths().iter().all(|p| p.state == PathState::Active) {

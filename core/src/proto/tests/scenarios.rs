@@ -25,6 +25,26 @@ fn pattern(len: usize, seed: u8) -> Vec<u8> {
         .collect()
 }
 
+/// A flow with two subflows on which the peer was heard (its resume ACKs arrived).
+fn two_heard_subflows(t0: std::time::Instant) -> (FlowState, SubflowId, SubflowId) {
+    let mut f = FlowState::new(FlowConfig::default(), t0);
+    let (a, b) = (f.add_subflow(t0), f.add_subflow(t0));
+    for id in [a, b] {
+        f.handle_frame(id, Frame::Ack { cum: 0, ranges: vec![], window: 1 << 20 }, t0).unwrap();
+    }
+    (f, a, b)
+}
+
+/// (offset, length) of every DATA frame subflow `id` sends now.
+fn data_sent(f: &mut FlowState, id: SubflowId, now: std::time::Instant) -> Vec<(u64, usize)> {
+    std::iter::from_fn(|| f.poll_transmit(id, now, 1500))
+        .filter_map(|fr| match fr {
+            Frame::Data { offset, payload, .. } => Some((offset, payload.len())),
+            _ => None,
+        })
+        .collect()
+}
+
 /// A sim with `a_len` bytes client→server and `b_len` back, both finishing, one link.
 fn transfer(cfg: FlowConfig, a_len: usize, b_len: usize) -> Sim {
     let mut sim = Sim::new(cfg);
@@ -656,11 +676,7 @@ fn a_standby_subflow_carries_data_only_once_the_active_one_is_gone() {
 #[test]
 fn resends_after_a_local_loss_go_without_an_ack_once_the_hold_ends() {
     let t0 = std::time::Instant::now();
-    let mut f = FlowState::new(FlowConfig::default(), t0);
-    let (a, b) = (f.add_subflow(t0), f.add_subflow(t0));
-    let hello = || Frame::Ack { cum: 0, ranges: vec![], window: 1 << 20 };
-    f.handle_frame(a, hello(), t0).unwrap();
-    f.handle_frame(b, hello(), t0).unwrap();
+    let (mut f, a, b) = two_heard_subflows(t0);
     f.write(&[1; 1000]).unwrap();
     while f.poll_transmit(a, t0, 1500).is_some() {}
     f.remove_subflow(a, t0);
@@ -710,30 +726,16 @@ fn a_standby_keeps_alive_less_often_than_the_active_path() {
 #[test]
 fn what_never_left_a_lost_subflow_goes_at_once_and_new_data_follows() {
     let t0 = std::time::Instant::now();
-    let mut f = FlowState::new(FlowConfig::default(), t0);
-    let (a, b) = (f.add_subflow(t0), f.add_subflow(t0));
-    let hello = || Frame::Ack { cum: 0, ranges: vec![], window: 1 << 20 };
-    f.handle_frame(a, hello(), t0).unwrap();
-    f.handle_frame(b, hello(), t0).unwrap();
+    let (mut f, a, b) = two_heard_subflows(t0);
     f.write(&[1; 3000]).unwrap();
     while f.poll_transmit(a, t0, 1100).is_some() {}
     // Units 2000.. were still in the socket's unsent queue when it went.
     f.remove_subflow_unsent(a, t0, &[2000..3000]);
     f.write(&[2; 500]).unwrap();
-    let data: Vec<(u64, usize)> = std::iter::from_fn(|| f.poll_transmit(b, t0, 1500))
-        .filter_map(|fr| match fr {
-            Frame::Data { offset, payload, .. } => Some((offset, payload.len())),
-            _ => None,
-        })
-        .collect();
+    let data = data_sent(&mut f, b, t0);
     assert_eq!(data, vec![(2000, 1000), (3000, 500)], "never-sent units first, then new data");
     // What may have arrived waits for the ACK, which says 0..1000 did; 1000..2000 goes.
     f.handle_frame(b, Frame::Ack { cum: 1000, ranges: vec![], window: 1 << 20 }, t0 + ms(3)).unwrap();
-    let resent: Vec<(u64, usize)> = std::iter::from_fn(|| f.poll_transmit(b, t0 + ms(3), 1500))
-        .filter_map(|fr| match fr {
-            Frame::Data { offset, payload, .. } => Some((offset, payload.len())),
-            _ => None,
-        })
-        .collect();
+    let resent = data_sent(&mut f, b, t0 + ms(3));
     assert_eq!(resent, vec![(1000, 1000)]);
 }
