@@ -172,6 +172,9 @@ pub struct FlowState {
     /// New data waits for the same ACK: what never left the lost subflow was not known,
     /// and new data would queue ahead of its re-sends.
     hold_new: bool,
+    /// The re-send set may hold units the peer already has (moved there without an ACK
+    /// saying they are missing): a new subflow must hear the peer before it sends DATA.
+    unsure_resends: bool,
     readable_hint: bool,
     writable_hint: bool,
     write_blocked: bool,
@@ -206,6 +209,7 @@ impl FlowState {
             held: RangeSet::new(),
             resend_hold: None,
             hold_new: false,
+            unsure_resends: false,
             readable_hint: false,
             writable_hint: false,
             write_blocked: false,
@@ -403,7 +407,9 @@ impl FlowState {
     fn lose_subflow(&mut self, id: SubflowId, now: Instant, never_sent: Option<&[Range<u64>]>) {
         let others = self.subflows.len() > 1;
         let srtt = self.subflows.values().filter(|s| s.id != id).filter_map(|s| s.srtt).max();
-        if let Some(sub) = self.subflows.get_mut(&id).filter(|s| others && !s.in_flight.is_empty()) {
+        // With other subflows, or knowing what never left, the rest waits for an ACK.
+        let hold = others || never_sent.is_some();
+        if let Some(sub) = self.subflows.get_mut(&id).filter(|s| hold && !s.in_flight.is_empty()) {
             let mut maybe = std::mem::take(&mut sub.in_flight);
             for r in never_sent.unwrap_or_default() {
                 let sure = maybe.split_off(r.clone());
@@ -427,6 +433,7 @@ impl FlowState {
     /// Removes subflow `id`; returns its token.
     fn retire(&mut self, id: SubflowId, now: Instant) -> Option<u64> {
         let sub = self.subflows.remove(&id)?;
+        self.unsure_resends |= !sub.in_flight.is_empty();
         self.send.on_lost(&sub.in_flight);
         self.stats.subflows_lost += 1;
         if self.subflows.is_empty() {
@@ -549,6 +556,7 @@ impl FlowState {
         let was_full = self.send.capacity() == 0;
         let freed = self.send.on_ack(cum, ranges, window);
         self.release_held();
+        self.unsure_resends = false;
         for s in self.subflows.values_mut() {
             s.on_acked(now, cum, ranges);
         }
@@ -582,7 +590,9 @@ impl FlowState {
                 }
             }
         }
-        if self.resend_hold.is_some_and(|t| t <= now) {
+        // Without a subflow the held units wait for the next one's resume ACK instead.
+        if self.resend_hold.is_some_and(|t| t <= now) && !self.subflows.is_empty() {
+            self.unsure_resends |= !self.held.is_empty();
             self.release_held();
         }
         self.update_demand(now);
@@ -590,6 +600,7 @@ impl FlowState {
             if at <= now {
                 let sub = self.subflows.get_mut(&id).expect("stall_check names a live subflow");
                 let carried = sub.stall();
+                self.unsure_resends = true;
                 tracing::debug!(?id, units = carried.covered(), "subflow stalled: its data goes out on the others");
                 self.send.on_lost(&carried);
                 self.stats.stalls += 1;
@@ -825,7 +836,8 @@ impl FlowState {
         };
         let demand = if self.policy == PathPolicy::Energy { self.demand.next_change() } else { None };
         let stall = self.stall_check().map(|(_, at)| at);
-        for x in self.subflows.values().filter_map(|s| s.next_timeout(&self.cfg)).chain(self.resend_hold).chain(demand).chain(stall) {
+        let hold = self.resend_hold.filter(|_| !self.subflows.is_empty());
+        for x in self.subflows.values().filter_map(|s| s.next_timeout(&self.cfg)).chain(hold).chain(demand).chain(stall) {
             t = Some(t.map_or(x, |t| t.min(x)));
         }
         t
@@ -925,24 +937,26 @@ impl FlowState {
             && !(self.policy == PathPolicy::Energy && self.demand.overflow)
     }
 
-    /// Whether subflow `id` has DATA to carry now. Only the flow's first subflow sends
-    /// before the peer's first frame on it. Elsewhere DATA waits for that frame, the
-    /// resume ACK: it says where the peer's data stops, so the units it lacks go out
-    /// first, in order, and none that it has. New data sent sooner would queue in the
-    /// socket ahead of those re-sends, and the receiver reads nothing until they arrive;
-    /// for the same reason new data waits while re-sends are held (`hold_new`).
+    /// Whether subflow `id` has DATA to carry now.
+    ///
+    /// A subflow the peer has not spoken on yet carries DATA only if it is the flow's very
+    /// first, or if it ends an outage and everything waiting to be re-sent is known to be
+    /// missing (units that never left the lost subflow). Otherwise DATA waits for the peer's first frame there,
+    /// its resume ACK: it says where the peer's data stops, so the units it lacks go out
+    /// first, in order, and none that it has; new data sent sooner would queue in the
+    /// socket ahead of those re-sends, and the receiver would read nothing until they
+    /// arrived. For the same reason new data waits while re-sends are held (`hold_new`).
     fn data_waiting(&self, id: SubflowId) -> bool {
         let Some(sub) = self.subflows.get(&id) else { return false };
         if sub.stalled || self.sidelined(id) || sub.in_flight_full(self.cfg.max_in_flight_rtts, IN_FLIGHT_FLOOR) {
             return false;
         }
+        let first = self.subflows.len() == 1 && !sub.ends_outage;
+        let may_speak = sub.heard || first || (sub.ends_outage && !self.unsure_resends && !self.hold_new);
         if self.send.has_retransmit() {
-            return sub.heard;
+            return sub.heard || (may_speak && !first);
         }
-        if self.hold_new {
-            return false;
-        }
-        if !sub.heard && !(self.subflows.len() == 1 && !sub.ends_outage) {
+        if self.hold_new || !may_speak {
             return false;
         }
         !sub.dup.is_empty() || (self.send.has_new() && self.earliest_completion(id))

@@ -739,3 +739,30 @@ fn what_never_left_a_lost_subflow_goes_at_once_and_new_data_follows() {
     let resent = data_sent(&mut f, b, t0 + ms(3));
     assert_eq!(resent, vec![(1000, 1000)]);
 }
+
+#[test]
+fn after_an_outage_a_new_subflow_sends_what_surely_is_missing_before_the_peer_speaks() {
+    let t0 = std::time::Instant::now();
+    let mut f = FlowState::new(FlowConfig::default(), t0);
+    let a = f.add_subflow(t0);
+    f.write(&[5; 3000]).unwrap();
+    while f.poll_transmit(a, t0, 1100).is_some() {}
+    // The only path goes; its socket had not sent 2000.. yet. Time passes without a path.
+    f.remove_subflow_unsent(a, t0, &[2000..3000]);
+    f.handle_timeout(t0 + ms(600));
+    f.write(&[6; 10]).unwrap();
+    let b = f.add_subflow(t0 + ms(700));
+    let sent: Vec<Frame> = std::iter::from_fn(|| f.poll_transmit(b, t0 + ms(700), 1500)).collect();
+    assert!(matches!(sent[0], Frame::Ack { .. }), "{sent:?}");
+    let data: Vec<(u64, usize)> = sent
+        .iter()
+        .filter_map(|fr| match fr {
+            Frame::Data { offset, payload, .. } => Some((*offset, payload.len())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(data, vec![(2000, 1000), (3000, 10)], "what never left, then new data, at once");
+    // The peer's resume ACK: 0..1500 arrived; 1500..2000 was lost in flight and goes now.
+    f.handle_frame(b, Frame::Ack { cum: 1500, ranges: vec![2000..3010], window: 1 << 20 }, t0 + ms(720)).unwrap();
+    assert_eq!(data_sent(&mut f, b, t0 + ms(720)), vec![(1500, 500)]);
+}
