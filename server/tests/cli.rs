@@ -416,6 +416,7 @@ fn bad_arguments_fail_with_a_message() {
         &["listen", "x", "--to", "nowhere"],
         &["connect", "x", "--bind", "not-an-ip"],
         &["connect", "x", "--deadline", "soon"],
+        &["connect", "x", "--policy", "fast"],
         &["demo", "--bytes", "-5"],
         &["bench", "throughput", "--round-trips", "many"],
     ];
@@ -582,6 +583,8 @@ fn netcat_pipe_connect_to_listen() {
     let payload = data(1, 5 * MB);
     let expect = sha256(&payload);
     let mut cmd = connect_cmd(&ns, "pipe.up");
+    // Two local addresses, both carrying data.
+    cmd.args(["--bind", "127.0.0.4", "--policy", "performance"]);
     cmd.stdin(Stdio::piped()).stdout(Stdio::piped());
     let mut connect = Proc::spawn("connect", cmd);
     let mut stdin = connect.take_stdin();

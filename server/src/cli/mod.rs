@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use msocket::name::{connect_url, NameService};
-use msocket::{Endpoint, EndpointConfig, Identity};
+use msocket::{Endpoint, EndpointConfig, Identity, PathPolicy};
 
 /// Options every networked command shares.
 #[derive(Debug, Clone, clap::Args)]
@@ -30,6 +30,12 @@ pub struct Common {
     /// Seconds a flow may go without any path before it fails.
     #[arg(long, default_value_t = 300)]
     pub deadline: u64,
+    /// How flows this side opens use several local addresses (the accepting side
+    /// follows): backup (one path, the others hot standbys), energy (standbys join only
+    /// while the main path cannot keep up), performance (every path at once),
+    /// redundant (small writes copied on every path).
+    #[arg(long, env = "MSOCKET_POLICY", default_value = "backup", value_name = "POLICY")]
+    pub policy: PathPolicy,
 }
 
 /// `~/.config/msocket/key`, or `./msocket.key` without a home directory.
@@ -74,6 +80,7 @@ impl Common {
         let mut config = EndpointConfig::new(self.name_service()?);
         config.local_ips = self.bind.clone();
         config.flow.flow_deadline = Duration::from_secs(self.deadline);
+        config.path_policy = self.policy;
         Ok(Endpoint::bind(self.identity(ephemeral_ok)?, config)?)
     }
 }
