@@ -32,7 +32,8 @@ pub struct FlowConfig {
     /// Longest delay before acknowledging DATA. Default 5 ms.
     pub ack_delay: Duration,
     /// A subflow takes no more DATA while what it has unacknowledged exceeds this many of
-    /// its base round trips at its delivery rate (at least 64 KiB; 0: no bound). TCP
+    /// its base round trips (plus `ack_delay`) at its delivery rate (at least 64 KiB; 0:
+    /// no bound). TCP
     /// alone would fill every buffer on the path (a router's queue can hold seconds of
     /// data), and whatever sits there is lost in a hand-off and delays the other paths'
     /// data at the receiver. Default 4.

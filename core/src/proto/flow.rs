@@ -948,7 +948,7 @@ impl FlowState {
     /// arrived. For the same reason new data waits while re-sends are held (`hold_new`).
     fn data_waiting(&self, id: SubflowId) -> bool {
         let Some(sub) = self.subflows.get(&id) else { return false };
-        if sub.stalled || self.sidelined(id) || sub.in_flight_full(self.cfg.max_in_flight_rtts, IN_FLIGHT_FLOOR) {
+        if sub.stalled || self.sidelined(id) || sub.in_flight_full(&self.cfg, IN_FLIGHT_FLOOR) {
             return false;
         }
         let first = self.subflows.len() == 1 && !sub.ends_outage;

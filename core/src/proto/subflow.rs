@@ -170,15 +170,17 @@ impl Subflow {
         }
     }
 
-    /// Whether this subflow already has as much unacknowledged as its path needs
-    /// (`rtts` base round trips at its delivery rate, at least `floor`); unknown figures
-    /// set no bound.
-    pub fn in_flight_full(&self, rtts: u32, floor: u64) -> bool {
+    /// Whether this subflow already has as much unacknowledged as its path needs: `rtts`
+    /// base round trips at its delivery rate, at least `floor`. A round trip here includes
+    /// the peer's `ack_delay`, since acknowledgements come no sooner. Unknown figures set
+    /// no bound.
+    pub fn in_flight_full(&self, cfg: &FlowConfig, floor: u64) -> bool {
         let (Some(rate), Some(rtt)) = (self.rate, self.min_rtt) else { return false };
-        if rtts == 0 {
+        if cfg.max_in_flight_rtts == 0 {
             return false;
         }
-        let bound = (rate * rtt.as_secs_f64() * rtts as f64) as u64;
+        let round_trip = (rtt + cfg.ack_delay).as_secs_f64();
+        let bound = (rate * round_trip * cfg.max_in_flight_rtts as f64) as u64;
         self.in_flight_bytes() >= bound.max(floor)
     }
 
