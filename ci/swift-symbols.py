@@ -15,7 +15,7 @@ properties named `ffi`. Checked:
   * every `case .name` pattern and `.name(` construction refers to an enum case declared
     in the bindings or in the layer itself;
   * every memberwise construction of a generated struct, `Name(label: ...)`, uses labels
-    that are fields of that struct.
+    that are fields of that struct, in their order.
 
 Usage: swift-symbols.py GENERATED.swift LAYER_DIR
 """
@@ -80,7 +80,7 @@ def main():
     cases = set(re.findall(r"\bcase\s+(" + IDENT + ")", generated))
     struct_fields = {}
     for m in re.finditer(r"public struct (" + IDENT + r")\b[^{]*\{(.*?)\n\}", generated, flags=re.S):
-        struct_fields[m.group(1)] = set(re.findall(r"public (?:var|let) (" + IDENT + ")", m.group(2)))
+        struct_fields[m.group(1)] = re.findall(r"public (?:var|let) (" + IDENT + ")", m.group(2))
 
     # Enum cases the layer declares itself (`case a, b(x: T), c`), in any of its files.
     own_cases = set()
@@ -133,9 +133,12 @@ def main():
                 if not labels:
                     continue
                 used += 1
-                unknown = [l for l in labels if l not in struct_fields[target]]
+                fields = struct_fields[target]
+                unknown = [l for l in labels if l not in fields]
                 if unknown:
                     problems.append(f"{where(m.start())}: {local}(...) has no field(s) {unknown}")
+                elif [fields.index(l) for l in labels] != sorted(fields.index(l) for l in labels):
+                    problems.append(f"{where(m.start())}: {local}(...) labels {labels} are not in the order of its fields {fields}")
 
     for p in problems:
         print(f"swift-symbols: {p}")

@@ -30,8 +30,9 @@ public typealias NetworkInterface = MSocketFFI.NetworkInterface
 /// A flow's byte counters.
 public typealias FlowStats = MSocketFFI.FlowStats
 
-/// Keys and version.
-public enum MSocket {
+/// Keys and version. (Not named `MSocket`: a type named like its module would shadow the
+/// module in qualified names such as `MSocket.Flow`.)
+public enum MSocketSDK {
     /// A new 32-byte secret key. Keep it in the Keychain to keep the identity.
     public static func generateKey() throws -> Data { try MSocketFFI.generateKey() }
 

@@ -111,8 +111,8 @@ private suspend fun <T> io(block: () -> T): T = withContext(Dispatchers.IO) { bl
 
 /**
  * Binds each subflow's socket to the network owning [localAddress] before it connects.
- * Called on an msocket thread; must be quick and must not call waiting SDK methods.
- * Throwing fails that one subflow. On Android, [dev.msocket.android.AndroidNetworkBridge]
+ * Called on one of msocket's runtime threads while the subflow waits: it must be quick and
+ * must not block (no waiting SDK call, no `runBlocking`). Throwing fails that one subflow. On Android, [dev.msocket.android.AndroidNetworkBridge]
  * provides one.
  */
 fun interface SocketBinder {
@@ -262,9 +262,9 @@ class Flow internal constructor(private val ffi: FfiFlow) : Closeable {
         }
 
     /**
-     * Calls [listener] with every event from now on, in order, on msocket's event thread
-     * (keep it quick; it must not call waiting methods such as [send]). Close the result
-     * to stop.
+     * Calls [listener] with every event from now on, in order, on this flow's event
+     * thread: keep it quick (the flow's later events wait for it) and do not block in it.
+     * What it throws is logged and ignored. Close the result to stop.
      */
     fun onEvent(listener: (FlowEvent) -> Unit): Closeable {
         listeners.add(listener)
