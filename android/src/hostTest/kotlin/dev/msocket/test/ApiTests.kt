@@ -27,7 +27,10 @@ import java.util.concurrent.TimeUnit
 import java.util.concurrent.atomic.AtomicInteger
 import kotlin.time.Duration.Companion.milliseconds
 import kotlin.time.Duration.Companion.seconds
+import kotlinx.coroutines.CoroutineStart
 import kotlinx.coroutines.async
+import kotlinx.coroutines.flow.first
+import kotlinx.coroutines.withTimeout
 import kotlinx.coroutines.coroutineScope
 import kotlinx.coroutines.launch
 import kotlinx.coroutines.runBlocking
@@ -171,15 +174,20 @@ fun apiTests(s: Suite) {
         }
     }
 
-    s.testBlocking("api: events reach a Kotlin callback; a throwing listener harms nothing") {
+    s.testBlocking("api: events reach a Kotlin callback and a Flow collector; a throwing listener harms nothing") {
         Endpoint(key(6), config("127.0.0.1")).use { server ->
             Endpoint(key(7), config()).use { client ->
                 val (c, srv, listener) = pair(client, server, "events")
                 srv.onEvent { throw IllegalStateException("a buggy app listener") }
                 val events = EventLog(srv)
+                // The coroutine form: collecting starts (subscribes) before the abort.
+                val collected = async(start = CoroutineStart.UNDISPATCHED) {
+                    withTimeout(10.seconds) { srv.events.first { it is FlowEvent.Closed } }
+                }
                 c.abort("goodbye from the client")
                 val closed = events.await<FlowEvent.Closed>("closed")
                 assertTrue(closed.error!!.contains("goodbye from the client"), closed.error)
+                assertEquals(closed, collected.await())
                 assertFailsWith<MsocketException.FlowFailed> { srv.receive(timeout = 5.seconds) }
                 listOf(c, srv, listener).forEach { it.close() }
             }
