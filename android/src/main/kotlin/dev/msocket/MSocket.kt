@@ -1,0 +1,324 @@
+/*
+ * The Kotlin API of the msocket SDK, over the bindings UniFFI generates from
+ * udl/msocket.udl (package dev.msocket.ffi).
+ *
+ * Why a layer over the generated code: the bindings are faithful to the FFI — blocking
+ * calls, unsigned millisecond counts, a `release()` beside the generated `close()` — and
+ * an app wants suspend functions, kotlin.time durations, `Closeable` objects that do the
+ * right thing in `use {}`, and events as a Flow. Nothing here adds behaviour; it only
+ * moves the blocking calls to Dispatchers.IO, converts types and keeps app callbacks from
+ * throwing into native code.
+ *
+ * Cancellation: a coroutine cancelled while a call waits in native code (receive, accept)
+ * resumes only when that call returns — at its timeout, or at once when the object is
+ * closed. Keep timeouts as short as the app can live with, or close the object.
+ */
+package dev.msocket
+
+import java.io.Closeable
+import java.util.concurrent.CopyOnWriteArrayList
+import kotlin.time.Duration
+import kotlin.time.Duration.Companion.microseconds
+import kotlin.time.Duration.Companion.milliseconds
+import kotlin.time.Duration.Companion.minutes
+import kotlin.time.Duration.Companion.seconds
+import kotlinx.coroutines.Dispatchers
+import kotlinx.coroutines.channels.BufferOverflow
+import kotlinx.coroutines.flow.MutableSharedFlow
+import kotlinx.coroutines.flow.SharedFlow
+import kotlinx.coroutines.flow.asSharedFlow
+import kotlinx.coroutines.withContext
+import dev.msocket.ffi.CallbackException
+import dev.msocket.ffi.MsocketException
+import dev.msocket.ffi.Endpoint as FfiEndpoint
+import dev.msocket.ffi.EndpointOptions
+import dev.msocket.ffi.Flow as FfiFlow
+import dev.msocket.ffi.FlowEvent as FfiFlowEvent
+import dev.msocket.ffi.FlowListener as FfiFlowListener
+import dev.msocket.ffi.Listener as FfiListener
+import dev.msocket.ffi.SocketBinder as FfiSocketBinder
+
+/** How a flow uses its paths. */
+typealias PathPolicy = dev.msocket.ffi.PathPolicy
+/** What a path does for its flow now. */
+typealias PathState = dev.msocket.ffi.PathState
+/** The kind of link a network interface is. */
+typealias InterfaceKind = dev.msocket.ffi.InterfaceKind
+/** One network interface as the platform reports it to [Endpoint.updateNetwork]. */
+typealias NetworkInterface = dev.msocket.ffi.NetworkInterface
+/** A flow's byte counters. */
+typealias FlowStats = dev.msocket.ffi.FlowStats
+
+/** Keys and version. */
+object MSocket {
+    /** A new 32-byte secret key. Store it (Android Keystore-wrapped) to keep the identity. */
+    fun generateKey(): ByteArray = dev.msocket.ffi.generateKey()
+
+    /** The public fingerprint of [key]'s identity. */
+    fun fingerprint(key: ByteArray): String = dev.msocket.ffi.keyFingerprint(key)
+
+    /** The native library's version. */
+    val version: String get() = dev.msocket.ffi.version()
+}
+
+/** How an endpoint behaves; only [namesUrl] has no default. */
+data class EndpointConfig(
+    /** The name service: `tcp://HOST:PORT`. */
+    val namesUrl: String,
+    val nameTimeout: Duration = 5.seconds,
+    /** How long `connect` keeps trying a name. */
+    val connectTimeout: Duration = 20.seconds,
+    /** How long a flow may have no path before it fails. */
+    val flowDeadline: Duration = 5.minutes,
+    /** The policy of flows this endpoint opens. */
+    val policy: PathPolicy = PathPolicy.BACKUP,
+    /** Keep a standby subflow on each other interface (cellular beside Wi-Fi). */
+    val standbyPaths: Boolean = true,
+    /** Count loopback addresses the platform reports (tests, same-device peers). */
+    val useLoopback: Boolean = false,
+    /** Local addresses to use until the platform reports its networks. */
+    val localAddresses: List<String> = emptyList(),
+    /** Port to listen on (0: any). */
+    val listenPort: Int = 0,
+) {
+    internal fun toFfi(): EndpointOptions {
+        if (listenPort !in 0..65535) {
+            throw MsocketException.InvalidArgument("listenPort $listenPort is not a port (0 to 65535)")
+        }
+        return EndpointOptions(
+            namesUrl = namesUrl,
+            nameTimeoutMs = nameTimeout.toMillisArg("nameTimeout"),
+            connectTimeoutMs = connectTimeout.toMillisArg("connectTimeout"),
+            flowDeadlineMs = flowDeadline.toMillisArg("flowDeadline"),
+            policy = policy,
+            standbyPaths = standbyPaths,
+            useLoopback = useLoopback,
+            localAddresses = localAddresses,
+            listenPort = listenPort.toUShort(),
+        )
+    }
+}
+
+/** A timeout as the FFI takes it: whole milliseconds, capped at about 49 days. */
+internal fun Duration.toMillisArg(what: String): UInt {
+    if (isNegative()) throw MsocketException.InvalidArgument("$what must not be negative (got $this)")
+    val ms = inWholeMilliseconds
+    return if (ms >= UInt.MAX_VALUE.toLong()) UInt.MAX_VALUE else ms.toUInt()
+}
+
+/** Runs a blocking FFI call off the caller's dispatcher. */
+private suspend fun <T> io(block: () -> T): T = withContext(Dispatchers.IO) { block() }
+
+/**
+ * Binds each subflow's socket to the network owning [localAddress] before it connects.
+ * Called on one of msocket's runtime threads while the subflow waits: it must be quick and
+ * must not block (no waiting SDK call, no `runBlocking`). Throwing fails that one subflow. On Android, [dev.msocket.android.AndroidNetworkBridge]
+ * provides one.
+ */
+fun interface SocketBinder {
+    fun bind(fd: Int, localAddress: String)
+}
+
+/** Turns anything an app callback throws into the error type the FFI expects. */
+private inline fun <T> fromApp(what: String, block: () -> T): T =
+    try {
+        block()
+    } catch (e: CallbackException) {
+        throw e
+    } catch (t: Throwable) {
+        throw CallbackException.Failed("$what: $t")
+    }
+
+private class BinderAdapter(private val binder: SocketBinder) : FfiSocketBinder {
+    override fun bindSocket(fd: Int, localAddress: String) = fromApp("socket binder") { binder.bind(fd, localAddress) }
+}
+
+/**
+ * One identity bound to a name service: listens on names and connects to them.
+ * Report the platform's networks with [updateNetwork] (or let
+ * [dev.msocket.android.AndroidNetworkBridge] do it) so flows follow moves at once.
+ */
+class Endpoint(key: ByteArray, config: EndpointConfig, socketBinder: SocketBinder? = null) : Closeable {
+    private val ffi = FfiEndpoint(key, config.toFfi(), socketBinder?.let { BinderAdapter(it) })
+
+    /** The public fingerprint of this endpoint's identity. */
+    val fingerprint: String get() = ffi.fingerprint()
+
+    /** The addresses (`IP:PORT`) published for this endpoint's names. */
+    val publishedAddresses: List<String> get() = ffi.publishedAddresses()
+
+    /** Starts serving [name]. */
+    suspend fun listen(name: String, timeout: Duration = 10.seconds): Listener =
+        io { Listener(ffi.listen(name, timeout.toMillisArg("timeout"))) }
+
+    /** Opens a flow to whoever serves [name]. */
+    suspend fun connect(name: String, timeout: Duration = 30.seconds): Flow =
+        io { Flow(ffi.connect(name, timeout.toMillisArg("timeout"))) }
+
+    /**
+     * The platform's networks, as one full snapshot, on every change. Returns whether it
+     * differed from the previous one. Never waits.
+     */
+    fun updateNetwork(interfaces: List<NetworkInterface>): Boolean = ffi.updateNetwork(interfaces)
+
+    /**
+     * Stops listeners and name upkeep; open flows go on but cannot re-dial. Later calls
+     * fail with [MsocketException.Closed]; the native handle is freed when this object is
+     * collected.
+     */
+    override fun close() = ffi.release()
+}
+
+/** Accepts the flows peers open to one name. */
+class Listener internal constructor(private val ffi: FfiListener) : Closeable {
+    val name: String = ffi.name()
+
+    /** The next flow a peer opened; [MsocketException.Timeout] if none came in [timeout]. */
+    suspend fun accept(timeout: Duration = 1.minutes): Flow = io { Flow(ffi.accept(timeout.toMillisArg("timeout"))) }
+
+    /** Stops listening; a waiting [accept] fails with [MsocketException.Closed] at once. */
+    override fun close() = ffi.release()
+}
+
+/** A change in a flow's life. */
+sealed class FlowEvent {
+    /** A path (a TCP subflow on one interface) joined the flow. */
+    data class PathAdded(val local: String, val remote: String) : FlowEvent()
+    /** A path died; its unacknowledged data goes out on another. */
+    data class PathLost(val local: String, val remote: String, val reason: String, val energyJoules: Double?) : FlowEvent()
+    /** Data flows again after [outage] without a usable path. */
+    data class Resumed(val outage: Duration) : FlowEvent()
+    /** The peer moved to [addresses]. */
+    data class PeerMoved(val addresses: List<String>) : FlowEvent()
+    /** This device's usable addresses are now [addresses]. */
+    data class Moved(val addresses: List<String>) : FlowEvent()
+    /** The flow ended; [error] is null after a clean finish of both sides. */
+    data class Closed(val error: String?, val energyJoules: Double?) : FlowEvent()
+
+    internal companion object {
+        fun from(e: FfiFlowEvent): FlowEvent = when (e) {
+            is FfiFlowEvent.PathAdded -> PathAdded(e.local, e.remote)
+            is FfiFlowEvent.PathLost -> PathLost(e.local, e.remote, e.reason, e.energyJoules)
+            is FfiFlowEvent.Resumed -> Resumed(e.outageMs.toLong().milliseconds)
+            is FfiFlowEvent.PeerMoved -> PeerMoved(e.addresses)
+            is FfiFlowEvent.Moved -> Moved(e.addresses)
+            is FfiFlowEvent.Closed -> Closed(e.error, e.energyJoules)
+        }
+    }
+}
+
+/** One live path of a flow and its measurements. */
+data class Path(
+    val local: String,
+    val remote: String,
+    val state: PathState,
+    val standby: Boolean,
+    val srtt: Duration?,
+    /** Bytes per second the peer acknowledged from this path, once measured. */
+    val deliveryRate: Long?,
+    val inFlight: Long,
+    val bytesDelivered: Long,
+    val bytesSent: Long,
+    val bytesReceived: Long,
+    /** Modelled radio energy so far (null: the interface's kind is unknown). */
+    val energyJoules: Double?,
+)
+
+/**
+ * One encrypted, ordered byte stream to a named peer that survives moves of either end.
+ * [send] and [receive] may run at the same time from different coroutines.
+ */
+class Flow internal constructor(private val ffi: FfiFlow) : Closeable {
+    val name: String = ffi.name()
+
+    /** The flow's identifier, the same at both ends. */
+    val id: String = ffi.id()
+
+    private val listeners = CopyOnWriteArrayList<(FlowEvent) -> Unit>()
+    private val shared = MutableSharedFlow<FlowEvent>(extraBufferCapacity = 256, onBufferOverflow = BufferOverflow.DROP_OLDEST)
+
+    /** Registers with the FFI once, on first use: one native thread per flow. */
+    private val dispatch by lazy {
+        ffi.setListener(object : FfiFlowListener {
+            override fun onEvent(event: FfiFlowEvent) {
+                val e = FlowEvent.from(event)
+                shared.tryEmit(e)
+                for (l in listeners) {
+                    try {
+                        l(e)
+                    } catch (t: Throwable) {
+                        System.err.println("msocket: a flow event listener threw: $t")
+                    }
+                }
+            }
+        })
+    }
+
+    /** Events from the moment of collection on (earlier ones are not replayed). */
+    val events: SharedFlow<FlowEvent>
+        get() {
+            dispatch
+            return shared.asSharedFlow()
+        }
+
+    /**
+     * Calls [listener] with every event from now on, in order, on this flow's event
+     * thread: keep it quick (the flow's later events wait for it) and do not block in it.
+     * What it throws is logged and ignored. Close the result to stop.
+     */
+    fun onEvent(listener: (FlowEvent) -> Unit): Closeable {
+        listeners.add(listener)
+        dispatch
+        return Closeable { listeners.remove(listener) }
+    }
+
+    /** Sends all of [data]; returns once the flow took it (see [finish] for delivery). */
+    suspend fun send(data: ByteArray, timeout: Duration = 30.seconds) = io { ffi.send(data, timeout.toMillisArg("timeout")) }
+
+    /** Up to [maxBytes] bytes, or null once the peer finished and everything was read. */
+    suspend fun receive(maxBytes: Int = 64 * 1024, timeout: Duration = 30.seconds): ByteArray? {
+        if (maxBytes < 1) throw MsocketException.InvalidArgument("receive: maxBytes must be at least 1 (got $maxBytes)")
+        return io { ffi.receive(maxBytes.toUInt(), timeout.toMillisArg("timeout")) }
+    }
+
+    /** Ends our stream and waits until the peer acknowledged every byte: success means delivered. */
+    suspend fun finish(timeout: Duration = 30.seconds) = io { ffi.finish(timeout.toMillisArg("timeout")) }
+
+    /** Ends the flow at once; the peer's calls fail with [reason]. */
+    fun abort(reason: String) = ffi.abort(reason)
+
+    /** How this flow uses its paths (set it on the connecting side). */
+    var policy: PathPolicy
+        get() = ffi.policy()
+        set(value) = ffi.setPolicy(value)
+
+    /** The live paths and their measurements. */
+    fun paths(): List<Path> = ffi.paths().map {
+        Path(
+            local = it.local,
+            remote = it.remote,
+            state = it.state,
+            standby = it.standby,
+            srtt = it.srttUs?.toLong()?.microseconds,
+            deliveryRate = it.deliveryRate?.toLong(),
+            inFlight = it.inFlight.toLong(),
+            bytesDelivered = it.bytesDelivered.toLong(),
+            bytesSent = it.bytesSent.toLong(),
+            bytesReceived = it.bytesReceived.toLong(),
+            energyJoules = it.energyJoules,
+        )
+    }
+
+    /** Modelled radio energy of the flow so far, in joules (null: no interface of known kind). */
+    val energyJoules: Double? get() = ffi.energyJoules()
+
+    /** Byte counters. */
+    fun stats(): FlowStats = ffi.stats()
+
+    /**
+     * Lets go of the flow: our stream ends, what still arrives is discarded, and waiting
+     * and later calls fail with [MsocketException.Closed]. Events keep coming until the
+     * flow's [FlowEvent.Closed].
+     */
+    override fun close() = ffi.release()
+}

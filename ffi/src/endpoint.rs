@@ -1,0 +1,266 @@
+//! Endpoints and listeners for the app, and the platform's network entry point.
+//!
+//! An endpoint is made from a secret key and [`EndpointOptions`], every field of which is
+//! checked here so a bad value is an `InvalidArgument` naming the field rather than odd
+//! behaviour later. The platform's connectivity monitor reports its networks through
+//! [`Endpoint::update_network`]: the first report creates a
+//! [`PushedNetwork`](msocket::watch::PushedNetwork) that the endpoint follows
+//! ([`msocket::Endpoint::follow_network`]), later ones push full snapshots into it. From
+//! then on the core decides which addresses to use, retires paths on vanished ones and
+//! re-publishes names, exactly as with the kernel's own watcher on Linux.
+
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use msocket::watch::PushedNetwork;
+use msocket::{EndpointConfig, Identity, NetworkFollower};
+use tokio::sync::watch;
+
+use crate::binder::AppBinder;
+use crate::error::{guard, MsocketError};
+use crate::flow::Flow;
+use crate::runtime::{self, block_on, millis};
+use crate::types::{interfaces_to_core, parse_ip, NetworkInterface, PathPolicy};
+use crate::SocketBinder;
+
+/// The UDL's `EndpointOptions`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EndpointOptions {
+    pub names_url: String,
+    pub name_timeout_ms: u32,
+    pub connect_timeout_ms: u32,
+    pub flow_deadline_ms: u32,
+    pub policy: PathPolicy,
+    pub standby_paths: bool,
+    pub use_loopback: bool,
+    pub local_addresses: Vec<String>,
+    pub listen_port: u16,
+}
+
+/// Checks the secret key's length and turns it into an identity.
+pub(crate) fn identity(key: &[u8]) -> Result<Identity, MsocketError> {
+    let seed: [u8; msocket::identity::SEED_LEN] = key.try_into().map_err(|_| {
+        MsocketError::InvalidArgument(format!(
+            "a key is {} bytes (from generate_key); got {} bytes",
+            msocket::identity::SEED_LEN,
+            key.len()
+        ))
+    })?;
+    Ok(Identity::from_seed(seed))
+}
+
+/// The core configuration `options` describe; the name service is not contacted.
+pub(crate) fn config(options: &EndpointOptions) -> Result<EndpointConfig, MsocketError> {
+    let nonzero = |value: u32, field: &str| {
+        if value == 0 {
+            Err(MsocketError::InvalidArgument(format!("{field} must be above 0 ms")))
+        } else {
+            Ok(millis(value))
+        }
+    };
+    let name_timeout = nonzero(options.name_timeout_ms, "name_timeout_ms")?;
+    let names = msocket::name::connect_url(options.names_url.trim(), name_timeout)?;
+    let mut config = EndpointConfig::new(names);
+    config.connect_timeout = nonzero(options.connect_timeout_ms, "connect_timeout_ms")?;
+    config.flow.flow_deadline = nonzero(options.flow_deadline_ms, "flow_deadline_ms")?;
+    config.path_policy = options.policy.into();
+    config.standby_paths = options.standby_paths;
+    config.use_loopback = options.use_loopback;
+    config.listen_port = options.listen_port;
+    if options.local_addresses.len() > crate::types::MAX_ADDRESSES {
+        return Err(MsocketError::InvalidArgument(format!(
+            "{} local_addresses; at most {} are accepted",
+            options.local_addresses.len(),
+            crate::types::MAX_ADDRESSES
+        )));
+    }
+    config.local_ips =
+        options.local_addresses.iter().map(|a| parse_ip(a, "local_addresses")).collect::<Result<_, _>>()?;
+    Ok(config)
+}
+
+/// What a live endpoint holds.
+struct Open {
+    endpoint: msocket::Endpoint,
+    /// The platform's network reports and the task following them, once one came.
+    network: Option<(PushedNetwork, NetworkFollower)>,
+}
+
+/// The UDL's `Endpoint`.
+pub struct Endpoint {
+    fingerprint: String,
+    open: Mutex<Option<Open>>,
+    closed: watch::Sender<bool>,
+}
+
+impl Endpoint {
+    /// An endpoint for `key` (see the UDL).
+    pub fn new(
+        key: Vec<u8>,
+        options: EndpointOptions,
+        binder: Option<Box<dyn SocketBinder>>,
+    ) -> Result<Endpoint, MsocketError> {
+        guard("Endpoint", || {
+            let identity = identity(&key)?;
+            let mut config = config(&options)?;
+            if let Some(binder) = binder {
+                config.socket_binder = Some(Arc::new(AppBinder(binder)));
+            }
+            let fingerprint = identity.public().fingerprint();
+            let endpoint = msocket::Endpoint::bind(identity, config)?;
+            Ok(Endpoint {
+                fingerprint,
+                open: Mutex::new(Some(Open { endpoint, network: None })),
+                closed: watch::channel(false).0,
+            })
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Option<Open>> {
+        self.open.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn closed_error(&self) -> MsocketError {
+        MsocketError::Closed(format!("endpoint {} was closed", self.fingerprint))
+    }
+
+    /// The core endpoint, while open.
+    fn endpoint(&self) -> Result<msocket::Endpoint, MsocketError> {
+        self.lock().as_ref().map(|o| o.endpoint.clone()).ok_or_else(|| self.closed_error())
+    }
+
+    /// Waits for `op` to finish, for `timeout_ms`, or for the endpoint to be closed.
+    fn wait<T>(
+        &self,
+        what: &str,
+        timeout_ms: u32,
+        op: impl std::future::Future<Output = Result<T, MsocketError>>,
+    ) -> Result<T, MsocketError> {
+        let mut closed = self.closed.subscribe();
+        block_on(what, timeout_ms, async {
+            tokio::select! {
+                r = op => r,
+                _ = closed.wait_for(|c| *c) => Err(self.closed_error()),
+            }
+        })
+    }
+
+    /// The public fingerprint of this endpoint's identity.
+    pub fn fingerprint(&self) -> String {
+        self.fingerprint.clone()
+    }
+
+    /// Starts serving `name`.
+    pub fn listen(&self, name: String, timeout_ms: u32) -> Result<Arc<Listener>, MsocketError> {
+        guard("listen", || {
+            let endpoint = self.endpoint()?;
+            let listener = self.wait("listen", timeout_ms, async { Ok(endpoint.listen(&name).await?) })?;
+            Ok(Arc::new(Listener::new(listener)))
+        })
+    }
+
+    /// Opens a flow to `name`.
+    pub fn connect(&self, name: String, timeout_ms: u32) -> Result<Arc<Flow>, MsocketError> {
+        guard("connect", || {
+            let endpoint = self.endpoint()?;
+            let flow = self.wait("connect", timeout_ms, async { Ok(endpoint.connect(&name).await?) })?;
+            Ok(Arc::new(Flow::new(flow)))
+        })
+    }
+
+    /// The platform's network snapshot (see the UDL).
+    pub fn update_network(&self, interfaces: Vec<NetworkInterface>) -> Result<bool, MsocketError> {
+        guard("update_network", || {
+            let interfaces = interfaces_to_core(interfaces)?;
+            let mut open = self.lock();
+            let open = open.as_mut().ok_or_else(|| self.closed_error())?;
+            match &open.network {
+                Some((pushed, follower)) if !follower.is_finished() => Ok(pushed.push(interfaces)),
+                _ => {
+                    let pushed = PushedNetwork::new(interfaces);
+                    let runtime = runtime::handle()?;
+                    let _entered = runtime.enter();
+                    let follower = open.endpoint.follow_network(pushed.subscribe());
+                    open.network = Some((pushed, follower));
+                    Ok(true)
+                }
+            }
+        })
+    }
+
+    /// The addresses this endpoint publishes for its names.
+    pub fn published_addresses(&self) -> Vec<String> {
+        match self.lock().as_ref() {
+            Some(open) => open.endpoint.published_addrs().iter().map(ToString::to_string).collect(),
+            None => Vec::new(),
+        }
+    }
+
+    /// Closes the endpoint.
+    pub fn release(&self) {
+        let open = self.lock().take();
+        self.closed.send_replace(true);
+        let runtime = runtime::handle().ok();
+        let _entered = runtime.as_ref().map(|r| r.enter());
+        drop(open);
+    }
+}
+
+/// The UDL's `Listener`.
+pub struct Listener {
+    name: String,
+    /// Shared with a waiting `accept`, so `release` can let go of it without waiting for the
+    /// accept to notice.
+    listener: Mutex<Option<Arc<tokio::sync::Mutex<msocket::Listener>>>>,
+    closed: watch::Sender<bool>,
+}
+
+impl Listener {
+    fn new(listener: msocket::Listener) -> Listener {
+        Listener {
+            name: listener.name().to_string(),
+            listener: Mutex::new(Some(Arc::new(tokio::sync::Mutex::new(listener)))),
+            closed: watch::channel(false).0,
+        }
+    }
+
+    fn closed_error(&self) -> MsocketError {
+        MsocketError::Closed(format!("the listener on {} was closed", self.name))
+    }
+
+    /// The name listened on.
+    pub fn name(&self) -> String {
+        self.name.clone()
+    }
+
+    /// The next flow a peer opened to this name.
+    pub fn accept(&self, timeout_ms: u32) -> Result<Arc<Flow>, MsocketError> {
+        guard("accept", || {
+            let listener = self
+                .listener
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone()
+                .ok_or_else(|| self.closed_error())?;
+            let mut closed = self.closed.subscribe();
+            let flow = block_on("accept", timeout_ms, async {
+                tokio::select! {
+                    r = async { listener.lock().await.accept().await } => r.map_err(|e| match e {
+                        msocket::Error::Closed => MsocketError::Closed(format!(
+                            "the listener on {} stopped: its endpoint was closed", self.name
+                        )),
+                        e => e.into(),
+                    }),
+                    _ = closed.wait_for(|c| *c) => Err(self.closed_error()),
+                }
+            })?;
+            Ok(Arc::new(Flow::new(flow)))
+        })
+    }
+
+    /// Stops listening.
+    pub fn release(&self) {
+        let listener = self.listener.lock().unwrap_or_else(|p| p.into_inner()).take();
+        self.closed.send_replace(true);
+        drop(listener);
+    }
+}

@@ -1,0 +1,176 @@
+//! The errors apps see, and how the core's errors map onto them.
+//!
+//! Apps branch on *what kind* of failure happened (retry later, ask the user for another
+//! name, give up), so the foreign error is a flat enum of kinds, each with a message that
+//! says what happened in words. The core's richer errors are folded into those kinds here,
+//! in one place, so Kotlin and Swift agree.
+
+use std::io;
+
+use msocket::name::NameError;
+
+/// An error of an SDK call (the UDL's `MsocketError`). The text is the message apps see.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MsocketError {
+    #[error("{0}")]
+    InvalidArgument(String),
+    #[error("{0}")]
+    BadUrl(String),
+    #[error("{0}")]
+    NameNotFound(String),
+    #[error("{0}")]
+    NameService(String),
+    #[error("{0}")]
+    KeyChanged(String),
+    #[error("{0}")]
+    Unreachable(String),
+    #[error("{0}")]
+    AlreadyListening(String),
+    #[error("{0}")]
+    Timeout(String),
+    #[error("{0}")]
+    Closed(String),
+    #[error("{0}")]
+    FlowFailed(String),
+    #[error("{0}")]
+    Io(String),
+    #[error("{0}")]
+    WrongThread(String),
+    #[error("{0}")]
+    Internal(String),
+}
+
+/// What an app's callback threw (the UDL's `CallbackError`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CallbackError {
+    #[error("{reason}")]
+    Failed { reason: String },
+}
+
+/// Any other exception a callback throws arrives as this (never as a panic).
+impl From<uniffi::UnexpectedUniFFICallbackError> for CallbackError {
+    fn from(e: uniffi::UnexpectedUniFFICallbackError) -> Self {
+        CallbackError::Failed { reason: e.reason }
+    }
+}
+
+impl From<NameError> for MsocketError {
+    fn from(e: NameError) -> Self {
+        let text = e.to_string();
+        match e {
+            NameError::NotFound(_) => MsocketError::NameNotFound(text),
+            NameError::InvalidName { .. } => MsocketError::InvalidArgument(text),
+            NameError::BadUrl { .. } => MsocketError::BadUrl(text),
+            _ => MsocketError::NameService(text),
+        }
+    }
+}
+
+impl From<msocket::Error> for MsocketError {
+    fn from(e: msocket::Error) -> Self {
+        let text = e.to_string();
+        match e {
+            msocket::Error::Name(n) => n.into(),
+            msocket::Error::KeyChanged { .. } => MsocketError::KeyChanged(text),
+            msocket::Error::Unreachable { .. } => MsocketError::Unreachable(text),
+            msocket::Error::UnknownName { .. } => MsocketError::NameNotFound(text),
+            msocket::Error::AlreadyListening(_) => MsocketError::AlreadyListening(text),
+            msocket::Error::Io { .. } => MsocketError::Io(text),
+            msocket::Error::Flow(_) => MsocketError::FlowFailed(text),
+            msocket::Error::Closed => MsocketError::Closed(text),
+            _ => MsocketError::Internal(format!("unexpected error: {text}")),
+        }
+    }
+}
+
+impl From<msocket::IdentityError> for MsocketError {
+    fn from(e: msocket::IdentityError) -> Self {
+        match e {
+            msocket::IdentityError::Malformed { .. } => MsocketError::InvalidArgument(e.to_string()),
+            _ => MsocketError::Io(e.to_string()),
+        }
+    }
+}
+
+/// A flow's read, write or shutdown failed: the core wraps its flow errors in `io::Error`.
+pub(crate) fn from_flow_io(e: io::Error) -> MsocketError {
+    if let Some(inner) = e.get_ref().and_then(|r| r.downcast_ref::<msocket::Error>()) {
+        return MsocketError::FlowFailed(inner.to_string());
+    }
+    match e.kind() {
+        io::ErrorKind::TimedOut
+        | io::ErrorKind::ConnectionReset
+        | io::ErrorKind::ConnectionAborted
+        | io::ErrorKind::BrokenPipe => MsocketError::FlowFailed(e.to_string()),
+        _ => MsocketError::Io(e.to_string()),
+    }
+}
+
+/// Runs `f`, turning a panic into [`MsocketError::Internal`]: nothing unwinds into the
+/// host, which would abort it.
+pub(crate) fn guard<T>(what: &str, f: impl FnOnce() -> Result<T, MsocketError>) -> Result<T, MsocketError> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+        Ok(r) => r,
+        Err(payload) => Err(MsocketError::Internal(format!("{what}: {}", panic_message(&*payload)))),
+    }
+}
+
+/// The text of a caught panic.
+pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "panic with a non-text payload".to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn name_errors_map_to_their_kinds() {
+        assert!(matches!(MsocketError::from(NameError::NotFound("a".into())), MsocketError::NameNotFound(m) if m.contains("\"a\"")));
+        assert!(matches!(
+            MsocketError::from(NameError::BadUrl { url: "x".into(), reason: "r".into() }),
+            MsocketError::BadUrl(_)
+        ));
+        assert!(matches!(
+            MsocketError::from(NameError::InvalidName { name: "A".into(), reason: "r".into() }),
+            MsocketError::InvalidArgument(_)
+        ));
+        assert!(matches!(
+            MsocketError::from(NameError::Timeout { server: "s".into(), after: Duration::from_secs(1) }),
+            MsocketError::NameService(m) if m.contains("did not answer")
+        ));
+        assert!(matches!(
+            MsocketError::from(msocket::Error::Name(NameError::NotFound("b".into()))),
+            MsocketError::NameNotFound(_)
+        ));
+    }
+
+    #[test]
+    fn flow_io_errors_keep_the_core_message() {
+        let core = msocket::Error::Flow(msocket::FlowError::PeerAborted { code: 1, reason: "bye".into() });
+        let e = from_flow_io(io::Error::new(io::ErrorKind::ConnectionReset, core));
+        assert!(matches!(&e, MsocketError::FlowFailed(m) if m.contains("bye")), "{e:?}");
+        assert!(matches!(from_flow_io(io::Error::other("disk")), MsocketError::Io(_)));
+    }
+
+    #[test]
+    fn panics_become_internal_errors() {
+        let r: Result<(), _> = guard("testing", || panic!("boom {}", 7));
+        assert_eq!(r, Err(MsocketError::Internal("testing: boom 7".into())));
+        let r: Result<(), _> = guard("testing", || std::panic::panic_any(5u8));
+        assert!(matches!(r, Err(MsocketError::Internal(m)) if m.contains("non-text")));
+    }
+
+    #[test]
+    fn unexpected_callback_errors_become_callback_errors() {
+        let e: CallbackError = uniffi::UnexpectedUniFFICallbackError::new("java.lang.IllegalStateException: no").into();
+        assert_eq!(e.to_string(), "java.lang.IllegalStateException: no");
+    }
+}

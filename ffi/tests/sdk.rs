@@ -1,0 +1,308 @@
+//! The SDK surface driven from plain threads, as Kotlin and Swift drive it: real
+//! endpoints on loopback, a real name server (msocketd's, in process), blocking calls
+//! with timeouts, callbacks, pushed network snapshots, and bad input.
+//!
+//! Nothing here sleeps to synchronise: every wait is on a channel or a blocking call,
+//! bounded by a timeout.
+
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use msocket_ffi::{
+    CallbackError, Endpoint, EndpointOptions, Flow, FlowEvent, FlowListener, InterfaceKind, MsocketError,
+    NetworkInterface, PathPolicy, SocketBinder,
+};
+use sha2::{Digest, Sha256};
+
+const T: u32 = 10_000;
+const WAIT: Duration = Duration::from_secs(10);
+
+/// msocketd's name server on a loopback port, in a runtime of its own.
+struct Names {
+    url: String,
+    _runtime: tokio::runtime::Runtime,
+    _dir: tempfile::TempDir,
+}
+
+fn names() -> Names {
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    let server = Arc::new(msocket_server::name_server::NameServer::open(dir.path().join("names.redb")).unwrap());
+    let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
+    let url = format!("tcp://{}", listener.local_addr().unwrap());
+    runtime.spawn(server.serve(listener, std::future::pending::<()>()));
+    Names { url, _runtime: runtime, _dir: dir }
+}
+
+fn options(names: &Names) -> EndpointOptions {
+    EndpointOptions {
+        names_url: names.url.clone(),
+        name_timeout_ms: 5_000,
+        connect_timeout_ms: 10_000,
+        flow_deadline_ms: 20_000,
+        policy: PathPolicy::Backup,
+        standby_paths: true,
+        use_loopback: false,
+        local_addresses: Vec::new(),
+        listen_port: 0,
+    }
+}
+
+fn key(byte: u8) -> Vec<u8> {
+    vec![byte; 32]
+}
+
+fn server(names: &Names, seed: u8) -> Endpoint {
+    let mut o = options(names);
+    o.local_addresses = vec!["127.0.0.1".into()];
+    Endpoint::new(key(seed), o, None).unwrap()
+}
+
+/// Collects a flow's events on a channel.
+struct Events(Mutex<mpsc::Sender<FlowEvent>>);
+
+impl FlowListener for Events {
+    fn on_event(&self, event: FlowEvent) -> Result<(), CallbackError> {
+        let _ = self.0.lock().unwrap().send(event);
+        Ok(())
+    }
+}
+
+fn listen_events(flow: &Flow) -> mpsc::Receiver<FlowEvent> {
+    let (tx, rx) = mpsc::channel();
+    flow.set_listener(Some(Box::new(Events(Mutex::new(tx))))).unwrap();
+    rx
+}
+
+/// The first event matching `want`, within [`WAIT`].
+fn wait_event(rx: &mpsc::Receiver<FlowEvent>, what: &str, want: impl Fn(&FlowEvent) -> bool) -> FlowEvent {
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(ev) if want(&ev) => return ev,
+            Ok(_) => {}
+            Err(e) => panic!("no {what} event within {WAIT:?}: {e}"),
+        }
+    }
+}
+
+fn data(len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i * 7 + i / 251) as u8).collect()
+}
+
+fn receive_all(flow: &Flow) -> Vec<u8> {
+    let mut out = Vec::new();
+    while let Some(chunk) = flow.receive(64 * 1024, T).unwrap() {
+        out.extend_from_slice(&chunk);
+    }
+    out
+}
+
+/// Opens a flow from `client` to `name` served by `server`; returns (client, server) flows.
+fn pair(client: &Endpoint, server: &Endpoint, name: &str) -> (Arc<Flow>, Arc<Flow>, Arc<msocket_ffi::Listener>) {
+    let listener = server.listen(name.into(), T).unwrap();
+    let accepting = {
+        let listener = listener.clone();
+        std::thread::spawn(move || listener.accept(T))
+    };
+    let c = client.connect(name.into(), T).unwrap();
+    let s = accepting.join().unwrap().unwrap();
+    (c, s, listener)
+}
+
+#[test]
+fn a_flow_carries_bytes_both_ways_and_finishes() {
+    let names = names();
+    let srv = server(&names, 1);
+    let cli = Endpoint::new(key(2), options(&names), None).unwrap();
+    let (c, s, _l) = pair(&cli, &srv, "bytes.test");
+    assert_eq!(c.id(), s.id());
+    assert_eq!(s.name(), "bytes.test");
+    let events = listen_events(&c);
+
+    let up = data(300_000);
+    let sender = {
+        let (c, up) = (c.clone(), up.clone());
+        std::thread::spawn(move || {
+            c.send(up, T).unwrap();
+            c.finish(T).unwrap();
+        })
+    };
+    let got = receive_all(&s);
+    sender.join().unwrap();
+    assert_eq!(Sha256::digest(&got), Sha256::digest(&up));
+
+    let down = data(100_000);
+    s.send(down.clone(), T).unwrap();
+    s.finish(T).unwrap();
+    assert_eq!(receive_all(&c), down);
+    assert_eq!(c.receive(10, T).unwrap(), None, "the end of the stream stays the end");
+
+    let stats = c.stats().unwrap();
+    assert_eq!((stats.bytes_written, stats.bytes_read), (300_000, 100_000));
+    let closed = wait_event(&events, "closed", |e| matches!(e, FlowEvent::Closed { .. }));
+    assert!(matches!(closed, FlowEvent::Closed { error: None, .. }), "{closed:?}");
+    c.release();
+    assert!(matches!(c.send(vec![1], T), Err(MsocketError::Closed(m)) if m.contains("closed")));
+    assert!(matches!(c.paths(), Err(MsocketError::Closed(_))));
+}
+
+#[test]
+fn receive_times_out_and_release_wakes_a_waiting_receive() {
+    let names = names();
+    let srv = server(&names, 3);
+    let cli = Endpoint::new(key(4), options(&names), None).unwrap();
+    let (c, _s, listener) = pair(&cli, &srv, "wait.test");
+    let started = std::time::Instant::now();
+    assert!(matches!(c.receive(100, 50), Err(MsocketError::Timeout(m)) if m.contains("50 ms")));
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert!(matches!(c.receive(0, 50), Err(MsocketError::InvalidArgument(_))));
+
+    let waiting = {
+        let c = c.clone();
+        std::thread::spawn(move || c.receive(100, 60_000))
+    };
+    // Whether the receive is already waiting or not yet started, it fails with Closed
+    // at once instead of waiting its minute.
+    c.release();
+    assert!(matches!(waiting.join().unwrap(), Err(MsocketError::Closed(_))));
+
+    let accepting = {
+        let listener = listener.clone();
+        std::thread::spawn(move || listener.accept(60_000))
+    };
+    listener.release();
+    assert!(matches!(accepting.join().unwrap(), Err(MsocketError::Closed(_))));
+    assert!(matches!(listener.accept(10), Err(MsocketError::Closed(_))));
+}
+
+#[test]
+fn bad_input_is_refused_with_a_typed_error() {
+    let names = names();
+    let o = options(&names);
+    let err = |r: Result<Endpoint, MsocketError>| r.err().expect("accepted");
+    assert!(matches!(err(Endpoint::new(vec![1; 31], o.clone(), None)), MsocketError::InvalidArgument(m) if m.contains("31 bytes")));
+    let mut bad = o.clone();
+    bad.names_url = "http://names.example".into();
+    assert!(matches!(err(Endpoint::new(key(5), bad, None)), MsocketError::BadUrl(m) if m.contains("scheme")));
+    let mut bad = o.clone();
+    bad.local_addresses = vec!["not-an-ip".into()];
+    assert!(matches!(err(Endpoint::new(key(5), bad, None)), MsocketError::InvalidArgument(m) if m.contains("not-an-ip")));
+    let mut bad = o.clone();
+    bad.connect_timeout_ms = 0;
+    assert!(matches!(err(Endpoint::new(key(5), bad, None)), MsocketError::InvalidArgument(m) if m.contains("connect_timeout_ms")));
+
+    let ep = Endpoint::new(key(5), o, None).unwrap();
+    assert!(matches!(ep.connect("nobody.test".into(), T), Err(MsocketError::NameNotFound(m)) if m.contains("nobody.test")));
+    assert!(matches!(ep.connect("Not A Name".into(), T), Err(MsocketError::InvalidArgument(_))));
+    assert!(matches!(ep.listen("".into(), T), Err(MsocketError::InvalidArgument(_))));
+    assert!(matches!(msocket_ffi::key_fingerprint(vec![]), Err(MsocketError::InvalidArgument(_))));
+    assert_eq!(msocket_ffi::generate_key().unwrap().len(), 32);
+    assert_eq!(msocket_ffi::key_fingerprint(key(5)).unwrap(), ep.fingerprint());
+
+    ep.release();
+    assert!(matches!(ep.connect("x.test".into(), T), Err(MsocketError::Closed(_))));
+    assert!(matches!(ep.update_network(Vec::new()), Err(MsocketError::Closed(_))));
+    ep.release();
+}
+
+/// A listener that tries a blocking call from its callback thread.
+struct Reentrant {
+    flow: Mutex<Option<Arc<Flow>>>,
+    result: Mutex<mpsc::Sender<Result<(), MsocketError>>>,
+}
+
+impl FlowListener for Reentrant {
+    fn on_event(&self, _event: FlowEvent) -> Result<(), CallbackError> {
+        if let Some(flow) = self.flow.lock().unwrap().take() {
+            let _ = self.result.lock().unwrap().send(flow.send(vec![1], 1000));
+        }
+        Err(CallbackError::Failed { reason: "listeners may fail; the flow goes on".into() })
+    }
+}
+
+/// Records every socket the core asks the platform to bind.
+#[derive(Default)]
+struct Binder {
+    calls: Mutex<Vec<(i32, String)>>,
+}
+
+struct BinderHandle(Arc<Binder>);
+
+impl SocketBinder for BinderHandle {
+    fn bind_socket(&self, fd: i32, local_address: String) -> Result<(), CallbackError> {
+        // The descriptor is a live socket while the call lasts.
+        let link = std::fs::read_link(format!("/proc/self/fd/{fd}")).map_err(|e| CallbackError::Failed {
+            reason: e.to_string(),
+        })?;
+        assert!(link.to_string_lossy().starts_with("socket:"), "{link:?}");
+        self.0.calls.lock().unwrap().push((fd, local_address));
+        Ok(())
+    }
+}
+
+fn wifi(name: &str, index: u32, kind: InterfaceKind, addr: &str) -> NetworkInterface {
+    NetworkInterface {
+        name: name.into(),
+        index,
+        kind,
+        metered: kind == InterfaceKind::Cellular,
+        up: true,
+        addresses: vec![addr.into()],
+    }
+}
+
+#[test]
+fn pushed_networks_move_the_flow_and_sockets_are_bound() {
+    let names = names();
+    let srv = server(&names, 6);
+    let binder = Arc::new(Binder::default());
+    let mut o = options(&names);
+    o.use_loopback = true;
+    let cli = Endpoint::new(key(7), o, Some(Box::new(BinderHandle(binder.clone())))).unwrap();
+    assert!(cli.update_network(vec![wifi("wlan0", 3, InterfaceKind::Wifi, "127.0.0.2")]).unwrap());
+    assert!(!cli.update_network(vec![wifi("wlan0", 3, InterfaceKind::Wifi, "127.0.0.2")]).unwrap(), "same snapshot");
+    assert!(matches!(
+        cli.update_network(vec![wifi("wlan0", 3, InterfaceKind::Wifi, "127.0.0.256")]),
+        Err(MsocketError::InvalidArgument(m)) if m.contains("127.0.0.256")
+    ));
+
+    let (c, s, _l) = pair(&cli, &srv, "move.test");
+    c.set_policy(PathPolicy::Energy).unwrap();
+    assert_eq!(c.policy().unwrap(), PathPolicy::Energy);
+    let events = listen_events(&c);
+    let paths = c.paths().unwrap();
+    assert!(paths.iter().any(|p| p.local.starts_with("127.0.0.2:")), "{paths:?}");
+    assert!(binder.calls.lock().unwrap().iter().any(|(_, a)| a == "127.0.0.2"));
+
+    // A callback that calls a waiting method is refused, and a failing callback is no
+    // harm: the flow still works.
+    let (tx, rx) = mpsc::channel();
+    let reentrant = Reentrant { flow: Mutex::new(Some(c.clone())), result: Mutex::new(tx) };
+    s.set_listener(Some(Box::new(reentrant))).unwrap();
+
+    c.send(data(50_000), T).unwrap();
+    let mut got = 0;
+    while got < 50_000 {
+        got += s.receive(100_000, T).unwrap().unwrap().len();
+    }
+    // The move: Wi-Fi now has another address.
+    assert!(cli.update_network(vec![wifi("wlan0", 3, InterfaceKind::Wifi, "127.0.0.3")]).unwrap());
+    let moved = wait_event(&events, "moved", |e| matches!(e, FlowEvent::Moved { .. }));
+    assert_eq!(moved, FlowEvent::Moved { addresses: vec!["127.0.0.3".into()] });
+    wait_event(&events, "path added", |e| matches!(e, FlowEvent::PathAdded { local, .. } if local.starts_with("127.0.0.3:")));
+    c.send(data(50_000), T).unwrap();
+    let mut got = 0;
+    while got < 50_000 {
+        got += s.receive(100_000, T).unwrap().unwrap().len();
+    }
+    let paths = c.paths().unwrap();
+    assert!(paths.iter().all(|p| p.local.starts_with("127.0.0.3:")), "{paths:?}");
+    assert!(binder.calls.lock().unwrap().iter().any(|(_, a)| a == "127.0.0.3"));
+    assert!(c.energy_joules().unwrap().is_some_and(|j| j > 0.0), "a Wi-Fi path costs energy");
+    s.release();
+    let refused = rx.recv_timeout(WAIT).expect("the server's listener ran");
+    assert!(matches!(refused, Err(MsocketError::WrongThread(_))), "{refused:?}");
+}
