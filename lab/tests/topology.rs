@@ -88,10 +88,10 @@ fn cleanup_stale_removes_namespaces_of_dead_processes_only() {
         return;
     }
     let _cleaning = common::cleanup_lock();
-    // A pid that surely belonged to a process that has exited: one we ran and reaped.
-    let mut child = std::process::Command::new("true").spawn().unwrap();
-    let dead = child.id();
-    child.wait().unwrap();
+    // No process can have this pid: Linux pids stay below PID_MAX_LIMIT (2^22). (A pid of
+    // a child we ran and reaped is not safe: /proc/<n> also exists for any live thread id,
+    // and a sandbox may show another pid namespace's /proc.)
+    let dead: u32 = 4_000_000_000;
     let stale = format!("msl{dead}-0-phone");
     let out = std::process::Command::new("ip")
         .args(["netns", "add", &stale])
