@@ -17,7 +17,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use msocket::name::{NameFuture, NameService, SignedRecord, TcpNameClient};
-use msocket::{Endpoint, EndpointConfig, Flow, FlowEvent, Identity};
+use msocket::{Endpoint, EndpointConfig, Flow, FlowEvent, Identity, Path, PathPolicy};
 use msocket_lab::{Access, LabConfig, NsTask, PhoneLab};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -49,20 +49,43 @@ pub fn sha(bytes: &[u8]) -> [u8; 32] {
     Sha256::digest(bytes).into()
 }
 
-/// What one side sends: `len` bytes of `data(len, seed)`, in `chunk`s with `pace` between
-/// them (a stream that lasts, so moves land in the middle of it).
+/// What one side sends: `len` bytes of `data(len, seed)`, in `chunk`s, chunk `i` due at
+/// `i × pace` after the first (a stream that lasts, so moves land in the middle of it; a
+/// writer held up by an outage catches up, as a live source would). A zero `pace` sends
+/// as fast as the flow takes it.
 #[derive(Clone, Copy, Debug)]
 pub struct Plan {
     pub len: usize,
     pub seed: u64,
     pub chunk: usize,
     pub pace: Duration,
+    /// Keep the write side open until the peer's stream has ended (a client waiting for
+    /// its download), instead of finishing it once `len` bytes are written.
+    pub linger: bool,
 }
 
 impl Plan {
     /// About 2 MB/s: 32 KiB every 16 ms.
     pub fn paced(len: usize, seed: u64) -> Plan {
-        Plan { len, seed, chunk: 32 * 1024, pace: Duration::from_millis(16) }
+        Plan { len, seed, chunk: 32 * 1024, pace: Duration::from_millis(16), linger: false }
+    }
+    /// As fast as the flow takes it, in 64 KiB writes.
+    pub fn bulk(len: usize, seed: u64) -> Plan {
+        Plan { len, seed, chunk: 64 * 1024, pace: Duration::ZERO, linger: false }
+    }
+    /// Sends nothing and finishes only after the peer did: the side that downloads.
+    pub fn receive_only() -> Plan {
+        Plan { linger: true, ..Plan::bulk(0, 0) }
+    }
+    /// `bytes_per_sec`, in writes every 10 ms.
+    pub fn rate(len: usize, seed: u64, bytes_per_sec: u64) -> Plan {
+        let pace = Duration::from_millis(10);
+        let chunk = (bytes_per_sec as f64 * pace.as_secs_f64()).round().max(1.0) as usize;
+        Plan { len, seed, chunk, pace, linger: false }
+    }
+    /// When chunk `i` is due, counted from the first.
+    pub fn due(&self, start: tokio::time::Instant, i: usize) -> tokio::time::Instant {
+        start + self.pace * i as u32
     }
     pub fn expected_sha(&self) -> [u8; 32] {
         sha(&data(self.len, self.seed))
@@ -148,6 +171,21 @@ impl Recv {
             st = self.cv.wait_timeout(st, left).unwrap_or_else(|p| p.into_inner()).0;
         }
     }
+    /// Every gap of at least `min_gap` between two successive reads (the time the later
+    /// read ended it, and the gap), in order.
+    pub fn gaps(&self, min_gap: Duration) -> Vec<(Instant, Duration)> {
+        let st = self.lock();
+        st.arrivals
+            .windows(2)
+            .map(|w| (w[1].0, w[1].0 - w[0].0))
+            .filter(|(_, gap)| *gap >= min_gap)
+            .collect()
+    }
+    /// When the first and the last read happened (None: nothing arrived).
+    pub fn span(&self) -> Option<(Instant, Instant)> {
+        let st = self.lock();
+        Some((st.arrivals.first()?.0, st.arrivals.last()?.0))
+    }
     /// Recovery after a move at `t` (None: nothing arrived after it). The first gap of at
     /// least `min_stall` between reads that ends after `t` is the outage the move caused
     /// (reads right after `t` may be data that was already in flight); recovery is the
@@ -191,6 +229,8 @@ impl Recv {
 pub struct Outcome {
     /// How long `connect` (or `accept`) took.
     pub connect_took: Duration,
+    /// When `connect` (or `accept`) returned.
+    pub connected_at: Instant,
     /// The first write or shutdown error.
     pub write_error: Option<std::io::Error>,
     /// The first read error.
@@ -204,6 +244,9 @@ pub struct Outcome {
     /// When the write side ended (acknowledged, or failed).
     pub write_done: Option<Instant>,
     pub read_done: Option<Instant>,
+    /// The flow's paths and its modelled radio energy at the end.
+    pub paths: Vec<Path>,
+    pub energy_joules: Option<f64>,
 }
 
 impl Outcome {
@@ -222,6 +265,7 @@ impl Outcome {
 /// Sends `plan` on `flow` (then finishes it) while reading what the peer sends, both at
 /// once; records every read in `recv`. Errors are reported, not panicked on.
 pub async fn stream(flow: Flow, plan: Plan, recv: Arc<Recv>, connect_took: Duration) -> Outcome {
+    let connected_at = Instant::now();
     let events = Arc::new(Mutex::new(Vec::new()));
     let mut ev_rx = flow.events();
     let ev_log = events.clone();
@@ -232,17 +276,22 @@ pub async fn stream(flow: Flow, plan: Plan, recv: Arc<Recv>, connect_took: Durat
     });
     let closed = flow.closed();
     let (mut r, mut w) = tokio::io::split(flow);
+    let (peer_done, peer_done_rx) = tokio::sync::oneshot::channel::<()>();
     let send = async move {
         let bytes = data(plan.len, plan.seed);
         let mut err = None;
-        for chunk in bytes.chunks(plan.chunk) {
+        let start = tokio::time::Instant::now();
+        for (i, chunk) in bytes.chunks(plan.chunk).enumerate() {
+            if !plan.pace.is_zero() {
+                tokio::time::sleep_until(plan.due(start, i)).await;
+            }
             if let Err(e) = w.write_all(chunk).await {
                 err = Some(e);
                 break;
             }
-            if !plan.pace.is_zero() {
-                tokio::time::sleep(plan.pace).await;
-            }
+        }
+        if plan.linger {
+            let _ = peer_done_rx.await;
         }
         if err.is_none() {
             if let Err(e) = w.shutdown().await {
@@ -268,6 +317,7 @@ pub async fn stream(flow: Flow, plan: Plan, recv: Arc<Recv>, connect_took: Durat
             }
         };
         recv2.finish();
+        let _ = peer_done.send(());
         (err, len, <[u8; 32]>::from(hasher.finalize()), Instant::now(), r)
     };
     let ((write_error, write_done, w), (read_error, received_len, received_sha, read_done, r)) =
@@ -280,13 +330,16 @@ pub async fn stream(flow: Flow, plan: Plan, recv: Arc<Recv>, connect_took: Durat
     } else {
         None
     };
-    drop((w, r));
+    let flow = r.unsplit(w);
+    let (paths, energy_joules) = (flow.paths(), flow.energy_joules());
+    drop(flow);
     // The flow handle is gone: the event stream ends once the flow's tasks are done.
     let _ = tokio::time::timeout(Duration::from_millis(200), ev_task).await;
     let events = std::mem::take(&mut *events.lock().unwrap_or_else(|p| p.into_inner()));
     recv.finish();
     Outcome {
         connect_took,
+        connected_at,
         write_error,
         read_error,
         received_len,
@@ -295,6 +348,8 @@ pub async fn stream(flow: Flow, plan: Plan, recv: Arc<Recv>, connect_took: Durat
         events,
         write_done: Some(write_done),
         read_done: Some(read_done),
+        paths,
+        energy_joules,
     }
 }
 
@@ -457,6 +512,17 @@ impl Scene {
         flow_deadline: Duration,
         after_lookup: Option<std::sync::mpsc::Sender<()>>,
     ) -> Result<Side, String> {
+        self.launch_phone_with(plan, flow_deadline, after_lookup, PathPolicy::default())
+    }
+
+    /// [`launch_phone`](Self::launch_phone) with the flow's path policy.
+    pub fn launch_phone_with(
+        &self,
+        plan: Plan,
+        flow_deadline: Duration,
+        after_lookup: Option<std::sync::mpsc::Sender<()>>,
+        policy: PathPolicy,
+    ) -> Result<Side, String> {
         let recv = Recv::new();
         let r = recv.clone();
         let local = self.phone_ips();
@@ -472,7 +538,8 @@ impl Scene {
                     }),
                     None => Arc::new(names_client()),
                 };
-                let config = lab_config(names, local, flow_deadline);
+                let mut config = lab_config(names, local, flow_deadline);
+                config.path_policy = policy;
                 let ep = Endpoint::bind(Identity::from_seed([2; 32]), config).map_err(|e| format!("bind: {e}"))?;
                 let _follower = ep.watch_network().await.map_err(|e| format!("watch the phone's network: {e}"))?;
                 let started = Instant::now();

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use msocket::PathPolicy;
 use msocket_server::cli::{self, CliError, Common};
 
 #[derive(Parser, Debug)]
@@ -140,6 +141,72 @@ connection fails, died. Every repetition builds a fresh lab; median and max are 
         #[arg(long)]
         json: bool,
     },
+    /// Wi-Fi and cellular at once in a network lab (needs root): every path policy side
+    /// by side with single-path TCP on each link and Linux MPTCP.
+    #[command(long_about = "Wi-Fi and cellular at once, in a network lab built in Linux network \
+namespaces (needs root; lab/setup.sh installs what it uses). The phone has Wi-Fi (--wifi) and \
+cellular (--cell), both behind NAT; the server sends, the phone receives. Workloads:\n\n\
+  bulk        a download of --bytes as fast as it goes: completion time, and aggregation \
+efficiency = goodput / (Wi-Fi rate + cellular rate)\n\
+  bulk-lossy  the same over --lossy-wifi\n\
+  streaming   --stream-mbit for --stream-secs; Wi-Fi goes down for --outage-secs in the \
+middle: stalls (gaps between reads of at least --stall-ms) and energy\n\
+  handoff     an 8 s stream; Wi-Fi goes down for good at half time, cellular up: the longest \
+gap between reads within 3 s after (repeated --handoff-reps times)\n\n\
+Systems: msocket (once per --policies entry), mptcp (IPPROTO_MPTCP, the kernel's default \
+scheduler, both phone addresses as subflow endpoints), tcp-wifi and tcp-cell (one TCP \
+connection bound to that link; not run for handoff). Energy: the phone's wifi0 and cell0 \
+byte counters, sampled every 100 ms, through the radio model (Wi-Fi and LTE parameters of \
+Huang et al., MobiSys 2012), full tails charged; msocket's own estimate is energy_j_flow. \
+Every run builds a fresh lab.")]
+    Multipath(MultipathArgs),
+}
+
+/// `msocket bench multipath`'s options (see its long help).
+#[derive(clap::Args, Debug)]
+struct MultipathArgs {
+    /// Workloads (comma-separated): bulk, bulk-lossy, streaming, handoff.
+    #[arg(long, value_delimiter = ',', default_value = "bulk,bulk-lossy,streaming,handoff")]
+    workloads: Vec<String>,
+    /// Systems (comma-separated): msocket, mptcp, tcp-wifi, tcp-cell.
+    #[arg(long, value_delimiter = ',', default_value = "msocket,mptcp,tcp-wifi,tcp-cell")]
+    systems: Vec<String>,
+    /// msocket's policies to run (comma-separated).
+    #[arg(long, value_delimiter = ',', default_value = "performance,energy,backup,redundant")]
+    policies: Vec<PathPolicy>,
+    /// The Wi-Fi link (rate, one-way delay, loss; see lab/README.md).
+    #[arg(long, default_value = "20mbit 10ms")]
+    wifi: String,
+    /// The cellular link.
+    #[arg(long, default_value = "10mbit 40ms")]
+    cell: String,
+    /// The Wi-Fi link of the bulk-lossy workload.
+    #[arg(long, default_value = "20mbit 10ms 0.5% loss")]
+    lossy_wifi: String,
+    /// Bytes of a bulk download.
+    #[arg(long, default_value_t = 50_000_000)]
+    bytes: usize,
+    /// The stream's rate, Mbit/s.
+    #[arg(long, default_value_t = 4.0)]
+    stream_mbit: f64,
+    /// The stream's length, seconds.
+    #[arg(long, default_value_t = 60)]
+    stream_secs: u64,
+    /// How long Wi-Fi is down in the middle of the stream, seconds.
+    #[arg(long, default_value_t = 10)]
+    outage_secs: u64,
+    /// A gap between reads at least this long (ms) counts as a stall.
+    #[arg(long, default_value_t = 200)]
+    stall_ms: u64,
+    /// Repetitions of bulk and streaming runs (medians are reported).
+    #[arg(long, default_value_t = 1)]
+    reps: usize,
+    /// Repetitions of each hand-off.
+    #[arg(long, default_value_t = 5)]
+    handoff_reps: usize,
+    /// Print one JSON array instead of a table.
+    #[arg(long)]
+    json: bool,
 }
 
 fn main() -> ExitCode {
@@ -201,6 +268,7 @@ async fn run(command: Command) -> Result<ExitCode, CliError> {
         Command::Bench {
             which: BenchKind::Mobility { rtts, reps, scenarios, systems, bytes, give_up_secs, cell_extra_ms, json },
         } => mobility(cli_mobility_options(rtts, reps, scenarios, systems, bytes, give_up_secs, cell_extra_ms, json))?,
+        Command::Bench { which: BenchKind::Multipath(args) } => multipath(args)?,
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -252,4 +320,34 @@ fn cli_mobility_options(
 #[cfg(not(target_os = "linux"))]
 fn mobility(_: ()) -> Result<(), CliError> {
     Err(CliError("bench mobility needs Linux (network namespaces)".into()))
+}
+
+/// Runs the multipath benchmark on this thread (it blocks on its namespaces' runtimes).
+#[cfg(target_os = "linux")]
+fn multipath(a: MultipathArgs) -> Result<(), CliError> {
+    let link = |what: &str, spec: &str| {
+        spec.parse::<msocket_lab::LinkSpec>().map_err(|e| CliError(format!("bench multipath: {what}: {e}")))
+    };
+    let opts = cli::multipath::Options {
+        workloads: a.workloads,
+        systems: a.systems,
+        policies: a.policies,
+        wifi: link("--wifi", &a.wifi)?,
+        cell: link("--cell", &a.cell)?,
+        lossy_wifi: link("--lossy-wifi", &a.lossy_wifi)?,
+        bytes: a.bytes,
+        stream_mbit: a.stream_mbit,
+        stream_secs: a.stream_secs,
+        outage_secs: a.outage_secs,
+        stall: std::time::Duration::from_millis(a.stall_ms),
+        reps: a.reps,
+        handoff_reps: a.handoff_reps,
+        json: a.json,
+    };
+    tokio::task::block_in_place(|| cli::multipath::run(&opts))
+}
+
+#[cfg(not(target_os = "linux"))]
+fn multipath(_: MultipathArgs) -> Result<(), CliError> {
+    Err(CliError("bench multipath needs Linux (network namespaces)".into()))
 }

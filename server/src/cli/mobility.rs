@@ -15,26 +15,20 @@
 //! move are printed (time since the move: bytes so far), to see where a recovery went.
 
 use std::net::{Ipv4Addr, SocketAddr};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use msocket_lab::{Access, LabConfig, Netns, NsTask};
+use msocket_lab::{Access, LabConfig};
 use serde::Serialize;
-use sha2::{Digest, Sha256};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use super::CliError;
-use crate::lab_run::{data, lab_ready, Plan, Recv, Scene, STEP};
+use super::raw::{mptcp_counters, mptcp_setup, raw_phone, raw_server, RawSide, RAW_PORT};
+use crate::lab_run::{lab_ready, Plan, Recv, Scene, STEP};
 
 /// Scenarios, in the order run.
 pub const SCENARIOS: [&str; 6] = ["wifi-to-cell", "link-down", "server-renumber", "both-move", "nat-rebind", "break-before-make"];
 /// Systems, in the order run.
 pub const SYSTEMS: [&str; 3] = ["msocket", "tcp", "mptcp"];
-/// `IPPROTO_MPTCP`.
-const IPPROTO_MPTCP: i32 = 262;
-/// Where the TCP and MPTCP servers listen in the `server` namespace.
-const RAW_PORT: u16 = 7460;
 /// The renumbered server's address.
 const SERVER_MOVED: Ipv4Addr = Ipv4Addr::new(172, 16, 100, 20);
 
@@ -367,17 +361,6 @@ fn msocket_rep(scene: &Scene, scenario: &str, rtt: u32, opts: &Options) -> Resul
     Ok(rep)
 }
 
-/// The phone's `MPTcpExt` counters MPCapableSYNACKRX and MPJoinSynAckRx.
-fn mptcp_counters(ns: &Netns) -> Option<(u64, u64)> {
-    let text = ns.run("cat", &["/proc/net/netstat"]).ok()?;
-    let mut lines = text.lines().filter(|l| l.starts_with("MPTcpExt:"));
-    let (names, values) = (lines.next()?, lines.next()?);
-    let get = |key: &str| {
-        let i = names.split_whitespace().position(|n| n == key)?;
-        values.split_whitespace().nth(i)?.parse::<u64>().ok()
-    };
-    Some((get("MPCapableSYNACKRX")?, get("MPJoinSynAckRx")?))
-}
 
 /// Waits (bounded by [`STEP`]) until the move may happen: both directions a quarter
 /// through, or the faster one three quarters through (some systems ramp one direction far
@@ -420,160 +403,6 @@ fn recovery(phone: &Recv, server: &Recv, moved: Instant, min_stall: Duration, no
     worst
 }
 
-/// MPTCP on both ends: limits, the phone's two addresses as `subflow` endpoints, and
-/// `net.mptcp.enabled` checked in both namespaces.
-fn mptcp_setup(scene: &Scene) -> Result<(), String> {
-    let lab = &scene.lab;
-    for ns in [lab.phone(), lab.server()] {
-        let enabled = ns.run("sysctl", &["-n", "net.mptcp.enabled"]).map_err(|e| format!("MPTCP: {e}"))?;
-        if enabled.trim() != "1" {
-            ns.sysctl("net.mptcp.enabled", "1")
-                .map_err(|e| format!("net.mptcp.enabled is {} and cannot be set: {e}", enabled.trim()))?;
-        }
-        ns.ip(&["mptcp", "limits", "set", "subflow", "2", "add_addr_accepted", "2"])
-            .map_err(|e| format!("MPTCP limits: {e}"))?;
-    }
-    for access in [Access::Wifi, Access::Cell] {
-        let addr = lab.phone_addr(access).ok_or("the phone has no address")?.to_string();
-        lab.phone()
-            .ip(&["mptcp", "endpoint", "add", &addr, "dev", access.ifname(), "subflow"])
-            .map_err(|e| format!("MPTCP endpoint: {e}"))?;
-    }
-    Ok(())
-}
-
-/// What a raw (TCP or MPTCP) side did, visible while it runs.
-#[derive(Default)]
-struct RawCounters {
-    written: AtomicU64,
-    error: std::sync::Mutex<Option<String>>,
-}
-
-/// One side of a raw stream: writes `plan` (counting every byte the kernel accepted)
-/// while reading into `recv`.
-async fn raw_stream<S>(s: S, plan: Plan, recv: Arc<Recv>, counters: Arc<RawCounters>) -> [u8; 32]
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
-    let (mut r, mut w) = tokio::io::split(s);
-    let c = counters.clone();
-    let send = async move {
-        let bytes = data(plan.len, plan.seed);
-        for chunk in bytes.chunks(plan.chunk) {
-            let mut off = 0;
-            while off < chunk.len() {
-                match w.write(&chunk[off..]).await {
-                    Ok(0) => return Some("write returned 0".to_string()),
-                    Ok(n) => {
-                        off += n;
-                        c.written.fetch_add(n as u64, Ordering::Relaxed);
-                    }
-                    Err(e) => return Some(format!("write: {e}")),
-                }
-            }
-            tokio::time::sleep(plan.pace).await;
-        }
-        w.shutdown().await.err().map(|e| format!("shutdown: {e}"))
-    };
-    let receive = async {
-        let mut hasher = Sha256::new();
-        let mut buf = vec![0u8; 64 * 1024];
-        let err = loop {
-            match r.read(&mut buf).await {
-                Ok(0) => break None,
-                Ok(n) => {
-                    hasher.update(&buf[..n]);
-                    recv.add(n);
-                }
-                Err(e) => break Some(format!("read: {e}")),
-            }
-        };
-        recv.finish();
-        (err, <[u8; 32]>::from(hasher.finalize()))
-    };
-    let (werr, (rerr, sha)) = tokio::join!(send, receive);
-    if let Some(e) = werr.or(rerr) {
-        if let Ok(mut slot) = counters.error.lock() {
-            slot.get_or_insert(e);
-        }
-        recv.finish();
-    }
-    sha
-}
-
-fn raw_socket(mptcp: bool) -> std::io::Result<socket2::Socket> {
-    let proto = mptcp.then_some(socket2::Protocol::from(IPPROTO_MPTCP));
-    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, proto.or(Some(socket2::Protocol::TCP)))?;
-    s.set_nonblocking(true)?;
-    Ok(s)
-}
-
-struct RawSide {
-    task: NsTask<[u8; 32]>,
-    recv: Arc<Recv>,
-    counters: Arc<RawCounters>,
-}
-
-fn raw_server(ns: &Netns, plan: Plan, mptcp: bool) -> Result<RawSide, String> {
-    let (recv, counters) = (Recv::new(), Arc::new(RawCounters::default()));
-    let (r, c) = (recv.clone(), counters.clone());
-    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), String>>();
-    let task = ns
-        .spawn_runtime(move || async move {
-            let listener = (|| {
-                let s = raw_socket(mptcp)?;
-                s.set_reuse_address(true)?;
-                s.bind(&SocketAddr::from((Ipv4Addr::UNSPECIFIED, RAW_PORT)).into())?;
-                s.listen(8)?;
-                tokio::net::TcpListener::from_std(s.into())
-            })();
-            let listener = match listener {
-                Ok(l) => l,
-                Err(e) => {
-                    let _ = ready_tx.send(Err(format!("listen on port {RAW_PORT}: {e}")));
-                    return [0; 32];
-                }
-            };
-            let _ = ready_tx.send(Ok(()));
-            match listener.accept().await {
-                Ok((s, _)) => raw_stream(s, plan, r, c).await,
-                Err(e) => {
-                    *c.error.lock().unwrap_or_else(|p| p.into_inner()) = Some(format!("accept: {e}"));
-                    r.finish();
-                    [0; 32]
-                }
-            }
-        })
-        .map_err(|e| format!("start the server: {e}"))?;
-    ready_rx.recv_timeout(STEP).map_err(|_| "the server did not listen in time".to_string())??;
-    Ok(RawSide { task, recv, counters })
-}
-
-fn raw_phone(ns: &Netns, bind: Ipv4Addr, to: SocketAddr, plan: Plan, mptcp: bool) -> Result<RawSide, String> {
-    let (recv, counters) = (Recv::new(), Arc::new(RawCounters::default()));
-    let (r, c) = (recv.clone(), counters.clone());
-    let task = ns
-        .spawn_runtime(move || async move {
-            let connected = async {
-                let socket = tokio::net::TcpSocket::from_std_stream(raw_socket(mptcp)?.into());
-                socket.bind(SocketAddr::from((bind, 0)))?;
-                tokio::time::timeout(STEP, socket.connect(to))
-                    .await
-                    .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))?
-            };
-            match connected.await {
-                Ok(s) => raw_stream(s, plan, r, c).await,
-                Err(e) => {
-                    *c.error.lock().unwrap_or_else(|p| p.into_inner()) = Some(format!("connect to {to}: {e}"));
-                    r.finish();
-                    [0; 32]
-                }
-            }
-        })
-        .map_err(|e| format!("start the phone: {e}"))?;
-    Ok(RawSide { task, recv, counters })
-}
-
 fn raw_rep(scene: &Scene, scenario: &str, rtt: u32, opts: &Options, mptcp: bool) -> Result<Rep, String> {
     let lab = &scene.lab;
     let len = opts.bytes;
@@ -584,7 +413,7 @@ fn raw_rep(scene: &Scene, scenario: &str, rtt: u32, opts: &Options, mptcp: bool)
     let started = Instant::now();
     let phone = raw_phone(lab.phone(), wifi, to, phone_plan, mptcp)?;
     if !ready_to_move(&phone.recv, &server.recv, len as u64) {
-        let err = |s: &RawSide| s.counters.error.lock().ok().and_then(|e| e.clone());
+        let err = |s: &RawSide| s.counters.error();
         return Err(format!(
             "the connection did not get a quarter through before the move (phone: {:?}, server: {:?})",
             err(&phone),
@@ -608,7 +437,7 @@ fn raw_rep(scene: &Scene, scenario: &str, rtt: u32, opts: &Options, mptcp: bool)
     rep.bytes_lost = lost(&server, &phone) + lost(&phone, &server);
     let mut notes: Vec<String> = [("phone", &phone), ("server", &server)]
         .iter()
-        .filter_map(|(who, s)| s.counters.error.lock().ok().and_then(|e| e.clone()).map(|e| format!("{who}: {e}")))
+        .filter_map(|(who, s)| s.counters.error().map(|e| format!("{who}: {e}")))
         .collect();
     if complete {
         // Both received everything; the tasks end right away (each sees the other's FIN).

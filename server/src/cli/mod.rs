@@ -5,7 +5,11 @@ pub mod bench;
 pub mod demo;
 #[cfg(target_os = "linux")]
 pub mod mobility;
+#[cfg(target_os = "linux")]
+pub mod multipath;
 pub mod pipe;
+#[cfg(target_os = "linux")]
+mod raw;
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
