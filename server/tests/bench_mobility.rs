@@ -7,7 +7,6 @@
 
 mod lab_support;
 
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 const KEYS: [&str; 10] = [
@@ -28,29 +27,11 @@ fn bench_mobility_json_wifi_to_cell() {
     if !lab_support::lab_available() {
         return;
     }
-    let child = Command::new(env!("CARGO_BIN_EXE_msocket"))
-        .args(["bench", "mobility", "--json", "--rtts", "20", "--reps", "1", "--scenarios", "wifi-to-cell"])
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run msocket");
-    let pid = child.id();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(child.wait_with_output());
-    });
-    let out = match rx.recv_timeout(Duration::from_secs(180)) {
-        Ok(out) => out.expect("wait for msocket"),
-        Err(_) => {
-            // SAFETY: kill(2) on the pid of the child this test started.
-            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
-            panic!("msocket bench mobility did not finish within 180 s");
-        }
-    };
+    let out = lab_support::run_msocket(
+        &["bench", "mobility", "--json", "--rtts", "20", "--reps", "1", "--scenarios", "wifi-to-cell"],
+        Duration::from_secs(180),
+    );
     let stderr = String::from_utf8_lossy(&out.stderr);
-    println!("{stderr}");
     assert!(out.status.success(), "msocket bench mobility failed: {stderr}");
     let rows: serde_json::Value = serde_json::from_slice(&out.stdout).expect("stdout is JSON");
     let rows = rows.as_array().expect("a JSON array");

@@ -118,3 +118,32 @@ pub fn report(label: &str, dir: &str, recv: &Recv, moved_at: Instant) -> Recover
     );
     r
 }
+
+/// Runs the `msocket` binary with `args` (logs at `warn`), killing it after `limit`;
+/// prints its stderr and returns its output.
+pub fn run_msocket(args: &[&str], limit: Duration) -> std::process::Output {
+    use std::process::{Command, Stdio};
+    let child = Command::new(env!("CARGO_BIN_EXE_msocket"))
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run msocket");
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    let out = match rx.recv_timeout(limit) {
+        Ok(out) => out.expect("wait for msocket"),
+        Err(_) => {
+            // SAFETY: kill(2) on the pid of the child this test started.
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+            panic!("msocket {args:?} did not finish within {limit:?}");
+        }
+    };
+    println!("{}", String::from_utf8_lossy(&out.stderr));
+    out
+}
