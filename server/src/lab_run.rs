@@ -385,6 +385,15 @@ impl NameService for HookedNames {
     fn watch<'a>(&'a self, name: &'a str, after_seq: u64, wait: Duration) -> NameFuture<'a, Option<SignedRecord>> {
         self.inner.watch(name, after_seq, wait)
     }
+    fn watch_from<'a>(
+        &'a self,
+        name: &'a str,
+        after_seq: u64,
+        wait: Duration,
+        from: Option<IpAddr>,
+    ) -> NameFuture<'a, Option<SignedRecord>> {
+        self.inner.watch_from(name, after_seq, wait, from)
+    }
 }
 
 pub fn names_client() -> TcpNameClient {

@@ -357,6 +357,26 @@ async fn a_watch_answers_at_once_when_a_newer_record_exists() {
     server.shut_down().await;
 }
 
+/// A watch from a given local address connects from it: from another loopback address
+/// it is answered as usual; from an address this host does not have it fails at once
+/// with a clear error instead of leaving from some other interface.
+#[tokio::test]
+async fn a_watch_from_a_local_address_connects_from_it() {
+    let server = TestServer::start().await;
+    let client = server.client();
+    let rec = record(1, "alice", 1, later());
+    client.register(&rec).await.unwrap();
+    let from: std::net::IpAddr = "127.0.0.7".parse().unwrap();
+    assert_eq!(client.watch_from("alice", 0, LONG_WAIT, Some(from)).await, Ok(Some(rec)));
+    // 192.0.2.1 (TEST-NET-1) is no address of this host: binding to it fails, nothing is sent.
+    let foreign = Some("192.0.2.1".parse().unwrap());
+    match client.watch_from("alice", 0, LONG_WAIT, foreign).await {
+        Err(NameError::Unreachable { reason, .. }) => assert!(reason.contains("connect"), "{reason}"),
+        other => panic!("a watch from a foreign address: {other:?}"),
+    }
+    server.shut_down().await;
+}
+
 #[tokio::test]
 async fn a_parked_watch_is_woken_by_a_registration_from_another_client() {
     let server = TestServer::start().await;

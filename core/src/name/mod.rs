@@ -33,6 +33,7 @@ mod url;
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -150,6 +151,21 @@ pub trait NameService: Send + Sync + std::fmt::Debug {
         wait: Duration,
     ) -> NameFuture<'a, Option<SignedRecord>> {
         Box::pin(poll_watch(self, name, after_seq, wait))
+    }
+
+    /// [`watch`](Self::watch) from the local address `from`, for services reached over a
+    /// connection: a phone's watch follows its best network, since one left on cellular
+    /// after Wi-Fi came back would wake that radio at every renewal. The default ignores
+    /// `from`.
+    fn watch_from<'a>(
+        &'a self,
+        name: &'a str,
+        after_seq: u64,
+        wait: Duration,
+        from: Option<IpAddr>,
+    ) -> NameFuture<'a, Option<SignedRecord>> {
+        let _ = from;
+        self.watch(name, after_seq, wait)
     }
 }
 

@@ -10,10 +10,11 @@
 //! the next watch (a client re-watches at once after a change): re-connecting would put a
 //! round trip between two changes of a moving peer's record.
 
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 use tokio::time::Instant;
 
 use super::protocol::{
@@ -76,12 +77,30 @@ impl TcpNameClient {
     }
 
     async fn connect(&self) -> Result<TcpStream, NameError> {
-        let stream = TcpStream::connect(self.server.as_str())
-            .await
-            .map_err(|e| self.unreachable(format!("connect: {e}")))?;
+        self.connect_from(None).await
+    }
+
+    /// Connects from `from` to the server's first address of that family; from any local
+    /// address if `from` is None or the server has no address of its family.
+    async fn connect_from(&self, from: Option<IpAddr>) -> Result<TcpStream, NameError> {
+        let stream = match from {
+            Some(ip) => self.connect_bound(ip).await,
+            None => TcpStream::connect(self.server.as_str()).await,
+        }
+        .map_err(|e| self.unreachable(format!("connect: {e}")))?;
         // Requests are single small writes; don't let Nagle hold them back.
         let _ = stream.set_nodelay(true);
         Ok(stream)
+    }
+
+    async fn connect_bound(&self, ip: IpAddr) -> std::io::Result<TcpStream> {
+        let addrs: Vec<SocketAddr> = tokio::net::lookup_host(self.server.as_str()).await?.collect();
+        let Some(&to) = addrs.iter().find(|a| a.is_ipv4() == ip.is_ipv4()) else {
+            return TcpStream::connect(&addrs[..]).await;
+        };
+        let socket = if ip.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+        socket.bind(SocketAddr::new(ip, 0))?;
+        socket.connect(to).await
     }
 
     async fn send(&self, stream: &mut TcpStream, request: &Request) -> Result<(), NameError> {
@@ -128,9 +147,11 @@ impl TcpNameClient {
         name: &str,
         after_seq: u64,
         wait: Duration,
+        from: Option<IpAddr>,
     ) -> Result<Option<SignedRecord>, NameError> {
         let parked = self.parked.lock().unwrap_or_else(|p| p.into_inner()).take();
-        if let Some((stream, _)) = parked.filter(|(_, at)| at.elapsed() < PARK_FOR) {
+        let reusable = |stream: &TcpStream| from.is_none() || stream.local_addr().ok().map(|a| a.ip()) == from;
+        if let Some((stream, _)) = parked.filter(|(s, at)| at.elapsed() < PARK_FOR && reusable(s)) {
             match self.watch_on(stream, name, after_seq, wait).await {
                 Err(NameError::Unreachable { reason, .. }) => {
                     tracing::debug!(server = %self.server, reason, "parked watch connection failed; opening a new one");
@@ -138,7 +159,7 @@ impl TcpNameClient {
                 other => return other,
             }
         }
-        let stream = self.bounded(self.timeout, self.connect()).await?;
+        let stream = self.bounded(self.timeout, self.connect_from(from)).await?;
         self.watch_on(stream, name, after_seq, wait).await
     }
 
@@ -244,10 +265,21 @@ impl NameService for TcpNameClient {
         after_seq: u64,
         wait: Duration,
     ) -> NameFuture<'a, Option<SignedRecord>> {
+        self.watch_from(name, after_seq, wait, None)
+    }
+
+    /// [`watch`](NameService::watch) on a connection from `from`.
+    fn watch_from<'a>(
+        &'a self,
+        name: &'a str,
+        after_seq: u64,
+        wait: Duration,
+        from: Option<IpAddr>,
+    ) -> NameFuture<'a, Option<SignedRecord>> {
         Box::pin(async move {
             validate_name(name)?;
-            tracing::debug!(server = %self.server, name, after_seq, ?wait, "watching name");
-            let outcome = self.watch_on_own_connection(name, after_seq, wait).await;
+            tracing::debug!(server = %self.server, name, after_seq, ?wait, ?from, "watching name");
+            let outcome = self.watch_on_own_connection(name, after_seq, wait, from).await;
             match &outcome {
                 Ok(Some(record)) => tracing::debug!(server = %self.server, name,
                     seq = record.record.seq, "watched name changed"),

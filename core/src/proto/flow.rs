@@ -183,6 +183,8 @@ pub struct FlowState {
     /// We chose the policy (not the peer): tell every subflow's peer end.
     announce_policy: bool,
     demand: Demand,
+    /// The peer's DEMAND: its active paths cannot keep up with its writer (`Energy`).
+    peer_overflow: bool,
 }
 
 impl FlowState {
@@ -217,6 +219,7 @@ impl FlowState {
             policy: PathPolicy::default(),
             announce_policy: false,
             demand: Demand::default(),
+            peer_overflow: false,
         }
     }
 
@@ -224,6 +227,7 @@ impl FlowState {
     /// schedules its own sending the same way.
     pub fn set_policy(&mut self, policy: PathPolicy) {
         self.policy = policy;
+        self.peer_overflow = false;
         self.announce_policy = true;
         for s in self.subflows.values_mut() {
             s.policy_out = true;
@@ -233,6 +237,14 @@ impl FlowState {
     /// The scheduling policy in effect (ours or the peer's choice).
     pub fn policy(&self) -> PathPolicy {
         self.policy
+    }
+
+    /// Whether the policy wants subflows beyond the best path now. `Energy` opens the
+    /// others (cellular) only while this end's or the peer's active paths cannot keep up
+    /// with the demand (an idle standby costs a radio wake-up at its start and another at
+    /// its end); every other policy keeps them all.
+    pub fn needs_extra_paths(&self) -> bool {
+        self.policy != PathPolicy::Energy || self.demand.overflow || self.peer_overflow
     }
 
     /// The configuration in effect (after clamping).
@@ -349,6 +361,8 @@ impl FlowState {
         }
         let mut sub = Subflow::new(id, now, ends_outage);
         sub.policy_out = self.announce_policy;
+        // The peer learns on every new subflow whether we need more paths.
+        sub.demand_out = self.policy == PathPolicy::Energy;
         self.subflows.insert(id, sub);
         self.no_live_since = None;
         self.stats.subflows_added += 1;
@@ -498,7 +512,13 @@ impl FlowState {
                 self.fail(FlowError::PeerAborted { code, reason });
             }
             Frame::Standby { standby } => sub.standby = standby,
-            Frame::Policy { policy } => self.policy = policy,
+            Frame::Policy { policy } => {
+                if policy != self.policy {
+                    self.peer_overflow = false;
+                }
+                self.policy = policy;
+            }
+            Frame::Demand { overflow } => self.peer_overflow = overflow,
             Frame::Abandon { token } => {
                 // Tell the peer at once what arrived, so it re-sends only what did not.
                 sub.ack_now = true;
@@ -693,6 +713,10 @@ impl FlowState {
             let policy = self.policy;
             return Some(self.sent(id, now, Frame::Policy { policy }, false));
         }
+        if std::mem::take(&mut sub.demand_out) {
+            let overflow = self.demand.overflow;
+            return Some(self.sent(id, now, Frame::Demand { overflow }, false));
+        }
         let sub = self.subflows.get_mut(&id)?;
         if sub.ping_pending && max_len >= 9 {
             sub.ping_pending = false;
@@ -816,6 +840,7 @@ impl FlowState {
         sub.wants_ack()
             || sub.standby_out.is_some()
             || sub.policy_out
+            || sub.demand_out
             || !sub.pongs.is_empty()
             || sub.ping_pending
             || sub.addrs.is_some()
@@ -996,8 +1021,20 @@ impl FlowState {
             .then(|| (holder.id, holder.last_progress + stall_after(holder.srtt)))
     }
 
-    /// `Energy`: whether the paths carrying data keep up with what the application writes.
+    /// `Energy`: whether the paths carrying data keep up with what the application
+    /// writes; the peer hears (DEMAND) when that changes.
     fn update_demand(&mut self, now: Instant) {
+        let before = self.demand.overflow;
+        self.track_demand(now);
+        if self.demand.overflow != before {
+            tracing::debug!(overflow = self.demand.overflow, "demand changed: telling the peer");
+            for s in self.subflows.values_mut() {
+                s.demand_out = true;
+            }
+        }
+    }
+
+    fn track_demand(&mut self, now: Instant) {
         if self.policy != PathPolicy::Energy {
             self.demand = Demand::default();
             return;

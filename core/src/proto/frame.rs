@@ -62,6 +62,7 @@ const T_CLOSE: u8 = 0x06;
 const T_ABANDON: u8 = 0x07;
 const T_STANDBY: u8 = 0x08;
 const T_POLICY: u8 = 0x09;
+const T_DEMAND: u8 = 0x0a;
 const FLAG_FIN: u8 = 0x01;
 
 /// One protocol frame.
@@ -102,6 +103,10 @@ pub enum Frame {
     /// The sender (the connecting end) switched the flow's scheduling policy; the
     /// receiver schedules its own sending the same way.
     Policy { policy: PathPolicy },
+    /// Under the `Energy` policy: the sender's active paths cannot keep up with what its
+    /// application writes (`true`), or can again (`false`). The connecting end opens or
+    /// retires its extra (cellular) subflows on it.
+    Demand { overflow: bool },
 }
 
 /// Why a record could not be decoded into frames.
@@ -116,8 +121,9 @@ pub enum FrameError {
     /// DATA flags other than FIN are set.
     #[error("reserved DATA flags set: {0:#04x}")]
     ReservedFlags(u8),
-    #[error("STANDBY flag {0} is neither 0 nor 1")]
-    BadStandbyFlag(u8),
+    /// A STANDBY or DEMAND flag is neither 0 nor 1.
+    #[error("{frame} flag {value} is neither 0 nor 1")]
+    BadFlag { frame: &'static str, value: u8 },
     #[error("POLICY {0} names no known policy")]
     UnknownPolicy(u8),
     /// A field is truncated, over its bound or malformed.
@@ -163,6 +169,15 @@ pub(crate) fn clamp_str(s: &str, max: usize) -> &str {
         end -= 1;
     }
     &s[..end]
+}
+
+/// A one-byte boolean of a STANDBY or DEMAND frame.
+fn flag(r: &mut Reader<'_>, frame: &'static str) -> Result<bool, FrameError> {
+    match r.u8(frame)? {
+        0 => Ok(false),
+        1 => Ok(true),
+        value => Err(FrameError::BadFlag { frame, value }),
+    }
 }
 
 fn relays_within_bounds(relays: &[String]) -> impl Iterator<Item = &String> {
@@ -249,6 +264,10 @@ impl Frame {
                 out.put_u8(T_POLICY);
                 out.put_u8(policy.to_wire());
             }
+            Frame::Demand { overflow } => {
+                out.put_u8(T_DEMAND);
+                out.put_u8(u8::from(*overflow));
+            }
         }
     }
 
@@ -260,7 +279,7 @@ impl Frame {
                 ACK_HEADER_LEN + ACK_RANGE_LEN * ranges.len().min(MAX_ACK_RANGES)
             }
             Frame::Ping { .. } | Frame::Pong { .. } | Frame::Abandon { .. } => 9,
-            Frame::Standby { .. } | Frame::Policy { .. } => 2,
+            Frame::Standby { .. } | Frame::Policy { .. } | Frame::Demand { .. } => 2,
             Frame::Addrs { addrs, relays } => {
                 let a: usize = addrs
                     .iter()
@@ -354,11 +373,8 @@ impl Frame {
                     Frame::Close { code, reason }
                 }
                 T_ABANDON => Frame::Abandon { token: r.u64("ABANDON token")? },
-                T_STANDBY => match r.u8("STANDBY flag")? {
-                    0 => Frame::Standby { standby: false },
-                    1 => Frame::Standby { standby: true },
-                    v => return Err(FrameError::BadStandbyFlag(v)),
-                },
+                T_STANDBY => Frame::Standby { standby: flag(&mut r, "STANDBY")? },
+                T_DEMAND => Frame::Demand { overflow: flag(&mut r, "DEMAND")? },
                 T_POLICY => {
                     let v = r.u8("POLICY")?;
                     Frame::Policy { policy: PathPolicy::from_wire(v).ok_or(FrameError::UnknownPolicy(v))? }
@@ -411,6 +427,8 @@ mod tests {
             Frame::Standby { standby: false },
             Frame::Policy { policy: PathPolicy::Energy },
             Frame::Policy { policy: PathPolicy::Redundant },
+            Frame::Demand { overflow: true },
+            Frame::Demand { overflow: false },
             Frame::Addrs {
                 addrs: vec![
                     "10.0.0.1:7450".parse().unwrap(),

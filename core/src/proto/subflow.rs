@@ -61,6 +61,8 @@ pub(crate) struct Subflow {
     pub stats: SubflowStats,
     /// A POLICY frame to send, telling the peer the flow's policy.
     pub policy_out: bool,
+    /// A DEMAND frame to send, telling the peer whether our paths keep up (`Energy`).
+    pub demand_out: bool,
     /// Units acknowledged while in flight here: what this path delivered.
     pub delivered: u64,
     /// Delivery rate in bytes per second (smoothed over samples of at least one RTT).
@@ -106,6 +108,7 @@ impl Subflow {
             min_rtt: None,
             stats: SubflowStats::default(),
             policy_out: false,
+            demand_out: false,
             delivered: 0,
             rate: None,
             rate_mark: None,

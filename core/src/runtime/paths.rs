@@ -12,7 +12,12 @@
 //! The best local address (first in the endpoint's list: unmetered before metered) is the
 //! active path; subflows from worse ones are standbys. When a better address appears (back
 //! on Wi-Fi) a subflow joins from it and takes over; without standbys
-//! (`EndpointConfig::standby_paths` off) the worse subflows are then retired. Only the connecting side decides;
+//! (`EndpointConfig::standby_paths` off) the worse subflows are then retired. The `Energy`
+//! policy keeps no standby while the best path keeps up with the demand of either end
+//! (DEMAND frames): an idle cellular subflow costs a radio wake-up when it opens and
+//! another when it closes, about 25 J by the energy model, so cellular is dialed only when
+//! Wi-Fi is gone or overflowing, and retired once Wi-Fi carries the flow alone again
+//! (while its radio is still in its tail). Only the connecting side decides;
 //! the other end follows the STANDBY frames. A local address whose subflows die before
 //! the peer is heard on them, or stop answering, backs off (1 s doubling to 1 min) before
 //! it is dialed again.
@@ -41,6 +46,8 @@ pub(crate) struct Paths {
     /// driver calls it on every wake-up; it looks again only after a change or a back-off
     /// that ended.
     checked_at: Option<Instant>,
+    /// What the policy last said about extra subflows (`FlowState::needs_extra_paths`).
+    extra_wanted: bool,
 }
 
 impl Paths {
@@ -109,9 +116,16 @@ impl Conn {
             return;
         }
         let Some(ep) = self.endpoint.upgrade() else { return };
-        let standby = ep.config.standby_paths;
         let now = Instant::now();
         let mut inner = self.lock();
+        let extra = inner.proto.needs_extra_paths();
+        if extra != inner.paths.extra_wanted {
+            inner.paths.extra_wanted = extra;
+            inner.paths.changed();
+        }
+        // Subflows beyond the best path: standbys are configured, and the policy wants
+        // them now (`Energy` only while the demand overflows the best path).
+        let standby = ep.config.standby_paths && extra;
         if !inner.paths.take_due(now) || !inner.proto.needs_path() || inner.proto.live_subflows() == 0 {
             return; // nothing changed, nothing to do, or the re-dialer's job
         }
@@ -129,7 +143,7 @@ impl Conn {
             }
         }
         // Every local address gets a subflow (the best one to carry the flow, the others
-        // as standbys); without standbys only the best one does.
+        // as standbys); without standbys (or extra paths) only the best one does.
         let covered = |ip: &IpAddr| subs.iter().any(|(l, _)| l.ip() == *ip);
         let limit = if standby { locals.len() } else { 1 };
         for ip in locals.iter().take(limit).flatten() {
@@ -145,7 +159,8 @@ impl Conn {
             tracing::debug!(flow = %self.keys.flow_id, ?local, %addr, "opening an extra subflow");
             tokio::spawn(dial_extra(self.clone(), local, addr));
         }
-        // Without standbys, a flow that moved to a better address leaves the worse ones;
+        // Without standbys (or extra paths), a flow that moved to a better address, or
+        // whose demand calmed, leaves the worse ones;
         // and a path opened twice (a re-dial raced a standby dial) is kept once.
         let mut worse: Vec<SubflowId> = match best {
             Some(best) if !standby && covered(&best) => inner

@@ -36,11 +36,14 @@ async fn watch_peer(conn: Arc<Conn>, mut seq: u64) {
         let Some(ep) = conn.endpoint.upgrade() else { return };
         let names = ep.config.names.clone();
         let mut net = ep.net_changed.subscribe();
+        // From the best local address: the watch follows the flow's network (Wi-Fi when
+        // it is back) instead of keeping a radio it no longer needs awake.
+        let from = ep.local_ips().first().copied();
         drop(ep);
         // Our own move may have cut the watch's connection without a word: start over.
         let started = tokio::time::Instant::now();
         let result = tokio::select! {
-            r = names.watch(&conn.name, seq, WATCH_WAIT) => r,
+            r = names.watch_from(&conn.name, seq, WATCH_WAIT, from) => r,
             _ = net.changed() => continue,
             _ = conn.quiet() => return,
         };

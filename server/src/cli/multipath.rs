@@ -97,6 +97,10 @@ pub struct Row {
     /// (median and maximum), and the surviving (cellular) link's configured RTT.
     pub outage_ms: Option<f64>,
     pub outage_ms_max: Option<f64>,
+    /// Hand-off: from Wi-Fi going down to the read that ended that gap (the gap less the
+    /// time since the read before the event), median and in RTTs of the surviving link.
+    pub resume_ms: Option<f64>,
+    pub resume_rtts: Option<f64>,
     pub surviving_rtt_ms: Option<f64>,
     /// Modelled radio energy of the phone (Wi-Fi + LTE, full tails), joules.
     pub energy_j: Option<f64>,
@@ -122,6 +126,7 @@ struct Rep {
     stall: Duration,
     max_gap: Duration,
     outage: Option<Duration>,
+    resume: Option<Duration>,
     radios: RadioUse,
     energy_flow: Option<f64>,
     bytes_lost: u64,
@@ -214,8 +219,8 @@ fn summary(r: &Rep) -> String {
         r.radios.wifi_j,
         r.radios.cell_j
     );
-    if let Some(o) = r.outage {
-        s += &format!(", hand-off outage {:.0} ms", ms(o));
+    if let (Some(o), Some(r)) = (r.outage, r.resume) {
+        s += &format!(", hand-off: gap {:.0} ms, data again {:.0} ms after the event", ms(o), ms(r));
     }
     if !r.notes.is_empty() {
         s += &format!(" ({})", r.notes.join("; "));
@@ -416,11 +421,12 @@ fn run_rep(workload: &str, system: &str, policy: Option<PathPolicy>, opts: &Opti
     let all_gaps = recv.gaps(Duration::ZERO);
     rep.max_gap = all_gaps.iter().map(|(_, g)| *g).max().unwrap_or_default();
     if let (Some(at), "handoff") = (event, workload) {
-        rep.outage = all_gaps
+        let longest = all_gaps
             .iter()
             .filter(|(end, _)| *end > at && *end <= at + HANDOFF_WINDOW)
-            .map(|(_, g)| *g)
-            .max();
+            .max_by_key(|(_, g)| *g);
+        rep.outage = longest.map(|(_, g)| *g);
+        rep.resume = longest.map(|(end, _)| end.saturating_duration_since(at));
     } else if event.is_none() && workload != "bulk" && workload != "bulk-lossy" {
         rep.notes.push("the stream ended before Wi-Fi could go down".into());
     }
@@ -436,6 +442,8 @@ fn row(workload: &str, system: &str, policy: Option<PathPolicy>, opts: &Options,
     let link_sum = config.wifi.rate_bps().unwrap_or(0) + config.cell.rate_bps().unwrap_or(0);
     let bulk = workload.starts_with("bulk");
     let outages: Vec<f64> = ok.iter().filter_map(|r| r.outage.map(ms)).collect();
+    let resume = median(ok.iter().filter_map(|r| r.resume.map(ms)).collect());
+    let surviving_rtt = ms(config.cell.delay() * 2);
     let cell_bytes: u64 = ok.iter().map(|r| r.radios.cell_bytes).sum();
     let all_bytes: u64 = ok.iter().map(|r| r.radios.cell_bytes + r.radios.wifi_bytes).sum();
     Row {
@@ -460,7 +468,9 @@ fn row(workload: &str, system: &str, policy: Option<PathPolicy>, opts: &Options,
         max_gap_ms: med(&|r| Some(ms(r.max_gap))),
         outage_ms: median(outages.clone()),
         outage_ms_max: outages.iter().copied().reduce(f64::max),
-        surviving_rtt_ms: (workload == "handoff").then(|| ms(config.cell.delay() * 2)),
+        resume_ms: resume,
+        resume_rtts: resume.filter(|_| surviving_rtt > 0.0).map(|r| round(r / surviving_rtt, 2)),
+        surviving_rtt_ms: (workload == "handoff").then_some(surviving_rtt),
         energy_j: med(&|r| Some(round(r.radios.total(), 2))),
         energy_wifi_j: med(&|r| Some(round(r.radios.wifi_j, 2))),
         energy_cell_j: med(&|r| Some(round(r.radios.cell_j, 2))),
@@ -548,6 +558,9 @@ impl Radios {
                 let mut last = counters();
                 let mut total = [0u64; 2];
                 let mut tick = tokio::time::interval(SAMPLE);
+                // With MSOCKET_BENCH_RADIO set: bytes per interface in each second, to see
+                // where the energy went.
+                let mut per_second: Vec<[u64; 2]> = Vec::new();
                 loop {
                     tick.tick().await;
                     let now = Instant::now();
@@ -558,11 +571,19 @@ impl Radios {
                         let tx = seen[i].1.saturating_sub(last[i].1);
                         meters[i].on_bytes(now, tx, rx);
                         total[i] += rx + tx;
+                        let second = (now - t0).as_secs() as usize;
+                        per_second.resize(per_second.len().max(second + 1), [0; 2]);
+                        per_second[second][i] += rx + tx;
                     }
                     last = seen;
                     if flag.load(Ordering::Relaxed) {
                         break;
                     }
+                }
+                if std::env::var_os("MSOCKET_BENCH_RADIO").is_some() {
+                    let line: Vec<String> =
+                        per_second.iter().enumerate().map(|(s, [w, c])| format!("{s}s:{}k/{}", w / 1000, c)).collect();
+                    eprintln!("bytes per second (Wi-Fi kB/cellular B): {}", line.join(" "));
                 }
                 // Each radio pays its whole tail.
                 for m in &mut meters {

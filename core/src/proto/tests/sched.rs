@@ -107,6 +107,8 @@ fn energy_leaves_cellular_idle_while_wifi_keeps_up() {
     sim.run_for(ms(500));
     assert_eq!(sim.received(0), 100 * chunk);
     assert_eq!(delivered(&sim, 1), 0, "cellular carried part of a stream Wi-Fi could carry");
+    // Neither end asked for more paths: the phone would keep no cellular subflow.
+    assert!(!sim.ends[0].needs_extra_paths() && !sim.ends[1].needs_extra_paths());
 }
 
 #[test]
@@ -116,9 +118,13 @@ fn energy_adds_cellular_when_wifi_cannot_keep_up_and_drops_it_after() {
     sim.send(1, data(len), vec![64 * 1024], false);
     sim.run_until(ms(900));
     assert_eq!(delivered(&sim, 1), 0, "cellular joined within the first second");
+    assert!(!sim.ends[0].needs_extra_paths(), "the phone heard of demand within the first second");
     let wifi_alone = len as f64 / WIFI_BW as f64;
     let mut done_at = None;
+    let mut phone_heard_demand = false;
     sim.run_while(Duration::from_secs(20), |s| {
+        // The server's backlog reaches the phone as DEMAND: it wants cellular now.
+        phone_heard_demand |= s.ends[0].needs_extra_paths();
         if done_at.is_none() && s.received(0) == len {
             done_at = Some(s.elapsed());
         }
@@ -127,6 +133,8 @@ fn energy_adds_cellular_when_wifi_cannot_keep_up_and_drops_it_after() {
     let done_at = done_at.expect("download finished");
     assert!(delivered(&sim, 1) > (len / 10) as u64, "cellular carried {}", delivered(&sim, 1));
     assert!(done_at.as_secs_f64() < wifi_alone * 0.9, "took {done_at:?}, Wi-Fi alone {wifi_alone:.2} s");
+    assert!(phone_heard_demand, "the server's overflow never reached the phone");
+    assert!(!sim.ends[0].needs_extra_paths(), "the phone still wants cellular after the demand ended");
     // Demand gone: cellular is a standby again, and a later burst stays on Wi-Fi.
     let cell = sim.links[1].ids[1];
     assert_eq!(sim.ends[1].subflow_stats(cell).unwrap().state, PathState::Standby);
