@@ -181,7 +181,7 @@ struct MultipathArgs {
     #[arg(long, default_value = "10mbit 40ms")]
     cell: String,
     /// The Wi-Fi link of the bulk-lossy workload.
-    #[arg(long, default_value = "20mbit 10ms 0.5% loss")]
+    #[arg(long, default_value = "20mbit 10ms 2% loss")]
     lossy_wifi: String,
     /// Bytes of a bulk download.
     #[arg(long, default_value_t = 50_000_000)]

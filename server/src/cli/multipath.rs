@@ -7,7 +7,7 @@
 //! - `bulk`: a download of `--bytes` as fast as it goes. Completion = from the phone's
 //!   connect returning to its last read; aggregation efficiency = goodput over the sum of
 //!   the two links' rates.
-//! - `bulk-lossy`: the same with a lossy Wi-Fi link (default `20mbit 10ms 0.5% loss`).
+//! - `bulk-lossy`: the same with a lossy Wi-Fi link (default `20mbit 10ms 2% loss`).
 //! - `streaming`: `--stream-mbit` for `--stream-secs`, written every 10 ms; in the middle
 //!   Wi-Fi goes down (link down) for `--outage-secs`, then comes back. A stall is a gap
 //!   of at least `--stall-ms` between two reads of the phone.
