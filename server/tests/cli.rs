@@ -401,7 +401,31 @@ fn help_explains_every_command() {
             "bench throughput --help lacks {needle:?}:\n{bench}"
         );
     }
+    let multipath = help(&["bench", "multipath", "--help"]);
+    for needle in ["--workloads", "--policies", "--systems", "aggregation", "handoff", "energy", "--json"] {
+        assert!(multipath.contains(needle), "bench multipath --help lacks {needle:?}:\n{multipath}");
+    }
     assert!(help(&["--version"]).starts_with("msocket "));
+}
+
+/// The multipath benchmark checks its options before it builds anything (no root needed
+/// to be told what is wrong).
+#[test]
+fn bench_multipath_explains_bad_options() {
+    for (args, says) in [
+        (&["--workloads", "nope"][..], "unknown workload \"nope\""),
+        (&["--systems", "quic"][..], "unknown system \"quic\""),
+        (&["--wifi", "20 parsecs"][..], "--wifi"),
+        (&["--cell", "40ms"][..], "needs a rate"),
+        (&["--stream-secs", "10", "--outage-secs", "6"][..], "--outage-secs"),
+        (&["--reps", "0"][..], "--reps"),
+    ] {
+        let mut cmd = msocket();
+        cmd.args(["bench", "multipath"]).args(args);
+        let out = run("msocket", cmd);
+        assert_clean_failure(&out, &format!("{args:?}"));
+        assert!(out.stderr.contains(says), "{args:?} should say {says:?}:\n{}", out.stderr);
+    }
 }
 
 #[test]
@@ -419,6 +443,8 @@ fn bad_arguments_fail_with_a_message() {
         &["connect", "x", "--policy", "fast"],
         &["demo", "--bytes", "-5"],
         &["bench", "throughput", "--round-trips", "many"],
+        &["bench", "multipath", "--policies", "fast"],
+        &["bench", "multipath", "--reps", "many"],
     ];
     for args in cases {
         let mut cmd = msocket();

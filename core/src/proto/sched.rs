@@ -7,8 +7,10 @@
 //!
 //! - `Backup`: one active path; the others are hot standbys that carry data only while no
 //!   active path is heard (and not stalled). Make-before-break hand-offs, one radio busy.
-//! - `Energy`: like `Backup` (Wi-Fi first, cellular as a standby), but a standby also
-//!   carries data while the active paths cannot keep up with the application's demand.
+//! - `Energy`: Wi-Fi first, like `Backup`, but a worse path (cellular) carries data only
+//!   while the active paths cannot keep up with the application's demand, and the
+//!   connecting end keeps no subflow there at all while they can (DEMAND frames tell it
+//!   when the peer's demand overflows; see `FlowState::needs_extra_paths`).
 //! - `Performance`: every path carries data, with one exception for the earliest
 //!   completion: a slower path takes data only if it would deliver it before the faster
 //!   one could (otherwise the receiver would wait for it, head-of-line blocked).
@@ -34,8 +36,9 @@ pub enum PathPolicy {
     Backup,
     /// Every path carries data, split so the whole arrives soonest.
     Performance,
-    /// The best path carries the data; standbys (cellular) join in only while it cannot
-    /// carry the demand, or is gone.
+    /// The best path carries the data; cellular is dialed and carries data only while
+    /// the best path cannot carry the demand, or is gone (no idle standby: each one costs
+    /// an LTE wake-up when it opens and another when it closes).
     Energy,
     /// Like `Performance`, with small writes copied onto every path.
     Redundant,

@@ -35,8 +35,8 @@ pub struct Common {
     #[arg(long, default_value_t = 300)]
     pub deadline: u64,
     /// How flows this side opens use several local addresses (the accepting side
-    /// follows): backup (one path, the others hot standbys), energy (standbys join only
-    /// while the main path cannot keep up), performance (every path at once),
+    /// follows): backup (one path, the others hot standbys), energy (cellular only while
+    /// Wi-Fi is gone or cannot keep up; no idle standby), performance (every path at once),
     /// redundant (small writes copied on every path).
     #[arg(long, env = "MSOCKET_POLICY", default_value = "backup", value_name = "POLICY")]
     pub policy: PathPolicy,

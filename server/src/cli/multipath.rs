@@ -137,10 +137,10 @@ struct Rep {
 
 /// Runs the benchmark and prints its rows.
 pub fn run(opts: &Options) -> Result<(), CliError> {
+    check(opts).map_err(|e| CliError(format!("bench multipath: {e}")))?;
     if let Err(e) = lab_ready() {
         return Err(CliError(format!("bench multipath: {e}; run it as root on Linux (e.g. `sudo msocket bench multipath`)")));
     }
-    check(opts).map_err(|e| CliError(format!("bench multipath: {e}")))?;
     let mut rows = Vec::new();
     for workload in &opts.workloads {
         for system in &opts.systems {
