@@ -397,7 +397,11 @@ fn run_rep(workload: &str, system: &str, policy: Option<PathPolicy>, opts: &Opti
     let radios = radios.stop();
     drop(scene);
 
-    let mut rep = Rep { radios, energy_flow: done.energy_flow, notes: done.notes, ..Rep::default() };
+    let mut rep = Rep { energy_flow: done.energy_flow, notes: done.notes, ..Rep::default() };
+    match radios {
+        Ok(r) => rep.radios = r,
+        Err(e) => rep.notes.push(e),
+    }
     rep.received = recv.bytes();
     rep.sha_ok = complete && done.received_ok;
     rep.died = !rep.sha_ok;
@@ -596,9 +600,9 @@ impl Radios {
         Ok(Radios { task, stop })
     }
 
-    fn stop(self) -> RadioUse {
+    fn stop(self) -> Result<RadioUse, String> {
         self.stop.store(true, Ordering::Relaxed);
-        self.task.join(STEP).unwrap_or_default()
+        self.task.join(STEP).map_err(|e| format!("the energy sampler failed: {e}"))
     }
 }
 
