@@ -17,7 +17,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use msocket::name::{NameFuture, NameService, SignedRecord, TcpNameClient};
-use msocket::{Endpoint, EndpointConfig, Flow, FlowEvent, Identity, Path, PathPolicy};
+use msocket::{Endpoint, EndpointConfig, Flow, FlowEvent, Identity, PathPolicy};
 use msocket_lab::{Access, LabConfig, NsTask, PhoneLab};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -171,20 +171,15 @@ impl Recv {
             st = self.cv.wait_timeout(st, left).unwrap_or_else(|p| p.into_inner()).0;
         }
     }
-    /// Every gap of at least `min_gap` between two successive reads (the time the later
-    /// read ended it, and the gap), in order.
-    pub fn gaps(&self, min_gap: Duration) -> Vec<(Instant, Duration)> {
+    /// Every gap between two successive reads (the time the later read ended it, and the
+    /// gap), in order.
+    pub fn gaps(&self) -> Vec<(Instant, Duration)> {
         let st = self.lock();
-        st.arrivals
-            .windows(2)
-            .map(|w| (w[1].0, w[1].0 - w[0].0))
-            .filter(|(_, gap)| *gap >= min_gap)
-            .collect()
+        st.arrivals.windows(2).map(|w| (w[1].0, w[1].0 - w[0].0)).collect()
     }
-    /// When the first and the last read happened (None: nothing arrived).
-    pub fn span(&self) -> Option<(Instant, Instant)> {
-        let st = self.lock();
-        Some((st.arrivals.first()?.0, st.arrivals.last()?.0))
+    /// When the last read happened (None: nothing arrived).
+    pub fn last_read(&self) -> Option<Instant> {
+        self.lock().arrivals.last().map(|(at, _)| *at)
     }
     /// Recovery after a move at `t` (None: nothing arrived after it). The first gap of at
     /// least `min_stall` between reads that ends after `t` is the outage the move caused
@@ -244,8 +239,7 @@ pub struct Outcome {
     /// When the write side ended (acknowledged, or failed).
     pub write_done: Option<Instant>,
     pub read_done: Option<Instant>,
-    /// The flow's paths and its modelled radio energy at the end.
-    pub paths: Vec<Path>,
+    /// The flow's modelled radio energy at the end.
     pub energy_joules: Option<f64>,
 }
 
@@ -330,9 +324,7 @@ pub async fn stream(flow: Flow, plan: Plan, recv: Arc<Recv>, connect_took: Durat
     } else {
         None
     };
-    let flow = r.unsplit(w);
-    let (paths, energy_joules) = (flow.paths(), flow.energy_joules());
-    drop(flow);
+    let energy_joules = r.unsplit(w).energy_joules();
     // The flow handle is gone: the event stream ends once the flow's tasks are done.
     let _ = tokio::time::timeout(Duration::from_millis(200), ev_task).await;
     let events = std::mem::take(&mut *events.lock().unwrap_or_else(|p| p.into_inner()));
@@ -348,7 +340,6 @@ pub async fn stream(flow: Flow, plan: Plan, recv: Arc<Recv>, connect_took: Durat
         events,
         write_done: Some(write_done),
         read_done: Some(read_done),
-        paths,
         energy_joules,
     }
 }

@@ -22,7 +22,8 @@ use msocket_lab::{Access, LabConfig};
 use serde::Serialize;
 
 use super::CliError;
-use super::raw::{mptcp_counters, mptcp_setup, raw_phone, raw_server, RawSide, RAW_PORT};
+use super::figures::{median, ms};
+use super::raw::{mptcp_note, mptcp_setup, raw_phone, raw_server, RawSide, RAW_PORT};
 use crate::lab_run::{lab_ready, Plan, Recv, Scene, STEP};
 
 /// Scenarios, in the order run.
@@ -156,18 +157,14 @@ pub fn run(opts: &Options) -> Result<(), CliError> {
 fn row(scenario: &str, rtt: u32, system: &str, opts: &Options, reps: &[Rep]) -> Row {
     let mut ok: Vec<f64> = reps.iter().filter_map(|r| r.recovery).map(ms).collect();
     ok.sort_by(f64::total_cmp);
-    let p50 = (!ok.is_empty()).then(|| median(&ok));
+    let p50 = median(ok.clone());
     let died_reps = reps.iter().filter(|r| r.died).count();
     let shas: Vec<bool> = reps.iter().filter_map(|r| r.sha_ok).collect();
-    let med = |mut v: Vec<f64>| {
-        v.sort_by(f64::total_cmp);
-        (!v.is_empty()).then(|| median(&v))
-    };
     let updated: Vec<(Duration, Option<Duration>)> = reps
         .iter()
         .filter_map(|r| Some((r.record_updated? - r.moved?, r.recovery)))
         .collect();
-    let after_record = med(updated.iter().filter_map(|(u, rec)| Some(ms(rec.as_ref()?.saturating_sub(*u)))).collect());
+    let after_record = median(updated.iter().filter_map(|(u, rec)| Some(ms(rec.as_ref()?.saturating_sub(*u)))).collect());
     Row {
         scenario: scenario.to_string(),
         rtt_ms: rtt,
@@ -183,32 +180,19 @@ fn row(scenario: &str, rtt: u32, system: &str, opts: &Options, reps: &[Rep]) -> 
         recovery_ms_all: reps.iter().map(|r| r.recovery.map(ms)).collect(),
         bytes_lost: reps.iter().map(|r| r.bytes_lost).max().unwrap_or(0),
         sha256_match: (!shas.is_empty()).then(|| shas.iter().all(|&s| s)),
-        record_updated_ms_p50: med(updated.iter().map(|(u, _)| ms(*u)).collect()),
+        record_updated_ms_p50: median(updated.iter().map(|(u, _)| ms(*u)).collect()),
         recovery_after_record_ms_p50: after_record,
         recovery_after_record_rtts_p50: after_record.map(|p| rtts(p, rtt)),
-        detect_ms_p50: med(reps.iter().filter_map(|r| r.detected).map(ms).collect()),
+        detect_ms_p50: median(reps.iter().filter_map(|r| r.detected).map(ms).collect()),
         detect_ms_max: reps.iter().filter_map(|r| r.detected).map(ms).reduce(f64::max),
         give_up_ms: opts.give_up.as_millis() as u64,
         notes: reps.iter().filter_map(|r| r.note.clone()).collect(),
     }
 }
 
-fn ms(d: Duration) -> f64 {
-    (d.as_secs_f64() * 1e4).round() / 10.0
-}
-
 /// `ms` in round trips, two decimals.
 fn rtts(ms: f64, rtt: u32) -> f64 {
     (ms / rtt as f64 * 100.0).round() / 100.0
-}
-
-fn median(sorted: &[f64]) -> f64 {
-    let n = sorted.len();
-    if n % 2 == 1 {
-        sorted[n / 2]
-    } else {
-        (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0
-    }
 }
 
 fn print_table(rows: &[Row]) {
@@ -361,7 +345,6 @@ fn msocket_rep(scene: &Scene, scenario: &str, rtt: u32, opts: &Options) -> Resul
     Ok(rep)
 }
 
-
 /// Waits (bounded by [`STEP`]) until the move may happen: both directions a quarter
 /// through, or the faster one three quarters through (some systems ramp one direction far
 /// more slowly than the other; the move must land while both still have data to
@@ -460,12 +443,7 @@ fn raw_rep(scene: &Scene, scenario: &str, rtt: u32, opts: &Options, mptcp: bool)
     }
     if mptcp {
         // Whether the connection really was MPTCP (not a fallback to TCP) and joined cellular.
-        match mptcp_counters(lab.phone()) {
-            Some((0, joins)) => notes.push(format!("MPTCP fell back to TCP (joins {joins})")),
-            Some((_, 0)) => notes.push("MPTCP: no subflow joined".into()),
-            Some(_) => {}
-            None => notes.push("MPTCP counters unreadable".into()),
-        }
+        notes.extend(mptcp_note(lab.phone()));
     }
     if !notes.is_empty() {
         rep.note = Some(notes.join("; "));

@@ -4,6 +4,8 @@
 pub mod bench;
 pub mod demo;
 #[cfg(target_os = "linux")]
+mod figures;
+#[cfg(target_os = "linux")]
 pub mod mobility;
 #[cfg(target_os = "linux")]
 pub mod multipath;

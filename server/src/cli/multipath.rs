@@ -32,7 +32,8 @@ use msocket::PathPolicy;
 use msocket_lab::{Access, LabConfig, LinkSpec, Netns, NsTask};
 use serde::Serialize;
 
-use super::raw::{mptcp_counters, mptcp_setup, raw_phone, raw_server, RAW_PORT};
+use super::figures::{median, ms, round};
+use super::raw::{mptcp_note, mptcp_setup, raw_phone, raw_server, RAW_PORT};
 use super::CliError;
 use crate::lab_run::{lab_ready, Plan, Recv, Scene, STEP};
 
@@ -130,8 +131,8 @@ struct Rep {
     radios: RadioUse,
     energy_flow: Option<f64>,
     bytes_lost: u64,
+    /// Everything sent arrived, intact (SHA-256); a repetition that did not died.
     sha_ok: bool,
-    died: bool,
     notes: Vec<String>,
 }
 
@@ -205,7 +206,7 @@ fn check(opts: &Options) -> Result<(), String> {
 }
 
 fn summary(r: &Rep) -> String {
-    let mut s = if r.died {
+    let mut s = if !r.sha_ok {
         "died".to_string()
     } else {
         format!("{:.2} s", r.completion.map_or(f64::NAN, |d| d.as_secs_f64()))
@@ -342,12 +343,7 @@ fn finish(download: Download, plan: &Plan, scene: &Scene, limit: Duration) -> Fi
                 }
             }
             if mptcp {
-                match mptcp_counters(scene.lab.phone()) {
-                    Some((0, _)) => notes.push("MPTCP fell back to TCP".into()),
-                    Some((_, 0)) => notes.push("MPTCP: no subflow joined".into()),
-                    Some(_) => {}
-                    None => notes.push("MPTCP counters unreadable".into()),
-                }
+                notes.extend(mptcp_note(scene.lab.phone()));
             }
             let received_ok = match sha {
                 Ok(sha) => sha == expected && phone.recv.bytes() == plan.len as u64,
@@ -404,25 +400,25 @@ fn run_rep(workload: &str, system: &str, policy: Option<PathPolicy>, opts: &Opti
     }
     rep.received = recv.bytes();
     rep.sha_ok = complete && done.received_ok;
-    rep.died = !rep.sha_ok;
     if !complete {
         rep.notes.push(format!("{} of {} bytes within {} s", recv.bytes(), plan.len, bound.as_secs()));
     } else if !done.received_ok {
         rep.notes.push("SHA-256 of what arrived differs from what was sent".into());
     }
-    rep.bytes_lost = if rep.sha_ok { 0 } else { plan.len as u64 - recv.bytes().min(plan.len as u64) };
-    if rep.bytes_lost == 0 && !rep.sha_ok && complete {
-        rep.bytes_lost = plan.len as u64; // all of it arrived, but not intact
-    }
-    if let (Some(connected), Some((_, last))) = (done.connected, recv.span()) {
+    rep.bytes_lost = match (rep.sha_ok, complete) {
+        (true, _) => 0,
+        (false, true) => plan.len as u64, // all of it arrived, but not intact
+        (false, false) => plan.len as u64 - recv.bytes().min(plan.len as u64),
+    };
+    if let (Some(connected), Some(last)) = (done.connected, recv.last_read()) {
         if complete {
             rep.completion = Some(last.saturating_duration_since(connected));
         }
     }
-    let stalls = recv.gaps(opts.stall);
+    let all_gaps = recv.gaps();
+    let stalls: Vec<Duration> = all_gaps.iter().map(|(_, g)| *g).filter(|g| *g >= opts.stall).collect();
     rep.stalls = stalls.len();
-    rep.stall = stalls.iter().map(|(_, g)| *g).sum();
-    let all_gaps = recv.gaps(Duration::ZERO);
+    rep.stall = stalls.iter().sum();
     rep.max_gap = all_gaps.iter().map(|(_, g)| *g).max().unwrap_or_default();
     if let (Some(at), "handoff") = (event, workload) {
         let longest = all_gaps
@@ -439,7 +435,7 @@ fn run_rep(workload: &str, system: &str, policy: Option<PathPolicy>, opts: &Opti
 
 fn row(workload: &str, system: &str, policy: Option<PathPolicy>, opts: &Options, reps: &[Rep]) -> Row {
     let config = lab_config(workload, opts);
-    let ok: Vec<&Rep> = reps.iter().filter(|r| !r.died).collect();
+    let ok: Vec<&Rep> = reps.iter().filter(|r| r.sha_ok).collect();
     let med = |f: &dyn Fn(&Rep) -> Option<f64>| median(ok.iter().filter_map(|r| f(r)).collect());
     let completion = med(&|r| r.completion.map(|d| d.as_secs_f64()));
     let goodput = med(&|r| Some(r.received as f64 * 8.0 / r.completion?.as_secs_f64() / 1e6));
@@ -463,7 +459,7 @@ fn row(workload: &str, system: &str, policy: Option<PathPolicy>, opts: &Options,
         reps: reps.len(),
         died_reps: reps.len() - ok.len(),
         completion_s: completion.map(|c| round(c, 3)),
-        completion_s_all: reps.iter().map(|r| r.completion.filter(|_| !r.died).map(|d| round(d.as_secs_f64(), 3))).collect(),
+        completion_s_all: reps.iter().map(|r| r.completion.filter(|_| r.sha_ok).map(|d| round(d.as_secs_f64(), 3))).collect(),
         goodput_mbps: goodput.map(|g| round(g, 2)),
         aggregation_efficiency: goodput.filter(|_| bulk && link_sum > 0).map(|g| round(g * 1e6 / link_sum as f64, 3)),
         stalls: med(&|r| Some(r.stalls as f64)),
@@ -484,24 +480,6 @@ fn row(workload: &str, system: &str, policy: Option<PathPolicy>, opts: &Options,
         sha256_match: reps.iter().all(|r| r.sha_ok),
         notes: reps.iter().flat_map(|r| r.notes.clone()).collect(),
     }
-}
-
-fn ms(d: Duration) -> f64 {
-    round(d.as_secs_f64() * 1e3, 1)
-}
-
-fn round(v: f64, places: i32) -> f64 {
-    let f = 10f64.powi(places);
-    (v * f).round() / f
-}
-
-fn median(mut v: Vec<f64>) -> Option<f64> {
-    if v.is_empty() {
-        return None;
-    }
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    Some(if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 })
 }
 
 fn print_table(rows: &[Row]) {

@@ -18,8 +18,19 @@ const IPPROTO_MPTCP: i32 = 262;
 /// Where the TCP and MPTCP servers listen in the `server` namespace.
 pub const RAW_PORT: u16 = 7460;
 
+/// What is wrong with the phone's last MPTCP connection, if anything: it fell back to
+/// TCP, no subflow joined, or the counters could not be read.
+pub fn mptcp_note(phone: &Netns) -> Option<String> {
+    match mptcp_counters(phone) {
+        Some((0, joins)) => Some(format!("MPTCP fell back to TCP (joins {joins})")),
+        Some((_, 0)) => Some("MPTCP: no subflow joined".into()),
+        Some(_) => None,
+        None => Some("MPTCP counters unreadable".into()),
+    }
+}
+
 /// The phone's `MPTcpExt` counters MPCapableSYNACKRX and MPJoinSynAckRx.
-pub fn mptcp_counters(ns: &Netns) -> Option<(u64, u64)> {
+fn mptcp_counters(ns: &Netns) -> Option<(u64, u64)> {
     let text = ns.run("cat", &["/proc/net/netstat"]).ok()?;
     let mut lines = text.lines().filter(|l| l.starts_with("MPTcpExt:"));
     let (names, values) = (lines.next()?, lines.next()?);
