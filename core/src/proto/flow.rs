@@ -976,7 +976,8 @@ impl FlowState {
         if sub.stalled || self.sidelined(id) || sub.in_flight_full(&self.cfg, IN_FLIGHT_FLOOR) {
             return false;
         }
-        let first = self.subflows.len() == 1 && !sub.ends_outage;
+        // The flow's very first subflow; not one left alone when the others were retired.
+        let first = self.stats.subflows_added == 1;
         let may_speak = sub.heard || first || (sub.ends_outage && !self.unsure_resends && !self.hold_new);
         if self.send.has_retransmit() {
             return sub.heard || (may_speak && !first);

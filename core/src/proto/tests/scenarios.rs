@@ -741,6 +741,27 @@ fn what_never_left_a_lost_subflow_goes_at_once_and_new_data_follows() {
 }
 
 #[test]
+fn a_new_subflow_left_alone_by_retired_ones_waits_for_the_peer() {
+    // The peer moved: a subflow to its new address is up but unheard when the old ones
+    // are retired (their address left its record) with data in flight that was lost.
+    let t0 = std::time::Instant::now();
+    let (mut f, a, b) = two_heard_subflows(t0);
+    f.write(&[1; 3000]).unwrap();
+    while f.poll_transmit(a, t0, 1100).is_some() {}
+    let c = f.add_subflow(t0 + ms(5));
+    f.remove_subflow_unsent(a, t0 + ms(6), &[]);
+    f.remove_subflow_unsent(b, t0 + ms(6), &[]);
+    f.write(&[2; 500]).unwrap();
+    let early = data_sent(&mut f, c, t0 + ms(6));
+    assert_eq!(early, vec![], "new data ahead of the re-sends would block the reader");
+    // The peer's resume ACK: nothing of 1000.. arrived; that goes first, then the new data.
+    f.handle_frame(c, Frame::Ack { cum: 1000, ranges: vec![], window: 1 << 20 }, t0 + ms(20)).unwrap();
+    let data = data_sent(&mut f, c, t0 + ms(20));
+    assert_eq!(data.first().map(|d| d.0), Some(1000), "{data:?}");
+    assert_eq!(data.iter().map(|d| d.1).sum::<usize>(), 2500);
+}
+
+#[test]
 fn after_an_outage_a_new_subflow_sends_what_surely_is_missing_before_the_peer_speaks() {
     let t0 = std::time::Instant::now();
     let mut f = FlowState::new(FlowConfig::default(), t0);
