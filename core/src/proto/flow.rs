@@ -370,6 +370,16 @@ impl FlowState {
         id
     }
 
+    /// Subflow `id` was opened by the peer, which sends its resume ACK first: it carries
+    /// no DATA until that is heard. Costs nothing (the ACK follows the join at once) and
+    /// keeps units that surely never arrived from going out ahead of those the ACK will
+    /// say were lost too, which the peer needs first.
+    pub fn set_peer_speaks_first(&mut self, id: SubflowId) {
+        if let Some(sub) = self.subflows.get_mut(&id) {
+            sub.peer_speaks_first = true;
+        }
+    }
+
     /// Names subflow `id` with a token both ends agree on (the runtime uses the join
     /// sequence number), so that losing it can be reported to the peer with ABANDON.
     pub fn set_subflow_token(&mut self, id: SubflowId, token: u64) {
@@ -965,7 +975,7 @@ impl FlowState {
     /// Whether subflow `id` has DATA to carry now.
     ///
     /// A subflow the peer has not spoken on yet carries DATA only if it is the flow's very
-    /// first, or if it ends an outage and everything waiting to be re-sent is known to be
+    /// first, or if we opened it, it ends an outage and everything waiting to be re-sent is known to be
     /// missing (units that never left the lost subflow). Otherwise DATA waits for the peer's first frame there,
     /// its resume ACK: it says where the peer's data stops, so the units it lacks go out
     /// first, in order, and none that it has; new data sent sooner would queue in the
@@ -978,7 +988,8 @@ impl FlowState {
         }
         // The flow's very first subflow; not one left alone when the others were retired.
         let first = self.stats.subflows_added == 1;
-        let may_speak = sub.heard || first || (sub.ends_outage && !self.unsure_resends && !self.hold_new);
+        let may_speak = sub.heard
+            || (!sub.peer_speaks_first && (first || (sub.ends_outage && !self.unsure_resends && !self.hold_new)));
         if self.send.has_retransmit() {
             return sub.heard || (may_speak && !first);
         }

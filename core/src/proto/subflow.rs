@@ -31,6 +31,9 @@ pub(crate) struct Subflow {
     pub heard: bool,
     /// Added while the flow had no live subflow: its first frame heard ends the outage.
     pub ends_outage: bool,
+    /// The peer opened it and speaks first (its resume ACK is on the way or already
+    /// here): DATA waits for that, whatever else holds.
+    pub peer_speaks_first: bool,
     pub last_heard: Instant,
     pub last_sent: Instant,
     /// When the oldest still-unanswered reply-eliciting frame was sent.
@@ -85,6 +88,7 @@ impl Subflow {
             token: None,
             heard: false,
             ends_outage,
+            peer_speaks_first: false,
             last_heard: now,
             last_sent: now,
             awaiting_since: None,

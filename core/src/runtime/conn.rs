@@ -389,6 +389,10 @@ impl Conn {
             }
             let id = inner.proto.add_subflow(Instant::now());
             inner.proto.set_subflow_token(id, token);
+            if token != 0 && reader_prefix.is_none() {
+                // A join the peer dialed: its resume ACK comes first.
+                inner.proto.set_peer_speaks_first(id);
+            }
             let energy = self.endpoint.upgrade().and_then(|ep| ep.radio_for(local.ip()));
             let energy = energy.map(|radio| EnergyMeter::new(radio.params(), Instant::now()));
             let sub = Sub { local, remote, record_limit: FIRST_RECORD_LIMIT, energy, wake: wake.clone(), kill, sent };

@@ -762,6 +762,25 @@ fn a_new_subflow_left_alone_by_retired_ones_waits_for_the_peer() {
 }
 
 #[test]
+fn a_subflow_the_peer_opened_waits_for_its_resume_ack_even_after_an_outage() {
+    let t0 = std::time::Instant::now();
+    let mut f = FlowState::new(FlowConfig::default(), t0);
+    let a = f.add_subflow(t0);
+    f.write(&[5; 3000]).unwrap();
+    while f.poll_transmit(a, t0, 1100).is_some() {}
+    // The only path went with 2000.. still unsent; the peer rejoins from elsewhere.
+    f.remove_subflow_unsent(a, t0, &[2000..3000]);
+    let b = f.add_subflow(t0 + ms(100));
+    f.set_peer_speaks_first(b);
+    assert_eq!(data_sent(&mut f, b, t0 + ms(100)), vec![], "nothing before the peer's resume ACK");
+    // Nothing of 1000.. arrived: it goes first, before what never left.
+    f.handle_frame(b, Frame::Ack { cum: 1000, ranges: vec![], window: 1 << 20 }, t0 + ms(101)).unwrap();
+    let data = data_sent(&mut f, b, t0 + ms(101));
+    assert_eq!(data.first().map(|d| d.0), Some(1000), "{data:?}");
+    assert_eq!(data.iter().map(|d| d.1).sum::<usize>(), 2000);
+}
+
+#[test]
 fn after_an_outage_a_new_subflow_sends_what_surely_is_missing_before_the_peer_speaks() {
     let t0 = std::time::Instant::now();
     let mut f = FlowState::new(FlowConfig::default(), t0);
