@@ -420,10 +420,14 @@ impl FlowState {
         self.lose_subflow(id, now, None);
     }
 
-    /// Like [`remove_subflow`](Self::remove_subflow), for a subflow whose socket told
-    /// which units never left it (`never_sent`, e.g. from its unsent queue): those cannot
-    /// have arrived and are re-sent at once, and new data follows them without waiting;
-    /// only the units that may have arrived wait for the peer's ACK.
+    /// Like [`remove_subflow`](Self::remove_subflow), for a subflow whose path was intact
+    /// when it went (its local address was removed: what left is on its way) and whose
+    /// socket told which units never left it (`never_sent`, e.g. from its unsent queue):
+    /// those cannot have arrived and are re-sent at once, and new data follows them
+    /// without waiting; only the units that left wait for the peer's ACK. Not for a path
+    /// that broke (a reset, a vanished peer): what was in flight there is mostly lost, and
+    /// new data sent ahead of its re-sends would queue in front of what the peer needs
+    /// first.
     pub fn remove_subflow_unsent(&mut self, id: SubflowId, now: Instant, never_sent: &[Range<u64>]) {
         self.lose_subflow(id, now, Some(never_sent));
     }

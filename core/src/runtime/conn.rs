@@ -438,8 +438,18 @@ impl Conn {
         self.driver.notify_one();
     }
 
-    /// Retires a subflow (its socket failed, closed, or its local address vanished).
+    /// Retires a subflow whose socket failed or closed, or that is no longer wanted.
     pub(crate) fn subflow_gone(&self, id: SubflowId, reason: &str) {
+        self.retire_subflow(id, reason, false);
+    }
+
+    /// Retires a subflow whose local address vanished: what left its socket is on its
+    /// way to the peer, what did not is re-sent at once.
+    pub(crate) fn local_address_gone(&self, id: SubflowId) {
+        self.retire_subflow(id, "local address gone", true);
+    }
+
+    fn retire_subflow(&self, id: SubflowId, reason: &str, path_intact: bool) {
         let mut inner = self.lock();
         let Some(sub) = inner.subflows.remove(&id) else {
             return;
@@ -453,7 +463,7 @@ impl Conn {
         if !inner.proto.is_heard(id) {
             inner.paths.lost(sub.local.ip(), Instant::now());
         }
-        match sub.sent.never_sent() {
+        match sub.sent.never_sent().filter(|_| path_intact) {
             Some(never_sent) => {
                 let units: u64 = never_sent.iter().map(|r| r.end - r.start).sum();
                 tracing::debug!(flow = %self.keys.flow_id, subflow = id.0, units, "units that never left the lost subflow go at once");

@@ -269,7 +269,7 @@ impl Endpoint {
             if !ips.is_empty() {
                 for (id, local) in conn.subflow_locals() {
                     if !ips.contains(&local.ip()) {
-                        conn.subflow_gone(id, "local address gone");
+                        conn.local_address_gone(id);
                     }
                 }
             }
