@@ -13,6 +13,7 @@
 //! Linux only, and everything needs root (see `lab/README.md`).
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -185,8 +186,10 @@ impl Recv {
     /// least `min_stall` between reads that ends after `t` is the outage the move caused
     /// (reads right after `t` may be data that was already in flight); recovery is the
     /// read that ended it, or the first read after `t` if there was no such gap. Later
-    /// gaps (a new path's slow start) are not the outage.
-    pub fn recovery(&self, t: Instant, min_stall: Duration) -> Option<Recovery> {
+    /// gaps (a new path's slow start) are not the outage; so once a read delivered a byte
+    /// the sender wrote after `t` (beyond `written_at_t`, which could not have been in
+    /// flight before it), the stream has recovered, whatever gaps follow.
+    pub fn recovery(&self, t: Instant, min_stall: Duration, written_at_t: Option<u64>) -> Option<Recovery> {
         let st = self.lock();
         let first = st.arrivals.iter().position(|(at, _)| *at > t)?;
         let mut prev = if first == 0 { t } else { st.arrivals[first - 1].0 };
@@ -200,7 +203,15 @@ impl Recv {
             }
             prev = at;
         }
-        let (stall, resumed_at) = outage.unwrap_or((Duration::ZERO, st.arrivals[first].0));
+        let (mut stall, mut resumed_at) = outage.unwrap_or((Duration::ZERO, st.arrivals[first].0));
+        let fresh = written_at_t.and_then(|w| st.arrivals[first..].iter().find(|(_, b)| *b > w));
+        if let Some(&(at, _)) = fresh.filter(|(at, _)| *at < resumed_at) {
+            // Delivered a new byte before the first long gap: that gap was no outage.
+            let i = st.arrivals.iter().position(|(a, _)| *a == at).unwrap_or(first);
+            let prev = if i == 0 { t } else { st.arrivals[i - 1].0.max(t) };
+            stall = at.saturating_duration_since(prev);
+            resumed_at = at;
+        }
         // A look at the reads around the stall, for whoever studies a slow recovery.
         if std::env::var_os("MSOCKET_BENCH_ARRIVALS").is_some() {
             let reads: Vec<String> = st.arrivals[first.saturating_sub(3)..]
@@ -257,8 +268,9 @@ impl Outcome {
 }
 
 /// Sends `plan` on `flow` (then finishes it) while reading what the peer sends, both at
-/// once; records every read in `recv`. Errors are reported, not panicked on.
-pub async fn stream(flow: Flow, plan: Plan, recv: Arc<Recv>, connect_took: Duration) -> Outcome {
+/// once; records every read in `recv` and counts what the flow took in `written`. Errors
+/// are reported, not panicked on.
+pub async fn stream(flow: Flow, plan: Plan, recv: Arc<Recv>, written: Arc<AtomicU64>, connect_took: Duration) -> Outcome {
     let connected_at = Instant::now();
     let events = Arc::new(Mutex::new(Vec::new()));
     let mut ev_rx = flow.events();
@@ -283,6 +295,7 @@ pub async fn stream(flow: Flow, plan: Plan, recv: Arc<Recv>, connect_took: Durat
                 err = Some(e);
                 break;
             }
+            written.fetch_add(chunk.len() as u64, Ordering::Relaxed);
         }
         if plan.linger {
             let _ = peer_done_rx.await;
@@ -469,8 +482,8 @@ impl Scene {
         flow_deadline: Duration,
         after_register: Option<std::sync::mpsc::Sender<Instant>>,
     ) -> Result<(Side, Vec<SocketAddr>), String> {
-        let recv = Recv::new();
-        let r = recv.clone();
+        let (recv, written) = (Recv::new(), Arc::new(AtomicU64::new(0)));
+        let (r, w) = (recv.clone(), written.clone());
         let local = vec![IpAddr::V4(self.lab.server_addr())];
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let task = self
@@ -492,11 +505,11 @@ impl Scene {
                 let _ = ready_tx.send(ep.published_addrs());
                 let started = Instant::now();
                 let flow = listener.accept().await.map_err(|e| format!("accept: {e}"))?;
-                Ok(stream(flow, plan, r, started.elapsed()).await)
+                Ok(stream(flow, plan, r, w, started.elapsed()).await)
             })
             .map_err(|e| format!("start the server: {e}"))?;
         match ready_rx.recv_timeout(STEP) {
-            Ok(published) => Ok((Side { task, recv }, published)),
+            Ok(published) => Ok((Side { task, recv, written }, published)),
             Err(_) => Err(match task.join(Duration::from_secs(1)) {
                 Ok(Err(e)) => format!("server endpoint: {e}"),
                 _ => "the server did not publish its name in time".into(),
@@ -523,8 +536,8 @@ impl Scene {
         after_lookup: Option<std::sync::mpsc::Sender<()>>,
         policy: PathPolicy,
     ) -> Result<Side, String> {
-        let recv = Recv::new();
-        let r = recv.clone();
+        let (recv, written) = (Recv::new(), Arc::new(AtomicU64::new(0)));
+        let (r, w) = (recv.clone(), written.clone());
         let local = self.phone_ips();
         let task = self
             .lab
@@ -544,10 +557,10 @@ impl Scene {
                 let _follower = ep.watch_network().await.map_err(|e| format!("watch the phone's network: {e}"))?;
                 let started = Instant::now();
                 let flow = ep.connect(SERVICE).await.map_err(|e| format!("connect: {e}"))?;
-                Ok(stream(flow, plan, r, started.elapsed()).await)
+                Ok(stream(flow, plan, r, w, started.elapsed()).await)
             })
             .map_err(|e| format!("start the phone: {e}"))?;
-        Ok(Side { task, recv })
+        Ok(Side { task, recv, written })
     }
 }
 
@@ -562,6 +575,8 @@ impl Drop for Scene {
 pub struct Side {
     pub task: NsTask<Result<Outcome, String>>,
     pub recv: Arc<Recv>,
+    /// Bytes the side's flow took from its writer so far.
+    pub written: Arc<AtomicU64>,
 }
 
 impl Side {

@@ -9,13 +9,15 @@
 //! to the read that ends the outage — the first gap between reads of at least half an RTT
 //! (and 32 ms, two pauses of the paced writer) — for the slower of the two directions.
 //! Reads right after the move may be data that was in flight, hence the gap; later gaps
-//! (a new path's slow start) are not the outage. A system that delivers nothing more within `give_up` after the move, or
+//! (a new path's slow start) are not the outage: a read that delivers a byte written
+//! after the move (which cannot have been in flight before it) ends the recovery even if
+//! a long gap follows. A system that delivers nothing more within `give_up` after the move, or
 //! whose connection fails, "died". Every lab is torn down (namespaces deleted) before the
 //! next one is built. With `MSOCKET_BENCH_ARRIVALS` set, each receiver's reads after the
 //! move are printed (time since the move: bytes so far), to see where a recovery went.
 
 use std::net::{Ipv4Addr, SocketAddr};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use msocket_lab::{Access, LabConfig};
@@ -285,6 +287,7 @@ fn msocket_rep(scene: &Scene, scenario: &str, rtt: u32, opts: &Options) -> Resul
     let mut rep = Rep::default();
     while registered.try_recv().is_ok() {} // the registrations before the move
     let (move_started, moved) = make_move_from(scene, scenario)?;
+    let written = Written::at_move(&server.written, &phone.written);
     let bound = moved + completion_bound(&phone_plan, opts.give_up);
     let left = || bound.saturating_duration_since(Instant::now());
     let complete = phone.recv.wait_bytes(len as u64, left()) && server.recv.wait_bytes(len as u64, left());
@@ -337,7 +340,7 @@ fn msocket_rep(scene: &Scene, scenario: &str, rtt: u32, opts: &Options) -> Resul
     }
     rep.died = !complete || !notes.is_empty();
     if !rep.died {
-        rep.recovery = recovery(&p_recv, &s_recv, moved, min_stall(rtt, &phone_plan), &mut notes);
+        rep.recovery = recovery(&p_recv, &s_recv, moved, written, min_stall(rtt, &phone_plan), &mut notes);
     }
     if !notes.is_empty() {
         rep.note = Some(notes.join("; "));
@@ -372,13 +375,34 @@ fn min_stall(rtt: u32, plan: &Plan) -> Duration {
     Duration::from_micros(rtt as u64 * 500).max(plan.pace * 2)
 }
 
+/// What each end had written when the move's commands completed: bytes beyond that
+/// were sent after the move, over whatever path then worked.
+#[derive(Debug, Clone, Copy)]
+struct Written {
+    server: u64,
+    phone: u64,
+}
+
+impl Written {
+    fn at_move(server: &AtomicU64, phone: &AtomicU64) -> Written {
+        Written { server: server.load(Ordering::Relaxed), phone: phone.load(Ordering::Relaxed) }
+    }
+}
+
 /// The slower direction's recovery, over the directions that still had data to deliver
 /// after the move (a direction that was already complete has none); a note names a
 /// direction that was left out.
-fn recovery(phone: &Recv, server: &Recv, moved: Instant, min_stall: Duration, notes: &mut Vec<String>) -> Option<Duration> {
+fn recovery(
+    phone: &Recv,
+    server: &Recv,
+    moved: Instant,
+    written: Written,
+    min_stall: Duration,
+    notes: &mut Vec<String>,
+) -> Option<Duration> {
     let mut worst = None;
-    for (dir, recv) in [("server → phone", phone), ("phone → server", server)] {
-        match recv.recovery(moved, min_stall) {
+    for (dir, recv, sent) in [("server → phone", phone, written.server), ("phone → server", server, written.phone)] {
+        match recv.recovery(moved, min_stall, Some(sent)) {
             Some(r) => worst = worst.max(Some(r.resumed)),
             None => notes.push(format!("{dir} was complete before the move: not measured")),
         }
@@ -410,6 +434,7 @@ fn raw_rep(scene: &Scene, scenario: &str, rtt: u32, opts: &Options, mptcp: bool)
         "moving"
     );
     let moved = make_move(scene, scenario)?;
+    let written = Written::at_move(&server.counters.written, &phone.counters.written);
     let bound = moved + completion_bound(&phone_plan, opts.give_up);
     let left = || bound.saturating_duration_since(Instant::now());
     let complete = phone.recv.wait_bytes(len as u64, left()) && server.recv.wait_bytes(len as u64, left());
@@ -432,7 +457,7 @@ fn raw_rep(scene: &Scene, scenario: &str, rtt: u32, opts: &Options, mptcp: bool)
             rep.bytes_lost = 2 * len as u64;
         }
         rep.sha_ok = Some(ok);
-        rep.recovery = recovery(&phone.recv, &server.recv, moved, min_stall(rtt, &phone_plan), &mut notes);
+        rep.recovery = recovery(&phone.recv, &server.recv, moved, written, min_stall(rtt, &phone_plan), &mut notes);
         rep.died = !ok;
     } else {
         rep.died = true;

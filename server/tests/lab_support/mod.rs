@@ -108,7 +108,7 @@ pub fn check_exchange(
 
 /// Prints and returns the recovery of a receiver after the move.
 pub fn report(label: &str, dir: &str, recv: &Recv, moved_at: Instant) -> Recovery {
-    let r = recv.recovery(moved_at, Duration::from_millis(30)).unwrap_or_else(|| panic!("[{label}] {dir}: nothing arrived after the move"));
+    let r = recv.recovery(moved_at, Duration::from_millis(30), None).unwrap_or_else(|| panic!("[{label}] {dir}: nothing arrived after the move"));
     println!(
         "[{label}] {dir}: recovery {} ms (outage {} ms, longest stall {} ms; first byte after the move at {} ms)",
         r.resumed.as_millis(),
