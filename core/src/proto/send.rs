@@ -147,8 +147,10 @@ impl SendBuffer {
         self.frozen_end += len;
     }
 
-    /// Up to `max` bytes starting at `offset` (which must be held): a zero-copy slice when
-    /// one chunk has them all, a copy across chunks otherwise.
+    /// Up to `max` bytes starting at `offset` (which must be held), never past the end of
+    /// the chunk holding `offset`: a zero-copy slice. A segment ends at a chunk boundary
+    /// rather than copying across it (one more DATA header instead of a copy of every
+    /// byte).
     fn bytes_at(&mut self, offset: u64, max: usize) -> Bytes {
         let end = self.written.min(offset + max as u64);
         if end > self.frozen_end {
@@ -157,20 +159,8 @@ impl SendBuffer {
         let idx = self.chunks.partition_point(|(s, _)| *s <= offset) - 1;
         let (start, chunk) = &self.chunks[idx];
         let from = (offset - start) as usize;
-        let want = (end - offset) as usize;
-        if chunk.len() - from >= want {
-            return chunk.slice(from..from + want);
-        }
-        let mut out = BytesMut::with_capacity(want);
-        for (_, c) in self.chunks.range(idx..) {
-            let skip = if out.is_empty() { from } else { 0 };
-            let take = (want - out.len()).min(c.len() - skip);
-            out.extend_from_slice(&c[skip..skip + take]);
-            if out.len() == want {
-                break;
-            }
-        }
-        out.freeze()
+        let want = ((end - offset) as usize).min(chunk.len() - from);
+        chunk.slice(from..from + want)
     }
 
     /// Builds a segment for the units starting at `start` and ending at most at `end`,
@@ -186,6 +176,7 @@ impl SendBuffer {
         } else {
             Bytes::new()
         };
+        let data_end = start + payload.len() as u64;
         let fin = self.fin.is_some_and(|f| data_end == f && end > f);
         Segment {
             offset: start,
@@ -324,6 +315,19 @@ mod tests {
 
     fn all_new(b: &mut SendBuffer, max: usize) -> Vec<Segment> {
         std::iter::from_fn(|| b.next_new(max)).collect()
+    }
+
+    #[test]
+    fn segments_end_at_chunk_boundaries_without_copying() {
+        let mut b = SendBuffer::new(1 << 20, 1 << 20);
+        assert_eq!(b.write(&vec![1; CHUNK + 1000]), CHUNK + 1000);
+        b.finish();
+        let segs = all_new(&mut b, 50_000);
+        let lens: Vec<usize> = segs.iter().map(|s| s.payload.len()).collect();
+        assert_eq!(lens, vec![50_000, CHUNK - 50_000, 1000]);
+        assert!(segs[2].fin);
+        // The second segment is a slice of the first chunk: right after the first one.
+        assert_eq!(segs[1].payload.as_ptr(), segs[0].payload[50_000..].as_ptr());
     }
 
     #[test]

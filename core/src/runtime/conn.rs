@@ -39,9 +39,14 @@ use crate::session::{ReplayWindow, SessionKeys, MAX_RECORD_PLAINTEXT, RECORD_HEA
 const LINGER: Duration = Duration::from_secs(2);
 /// Records a writer seals per batch (bounds latency and memory per wake-up).
 const RECORDS_PER_BATCH: usize = 8;
-/// Bytes a writer seals per batch, at most (plus one record): what it holds beyond the
-/// socket's low-water mark is committed to its path (see `socket.rs`).
-const BATCH_BYTES: usize = 128 * 1024;
+/// Bytes a writer seals per batch, at most (plus one record), while its socket takes
+/// every batch without waiting; what it holds beyond the socket's low-water mark is
+/// committed to its path (see `socket.rs`), and a frame made after it (an ACK) waits
+/// behind it. A socket that makes the writer wait halves the batch, down to
+/// [`MIN_BATCH_BYTES`]; one that does not doubles it: large batches (fewer wake-ups and
+/// system calls) where the path is fast, little queued ahead of ACKs where it is not.
+const MAX_BATCH_BYTES: usize = 512 * 1024;
+const MIN_BATCH_BYTES: usize = 32 * 1024;
 /// The smallest limit on a record's plaintext: a fresh subflow starts with records of
 /// this size and doubles the limit with every record (up to the largest record).
 const FIRST_RECORD_LIMIT: usize = 4096;
@@ -534,13 +539,13 @@ impl Conn {
         tracing::debug!(flow = %self.keys.flow_id, "flow driver done");
     }
 
-    /// Encodes up to [`RECORDS_PER_BATCH`] records of frames for subflow `id` into `out`,
-    /// each between room for its header and room for its tag; returns the byte range and
+    /// Encodes up to [`RECORDS_PER_BATCH`] records of frames for subflow `id` into `out`
+    /// (and about `batch_bytes`), each between room for its header and room for its tag; returns the byte range and
     /// packet number of each, for sealing once the lock is released.
     ///
     /// Control frames followed by DATA go in a record of their own: a record is only read
     /// once whole, and an ACK, PONG or ABANDON should not wait behind 64 KiB of data.
-    fn take_records(&self, inner: &mut Inner, id: SubflowId, out: &mut BytesMut) -> Vec<(Range<usize>, u64)> {
+    fn take_records(&self, inner: &mut Inner, id: SubflowId, out: &mut BytesMut, batch_bytes: usize) -> Vec<(Range<usize>, u64)> {
         let now = Instant::now();
         let mut records = Vec::new();
         let Some(mut limit) = inner.subflows.get(&id).map(|s| s.record_limit) else {
@@ -552,7 +557,7 @@ impl Conn {
         let mut units: Vec<Range<u64>> = Vec::new();
         let mut data_log: Vec<(usize, Range<u64>)> = Vec::new();
         loop {
-            if open.is_none() && (records.len() >= RECORDS_PER_BATCH || out.len() >= BATCH_BYTES) {
+            if open.is_none() && (records.len() >= RECORDS_PER_BATCH || out.len() >= batch_bytes) {
                 break;
             }
             let room = open.map_or(limit, |(start, _)| limit - (out.len() - start - RECORD_HEADER_LEN));
@@ -645,6 +650,7 @@ async fn writer(
     mut kill: watch::Receiver<bool>,
 ) {
     let mut out = BytesMut::with_capacity(RECORDS_PER_BATCH * (u16::MAX as usize + RECORD_HEADER_LEN));
+    let mut batch_bytes = MIN_BATCH_BYTES;
     let reason = loop {
         out.clear();
         let (records, terminal) = {
@@ -652,7 +658,7 @@ async fn writer(
             if !inner.subflows.contains_key(&id) {
                 break "retired";
             }
-            let records = conn.take_records(&mut inner, id, &mut out);
+            let records = conn.take_records(&mut inner, id, &mut out, batch_bytes);
             conn.settle(&mut inner);
             (records, inner.terminal_at.is_some())
         };
@@ -675,21 +681,33 @@ async fn writer(
         }
         // Counted as it goes, so that a lost subflow can tell what never reached the kernel.
         let write = async {
-            let mut at = 0;
+            let (mut at, mut waited) = (0, false);
             while at < out.len() {
-                let n = w.write(&out[at..]).await?;
+                let n = match w.try_write(&out[at..]) {
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        waited = true;
+                        w.write(&out[at..]).await?
+                    }
+                    r => r?,
+                };
                 if n == 0 {
                     return Err(std::io::ErrorKind::WriteZero.into());
                 }
                 at += n;
                 handed.fetch_add(n as u64, Ordering::Release);
             }
-            Ok::<(), std::io::Error>(())
+            Ok::<bool, std::io::Error>(waited)
         };
         tokio::select! {
-            r = write => if let Err(e) = r {
-                tracing::debug!(error = %e, "subflow write failed");
-                break "write failed";
+            r = write => match r {
+                Ok(waited) => {
+                    batch_bytes = if waited { batch_bytes / 2 } else { batch_bytes * 2 };
+                    batch_bytes = batch_bytes.clamp(MIN_BATCH_BYTES, MAX_BATCH_BYTES);
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "subflow write failed");
+                    break "write failed";
+                }
             },
             _ = killed(&mut kill) => break "retired",
         }
