@@ -43,7 +43,7 @@ const RECORDS_PER_BATCH: usize = 8;
 /// every batch without waiting; what it holds beyond the socket's low-water mark is
 /// committed to its path (see `socket.rs`), and a frame made after it (an ACK) waits
 /// behind it. A socket that makes the writer wait halves the batch, down to
-/// [`MIN_BATCH_BYTES`]; one that does not doubles it: large batches (fewer wake-ups and
+/// [`MIN_BATCH_BYTES`]; one that takes a full batch at once doubles it: large batches (fewer wake-ups and
 /// system calls) where the path is fast, little queued ahead of ACKs where it is not.
 const MAX_BATCH_BYTES: usize = 512 * 1024;
 const MIN_BATCH_BYTES: usize = 32 * 1024;
@@ -700,10 +700,10 @@ async fn writer(
         };
         tokio::select! {
             r = write => match r {
-                Ok(waited) => {
-                    batch_bytes = if waited { batch_bytes / 2 } else { batch_bytes * 2 };
-                    batch_bytes = batch_bytes.clamp(MIN_BATCH_BYTES, MAX_BATCH_BYTES);
-                }
+                // A batch smaller than the limit that went at once says nothing of the path.
+                Ok(true) => batch_bytes = (batch_bytes / 2).max(MIN_BATCH_BYTES),
+                Ok(false) if out.len() >= batch_bytes => batch_bytes = (batch_bytes * 2).min(MAX_BATCH_BYTES),
+                Ok(false) => {}
                 Err(e) => {
                     tracing::debug!(error = %e, "subflow write failed");
                     break "write failed";
