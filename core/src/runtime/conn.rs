@@ -43,9 +43,11 @@ const RECORDS_PER_BATCH: usize = 8;
 /// every batch without waiting; what it holds beyond the socket's low-water mark is
 /// committed to its path (see `socket.rs`), and a frame made after it (an ACK) waits
 /// behind it. A socket that makes the writer wait halves the batch, down to
-/// [`MIN_BATCH_BYTES`]; one that takes a full batch at once doubles it: large batches (fewer wake-ups and
-/// system calls) where the path is fast, little queued ahead of ACKs where it is not.
+/// [`MIN_BATCH_BYTES`]; one that takes a full batch at once doubles it: large batches
+/// (fewer wake-ups and system calls) where the path is fast, little queued ahead of ACKs
+/// where it is not.
 const MAX_BATCH_BYTES: usize = 512 * 1024;
+/// A new writer's batch limit, and the least it shrinks to.
 const MIN_BATCH_BYTES: usize = 32 * 1024;
 /// The smallest limit on a record's plaintext: a fresh subflow starts with records of
 /// this size and doubles the limit with every record (up to the largest record).
@@ -539,9 +541,10 @@ impl Conn {
         tracing::debug!(flow = %self.keys.flow_id, "flow driver done");
     }
 
-    /// Encodes up to [`RECORDS_PER_BATCH`] records of frames for subflow `id` into `out`
-    /// (and about `batch_bytes`), each between room for its header and room for its tag; returns the byte range and
-    /// packet number of each, for sealing once the lock is released.
+    /// Encodes up to [`RECORDS_PER_BATCH`] records of frames (and about `batch_bytes`) for
+    /// subflow `id` into `out`, each between room for its header and room for its tag;
+    /// returns the byte range and packet number of each, for sealing once the lock is
+    /// released.
     ///
     /// Control frames followed by DATA go in a record of their own: a record is only read
     /// once whole, and an ACK, PONG or ABANDON should not wait behind 64 KiB of data.

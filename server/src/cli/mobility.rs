@@ -11,8 +11,8 @@
 //! Reads right after the move may be data that was in flight, hence the gap; later gaps
 //! (a new path's slow start) are not the outage: a read that delivers a byte written
 //! after the move (which cannot have been in flight before it) ends the recovery even if
-//! a long gap follows. A system that delivers nothing more within `give_up` after the move, or
-//! whose connection fails, "died". Every lab is torn down (namespaces deleted) before the
+//! a long gap follows. A system that delivers nothing more within `give_up` after the
+//! move, or whose connection fails, "died". Every lab is torn down (namespaces deleted) before the
 //! next one is built. With `MSOCKET_BENCH_ARRIVALS` set, each receiver's reads after the
 //! move are printed (time since the move: bytes so far), to see where a recovery went.
 
