@@ -114,11 +114,13 @@ pub struct Recovery {
     /// From the move to the first byte read after it (may be data that was in flight).
     pub first_byte: Duration,
     /// The outage: the first gap between reads, ending after the move, of at least the
-    /// threshold given (zero if none).
+    /// threshold given (zero if none), or the gap before the read that first delivered a
+    /// byte written after the move, if that read came first.
     pub stall: Duration,
     /// The longest gap between two reads that ended after the move.
     pub longest_stall: Duration,
-    /// From the move to the read that ended the outage: the recovery time.
+    /// From the move to the read that ended the outage, or that first delivered a byte
+    /// written after the move if that came sooner: the recovery time.
     pub resumed: Duration,
 }
 
