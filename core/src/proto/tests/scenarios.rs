@@ -35,6 +35,13 @@ fn two_heard_subflows(t0: std::time::Instant) -> (FlowState, SubflowId, SubflowI
     (f, a, b)
 }
 
+/// The peer's ACK (everything below `cum`, nothing beyond) arrives on `id` at `at`;
+/// (offset, length) of the DATA frames `id` sends then.
+fn data_after_ack(f: &mut FlowState, id: SubflowId, cum: u64, at: std::time::Instant) -> Vec<(u64, usize)> {
+    f.handle_frame(id, Frame::Ack { cum, ranges: vec![], window: 1 << 20 }, at).unwrap();
+    data_sent(f, id, at)
+}
+
 /// (offset, length) of every DATA frame subflow `id` sends now.
 fn data_sent(f: &mut FlowState, id: SubflowId, now: std::time::Instant) -> Vec<(u64, usize)> {
     std::iter::from_fn(|| f.poll_transmit(id, now, 1500))
@@ -735,8 +742,7 @@ fn what_never_left_a_lost_subflow_goes_at_once_and_new_data_follows() {
     let data = data_sent(&mut f, b, t0);
     assert_eq!(data, vec![(2000, 1000), (3000, 500)], "never-sent units first, then new data");
     // What may have arrived waits for the ACK, which says 0..1000 did; 1000..2000 goes.
-    f.handle_frame(b, Frame::Ack { cum: 1000, ranges: vec![], window: 1 << 20 }, t0 + ms(3)).unwrap();
-    let resent = data_sent(&mut f, b, t0 + ms(3));
+    let resent = data_after_ack(&mut f, b, 1000, t0 + ms(3));
     assert_eq!(resent, vec![(1000, 1000)]);
 }
 
@@ -755,8 +761,7 @@ fn a_new_subflow_left_alone_by_retired_ones_waits_for_the_peer() {
     let early = data_sent(&mut f, c, t0 + ms(6));
     assert_eq!(early, vec![], "new data ahead of the re-sends would block the reader");
     // The peer's resume ACK: nothing of 1000.. arrived; that goes first, then the new data.
-    f.handle_frame(c, Frame::Ack { cum: 1000, ranges: vec![], window: 1 << 20 }, t0 + ms(20)).unwrap();
-    let data = data_sent(&mut f, c, t0 + ms(20));
+    let data = data_after_ack(&mut f, c, 1000, t0 + ms(20));
     assert_eq!(data.first().map(|d| d.0), Some(1000), "{data:?}");
     assert_eq!(data.iter().map(|d| d.1).sum::<usize>(), 2500);
 }
@@ -774,8 +779,7 @@ fn a_subflow_the_peer_opened_waits_for_its_resume_ack_even_after_an_outage() {
     f.set_peer_speaks_first(b);
     assert_eq!(data_sent(&mut f, b, t0 + ms(100)), vec![], "nothing before the peer's resume ACK");
     // Nothing of 1000.. arrived: it goes first, before what never left.
-    f.handle_frame(b, Frame::Ack { cum: 1000, ranges: vec![], window: 1 << 20 }, t0 + ms(101)).unwrap();
-    let data = data_sent(&mut f, b, t0 + ms(101));
+    let data = data_after_ack(&mut f, b, 1000, t0 + ms(101));
     assert_eq!(data.first().map(|d| d.0), Some(1000), "{data:?}");
     assert_eq!(data.iter().map(|d| d.1).sum::<usize>(), 2000);
 }
