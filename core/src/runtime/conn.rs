@@ -470,7 +470,7 @@ impl Conn {
         if !inner.proto.is_heard(id) {
             inner.paths.lost(sub.local.ip(), Instant::now());
         }
-        match sub.sent.never_sent().filter(|_| path_intact) {
+        match path_intact.then(|| sub.sent.never_sent()).flatten() {
             Some(never_sent) => {
                 let units: u64 = never_sent.iter().map(|r| r.end - r.start).sum();
                 tracing::debug!(flow = %self.keys.flow_id, subflow = id.0, units, "units that never left the lost subflow go at once");
