@@ -206,10 +206,10 @@ impl Recv {
             prev = at;
         }
         let (mut stall, mut resumed_at) = outage.unwrap_or((Duration::ZERO, st.arrivals[first].0));
-        let fresh = written_at_t.and_then(|w| st.arrivals[first..].iter().find(|(_, b)| *b > w));
-        if let Some(&(at, _)) = fresh.filter(|(at, _)| *at < resumed_at) {
+        let fresh = written_at_t.and_then(|w| st.arrivals[first..].iter().position(|(_, b)| *b > w));
+        if let Some(i) = fresh.map(|k| first + k).filter(|&i| st.arrivals[i].0 < resumed_at) {
             // Delivered a new byte before the first long gap: that gap was no outage.
-            let i = st.arrivals.iter().position(|(a, _)| *a == at).unwrap_or(first);
+            let at = st.arrivals[i].0;
             let prev = if i == 0 { t } else { st.arrivals[i - 1].0.max(t) };
             stall = at.saturating_duration_since(prev);
             resumed_at = at;
