@@ -23,13 +23,14 @@ use std::task::Waker;
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::{broadcast, watch, Notify};
 
 use super::endpoint::EndpointInner;
 use super::events::FlowEvent;
+use super::read_slabs::ReadSlabs;
 use super::unsent::SentLog;
 use crate::energy::EnergyMeter;
 use crate::proto::{self, Frame, FlowState, FlowStatus, SubflowId};
@@ -52,9 +53,8 @@ const MIN_BATCH_BYTES: usize = 32 * 1024;
 /// The smallest limit on a record's plaintext: a fresh subflow starts with records of
 /// this size and doubles the limit with every record (up to the largest record).
 const FIRST_RECORD_LIMIT: usize = 4096;
-/// Bytes read at a time while looking for the next record header (small records, such as
-/// acks, arrive whole in one read).
-const SMALL_READ: usize = 4096;
+/// The least room a read is given (small records, such as ACKs, arrive whole in one read).
+const MIN_READ: usize = 4096;
 const CLOSED: &str = "closed";
 
 /// Which end of the flow this is.
@@ -623,25 +623,64 @@ async fn killed(kill: &mut watch::Receiver<bool>) {
     let _ = kill.wait_for(|k| *k).await;
 }
 
-/// Reads at most `max` more bytes into `buf`. Errors with [`CLOSED`] at end of stream, a
-/// description on failure, or "retired" when the subflow is retired.
-async fn read_some(
+/// Reads what the socket holds into the room of the current slab. Errors with [`CLOSED`]
+/// at end of stream, a description on failure, or "retired" when the subflow is retired.
+async fn read_more(
     r: &mut OwnedReadHalf,
-    buf: &mut BytesMut,
-    max: usize,
+    slabs: &mut ReadSlabs,
     kill: &mut watch::Receiver<bool>,
 ) -> Result<(), String> {
     use bytes::BufMut as _;
-    buf.reserve(max);
-    let mut limited = (&mut *buf).limit(max);
-    tokio::select! {
-        res = r.read_buf(&mut limited) => match res {
-            Ok(0) => Err(CLOSED.into()),
-            Ok(_) => Ok(()),
-            Err(e) => Err(format!("read failed: {e}")),
-        },
-        _ = killed(kill) => Err("retired".into()),
+    // Reads that never wait take no turn from the runtime's budget on their own.
+    tokio::task::consume_budget().await;
+    loop {
+        let room = slabs.room();
+        match r.try_read_buf(&mut slabs.bytes().limit(room)) {
+            Ok(0) => return Err(CLOSED.into()),
+            Ok(_) => return Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(format!("read failed: {e}")),
+        }
+        slabs.on_idle(Instant::now());
+        tokio::select! {
+            res = r.readable() => res.map_err(|e| format!("read failed: {e}"))?,
+            _ = killed(kill) => return Err("retired".into()),
+        }
     }
+}
+
+/// Splits the first record off `buf` once it is all there: (packet number, ciphertext
+/// length, ciphertext).
+fn split_record(buf: &mut BytesMut) -> Option<(u64, usize, BytesMut)> {
+    if buf.len() < RECORD_HEADER_LEN {
+        return None;
+    }
+    let (len, pn) = crate::session::record_header(&buf[..RECORD_HEADER_LEN]);
+    if buf.len() < RECORD_HEADER_LEN + len {
+        return None;
+    }
+    let mut record = buf.split_to(RECORD_HEADER_LEN + len);
+    record.advance(RECORD_HEADER_LEN);
+    Some((pn, len, record))
+}
+
+/// Opens a record in place and decodes its frames.
+fn open_frames(keys: &SessionKeys, pn: u64, len: usize, mut record: BytesMut) -> Result<Vec<Frame>, String> {
+    tracing::trace!(pn, len, "record read");
+    let n = keys.open_record(pn, &mut record).map_err(|e| e.to_string())?;
+    record.truncate(n);
+    let mut frames = Frame::decode_all(record.freeze()).map_err(|e| format!("malformed frame: {e}"))?;
+    // A payload much smaller than its record gets a buffer of its own: a payload pins the
+    // whole read slab it sits in, and what reassembly holds should stay within a small
+    // multiple of the receive window.
+    for frame in &mut frames {
+        if let Frame::Data { payload, .. } = frame {
+            if payload.len() * 4 < len {
+                *payload = Bytes::copy_from_slice(payload);
+            }
+        }
+    }
+    Ok(frames)
 }
 
 async fn writer(
@@ -726,7 +765,6 @@ async fn reader(
     join: Option<JoinCheck>,
 ) {
     let mut r = r;
-    let mut small = BytesMut::with_capacity(SMALL_READ);
     let reason: String = async {
         if let Some(check) = join {
             let peer_signing_key = conn.lock().peer_signing_key;
@@ -753,78 +791,65 @@ async fn reader(
                 return e.to_string();
             }
         }
+        let mut slabs = ReadSlabs::new();
         loop {
-            // The header (and small records whole) come through `small`; a record that does
-            // not fit there is read straight into a buffer of its own, so the payloads that
-            // reassembly keeps hold their own record and nothing more, without a copy.
-            while small.len() < RECORD_HEADER_LEN {
-                let room = SMALL_READ - small.len();
-                match read_some(&mut r, &mut small, room, &mut kill).await {
-                    Ok(()) => {}
-                    Err(why) if why == CLOSED && small.is_empty() => return "peer closed the subflow".into(),
-                    Err(why) if why == CLOSED => return "peer closed the subflow inside a record".into(),
-                    Err(why) => return why,
-                }
+            // Room for the rest of the record under way (or a header), and whatever else
+            // the socket holds: several records per system call when the flow is busy.
+            let have = slabs.bytes().len();
+            let missing = match have >= RECORD_HEADER_LEN {
+                true => RECORD_HEADER_LEN + crate::session::record_header(&slabs.bytes()[..RECORD_HEADER_LEN]).0,
+                false => RECORD_HEADER_LEN,
             }
-            let (len, pn) = crate::session::record_header(&small[..RECORD_HEADER_LEN]);
-            let mut ciphertext = if small.len() >= RECORD_HEADER_LEN + len {
-                let record = BytesMut::from(&small[RECORD_HEADER_LEN..RECORD_HEADER_LEN + len]);
-                small.advance(RECORD_HEADER_LEN + len);
-                record
-            } else {
-                let mut record = BytesMut::with_capacity(len);
-                record.extend_from_slice(&small[RECORD_HEADER_LEN..]);
-                small.clear();
-                while record.len() < len {
-                    let want = len - record.len();
-                    match read_some(&mut r, &mut record, want, &mut kill).await {
-                        Ok(()) => {}
-                        Err(why) if why == CLOSED => return "peer closed the subflow inside a record".into(),
-                        Err(why) => return why,
-                    }
-                }
-                record
-            };
-            tracing::trace!(subflow = id.0, pn, len, "record read");
-            let n = match conn.keys.open_record(pn, &mut ciphertext) {
-                Ok(n) => n,
-                Err(e) => return e.to_string(),
-            };
-            ciphertext.truncate(n);
-            let mut frames = match Frame::decode_all(ciphertext.freeze()) {
-                Ok(f) => f,
-                Err(e) => return format!("malformed frame: {e}"),
-            };
-            // A payload much smaller than its record gets a buffer of its own, so what
-            // reassembly holds stays within a small multiple of the receive window.
-            for frame in &mut frames {
-                if let Frame::Data { payload, .. } = frame {
-                    if payload.len() * 4 < len {
-                        *payload = Bytes::copy_from_slice(payload);
+            .saturating_sub(have);
+            slabs.make_room(missing.max(MIN_READ), Instant::now());
+            match read_more(&mut r, &mut slabs, &mut kill).await {
+                Ok(()) => {}
+                Err(why) if why == CLOSED && slabs.bytes().is_empty() => return "peer closed the subflow".into(),
+                Err(why) if why == CLOSED => return "peer closed the subflow inside a record".into(),
+                Err(why) => return why,
+            }
+            // Open every complete record outside the lock, so decryption on one core
+            // overlaps encryption on the other; a bad one ends the subflow after the
+            // good ones before it are in.
+            let mut opened = Vec::new();
+            let mut fault = None;
+            while let Some((pn, len, record)) = split_record(slabs.bytes()) {
+                match open_frames(&conn.keys, pn, len, record) {
+                    Ok(frames) => opened.push((pn, len, frames)),
+                    Err(why) => {
+                        fault = Some(why);
+                        break;
                     }
                 }
             }
-            let mut inner = conn.lock();
-            if !inner.replay.is_fresh(pn) {
-                tracing::warn!(flow = %conn.keys.flow_id, pn, "replayed record dropped");
-                continue;
-            }
-            inner.replay.insert(pn);
-            if let Some(meter) = inner.subflows.get_mut(&id).and_then(|s| s.energy.as_mut()) {
-                meter.on_bytes(Instant::now(), 0, (RECORD_HEADER_LEN + len) as u64);
-            }
-            if !inner.subflows.contains_key(&id) {
-                return "retired".into();
-            }
-            inner.redial_pause = Duration::ZERO;
-            let now = Instant::now();
-            for frame in frames {
-                if let Err(v) = inner.proto.handle_frame(id, frame, now) {
-                    conn.settle(&mut inner);
-                    return format!("protocol violation: {v}");
+            if !opened.is_empty() {
+                let mut inner = conn.lock();
+                if !inner.subflows.contains_key(&id) {
+                    return "retired".into();
                 }
+                inner.redial_pause = Duration::ZERO;
+                for (pn, len, frames) in opened {
+                    if !inner.replay.is_fresh(pn) {
+                        tracing::warn!(flow = %conn.keys.flow_id, pn, "replayed record dropped");
+                        continue;
+                    }
+                    inner.replay.insert(pn);
+                    if let Some(meter) = inner.subflows.get_mut(&id).and_then(|s| s.energy.as_mut()) {
+                        meter.on_bytes(Instant::now(), 0, (RECORD_HEADER_LEN + len) as u64);
+                    }
+                    let now = Instant::now();
+                    for frame in frames {
+                        if let Err(v) = inner.proto.handle_frame(id, frame, now) {
+                            conn.settle(&mut inner);
+                            return format!("protocol violation: {v}");
+                        }
+                    }
+                }
+                conn.settle(&mut inner);
             }
-            conn.settle(&mut inner);
+            if let Some(why) = fault {
+                return why;
+            }
         }
     }
     .await;
@@ -834,6 +859,7 @@ async fn reader(
 #[cfg(all(test, target_os = "linux"))]
 mod tests {
     use super::*;
+    use tokio::io::AsyncReadExt;
     use crate::session::session_pair;
 
     fn resident_bytes() -> usize {

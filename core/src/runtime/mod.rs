@@ -15,6 +15,7 @@ mod follow;
 mod header;
 mod paths;
 mod peer_watch;
+mod read_slabs;
 mod socket;
 mod unsent;
 
