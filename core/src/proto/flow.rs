@@ -271,6 +271,20 @@ impl FlowState {
         Ok(n)
     }
 
+    /// Like [`FlowState::write`] for bytes already in a chunk of their own, taken without
+    /// a copy: all of `chunk`, or nothing when it does not fit in `send_capacity()`.
+    pub fn write_chunk(&mut self, chunk: Bytes) -> Result<usize, FlowError> {
+        if let FlowStatus::Failed(e) = &self.status {
+            return Err(e.clone());
+        }
+        if self.send.is_finished() {
+            return Err(FlowError::WriteAfterFinish);
+        }
+        let n = self.send.write_chunk(chunk);
+        self.stats.bytes_written += n as u64;
+        Ok(n)
+    }
+
     pub fn send_capacity(&self) -> usize {
         if self.status != FlowStatus::Open || self.send.is_finished() {
             return 0;

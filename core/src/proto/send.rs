@@ -121,6 +121,21 @@ impl SendBuffer {
         n
     }
 
+    /// Takes `chunk` as it is, without a copy (a writer that copied it outside a lock);
+    /// none of it if it does not all fit in `capacity()`. Returns how many bytes.
+    pub fn write_chunk(&mut self, chunk: Bytes) -> usize {
+        debug_assert!(self.fin.is_none());
+        if chunk.is_empty() || chunk.len() > self.capacity() {
+            return 0;
+        }
+        self.freeze();
+        let n = chunk.len();
+        self.chunks.push_back((self.frozen_end, chunk));
+        self.frozen_end += n as u64;
+        self.written += n as u64;
+        n
+    }
+
     pub fn finish(&mut self) {
         if self.fin.is_none() {
             self.fin = Some(self.written);
@@ -328,6 +343,22 @@ mod tests {
         assert!(segs[2].fin);
         // The second segment is a slice of the first chunk: right after the first one.
         assert_eq!(segs[1].payload.as_ptr(), segs[0].payload[50_000..].as_ptr());
+    }
+
+    #[test]
+    fn a_chunk_is_taken_whole_without_a_copy_or_not_at_all() {
+        let mut b = SendBuffer::new(30_000, 1 << 20);
+        assert_eq!(b.write(&[1; 10]), 10);
+        let chunk = Bytes::from(vec![2u8; 20_000]);
+        assert_eq!(b.write_chunk(chunk.clone()), 20_000);
+        assert_eq!(b.write_chunk(Bytes::from(vec![3u8; 9_991])), 0, "does not fit");
+        assert_eq!(b.write(&[4; 5]), 5);
+        b.finish();
+        let segs = all_new(&mut b, 50_000);
+        let lens: Vec<usize> = segs.iter().map(|s| s.payload.len()).collect();
+        assert_eq!(lens, vec![10, 20_000, 5]);
+        assert_eq!(segs[1].payload.as_ptr(), chunk.as_ptr(), "the chunk itself is sent");
+        assert_eq!(segs[2].units(), 20_010..20_016, "then the FIN");
     }
 
     #[test]

@@ -34,7 +34,7 @@ use super::read_slabs::ReadSlabs;
 use super::unsent::SentLog;
 use crate::energy::EnergyMeter;
 use crate::proto::{self, Frame, FlowState, FlowStatus, SubflowId};
-use crate::session::{ReplayWindow, SessionKeys, MAX_RECORD_PLAINTEXT, RECORD_HEADER_LEN, TAG_LEN};
+use crate::session::{RecordError, ReplayWindow, SessionKeys, MAX_RECORD_PLAINTEXT, RECORD_HEADER_LEN, TAG_LEN};
 
 /// How long a finished or failed flow waits for its writers to flush before cutting them.
 const LINGER: Duration = Duration::from_secs(2);
@@ -541,35 +541,36 @@ impl Conn {
         tracing::debug!(flow = %self.keys.flow_id, "flow driver done");
     }
 
-    /// Encodes up to [`RECORDS_PER_BATCH`] records of frames (and about `batch_bytes`) for
-    /// subflow `id` into `out`, each between room for its header and room for its tag;
-    /// returns the byte range and packet number of each, for sealing once the lock is
-    /// released.
+    /// Takes up to [`RECORDS_PER_BATCH`] records of frames (and about `batch_bytes`) for
+    /// subflow `id`, each with its packet number, to encode and seal once the lock is
+    /// released ([`Conn::seal_records`]): the copies and the cipher run outside the lock.
     ///
     /// Control frames followed by DATA go in a record of their own: a record is only read
     /// once whole, and an ACK, PONG or ABANDON should not wait behind 64 KiB of data.
-    fn take_records(&self, inner: &mut Inner, id: SubflowId, out: &mut BytesMut, batch_bytes: usize) -> Vec<(Range<usize>, u64)> {
+    fn take_records(&self, inner: &mut Inner, id: SubflowId, batch_bytes: usize) -> Vec<Record> {
         let now = Instant::now();
         let mut records = Vec::new();
         let Some(mut limit) = inner.subflows.get(&id).map(|s| s.record_limit) else {
             return records;
         };
-        // The record being filled: where it starts, and whether it holds DATA.
-        let mut open: Option<(usize, bool)> = None;
+        // Sealed length of the closed records, as they will be written.
+        let mut batch_len = 0;
+        // The record being filled: its frames, their length, and whether it holds DATA.
+        let mut open: Option<(Vec<Frame>, usize, bool)> = None;
         // DATA units of the open record, and (record end, units) of closed ones.
         let mut units: Vec<Range<u64>> = Vec::new();
         let mut data_log: Vec<(usize, Range<u64>)> = Vec::new();
         loop {
-            if open.is_none() && (records.len() >= RECORDS_PER_BATCH || out.len() >= batch_bytes) {
+            if open.is_none() && (records.len() >= RECORDS_PER_BATCH || batch_len >= batch_bytes) {
                 break;
             }
-            let room = open.map_or(limit, |(start, _)| limit - (out.len() - start - RECORD_HEADER_LEN));
+            let room = open.as_ref().map_or(limit, |(_, plain, _)| limit - plain);
             let Some(frame) = inner.proto.poll_transmit(id, now, room) else {
                 match open.take() {
                     // Full, or all sent: close it and try a fresh record.
-                    Some((start, had_data)) => {
-                        self.close_record(out, start, &mut records);
-                        data_log.extend(units.drain(..).map(|u| (out.len(), u)));
+                    Some((frames, plain, had_data)) => {
+                        self.close_record(&mut records, &mut batch_len, frames, plain);
+                        data_log.extend(units.drain(..).map(|u| (batch_len, u)));
                         if had_data {
                             limit = (limit * 2).min(MAX_RECORD_PLAINTEXT);
                         }
@@ -579,39 +580,77 @@ impl Conn {
                 continue;
             };
             let data = matches!(frame, Frame::Data { .. });
-            if let Some((start, false)) = open {
-                if data {
-                    self.close_record(out, start, &mut records);
-                    open = None;
+            if data && open.as_ref().is_some_and(|(_, _, had_data)| !had_data) {
+                if let Some((frames, plain, _)) = open.take() {
+                    self.close_record(&mut records, &mut batch_len, frames, plain);
                 }
             }
             if let Frame::Data { offset, fin, payload } = &frame {
                 units.push(*offset..offset + payload.len() as u64 + u64::from(*fin));
             }
-            let (start, had_data) = *open.get_or_insert_with(|| {
-                let start = out.len();
-                out.resize(start + RECORD_HEADER_LEN, 0);
-                (start, false)
-            });
-            frame.encode(out);
-            open = Some((start, had_data || data));
+            let (frames, plain, had_data) = open.get_or_insert_with(|| (Vec::new(), 0, false));
+            *plain += frame.encoded_len();
+            *had_data |= data;
+            frames.push(frame);
         }
         if let Some(sub) = inner.subflows.get_mut(&id) {
             sub.record_limit = limit;
-            sub.sent.on_batch(out.len(), data_log);
-            if let Some(meter) = sub.energy.as_mut().filter(|_| !out.is_empty()) {
-                meter.on_bytes(now, out.len() as u64, 0);
+            sub.sent.on_batch(batch_len, data_log);
+            if let Some(meter) = sub.energy.as_mut().filter(|_| batch_len > 0) {
+                meter.on_bytes(now, batch_len as u64, 0);
             }
         }
         records
     }
 
-    /// Ends the record that starts at `start`: room for its tag, and a packet number.
-    fn close_record(&self, out: &mut BytesMut, start: usize, records: &mut Vec<(Range<usize>, u64)>) {
-        out.resize(out.len() + TAG_LEN, 0);
-        records.push((start..out.len(), self.next_pn.fetch_add(1, Ordering::Relaxed)));
+    /// Copies what fits of `data` into chunks of its own *before* taking the lock, then
+    /// appends them to the send buffer: the subflows' writers and readers need the lock
+    /// all the time, and should not wait while a large write is copied. Ok(0) when
+    /// nothing fits now (or the flow cannot take writes: the caller's plain write says
+    /// why).
+    pub(crate) fn write_copied(&self, data: &[u8]) -> Result<usize, proto::FlowError> {
+        const CHUNK: usize = 64 * 1024;
+        // Only this handle adds to the send buffer: the room can only grow meanwhile.
+        let room = self.lock().proto.send_capacity();
+        if room == 0 {
+            return Ok(0);
+        }
+        let chunks: Vec<Bytes> = data[..data.len().min(room)].chunks(CHUNK).map(Bytes::copy_from_slice).collect();
+        let mut inner = self.lock();
+        let mut written = 0;
+        for chunk in chunks {
+            written += inner.proto.write_chunk(chunk)?;
+        }
+        self.settle(&mut inner);
+        Ok(written)
     }
 
+    /// Closes a record of `plain` bytes of frames: a packet number, and its sealed length
+    /// added to the batch's.
+    fn close_record(&self, records: &mut Vec<Record>, batch_len: &mut usize, frames: Vec<Frame>, plain: usize) {
+        *batch_len += RECORD_HEADER_LEN + plain + TAG_LEN;
+        records.push(Record { pn: self.next_pn.fetch_add(1, Ordering::Relaxed), frames });
+    }
+
+    /// Encodes `records` into `out`, each between its header and its tag, and seals them.
+    fn seal_records(&self, records: Vec<Record>, out: &mut BytesMut) -> Result<(), RecordError> {
+        for record in records {
+            let start = out.len();
+            out.resize(start + RECORD_HEADER_LEN, 0);
+            for frame in &record.frames {
+                frame.encode(out);
+            }
+            out.resize(out.len() + TAG_LEN, 0);
+            self.keys.seal_record(record.pn, &mut out[start..])?;
+        }
+        Ok(())
+    }
+}
+
+/// One record of a batch, taken under the lock and sealed outside it.
+struct Record {
+    pn: u64,
+    frames: Vec<Frame>,
 }
 
 /// For a joining client: the JOIN answer to read before any record.
@@ -700,7 +739,7 @@ async fn writer(
             if !inner.subflows.contains_key(&id) {
                 break "retired";
             }
-            let records = conn.take_records(&mut inner, id, &mut out, batch_bytes);
+            let records = conn.take_records(&mut inner, id, batch_bytes);
             conn.settle(&mut inner);
             (records, inner.terminal_at.is_some())
         };
@@ -714,13 +753,11 @@ async fn writer(
                 _ = killed(&mut kill) => break "retired",
             }
         }
-        tracing::trace!(subflow = id.0, records = records.len(), bytes = out.len(), "writing records");
-        for (range, pn) in records {
-            if let Err(e) = conn.keys.seal_record(pn, &mut out[range]) {
-                tracing::error!(error = %e, "sealing a record failed");
-                return conn.subflow_gone(id, "sealing failed");
-            }
+        if let Err(e) = conn.seal_records(records, &mut out) {
+            tracing::error!(error = %e, "sealing a record failed");
+            break "sealing failed";
         }
+        tracing::trace!(subflow = id.0, bytes = out.len(), "writing records");
         // Counted as it goes, so that a lost subflow can tell what never reached the kernel.
         let write = async {
             let (mut at, mut waited) = (0, false);

@@ -180,10 +180,21 @@ impl AsyncRead for Flow {
     }
 }
 
+/// Writes at least this large are copied before the flow's lock is taken (see
+/// [`Conn::write_copied`]); smaller ones are gathered into shared chunks under it.
+const COPY_BEFORE_LOCK: usize = 16 * 1024;
+
 impl AsyncWrite for Flow {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
         if data.is_empty() {
             return Poll::Ready(Ok(0));
+        }
+        if data.len() >= COPY_BEFORE_LOCK {
+            match self.conn.write_copied(data) {
+                Ok(0) => {}
+                Ok(n) => return Poll::Ready(Ok(n)),
+                Err(e) => return Poll::Ready(Err(flow_io_error(e))),
+            }
         }
         let mut inner = self.conn.lock();
         match inner.proto.write(data) {

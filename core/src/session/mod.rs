@@ -15,7 +15,7 @@ mod record;
 mod replay;
 
 pub(crate) use handshake::{HandshakeError, Initiator, Responder, SessionKeys, MAX_HANDSHAKE_MSG};
-pub(crate) use record::{parse_header as record_header, MAX_RECORD_PLAINTEXT, RECORD_HEADER_LEN, TAG_LEN};
+pub(crate) use record::{parse_header as record_header, RecordError, MAX_RECORD_PLAINTEXT, RECORD_HEADER_LEN, TAG_LEN};
 pub(crate) use replay::ReplayWindow;
 #[cfg(test)]
 pub(crate) use handshake::tests::session_pair;

@@ -456,7 +456,15 @@ impl Sim {
         while app.written < app.data.len() && app.write_err.is_none() {
             let size = app.write_sizes[app.write_idx % app.write_sizes.len()].max(1);
             let chunk = &app.data[app.written..(app.written + size).min(app.data.len())];
-            match end.write(chunk) {
+            // Every other write goes in as a chunk of its own, as large writes do in the
+            // runtime (copied before the lock): what fits of it, or a plain write when
+            // nothing does (which says why).
+            let room = end.send_capacity().min(chunk.len());
+            let written = match app.write_idx % 2 == 1 && room > 0 {
+                true => end.write_chunk(bytes::Bytes::copy_from_slice(&chunk[..room])),
+                false => end.write(chunk),
+            };
+            match written {
                 Ok(0) => break,
                 Ok(n) => {
                     app.written += n;
