@@ -304,8 +304,19 @@ impl FlowState {
     /// Reads in-order bytes. After the flow failed, bytes already received in order are
     /// still returned first; then the failure.
     pub fn read(&mut self, buf: &mut [u8]) -> Result<ReadOutcome, FlowError> {
+        self.read_with(|recv| recv.read(buf))
+    }
+
+    /// Like [`FlowState::read`], but hands over up to `max` in-order bytes as the
+    /// received payloads themselves, for a reader that copies them out after releasing a
+    /// lock.
+    pub fn read_chunks(&mut self, max: usize, out: &mut Vec<Bytes>) -> Result<ReadOutcome, FlowError> {
+        self.read_with(|recv| recv.take(max, out))
+    }
+
+    fn read_with(&mut self, read: impl FnOnce(&mut RecvBuffer) -> usize) -> Result<ReadOutcome, FlowError> {
         if self.recv.has_ready() {
-            let n = self.recv.read(buf);
+            let n = read(&mut self.recv);
             self.stats.bytes_read += n as u64;
             if n > 0 {
                 self.after_read();

@@ -248,6 +248,25 @@ impl RecvBuffer {
         self.read_off += n as u64;
         n
     }
+
+    /// Like [`RecvBuffer::read`], but hands over up to `max` in-order bytes as the
+    /// payloads themselves (the front one cut to fit), for a reader that copies them
+    /// elsewhere. Returns how many bytes.
+    pub fn take(&mut self, max: usize, out: &mut Vec<Bytes>) -> usize {
+        let mut n = 0;
+        while n < max {
+            let Some(mut front) = self.ready.pop_front() else {
+                break;
+            };
+            if front.len() > max - n {
+                self.ready.push_front(front.split_off(max - n));
+            }
+            n += front.len();
+            out.push(front);
+        }
+        self.read_off += n as u64;
+        n
+    }
 }
 
 #[cfg(test)]
@@ -256,6 +275,19 @@ mod tests {
 
     fn b(s: &str) -> Bytes {
         Bytes::copy_from_slice(s.as_bytes())
+    }
+
+    #[test]
+    fn take_hands_over_the_payloads_up_to_max() {
+        let mut r = RecvBuffer::new(1 << 20, 1 << 20);
+        let first = b("hello ");
+        r.receive(0, first.clone(), false).unwrap();
+        r.receive(6, b("world"), false).unwrap();
+        let mut out = Vec::new();
+        assert_eq!(r.take(8, &mut out), 8);
+        assert_eq!(out, vec![b("hello "), b("wo")]);
+        assert_eq!(out[0].as_ptr(), first.as_ptr(), "no copy");
+        assert_eq!(read_all(&mut r), "rld");
     }
 
     fn read_all(r: &mut RecvBuffer) -> String {

@@ -161,8 +161,38 @@ impl Drop for Flow {
     }
 }
 
+/// Reads and writes at least this large copy outside the flow's lock (see
+/// [`Conn::write_copied`]), which the subflows' tasks need all the time; smaller ones copy
+/// under it.
+const COPY_BEFORE_LOCK: usize = 16 * 1024;
+
 impl AsyncRead for Flow {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        if buf.remaining() >= COPY_BEFORE_LOCK {
+            // The payloads are taken under the lock and copied out after it.
+            let mut chunks = Vec::new();
+            let outcome = {
+                let mut inner = self.conn.lock();
+                let outcome = inner.proto.read_chunks(buf.remaining(), &mut chunks);
+                match outcome {
+                    Ok(ReadOutcome::Data(_)) => self.conn.settle(&mut inner),
+                    Ok(ReadOutcome::Blocked) => inner.read_waker = Some(cx.waker().clone()),
+                    _ => {}
+                }
+                outcome
+            };
+            return match outcome {
+                Ok(ReadOutcome::Data(_)) => {
+                    for chunk in chunks {
+                        buf.put_slice(&chunk);
+                    }
+                    Poll::Ready(Ok(()))
+                }
+                Ok(ReadOutcome::Fin) => Poll::Ready(Ok(())),
+                Ok(ReadOutcome::Blocked) => Poll::Pending,
+                Err(e) => Poll::Ready(Err(flow_io_error(e))),
+            };
+        }
         let mut inner = self.conn.lock();
         match inner.proto.read(buf.initialize_unfilled()) {
             Ok(ReadOutcome::Data(n)) => {
@@ -179,10 +209,6 @@ impl AsyncRead for Flow {
         }
     }
 }
-
-/// Writes at least this large are copied before the flow's lock is taken (see
-/// [`Conn::write_copied`]); smaller ones are gathered into shared chunks under it.
-const COPY_BEFORE_LOCK: usize = 16 * 1024;
 
 impl AsyncWrite for Flow {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {

@@ -487,11 +487,24 @@ impl Sim {
         app.max_recv_buffered = app.max_recv_buffered.max(end.recv_buffered());
         if !app.paused && !app.got_fin && app.read_err.is_none() {
             let mut buf = [0u8; 16 * 1024];
-            loop {
-                match end.read(&mut buf) {
+            let mut chunks = Vec::new();
+            for turn in 0.. {
+                // Every other read takes the payloads themselves, as large reads do in
+                // the runtime (copied after the lock).
+                let outcome = match turn % 2 {
+                    0 => end.read(&mut buf),
+                    _ => end.read_chunks(buf.len(), &mut chunks),
+                };
+                match outcome {
                     Ok(ReadOutcome::Data(n)) => {
                         assert!(n > 0);
-                        app.received.extend_from_slice(&buf[..n]);
+                        match turn % 2 {
+                            0 => app.received.extend_from_slice(&buf[..n]),
+                            _ => {
+                                assert_eq!(chunks.iter().map(|c| c.len()).sum::<usize>(), n);
+                                chunks.drain(..).for_each(|c| app.received.extend_from_slice(&c));
+                            }
+                        }
                         progress = true;
                     }
                     Ok(ReadOutcome::Blocked) => break,
