@@ -81,6 +81,8 @@ struct Sub {
     kill: watch::Sender<bool>,
     /// Which DATA went into which part of the socket's stream.
     sent: SentLog,
+    /// The socket's `TCP_NOTSENT_LOWAT`, which follows the path's rate (see `socket.rs`).
+    notsent_lowat: u32,
 }
 
 /// The mutable part of a flow.
@@ -402,7 +404,16 @@ impl Conn {
             }
             let energy = self.endpoint.upgrade().and_then(|ep| ep.radio_for(local.ip()));
             let energy = energy.map(|radio| EnergyMeter::new(radio.params(), Instant::now()));
-            let sub = Sub { local, remote, record_limit: FIRST_RECORD_LIMIT, energy, wake: wake.clone(), kill, sent };
+            let sub = Sub {
+                local,
+                remote,
+                record_limit: FIRST_RECORD_LIMIT,
+                energy,
+                wake: wake.clone(),
+                kill,
+                sent,
+                notsent_lowat: super::socket::NOTSENT_LOWAT,
+            };
             inner.subflows.insert(id, sub);
             if !inner.peer_addrs.contains(&remote) {
                 inner.peer_addrs.insert(0, remote);
@@ -653,6 +664,19 @@ struct Record {
     frames: Vec<Frame>,
 }
 
+/// The low-water mark subflow `id`'s socket should have now, when it differs by more than
+/// a quarter from the one it has (the rate estimate moves all the time).
+fn notsent_lowat_change(inner: &mut Inner, id: SubflowId) -> Option<u32> {
+    let rate = inner.proto.subflow_stats(id)?.delivery_rate;
+    let sub = inner.subflows.get_mut(&id)?;
+    let want = super::socket::notsent_lowat_for(rate);
+    if want.abs_diff(sub.notsent_lowat) <= sub.notsent_lowat / 4 {
+        return None;
+    }
+    sub.notsent_lowat = want;
+    Some(want)
+}
+
 /// For a joining client: the JOIN answer to read before any record.
 pub(crate) struct JoinCheck {
     pub(crate) seq: u64,
@@ -732,6 +756,7 @@ async fn writer(
 ) {
     let mut out = BytesMut::with_capacity(RECORDS_PER_BATCH * (u16::MAX as usize + RECORD_HEADER_LEN));
     let mut batch_bytes = MIN_BATCH_BYTES;
+    let mut lowat_to_set = None;
     let reason = loop {
         out.clear();
         let (records, terminal) = {
@@ -741,8 +766,17 @@ async fn writer(
             }
             let records = conn.take_records(&mut inner, id, batch_bytes);
             conn.settle(&mut inner);
+            if let Some(lowat) = notsent_lowat_change(&mut inner, id) {
+                lowat_to_set = Some(lowat);
+            }
             (records, inner.terminal_at.is_some())
         };
+        #[cfg(any(target_os = "linux", target_os = "android", target_vendor = "apple"))]
+        if let Some(lowat) = lowat_to_set.take() {
+            if let Err(e) = super::socket::set_notsent_lowat(w.as_ref(), lowat) {
+                tracing::debug!(error = %e, "TCP_NOTSENT_LOWAT not changed");
+            }
+        }
         if records.is_empty() {
             if terminal {
                 let _ = w.shutdown().await;
