@@ -756,26 +756,20 @@ async fn writer(
 ) {
     let mut out = BytesMut::with_capacity(RECORDS_PER_BATCH * (u16::MAX as usize + RECORD_HEADER_LEN));
     let mut batch_bytes = MIN_BATCH_BYTES;
-    let mut lowat_to_set = None;
     let reason = loop {
         out.clear();
-        let (records, terminal) = {
+        let (records, terminal, new_lowat) = {
             let mut inner = conn.lock();
             if !inner.subflows.contains_key(&id) {
                 break "retired";
             }
             let records = conn.take_records(&mut inner, id, batch_bytes);
             conn.settle(&mut inner);
-            if let Some(lowat) = notsent_lowat_change(&mut inner, id) {
-                lowat_to_set = Some(lowat);
-            }
-            (records, inner.terminal_at.is_some())
+            let new_lowat = notsent_lowat_change(&mut inner, id);
+            (records, inner.terminal_at.is_some(), new_lowat)
         };
-        #[cfg(any(target_os = "linux", target_os = "android", target_vendor = "apple"))]
-        if let Some(lowat) = lowat_to_set.take() {
-            if let Err(e) = super::socket::set_notsent_lowat(w.as_ref(), lowat) {
-                tracing::debug!(error = %e, "TCP_NOTSENT_LOWAT not changed");
-            }
+        if let Some(lowat) = new_lowat {
+            super::socket::change_notsent_lowat(w.as_ref(), lowat);
         }
         if records.is_empty() {
             if terminal {

@@ -59,9 +59,18 @@ pub(crate) fn tune_subflow(stream: &TcpStream) {
     }
 }
 
-/// Sets the socket's low-water mark (see the module's documentation).
+/// Changes a subflow's low-water mark as its rate changes; a failure only leaves the old one.
+pub(crate) fn change_notsent_lowat(stream: &TcpStream, bytes: u32) {
+    #[cfg(any(target_os = "linux", target_os = "android", target_vendor = "apple"))]
+    if let Err(e) = set_notsent_lowat(stream, bytes) {
+        tracing::debug!(error = %e, bytes, "TCP_NOTSENT_LOWAT not changed");
+    }
+    #[cfg(not(any(target_os = "linux", target_os = "android", target_vendor = "apple")))]
+    let _ = (stream, bytes);
+}
+
 #[cfg(any(target_os = "linux", target_os = "android", target_vendor = "apple"))]
-pub(crate) fn set_notsent_lowat(stream: &TcpStream, bytes: u32) -> std::io::Result<()> {
+fn set_notsent_lowat(stream: &TcpStream, bytes: u32) -> std::io::Result<()> {
     use std::os::fd::AsRawFd;
     #[cfg(any(target_os = "linux", target_os = "android"))]
     const TCP_NOTSENT_LOWAT: libc::c_int = 25;
