@@ -354,7 +354,7 @@ async fn the_socket_binder_sees_each_subflow_and_may_refuse_one() {
     init_tracing();
     let names = memory_names();
     let server = endpoint(&names, 182, 182);
-    let binder = Arc::new(Binder { refuse: Some(lo(184).into()), ..Binder::default() });
+    let binder = Arc::new(Binder { refuse: Some(lo(184)), ..Binder::default() });
     let client = endpoint_with(&names, 183, 183, |cfg| {
         cfg.local_ips = vec![lo(183), lo(184)];
         cfg.socket_binder = Some(binder.clone());
@@ -365,7 +365,7 @@ async fn the_socket_binder_sees_each_subflow_and_may_refuse_one() {
     within(10, "the binder is asked for both addresses", async {
         loop {
             let seen = binder.seen.lock().unwrap().clone();
-            if seen.contains(&lo(183).into()) && seen.contains(&lo(184).into()) {
+            if seen.contains(&lo(183)) && seen.contains(&lo(184)) {
                 break;
             }
             drop(seen);

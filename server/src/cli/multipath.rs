@@ -379,11 +379,9 @@ fn run_rep(workload: &str, system: &str, policy: Option<PathPolicy>, opts: &Opti
                 scene.lab.link_up(Access::Wifi).map_err(|e| format!("Wi-Fi up: {e}"))?;
             }
         }
-        "handoff" => {
-            if recv.wait_bytes((rate * HANDOFF_STREAM.as_secs_f64() / 2.0) as u64, bound) {
-                scene.lab.link_down(Access::Wifi).map_err(|e| format!("Wi-Fi down: {e}"))?;
-                event = Some(Instant::now());
-            }
+        "handoff" if recv.wait_bytes((rate * HANDOFF_STREAM.as_secs_f64() / 2.0) as u64, bound) => {
+            scene.lab.link_down(Access::Wifi).map_err(|e| format!("Wi-Fi down: {e}"))?;
+            event = Some(Instant::now());
         }
         _ => {}
     }
