@@ -617,13 +617,15 @@ impl Conn {
     /// Copies what fits of `data` into chunks of its own *before* taking the lock, then
     /// appends them to the send buffer: the subflows' writers and readers need the lock
     /// all the time, and should not wait while a large write is copied. Ok(0) when
-    /// nothing fits now (or the flow cannot take writes: the caller's plain write says
-    /// why).
+    /// little or nothing fits now (or the flow cannot take writes): the caller's plain
+    /// write then does it, or says why.
     pub(crate) fn write_copied(&self, data: &[u8]) -> Result<usize, proto::FlowError> {
         const CHUNK: usize = 64 * 1024;
         // Only this handle adds to the send buffer: the room can only grow meanwhile.
         let room = self.lock().proto.send_capacity();
-        if room == 0 {
+        // A sliver of room is filled by the plain write, which gathers small pieces into
+        // shared chunks, rather than as a tiny chunk of its own.
+        if room < 4096 {
             return Ok(0);
         }
         let chunks: Vec<Bytes> = data[..data.len().min(room)].chunks(CHUNK).map(Bytes::copy_from_slice).collect();
