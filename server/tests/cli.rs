@@ -997,6 +997,11 @@ fn bench_throughput_json() {
             assert!(v.is_finite() && v > 0.0, "{field} = {v} in {row}");
         }
         assert_eq!(row["bytes"].as_u64(), Some(20_000_000));
+        let trials = row["throughput_mbps_trials"].as_array().expect("trials");
+        let ratios = row["throughput_ratio_vs_tcp_trials"].as_array().expect("ratios per trial");
+        assert_eq!(ratios.len(), trials.len(), "one ratio per trial in {row}");
+        assert!(ratios.iter().all(|r| r.as_f64().is_some_and(|r| r.is_finite() && r > 0.0)), "{row}");
     }
     assert_eq!(rows[0]["throughput_ratio_vs_tcp"].as_f64(), Some(1.0));
+    assert!(rows[0]["throughput_ratio_vs_tcp_trials"].as_array().unwrap().iter().all(|r| r.as_f64() == Some(1.0)));
 }

@@ -34,6 +34,9 @@ pub struct Row {
     pub rr_latency_us_p50: f64,
     pub rr_latency_us_p99: f64,
     pub throughput_ratio_vs_tcp: f64,
+    /// Each trial against plain TCP's trial of the same round (run moments apart): on a
+    /// noisy machine their spread says how far one ratio can be trusted.
+    pub throughput_ratio_vs_tcp_trials: Vec<f64>,
     pub rr_p50_ratio_vs_tcp: f64,
     pub rr_p99_ratio_vs_tcp: f64,
 }
@@ -104,6 +107,7 @@ pub async fn throughput(bytes: u64, round_trips: usize, trials: usize, json: boo
             rr_latency_us_p50: percentile(&lat, 0.50),
             rr_latency_us_p99: percentile(&lat, 0.99),
             throughput_ratio_vs_tcp: 0.0,
+            throughput_ratio_vs_tcp_trials: Vec::new(),
             rr_p50_ratio_vs_tcp: 0.0,
             rr_p99_ratio_vs_tcp: 0.0,
         });
@@ -111,6 +115,8 @@ pub async fn throughput(bytes: u64, round_trips: usize, trials: usize, json: boo
     let base = rows[0].clone();
     for r in &mut rows {
         r.throughput_ratio_vs_tcp = r.throughput_mbps / base.throughput_mbps;
+        r.throughput_ratio_vs_tcp_trials =
+            r.throughput_mbps_trials.iter().zip(&base.throughput_mbps_trials).map(|(t, b)| t / b).collect();
         r.rr_p50_ratio_vs_tcp = r.rr_latency_us_p50 / base.rr_latency_us_p50;
         r.rr_p99_ratio_vs_tcp = r.rr_latency_us_p99 / base.rr_latency_us_p99;
     }
