@@ -257,12 +257,7 @@ impl FlowState {
     /// Copies up to [`send_capacity`](Self::send_capacity) bytes; `Ok(0)` iff the buffer
     /// is full (or `data` is empty).
     pub fn write(&mut self, data: &[u8]) -> Result<usize, FlowError> {
-        if let FlowStatus::Failed(e) = &self.status {
-            return Err(e.clone());
-        }
-        if self.send.is_finished() {
-            return Err(FlowError::WriteAfterFinish);
-        }
+        self.check_writable()?;
         let n = self.send.write(data);
         if n < data.len() {
             self.write_blocked = true;
@@ -274,15 +269,21 @@ impl FlowState {
     /// Like [`FlowState::write`] for bytes already in a chunk of their own, taken without
     /// a copy: all of `chunk`, or nothing when it does not fit in `send_capacity()`.
     pub fn write_chunk(&mut self, chunk: Bytes) -> Result<usize, FlowError> {
+        self.check_writable()?;
+        let n = self.send.write_chunk(chunk);
+        self.stats.bytes_written += n as u64;
+        Ok(n)
+    }
+
+    /// Why the application may not write now, if it may not.
+    fn check_writable(&self) -> Result<(), FlowError> {
         if let FlowStatus::Failed(e) = &self.status {
             return Err(e.clone());
         }
         if self.send.is_finished() {
             return Err(FlowError::WriteAfterFinish);
         }
-        let n = self.send.write_chunk(chunk);
-        self.stats.bytes_written += n as u64;
-        Ok(n)
+        Ok(())
     }
 
     pub fn send_capacity(&self) -> usize {

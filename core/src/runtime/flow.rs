@@ -168,43 +168,32 @@ const COPY_BEFORE_LOCK: usize = 16 * 1024;
 
 impl AsyncRead for Flow {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        if buf.remaining() >= COPY_BEFORE_LOCK {
-            // The payloads are taken under the lock and copied out after it.
-            let mut chunks = Vec::new();
-            let outcome = {
-                let mut inner = self.conn.lock();
-                let outcome = inner.proto.read_chunks(buf.remaining(), &mut chunks);
-                match outcome {
-                    Ok(ReadOutcome::Data(_)) => self.conn.settle(&mut inner),
-                    Ok(ReadOutcome::Blocked) => inner.read_waker = Some(cx.waker().clone()),
-                    _ => {}
-                }
-                outcome
+        // A large read takes the payloads under the lock and copies them out after it.
+        let large = buf.remaining() >= COPY_BEFORE_LOCK;
+        let mut chunks = Vec::new();
+        let outcome = {
+            let mut inner = self.conn.lock();
+            let outcome = match large {
+                true => inner.proto.read_chunks(buf.remaining(), &mut chunks),
+                false => inner.proto.read(buf.initialize_unfilled()),
             };
-            return match outcome {
-                Ok(ReadOutcome::Data(_)) => {
-                    for chunk in chunks {
-                        buf.put_slice(&chunk);
-                    }
-                    Poll::Ready(Ok(()))
-                }
-                Ok(ReadOutcome::Fin) => Poll::Ready(Ok(())),
-                Ok(ReadOutcome::Blocked) => Poll::Pending,
-                Err(e) => Poll::Ready(Err(flow_io_error(e))),
-            };
-        }
-        let mut inner = self.conn.lock();
-        match inner.proto.read(buf.initialize_unfilled()) {
+            match outcome {
+                Ok(ReadOutcome::Data(_)) => self.conn.settle(&mut inner),
+                Ok(ReadOutcome::Blocked) => inner.read_waker = Some(cx.waker().clone()),
+                _ => {}
+            }
+            outcome
+        };
+        match outcome {
             Ok(ReadOutcome::Data(n)) => {
-                buf.advance(n);
-                self.conn.settle(&mut inner);
+                match large {
+                    true => chunks.iter().for_each(|chunk| buf.put_slice(chunk)),
+                    false => buf.advance(n),
+                }
                 Poll::Ready(Ok(()))
             }
             Ok(ReadOutcome::Fin) => Poll::Ready(Ok(())),
-            Ok(ReadOutcome::Blocked) => {
-                inner.read_waker = Some(cx.waker().clone());
-                Poll::Pending
-            }
+            Ok(ReadOutcome::Blocked) => Poll::Pending,
             Err(e) => Poll::Ready(Err(flow_io_error(e))),
         }
     }

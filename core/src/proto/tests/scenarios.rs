@@ -37,6 +37,17 @@ fn two_heard_subflows(t0: std::time::Instant) -> (FlowState, SubflowId, SubflowI
 
 /// The peer's ACK (everything below `cum`, nothing beyond) arrives on `id` at `at`;
 /// (offset, length) of the DATA frames `id` sends then.
+/// A flow that sent 3000 bytes on its only subflow, which went at `t0` with 2000.. still
+/// in its socket (never sent).
+fn only_path_lost_with_unsent_tail(t0: std::time::Instant) -> FlowState {
+    let mut f = FlowState::new(FlowConfig::default(), t0);
+    let a = f.add_subflow(t0);
+    f.write(&[5; 3000]).unwrap();
+    while f.poll_transmit(a, t0, 1100).is_some() {}
+    f.remove_subflow_unsent(a, t0, &[2000..3000]);
+    f
+}
+
 fn data_after_ack(f: &mut FlowState, id: SubflowId, cum: u64, at: std::time::Instant) -> Vec<(u64, usize)> {
     f.handle_frame(id, Frame::Ack { cum, ranges: vec![], window: 1 << 20 }, at).unwrap();
     data_sent(f, id, at)
@@ -769,12 +780,8 @@ fn a_new_subflow_left_alone_by_retired_ones_waits_for_the_peer() {
 #[test]
 fn a_subflow_the_peer_opened_waits_for_its_resume_ack_even_after_an_outage() {
     let t0 = std::time::Instant::now();
-    let mut f = FlowState::new(FlowConfig::default(), t0);
-    let a = f.add_subflow(t0);
-    f.write(&[5; 3000]).unwrap();
-    while f.poll_transmit(a, t0, 1100).is_some() {}
     // The only path went with 2000.. still unsent; the peer rejoins from elsewhere.
-    f.remove_subflow_unsent(a, t0, &[2000..3000]);
+    let mut f = only_path_lost_with_unsent_tail(t0);
     let b = f.add_subflow(t0 + ms(100));
     f.set_peer_speaks_first(b);
     assert_eq!(data_sent(&mut f, b, t0 + ms(100)), vec![], "nothing before the peer's resume ACK");
@@ -787,12 +794,8 @@ fn a_subflow_the_peer_opened_waits_for_its_resume_ack_even_after_an_outage() {
 #[test]
 fn after_an_outage_a_new_subflow_sends_what_surely_is_missing_before_the_peer_speaks() {
     let t0 = std::time::Instant::now();
-    let mut f = FlowState::new(FlowConfig::default(), t0);
-    let a = f.add_subflow(t0);
-    f.write(&[5; 3000]).unwrap();
-    while f.poll_transmit(a, t0, 1100).is_some() {}
     // The only path goes; its socket had not sent 2000.. yet. Time passes without a path.
-    f.remove_subflow_unsent(a, t0, &[2000..3000]);
+    let mut f = only_path_lost_with_unsent_tail(t0);
     f.handle_timeout(t0 + ms(600));
     f.write(&[6; 10]).unwrap();
     let b = f.add_subflow(t0 + ms(700));
