@@ -157,9 +157,9 @@ pub fn run(opts: &Options) -> Result<(), CliError> {
 }
 
 fn row(scenario: &str, rtt: u32, system: &str, opts: &Options, reps: &[Rep]) -> Row {
-    let mut ok: Vec<f64> = reps.iter().filter_map(|r| r.recovery).map(ms).collect();
-    ok.sort_by(f64::total_cmp);
-    let p50 = median(ok.clone());
+    let ok: Vec<f64> = reps.iter().filter_map(|r| r.recovery).map(ms).collect();
+    let max = ok.iter().copied().reduce(f64::max);
+    let p50 = median(ok);
     let died_reps = reps.iter().filter(|r| r.died).count();
     let shas: Vec<bool> = reps.iter().filter_map(|r| r.sha_ok).collect();
     let updated: Vec<(Duration, Option<Duration>)> = reps
@@ -177,7 +177,7 @@ fn row(scenario: &str, rtt: u32, system: &str, opts: &Options, reps: &[Rep]) -> 
         died_reps,
         died: died_reps > 0,
         recovery_ms_p50: p50,
-        recovery_ms_max: ok.last().copied(),
+        recovery_ms_max: max,
         recovery_rtts_p50: p50.map(|p| rtts(p, rtt)),
         recovery_ms_all: reps.iter().map(|r| r.recovery.map(ms)).collect(),
         bytes_lost: reps.iter().map(|r| r.bytes_lost).max().unwrap_or(0),
