@@ -7,7 +7,11 @@
 //! within the peer's ack delay, PING is answered at once) and hears nothing for
 //! `dead_path_timeout`, it is dead and its unacked data moves to another subflow.
 //! Halfway there it sends a PING, so a quiet-but-alive peer is not mistaken for a dead one.
-//! Idle subflows PING every `keepalive_interval` to keep NAT bindings and detect death.
+//! A subflow that was *receiving* DATA expects more just as a sender expects ACKs: if it
+//! falls silent, the same clock runs from the last frame heard, so an end with nothing of
+//! its own to send notices a silently dead path too (a PONG to its probe says the peer
+//! merely paused). Idle subflows PING every `keepalive_interval` to keep NAT bindings and
+//! detect death.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -46,6 +50,9 @@ pub(crate) struct Subflow {
     pub resume_ack_pending: bool,
     /// DATA arrived here and was not yet acknowledged here.
     pub ack_owed: bool,
+    /// The peer was sending DATA here (and has not finished): more is expected, so a
+    /// silence counts towards this subflow's death until a PONG shows the peer paused.
+    pub receiving: bool,
     pub ack_deadline: Option<Instant>,
     pub ack_now: bool,
     pub unacked_bytes: u64,
@@ -99,6 +106,7 @@ impl Subflow {
             pongs: VecDeque::new(),
             resume_ack_pending: true,
             ack_owed: false,
+            receiving: false,
             ack_deadline: None,
             ack_now: false,
             unacked_bytes: 0,
@@ -132,10 +140,24 @@ impl Subflow {
     }
 
     /// Since when a reply is due: the oldest unanswered frame that asks for one, or, with
-    /// data outstanding here, the last sign of life (a frame heard, or data delivered).
+    /// data outstanding here, the last sign of life (a frame heard, or data delivered),
+    /// or, while receiving, the last frame heard.
     fn awaiting(&self) -> Option<Instant> {
-        self.awaiting_since
-            .or_else(|| (!self.in_flight.is_empty()).then(|| self.last_heard.max(self.last_progress)))
+        let sending = self
+            .awaiting_since
+            .or_else(|| (!self.in_flight.is_empty()).then(|| self.last_heard.max(self.last_progress)));
+        // A probe sent into the silence does not restart the receiver's clock.
+        let receiving = self.receiving.then_some(self.last_heard);
+        match (sending, receiving) {
+            (Some(s), Some(r)) => Some(s.min(r)),
+            (s, r) => s.or(r),
+        }
+    }
+
+    /// Whether a silence halfway to the dead-path timeout deserves a probe: something is
+    /// expected here beyond the answer to a PING already sent.
+    fn probes_halfway(&self) -> bool {
+        !self.in_flight.is_empty() || self.stalled || self.receiving
     }
 
     /// Units about to be sent here: a subflow that was idle starts its progress clock.
@@ -241,6 +263,8 @@ impl Subflow {
         if let Some((want, sent)) = self.ping_out {
             if want == id {
                 self.ping_out = None;
+                // The peer answers: a silence in its DATA was a pause, not a dead path.
+                self.receiving = false;
                 let sample = now.saturating_duration_since(sent);
                 self.srtt = Some(match self.srtt {
                     None => sample,
@@ -266,6 +290,7 @@ impl Subflow {
             self.ack_deadline = Some(now + cfg.ack_delay);
         }
         self.unacked_bytes += len;
+        self.receiving = !fin;
         if fin || self.unacked_bytes >= immediate_after {
             self.ack_now = true;
         }
@@ -296,7 +321,7 @@ impl Subflow {
         }
         if let Some(since) = self.awaiting() {
             consider(since + cfg.dead_path_timeout);
-            if !self.half_ping_sent && (!self.in_flight.is_empty() || self.stalled) {
+            if !self.half_ping_sent && self.probes_halfway() {
                 consider(since + cfg.dead_path_timeout / 2);
             }
         }
@@ -315,9 +340,7 @@ impl Subflow {
             if since + cfg.dead_path_timeout <= now {
                 return true;
             }
-            if !self.half_ping_sent
-                && (!self.in_flight.is_empty() || self.stalled)
-                && since + cfg.dead_path_timeout / 2 <= now
+            if !self.half_ping_sent && self.probes_halfway() && since + cfg.dead_path_timeout / 2 <= now
             {
                 self.half_ping_sent = true;
                 self.ping_pending = true;

@@ -355,6 +355,50 @@ fn silent_path_death_is_detected_and_recovered() {
     assert!(sim.links.len() >= 2);
 }
 
+/// When `side` first reported a dead subflow.
+fn first_death(sim: &Sim, side: usize) -> Option<Duration> {
+    sim.events
+        .iter()
+        .find(|(_, s, e)| *s == side && matches!(e, FlowEvent::SubflowDead { .. }))
+        .map(|(t, _, _)| *t)
+}
+
+#[test]
+fn a_receiver_with_nothing_to_send_notices_a_silent_path_death() {
+    // Server (side 1) streams to the client (side 0), which sends nothing and has no
+    // standby: only the silence of the DATA it was receiving can tell it.
+    let mut sim = Sim::new(FlowConfig::default());
+    sim.send(0, Vec::new(), Vec::new(), true);
+    sim.send(1, pattern(3_000_000, 3), vec![16_384], true);
+    sim.bandwidth = Some(1_000_000);
+    sim.auto_reconnect = Some(ms(50));
+    sim.add_link(ms(20));
+    sim.run_until(ms(500));
+    assert!(sim.received(0) > 0 && sim.received(0) < 3_000_000);
+    sim.blackhole(0);
+    assert!(sim.run_to_completion(Duration::from_secs(30)));
+    sim.assert_complete();
+    let dead_at = first_death(&sim, 0).expect("the receiver noticed");
+    let rtt = ms(40);
+    assert!(dead_at <= ms(500) + FlowConfig::default().dead_path_timeout + rtt, "noticed at {dead_at:?}");
+}
+
+#[test]
+fn a_pause_of_the_sender_is_no_path_death() {
+    // 200 kB, then the sender pauses for a minute without finishing.
+    let mut sim = Sim::new(FlowConfig::default());
+    sim.send(1, pattern(200_000, 4), vec![16_384], false);
+    sim.add_link(ms(100));
+    sim.run_until(Duration::from_secs(60));
+    assert_eq!(sim.received(0), 200_000);
+    assert_eq!(first_death(&sim, 0), None);
+    assert_eq!(first_death(&sim, 1), None);
+    // One probe after the data stopped, then keepalives: no PING per half-timeout.
+    let frames = sim.ends[0].subflow_stats(SubflowId(0)).unwrap().frames_sent;
+    let acks_and_probes_bound = 60 + 10;
+    assert!(frames <= acks_and_probes_bound, "{frames} frames sent by the receiver");
+}
+
 #[test]
 fn idle_silent_path_death_is_found_by_keepalive() {
     let mut sim = Sim::new(FlowConfig::default());
