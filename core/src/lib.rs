@@ -23,6 +23,6 @@ pub mod wire;
 pub use identity::{Identity, IdentityError, PublicIdentity};
 pub use proto::{FlowConfig, FlowError, FlowStats, PathState};
 pub use runtime::{
-    BlockingFlow, Endpoint, EndpointConfig, Error, Flow, FlowEvent, FlowEvents, Listener, NetworkFollower, Path, PathPolicy,
+    BlockingFlow, Endpoint, EndpointConfig, Error, Flow, FlowEvent, FlowEvents, Listener, NetworkFollower, NetworkSource, Path, PathPolicy,
     RawSocket, SocketBinder,
 };

@@ -279,7 +279,7 @@ async fn wait_published(
 }
 
 #[test]
-fn an_endpoint_following_the_watcher_republishes_its_new_address_and_is_reached_there() {
+fn an_endpoint_follows_its_network_by_default_republishes_its_new_address_and_is_reached_there() {
     init_tracing();
     if !is_root() {
         println!("skipped: needs root and ip netns");
@@ -294,13 +294,14 @@ fn an_endpoint_following_the_watcher_republishes_its_new_address_and_is_reached_
     let thread = in_netns(&ns.name, move || async move {
         let (published, mut records) = watch::channel((Vec::new(), Instant::now()));
         let names: Arc<dyn NameService> = Arc::new(Recording { store: MemoryNameService::new(), published });
-        // Starts on the namespace's address, so the only change the follower sees is the
-        // move below, whenever its first look happens.
-        let mut config = EndpointConfig::new(names.clone());
-        config.local_ips = vec!["192.0.2.20".parse().unwrap()];
+        // The defaults, as every user gets them: the endpoint follows the namespace's
+        // network by itself, from its first listen on (its first look is applied before
+        // the listener binds, so the first record already has the interface's address).
+        let config = EndpointConfig::new(names.clone());
+        assert!(config.follows_system_network());
         let server = Endpoint::bind(Identity::from_seed([21; 32]), config).unwrap();
-        let follower = server.watch_network().await.expect("watch_network");
         let mut listener = server.listen("moving.watch.test").await.unwrap();
+        assert!(server.follows_system_network(), "listen started following the system's network");
 
         let old: SocketAddr = "192.0.2.20:0".parse().unwrap();
         let (addrs, _) = wait_published(&mut records, "first address", |a| a.len() == 1 && a[0].ip() == old.ip()).await;
@@ -337,8 +338,15 @@ fn an_endpoint_following_the_watcher_republishes_its_new_address_and_is_reached_
         let mut got = Vec::new();
         tokio::time::timeout(STEP, s.read_to_end(&mut got)).await.expect("read in time").unwrap();
         assert_eq!(got, b"hello over the new address");
+        assert!(client.follows_system_network(), "connect started following the system's network");
 
-        follower.stop();
+        // Pinned addresses switch following off.
+        let mut pinned = EndpointConfig::new(names.clone());
+        pinned.local_ips = vec![new_ip];
+        assert!(!pinned.follows_system_network());
+        let pinned = Endpoint::bind(Identity::from_seed([23; 32]), pinned).unwrap();
+        let _flow = tokio::time::timeout(STEP, pinned.connect("moving.watch.test")).await.expect("in time").expect("connect");
+        assert!(!pinned.follows_system_network());
     });
     thread.join().expect("the namespace thread");
     drop(ns);

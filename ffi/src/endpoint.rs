@@ -12,7 +12,7 @@
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use msocket::watch::PushedNetwork;
-use msocket::{EndpointConfig, Identity, NetworkFollower};
+use msocket::{EndpointConfig, Identity, NetworkFollower, NetworkSource};
 use tokio::sync::watch;
 
 use crate::binder::AppBinder;
@@ -60,6 +60,9 @@ pub(crate) fn config(options: &EndpointOptions) -> Result<EndpointConfig, Msocke
     let name_timeout = nonzero(options.name_timeout_ms, "name_timeout_ms")?;
     let names = msocket::name::connect_url(options.names_url.trim(), name_timeout)?;
     let mut config = EndpointConfig::new(names);
+    // The platform's network monitor pushes the networks (`update_network`): the app's
+    // sandbox may not see the kernel's, and the platform knows more (link type, metered).
+    config.network = NetworkSource::Application;
     config.connect_timeout = nonzero(options.connect_timeout_ms, "connect_timeout_ms")?;
     config.flow.flow_deadline = nonzero(options.flow_deadline_ms, "flow_deadline_ms")?;
     config.path_policy = options.policy.into();

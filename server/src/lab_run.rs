@@ -406,10 +406,11 @@ pub fn names_client() -> TcpNameClient {
     TcpNameClient::new(format!("{NAMES_IP}:{NAMES_PORT}"), Duration::from_secs(3))
 }
 
-/// Endpoint configuration for the lab: the real name server, bounded timers.
-pub fn lab_config(names: Arc<dyn NameService>, local_ips: Vec<IpAddr>, flow_deadline: Duration) -> EndpointConfig {
+/// Endpoint configuration for the lab: the real name server, bounded timers, and
+/// otherwise what every user gets (the endpoint follows its namespace's interfaces by
+/// itself).
+pub fn lab_config(names: Arc<dyn NameService>, flow_deadline: Duration) -> EndpointConfig {
     let mut config = EndpointConfig::new(names);
-    config.local_ips = local_ips;
     config.flow.flow_deadline = flow_deadline;
     config.connect_timeout = Duration::from_secs(20);
     config
@@ -486,7 +487,6 @@ impl Scene {
     ) -> Result<(Side, Vec<SocketAddr>), String> {
         let (recv, written) = (Recv::new(), Arc::new(AtomicU64::new(0)));
         let (r, w) = (recv.clone(), written.clone());
-        let local = vec![IpAddr::V4(self.lab.server_addr())];
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let task = self
             .lab
@@ -500,10 +500,10 @@ impl Scene {
                     }),
                     None => Arc::new(names_client()),
                 };
-                let config = lab_config(names, local, flow_deadline);
+                let config = lab_config(names, flow_deadline);
                 let ep = Endpoint::bind(Identity::from_seed([1; 32]), config).map_err(|e| format!("bind: {e}"))?;
-                let _follower = ep.watch_network().await.map_err(|e| format!("watch the server's network: {e}"))?;
                 let mut listener = ep.listen(SERVICE).await.map_err(|e| format!("listen: {e}"))?;
+                following(&ep)?;
                 let _ = ready_tx.send(ep.published_addrs());
                 let started = Instant::now();
                 let flow = listener.accept().await.map_err(|e| format!("accept: {e}"))?;
@@ -540,7 +540,6 @@ impl Scene {
     ) -> Result<Side, String> {
         let (recv, written) = (Recv::new(), Arc::new(AtomicU64::new(0)));
         let (r, w) = (recv.clone(), written.clone());
-        let local = self.phone_ips();
         let task = self
             .lab
             .phone()
@@ -553,16 +552,26 @@ impl Scene {
                     }),
                     None => Arc::new(names_client()),
                 };
-                let mut config = lab_config(names, local, flow_deadline);
+                let mut config = lab_config(names, flow_deadline);
                 config.path_policy = policy;
                 let ep = Endpoint::bind(Identity::from_seed([2; 32]), config).map_err(|e| format!("bind: {e}"))?;
-                let _follower = ep.watch_network().await.map_err(|e| format!("watch the phone's network: {e}"))?;
                 let started = Instant::now();
                 let flow = ep.connect(SERVICE).await.map_err(|e| format!("connect: {e}"))?;
+                following(&ep)?;
                 Ok(stream(flow, plan, r, w, started.elapsed()).await)
             })
             .map_err(|e| format!("start the phone: {e}"))?;
         Ok(Side { task, recv, written })
+    }
+}
+
+/// Fails unless `ep` follows its namespace's network by itself, as every endpoint does by
+/// default: the figures must measure what users get.
+fn following(ep: &Endpoint) -> Result<(), String> {
+    if ep.follows_system_network() {
+        Ok(())
+    } else {
+        Err("the endpoint does not follow its network by default".into())
     }
 }
 

@@ -26,14 +26,42 @@ use crate::session::join::{self, JoinRefusal};
 use crate::session::{FlowId, Responder};
 use crate::watch::{Classifier, Interface, NetworkState, WatchError};
 
+/// Where an endpoint learns which local addresses it has.
+///
+/// Following the system's network is the default because a flow survives a move only if
+/// its endpoint hears of the move: an endpoint that never learns that Wi-Fi went away
+/// keeps writing into a dead path until TCP gives up, minutes later.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum NetworkSource {
+    /// The system's network watcher (netlink on Linux, polling elsewhere; see
+    /// [`crate::watch::system`]), started by the endpoint itself when it first listens or
+    /// connects. Pinned addresses ([`EndpointConfig::local_ips`] not empty) switch it
+    /// off. Default.
+    #[default]
+    System,
+    /// The application: it pushes interface snapshots
+    /// ([`Endpoint::follow_network`] with a [`crate::watch::PushedNetwork`], as the
+    /// mobile SDK does with the platform's network monitor) or sets addresses itself
+    /// ([`Endpoint::set_local_ips`]).
+    Application,
+}
+
 /// How an endpoint behaves. Every field has a default chosen for phones.
 #[derive(Clone, Debug)]
 pub struct EndpointConfig {
     /// Where names are registered and looked up.
     pub names: Arc<dyn NameService>,
-    /// Local addresses to use. Empty: let the operating system choose for outgoing
-    /// subflows and listen on all interfaces.
+    /// Local addresses to use, pinned: when not empty the endpoint uses these and does
+    /// not follow the system's network (it moves only when told, through
+    /// [`Endpoint::set_local_ips`] or a network it is told to follow). Empty: the
+    /// addresses come from [`network`](Self::network); until they do (or with none
+    /// usable) the operating system chooses for outgoing subflows and listeners take
+    /// every interface.
     pub local_ips: Vec<IpAddr>,
+    /// Where the endpoint learns its addresses when none are pinned. Default
+    /// [`NetworkSource::System`]: it follows the system's network by itself.
+    pub network: NetworkSource,
     /// Port to listen on (0: any free port, kept across moves when possible).
     pub listen_port: u16,
     /// The flow protocol's buffers and timers.
@@ -65,6 +93,7 @@ impl EndpointConfig {
         EndpointConfig {
             names,
             local_ips: Vec::new(),
+            network: NetworkSource::System,
             listen_port: 0,
             flow: FlowConfig::default(),
             connect_timeout: Duration::from_secs(20),
@@ -75,6 +104,12 @@ impl EndpointConfig {
             path_policy: PathPolicy::Backup,
             socket_binder: None,
         }
+    }
+
+    /// Whether an endpoint with this configuration follows the system's network by
+    /// itself.
+    pub fn follows_system_network(&self) -> bool {
+        self.network == NetworkSource::System && self.local_ips.is_empty()
     }
 }
 
@@ -87,6 +122,10 @@ struct State {
     refresh: Option<AbortHandle>,
     /// The interfaces last seen by a followed network watcher.
     interfaces: Vec<Interface>,
+    /// The follower of the system's network that the endpoint started by itself.
+    system_follower: Option<NetworkFollower>,
+    /// The application chose a network to follow: the endpoint starts none of its own.
+    app_follows: bool,
 }
 
 impl State {
@@ -102,6 +141,19 @@ impl State {
         }
         names
     }
+
+    /// Addresses peers can reach our listeners on.
+    fn published_addrs(&self) -> Vec<SocketAddr> {
+        let mut out = Vec::new();
+        for (addr, _) in &self.listeners {
+            if addr.ip().is_unspecified() {
+                out.extend(interface_ips().into_iter().map(|ip| SocketAddr::new(ip, addr.port())));
+            } else {
+                out.push(*addr);
+            }
+        }
+        out
+    }
 }
 
 pub(crate) struct EndpointInner {
@@ -116,6 +168,8 @@ pub(crate) struct EndpointInner {
     /// the next periodic refresh (held in an `Arc` so the task can wait on it without
     /// keeping the endpoint alive).
     republish: Arc<Notify>,
+    /// Set once the system's network is followed (or that was found impossible).
+    system_follow: tokio::sync::OnceCell<()>,
 }
 
 impl Drop for EndpointInner {
@@ -174,7 +228,8 @@ impl Drop for Listener {
 }
 
 impl Endpoint {
-    /// An endpoint for `identity`. Sockets open when it listens or connects.
+    /// An endpoint for `identity`. Sockets open, and the system's network is followed
+    /// (see [`NetworkSource`]), when it first listens or connects.
     pub fn bind(identity: Identity, config: EndpointConfig) -> Result<Endpoint, Error> {
         let (net_changed, _) = watch::channel(0);
         let state = State {
@@ -185,6 +240,8 @@ impl Endpoint {
             flows: HashMap::new(),
             refresh: None,
             interfaces: Vec::new(),
+            system_follower: None,
+            app_follows: false,
         };
         Ok(Endpoint {
             inner: Arc::new(EndpointInner {
@@ -195,6 +252,7 @@ impl Endpoint {
                 pins: Mutex::new(HashMap::new()),
                 record_seq: AtomicU64::new(0),
                 republish: Arc::new(Notify::new()),
+                system_follow: tokio::sync::OnceCell::new(),
             }),
         })
     }
@@ -208,6 +266,7 @@ impl Endpoint {
     /// (and keeps it current as they change) and returns a listener for its flows.
     pub async fn listen(&self, name: &str) -> Result<Listener, Error> {
         name::validate_name(name)?;
+        self.follow_system_network().await;
         let (tx, rx) = mpsc::channel(64);
         {
             let mut st = self.inner.lock();
@@ -229,6 +288,7 @@ impl Endpoint {
 
     /// Opens a flow to the endpoint serving `name`.
     pub async fn connect(&self, name: &str) -> Result<Flow, Error> {
+        self.follow_system_network().await;
         super::dial::connect(&self.inner, name).await
     }
 
@@ -318,21 +378,81 @@ impl Endpoint {
     /// cellular; loopback only with [`EndpointConfig::use_loopback`]) to
     /// [`set_local_ips`](Self::set_local_ips) if they differ from the current ones.
     /// Runs until the returned handle is dropped or stopped. Needs a tokio runtime.
+    ///
+    /// The endpoint then stops following the system's network by itself (see
+    /// [`NetworkSource`]): the application's network is the one that counts.
     pub fn follow_network(&self, network: watch::Receiver<NetworkState>) -> NetworkFollower {
+        {
+            let mut st = self.inner.lock();
+            st.app_follows = true;
+            if let Some(own) = st.system_follower.take() {
+                tracing::debug!("the application chose a network to follow; the system's is no longer followed");
+                own.stop();
+            }
+        }
         NetworkFollower::spawn(Arc::downgrade(&self.inner), network)
     }
 
     /// Starts the best network watcher for this system (netlink on Linux, polling
-    /// elsewhere; see [`crate::watch::system`]) and follows it.
+    /// elsewhere; see [`crate::watch::system`]) and follows it, in place of the one the
+    /// endpoint follows by default.
     pub async fn watch_network(&self) -> Result<NetworkFollower, WatchError> {
         let network = crate::watch::system(Classifier::new()).await?;
         Ok(self.follow_network(network))
+    }
+
+    /// Whether the endpoint follows the system's network by itself right now.
+    pub fn follows_system_network(&self) -> bool {
+        self.inner.lock().system_follower.as_ref().is_some_and(|f| !f.is_finished())
+    }
+
+    /// Starts following the system's network, once, if the configuration asks for it and
+    /// the application follows none of its own. The watcher's first state is applied
+    /// before this returns, so a listener binds, and a name is published, on the
+    /// interfaces' addresses rather than on "any". A system without a usable watcher
+    /// keeps the operating system's choices (logged).
+    async fn follow_system_network(&self) {
+        if !self.inner.config.follows_system_network() {
+            return;
+        }
+        self.inner
+            .system_follow
+            .get_or_init(|| async {
+                if self.inner.lock().app_follows {
+                    return;
+                }
+                let network = match crate::watch::system(Classifier::new()).await {
+                    Ok(network) => network,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "the system's network watcher could not start; polling the interfaces instead");
+                        match crate::watch::poll::start(Classifier::new(), crate::watch::poll::DEFAULT_INTERVAL) {
+                            Ok(network) => network,
+                            Err(e) => {
+                                tracing::warn!(error = %e, "the interfaces cannot be listed; moves will not be followed");
+                                return;
+                            }
+                        }
+                    }
+                };
+                let follower = NetworkFollower::start(self, network).await;
+                let mut st = self.inner.lock();
+                if st.app_follows {
+                    follower.stop();
+                } else {
+                    st.system_follower = Some(follower);
+                }
+            })
+            .await;
     }
 
     /// The interfaces last seen by a followed network watcher (empty if none is
     /// followed), whether or not they are in use.
     pub fn interfaces(&self) -> Vec<Interface> {
         self.inner.lock().interfaces.clone()
+    }
+
+    pub(super) fn downgrade(&self) -> Weak<EndpointInner> {
+        Arc::downgrade(&self.inner)
     }
 
     pub(super) fn upgrade(inner: &Weak<EndpointInner>) -> Option<Endpoint> {
@@ -388,36 +508,59 @@ impl EndpointInner {
 
     /// Addresses peers can reach our listeners on.
     pub(crate) fn published_addrs(&self) -> Vec<SocketAddr> {
-        let st = self.lock();
-        let mut out = Vec::new();
-        for (addr, _) in &st.listeners {
-            if addr.ip().is_unspecified() {
-                out.extend(interface_ips().into_iter().map(|ip| SocketAddr::new(ip, addr.port())));
-            } else {
-                out.push(*addr);
-            }
-        }
-        out
+        self.lock().published_addrs()
     }
 
     /// Publishes (or refreshes) the record of `name` with the current addresses.
+    ///
+    /// Publications never fight each other. Each takes its sequence number and its
+    /// addresses in one step under the state's lock, so a higher number always carries
+    /// a newer view of the addresses; the name service keeps the highest. A publication
+    /// that arrives after a newer one of ours (they run concurrently: a request stuck on
+    /// a vanished source address must not hold back the next) was superseded, which is
+    /// success. A newer record of this key that we did not make (a previous run whose
+    /// clock was ahead) is overtaken by publishing again above it.
     async fn publish(&self, name: &str) -> Result<(), Error> {
-        let public = self.identity.public();
+        for _ in 0..2 {
+            let signed = self.next_record(name)?;
+            let seq = signed.record.seq;
+            match self.config.names.register(&signed).await {
+                Ok(()) => {
+                    tracing::info!(name, addrs = ?signed.record.addrs, seq, "name published");
+                    return Ok(());
+                }
+                Err(name::NameError::Stale { current, .. }) if current <= self.record_seq.load(Ordering::SeqCst) => {
+                    tracing::debug!(name, seq, newer = current, "publication superseded by a newer one of ours");
+                    return Ok(());
+                }
+                Err(name::NameError::Stale { current, .. }) => {
+                    tracing::info!(name, seq, registered = current, "the name service holds a newer record of this key; publishing above it");
+                    let _st = self.lock(); // sequence numbers move only under the state's lock
+                    self.record_seq.fetch_max(current, Ordering::SeqCst);
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(Error::Name(name::NameError::Store(format!("{name}: the registered record kept moving ahead of ours"))))
+    }
+
+    /// The signed record of `name` for a publication now: the next sequence number and
+    /// the current addresses, taken together.
+    fn next_record(&self, name: &str) -> Result<SignedRecord, Error> {
         let now = name::unix_now();
         let millis = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_millis() as u64)
             .unwrap_or(0);
-        // Time-based sequence numbers stay increasing across restarts without storage.
-        let seq = self
-            .record_seq
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |s| Some(millis.max(s + 1)))
-            .map_or(millis, |prev| millis.max(prev + 1));
-        let record = NameRecord::new(name.to_string(), public, self.published_addrs(), seq, now + self.config.record_ttl.as_secs());
-        let signed = SignedRecord::sign(record, &self.identity)?;
-        self.config.names.register(&signed).await?;
-        tracing::info!(name, addrs = ?signed.record.addrs, seq, "name published");
-        Ok(())
+        let (seq, addrs) = {
+            let st = self.lock();
+            // Time-based sequence numbers stay increasing across restarts without storage.
+            let seq = self.record_seq.load(Ordering::SeqCst).max(millis) + 1;
+            self.record_seq.store(seq, Ordering::SeqCst);
+            (seq, st.published_addrs())
+        };
+        let record = NameRecord::new(name.to_string(), self.identity.public(), addrs, seq, now + self.config.record_ttl.as_secs());
+        Ok(SignedRecord::sign(record, &self.identity)?)
     }
 
     /// Looks `name` up and checks its keys against the ones seen first.

@@ -32,7 +32,16 @@ pub struct NetworkFollower {
 
 impl NetworkFollower {
     pub(super) fn spawn(ep: Weak<EndpointInner>, network: watch::Receiver<NetworkState>) -> NetworkFollower {
-        NetworkFollower { task: tokio::spawn(follow(ep, network)).abort_handle() }
+        NetworkFollower { task: tokio::spawn(follow(ep, network, false)).abort_handle() }
+    }
+
+    /// Applies `network`'s current state before returning, then follows it in the
+    /// background (an endpoint's own follower: its first listener must bind on the
+    /// interfaces' addresses).
+    pub(super) async fn start(endpoint: &Endpoint, mut network: watch::Receiver<NetworkState>) -> NetworkFollower {
+        let state = network.borrow_and_update().clone();
+        let offline = apply(endpoint, state, false).await;
+        NetworkFollower { task: tokio::spawn(follow_changes(endpoint.downgrade(), network, offline)).abort_handle() }
     }
 
     /// Stops following; the endpoint keeps the addresses it has.
@@ -50,8 +59,7 @@ impl Drop for NetworkFollower {
     }
 }
 
-async fn follow(ep: Weak<EndpointInner>, mut network: watch::Receiver<NetworkState>) {
-    let mut offline = false;
+async fn follow(ep: Weak<EndpointInner>, mut network: watch::Receiver<NetworkState>, mut offline: bool) {
     loop {
         let state = network.borrow_and_update().clone();
         let Some(endpoint) = Endpoint::upgrade(&ep) else {
@@ -64,6 +72,15 @@ async fn follow(ep: Weak<EndpointInner>, mut network: watch::Receiver<NetworkSta
             return;
         }
     }
+}
+
+/// [`follow`] from the next change on.
+async fn follow_changes(ep: Weak<EndpointInner>, mut network: watch::Receiver<NetworkState>, offline: bool) {
+    if network.changed().await.is_err() {
+        tracing::debug!("the network watcher ended; no longer following it");
+        return;
+    }
+    follow(ep, network, offline).await
 }
 
 /// What to do with a new network state.
@@ -276,6 +293,58 @@ mod tests {
         ep.set_local_ips(ips(&["127.0.0.65"])).await.unwrap();
         let r = published_after(&mut published, back.seq).await;
         assert_eq!(r.addrs, vec![std::net::SocketAddr::new("127.0.0.65".parse().unwrap(), port)]);
+    }
+
+    /// Holds the first registration it sees for `first_delay`, the others not at all, so
+    /// a later publication overtakes an earlier one on its way to the store.
+    #[derive(Debug)]
+    struct Overtaking {
+        store: crate::name::MemoryNameService,
+        first_delay: std::time::Duration,
+        calls: std::sync::atomic::AtomicUsize,
+    }
+
+    impl crate::name::NameService for Overtaking {
+        fn register<'a>(&'a self, record: &'a crate::name::SignedRecord) -> crate::name::NameFuture<'a, ()> {
+            Box::pin(async move {
+                if self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0 {
+                    tokio::time::sleep(self.first_delay).await;
+                }
+                self.store.register(record).await
+            })
+        }
+
+        fn lookup<'a>(&'a self, name: &'a str) -> crate::name::NameFuture<'a, crate::name::SignedRecord> {
+            self.store.lookup(name)
+        }
+    }
+
+    #[tokio::test]
+    async fn following_and_listening_at_once_never_fight() {
+        use crate::watch::PushedNetwork;
+        use crate::{EndpointConfig, Identity, NetworkSource};
+        use std::sync::Arc;
+
+        for round in 0..20u8 {
+            let names = Arc::new(Overtaking {
+                store: Default::default(),
+                first_delay: std::time::Duration::from_millis(5 + round as u64),
+                calls: Default::default(),
+            });
+            let mut config = EndpointConfig::new(names.clone());
+            config.local_ips = ips(&["127.0.0.71"]);
+            config.network = NetworkSource::Application;
+            config.use_loopback = true;
+            let ep = Endpoint::bind(Identity::from_seed([71; 32]), config).unwrap();
+            let net = PushedNetwork::new(vec![lo_iface("wlan0", 3, InterfaceKind::Wifi, true, &["127.0.0.72"])]);
+            // The listener's publication (held) and the follower's (not held) race.
+            let (listener, _follower) = tokio::join!(ep.listen("race.test"), async { ep.follow_network(net.subscribe()) });
+            listener.unwrap_or_else(|e| panic!("round {round}: listen failed: {e}"));
+            assert_eq!(names.calls.load(std::sync::atomic::Ordering::SeqCst), 2, "round {round}: both published");
+            let registered = crate::name::NameService::lookup(&names.store, "race.test").await.unwrap().record;
+            assert_eq!(registered.addrs, ep.published_addrs(), "round {round}: the newest addresses are registered");
+            assert_eq!(registered.addrs[0].ip(), ips(&["127.0.0.72"])[0]);
+        }
     }
 
     #[test]

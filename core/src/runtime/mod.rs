@@ -19,7 +19,7 @@ mod read_slabs;
 mod socket;
 mod unsent;
 
-pub use endpoint::{Endpoint, EndpointConfig, Listener};
+pub use endpoint::{Endpoint, EndpointConfig, Listener, NetworkSource};
 pub use error::Error;
 pub use events::{FlowEvent, FlowEvents};
 pub use flow::{BlockingFlow, Flow, Path};

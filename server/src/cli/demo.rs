@@ -2,10 +2,13 @@
 //!
 //! A name server (the real one, on a temporary database), a listening endpoint and a
 //! connecting endpoint run in this process on loopback. While the client streams data to
-//! the server, each end moves between 127.0.0.x addresses: its old address is withdrawn
-//! (listeners closed, subflows on it cut), exactly what an interface change does. The
-//! client re-dials, re-looks-up when the server moved, and the flow resumes. At the end the
-//! SHA-256 of what was sent and what was received must match.
+//! the server, each end moves between 127.0.0.x addresses. Each endpoint follows a network
+//! the demo pushes interface snapshots into, the same path a followed system network or a
+//! phone's network monitor takes: a move is a new snapshot in which the interface has a
+//! new address, and the endpoint withdraws the old one (listeners closed, subflows on it
+//! cut), re-publishes its names and tells its peers. The client re-dials, re-looks-up when
+//! the server moved, and the flow resumes. At the end the SHA-256 of what was sent and what
+//! was received must match.
 //!
 //! A move's recovery time runs from the move until the receiver gets new data over the
 //! network again: a new subflow has joined the flow and the receiver's received-bytes
@@ -18,7 +21,8 @@ use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressStyle};
 use msocket::name::{NameService, TcpNameClient};
-use msocket::{Endpoint, EndpointConfig, Flow, FlowEvent, Identity};
+use msocket::watch::{Interface, InterfaceKind, PushedNetwork};
+use msocket::{Endpoint, EndpointConfig, Flow, FlowEvent, FlowEvents, Identity, NetworkFollower, NetworkSource};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -65,6 +69,58 @@ fn loopback(host: u8) -> IpAddr {
     IpAddr::V4(Ipv4Addr::new(127, 0, 0, host))
 }
 
+/// The one interface of a demo host, with its address `127.0.0.host`.
+fn interface(host: u8) -> Vec<Interface> {
+    vec![Interface {
+        name: "demo0".into(),
+        index: 1,
+        kind: InterfaceKind::Wifi,
+        metered: false,
+        up: true,
+        addrs: vec![loopback(host)],
+    }]
+}
+
+/// One side of the demo: its endpoint and the network it follows.
+struct Host {
+    endpoint: Endpoint,
+    network: PushedNetwork,
+    _follower: NetworkFollower,
+}
+
+impl Host {
+    fn new(names: &Arc<dyn NameService>, host: u8) -> Result<Host, String> {
+        let mut config = EndpointConfig::new(names.clone());
+        // The first address is the interface's; pushes move it from then on.
+        config.local_ips = vec![loopback(host)];
+        config.network = NetworkSource::Application;
+        config.use_loopback = true;
+        config.flow.flow_deadline = Duration::from_secs(60);
+        let endpoint =
+            Endpoint::bind(Identity::generate().map_err(|e| e.to_string())?, config).map_err(|e| e.to_string())?;
+        let network = PushedNetwork::new(interface(host));
+        let _follower = endpoint.follow_network(network.subscribe());
+        Ok(Host { endpoint, network, _follower })
+    }
+
+    /// The interface takes `127.0.0.host` instead of its address.
+    fn move_to(&self, host: u8) {
+        self.network.push(interface(host));
+    }
+}
+
+/// Waits until `events` report that the endpoint applied a move (its old subflows are
+/// retired by then).
+async fn moved(events: &mut FlowEvents) -> Result<(), String> {
+    loop {
+        match events.next().await {
+            Some(FlowEvent::Moved { .. }) => return Ok(()),
+            Some(_) => {}
+            None => return Err("the flow ended during a move".into()),
+        }
+    }
+}
+
 /// Runs the demo: `bytes` streamed, `moves` moves of each end plus one of both.
 pub async fn run(bytes: u64, moves: usize) -> Result<DemoReport, String> {
     // Every move needs new data after it (see `run_inner`): at least one byte a segment.
@@ -89,18 +145,13 @@ async fn run_inner(bytes: u64, moves: usize) -> Result<DemoReport, String> {
     let names: Arc<dyn NameService> = Arc::new(TcpNameClient::new(ns_addr.to_string(), Duration::from_secs(5)));
     eprintln!("name service on {ns_addr}");
 
-    let endpoint = |host: u8| -> Result<Endpoint, String> {
-        let mut config = EndpointConfig::new(names.clone());
-        config.local_ips = vec![loopback(host)];
-        config.flow.flow_deadline = Duration::from_secs(60);
-        Endpoint::bind(Identity::generate().map_err(|e| e.to_string())?, config).map_err(|e| e.to_string())
-    };
     let (mut server_host, mut client_host) = (11u8, 101u8);
-    let server_ep = endpoint(server_host)?;
-    let client_ep = endpoint(client_host)?;
-    let mut listener = server_ep.listen(NAME).await.map_err(|e| format!("listen: {e}"))?;
+    let server = Host::new(&names, server_host)?;
+    let client = Host::new(&names, client_host)?;
+    let mut listener = server.endpoint.listen(NAME).await.map_err(|e| format!("listen: {e}"))?;
     let accept = tokio::spawn(async move { listener.accept().await });
-    let client_flow = client_ep.connect(NAME).await.map_err(|e| format!("connect: {e}"))?;
+    let client_flow = client.endpoint.connect(NAME).await.map_err(|e| format!("connect: {e}"))?;
+    let mut client_events = client_flow.events();
     let server_flow = accept.await.map_err(|e| e.to_string())?.map_err(|e| format!("accept: {e}"))?;
     eprintln!("flow {} up: client {} -> server {}", client_flow.id(), loopback(client_host), loopback(server_host));
 
@@ -132,26 +183,33 @@ async fn run_inner(bytes: u64, moves: usize) -> Result<DemoReport, String> {
         while server_events.try_next().is_some() {}
         let old = (loopback(client_host), loopback(server_host));
         let started = Instant::now();
-        match mv {
-            Move::Client => {
-                client_host += 1;
-                client_ep.set_local_ips(vec![loopback(client_host)]).await
-            }
-            Move::Server => {
-                server_host += 1;
-                server_ep.set_local_ips(vec![loopback(server_host)]).await
-            }
-            Move::Both => {
-                client_host += 1;
-                server_host += 1;
-                let (a, b) = tokio::join!(
-                    client_ep.set_local_ips(vec![loopback(client_host)]),
-                    server_ep.set_local_ips(vec![loopback(server_host)])
-                );
-                a.and(b)
-            }
+        while client_events.try_next().is_some() {}
+        let (client_moves, server_moves) = match mv {
+            Move::Client => (true, false),
+            Move::Server => (false, true),
+            Move::Both => (true, true),
+        };
+        if client_moves {
+            client_host += 1;
+            client.move_to(client_host);
         }
-        .map_err(|e| format!("move {}: {e}", k + 1))?;
+        if server_moves {
+            server_host += 1;
+            server.move_to(server_host);
+        }
+        let applied = async {
+            if client_moves {
+                moved(&mut client_events).await?;
+            }
+            if server_moves {
+                moved(&mut server_events).await?;
+            }
+            Ok::<(), String>(())
+        };
+        tokio::time::timeout(MOVE_TIMEOUT, applied)
+            .await
+            .map_err(|_| format!("move {} was not applied within {MOVE_TIMEOUT:?}", k + 1))?
+            .map_err(|e| format!("move {}: {e}", k + 1))?;
         // The old paths are gone: whatever arrives from here on crossed a new one.
         let base = progress.borrow().1;
         allowed.send_replace(if k + 2 <= plan.len() { threshold(k + 2) } else { bytes });

@@ -30,7 +30,9 @@ pub struct Common {
     /// Name service URL: tcp://HOST:PORT of an `msocketd name` server.
     #[arg(long, env = "MSOCKET_NAMES", default_value = msocket::name::DEFAULT_NAMES_URL)]
     pub names: String,
-    /// Local IP address to use (repeat for several). Default: let the system choose.
+    /// Local IP address to use (repeat for several), pinned: flows use only these and do
+    /// not follow interface changes. Default: follow the system's interfaces (netlink on
+    /// Linux), so flows survive Wi-Fi/cellular hand-offs and address changes.
     #[arg(long = "bind", value_name = "IP")]
     pub bind: Vec<IpAddr>,
     /// Seconds a flow may go without any path before it fails.
