@@ -102,6 +102,15 @@ impl Netns {
         self.run("tc", args)
     }
 
+    /// The processes running in this namespace (`ip netns pids`): what a test started in
+    /// it with [`Netns::command`], and whatever those forked (daemons' session children
+    /// included), so a test can make sure nothing it started outlives it. Threads that
+    /// joined the namespace (the emulators', [`Netns::spawn_runtime`]'s) are not listed.
+    pub fn pids(&self) -> Result<Vec<u32>> {
+        let out = run_cmd(Command::new("ip").args(["netns", "pids", &self.name]), None)?;
+        Ok(out.split_whitespace().filter_map(|p| p.parse().ok()).collect())
+    }
+
     /// Loads an nftables script (`nft -f -`) inside the namespace.
     pub fn nft(&self, script: &str) -> Result<()> {
         run_cmd(self.command("nft").args(["-f", "-"]), Some(script)).map(drop)

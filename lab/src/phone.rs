@@ -31,8 +31,9 @@
 //! Internet); with NAT off the core routes them to the routers.
 
 use std::net::Ipv4Addr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tracing::info;
 
@@ -583,6 +584,36 @@ impl PhoneLab {
     pub fn set_link(&self, link: LinkId, spec: LinkSpec) -> Result<()> {
         self.emu_handle(link)?.set_spec(spec);
         Ok(())
+    }
+
+    /// Makes a phone link flap until `stop` is set: down for `period`, up for `period`,
+    /// down again, … (the phone at the edge of a Wi-Fi network's range). Blocks the
+    /// calling thread, so run it on a thread of its own (e.g. `std::thread::scope`) while
+    /// traffic flows; `stop` is looked at every `period`. The link is left up, routes
+    /// restored, even when a step fails. Returns how many times the link went down.
+    pub fn flap(&self, access: Access, period: Duration, stop: &AtomicBool) -> Result<u32> {
+        let mut downs = 0;
+        let mut run = || -> Result<()> {
+            while !stop.load(Ordering::SeqCst) {
+                self.link_down(access)?;
+                downs += 1;
+                // Pacing the moves, not waiting for anything.
+                std::thread::sleep(period);
+                self.link_up(access)?;
+                if stop.load(Ordering::SeqCst) {
+                    break;
+                }
+                std::thread::sleep(period);
+            }
+            Ok(())
+        };
+        let outcome = run();
+        let down = !self.state().link_up[access.idx()];
+        if down {
+            self.link_up(access)?;
+        }
+        info!(iface = access.ifname(), downs, "phone link stopped flapping");
+        outcome.map(|()| downs)
     }
 
     fn emu_handle(&self, link: LinkId) -> Result<EmuHandle> {
