@@ -195,6 +195,9 @@ impl PhoneLab {
         for n in [&phone, &server] {
             n.disable_rp_filter()?;
         }
+        // The server host enables TCP Fast Open for servers as well as clients, as
+        // docs/OPERATIONS.md advises msocket's servers to: a JOIN then rides the SYN.
+        server.sysctl("net.ipv4.tcp_fastopen", "3")?;
         for n in [&routers[0], &routers[1], &core] {
             n.make_router()?;
         }

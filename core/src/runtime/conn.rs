@@ -108,8 +108,12 @@ pub(crate) struct Inner {
     /// re-dial attached a subflow that died before the peer said anything on it (an address
     /// that accepts and closes, a refused join); back to zero once a record is heard.
     pub(crate) redial_pause: Duration,
-    /// Client: the last join sequence used. Server: the highest accepted.
+    /// Client: the last join sequence used.
     pub(crate) join_seq: u64,
+    /// Server: the join sequence numbers accepted (a JOIN's is never accepted twice).
+    pub(crate) joins_seen: ReplayWindow,
+    /// Client: the peer's last JOIN answer said its host takes JOINs in SYNs.
+    pub(crate) peer_fast_open: bool,
     /// Where the peer was last reachable (client side re-dials these first).
     pub(crate) peer_addrs: Vec<SocketAddr>,
     /// Client: the peer's Ed25519 key from its name record, which must sign a claim that
@@ -230,6 +234,8 @@ impl Conn {
                 dialing: false,
                 redial_pause: Duration::ZERO,
                 join_seq: 0,
+                joins_seen: ReplayWindow::new(),
+                peer_fast_open: false,
                 peer_addrs: Vec::new(),
                 peer_signing_key: None,
                 app_gone: false,
@@ -866,6 +872,9 @@ async fn reader(
                 ) => a,
                 _ = killed(&mut kill) => return "retired".to_string(),
             };
+            if let Ok(accepted) = &answer {
+                conn.lock().peer_fast_open = accepted.fast_open;
+            }
             if let Err(e) = answer {
                 let mut inner = conn.lock();
                 if e.is_fatal() {

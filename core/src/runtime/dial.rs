@@ -22,7 +22,6 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::task::JoinSet;
 
@@ -88,8 +87,8 @@ pub(crate) async fn connect(ep: &Arc<EndpointInner>, name: &str) -> Result<Flow,
                     }
                 };
                 let attempt = async {
-                    let (stream, addr) = match race(ep, &record.addrs, relookup, false).await {
-                        Ok(won) => won,
+                    let (stream, addr) = match race(ep, &record.addrs, relookup, false, None).await {
+                        Ok((stream, addr, _)) => (stream, addr),
                         Err(why) => return Err(Attempt::Failed(why)),
                     };
                     if !tried.contains(&addr) {
@@ -231,8 +230,15 @@ async fn rejoin_round(ep: &Arc<EndpointInner>, conn: &Arc<Conn>) -> bool {
             }
         }
     };
-    match race(ep, &known, lookup, true).await {
-        Ok((stream, addr)) => try_join(conn, stream, addr).await,
+    match race(ep, &known, lookup, true, Some(conn)).await {
+        Ok((stream, addr, Some(seq))) => {
+            attach_joined(conn, stream, addr, seq);
+            true
+        }
+        Ok((_, addr, None)) => {
+            tracing::warn!(%addr, "a re-dial connected without a JOIN; dropped");
+            !needs_subflow(conn)
+        }
         Err(why) => {
             tracing::debug!(name = %conn.name, why, "re-dial round failed");
             !needs_subflow(conn)
@@ -246,13 +252,16 @@ async fn rejoin_round(ep: &Arc<EndpointInner>, conn: &Arc<Conn>) -> bool {
 /// trying, or at once when one failed; the losers are dropped. Each attempt is bounded by
 /// `io_timeout`. When every attempt failed outright, `wait_for_more` says whether to wait
 /// for `more` (a lookup running alongside) or to report the failure at once (the caller
-/// retries on its own schedule).
+/// retries on its own schedule). With `join`, every attempt opens with a JOIN of that
+/// flow (in its SYN where TCP Fast Open works), and the winner's sequence number comes
+/// back with it.
 async fn race(
     ep: &Arc<EndpointInner>,
     first: &[SocketAddr],
     more: impl Future<Output = Vec<SocketAddr>>,
     wait_for_more: bool,
-) -> Result<(TcpStream, SocketAddr), String> {
+    join: Option<&Arc<Conn>>,
+) -> Result<(TcpStream, SocketAddr, Option<u64>), String> {
     let mut pending: VecDeque<(Option<IpAddr>, SocketAddr)> = VecDeque::new();
     let mut seen: Vec<(Option<IpAddr>, SocketAddr)> = Vec::new();
     let mut add = |addrs: &[SocketAddr], front: bool, pending: &mut VecDeque<_>| {
@@ -283,7 +292,12 @@ async fn race(
         if attempts.is_empty() || tokio::time::Instant::now() >= next_at {
             if let Some((local, addr)) = pending.pop_front() {
                 let ep = ep.clone();
-                attempts.spawn(async move { (local, addr, ep.dial_tcp_from(local, addr).await) });
+                let join = join.map(|conn| next_join(conn));
+                attempts.spawn(async move {
+                    let (early, fast_open) = join.as_ref().map_or((&[][..], false), |(_, bytes, fast)| (bytes.as_slice(), *fast));
+                    let dialed = ep.dial_tcp_from(local, addr, early, fast_open).await;
+                    (local, addr, dialed.map(|s| (s, join.map(|(seq, ..)| seq))))
+                });
                 next_at = tokio::time::Instant::now() + ATTEMPT_DELAY;
                 continue;
             }
@@ -293,7 +307,7 @@ async fn race(
         }
         tokio::select! {
             Some(joined) = attempts.join_next(), if !attempts.is_empty() => match joined {
-                Ok((_, addr, Ok(stream))) => return Ok((stream, addr)),
+                Ok((_, addr, Ok((stream, seq)))) => return Ok((stream, addr, seq)),
                 Ok((local, addr, Err(e))) => {
                     tracing::debug!(?local, %addr, error = %e, "connection attempt failed");
                     last = format!("{addr}: {e}");
@@ -311,31 +325,41 @@ async fn race(
     }
 }
 
-/// Sends a JOIN on a fresh connection to `addr`. The subflow is attached at once (its
-/// reader checks the answer before any record), which saves a round trip on resume.
-async fn try_join(conn: &Arc<Conn>, stream: TcpStream, addr: SocketAddr) -> bool {
-    if conn.role != Role::Client || !needs_subflow(conn) {
-        return !needs_subflow(conn);
-    }
-    join_subflow(conn, stream, addr).await
+/// The next JOIN of `conn`: its sequence number (never used before, so the peer refuses
+/// replays), its bytes, and whether it may ride the SYN (the peer said its host takes
+/// that).
+fn next_join(conn: &Conn) -> (u64, Vec<u8>, bool) {
+    let (seq, fast_open) = {
+        let mut inner = conn.lock();
+        inner.join_seq += 1;
+        (inner.join_seq, inner.peer_fast_open)
+    };
+    (seq, header::join_request(&conn.keys.join_key, &conn.keys.flow_id, seq), fast_open)
 }
 
-/// Sends a JOIN on a fresh connection to `addr` and attaches it as a subflow (whether or
-/// not the flow has others). False if the JOIN could not be sent.
-pub(crate) async fn join_subflow(conn: &Arc<Conn>, mut stream: TcpStream, addr: SocketAddr) -> bool {
+/// Attaches a connection that opened with JOIN `seq` as a subflow of `conn`. Its reader
+/// checks the peer's answer before any record, so the subflow's first records go out at
+/// once, which saves a round trip on resume.
+fn attach_joined(conn: &Arc<Conn>, stream: TcpStream, addr: SocketAddr, seq: u64) {
+    tracing::debug!(%addr, seq, in_syn = super::fast_open::syn_data_acked(&stream), "joined");
+    conn.attach(stream, seq, Some(JoinCheck { seq }));
+}
+
+/// Dials `addr` from `local` with a JOIN of `conn` and attaches the subflow (whether or
+/// not the flow has others). False if the flow needs no path or the dial failed.
+pub(crate) async fn dial_join(ep: &Arc<EndpointInner>, conn: &Arc<Conn>, local: Option<IpAddr>, addr: SocketAddr) -> bool {
     if conn.role != Role::Client || !conn.lock().proto.needs_path() {
         return false;
     }
-    let seq = {
-        let mut inner = conn.lock();
-        inner.join_seq += 1;
-        inner.join_seq
-    };
-    let request = header::join_request(&conn.keys.join_key, &conn.keys.flow_id, seq);
-    if let Err(e) = stream.write_all(&request).await {
-        tracing::debug!(%addr, error = %e, "sending a JOIN failed");
-        return false;
+    let (seq, join, fast_open) = next_join(conn);
+    match ep.dial_tcp_from(local, addr, &join, fast_open).await {
+        Ok(stream) => {
+            attach_joined(conn, stream, addr, seq);
+            true
+        }
+        Err(e) => {
+            tracing::debug!(?local, %addr, error = %e, "extra subflow: connect failed");
+            false
+        }
     }
-    conn.attach(stream, seq, Some(JoinCheck { seq }));
-    true
 }

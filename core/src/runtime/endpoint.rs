@@ -170,6 +170,8 @@ pub(crate) struct EndpointInner {
     republish: Arc<Notify>,
     /// Set once the system's network is followed (or that was found impossible).
     system_follow: tokio::sync::OnceCell<()>,
+    /// Our listeners take JOINs in SYNs (TCP Fast Open); our JOIN answers say so.
+    takes_fast_open: std::sync::atomic::AtomicBool,
 }
 
 impl Drop for EndpointInner {
@@ -253,6 +255,7 @@ impl Endpoint {
                 record_seq: AtomicU64::new(0),
                 republish: Arc::new(Notify::new()),
                 system_follow: tokio::sync::OnceCell::new(),
+                takes_fast_open: std::sync::atomic::AtomicBool::new(false),
             }),
         })
     }
@@ -492,9 +495,10 @@ impl EndpointInner {
             if st.listeners.iter().any(|(a, _)| a.ip() == ip) {
                 continue;
             }
-            let listener = bind_listener(SocketAddr::new(ip, st.port))
+            let (listener, fast_open) = bind_listener(SocketAddr::new(ip, st.port))
                 .or_else(|_| bind_listener(SocketAddr::new(ip, 0)))
                 .map_err(|e| Error::io(format!("listen on {ip}"), e))?;
+            self.takes_fast_open.store(fast_open, Ordering::Relaxed);
             let addr = listener.local_addr().map_err(|e| Error::io("listener address", e))?;
             if st.port == 0 {
                 st.port = addr.port();
@@ -614,11 +618,21 @@ impl EndpointInner {
         if ips.is_empty() { vec![None] } else { ips }
     }
 
-    /// A TCP connection to `addr` from `local` (None: the system chooses).
-    pub(crate) async fn dial_tcp_from(&self, local: Option<IpAddr>, addr: SocketAddr) -> std::io::Result<TcpStream> {
-        let sock = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+    /// A TCP connection to `addr` from `local` (None: the system chooses) that starts
+    /// with `early`: in the SYN with `fast_open` where TCP Fast Open works (see
+    /// `fast_open`), right after the handshake otherwise. Bounded by `io_timeout`.
+    pub(crate) async fn dial_tcp_from(
+        &self,
+        local: Option<IpAddr>,
+        addr: SocketAddr,
+        early: &[u8],
+        fast_open: bool,
+    ) -> std::io::Result<TcpStream> {
+        use socket2::{Domain, Protocol, Socket, Type};
+        let sock = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+        sock.set_nonblocking(true)?;
         if let Some(ip) = local {
-            sock.bind(SocketAddr::new(ip, 0))?;
+            sock.bind(&SocketAddr::new(ip, 0).into())?;
             if let Some(binder) = &self.config.socket_binder {
                 #[cfg(unix)]
                 let raw = std::os::fd::AsRawFd::as_raw_fd(&sock);
@@ -627,8 +641,8 @@ impl EndpointInner {
                 binder.bind(raw, ip)?;
             }
         }
-        sock.set_nodelay(true)?;
-        match tokio::time::timeout(self.config.io_timeout, sock.connect(addr)).await {
+        sock.set_tcp_nodelay(true)?;
+        match tokio::time::timeout(self.config.io_timeout, super::fast_open::connect(sock, addr, early, fast_open)).await {
             Ok(r) => r,
             Err(_) => Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out")),
         }
@@ -670,18 +684,21 @@ impl EndpointInner {
                     None => Some(JoinRefusal::UnknownFlow),
                     Some(c) if !join::verify_request(&c.keys.join_key, &flow_id, seq, &tag) => Some(JoinRefusal::BadMac),
                     Some(c) => {
+                        // Seen sequence numbers are refused; unseen ones may come out of
+                        // order (the client's dials race, and each JOIN left with its SYN).
                         let mut inner = c.lock();
-                        if seq <= inner.join_seq {
-                            Some(JoinRefusal::Replayed)
-                        } else {
-                            inner.join_seq = seq;
+                        if inner.joins_seen.is_fresh(seq) {
+                            inner.joins_seen.insert(seq);
                             None
+                        } else {
+                            Some(JoinRefusal::Replayed)
                         }
                     }
                 };
                 match (refusal, conn) {
                     (None, Some(conn)) => {
-                        let ok = header::join_accept(&conn.keys.join_key, &flow_id, seq);
+                        let fast_open = self.takes_fast_open.load(Ordering::Relaxed);
+                        let ok = header::join_accept(&conn.keys.join_key, &flow_id, seq, fast_open);
                         stream.write_all(&ok).await.map_err(|e| e.to_string())?;
                         conn.attach(stream, seq, None);
                         Ok(())
@@ -701,11 +718,13 @@ impl EndpointInner {
     }
 }
 
-fn bind_listener(addr: SocketAddr) -> std::io::Result<TcpListener> {
+/// A listening socket on `addr`, and whether it takes JOINs in SYNs.
+fn bind_listener(addr: SocketAddr) -> std::io::Result<(TcpListener, bool)> {
     let sock = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
     sock.set_reuseaddr(true)?;
     sock.bind(addr)?;
-    sock.listen(1024)
+    let fast_open = super::fast_open::allow_on_listener(&sock);
+    Ok((sock.listen(1024)?, fast_open))
 }
 
 /// Non-loopback interface addresses, or loopback when there is nothing else.

@@ -4,8 +4,9 @@
 //! header    = magic "MSKT"  version:u8 (1)  kind:u8
 //! kind 1 NEW_FLOW: → len:u16 noise_msg1     ← len:u16 noise_msg2
 //! kind 2 JOIN:     → flow_id[16] join_seq:u64 mac[16]
-//!                  ← 0 mac[16]  (accepted)  |  code:u8 len:u8 reason (refused, then close;
-//!                    code 1 "unknown flow" adds sig[64], the peer's Ed25519 signature)
+//!                  ← 0 mac[16]  (accepted)  |  4 mac[16]  (accepted; this host takes
+//!                    JOINs in SYNs: TCP Fast Open)  |  code:u8 len:u8 reason (refused, then
+//!                    close; code 1 "unknown flow" adds sig[64], the peer's Ed25519 signature)
 //! ```
 //! After that, both directions carry sealed records (see `session::record`). Every read
 //! here is bounded in size and, by the caller, in time.
@@ -102,9 +103,14 @@ pub(crate) async fn read_join(r: &mut (impl AsyncRead + Unpin)) -> io::Result<[u
     Ok(body)
 }
 
-pub(crate) fn join_accept(key: &[u8; 32], flow: &FlowId, seq: u64) -> Vec<u8> {
-    let mut out = vec![0u8];
-    out.extend_from_slice(&join::accept_mac(key, flow, seq));
+/// Status byte of an accepted JOIN.
+const JOIN_OK: u8 = 0;
+/// Status byte of an accepted JOIN from a host that takes JOINs in SYNs.
+const JOIN_OK_FAST_OPEN: u8 = 4;
+
+pub(crate) fn join_accept(key: &[u8; 32], flow: &FlowId, seq: u64, fast_open: bool) -> Vec<u8> {
+    let mut out = vec![if fast_open { JOIN_OK_FAST_OPEN } else { JOIN_OK }];
+    out.extend_from_slice(&join::accept_mac(key, flow, seq, fast_open));
     out
 }
 
@@ -155,18 +161,30 @@ impl JoinAnswerError {
     }
 }
 
+/// What an accepted JOIN's answer says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct JoinAccepted {
+    /// The peer's host takes JOINs in SYNs (TCP Fast Open): later joins may ride them.
+    pub(crate) fast_open: bool,
+}
+
 pub(crate) async fn read_join_answer(
     r: &mut (impl AsyncRead + Unpin),
     key: &[u8; 32],
     flow: &FlowId,
     seq: u64,
     peer_signing_key: Option<&[u8; 32]>,
-) -> Result<(), JoinAnswerError> {
+) -> Result<JoinAccepted, JoinAnswerError> {
     let status = r.read_u8().await?;
-    if status == 0 {
+    if status == JOIN_OK || status == JOIN_OK_FAST_OPEN {
+        let fast_open = status == JOIN_OK_FAST_OPEN;
         let mut tag = [0u8; MAC_LEN];
         r.read_exact(&mut tag).await?;
-        return if join::verify_accept(key, flow, seq, &tag) { Ok(()) } else { Err(JoinAnswerError::BadMac) };
+        return if join::verify_accept(key, flow, seq, fast_open, &tag) {
+            Ok(JoinAccepted { fast_open })
+        } else {
+            Err(JoinAnswerError::BadMac)
+        };
     }
     let len = r.read_u8().await? as usize;
     let mut reason = vec![0u8; len];

@@ -10,6 +10,7 @@ mod dial;
 mod endpoint;
 mod error;
 mod events;
+mod fast_open;
 mod flow;
 mod follow;
 mod header;

@@ -198,13 +198,7 @@ impl Conn {
 
 async fn dial_extra(conn: Arc<Conn>, local: Option<IpAddr>, addr: SocketAddr) {
     let joined = match conn.endpoint.upgrade() {
-        Some(ep) => match ep.dial_tcp_from(local, addr).await {
-            Ok(stream) => super::dial::join_subflow(&conn, stream, addr).await,
-            Err(e) => {
-                tracing::debug!(?local, %addr, error = %e, "extra subflow: connect failed");
-                false
-            }
-        },
+        Some(ep) => super::dial::dial_join(&ep, &conn, local, addr).await,
         None => false,
     };
     {

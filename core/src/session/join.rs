@@ -72,14 +72,16 @@ pub(crate) fn verify_request(key: &[u8; 32], flow: &FlowId, seq: u64, tag: &[u8;
     constant_time_eq(&mac(key, b"msocket join", flow, seq), tag)
 }
 
-/// The MAC in a JOIN_OK reply.
-pub(crate) fn accept_mac(key: &[u8; 32], flow: &FlowId, seq: u64) -> [u8; MAC_LEN] {
-    mac(key, b"msocket join ok", flow, seq)
+/// The MAC in a JOIN_OK reply; `fast_open` (the answering host takes JOINs in SYNs) is
+/// covered too, so nobody on the path can change it.
+pub(crate) fn accept_mac(key: &[u8; 32], flow: &FlowId, seq: u64, fast_open: bool) -> [u8; MAC_LEN] {
+    let label: &[u8] = if fast_open { b"msocket join ok, fast open" } else { b"msocket join ok" };
+    mac(key, label, flow, seq)
 }
 
 /// Checks a JOIN_OK reply's MAC in constant time.
-pub(crate) fn verify_accept(key: &[u8; 32], flow: &FlowId, seq: u64, tag: &[u8; MAC_LEN]) -> bool {
-    constant_time_eq(&accept_mac(key, flow, seq), tag)
+pub(crate) fn verify_accept(key: &[u8; 32], flow: &FlowId, seq: u64, fast_open: bool, tag: &[u8; MAC_LEN]) -> bool {
+    constant_time_eq(&accept_mac(key, flow, seq, fast_open), tag)
 }
 
 fn constant_time_eq(a: &[u8; MAC_LEN], b: &[u8; MAC_LEN]) -> bool {
@@ -101,8 +103,11 @@ mod tests {
         assert!(!verify_request(&[8u8; 32], &f, seq, &tag), "guessed key");
         assert!(!verify_request(&key, &f, 4, &tag), "other seq");
         assert!(!verify_request(&key, &FlowId([5; 16]), 3, &tag), "other flow");
-        let ok = accept_mac(&key, &flow, 3);
-        assert!(verify_accept(&key, &flow, 3, &ok));
-        assert!(!verify_accept(&key, &flow, 3, &tag), "request MAC is not a reply MAC");
+        for fast_open in [false, true] {
+            let ok = accept_mac(&key, &flow, 3, fast_open);
+            assert!(verify_accept(&key, &flow, 3, fast_open, &ok));
+            assert!(!verify_accept(&key, &flow, 3, !fast_open, &ok), "the fast-open flag cannot be flipped");
+            assert!(!verify_accept(&key, &flow, 3, fast_open, &tag), "request MAC is not a reply MAC");
+        }
     }
 }
