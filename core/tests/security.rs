@@ -18,6 +18,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 const MAGIC: &[u8] = b"MSKT";
+/// The clear header's version.
+const VERSION: u8 = 2;
+/// A JOIN's body: flow id, sequence, resume point, MAC.
+const JOIN_BODY: usize = 16 + 8 + 8 + 16;
 
 fn subflow_header(version: u8, kind: u8) -> Vec<u8> {
     let mut h = MAGIC.to_vec();
@@ -27,9 +31,10 @@ fn subflow_header(version: u8, kind: u8) -> Vec<u8> {
 }
 
 fn join_bytes(flow_id: [u8; 16], seq: u64, mac: [u8; 16]) -> Vec<u8> {
-    let mut out = subflow_header(1, 2);
+    let mut out = subflow_header(VERSION, 2);
     out.extend_from_slice(&flow_id);
     out.extend_from_slice(&seq.to_be_bytes());
+    out.extend_from_slice(&0u64.to_be_bytes()); // resume point
     out.extend_from_slice(&mac);
     out
 }
@@ -390,7 +395,7 @@ async fn pump_records(
         to.write_u16(len).await?;
         to.write_all(&msg).await?;
     } else {
-        let mut join = [0u8; 40];
+        let mut join = [0u8; JOIN_BODY];
         from.read_exact(&mut join).await?;
         to.write_all(&join).await?;
     }
@@ -490,21 +495,22 @@ async fn malformed_subflow_openings_are_refused_and_the_endpoint_keeps_serving()
     let target = server.published_addrs()[0];
 
     let new_flow = |len: u16, body: Vec<u8>| {
-        let mut b = subflow_header(1, 1);
+        let mut b = subflow_header(VERSION, 1);
         b.extend_from_slice(&len.to_be_bytes());
         b.extend_from_slice(&body);
         b
     };
     let cases: Vec<(&str, Vec<u8>, bool)> = vec![
         ("bad magic", b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(), false),
-        ("unknown version", subflow_header(2, 1), false),
-        ("unknown kind", subflow_header(1, 9), false),
+        ("unknown version", subflow_header(VERSION + 1, 1), false),
+        ("an older version", subflow_header(VERSION - 1, 2), false),
+        ("unknown kind", subflow_header(VERSION, 9), false),
         ("handshake over the limit", new_flow(60_000, data(200, 1)), false),
         ("half a header then close", b"MSK".to_vec(), true),
         ("NEW_FLOW with random Noise bytes", new_flow(96, data(96, 2)), false),
         ("NEW_FLOW with a short Noise message", new_flow(96, data(10, 3)), true),
         ("JOIN cut short", {
-            let mut b = subflow_header(1, 2);
+            let mut b = subflow_header(VERSION, 2);
             b.extend_from_slice(&[5; 10]);
             b
         }, true),
@@ -577,7 +583,7 @@ async fn lying_refuser(addr: SocketAddr) -> tokio::sync::watch::Receiver<u32> {
             // connection attempt) must not hold up the next.
             let count_tx = count_tx.clone();
             tokio::spawn(async move {
-                let mut opening = [0u8; 6 + 40];
+                let mut opening = [0u8; 6 + JOIN_BODY];
                 if conn.read_exact(&mut opening).await.is_err() {
                     return;
                 }

@@ -406,6 +406,27 @@ impl FlowState {
         }
     }
 
+    /// Subflow `id`, opened by the peer, came with the peer's resume point: its data from
+    /// us is complete up to `cum` (the JOIN carries it, authenticated). When `id` is the
+    /// flow's only subflow, that serves as the peer's resume ACK, without selective ranges
+    /// or a window: DATA may go at once, the units the peer lacks first, a round trip
+    /// before the real resume ACK (which follows the handshake) could arrive. With other
+    /// subflows still live here the point is ignored: some may be dead without our knowing
+    /// (the peer lost its address; its ABANDON rides behind its resume ACK), and new data
+    /// sent now would queue ahead of what they lost. Errors as an ACK would (a point
+    /// beyond what was sent).
+    pub fn peer_resumes_at(&mut self, id: SubflowId, cum: u64, now: Instant) -> Result<(), ProtocolViolation> {
+        if self.subflows.len() != 1 || !self.subflows.contains_key(&id) {
+            return Ok(());
+        }
+        self.handle_frame(id, Frame::Ack { cum, ranges: Vec::new(), window: 0 }, now)
+    }
+
+    /// Where our data from the peer is complete: the resume point a JOIN carries.
+    pub fn resume_point(&self) -> u64 {
+        self.recv.cum()
+    }
+
     /// Names subflow `id` with a token both ends agree on (the runtime uses the join
     /// sequence number), so that losing it can be reported to the peer with ABANDON.
     pub fn set_subflow_token(&mut self, id: SubflowId, token: u64) {

@@ -392,7 +392,13 @@ impl Conn {
     /// Puts an authenticated TCP connection to work as a subflow of this flow. `token` is
     /// the name both ends give it: 0 for the handshake's subflow, the join sequence for a
     /// joined one (so either end can report it lost with ABANDON).
-    pub(crate) fn attach(self: &Arc<Self>, stream: TcpStream, token: u64, reader_prefix: Option<JoinCheck>) {
+    pub(crate) fn attach(
+        self: &Arc<Self>,
+        stream: TcpStream,
+        token: u64,
+        reader_prefix: Option<JoinCheck>,
+        peer_resume: Option<u64>,
+    ) {
         super::socket::tune_subflow(&stream);
         let (Ok(local), Ok(remote)) = (stream.local_addr(), stream.peer_addr()) else {
             return;
@@ -412,8 +418,14 @@ impl Conn {
             let id = inner.proto.add_subflow(Instant::now());
             inner.proto.set_subflow_token(id, token);
             if token != 0 && reader_prefix.is_none() {
-                // A join the peer dialed: its resume ACK comes first.
+                // A join the peer dialed: its resume ACK comes first, unless its JOIN
+                // already said where the peer's data stops.
                 inner.proto.set_peer_speaks_first(id);
+                if let Some(at) = peer_resume {
+                    if let Err(e) = inner.proto.peer_resumes_at(id, at, Instant::now()) {
+                        tracing::warn!(flow = %self.keys.flow_id, error = %e, "a JOIN's resume point makes no sense; waiting for the resume ACK");
+                    }
+                }
             }
             let energy = self.endpoint.upgrade().and_then(|ep| ep.radio_for(local.ip()));
             let energy = energy.map(|radio| EnergyMeter::new(radio.params(), Instant::now()));
@@ -996,7 +1008,7 @@ mod tests {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let peer = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
         let (ours, _) = listener.accept().await.unwrap();
-        conn.attach(ours, 0, None);
+        conn.attach(ours, 0, None, None);
         let (mut from_conn, mut to_conn) = peer.into_split();
         tokio::spawn(async move {
             let mut sink = vec![0u8; 64 * 1024];

@@ -158,7 +158,7 @@ async fn new_flow(ep: &Arc<EndpointInner>, name: &str, record: &NameRecord, mut 
         inner.peer_signing_key = Some(*signing_key);
     }
     ep.remember_flow(&conn);
-    conn.attach(stream, 0, None);
+    conn.attach(stream, 0, None, None);
     tokio::spawn(conn.clone().drive());
     super::peer_watch::spawn(&conn, record.seq);
     Ok(Flow::new(conn))
@@ -326,15 +326,15 @@ async fn race(
 }
 
 /// The next JOIN of `conn`: its sequence number (never used before, so the peer refuses
-/// replays), its bytes, and whether it may ride the SYN (the peer said its host takes
-/// that).
+/// replays), its bytes (with our resume point, so the peer may send at once), and whether
+/// it may ride the SYN (the peer said its host takes that).
 fn next_join(conn: &Conn) -> (u64, Vec<u8>, bool) {
-    let (seq, fast_open) = {
+    let (seq, resume, fast_open) = {
         let mut inner = conn.lock();
         inner.join_seq += 1;
-        (inner.join_seq, inner.peer_fast_open)
+        (inner.join_seq, inner.proto.resume_point(), inner.peer_fast_open)
     };
-    (seq, header::join_request(&conn.keys.join_key, &conn.keys.flow_id, seq), fast_open)
+    (seq, header::join_request(&conn.keys.join_key, &conn.keys.flow_id, seq, resume), fast_open)
 }
 
 /// Attaches a connection that opened with JOIN `seq` as a subflow of `conn`. Its reader
@@ -342,7 +342,7 @@ fn next_join(conn: &Conn) -> (u64, Vec<u8>, bool) {
 /// once, which saves a round trip on resume.
 fn attach_joined(conn: &Arc<Conn>, stream: TcpStream, addr: SocketAddr, seq: u64) {
     tracing::debug!(%addr, seq, in_syn = super::fast_open::syn_data_acked(&stream), "joined");
-    conn.attach(stream, seq, Some(JoinCheck { seq }));
+    conn.attach(stream, seq, Some(JoinCheck { seq }), None);
 }
 
 /// Dials `addr` from `local` with a JOIN of `conn` and attaches the subflow (whether or

@@ -667,7 +667,7 @@ impl EndpointInner {
                 header::write_handshake(&mut stream, &[], &reply).await.map_err(|e| e.to_string())?;
                 let conn = Conn::new(keys, Role::Server, name, self.config.flow.clone(), Arc::downgrade(&self));
                 self.remember_flow(&conn);
-                conn.attach(stream, 0, None);
+                conn.attach(stream, 0, None, None);
                 tokio::spawn(conn.clone().drive());
                 if let Err(mpsc::error::TrySendError::Full(flow) | mpsc::error::TrySendError::Closed(flow)) =
                     tx.try_send(Flow::new(conn))
@@ -678,11 +678,12 @@ impl EndpointInner {
             }
             Kind::Join => {
                 let body = header::read_join(&mut stream).await.map_err(|e| e.to_string())?;
-                let (flow_id, seq, tag) = join::parse_request(&body);
+                let request = join::parse_request(&body);
+                let (flow_id, seq) = (request.flow, request.seq);
                 let conn = self.lock().flows.get(&flow_id).and_then(Weak::upgrade);
                 let refusal = match &conn {
                     None => Some(JoinRefusal::UnknownFlow),
-                    Some(c) if !join::verify_request(&c.keys.join_key, &flow_id, seq, &tag) => Some(JoinRefusal::BadMac),
+                    Some(c) if !request.verify(&c.keys.join_key) => Some(JoinRefusal::BadMac),
                     Some(c) => {
                         // Seen sequence numbers are refused; unseen ones may come out of
                         // order (the client's dials race, and each JOIN left with its SYN).
@@ -700,7 +701,7 @@ impl EndpointInner {
                         let fast_open = self.takes_fast_open.load(Ordering::Relaxed);
                         let ok = header::join_accept(&conn.keys.join_key, &flow_id, seq, fast_open);
                         stream.write_all(&ok).await.map_err(|e| e.to_string())?;
-                        conn.attach(stream, seq, None);
+                        conn.attach(stream, seq, None, Some(request.resume));
                         Ok(())
                     }
                     (why, _) => {

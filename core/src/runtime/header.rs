@@ -3,7 +3,7 @@
 //! ```text
 //! header    = magic "MSKT"  version:u8 (1)  kind:u8
 //! kind 1 NEW_FLOW: → len:u16 noise_msg1     ← len:u16 noise_msg2
-//! kind 2 JOIN:     → flow_id[16] join_seq:u64 mac[16]
+//! kind 2 JOIN:     → flow_id[16] join_seq:u64 resume:u64 mac[16]
 //!                  ← 0 mac[16]  (accepted)  |  4 mac[16]  (accepted; this host takes
 //!                    JOINs in SYNs: TCP Fast Open)  |  code:u8 len:u8 reason (refused, then
 //!                    close; code 1 "unknown flow" adds sig[64], the peer's Ed25519 signature)
@@ -20,7 +20,7 @@ use crate::session::join::{self, JoinRefusal, JOIN_LEN, MAC_LEN};
 use crate::session::FlowId;
 
 pub(crate) const MAGIC: &[u8; 4] = b"MSKT";
-pub(crate) const VERSION: u8 = 1;
+pub(crate) const VERSION: u8 = 2;
 pub(crate) const HEADER_LEN: usize = 6;
 
 /// What a new subflow asks for.
@@ -91,9 +91,9 @@ pub(crate) async fn read_handshake(r: &mut (impl AsyncRead + Unpin), max: usize)
 }
 
 /// The bytes a client sends to join `flow`: header and JOIN body.
-pub(crate) fn join_request(key: &[u8; 32], flow: &FlowId, seq: u64) -> Vec<u8> {
+pub(crate) fn join_request(key: &[u8; 32], flow: &FlowId, seq: u64, resume: u64) -> Vec<u8> {
     let mut out = header(Kind::Join).to_vec();
-    out.extend_from_slice(&join::request(key, flow, seq));
+    out.extend_from_slice(&join::request(key, flow, seq, resume));
     out
 }
 

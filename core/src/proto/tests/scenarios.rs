@@ -836,6 +836,40 @@ fn a_subflow_the_peer_opened_waits_for_its_resume_ack_even_after_an_outage() {
 }
 
 #[test]
+fn a_join_with_its_resume_point_lets_the_only_subflow_send_at_once() {
+    let t0 = std::time::Instant::now();
+    let mut f = only_path_lost_with_unsent_tail(t0);
+    let b = f.add_subflow(t0 + ms(100));
+    f.set_peer_speaks_first(b);
+    // The JOIN said the peer has everything below 1000: that is its resume ACK.
+    f.peer_resumes_at(b, 1000, t0 + ms(100)).unwrap();
+    let data = data_sent(&mut f, b, t0 + ms(100));
+    assert_eq!(data.first().map(|d| d.0), Some(1000), "what the peer lacks goes first: {data:?}");
+    assert_eq!(data.iter().map(|d| d.1).sum::<usize>(), 2000);
+    // The real resume ACK that follows changes nothing.
+    assert_eq!(data_after_ack(&mut f, b, 1000, t0 + ms(150)), vec![]);
+    // A resume point beyond what was sent is an error, as in an ACK.
+    let c = f.add_subflow(t0 + ms(200));
+    f.remove_subflow(b, t0 + ms(200));
+    assert!(f.peer_resumes_at(c, 5000, t0 + ms(200)).is_err());
+}
+
+#[test]
+fn a_join_resume_point_is_ignored_while_other_subflows_live() {
+    let t0 = std::time::Instant::now();
+    // The peer lost the path it had (we do not know yet) and joins from elsewhere: until
+    // its ACK and ABANDON arrive, nothing new may queue ahead of what the old path lost.
+    let (mut f, a, _) = two_heard_subflows(t0);
+    f.write(&[7; 3000]).unwrap();
+    while f.poll_transmit(a, t0, 1100).is_some() {}
+    let c = f.add_subflow(t0 + ms(100));
+    f.set_peer_speaks_first(c);
+    f.peer_resumes_at(c, 0, t0 + ms(100)).unwrap();
+    assert!(!f.is_heard(c), "the JOIN did not count as the peer's first frame");
+    assert_eq!(data_sent(&mut f, c, t0 + ms(100)), vec![], "nothing before the peer's resume ACK");
+}
+
+#[test]
 fn after_an_outage_a_new_subflow_sends_what_surely_is_missing_before_the_peer_speaks() {
     let t0 = std::time::Instant::now();
     // The only path goes; its socket had not sent 2000.. yet. Time passes without a path.
