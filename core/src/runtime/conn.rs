@@ -53,13 +53,6 @@ const MIN_BATCH_BYTES: usize = 32 * 1024;
 /// The smallest limit on a record's plaintext: a fresh subflow starts with records of
 /// this size and doubles the limit with every record (up to the largest record).
 const FIRST_RECORD_LIMIT: usize = 4096;
-/// A record holds at most about this long of its path's delivery rate (but no less than
-/// [`FIRST_RECORD_LIMIT`]). A record is opened only once whole, so its bytes wait for its
-/// last one: on a 20 Mbit/s path a 64 KiB record is 26 ms of data, and when the path's
-/// congestion window shrinks for a while (BBR's PROBE_RTT holds 4 packets in flight for
-/// 200 ms every 10 s) it takes ten round trips to arrive, a gap the application sees.
-/// Fast paths (loopback, gigabit) still get the largest records.
-const RECORD_TIME: Duration = Duration::from_millis(2);
 /// The least room a read is given (small records, such as ACKs, arrive whole in one read).
 const MIN_READ: usize = 4096;
 const CLOSED: &str = "closed";
@@ -589,8 +582,6 @@ impl Conn {
         let Some(mut limit) = inner.subflows.get(&id).map(|s| s.record_limit) else {
             return records;
         };
-        let cap = record_cap(inner.proto.subflow_stats(id).and_then(|s| s.delivery_rate));
-        limit = limit.min(cap);
         // Sealed length of the closed records, as they will be written.
         let mut batch_len = 0;
         // The record being filled: its frames, their length, and whether it holds DATA.
@@ -610,7 +601,7 @@ impl Conn {
                         self.close_record(&mut records, &mut batch_len, frames, plain);
                         data_log.extend(units.drain(..).map(|u| (batch_len, u)));
                         if had_data {
-                            limit = (limit * 2).min(cap);
+                            limit = (limit * 2).min(MAX_RECORD_PLAINTEXT);
                         }
                     }
                     None => break,
@@ -743,18 +734,6 @@ async fn read_more(
 
 /// Splits the first record off `buf` once it is all there: (packet number, ciphertext
 /// length, ciphertext).
-/// The largest record plaintext for a path delivering `rate` bytes per second (unknown:
-/// the largest record).
-fn record_cap(rate: Option<u64>) -> usize {
-    match rate {
-        Some(rate) => {
-            let bytes = (rate as f64 * RECORD_TIME.as_secs_f64()) as usize;
-            bytes.clamp(FIRST_RECORD_LIMIT, MAX_RECORD_PLAINTEXT)
-        }
-        None => MAX_RECORD_PLAINTEXT,
-    }
-}
-
 fn split_record(buf: &mut BytesMut) -> Option<(u64, usize, BytesMut)> {
     if buf.len() < RECORD_HEADER_LEN {
         return None;
@@ -970,15 +949,6 @@ mod tests {
     use super::*;
     use tokio::io::AsyncReadExt;
     use crate::session::session_pair;
-
-    #[test]
-    fn records_hold_a_couple_of_milliseconds_of_their_path() {
-        assert_eq!(record_cap(None), MAX_RECORD_PLAINTEXT, "unknown rate: the largest records");
-        assert_eq!(record_cap(Some(0)), FIRST_RECORD_LIMIT);
-        assert_eq!(record_cap(Some(2_500_000)), 5_000, "20 Mbit/s: 2 ms is 5 kB");
-        assert_eq!(record_cap(Some(12_500_000)), 25_000, "100 Mbit/s");
-        assert_eq!(record_cap(Some(1_250_000_000)), MAX_RECORD_PLAINTEXT, "10 Gbit/s loopback");
-    }
 
     fn resident_bytes() -> usize {
         let statm = std::fs::read_to_string("/proc/self/statm").unwrap();
