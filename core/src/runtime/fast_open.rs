@@ -23,6 +23,9 @@ use std::io;
 use std::net::SocketAddr;
 
 use socket2::Socket;
+
+#[cfg(any(target_os = "linux", target_os = "android"))]
+use super::socket::set_tcp_option as set;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
@@ -138,25 +141,6 @@ fn request(socket: &Socket) -> bool {
     {
         let _ = socket;
         false
-    }
-}
-
-#[cfg(any(target_os = "linux", target_os = "android"))]
-fn set(fd: std::os::fd::RawFd, option: libc::c_int, value: libc::c_int) -> io::Result<()> {
-    // SAFETY: a socket descriptor the caller owns, and a pointer to a c_int of that size.
-    let rc = unsafe {
-        libc::setsockopt(
-            fd,
-            libc::IPPROTO_TCP,
-            option,
-            (&value as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
     }
 }
 

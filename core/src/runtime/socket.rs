@@ -76,13 +76,18 @@ fn set_notsent_lowat(stream: &TcpStream, bytes: u32) -> std::io::Result<()> {
     const TCP_NOTSENT_LOWAT: libc::c_int = 25;
     #[cfg(target_vendor = "apple")]
     const TCP_NOTSENT_LOWAT: libc::c_int = 0x201;
-    let value = bytes as libc::c_int;
-    // SAFETY: a valid socket descriptor, and a pointer to a c_int with its exact size.
+    set_tcp_option(stream.as_raw_fd(), TCP_NOTSENT_LOWAT, bytes as libc::c_int)
+}
+
+/// Sets a TCP-level integer option on socket `fd`.
+#[cfg(unix)]
+pub(crate) fn set_tcp_option(fd: std::os::fd::RawFd, option: libc::c_int, value: libc::c_int) -> std::io::Result<()> {
+    // SAFETY: a socket descriptor the caller owns, and a pointer to a c_int of that size.
     let rc = unsafe {
         libc::setsockopt(
-            stream.as_raw_fd(),
+            fd,
             libc::IPPROTO_TCP,
-            TCP_NOTSENT_LOWAT,
+            option,
             (&value as *const libc::c_int).cast(),
             std::mem::size_of::<libc::c_int>() as libc::socklen_t,
         )
