@@ -304,10 +304,15 @@ mod tests {
         }
     }
 
-    #[test]
-    fn ssh_session_echoes_every_line_across_moves() {
+    /// A move made before line `at` of an interactive session: what it is, and how.
+    type SessionMove = (usize, &'static str, fn(&PhoneLab) -> msocket_lab::Result<()>);
+
+    /// An interactive-like ssh session over `msocket connect` as ProxyCommand: a remote
+    /// `cat` is fed 40 lines, each of which must come back before the next is typed, with
+    /// `moves` made on the way.
+    fn ssh_session(name: &str, moves: &[SessionMove]) {
         let Some(w) = World::start() else { return };
-        let ssh = start_ssh(&w, "ssh-live.lab");
+        let ssh = start_ssh(&w, name);
         let mut cmd = ssh.command(&w, &["cat"]);
         cmd.stdin(Stdio::piped()).stdout(Stdio::piped());
         let mut session = Proc::spawn("ssh cat session (phone, with msocket connect as ProxyCommand)", cmd);
@@ -323,14 +328,9 @@ mod tests {
         let per_line = Duration::from_secs(30);
         let mut report = String::new();
         for i in 0..40 {
-            match i {
-                10 => wifi_gone(&w),
-                20 => make_move(&w, "the phone gets a new Wi-Fi address (192.168.1.3)", |lab| {
-                    lab.add_addr(Access::Wifi, World::new_wifi_addr(1))
-                }),
-                30 => make_move(&w, "the Wi-Fi router's NAT rebinds (new public address, mappings forgotten)", |lab| lab.nat_rebind(Access::Wifi)),
-                _ => Instant::now(),
-            };
+            for (_, what, mv) in moves.iter().filter(|(at, ..)| *at == i) {
+                make_move(&w, what, |lab| mv(lab));
+            }
             // Interactive: each line must come back before the next one is typed.
             let line = format!("line {i:02} {}", "typed-".repeat(1 + i % 7));
             let sent = Instant::now();
@@ -359,6 +359,50 @@ mod tests {
         );
         assert!(echoed.recv_timeout(Duration::from_secs(5)).is_err(), "output after the last line");
         println!("{} all 40 lines came back; round trips:\n{report}", w.t());
+    }
+
+    #[test]
+    fn ssh_session_echoes_every_line_across_moves() {
+        ssh_session(
+            "ssh-live.lab",
+            &[
+                (10, "the phone's Wi-Fi address 192.168.1.2 is removed (cellular stays up)", |lab| {
+                    lab.del_addr(Access::Wifi).map(drop)
+                }),
+                (20, "the phone gets a new Wi-Fi address (192.168.1.3)", |lab| {
+                    lab.add_addr(Access::Wifi, World::new_wifi_addr(1))
+                }),
+                (30, "the Wi-Fi router's NAT rebinds (new public address, mappings forgotten)", |lab| {
+                    lab.nat_rebind(Access::Wifi).map(drop)
+                }),
+            ],
+        );
+    }
+
+    #[test]
+    fn ssh_session_survives_a_blackhole_both_moving_and_break_before_make() {
+        ssh_session(
+            "ssh-hard.lab",
+            &[
+                // Nothing tells the phone: Wi-Fi keeps its address and link, and carries nothing.
+                (8, "Wi-Fi goes silently dead (every packet dropped, address and link kept)", |lab| {
+                    lab.blackhole(msocket_lab::LinkId::Wifi, true)
+                }),
+                (16, "Wi-Fi carries packets again", |lab| lab.blackhole(msocket_lab::LinkId::Wifi, false)),
+                (16, "both move at once: the phone's Wi-Fi address goes and the server is renumbered", |lab| {
+                    lab.del_addr(Access::Wifi)?;
+                    lab.renumber_server(RENUMBERED).map(drop)
+                }),
+                // Break before make: no path at all, then a new cellular address.
+                (24, "the phone's cellular address goes too (no path left)", |lab| lab.del_addr(Access::Cell).map(drop)),
+                (24, "cellular comes back with a new address (10.64.0.3)", |lab| {
+                    lab.add_addr(Access::Cell, Ipv4Addr::new(10, 64, 0, 3))
+                }),
+                (32, "the carrier's NAT rebinds (new public address, mappings forgotten)", |lab| {
+                    lab.nat_rebind(Access::Cell).map(drop)
+                }),
+            ],
+        );
     }
 
     // -----------------------------------------------------------------------------------

@@ -664,9 +664,15 @@ impl EndpointInner {
                     return Err(format!("refused a flow for {name:?}: not served here"));
                 };
                 let (reply, keys) = responder.accept().map_err(|e| e.to_string())?;
-                header::write_handshake(&mut stream, &[], &reply).await.map_err(|e| e.to_string())?;
+                // Known before the reply leaves: the client may join a second subflow the
+                // moment it has the reply, and a JOIN for a flow we do not know is refused
+                // with our signature, which ends the flow.
                 let conn = Conn::new(keys, Role::Server, name, self.config.flow.clone(), Arc::downgrade(&self));
                 self.remember_flow(&conn);
+                if let Err(e) = header::write_handshake(&mut stream, &[], &reply).await {
+                    self.forget_flow(&conn.keys.flow_id);
+                    return Err(e.to_string());
+                }
                 conn.attach(stream, 0, None, None);
                 tokio::spawn(conn.clone().drive());
                 if let Err(mpsc::error::TrySendError::Full(flow) | mpsc::error::TrySendError::Closed(flow)) =
