@@ -329,7 +329,7 @@ mod tests {
         let mut report = String::new();
         for i in 0..40 {
             for (_, what, mv) in moves.iter().filter(|(at, ..)| *at == i) {
-                make_move(&w, what, |lab| mv(lab));
+                make_move(&w, what, mv);
             }
             // Interactive: each line must come back before the next one is typed.
             let line = format!("line {i:02} {}", "typed-".repeat(1 + i % 7));
