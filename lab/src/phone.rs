@@ -153,8 +153,13 @@ struct State {
     link_up: [bool; 2],
     public: [Ipv4Addr; 2],
     next_public: [u8; 2],
+    /// Whether each access router translates addresses now.
+    nat: [bool; 2],
     server: Ipv4Addr,
 }
+
+/// An access router's address translation towards the core.
+const MASQUERADE: &str = "table ip msl_nat {\n  chain postrouting {\n    type nat hook postrouting priority srcnat; policy accept;\n    oifname \"wan0\" masquerade\n  }\n}\n";
 
 /// The built topology. Dropping it stops the emulators and deletes every namespace.
 #[derive(Debug)]
@@ -275,9 +280,7 @@ impl PhoneLab {
                 Access::Cell => config.nat_cell,
             };
             if nat {
-                r.nft(
-                    "table ip msl_nat {\n  chain postrouting {\n    type nat hook postrouting priority srcnat; policy accept;\n    oifname \"wan0\" masquerade\n  }\n}\n",
-                )?;
+                r.nft(MASQUERADE)?;
             } else {
                 core.ip(&[
                     "route",
@@ -339,6 +342,7 @@ impl PhoneLab {
                 link_up: [true, true],
                 public,
                 next_public: [3, 3],
+                nat: [config.nat_wifi, config.nat_cell],
                 server: server_addr,
             }),
             config,
@@ -540,11 +544,7 @@ impl PhoneLab {
     /// WAN /24), drops the old one and flushes its connection tracking, so every existing
     /// mapping is forgotten and new packets leave from the new address. Returns it.
     pub fn nat_rebind(&self, access: Access) -> Result<Ipv4Addr> {
-        let nat = match access {
-            Access::Wifi => self.config.nat_wifi,
-            Access::Cell => self.config.nat_cell,
-        };
-        if !nat {
+        if !self.state().nat[access.idx()] {
             return Err(Error::Invalid(format!(
                 "NAT is off on the {access:?} router: nothing to rebind"
             )));
@@ -574,6 +574,25 @@ impl PhoneLab {
         st.next_public[access.idx()] = h + 1;
         info!(?access, %old, %new, "NAT rebound");
         Ok(new)
+    }
+
+    /// A NAT appears on an access router that had none (a carrier putting its users behind
+    /// carrier-grade NAT): from now on it masquerades towards the core, the core forgets its
+    /// route to the access subnet (as on the Internet), and the router's connection table is
+    /// flushed, so connections already open are translated from their next packet on.
+    pub fn nat_on(&self, access: Access) -> Result<()> {
+        let p = access.plan();
+        let r = &self.routers[access.idx()];
+        let mut st = self.state();
+        if st.nat[access.idx()] {
+            return Err(Error::Invalid(format!("the {access:?} router already translates addresses")));
+        }
+        r.nft(MASQUERADE)?;
+        self.core.ip(&["route", "del", &format!("{}/24", p.subnet)])?;
+        r.run("conntrack", &["-F"])?;
+        st.nat[access.idx()] = true;
+        info!(?access, "NAT switched on");
+        Ok(())
     }
 
     /// Switches a link's blackhole on or off: while on, every frame (both directions, in

@@ -12,7 +12,9 @@
 //! - OpenSSH: `sshd -D -e -f CONFIG` behind `msocket listen NAME --to`, `ssh -o
 //!   ProxyCommand='msocket connect %h …' root@NAME` on the phone: a file copied across the
 //!   loss of Wi-Fi, and 40 lines echoed one at a time by a remote `cat` while Wi-Fi goes,
-//!   comes back with a new address, and its NAT rebinds.
+//!   comes back with a new address, and its NAT rebinds; and sessions across a silent
+//!   Wi-Fi blackhole, both ends moving at once, break-before-make onto a new cellular
+//!   address, a carrier NAT rebinding, and a carrier NAT appearing on cellular.
 //! - nginx + curl: nginx behind `listen --to`, `msocket forward` on the phone, curl
 //!   downloads 20 MB across the loss of Wi-Fi; then, right after three more moves (a new
 //!   Wi-Fi address, the Wi-Fi NAT rebinding, the server renumbered), 100 requests 8 at a
@@ -311,7 +313,12 @@ mod tests {
     /// `cat` is fed 40 lines, each of which must come back before the next is typed, with
     /// `moves` made on the way.
     fn ssh_session(name: &str, moves: &[SessionMove]) {
-        let Some(w) = World::start() else { return };
+        ssh_session_in(World::start(), name, moves)
+    }
+
+    /// [`ssh_session`] in a lab of the caller's (None: the tests cannot run here).
+    fn ssh_session_in(world: Option<World>, name: &str, moves: &[SessionMove]) {
+        let Some(w) = world else { return };
         let ssh = start_ssh(&w, name);
         let mut cmd = ssh.command(&w, &["cat"]);
         cmd.stdin(Stdio::piped()).stdout(Stdio::piped());
@@ -400,6 +407,24 @@ mod tests {
                 }),
                 (32, "the carrier's NAT rebinds (new public address, mappings forgotten)", |lab| {
                     lab.nat_rebind(Access::Cell).map(drop)
+                }),
+            ],
+        );
+    }
+
+    #[test]
+    fn ssh_session_survives_carrier_nat_appearing_on_cellular() {
+        // Cellular starts without NAT (the core routes to the phone's cellular subnet).
+        let world = World::start_with(|lab| lab.nat_cell = false);
+        ssh_session_in(
+            world,
+            "ssh-cgnat.lab",
+            &[
+                (10, "the phone's Wi-Fi address 192.168.1.2 is removed (the session rides cellular)", |lab| {
+                    lab.del_addr(Access::Wifi).map(drop)
+                }),
+                (20, "the carrier puts cellular behind NAT (open connections translated from now on)", |lab| {
+                    lab.nat_on(Access::Cell)
                 }),
             ],
         );

@@ -486,17 +486,20 @@ pub struct World {
 impl World {
     /// None: the tests cannot run here (the skip line was printed).
     pub fn start() -> Option<World> {
+        Self::start_with(|_| {})
+    }
+
+    /// [`start`](Self::start) with the lab's configuration changed by `tune`.
+    pub fn start_with(tune: impl FnOnce(&mut LabConfig)) -> Option<World> {
         if !ready() {
             return None;
         }
         let serial = serial();
         let started = Instant::now();
-        let lab = PhoneLab::build(LabConfig {
-            wifi: WIFI.parse().expect("wifi spec"),
-            cell: CELL.parse().expect("cell spec"),
-            ..LabConfig::default()
-        })
-        .expect("build the lab");
+        let mut config =
+            LabConfig { wifi: WIFI.parse().expect("wifi spec"), cell: CELL.parse().expect("cell spec"), ..LabConfig::default() };
+        tune(&mut config);
+        let lab = PhoneLab::build(config).expect("build the lab");
         let dir = tempfile::Builder::new().prefix("msocket-real-").tempdir().expect("temp dir");
         let listen = SocketAddr::from((NAMES_IP, NAMES_PORT));
         let mut cmd = lab.core().command(msocketd_bin());
