@@ -570,10 +570,13 @@ mod tests {
     const IPERF_PORT: u16 = 5201;
     const IPERF_FORWARD_PORT: u16 = 5202;
 
+    /// Seconds each iperf3 run lasts (the Wi-Fi link flaps all along the msocket run).
+    const IPERF_SECS: &str = "20";
+
     /// Runs an iperf3 client (bounded), returns its JSON report's received rate in Mbit/s.
     fn iperf3_client(w: &World, what: &str, args: &[&str], others: &[&Proc]) -> f64 {
         let mut cmd = w.lab.phone().command(program("iperf3"));
-        cmd.args(["-J", "-t", "10", "--connect-timeout", "10000"]).args(args);
+        cmd.args(["-J", "-t", IPERF_SECS, "--connect-timeout", "10000"]).args(args);
         let (status, stdout, p) = run(what, cmd, Duration::from_secs(60));
         let diag = || format!("{what}: exit {status}; stdout:\n{stdout}\n{}\n{}", p.tail(), logs(others));
         let json: serde_json::Value = serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {}", diag()));
