@@ -7,6 +7,7 @@
 #![cfg(target_os = "linux")]
 
 mod lab_support;
+mod shared;
 
 use std::time::Duration;
 

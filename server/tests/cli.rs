@@ -15,6 +15,9 @@ use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 
+mod shared;
+use shared::data;
+
 /// Bound on any single wait for a child (readiness, a line, an exit).
 const WAIT: Duration = Duration::from_secs(60);
 const MB: usize = 1_000_000;
@@ -204,19 +207,6 @@ fn hash_all(mut r: impl Read + Send + 'static) -> JoinHandle<(usize, [u8; 32])> 
     })
 }
 
-/// Deterministic pseudo-random bytes (xorshift64*), different per `seed`.
-fn data(seed: u64, len: usize) -> Vec<u8> {
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut v = Vec::with_capacity(len + 8);
-    while v.len() < len {
-        s ^= s >> 12;
-        s ^= s << 25;
-        s ^= s >> 27;
-        v.extend_from_slice(&s.wrapping_mul(0x2545_F491_4F6C_DD1D).to_le_bytes());
-    }
-    v.truncate(len);
-    v
-}
 
 fn sha256(b: &[u8]) -> [u8; 32] {
     Sha256::digest(b).into()

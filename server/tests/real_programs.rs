@@ -36,6 +36,8 @@
 
 #[cfg(target_os = "linux")]
 mod real_programs_support;
+#[cfg(target_os = "linux")]
+mod shared;
 
 #[cfg(target_os = "linux")]
 mod tests {

@@ -9,14 +9,7 @@ use std::time::{Duration, Instant};
 
 pub use msocket_server::lab_run::*;
 
-pub fn init_tracing() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
-        )
-        .with_test_writer()
-        .try_init();
-}
+pub use crate::shared::init_tracing;
 
 /// True when the lab can run here (root, tools installed by `lab/setup.sh`). Otherwise
 /// prints the one permitted skip line.

@@ -44,14 +44,7 @@ pub fn msocketd_bin() -> &'static str {
     env!("CARGO_BIN_EXE_msocketd")
 }
 
-pub fn init_tracing() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
-        )
-        .with_test_writer()
-        .try_init();
-}
+pub use crate::shared::init_tracing;
 
 /// The full path of `program` (sshd and nginx live in /usr/sbin, which a user's PATH may
 /// lack).
@@ -330,19 +323,7 @@ pub fn run_ok(what: &str, cmd: Command, timeout: Duration) -> String {
 // Data
 // ---------------------------------------------------------------------------------------
 
-/// Deterministic pseudo-random bytes (xorshift64*), different per `seed`.
-pub fn data(seed: u64, len: usize) -> Vec<u8> {
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut v = Vec::with_capacity(len + 8);
-    while v.len() < len {
-        s ^= s >> 12;
-        s ^= s << 25;
-        s ^= s >> 27;
-        v.extend_from_slice(&s.wrapping_mul(0x2545_F491_4F6C_DD1D).to_le_bytes());
-    }
-    v.truncate(len);
-    v
-}
+pub use crate::shared::data;
 
 pub fn sha256(b: &[u8]) -> [u8; 32] {
     Sha256::digest(b).into()
