@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use msocket::name::{NameFuture, NameService, SignedRecord, TcpNameClient};
 use msocket::{Endpoint, EndpointConfig, Flow, FlowEvent, Identity, PathPolicy};
-use msocket_lab::{Access, LabConfig, NsTask, PhoneLab};
+use msocket_lab::{LabConfig, NsTask, PhoneLab};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -469,10 +469,6 @@ impl Scene {
             .recv_timeout(STEP)
             .map_err(|_| "the name server did not start in time".to_string())??;
         Ok(Scene { lab, names: Some(names), _db: db })
-    }
-
-    pub fn phone_ips(&self) -> Vec<IpAddr> {
-        [Access::Wifi, Access::Cell].iter().filter_map(|a| self.lab.phone_addr(*a)).map(IpAddr::V4).collect()
     }
 
     /// The server endpoint in `server`: listens on [`SERVICE`] (following its interface

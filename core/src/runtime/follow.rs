@@ -31,16 +31,21 @@ pub struct NetworkFollower {
 }
 
 impl NetworkFollower {
-    pub(super) fn spawn(ep: Weak<EndpointInner>, network: watch::Receiver<NetworkState>) -> NetworkFollower {
-        NetworkFollower { task: tokio::spawn(follow(ep, network, false)).abort_handle() }
+    pub(super) fn spawn(ep: Weak<EndpointInner>, mut network: watch::Receiver<NetworkState>) -> NetworkFollower {
+        let task = tokio::spawn(async move {
+            let Some(endpoint) = Endpoint::upgrade(&ep) else { return };
+            let offline = apply_current(&endpoint, &mut network, false).await;
+            drop(endpoint);
+            follow_changes(ep, network, offline).await
+        });
+        NetworkFollower { task: task.abort_handle() }
     }
 
     /// Applies `network`'s current state before returning, then follows it in the
     /// background (an endpoint's own follower: its first listener must bind on the
     /// interfaces' addresses).
     pub(super) async fn start(endpoint: &Endpoint, mut network: watch::Receiver<NetworkState>) -> NetworkFollower {
-        let state = network.borrow_and_update().clone();
-        let offline = apply(endpoint, state, false).await;
+        let offline = apply_current(endpoint, &mut network, false).await;
         NetworkFollower { task: tokio::spawn(follow_changes(endpoint.downgrade(), network, offline)).abort_handle() }
     }
 
@@ -59,28 +64,20 @@ impl Drop for NetworkFollower {
     }
 }
 
-async fn follow(ep: Weak<EndpointInner>, mut network: watch::Receiver<NetworkState>, mut offline: bool) {
-    loop {
-        let state = network.borrow_and_update().clone();
-        let Some(endpoint) = Endpoint::upgrade(&ep) else {
-            return;
-        };
-        offline = apply(&endpoint, state, offline).await;
-        drop(endpoint);
-        if network.changed().await.is_err() {
-            tracing::debug!("the network watcher ended; no longer following it");
-            return;
-        }
+/// Applies every change of `network` from the next one on, until the watcher or the
+/// endpoint is gone.
+async fn follow_changes(ep: Weak<EndpointInner>, mut network: watch::Receiver<NetworkState>, mut offline: bool) {
+    while network.changed().await.is_ok() {
+        let Some(endpoint) = Endpoint::upgrade(&ep) else { return };
+        offline = apply_current(&endpoint, &mut network, offline).await;
     }
+    tracing::debug!("the network watcher ended; no longer following it");
 }
 
-/// [`follow`] from the next change on.
-async fn follow_changes(ep: Weak<EndpointInner>, mut network: watch::Receiver<NetworkState>, offline: bool) {
-    if network.changed().await.is_err() {
-        tracing::debug!("the network watcher ended; no longer following it");
-        return;
-    }
-    follow(ep, network, offline).await
+/// Applies the latest state of `network`; returns whether the endpoint is now offline.
+async fn apply_current(endpoint: &Endpoint, network: &mut watch::Receiver<NetworkState>, offline: bool) -> bool {
+    let state = network.borrow_and_update().clone();
+    apply(endpoint, state, offline).await
 }
 
 /// What to do with a new network state.
