@@ -349,15 +349,18 @@ struct Proxy {
     addr: SocketAddr,
     connections: Arc<AtomicUsize>,
     injected: Arc<AtomicUsize>,
+    /// The opening (header and body) of every JOIN that passed, as an observer keeps it.
+    joins: Arc<std::sync::Mutex<Vec<Vec<u8>>>>,
 }
 
 /// A man in the middle that understands the framing (not the crypto) of subflows.
-async fn proxy(ip: IpAddr, target: SocketAddr, mischief: Mischief) -> Proxy {
+async fn proxy(ip: IpAddr, target: SocketAddr, mischief: Option<Mischief>) -> Proxy {
     let l = TcpListener::bind(SocketAddr::new(ip, 0)).await.unwrap();
     let addr = l.local_addr().unwrap();
     let connections = Arc::new(AtomicUsize::new(0));
     let injected = Arc::new(AtomicUsize::new(0));
-    let (conns, inj) = (connections.clone(), injected.clone());
+    let joins = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let (conns, inj, seen) = (connections.clone(), injected.clone(), joins.clone());
     tokio::spawn(async move {
         loop {
             let Ok((client, _)) = l.accept().await else { return };
@@ -369,14 +372,15 @@ async fn proxy(ip: IpAddr, target: SocketAddr, mischief: Mischief) -> Proxy {
                 let _ = tokio::io::copy(&mut sr, &mut cw).await;
                 let _ = cw.shutdown().await;
             });
-            let inj = inj.clone();
+            let (inj, seen) = (inj.clone(), seen.clone());
             tokio::spawn(async move {
-                let _ = pump_records(&mut cr, &mut sw, if index == 0 { Some(mischief) } else { None }, &inj).await;
+                let mischief = mischief.filter(|_| index == 0);
+                let _ = pump_records(&mut cr, &mut sw, mischief, &inj, &seen).await;
                 let _ = sw.shutdown().await;
             });
         }
     });
-    Proxy { addr, connections, injected }
+    Proxy { addr, connections, injected, joins }
 }
 
 async fn pump_records(
@@ -384,6 +388,7 @@ async fn pump_records(
     to: &mut (impl AsyncWriteExt + Unpin),
     mischief: Option<Mischief>,
     injected: &AtomicUsize,
+    joins: &std::sync::Mutex<Vec<Vec<u8>>>,
 ) -> std::io::Result<()> {
     let mut header = [0u8; 6];
     from.read_exact(&mut header).await?;
@@ -398,6 +403,7 @@ async fn pump_records(
         let mut join = [0u8; JOIN_BODY];
         from.read_exact(&mut join).await?;
         to.write_all(&join).await?;
+        joins.lock().unwrap().push([&header[..], &join[..]].concat());
     }
     let mut first_data: Option<Vec<u8>> = None;
     let mut data_records = 0;
@@ -439,7 +445,7 @@ async fn through_proxy(seed: u8, host: u8, mischief: Mischief) -> (Endpoint, Lis
     let server = endpoint(&names, seed, host);
     let name = format!("mitm{seed}.test");
     let listener = server.listen(&name).await.unwrap();
-    let proxy = proxy(lo(host + 1), server.published_addrs()[0], mischief).await;
+    let proxy = proxy(lo(host + 1), server.published_addrs()[0], Some(mischief)).await;
     let via: Arc<dyn NameService> = Arc::new(MemoryNameService::new());
     let server_id = Identity::from_seed([seed; 32]);
     via.register(&signed_record(&server_id, &name, vec![proxy.addr], 1)).await.unwrap();
@@ -483,6 +489,42 @@ async fn a_tampered_record_costs_its_subflow_and_the_flow_heals() {
     assert_eq!(proxy.injected.load(Ordering::SeqCst), 1, "the proxy did not tamper");
     assert_eq!(sha(&got), sha(&sent), "tampered bytes reached the application");
     assert!(s.stats().subflows_lost >= 1, "the tampered subflow was not dropped");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_captured_join_replayed_is_refused_and_the_flow_is_unaffected() {
+    init_tracing();
+    // The client has two addresses, so its standby subflow joins through the observer,
+    // which keeps a copy of the JOIN (sequence numbers may arrive out of order, but none
+    // is accepted twice).
+    let names = memory_names();
+    let server = endpoint(&names, 19, 82);
+    let mut listener = server.listen("capture.test").await.unwrap();
+    let target = server.published_addrs()[0];
+    let observer = proxy(lo(83), target, None).await;
+    let via: Arc<dyn NameService> = Arc::new(MemoryNameService::new());
+    via.register(&signed_record(&Identity::from_seed([19; 32]), "capture.test", vec![observer.addr], 1)).await.unwrap();
+    let client = endpoint_with(&via, 20, 84, |cfg| cfg.local_ips = vec![lo(84), lo(85)]);
+    let (mut c, mut s) = within(10, "pair", pair(&client, &mut listener, "capture.test")).await;
+    let mut events = c.events();
+    if c.paths().len() < 2 {
+        wait_event(&mut events, "the standby joins", |ev| matches!(ev, msocket::FlowEvent::PathAdded { .. })).await;
+    }
+    let captured = observer.joins.lock().unwrap().first().cloned().expect("the observer saw the JOIN");
+
+    for attempt in 0..2 {
+        let mut raw = TcpStream::connect(target).await.unwrap();
+        raw.write_all(&captured).await.unwrap();
+        let (code, reason) = parse_refusal(&read_until_closed(&mut raw).await);
+        assert_eq!(code, 3, "replay {attempt}: expected a replayed-sequence refusal, got {reason}");
+    }
+    // The flow carries on, on both of its paths.
+    let bulk = data(300_000, 19);
+    within(10, "write after the replays", c.write_all(&bulk)).await.unwrap();
+    let mut got = vec![0u8; bulk.len()];
+    within(10, "read after the replays", s.read_exact(&mut got)).await.unwrap();
+    assert_eq!(sha(&got), sha(&bulk));
+    assert_eq!(c.paths().len(), 2, "{:?}", c.paths());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
