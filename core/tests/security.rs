@@ -350,7 +350,7 @@ struct Proxy {
     connections: Arc<AtomicUsize>,
     injected: Arc<AtomicUsize>,
     /// The opening (header and body) of every JOIN that passed, as an observer keeps it.
-    joins: Arc<std::sync::Mutex<Vec<Vec<u8>>>>,
+    joins: tokio::sync::watch::Receiver<Vec<Vec<u8>>>,
 }
 
 /// A man in the middle that understands the framing (not the crypto) of subflows.
@@ -359,8 +359,9 @@ async fn proxy(ip: IpAddr, target: SocketAddr, mischief: Option<Mischief>) -> Pr
     let addr = l.local_addr().unwrap();
     let connections = Arc::new(AtomicUsize::new(0));
     let injected = Arc::new(AtomicUsize::new(0));
-    let joins = Arc::new(std::sync::Mutex::new(Vec::new()));
-    let (conns, inj, seen) = (connections.clone(), injected.clone(), joins.clone());
+    let (seen, joins) = tokio::sync::watch::channel(Vec::new());
+    let seen = Arc::new(seen);
+    let (conns, inj) = (connections.clone(), injected.clone());
     tokio::spawn(async move {
         loop {
             let Ok((client, _)) = l.accept().await else { return };
@@ -388,7 +389,7 @@ async fn pump_records(
     to: &mut (impl AsyncWriteExt + Unpin),
     mischief: Option<Mischief>,
     injected: &AtomicUsize,
-    joins: &std::sync::Mutex<Vec<Vec<u8>>>,
+    joins: &tokio::sync::watch::Sender<Vec<Vec<u8>>>,
 ) -> std::io::Result<()> {
     let mut header = [0u8; 6];
     from.read_exact(&mut header).await?;
@@ -403,7 +404,7 @@ async fn pump_records(
         let mut join = [0u8; JOIN_BODY];
         from.read_exact(&mut join).await?;
         to.write_all(&join).await?;
-        joins.lock().unwrap().push([&header[..], &join[..]].concat());
+        joins.send_modify(|seen| seen.push([&header[..], &join[..]].concat()));
     }
     let mut first_data: Option<Vec<u8>> = None;
     let mut data_records = 0;
@@ -510,7 +511,16 @@ async fn a_captured_join_replayed_is_refused_and_the_flow_is_unaffected() {
     if c.paths().len() < 2 {
         wait_event(&mut events, "the standby joins", |ev| matches!(ev, msocket::FlowEvent::PathAdded { .. })).await;
     }
-    let captured = observer.joins.lock().unwrap().first().cloned().expect("the observer saw the JOIN");
+    let mut joins = observer.joins.clone();
+    let captured = within(10, "the observer sees the JOIN", joins.wait_for(|j| !j.is_empty())).await.unwrap()[0].clone();
+    // The original was admitted before the copy is replayed.
+    let mut server_events = s.events();
+    while s.paths().len() < 2 {
+        wait_event(&mut server_events, "the server admits the standby", |ev| {
+            matches!(ev, msocket::FlowEvent::PathAdded { .. })
+        })
+        .await;
+    }
 
     for attempt in 0..2 {
         let mut raw = TcpStream::connect(target).await.unwrap();
