@@ -15,14 +15,13 @@
 //! [`Flow`]: super::Flow
 
 use std::collections::HashMap;
-use std::ops::Range;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::task::Waker;
 use std::time::{Duration, Instant};
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
@@ -33,8 +32,9 @@ use super::events::FlowEvent;
 use super::read_slabs::ReadSlabs;
 use super::unsent::SentLog;
 use crate::energy::EnergyMeter;
-use crate::proto::{self, Frame, FlowState, FlowStatus, SubflowId};
-use crate::session::{RecordError, ReplayWindow, SessionKeys, MAX_RECORD_PLAINTEXT, RECORD_HEADER_LEN, TAG_LEN};
+use crate::proto::{self, FlowState, FlowStatus, SubflowId};
+use crate::session::records::{self, Batch, BatchLimit, Delivery, Packer, PacketNumbers, Receiver, RECORD_HEADER_LEN};
+use crate::session::{ReplayWindow, SessionKeys};
 
 /// How long a finished or failed flow waits for its writers to flush before cutting them.
 const LINGER: Duration = Duration::from_secs(2);
@@ -50,9 +50,6 @@ const RECORDS_PER_BATCH: usize = 8;
 const MAX_BATCH_BYTES: usize = 512 * 1024;
 /// A new writer's batch limit, and the least it shrinks to.
 const MIN_BATCH_BYTES: usize = 32 * 1024;
-/// The smallest limit on a record's plaintext: a fresh subflow starts with records of
-/// this size and doubles the limit with every record (up to the largest record).
-const FIRST_RECORD_LIMIT: usize = 4096;
 /// The least room a read is given (small records, such as ACKs, arrive whole in one read).
 const MIN_READ: usize = 4096;
 const CLOSED: &str = "closed";
@@ -70,11 +67,8 @@ pub(crate) enum Role {
 struct Sub {
     local: SocketAddr,
     remote: SocketAddr,
-    /// Largest plaintext of the next record. A record is opened only once whole, and a
-    /// fresh TCP connection delivers about 14 KB in its first round trip, doubling each
-    /// round (slow start): 64 KiB records would hold every byte of a resumed flow back for
-    /// three round trips. Small at first, like TLS's dynamic record sizing.
-    record_limit: usize,
+    /// Packs this subflow's records (their size grows as its connection warms up).
+    packer: Packer,
     /// Modelled energy of this path's radio (None: its interface's kind is unknown).
     energy: Option<EnergyMeter>,
     wake: Arc<Notify>,
@@ -89,7 +83,10 @@ struct Sub {
 pub(crate) struct Inner {
     pub(crate) proto: FlowState,
     subflows: HashMap<SubflowId, Sub>,
-    replay: ReplayWindow,
+    /// Numbers of the records we send, on every subflow.
+    packet_numbers: PacketNumbers,
+    /// The records we took, on every subflow.
+    receiver: Receiver,
     pub(crate) read_waker: Option<Waker>,
     pub(crate) write_waker: Option<Waker>,
     pub(crate) shutdown_waker: Option<Waker>,
@@ -188,7 +185,6 @@ impl Inner {
 pub(crate) struct Conn {
     inner: Mutex<Inner>,
     pub(crate) keys: Arc<SessionKeys>,
-    next_pn: AtomicU64,
     driver: Notify,
     pub(crate) role: Role,
     /// The service name this flow was opened for.
@@ -218,7 +214,8 @@ impl Conn {
             inner: Mutex::new(Inner {
                 proto,
                 subflows: HashMap::new(),
-                replay: ReplayWindow::new(),
+                packet_numbers: PacketNumbers::default(),
+                receiver: Receiver::default(),
                 read_waker: None,
                 write_waker: None,
                 shutdown_waker: None,
@@ -237,7 +234,6 @@ impl Conn {
                 policy,
             }),
             keys,
-            next_pn: AtomicU64::new(0),
             driver: Notify::new(),
             role,
             name,
@@ -425,7 +421,7 @@ impl Conn {
             let sub = Sub {
                 local,
                 remote,
-                record_limit: FIRST_RECORD_LIMIT,
+                packer: Packer::default(),
                 energy,
                 wake: wake.clone(),
                 kill,
@@ -572,64 +568,20 @@ impl Conn {
 
     /// Takes up to [`RECORDS_PER_BATCH`] records of frames (and about `batch_bytes`) for
     /// subflow `id`, each with its packet number, to encode and seal once the lock is
-    /// released ([`Conn::seal_records`]): the copies and the cipher run outside the lock.
-    ///
-    /// Control frames followed by DATA go in a record of their own: a record is only read
-    /// once whole, and an ACK, PONG or ABANDON should not wait behind 64 KiB of data.
-    fn take_records(&self, inner: &mut Inner, id: SubflowId, batch_bytes: usize) -> Vec<Record> {
+    /// released ([`Batch::seal_into`]): the copies and the cipher run outside the lock.
+    fn take_records(&self, inner: &mut Inner, id: SubflowId, batch_bytes: usize) -> Batch {
         let now = Instant::now();
-        let mut records = Vec::new();
-        let Some(mut limit) = inner.subflows.get(&id).map(|s| s.record_limit) else {
-            return records;
+        let Inner { proto, subflows, packet_numbers, .. } = inner;
+        let Some(sub) = subflows.get_mut(&id) else {
+            return Batch::default();
         };
-        // Sealed length of the closed records, as they will be written.
-        let mut batch_len = 0;
-        // The record being filled: its frames, their length, and whether it holds DATA.
-        let mut open: Option<(Vec<Frame>, usize, bool)> = None;
-        // DATA units of the open record, and (record end, units) of closed ones.
-        let mut units: Vec<Range<u64>> = Vec::new();
-        let mut data_log: Vec<(usize, Range<u64>)> = Vec::new();
-        loop {
-            if open.is_none() && (records.len() >= RECORDS_PER_BATCH || batch_len >= batch_bytes) {
-                break;
-            }
-            let room = open.as_ref().map_or(limit, |(_, plain, _)| limit - plain);
-            let Some(frame) = inner.proto.poll_transmit(id, now, room) else {
-                match open.take() {
-                    // Full, or all sent: close it and try a fresh record.
-                    Some((frames, plain, had_data)) => {
-                        self.close_record(&mut records, &mut batch_len, frames, plain);
-                        data_log.extend(units.drain(..).map(|u| (batch_len, u)));
-                        if had_data {
-                            limit = (limit * 2).min(MAX_RECORD_PLAINTEXT);
-                        }
-                    }
-                    None => break,
-                }
-                continue;
-            };
-            let data = matches!(frame, Frame::Data { .. });
-            if data && open.as_ref().is_some_and(|(_, _, had_data)| !had_data) {
-                if let Some((frames, plain, _)) = open.take() {
-                    self.close_record(&mut records, &mut batch_len, frames, plain);
-                }
-            }
-            if let Frame::Data { offset, fin, payload } = &frame {
-                units.push(*offset..offset + payload.len() as u64 + u64::from(*fin));
-            }
-            let (frames, plain, had_data) = open.get_or_insert_with(|| (Vec::new(), 0, false));
-            *plain += frame.encoded_len();
-            *had_data |= data;
-            frames.push(frame);
+        let limit = BatchLimit { records: RECORDS_PER_BATCH, bytes: batch_bytes };
+        let batch = sub.packer.pack(proto, id, now, packet_numbers, limit);
+        sub.sent.on_batch(batch.sealed_len, batch.data_log.iter().cloned());
+        if let Some(meter) = sub.energy.as_mut().filter(|_| !batch.is_empty()) {
+            meter.on_bytes(now, batch.sealed_len as u64, 0);
         }
-        if let Some(sub) = inner.subflows.get_mut(&id) {
-            sub.record_limit = limit;
-            sub.sent.on_batch(batch_len, data_log);
-            if let Some(meter) = sub.energy.as_mut().filter(|_| batch_len > 0) {
-                meter.on_bytes(now, batch_len as u64, 0);
-            }
-        }
-        records
+        batch
     }
 
     /// Copies what fits of `data` into chunks of its own *before* taking the lock, then
@@ -656,32 +608,6 @@ impl Conn {
         Ok(written)
     }
 
-    /// Closes a record of `plain` bytes of frames: a packet number, and its sealed length
-    /// added to the batch's.
-    fn close_record(&self, records: &mut Vec<Record>, batch_len: &mut usize, frames: Vec<Frame>, plain: usize) {
-        *batch_len += RECORD_HEADER_LEN + plain + TAG_LEN;
-        records.push(Record { pn: self.next_pn.fetch_add(1, Ordering::Relaxed), frames });
-    }
-
-    /// Encodes `records` into `out`, each between its header and its tag, and seals them.
-    fn seal_records(&self, records: Vec<Record>, out: &mut BytesMut) -> Result<(), RecordError> {
-        for record in records {
-            let start = out.len();
-            out.resize(start + RECORD_HEADER_LEN, 0);
-            for frame in &record.frames {
-                frame.encode(out);
-            }
-            out.resize(out.len() + TAG_LEN, 0);
-            self.keys.seal_record(record.pn, &mut out[start..])?;
-        }
-        Ok(())
-    }
-}
-
-/// One record of a batch, taken under the lock and sealed outside it.
-struct Record {
-    pn: u64,
-    frames: Vec<Frame>,
 }
 
 /// The low-water mark subflow `id`'s socket should have now, when it differs by more than
@@ -732,40 +658,6 @@ async fn read_more(
     }
 }
 
-/// Splits the first record off `buf` once it is all there: (packet number, ciphertext
-/// length, ciphertext).
-fn split_record(buf: &mut BytesMut) -> Option<(u64, usize, BytesMut)> {
-    if buf.len() < RECORD_HEADER_LEN {
-        return None;
-    }
-    let (len, pn) = crate::session::record_header(&buf[..RECORD_HEADER_LEN]);
-    if buf.len() < RECORD_HEADER_LEN + len {
-        return None;
-    }
-    let mut record = buf.split_to(RECORD_HEADER_LEN + len);
-    record.advance(RECORD_HEADER_LEN);
-    Some((pn, len, record))
-}
-
-/// Opens a record in place and decodes its frames.
-fn open_frames(keys: &SessionKeys, pn: u64, len: usize, mut record: BytesMut) -> Result<Vec<Frame>, String> {
-    tracing::trace!(pn, len, "record read");
-    let n = keys.open_record(pn, &mut record).map_err(|e| e.to_string())?;
-    record.truncate(n);
-    let mut frames = Frame::decode_all(record.freeze()).map_err(|e| format!("malformed frame: {e}"))?;
-    // A payload much smaller than its record gets a buffer of its own: a payload pins the
-    // whole read slab it sits in, and what reassembly holds should stay within a small
-    // multiple of the receive window.
-    for frame in &mut frames {
-        if let Frame::Data { payload, .. } = frame {
-            if payload.len() * 4 < len {
-                *payload = Bytes::copy_from_slice(payload);
-            }
-        }
-    }
-    Ok(frames)
-}
-
 async fn writer(
     conn: Arc<Conn>,
     id: SubflowId,
@@ -801,7 +693,7 @@ async fn writer(
                 _ = killed(&mut kill) => break "retired",
             }
         }
-        if let Err(e) = conn.seal_records(records, &mut out) {
+        if let Err(e) = records.seal_into(&conn.keys, &mut out) {
             tracing::error!(error = %e, "sealing a record failed");
             break "sealing failed";
         }
@@ -883,12 +775,7 @@ async fn reader(
         loop {
             // Room for the rest of the record under way (or a header), and whatever else
             // the socket holds: several records per system call when the flow is busy.
-            let have = slabs.bytes().len();
-            let missing = match have >= RECORD_HEADER_LEN {
-                true => RECORD_HEADER_LEN + crate::session::record_header(&slabs.bytes()[..RECORD_HEADER_LEN]).0,
-                false => RECORD_HEADER_LEN,
-            }
-            .saturating_sub(have);
+            let missing = records::bytes_wanted(slabs.bytes());
             slabs.make_room(missing.max(MIN_READ), Instant::now());
             match read_more(&mut r, &mut slabs, &mut kill).await {
                 Ok(()) => {}
@@ -901,11 +788,11 @@ async fn reader(
             // good ones before it are in.
             let mut opened = Vec::new();
             let mut fault = None;
-            while let Some((pn, len, record)) = split_record(slabs.bytes()) {
-                match open_frames(&conn.keys, pn, len, record) {
-                    Ok(frames) => opened.push((pn, len, frames)),
+            while let Some(record) = records::split_record(slabs.bytes()) {
+                match records::open(&conn.keys, record) {
+                    Ok(record) => opened.push(record),
                     Err(why) => {
-                        fault = Some(why);
+                        fault = Some(why.to_string());
                         break;
                     }
                 }
@@ -916,21 +803,20 @@ async fn reader(
                     return "retired".into();
                 }
                 inner.redial_pause = Duration::ZERO;
-                for (pn, len, frames) in opened {
-                    if !inner.replay.is_fresh(pn) {
-                        tracing::warn!(flow = %conn.keys.flow_id, pn, "replayed record dropped");
-                        continue;
-                    }
-                    inner.replay.insert(pn);
-                    if let Some(meter) = inner.subflows.get_mut(&id).and_then(|s| s.energy.as_mut()) {
-                        meter.on_bytes(Instant::now(), 0, (RECORD_HEADER_LEN + len) as u64);
-                    }
+                for record in opened {
                     let now = Instant::now();
-                    for frame in frames {
-                        if let Err(v) = inner.proto.handle_frame(id, frame, now) {
+                    let wire_len = record.wire_len as u64;
+                    let Inner { proto, receiver, .. } = &mut *inner;
+                    match receiver.deliver(proto, id, record, now) {
+                        Ok(Delivery::Fresh) => {}
+                        Ok(Delivery::Replayed) => continue,
+                        Err(v) => {
                             conn.settle(&mut inner);
                             return format!("protocol violation: {v}");
                         }
+                    }
+                    if let Some(meter) = inner.subflows.get_mut(&id).and_then(|s| s.energy.as_mut()) {
+                        meter.on_bytes(now, 0, wire_len);
                     }
                 }
                 conn.settle(&mut inner);
@@ -947,7 +833,10 @@ async fn reader(
 #[cfg(all(test, target_os = "linux"))]
 mod tests {
     use super::*;
+    use bytes::Bytes;
     use tokio::io::AsyncReadExt;
+    use crate::proto::Frame;
+    use crate::session::records::TAG_LEN;
     use crate::session::session_pair;
 
     fn resident_bytes() -> usize {

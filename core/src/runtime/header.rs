@@ -8,7 +8,7 @@
 //!                    JOINs in SYNs: TCP Fast Open)  |  code:u8 len:u8 reason (refused, then
 //!                    close; code 1 "unknown flow" adds sig[64], the peer's Ed25519 signature)
 //! ```
-//! After that, both directions carry sealed records (see `session::record`). Every read
+//! After that, both directions carry sealed records (see `session::records`). Every read
 //! here is bounded in size and, by the caller, in time.
 
 use std::io;

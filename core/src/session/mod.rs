@@ -11,11 +11,10 @@
 
 mod handshake;
 pub(crate) mod join;
-mod record;
+pub(crate) mod records;
 mod replay;
 
 pub(crate) use handshake::{HandshakeError, Initiator, Responder, SessionKeys, MAX_HANDSHAKE_MSG};
-pub(crate) use record::{parse_header as record_header, RecordError, MAX_RECORD_PLAINTEXT, RECORD_HEADER_LEN, TAG_LEN};
 pub(crate) use replay::ReplayWindow;
 #[cfg(test)]
 pub(crate) use handshake::tests::session_pair;

@@ -26,6 +26,10 @@ impl ReplayWindow {
     /// Whether `pn` may be accepted; does not record it (call [`Self::insert`] once the
     /// record authenticated, so forged records cannot fill the window).
     pub(crate) fn is_fresh(&self, pn: u64) -> bool {
+        // `top` counts one past the highest number: the largest cannot be taken.
+        if pn == u64::MAX {
+            return false;
+        }
         if pn >= self.top {
             return true;
         }
@@ -91,6 +95,17 @@ mod tests {
         assert!(!accept(&mut w, 5));
         assert!(accept(&mut w, 4));
         assert!(accept(&mut w, 6));
+    }
+
+    #[test]
+    fn the_largest_number_is_refused_and_does_not_wrap_the_window() {
+        let mut w = ReplayWindow::new();
+        assert!(accept(&mut w, 7));
+        assert!(!accept(&mut w, u64::MAX));
+        assert!(!accept(&mut w, 7), "still remembered");
+        assert!(accept(&mut w, u64::MAX - 1));
+        assert!(!accept(&mut w, u64::MAX - 1));
+        assert!(!accept(&mut w, 8), "now far behind the window");
     }
 
     #[test]

@@ -2,14 +2,17 @@
 //!
 //! Side 0 (A) is the client, side 1 (B) the server. A *link* is one subflow pair: one
 //! `SubflowId` at each end and two ordered pipes (A→B, B→A), each with a one-way delay
-//! and an optional bandwidth. Every frame is encoded into records and decoded again, so the
-//! codec is on the path. The simulation plays the runtime: it moves bytes between the app
+//! and an optional bandwidth. Frames travel in the runtime's records: the record layer
+//! ([`crate::session::records`]) packs, numbers and seals them and opens them again, with
+//! the protocol's record limit, the records' growth on a fresh subflow and the replay
+//! window on the path. The simulation plays the runtime: it moves bytes between the app
 //! and the flow, polls transmits, delivers records, fires timeouts, and reacts to events.
 //!
 //! Virtual time only advances to the next thing that can happen (delivery, timer,
 //! scheduled action), so a five-minute outage costs nothing.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
@@ -17,9 +20,19 @@ use bytes::{Bytes, BytesMut};
 use crate::proto::{
     FlowConfig, FlowError, FlowEvent, FlowState, FlowStatus, Frame, ReadOutcome, SubflowId,
 };
+use crate::session::records::{
+    open, seal_record_into, split_record, BatchLimit, Delivery, Packer, PacketNumbers, Receiver,
+    Record,
+};
+use crate::session::{session_pair, SessionKeys};
 
-/// Largest record the simulated runtime builds.
-pub const RECORD_MAX: usize = 64 * 1024 + 256;
+/// One record in a pipe: its sealed bytes, and whether it is a copy of one sent before
+/// (which the receiver must refuse).
+#[derive(Debug)]
+pub struct InFlight {
+    pub sealed: Bytes,
+    pub replay: bool,
+}
 
 /// xorshift64*: deterministic randomness for fault injection.
 #[derive(Debug, Clone)]
@@ -49,7 +62,7 @@ impl Rng {
 
 #[derive(Debug)]
 pub struct Pipe {
-    pub queue: VecDeque<(Instant, Bytes)>,
+    pub queue: VecDeque<(Instant, InFlight)>,
     pub delay: Duration,
     /// Bytes per second; `None` uses the simulation's `bandwidth`.
     pub bandwidth: Option<u64>,
@@ -70,7 +83,7 @@ impl Pipe {
         }
     }
 
-    fn push(&mut self, at: Instant, rec: Bytes) {
+    fn push(&mut self, at: Instant, rec: InFlight) {
         let at = at.max(self.last_deliver);
         self.last_deliver = at;
         self.queue.push_back((at, rec));
@@ -87,6 +100,8 @@ pub struct Link {
     pub blackhole: bool,
     /// Pipe 0 carries A→B, pipe 1 B→A.
     pub pipes: [Pipe; 2],
+    /// Each end's record packer for this subflow.
+    packers: [Packer; 2],
 }
 
 /// The application on one side: writes `data`, reads into `received`.
@@ -124,17 +139,23 @@ pub struct Sim {
     pub auto_reconnect: Option<Duration>,
     reconnect_at: Option<Instant>,
     pub rng: Rng,
-    /// Chance that a record carrying DATA is delivered twice on its own subflow.
+    /// Chance that a record carrying DATA is sent twice on its own subflow: half the time
+    /// the same sealed bytes (a replay, which the receiver must drop), otherwise its frames
+    /// again in a record of their own (duplicate data the flow must absorb).
     pub dup_pct: u32,
     /// Chance that a record carrying DATA is also delivered, late, on another subflow.
     pub cross_pct: u32,
     /// Removals sometimes come with a (random) hint of units that never left.
     pub unsent_hints: bool,
-}
-
-fn has_data(rec: &Bytes) -> bool {
-    Frame::decode_all(rec.clone())
-        .is_ok_and(|fs| fs.iter().any(|f| matches!(f, Frame::Data { .. })))
+    /// Each side's session keys: A is the handshake's initiator.
+    keys: [Arc<SessionKeys>; 2],
+    packet_numbers: [PacketNumbers; 2],
+    receivers: [Receiver; 2],
+    /// Replayed records that reached a receiver, and the ones it dropped (all of them).
+    pub replays_delivered: u64,
+    /// Records the receivers dropped as replays although the sender sent them once
+    /// (too far behind the window); their data is re-sent.
+    pub fresh_refused: u64,
 }
 
 impl Sim {
@@ -160,6 +181,11 @@ impl Sim {
             dup_pct: 0,
             cross_pct: 0,
             unsent_hints: false,
+            keys: session_pair().into(),
+            packet_numbers: Default::default(),
+            receivers: Default::default(),
+            replays_delivered: 0,
+            fresh_refused: 0,
         }
     }
 
@@ -225,6 +251,7 @@ impl Sim {
             open: [true, true],
             blackhole: false,
             pipes: [Pipe::new(delay, self.now), Pipe::new(delay, self.now)],
+            packers: Default::default(),
         });
         self.drain_events();
         self.links.len() - 1
@@ -526,96 +553,106 @@ impl Sim {
 
     fn transmit(&mut self, link: usize, side: usize) -> bool {
         let mut progress = false;
-        // A DATA frame polled after control frames starts the next record, as the runtime
-        // does, so those control frames need not wait for a whole record of data.
-        let mut carry: Option<Frame> = None;
         loop {
             let l = &self.links[link];
             if !l.open[side] {
                 return progress;
             }
-            if let Some(ready) = self.backlog_ready_at(&l.pipes[side]) {
-                // A carried frame was already taken from the flow: it must go out now.
-                if ready > self.now && carry.is_none() {
-                    return progress;
-                }
+            if self
+                .backlog_ready_at(&l.pipes[side])
+                .is_some_and(|ready| ready > self.now)
+            {
+                return progress;
             }
             let id = l.ids[side];
-            let mut rec = BytesMut::new();
-            let mut rec_has_data = false;
-            if let Some(f) = carry.take() {
-                f.encode(&mut rec);
-                rec_has_data = true;
-            }
-            while rec.len() + 64 < RECORD_MAX {
-                let room = RECORD_MAX - rec.len();
-                let Some(f) = self.ends[side].poll_transmit(id, self.now, room) else {
-                    if room >= 4096 {
-                        assert!(
-                            !self.ends[side].wants_transmit(id),
-                            "wants_transmit but poll_transmit gave nothing"
-                        );
-                    }
-                    break;
-                };
-                assert!(f.encoded_len() <= room);
-                let data = matches!(f, Frame::Data { .. });
-                if data && !rec.is_empty() && !rec_has_data {
-                    carry = Some(f);
-                    break;
-                }
-                rec_has_data |= data;
-                f.encode(&mut rec);
-            }
-            if rec.is_empty() {
+            // One record at a time (two when control frames precede DATA), so the pipe's
+            // backlog is checked as often as the runtime's socket would be.
+            let one = BatchLimit {
+                records: 1,
+                bytes: usize::MAX,
+            };
+            let batch = self.links[link].packers[side].pack(
+                &mut self.ends[side],
+                id,
+                self.now,
+                &mut self.packet_numbers[side],
+                one,
+            );
+            if batch.is_empty() {
+                assert!(
+                    !self.ends[side].wants_transmit(id),
+                    "wants_transmit but poll_transmit gave nothing"
+                );
                 return progress;
             }
             progress = true;
-            let rec = rec.freeze();
-            if self.links[link].blackhole {
-                continue;
-            }
-            let now = self.now;
-            let p = &mut self.links[link].pipes[side];
-            let bw = p.bandwidth.or(self.bandwidth);
-            let start = p.busy_until.max(now);
-            p.busy_until = match bw {
-                Some(bw) => start + Duration::from_secs_f64(rec.len() as f64 / bw as f64),
-                None => start,
-            };
-            let at = p.busy_until + p.delay;
-            p.push(at, rec.clone());
-            p.records_sent += 1;
-            if self.dup_pct == 0 && self.cross_pct == 0 || !has_data(&rec) {
-                continue;
-            }
-            if self.rng.percent(self.dup_pct) {
-                let extra = Duration::from_millis(self.rng.below(50));
-                self.links[link].pipes[side].push(at + extra, rec.clone());
-            }
-            if self.rng.percent(self.cross_pct) {
-                let others: Vec<usize> = self
-                    .live_links()
-                    .into_iter()
-                    .filter(|&o| o != link && self.links[o].pipes[side].records_sent > 0)
-                    .collect();
-                if !others.is_empty() {
-                    let o = others[self.rng.below(others.len() as u64) as usize];
-                    let late = Duration::from_millis(self.rng.below(500) * self.rng.below(2));
-                    let copy = self.reslice(rec);
-                    let p = &mut self.links[o].pipes[side];
-                    let at = now + p.delay + late;
-                    p.push(at, copy);
-                }
+            for record in batch.records {
+                self.send_record(link, side, record);
             }
         }
     }
 
-    /// A copy of the DATA frames in `rec`, half the time cut to a random sub-range, so
-    /// copies overlap what the receiver has partially (as a sender re-segmenting would).
-    fn reslice(&mut self, rec: Bytes) -> Bytes {
+    fn seal(&self, side: usize, record: &Record) -> Bytes {
         let mut out = BytesMut::new();
-        for f in Frame::decode_all(rec).expect("own record") {
+        seal_record_into(&self.keys[side], record, &mut out).expect("records within the limit seal");
+        out.freeze()
+    }
+
+    /// Puts a record on the link's pipe from `side`, and the copies fault injection asks for.
+    fn send_record(&mut self, link: usize, side: usize, record: Record) {
+        let sealed = self.seal(side, &record);
+        if self.links[link].blackhole {
+            return;
+        }
+        let now = self.now;
+        let p = &mut self.links[link].pipes[side];
+        let bw = p.bandwidth.or(self.bandwidth);
+        let start = p.busy_until.max(now);
+        p.busy_until = match bw {
+            Some(bw) => start + Duration::from_secs_f64(sealed.len() as f64 / bw as f64),
+            None => start,
+        };
+        let at = p.busy_until + p.delay;
+        p.push(at, InFlight { sealed: sealed.clone(), replay: false });
+        p.records_sent += 1;
+        if self.dup_pct == 0 && self.cross_pct == 0 || !record.has_data() {
+            return;
+        }
+        if self.rng.percent(self.dup_pct) {
+            let at = at + Duration::from_millis(self.rng.below(50));
+            let copy = match self.rng.percent(50) {
+                true => InFlight { sealed, replay: true },
+                false => {
+                    let again = self.packet_numbers[side].number(record.frames.clone());
+                    InFlight { sealed: self.seal(side, &again), replay: false }
+                }
+            };
+            self.links[link].pipes[side].push(at, copy);
+        }
+        if self.rng.percent(self.cross_pct) {
+            let others: Vec<usize> = self
+                .live_links()
+                .into_iter()
+                .filter(|&o| o != link && self.links[o].pipes[side].records_sent > 0)
+                .collect();
+            if !others.is_empty() {
+                let o = others[self.rng.below(others.len() as u64) as usize];
+                let late = Duration::from_millis(self.rng.below(500) * self.rng.below(2));
+                let frames = self.reslice(record.frames);
+                let copy = self.packet_numbers[side].number(frames);
+                let sealed = self.seal(side, &copy);
+                let p = &mut self.links[o].pipes[side];
+                let at = now + p.delay + late;
+                p.push(at, InFlight { sealed, replay: false });
+            }
+        }
+    }
+
+    /// The DATA frames of a record, half the time cut to a random sub-range, so copies
+    /// overlap what the receiver has partially (as a sender re-segmenting would).
+    fn reslice(&mut self, frames: Vec<Frame>) -> Vec<Frame> {
+        let mut out = Vec::new();
+        for f in frames {
             let Frame::Data {
                 offset,
                 fin,
@@ -638,14 +675,13 @@ impl Sim {
             };
             let fin = fin && to == len;
             let payload = payload.slice(from as usize..to as usize);
-            Frame::Data {
+            out.push(Frame::Data {
                 offset: offset + from,
                 fin,
                 payload,
-            }
-            .encode(&mut out);
+            });
         }
-        out.freeze()
+        out
     }
 
     fn deliver(&mut self, link: usize, dir: usize) -> bool {
@@ -663,14 +699,18 @@ impl Sim {
                 continue;
             }
             let id = l.ids[dst];
-            let frames = Frame::decode_all(rec).expect("records built by the simulation decode");
-            for f in frames {
-                if let Err(e) = self.ends[dst].handle_frame(id, f.clone(), self.now) {
-                    panic!(
-                        "side {dst} at {:?}: honest peer flagged as violation: {e} ({f:?})",
-                        self.elapsed()
-                    );
-                }
+            let mut bytes = BytesMut::from(&rec.sealed[..]);
+            let sealed = split_record(&mut bytes).expect("a whole record");
+            assert!(bytes.is_empty(), "one record per pipe entry");
+            let opened = open(&self.keys[dst], sealed).expect("an honest peer's records open");
+            match self.receivers[dst].deliver(&mut self.ends[dst], id, opened, self.now) {
+                Ok(Delivery::Fresh) => assert!(!rec.replay, "side {dst} took a replayed record"),
+                Ok(Delivery::Replayed) if rec.replay => self.replays_delivered += 1,
+                Ok(Delivery::Replayed) => self.fresh_refused += 1,
+                Err(e) => panic!(
+                    "side {dst} at {:?}: honest peer flagged as violation: {e}",
+                    self.elapsed()
+                ),
             }
             // Events (e.g. a failure) before the next record.
             self.drain_events();

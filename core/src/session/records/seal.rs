@@ -10,7 +10,7 @@
 
 use ring::aead::{Aad, Nonce, Tag};
 
-use super::SessionKeys;
+use crate::session::SessionKeys;
 
 /// Clear bytes in front of every record's ciphertext.
 pub(crate) const RECORD_HEADER_LEN: usize = 2 + 8;
@@ -76,7 +76,7 @@ pub(crate) fn parse_header(h: &[u8]) -> (usize, u64) {
 
 #[cfg(test)]
 mod tests {
-    use super::super::handshake::tests::session_pair;
+    use crate::session::session_pair;
     use super::*;
 
     fn seal(keys: &SessionKeys, pn: u64, plain: &[u8]) -> Vec<u8> {
