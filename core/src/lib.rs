@@ -4,8 +4,9 @@
 //! - [`proto`]: the flow protocol as a deterministic, I/O-free state machine (frames,
 //!   sequence numbers and acks, retransmission after a subflow dies, reassembly, resume,
 //!   liveness timers). Time is passed in; nothing here touches a socket or a clock.
-//! - `session`: the Noise IK handshake, per-frame sealing with explicit nonces, the replay
-//!   window and the MAC that lets a new subflow join an existing flow.
+//! - `session`: the Noise IK handshake, the record layer (frames packed into numbered,
+//!   sealed records; the replay window), and a subflow's opening exchange with the MAC
+//!   that lets a new subflow join an existing flow, all without I/O.
 //! - [`name`]: signed name records and the clients of the name services.
 //! - the tokio runtime ([`Endpoint`], [`Flow`]) that owns sockets and timers and drives
 //!   the state machine.

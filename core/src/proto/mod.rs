@@ -16,6 +16,7 @@
 //! - `send`: send buffer, retransmit set, peer window;
 //! - `recv`: reassembly and the receive window;
 //! - `subflow`: per-subflow liveness, RTT and owed frames;
+//! - `sched`: which subflow carries new data under each path policy;
 //! - `flow`: [`FlowState`], which ties them together.
 //!
 //! # Sequence space, FIN and acknowledgements
@@ -33,7 +34,13 @@
 //!
 //! The first frame each side sends on a new subflow is an ACK: "this is what I have".
 //! Units that were in flight on a lost subflow are re-sent only on a subflow whose peer
-//! has already spoken (so its ACK pruned them first); new data may go at once.
+//! has already spoken (so its ACK pruned them first), and new data waits there too, with
+//! two exceptions: the flow's very first subflow sends new data at once, and a subflow we
+//! opened that ends an outage sends at once when every unit waiting to be re-sent is known
+//! never to have left the lost subflow. A subflow the peer opened carries no DATA until
+//! its resume ACK is heard ([`FlowState::set_peer_speaks_first`]), unless it is the flow's
+//! only subflow and its JOIN carried the peer's resume point, which then serves as that
+//! ACK ([`FlowState::peer_resumes_at`]).
 
 //! # Liveness
 //!

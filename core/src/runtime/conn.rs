@@ -29,11 +29,13 @@ use tokio::sync::{broadcast, watch, Notify};
 
 use super::endpoint::EndpointInner;
 use super::events::FlowEvent;
+use super::header::read_exchange;
 use super::read_slabs::ReadSlabs;
 use super::unsent::SentLog;
 use crate::energy::EnergyMeter;
 use crate::proto::{self, FlowState, FlowStatus, SubflowId};
 use crate::session::records::{self, Batch, BatchLimit, Delivery, Packer, PacketNumbers, Receiver, RECORD_HEADER_LEN};
+use crate::session::opening::{decode_join_answer, JoinSent};
 use crate::session::{ReplayWindow, SessionKeys};
 
 /// How long a finished or failed flow waits for its writers to flush before cutting them.
@@ -745,30 +747,31 @@ async fn reader(
     let reason: String = async {
         if let Some(check) = join {
             let peer_signing_key = conn.lock().peer_signing_key;
+            let sent = JoinSent {
+                join_key: &conn.keys.join_key,
+                flow: &conn.keys.flow_id,
+                seq: check.seq,
+                peer_signing_key: peer_signing_key.as_ref(),
+            };
             let answer = tokio::select! {
-                a = super::header::read_join_answer(
-                    &mut r,
-                    &conn.keys.join_key,
-                    &conn.keys.flow_id,
-                    check.seq,
-                    peer_signing_key.as_ref(),
-                ) => a,
+                a = read_exchange(&mut r, |b| Ok(decode_join_answer(b, &sent))) => a,
                 _ = killed(&mut kill) => return "retired".to_string(),
             };
-            if let Ok(accepted) = &answer {
-                conn.lock().peer_fast_open = accepted.fast_open;
-            }
-            if let Err(e) = answer {
-                let mut inner = conn.lock();
-                if e.is_fatal() {
-                    inner.proto.abort(0, "the peer no longer knows this flow");
-                    conn.settle(&mut inner);
-                } else if let Some(remote) = inner.subflows.get(&id).map(|s| s.remote) {
-                    // Whoever answers there now is not our peer: re-dial elsewhere (a
-                    // fresh lookup) rather than there again.
-                    inner.peer_addrs.retain(|a| *a != remote);
+            match answer {
+                Err(e) => return e.to_string(),
+                Ok(Ok(accepted)) => conn.lock().peer_fast_open = accepted.fast_open,
+                Ok(Err(e)) => {
+                    let mut inner = conn.lock();
+                    if e.is_fatal() {
+                        inner.proto.abort(0, "the peer no longer knows this flow");
+                        conn.settle(&mut inner);
+                    } else if let Some(remote) = inner.subflows.get(&id).map(|s| s.remote) {
+                        // Whoever answers there now is not our peer: re-dial elsewhere (a
+                        // fresh lookup) rather than there again.
+                        inner.peer_addrs.retain(|a| *a != remote);
+                    }
+                    return e.to_string();
                 }
-                return e.to_string();
             }
         }
         let mut slabs = ReadSlabs::new();

@@ -22,16 +22,18 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::task::JoinSet;
 
 use super::conn::{Conn, JoinCheck, Role};
 use super::endpoint::EndpointInner;
 use super::flow::Flow;
-use super::header::{self, Kind};
+use super::header::{read_exchange, ExchangeError};
+use crate::session::opening;
 use super::Error;
 use crate::name::{self, NameError, NameRecord};
-use crate::session::{HandshakeError, Initiator, MAX_HANDSHAKE_MSG};
+use crate::session::{HandshakeError, Initiator};
 
 const FIRST_BACKOFF: Duration = Duration::from_millis(10);
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
@@ -135,11 +137,11 @@ async fn new_flow(ep: &Arc<EndpointInner>, name: &str, record: &NameRecord, mut 
     let (noise_key, signing_key) = (&record.noise_key, &record.signing_key);
     let fail = |e: &dyn std::fmt::Display| Attempt::Failed(e.to_string());
     let (init, msg1) = Initiator::start(&ep.identity, noise_key, name).map_err(|e| fail(&e))?;
-    header::write_handshake(&mut stream, &header::header(Kind::NewFlow), &msg1).await.map_err(|e| fail(&e))?;
-    let msg2 = header::read_handshake(&mut stream, MAX_HANDSHAKE_MSG).await.map_err(|e| match e {
+    stream.write_all(&opening::new_flow(&msg1)).await.map_err(|e| fail(&e))?;
+    let msg2 = read_exchange(&mut stream, opening::decode_new_flow_answer).await.map_err(|e| match e {
         // A responder that cannot read our first message (it is not for its key) closes
         // without a word: there is no key to answer under. Say what that usually means.
-        header::HeaderError::Io(io) if io.kind() == std::io::ErrorKind::UnexpectedEof => Attempt::Failed(
+        ExchangeError::Io(io) if io.kind() == std::io::ErrorKind::UnexpectedEof => Attempt::Failed(
             "the peer closed the connection during the handshake (it does not hold the keys \
              the name record lists, or it is not an msocket endpoint)"
                 .into(),
@@ -334,7 +336,7 @@ fn next_join(conn: &Conn) -> (u64, Vec<u8>, bool) {
         inner.join_seq += 1;
         (inner.join_seq, inner.proto.resume_point(), inner.peer_fast_open)
     };
-    (seq, header::join_request(&conn.keys.join_key, &conn.keys.flow_id, seq, resume), fast_open)
+    (seq, opening::join_request(&conn.keys.join_key, &conn.keys.flow_id, seq, resume), fast_open)
 }
 
 /// Attaches a connection that opened with JOIN `seq` as a subflow of `conn`. Its reader

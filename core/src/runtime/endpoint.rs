@@ -17,12 +17,13 @@ use super::flow::Flow;
 use super::follow::NetworkFollower;
 use super::paths::PathPolicy;
 use super::socket::SocketBinder;
-use super::header::{self, Kind};
+use super::header::read_exchange;
 use super::Error;
 use crate::identity::{Identity, PublicIdentity};
 use crate::name::{self, NameRecord, NameService, SignedRecord};
 use crate::proto::FlowConfig;
-use crate::session::join::{self, JoinRefusal};
+use crate::session::join::JoinRefusal;
+use crate::session::opening::{self, JoinTarget, Opening};
 use crate::session::{FlowId, Responder};
 use crate::watch::{Classifier, Interface, NetworkState, WatchError};
 
@@ -650,17 +651,14 @@ impl EndpointInner {
 
     /// Serves one incoming TCP connection: a new flow or a join.
     async fn handle_incoming(self: Arc<Self>, mut stream: TcpStream) -> Result<(), String> {
-        let kind = header::read_header(&mut stream).await.map_err(|e| e.to_string())?;
-        match kind {
-            Kind::NewFlow => {
-                let msg = header::read_handshake(&mut stream, crate::session::MAX_HANDSHAKE_MSG)
-                    .await
-                    .map_err(|e| e.to_string())?;
+        let opening = read_exchange(&mut stream, opening::decode_opening).await.map_err(|e| e.to_string())?;
+        match opening {
+            Opening::NewFlow(msg) => {
                 let responder = Responder::read(&self.identity, &msg).map_err(|e| e.to_string())?;
                 let name = responder.name.clone();
                 let Some(tx) = self.lock().services.get(&name).cloned() else {
                     let reply = responder.refuse_unknown_name().map_err(|e| e.to_string())?;
-                    let _ = header::write_handshake(&mut stream, &[], &reply).await;
+                    let _ = stream.write_all(&opening::handshake_message(&[], &reply)).await;
                     return Err(format!("refused a flow for {name:?}: not served here"));
                 };
                 let (reply, keys) = responder.accept().map_err(|e| e.to_string())?;
@@ -669,7 +667,7 @@ impl EndpointInner {
                 // with our signature, which ends the flow.
                 let conn = Conn::new(keys, Role::Server, name, self.config.flow.clone(), Arc::downgrade(&self));
                 self.remember_flow(&conn);
-                if let Err(e) = header::write_handshake(&mut stream, &[], &reply).await {
+                if let Err(e) = stream.write_all(&opening::handshake_message(&[], &reply)).await {
                     self.forget_flow(&conn.keys.flow_id);
                     return Err(e.to_string());
                 }
@@ -682,41 +680,28 @@ impl EndpointInner {
                 }
                 Ok(())
             }
-            Kind::Join => {
-                let body = header::read_join(&mut stream).await.map_err(|e| e.to_string())?;
-                let request = join::parse_request(&body);
+            Opening::Join(request) => {
                 let (flow_id, seq) = (request.flow, request.seq);
                 let conn = self.lock().flows.get(&flow_id).and_then(Weak::upgrade);
-                let refusal = match &conn {
-                    None => Some(JoinRefusal::UnknownFlow),
-                    Some(c) if !request.verify(&c.keys.join_key) => Some(JoinRefusal::BadMac),
+                let verdict = match &conn {
+                    None => opening::admit_join(&request, None),
                     Some(c) => {
-                        // Seen sequence numbers are refused; unseen ones may come out of
-                        // order (the client's dials race, and each JOIN left with its SYN).
                         let mut inner = c.lock();
-                        if inner.joins_seen.is_fresh(seq) {
-                            inner.joins_seen.insert(seq);
-                            None
-                        } else {
-                            Some(JoinRefusal::Replayed)
-                        }
+                        let target = JoinTarget { join_key: &c.keys.join_key, joins_seen: &mut inner.joins_seen };
+                        opening::admit_join(&request, Some(target))
                     }
                 };
-                match (refusal, conn) {
-                    (None, Some(conn)) => {
+                match (verdict, conn) {
+                    (Ok(()), Some(conn)) => {
                         let fast_open = self.takes_fast_open.load(Ordering::Relaxed);
-                        let ok = header::join_accept(&conn.keys.join_key, &flow_id, seq, fast_open);
+                        let ok = opening::join_accept(&conn.keys.join_key, &flow_id, seq, fast_open);
                         stream.write_all(&ok).await.map_err(|e| e.to_string())?;
                         conn.attach(stream, seq, None, Some(request.resume));
                         Ok(())
                     }
-                    (why, _) => {
-                        let why = why.unwrap_or(JoinRefusal::UnknownFlow);
-                        let refusal = match why {
-                            JoinRefusal::UnknownFlow => header::join_refuse_unknown(&self.identity, &flow_id, seq),
-                            why => header::join_refuse(why),
-                        };
-                        let _ = stream.write_all(&refusal).await;
+                    (verdict, _) => {
+                        let why = verdict.err().unwrap_or(JoinRefusal::UnknownFlow);
+                        let _ = stream.write_all(&opening::join_refuse(why, &self.identity, &flow_id, seq)).await;
                         Err(format!("refused a join for flow {flow_id}: {why}"))
                     }
                 }

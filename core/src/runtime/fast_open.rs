@@ -8,10 +8,10 @@
 //!
 //! Cookies are not used: a cookie belongs to one server address, and the case that matters
 //! is a peer at an address never seen before. Without a cookie a forged SYN can carry a
-//! JOIN, but a JOIN is only ever admitted with its MAC and a sequence number above every
-//! earlier one, so a replay or a forgery is refused exactly as on a normal connection; the
-//! listener's Fast Open queue (`QUEUE`) bounds what such SYNs can hold. New flows (the Noise
-//! handshake) never ride a SYN.
+//! JOIN, but a JOIN is only ever admitted with its MAC and a sequence number never admitted
+//! before (within the last 8192), so a replay or a forgery is refused exactly as on a
+//! normal connection; the listener's Fast Open queue (`QUEUE`) bounds what such SYNs can
+//! hold. New flows (the Noise handshake) never ride a SYN.
 //!
 //! Everything falls back by itself: a kernel without Fast Open, a server host that has not
 //! enabled it (`net.ipv4.tcp_fastopen` needs bit `0x2` there), or a middlebox that strips

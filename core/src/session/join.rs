@@ -1,14 +1,12 @@
 //! Joining an existing flow with a new subflow.
 //!
-//! ```text
-//! JOIN     = flow_id[16]  join_seq:u64  mac[16]      (client → server, in clear)
-//! JOIN_OK  = status:u8 (0)  mac[16]                   (server → client)
-//! REFUSED  = status:u8 (≠0) reason_len:u8 reason     (server → client, then close)
-//! ```
-//! The MACs are HMAC-SHA256 under the flow's join key, which only the two ends of the
-//! handshake know. `join_seq` grows with every join, and the server refuses one it has seen,
-//! so a captured JOIN cannot be replayed to steal the flow. The reply's MAC proves to the
-//! client that it reached the real peer.
+//! The JOIN and its answers are laid out in [`super::opening`]. The MACs are HMAC-SHA256
+//! under the flow's join key, which only the two ends of the handshake know: the request's
+//! covers the flow, the join sequence and the joiner's resume point; the answer's covers
+//! the flow, the sequence and whether the answering host takes JOINs in SYNs. `join_seq`
+//! grows with every join, and the server refuses one it has seen, so a captured JOIN cannot
+//! be replayed to steal the flow. The reply's MAC proves to the client that it reached the
+//! real peer.
 
 use hmac::{Hmac, Mac};
 use sha2::Sha256;

@@ -11,6 +11,7 @@
 
 mod handshake;
 pub(crate) mod join;
+pub(crate) mod opening;
 pub(crate) mod records;
 mod replay;
 
