@@ -24,6 +24,6 @@ pub mod wire;
 pub use identity::{Identity, IdentityError, PublicIdentity};
 pub use proto::{FlowConfig, FlowError, FlowStats, PathState};
 pub use runtime::{
-    BlockingFlow, Endpoint, EndpointConfig, Error, Flow, FlowEvent, FlowEvents, Listener, NetworkFollower, NetworkSource, Path, PathPolicy,
+    BlockingFlow, ConnectFailure, Endpoint, EndpointConfig, Error, Flow, FlowEvent, FlowEvents, IoOperation, Listener, NetworkFollower, NetworkSource, Path, PathLossReason, PathPolicy,
     RawSocket, SocketBinder,
 };

@@ -33,6 +33,12 @@ pub enum MsocketError {
     #[error("{0}")]
     FlowFailed(String),
     #[error("{0}")]
+    PeerAborted(String),
+    #[error("{0}")]
+    PeerForgotFlow(String),
+    #[error("{0}")]
+    NoPath(String),
+    #[error("{0}")]
     Io(String),
     #[error("{0}")]
     WrongThread(String),
@@ -76,7 +82,7 @@ impl From<msocket::Error> for MsocketError {
             msocket::Error::UnknownName { .. } => MsocketError::NameNotFound(text),
             msocket::Error::AlreadyListening(_) => MsocketError::AlreadyListening(text),
             msocket::Error::Io { .. } => MsocketError::Io(text),
-            msocket::Error::Flow(_) => MsocketError::FlowFailed(text),
+            msocket::Error::Flow(e) => from_flow_error(&e, text),
             msocket::Error::Closed => MsocketError::Closed(text),
             _ => MsocketError::Internal(format!("unexpected error: {text}")),
         }
@@ -92,10 +98,23 @@ impl From<msocket::IdentityError> for MsocketError {
     }
 }
 
+/// The kind of a flow's failure, with `text` as its message.
+fn from_flow_error(e: &msocket::FlowError, text: String) -> MsocketError {
+    match e {
+        msocket::FlowError::PeerAborted { .. } => MsocketError::PeerAborted(text),
+        msocket::FlowError::PeerForgotFlow => MsocketError::PeerForgotFlow(text),
+        msocket::FlowError::DeadlineExceeded { .. } => MsocketError::NoPath(text),
+        _ => MsocketError::FlowFailed(text),
+    }
+}
+
 /// A flow's read, write or shutdown failed: the core wraps its flow errors in `io::Error`.
 pub(crate) fn from_flow_io(e: io::Error) -> MsocketError {
     if let Some(inner) = e.get_ref().and_then(|r| r.downcast_ref::<msocket::Error>()) {
-        return MsocketError::FlowFailed(inner.to_string());
+        return match inner {
+            msocket::Error::Flow(flow) => from_flow_error(flow, inner.to_string()),
+            other => MsocketError::FlowFailed(other.to_string()),
+        };
     }
     match e.kind() {
         io::ErrorKind::TimedOut
@@ -153,10 +172,16 @@ mod tests {
     }
 
     #[test]
-    fn flow_io_errors_keep_the_core_message() {
-        let core = msocket::Error::Flow(msocket::FlowError::PeerAborted { code: 1, reason: "bye".into() });
-        let e = from_flow_io(io::Error::new(io::ErrorKind::ConnectionReset, core));
-        assert!(matches!(&e, MsocketError::FlowFailed(m) if m.contains("bye")), "{e:?}");
+    fn flow_io_errors_keep_their_kind_and_the_core_message() {
+        let io_of = |e: msocket::FlowError| from_flow_io(io::Error::other(msocket::Error::Flow(e)));
+        let e = io_of(msocket::FlowError::PeerAborted { code: 1, reason: "bye".into() });
+        assert!(matches!(&e, MsocketError::PeerAborted(m) if m.contains("bye")), "{e:?}");
+        assert!(matches!(io_of(msocket::FlowError::PeerForgotFlow), MsocketError::PeerForgotFlow(_)));
+        let e = io_of(msocket::FlowError::DeadlineExceeded { after: Duration::from_secs(3) });
+        assert!(matches!(&e, MsocketError::NoPath(m) if m.contains("3s")), "{e:?}");
+        let e = io_of(msocket::FlowError::LocallyAborted { code: 1, reason: "mine".into() });
+        assert!(matches!(&e, MsocketError::FlowFailed(m) if m.contains("mine")), "{e:?}");
+        assert!(matches!(io_of(msocket::FlowError::EndpointDropped), MsocketError::FlowFailed(_)));
         assert!(matches!(from_flow_io(io::Error::other("disk")), MsocketError::Io(_)));
     }
 

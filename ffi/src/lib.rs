@@ -31,7 +31,7 @@ pub mod types;
 pub use endpoint::{Endpoint, EndpointOptions, Listener};
 pub use error::{CallbackError, MsocketError};
 pub use flow::Flow;
-pub use types::{FlowEvent, FlowStats, InterfaceKind, NetworkInterface, PathInfo, PathPolicy, PathState};
+pub use types::{FlowEvent, FlowFailure, FlowStats, InterfaceKind, NetworkInterface, PathInfo, PathLossReason, PathPolicy, PathState};
 
 /// Receives a flow's events (the UDL's `FlowListener`, implemented by the app).
 pub trait FlowListener: Send + Sync {

@@ -205,15 +205,77 @@ impl From<msocket::FlowStats> for FlowStats {
     }
 }
 
+/// The UDL's `PathLossReason`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PathLossReason {
+    PeerClosed,
+    Dead,
+    LocalAddressGone,
+    PeerLeftAddress,
+    Redundant,
+    FlowOver,
+    Io,
+    Forged,
+    ProtocolError,
+    JoinRefused,
+    NotOurPeer,
+    Other,
+}
+
+impl From<&msocket::PathLossReason> for PathLossReason {
+    fn from(r: &msocket::PathLossReason) -> Self {
+        use msocket::PathLossReason as R;
+        match r {
+            R::PeerClosed | R::PeerClosedMidRecord => PathLossReason::PeerClosed,
+            R::Dead => PathLossReason::Dead,
+            R::LocalAddressGone => PathLossReason::LocalAddressGone,
+            R::PeerLeftAddress => PathLossReason::PeerLeftAddress,
+            R::Redundant => PathLossReason::Redundant,
+            R::FlowOver => PathLossReason::FlowOver,
+            R::Io { .. } => PathLossReason::Io,
+            R::Forged => PathLossReason::Forged,
+            R::Malformed(_) | R::Violation(_) => PathLossReason::ProtocolError,
+            R::JoinRefused { .. } => PathLossReason::JoinRefused,
+            R::NotOurPeer => PathLossReason::NotOurPeer,
+            _ => PathLossReason::Other,
+        }
+    }
+}
+
+/// The UDL's `FlowFailure`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FlowFailure {
+    NoPath,
+    PeerAborted,
+    LocallyAborted,
+    PeerForgotFlow,
+    EndpointDropped,
+    Other,
+}
+
+impl From<&msocket::FlowError> for FlowFailure {
+    fn from(e: &msocket::FlowError) -> Self {
+        use msocket::FlowError as E;
+        match e {
+            E::DeadlineExceeded { .. } => FlowFailure::NoPath,
+            E::PeerAborted { .. } => FlowFailure::PeerAborted,
+            E::LocallyAborted { .. } => FlowFailure::LocallyAborted,
+            E::PeerForgotFlow => FlowFailure::PeerForgotFlow,
+            E::EndpointDropped => FlowFailure::EndpointDropped,
+            _ => FlowFailure::Other,
+        }
+    }
+}
+
 /// The UDL's `FlowEvent`.
 #[derive(Debug, Clone, PartialEq)]
 pub enum FlowEvent {
     PathAdded { local: String, remote: String },
-    PathLost { local: String, remote: String, reason: String, energy_joules: Option<f64> },
+    PathLost { local: String, remote: String, reason: PathLossReason, detail: String, energy_joules: Option<f64> },
     Resumed { outage_ms: u64 },
     PeerMoved { addresses: Vec<String> },
     Moved { addresses: Vec<String> },
-    Closed { error: Option<String>, energy_joules: Option<f64> },
+    Closed { failure: Option<FlowFailure>, error: Option<String>, energy_joules: Option<f64> },
 }
 
 impl FlowEvent {
@@ -223,15 +285,23 @@ impl FlowEvent {
         use msocket::FlowEvent as E;
         Some(match ev {
             E::PathAdded { local, remote } => FlowEvent::PathAdded { local: local.to_string(), remote: remote.to_string() },
-            E::PathLost { local, remote, reason, energy_joules } => {
-                FlowEvent::PathLost { local: local.to_string(), remote: remote.to_string(), reason, energy_joules }
-            }
+            E::PathLost { local, remote, reason, energy_joules } => FlowEvent::PathLost {
+                local: local.to_string(),
+                remote: remote.to_string(),
+                reason: (&reason).into(),
+                detail: reason.to_string(),
+                energy_joules,
+            },
             E::Resumed { outage } => {
                 FlowEvent::Resumed { outage_ms: u64::try_from(outage.as_millis()).unwrap_or(u64::MAX) }
             }
             E::PeerMoved { addrs } => FlowEvent::PeerMoved { addresses: addrs.iter().map(ToString::to_string).collect() },
             E::Moved { addrs } => FlowEvent::Moved { addresses: addrs.iter().map(ToString::to_string).collect() },
-            E::Closed { error, energy_joules } => FlowEvent::Closed { error, energy_joules },
+            E::Closed { error, energy_joules } => FlowEvent::Closed {
+                failure: error.as_ref().map(FlowFailure::from),
+                error: error.map(|e| e.to_string()),
+                energy_joules,
+            },
             _ => return None,
         })
     }
@@ -309,10 +379,32 @@ mod tests {
             FlowEvent::from_core(msocket::FlowEvent::Moved { addrs: vec!["127.0.0.3".parse().unwrap()] }),
             Some(FlowEvent::Moved { addresses: vec!["127.0.0.3".into()] })
         );
+        let aborted = msocket::FlowError::PeerAborted { code: 1, reason: "x".into() };
         assert_eq!(
-            FlowEvent::from_core(msocket::FlowEvent::Closed { error: Some("x".into()), energy_joules: Some(1.5) }),
-            Some(FlowEvent::Closed { error: Some("x".into()), energy_joules: Some(1.5) })
+            FlowEvent::from_core(msocket::FlowEvent::Closed { error: Some(aborted.clone()), energy_joules: Some(1.5) }),
+            Some(FlowEvent::Closed {
+                failure: Some(FlowFailure::PeerAborted),
+                error: Some(aborted.to_string()),
+                energy_joules: Some(1.5)
+            })
         );
+        assert_eq!(
+            FlowEvent::from_core(msocket::FlowEvent::Closed { error: Some(msocket::FlowError::PeerForgotFlow), energy_joules: None }),
+            Some(FlowEvent::Closed {
+                failure: Some(FlowFailure::PeerForgotFlow),
+                error: Some(msocket::FlowError::PeerForgotFlow.to_string()),
+                energy_joules: None
+            })
+        );
+        let lost = msocket::FlowEvent::PathLost {
+            local: a,
+            remote: b,
+            reason: msocket::PathLossReason::Io { operation: msocket::IoOperation::Read, kind: std::io::ErrorKind::ConnectionReset },
+            energy_joules: None,
+        };
+        let Some(FlowEvent::PathLost { reason, detail, .. }) = FlowEvent::from_core(lost) else { panic!() };
+        assert_eq!(reason, PathLossReason::Io);
+        assert!(detail.starts_with("read failed"), "{detail}");
     }
 
     #[test]

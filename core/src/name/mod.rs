@@ -85,12 +85,14 @@ pub enum NameError {
     #[error("malformed: {0}")]
     Malformed(String),
     /// The name server could not be reached.
-    #[error("name server {server} unreachable: {reason}")]
+    #[error("name server {server} unreachable: {step} failed: {kind}")]
     Unreachable {
         /// The server's address.
         server: String,
-        /// What failed.
-        reason: String,
+        /// Which step of the exchange failed.
+        step: ExchangeStep,
+        /// How it failed (`UnexpectedEof`: the server closed the connection).
+        kind: std::io::ErrorKind,
     },
     /// The name server did not answer in time.
     #[error("name server {server} did not answer within {after:?}")]
@@ -114,6 +116,28 @@ pub enum NameError {
         /// What is wrong with it.
         reason: String,
     },
+}
+
+/// A step of a request to a name server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ExchangeStep {
+    /// Connecting to it.
+    Connect,
+    /// Sending the request.
+    Send,
+    /// Receiving the response.
+    Receive,
+}
+
+impl std::fmt::Display for ExchangeStep {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ExchangeStep::Connect => "connect",
+            ExchangeStep::Send => "send",
+            ExchangeStep::Receive => "receive",
+        })
+    }
 }
 
 impl From<DecodeError> for NameError {

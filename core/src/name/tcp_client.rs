@@ -21,7 +21,7 @@ use super::protocol::{
     read_message, watch_wait_ms, write_message, FrameError, Request, Response, MAX_WATCH_WAIT,
 };
 use super::{
-    deadline_after, unix_now, validate_name, NameError, NameFuture, NameService, SignedRecord,
+    deadline_after, unix_now, validate_name, ExchangeStep, NameError, NameFuture, NameService, SignedRecord,
     WATCH_POLL_INTERVAL,
 };
 
@@ -72,8 +72,8 @@ impl TcpNameClient {
         }
     }
 
-    fn unreachable(&self, reason: String) -> NameError {
-        NameError::Unreachable { server: self.server.clone(), reason }
+    fn unreachable(&self, step: ExchangeStep, kind: std::io::ErrorKind) -> NameError {
+        NameError::Unreachable { server: self.server.clone(), step, kind }
     }
 
     async fn connect(&self) -> Result<TcpStream, NameError> {
@@ -87,7 +87,7 @@ impl TcpNameClient {
             Some(ip) => self.connect_bound(ip).await,
             None => TcpStream::connect(self.server.as_str()).await,
         }
-        .map_err(|e| self.unreachable(format!("connect: {e}")))?;
+        .map_err(|e| self.unreachable(ExchangeStep::Connect, e.kind()))?;
         // Requests are single small writes; don't let Nagle hold them back.
         let _ = stream.set_nodelay(true);
         Ok(stream)
@@ -106,7 +106,11 @@ impl TcpNameClient {
     async fn send(&self, stream: &mut TcpStream, request: &Request) -> Result<(), NameError> {
         write_message(stream, &request.encode())
             .await
-            .map_err(|e| self.unreachable(format!("send: {e}")))
+            .map_err(|e| match e {
+                FrameError::TooLong(len) => NameError::Malformed(format!("request of {len} bytes is too long")),
+                FrameError::Closed => self.unreachable(ExchangeStep::Send, std::io::ErrorKind::UnexpectedEof),
+                FrameError::Io(e) => self.unreachable(ExchangeStep::Send, e.kind()),
+            })
     }
 
     async fn receive(&self, stream: &mut TcpStream) -> Result<Response, NameError> {
@@ -116,9 +120,9 @@ impl TcpNameClient {
                 return Err(NameError::Malformed(format!("response of {len} bytes is too long")))
             }
             Err(FrameError::Closed) => {
-                return Err(self.unreachable("connection closed before a response".into()))
+                return Err(self.unreachable(ExchangeStep::Receive, std::io::ErrorKind::UnexpectedEof))
             }
-            Err(FrameError::Io(e)) => return Err(self.unreachable(format!("receive: {e}"))),
+            Err(FrameError::Io(e)) => return Err(self.unreachable(ExchangeStep::Receive, e.kind())),
         };
         Response::decode(&body)
     }
@@ -153,8 +157,8 @@ impl TcpNameClient {
         let reusable = |stream: &TcpStream| from.is_none() || stream.local_addr().ok().map(|a| a.ip()) == from;
         if let Some((stream, _)) = parked.filter(|(s, at)| at.elapsed() < PARK_FOR && reusable(s)) {
             match self.watch_on(stream, name, after_seq, wait).await {
-                Err(NameError::Unreachable { reason, .. }) => {
-                    tracing::debug!(server = %self.server, reason, "parked watch connection failed; opening a new one");
+                Err(e @ NameError::Unreachable { .. }) => {
+                    tracing::debug!(server = %self.server, error = %e, "parked watch connection failed; opening a new one");
                 }
                 other => return other,
             }

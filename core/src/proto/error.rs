@@ -10,16 +10,37 @@ use super::SubflowId;
 
 /// Why a flow ended unsuccessfully, or why an operation on it is refused.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum FlowError {
     /// No live subflow for longer than the flow deadline.
     #[error("no live subflow for {after:?}")]
-    DeadlineExceeded { after: Duration },
+    DeadlineExceeded {
+        /// The flow deadline that passed.
+        after: Duration,
+    },
     /// The peer aborted the flow.
     #[error("peer aborted the flow (code {code}): {reason}")]
-    PeerAborted { code: u16, reason: String },
+    PeerAborted {
+        /// The peer's code (1: its application aborted).
+        code: u16,
+        /// The peer's words (unchecked text).
+        reason: String,
+    },
     /// This side aborted the flow.
     #[error("flow aborted locally (code {code}): {reason}")]
-    LocallyAborted { code: u16, reason: String },
+    LocallyAborted {
+        /// The code sent to the peer.
+        code: u16,
+        /// The words sent to the peer.
+        reason: String,
+    },
+    /// The peer said, under its identity key, that it does not know the flow: it
+    /// restarted, or the flow already ended there. Nothing can resume it.
+    #[error("the peer no longer knows this flow (it restarted, or the flow ended there)")]
+    PeerForgotFlow,
+    /// The flow lost its paths after its endpoint was dropped, so nothing could re-dial.
+    #[error("the endpoint was dropped: the flow cannot re-dial")]
+    EndpointDropped,
     /// `write` after `finish`.
     #[error("write after finish")]
     WriteAfterFinish,

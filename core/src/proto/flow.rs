@@ -357,6 +357,14 @@ impl FlowState {
         self.fail(FlowError::LocallyAborted { code, reason });
     }
 
+    /// Ends the flow for a condition the runtime found that leaves no way to go on
+    /// ([`FlowError::PeerForgotFlow`], [`FlowError::EndpointDropped`]). Unlike
+    /// [`Self::abort`] nothing is sent: the peer does not know the flow, or no path is
+    /// left to tell it. No-op once the flow is finished or failed.
+    pub fn fail_unrecoverable(&mut self, err: FlowError) {
+        self.fail(err);
+    }
+
     /// Queues one ADDRS on every live subflow (replacing one not yet sent). Lists are cut to
     /// [`MAX_ADDRS`]/[`MAX_RELAYS`]; relay names over [`MAX_RELAY_LEN`] bytes are dropped.
     pub fn advertise_addrs(&mut self, mut addrs: Vec<SocketAddr>, relays: Vec<String>) {

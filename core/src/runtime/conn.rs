@@ -15,6 +15,7 @@
 //! [`Flow`]: super::Flow
 
 use std::collections::HashMap;
+use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
@@ -28,14 +29,15 @@ use tokio::net::TcpStream;
 use tokio::sync::{broadcast, watch, Notify};
 
 use super::endpoint::EndpointInner;
-use super::events::FlowEvent;
-use super::header::read_exchange;
+use super::events::{FlowEvent, IoOperation, PathLossReason};
+use super::header::{read_exchange, ExchangeError};
 use super::read_slabs::ReadSlabs;
 use super::unsent::SentLog;
 use crate::energy::EnergyMeter;
 use crate::proto::{self, FlowState, FlowStatus, SubflowId};
-use crate::session::records::{self, Batch, BatchLimit, Delivery, Packer, PacketNumbers, Receiver, RECORD_HEADER_LEN};
-use crate::session::opening::{decode_join_answer, JoinSent};
+use crate::session::records::{self, Batch, BatchLimit, Delivery, OpenError, Packer, PacketNumbers, Receiver, RECORD_HEADER_LEN};
+use crate::session::join::JoinRefusal;
+use crate::session::opening::{decode_join_answer, JoinAnswerError, JoinSent};
 use crate::session::{ReplayWindow, SessionKeys};
 
 /// How long a finished or failed flow waits for its writers to flush before cutting them.
@@ -54,7 +56,6 @@ const MAX_BATCH_BYTES: usize = 512 * 1024;
 const MIN_BATCH_BYTES: usize = 32 * 1024;
 /// The least room a read is given (small records, such as ACKs, arrive whole in one read).
 const MIN_READ: usize = 4096;
-const CLOSED: &str = "closed";
 
 /// Which end of the flow this is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -321,7 +322,7 @@ impl Conn {
                         self.emit(FlowEvent::PathLost {
                             local: sub.local,
                             remote: sub.remote,
-                            reason: "the peer reported it lost, or no reply within the dead-path timeout".into(),
+                            reason: PathLossReason::Dead,
                             energy_joules,
                         });
                     }
@@ -336,7 +337,7 @@ impl Conn {
                     self.emit(FlowEvent::Closed { error: None, energy_joules: inner.energy_joules() })
                 }
                 proto::FlowEvent::Failed(e) => self.emit(FlowEvent::Closed {
-                    error: Some(e.to_string()),
+                    error: Some(e),
                     energy_joules: inner.energy_joules(),
                 }),
                 _ => {}
@@ -467,23 +468,23 @@ impl Conn {
             inner.subflows.iter().filter(|(_, s)| !addrs.contains(&s.remote)).map(|(id, _)| *id).collect()
         };
         for id in left {
-            self.subflow_gone(id, "the peer's name record no longer lists this address");
+            self.subflow_gone(id, PathLossReason::PeerLeftAddress);
         }
         self.driver.notify_one();
     }
 
     /// Retires a subflow whose socket failed or closed, or that is no longer wanted.
-    pub(crate) fn subflow_gone(&self, id: SubflowId, reason: &str) {
+    pub(crate) fn subflow_gone(&self, id: SubflowId, reason: PathLossReason) {
         self.retire_subflow(id, reason, false);
     }
 
     /// Retires a subflow whose local address vanished: what left its socket is on its
     /// way to the peer, what did not is re-sent at once.
     pub(crate) fn local_address_gone(&self, id: SubflowId) {
-        self.retire_subflow(id, "local address gone", true);
+        self.retire_subflow(id, PathLossReason::LocalAddressGone, true);
     }
 
-    fn retire_subflow(&self, id: SubflowId, reason: &str, path_intact: bool) {
+    fn retire_subflow(&self, id: SubflowId, reason: PathLossReason, path_intact: bool) {
         let mut inner = self.lock();
         let Some(sub) = inner.subflows.remove(&id) else {
             return;
@@ -506,8 +507,8 @@ impl Conn {
             None => inner.proto.remove_subflow(id, Instant::now()),
         }
         self.assign_standbys(&mut inner);
-        tracing::info!(flow = %self.keys.flow_id, local = %sub.local, remote = %sub.remote, reason, "subflow down");
-        self.emit(FlowEvent::PathLost { local: sub.local, remote: sub.remote, reason: reason.to_string(), energy_joules });
+        tracing::info!(flow = %self.keys.flow_id, local = %sub.local, remote = %sub.remote, %reason, "subflow down");
+        self.emit(FlowEvent::PathLost { local: sub.local, remote: sub.remote, reason, energy_joules });
         self.settle(&mut inner);
         self.driver.notify_one();
     }
@@ -634,28 +635,36 @@ async fn killed(kill: &mut watch::Receiver<bool>) {
     let _ = kill.wait_for(|k| *k).await;
 }
 
-/// Reads what the socket holds into the room of the current slab. Errors with [`CLOSED`]
-/// at end of stream, a description on failure, or "retired" when the subflow is retired.
+/// Why a subflow's reader or writer stopped.
+enum Stop {
+    /// The subflow was retired (and reported) already.
+    Retired,
+    /// The peer closed its side (end of stream).
+    Eof,
+    Lost(PathLossReason),
+}
+
+/// Reads what the socket holds into the room of the current slab.
 async fn read_more(
     r: &mut OwnedReadHalf,
     slabs: &mut ReadSlabs,
     kill: &mut watch::Receiver<bool>,
-) -> Result<(), String> {
+) -> Result<(), Stop> {
     use bytes::BufMut as _;
     // Reads that never wait take no turn from the runtime's budget on their own.
     tokio::task::consume_budget().await;
     loop {
         let room = slabs.room();
         match r.try_read_buf(&mut slabs.bytes().limit(room)) {
-            Ok(0) => return Err(CLOSED.into()),
+            Ok(0) => return Err(Stop::Eof),
             Ok(_) => return Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-            Err(e) => return Err(format!("read failed: {e}")),
+            Err(e) => return Err(Stop::Lost(PathLossReason::io(IoOperation::Read, &e))),
         }
         slabs.on_idle(Instant::now());
         tokio::select! {
-            res = r.readable() => res.map_err(|e| format!("read failed: {e}"))?,
-            _ = killed(kill) => return Err("retired".into()),
+            res = r.readable() => res.map_err(|e| Stop::Lost(PathLossReason::io(IoOperation::Read, &e)))?,
+            _ = killed(kill) => return Err(Stop::Retired),
         }
     }
 }
@@ -670,12 +679,12 @@ async fn writer(
 ) {
     let mut out = BytesMut::with_capacity(RECORDS_PER_BATCH * (u16::MAX as usize + RECORD_HEADER_LEN));
     let mut batch_bytes = MIN_BATCH_BYTES;
-    let reason = loop {
+    let reason: PathLossReason = loop {
         out.clear();
         let (records, terminal, new_lowat) = {
             let mut inner = conn.lock();
             if !inner.subflows.contains_key(&id) {
-                break "retired";
+                return;
             }
             let records = conn.take_records(&mut inner, id, batch_bytes);
             conn.settle(&mut inner);
@@ -688,16 +697,16 @@ async fn writer(
         if records.is_empty() {
             if terminal {
                 let _ = w.shutdown().await;
-                break "flow over";
+                break PathLossReason::FlowOver;
             }
             tokio::select! {
                 _ = wake.notified() => continue,
-                _ = killed(&mut kill) => break "retired",
+                _ = killed(&mut kill) => return,
             }
         }
         if let Err(e) = records.seal_into(&conn.keys, &mut out) {
             tracing::error!(error = %e, "sealing a record failed");
-            break "sealing failed";
+            break PathLossReason::SealFailed;
         }
         tracing::trace!(subflow = id.0, bytes = out.len(), "writing records");
         // Counted as it goes, so that a lost subflow can tell what never reached the kernel.
@@ -727,10 +736,10 @@ async fn writer(
                 Ok(false) => {}
                 Err(e) => {
                     tracing::debug!(error = %e, "subflow write failed");
-                    break "write failed";
+                    break PathLossReason::io(IoOperation::Write, &e);
                 }
             },
-            _ = killed(&mut kill) => break "retired",
+            _ = killed(&mut kill) => return,
         }
     };
     conn.subflow_gone(id, reason);
@@ -744,7 +753,7 @@ async fn reader(
     join: Option<JoinCheck>,
 ) {
     let mut r = r;
-    let reason: String = async {
+    let stop: Stop = async {
         if let Some(check) = join {
             let peer_signing_key = conn.lock().peer_signing_key;
             let sent = JoinSent {
@@ -754,23 +763,29 @@ async fn reader(
                 peer_signing_key: peer_signing_key.as_ref(),
             };
             let answer = tokio::select! {
-                a = read_exchange(&mut r, |b| Ok(decode_join_answer(b, &sent))) => a,
-                _ = killed(&mut kill) => return "retired".to_string(),
+                a = read_exchange(&mut r, |b| Ok::<_, Infallible>(decode_join_answer(b, &sent))) => a,
+                _ = killed(&mut kill) => return Stop::Retired,
             };
             match answer {
-                Err(e) => return e.to_string(),
+                Err(ExchangeError::Io(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Stop::Eof,
+                Err(ExchangeError::Io(e)) => return Stop::Lost(PathLossReason::io(IoOperation::Read, &e)),
+                Err(ExchangeError::Decode(never)) => match never {},
                 Ok(Ok(accepted)) => conn.lock().peer_fast_open = accepted.fast_open,
                 Ok(Err(e)) => {
                     let mut inner = conn.lock();
                     if e.is_fatal() {
-                        inner.proto.abort(0, "the peer no longer knows this flow");
+                        inner.proto.fail_unrecoverable(proto::FlowError::PeerForgotFlow);
                         conn.settle(&mut inner);
                     } else if let Some(remote) = inner.subflows.get(&id).map(|s| s.remote) {
                         // Whoever answers there now is not our peer: re-dial elsewhere (a
                         // fresh lookup) rather than there again.
                         inner.peer_addrs.retain(|a| *a != remote);
                     }
-                    return e.to_string();
+                    return Stop::Lost(match e {
+                        JoinAnswerError::BadMac => PathLossReason::NotOurPeer,
+                        JoinAnswerError::Refused(_, code) => PathLossReason::JoinRefused { code },
+                        JoinAnswerError::UnknownFlow { .. } => PathLossReason::JoinRefused { code: JoinRefusal::UnknownFlow as u8 },
+                    });
                 }
             }
         }
@@ -782,9 +797,8 @@ async fn reader(
             slabs.make_room(missing.max(MIN_READ), Instant::now());
             match read_more(&mut r, &mut slabs, &mut kill).await {
                 Ok(()) => {}
-                Err(why) if why == CLOSED && slabs.bytes().is_empty() => return "peer closed the subflow".into(),
-                Err(why) if why == CLOSED => return "peer closed the subflow inside a record".into(),
-                Err(why) => return why,
+                Err(Stop::Eof) if !slabs.bytes().is_empty() => return Stop::Lost(PathLossReason::PeerClosedMidRecord),
+                Err(stop) => return stop,
             }
             // Open every complete record outside the lock, so decryption on one core
             // overlaps encryption on the other; a bad one ends the subflow after the
@@ -794,8 +808,12 @@ async fn reader(
             while let Some(record) = records::split_record(slabs.bytes()) {
                 match records::open(&conn.keys, record) {
                     Ok(record) => opened.push(record),
-                    Err(why) => {
-                        fault = Some(why.to_string());
+                    Err(OpenError::Forged) => {
+                        fault = Some(PathLossReason::Forged);
+                        break;
+                    }
+                    Err(OpenError::Malformed(e)) => {
+                        fault = Some(PathLossReason::Malformed(e));
                         break;
                     }
                 }
@@ -803,7 +821,7 @@ async fn reader(
             if !opened.is_empty() {
                 let mut inner = conn.lock();
                 if !inner.subflows.contains_key(&id) {
-                    return "retired".into();
+                    return Stop::Retired;
                 }
                 inner.redial_pause = Duration::ZERO;
                 for record in opened {
@@ -815,7 +833,7 @@ async fn reader(
                         Ok(Delivery::Replayed) => continue,
                         Err(v) => {
                             conn.settle(&mut inner);
-                            return format!("protocol violation: {v}");
+                            return Stop::Lost(PathLossReason::Violation(v));
                         }
                     }
                     if let Some(meter) = inner.subflows.get_mut(&id).and_then(|s| s.energy.as_mut()) {
@@ -825,12 +843,16 @@ async fn reader(
                 conn.settle(&mut inner);
             }
             if let Some(why) = fault {
-                return why;
+                return Stop::Lost(why);
             }
         }
     }
     .await;
-    conn.subflow_gone(id, &reason);
+    match stop {
+        Stop::Retired => {}
+        Stop::Eof => conn.subflow_gone(id, PathLossReason::PeerClosed),
+        Stop::Lost(reason) => conn.subflow_gone(id, reason),
+    }
 }
 
 #[cfg(all(test, target_os = "linux"))]

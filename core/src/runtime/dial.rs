@@ -31,7 +31,7 @@ use super::endpoint::EndpointInner;
 use super::flow::Flow;
 use super::header::{read_exchange, ExchangeError};
 use crate::session::opening;
-use super::Error;
+use super::{ConnectFailure, Error};
 use crate::name::{self, NameError, NameRecord};
 use crate::session::{HandshakeError, Initiator};
 
@@ -43,11 +43,9 @@ const ATTEMPT_DELAY: Duration = Duration::from_millis(250);
 const RELOOKUP_AFTER: Duration = Duration::from_secs(1);
 
 enum Attempt {
-    /// The peer answered but does not serve the name: no use retrying.
-    UnknownName,
-    /// The same, at this address.
+    /// The peer at this address answered but does not serve the name: no use retrying.
     UnknownAt(SocketAddr),
-    Failed(String),
+    Failed(ConnectFailure),
 }
 
 /// Opens a flow to `name`, retrying lookups and addresses until `connect_timeout`.
@@ -56,14 +54,14 @@ pub(crate) async fn connect(ep: &Arc<EndpointInner>, name: &str) -> Result<Flow,
     let started = Instant::now();
     let deadline = started + ep.config.connect_timeout;
     let mut tried = Vec::new();
-    let mut last = String::from("no attempt finished");
+    let mut last = ConnectFailure::NoAttempt;
     let mut backoff = FIRST_BACKOFF;
     let mut net = ep.net_changed.subscribe();
     loop {
         match ep.lookup_pinned(name).await {
             Ok(record) => {
                 if record.addrs.is_empty() {
-                    last = "the name's record lists no addresses".into();
+                    last = ConnectFailure::NoAddresses;
                 }
                 for &addr in &record.addrs {
                     if !tried.contains(&addr) {
@@ -96,12 +94,7 @@ pub(crate) async fn connect(ep: &Arc<EndpointInner>, name: &str) -> Result<Flow,
                     if !tried.contains(&addr) {
                         tried.push(addr);
                     }
-                    match new_flow(ep, name, &record, stream).await {
-                        Ok(flow) => Ok(flow),
-                        Err(Attempt::UnknownName) => Err(Attempt::UnknownAt(addr)),
-                        Err(Attempt::Failed(why)) => Err(Attempt::Failed(format!("{addr}: {why}"))),
-                        Err(e) => Err(e),
-                    }
+                    new_flow(ep, name, &record, stream, addr).await
                 };
                 if !record.addrs.is_empty() {
                     match tokio::time::timeout(limit, attempt).await {
@@ -109,14 +102,13 @@ pub(crate) async fn connect(ep: &Arc<EndpointInner>, name: &str) -> Result<Flow,
                         Ok(Err(Attempt::UnknownAt(addr))) => {
                             return Err(Error::UnknownName { name: name.to_string(), addr })
                         }
-                        Ok(Err(Attempt::UnknownName)) => last = "the peer does not serve the name".into(),
                         Ok(Err(Attempt::Failed(why))) => last = why,
-                        Err(_) => last = "connect or handshake timed out".into(),
+                        Err(_) => last = ConnectFailure::TimedOut,
                     }
                 }
             }
             Err(Error::Name(e @ (NameError::Unreachable { .. } | NameError::Timeout { .. }))) => {
-                last = e.to_string();
+                last = ConnectFailure::NameService(Box::new(e));
             }
             Err(e) => return Err(e),
         }
@@ -133,24 +125,32 @@ pub(crate) async fn connect(ep: &Arc<EndpointInner>, name: &str) -> Result<Flow,
 }
 
 /// One handshake on a connected stream.
-async fn new_flow(ep: &Arc<EndpointInner>, name: &str, record: &NameRecord, mut stream: TcpStream) -> Result<Flow, Attempt> {
+async fn new_flow(
+    ep: &Arc<EndpointInner>,
+    name: &str,
+    record: &NameRecord,
+    mut stream: TcpStream,
+    addr: SocketAddr,
+) -> Result<Flow, Attempt> {
     let (noise_key, signing_key) = (&record.noise_key, &record.signing_key);
-    let fail = |e: &dyn std::fmt::Display| Attempt::Failed(e.to_string());
+    let fail = |e: &dyn std::fmt::Display| Attempt::Failed(ConnectFailure::Handshake { addr, detail: e.to_string() });
     let (init, msg1) = Initiator::start(&ep.identity, noise_key, name).map_err(|e| fail(&e))?;
-    stream.write_all(&opening::new_flow(&msg1)).await.map_err(|e| fail(&e))?;
+    stream
+        .write_all(&opening::new_flow(&msg1))
+        .await
+        .map_err(|e| Attempt::Failed(ConnectFailure::Connect { addr, kind: e.kind() }))?;
     let msg2 = read_exchange(&mut stream, opening::decode_new_flow_answer).await.map_err(|e| match e {
         // A responder that cannot read our first message (it is not for its key) closes
-        // without a word: there is no key to answer under. Say what that usually means.
-        ExchangeError::Io(io) if io.kind() == std::io::ErrorKind::UnexpectedEof => Attempt::Failed(
-            "the peer closed the connection during the handshake (it does not hold the keys \
-             the name record lists, or it is not an msocket endpoint)"
-                .into(),
-        ),
+        // without a word: there is no key to answer under.
+        ExchangeError::Io(io) if io.kind() == std::io::ErrorKind::UnexpectedEof => {
+            Attempt::Failed(ConnectFailure::HandshakeClosed { addr })
+        }
+        ExchangeError::Io(io) => Attempt::Failed(ConnectFailure::Connect { addr, kind: io.kind() }),
         e => fail(&e),
     })?;
     let keys = match init.finish(&msg2) {
         Ok(k) => k,
-        Err(HandshakeError::UnknownName(_)) => return Err(Attempt::UnknownName),
+        Err(HandshakeError::UnknownName(_)) => return Err(Attempt::UnknownAt(addr)),
         Err(e) => return Err(fail(&e)),
     };
     let conn = Conn::new(keys, Role::Client, name.to_string(), ep.config.flow.clone(), Arc::downgrade(ep));
@@ -192,7 +192,7 @@ pub(crate) async fn redial(conn: Arc<Conn>) {
         // Nothing can dial for this flow any more. Waiting for the flow deadline instead
         // would have the driver re-spawn this task at once, over and over.
         let mut inner = conn.lock();
-        inner.proto.abort(0, "the endpoint was dropped: the flow cannot re-dial");
+        inner.proto.fail_unrecoverable(crate::proto::FlowError::EndpointDropped);
         conn.settle(&mut inner);
     }
     {
@@ -242,7 +242,7 @@ async fn rejoin_round(ep: &Arc<EndpointInner>, conn: &Arc<Conn>) -> bool {
             !needs_subflow(conn)
         }
         Err(why) => {
-            tracing::debug!(name = %conn.name, why, "re-dial round failed");
+            tracing::debug!(name = %conn.name, %why, "re-dial round failed");
             !needs_subflow(conn)
         }
     }
@@ -263,7 +263,7 @@ async fn race(
     more: impl Future<Output = Vec<SocketAddr>>,
     wait_for_more: bool,
     join: Option<&Arc<Conn>>,
-) -> Result<(TcpStream, SocketAddr, Option<u64>), String> {
+) -> Result<(TcpStream, SocketAddr, Option<u64>), ConnectFailure> {
     let mut pending: VecDeque<(Option<IpAddr>, SocketAddr)> = VecDeque::new();
     let mut seen: Vec<(Option<IpAddr>, SocketAddr)> = Vec::new();
     let mut add = |addrs: &[SocketAddr], front: bool, pending: &mut VecDeque<_>| {
@@ -289,7 +289,7 @@ async fn race(
     let mut more = std::pin::pin!(more);
     let mut more_done = false;
     let mut next_at = tokio::time::Instant::now();
-    let mut last = String::from("no address to try");
+    let mut last = ConnectFailure::NoAttempt;
     loop {
         if attempts.is_empty() || tokio::time::Instant::now() >= next_at {
             if let Some((local, addr)) = pending.pop_front() {
@@ -312,10 +312,10 @@ async fn race(
                 Ok((_, addr, Ok((stream, seq)))) => return Ok((stream, addr, seq)),
                 Ok((local, addr, Err(e))) => {
                     tracing::debug!(?local, %addr, error = %e, "connection attempt failed");
-                    last = format!("{addr}: {e}");
+                    last = ConnectFailure::Connect { addr, kind: e.kind() };
                     next_at = tokio::time::Instant::now();
                 }
-                Err(e) => last = e.to_string(),
+                Err(e) => tracing::warn!(error = %e, "a connection attempt's task failed"),
             },
             addrs = &mut more, if !more_done => {
                 more_done = true;

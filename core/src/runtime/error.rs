@@ -33,8 +33,8 @@ pub enum Error {
         tried: Vec<SocketAddr>,
         /// How long we tried.
         after: Duration,
-        /// The last failure.
-        last: String,
+        /// Why the last attempt failed.
+        last: ConnectFailure,
     },
     /// The peer does not serve the name asked for.
     #[error("{name} is not served by the peer at {addr}")]
@@ -63,6 +63,48 @@ pub enum Error {
     Closed,
 }
 
+/// Why one attempt to open a flow failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConnectFailure {
+    /// No attempt finished before the time ran out.
+    #[error("no attempt finished")]
+    NoAttempt,
+    /// The name's record lists no addresses (the peer has no usable network now).
+    #[error("the name's record lists no addresses")]
+    NoAddresses,
+    /// Every TCP connection attempt failed; this is how the last one did.
+    #[error("{addr}: {kind}")]
+    Connect {
+        /// The address dialed.
+        addr: SocketAddr,
+        /// How the connection failed.
+        kind: io::ErrorKind,
+    },
+    /// Connecting and the handshake took longer than the endpoint's `io_timeout`.
+    #[error("connect or handshake timed out")]
+    TimedOut,
+    /// The peer closed the connection during the handshake: it does not hold the keys the
+    /// name record lists, or it is not an msocket endpoint.
+    #[error("{addr}: the peer closed the connection during the handshake (it does not hold the keys the name record lists, or it is not an msocket endpoint)")]
+    HandshakeClosed {
+        /// The address that closed.
+        addr: SocketAddr,
+    },
+    /// The handshake failed: the peer's answer is malformed or not from the key the name
+    /// record lists.
+    #[error("{addr}: {detail}")]
+    Handshake {
+        /// The address that answered.
+        addr: SocketAddr,
+        /// What was wrong with it.
+        detail: String,
+    },
+    /// The name service could not be asked.
+    #[error(transparent)]
+    NameService(Box<NameError>),
+}
+
 impl Error {
     pub(crate) fn io(what: impl Into<String>, source: io::Error) -> Error {
         Error::Io { what: what.into(), source }
@@ -75,6 +117,8 @@ pub(crate) fn flow_io_error(e: FlowError) -> io::Error {
         FlowError::DeadlineExceeded { .. } => io::ErrorKind::TimedOut,
         FlowError::PeerAborted { .. } => io::ErrorKind::ConnectionReset,
         FlowError::LocallyAborted { .. } => io::ErrorKind::ConnectionAborted,
+        FlowError::PeerForgotFlow => io::ErrorKind::ConnectionReset,
+        FlowError::EndpointDropped => io::ErrorKind::NotConnected,
         FlowError::WriteAfterFinish => io::ErrorKind::BrokenPipe,
     };
     io::Error::new(kind, Error::Flow(e))

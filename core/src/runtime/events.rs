@@ -1,9 +1,12 @@
 //! What a flow tells the application about its paths.
 
+use std::io;
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use tokio::sync::broadcast;
+
+use crate::proto::{FlowError, FrameError, ProtocolViolation};
 
 /// A change in a flow's life the application may watch (`Flow::events`).
 #[derive(Debug, Clone, PartialEq)]
@@ -23,7 +26,7 @@ pub enum FlowEvent {
         /// The peer's end of it.
         remote: SocketAddr,
         /// What ended it.
-        reason: String,
+        reason: PathLossReason,
         /// Modelled radio energy the path used, in joules (None: interface kind unknown).
         energy_joules: Option<f64>,
     },
@@ -45,11 +48,96 @@ pub enum FlowEvent {
     /// The flow ended: `None` after both sides finished cleanly, else why it failed.
     Closed {
         /// The error, if the flow failed.
-        error: Option<String>,
+        error: Option<FlowError>,
         /// Modelled radio energy of all the flow's paths, in joules (None: no path ran
         /// over an interface of known kind).
         energy_joules: Option<f64>,
     },
+}
+
+/// Why a path (one subflow: a TCP connection between an address of ours and one of the
+/// peer's) left the flow. Losing a path loses no data: what it carried unacknowledged goes
+/// out on the others.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum PathLossReason {
+    /// The peer closed the connection between records.
+    #[error("the peer closed the subflow")]
+    PeerClosed,
+    /// The peer's side of the connection ended inside a record.
+    #[error("the peer closed the subflow inside a record")]
+    PeerClosedMidRecord,
+    /// Nothing came back within the dead-path timeout, or the peer reported the path lost.
+    #[error("the peer reported it lost, or no reply within the dead-path timeout")]
+    Dead,
+    /// The local address the path used went away (a network change).
+    #[error("local address gone")]
+    LocalAddressGone,
+    /// The peer's name record no longer lists the address the path went to.
+    #[error("the peer's name record no longer lists this address")]
+    PeerLeftAddress,
+    /// Another path runs between the same addresses, or the path policy leaves this one
+    /// nothing to do.
+    #[error("another subflow runs the same path, or a better one carries the flow")]
+    Redundant,
+    /// The flow is over and the path was closed after flushing.
+    #[error("the flow is over")]
+    FlowOver,
+    /// Reading or writing the socket failed.
+    #[error("{operation} failed: {kind}")]
+    Io {
+        /// Which side of the socket failed.
+        operation: IoOperation,
+        /// How it failed.
+        kind: io::ErrorKind,
+    },
+    /// A record failed authentication: forged, corrupted, or sealed for another flow.
+    #[error("a record failed authentication (forged, corrupted or for another flow)")]
+    Forged,
+    /// An authentic record held frames that do not decode: the peer is broken.
+    #[error("malformed frame: {0}")]
+    Malformed(FrameError),
+    /// The peer sent a frame the protocol does not allow.
+    #[error("protocol violation: {0}")]
+    Violation(ProtocolViolation),
+    /// The peer refused our JOIN with this code (1: it does not know the flow, 2: the JOIN
+    /// was not authenticated, 3: its sequence number was used before).
+    #[error("join refused (code {code})")]
+    JoinRefused {
+        /// The refusal's code.
+        code: u8,
+    },
+    /// Whoever answered our JOIN could not prove it holds the flow's keys: not our peer.
+    #[error("the join's answer was not authenticated (not our peer)")]
+    NotOurPeer,
+    /// A record could not be sealed (a bug: records are sized to fit).
+    #[error("a record could not be sealed")]
+    SealFailed,
+}
+
+/// The side of a socket that failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum IoOperation {
+    /// Reading.
+    Read,
+    /// Writing.
+    Write,
+}
+
+impl std::fmt::Display for IoOperation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            IoOperation::Read => "read",
+            IoOperation::Write => "write",
+        })
+    }
+}
+
+impl PathLossReason {
+    pub(crate) fn io(operation: IoOperation, e: &io::Error) -> PathLossReason {
+        PathLossReason::Io { operation, kind: e.kind() }
+    }
 }
 
 /// A stream of [`FlowEvent`]s. Events that happened before it was created are not in it;

@@ -11,23 +11,24 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 
 use crate::session::opening::{OpeningError, Progress};
 
-/// Why an opening exchange could not be read.
+/// Why an opening exchange could not be read: its decoder refused the bytes, or the
+/// socket failed.
 #[derive(Debug, thiserror::Error)]
-pub(crate) enum ExchangeError {
+pub(crate) enum ExchangeError<E = OpeningError> {
     #[error(transparent)]
-    Opening(#[from] OpeningError),
+    Decode(E),
     #[error("{0}")]
     Io(#[from] io::Error),
 }
 
 /// Reads until `decode` is done with the bytes read so far.
-pub(crate) async fn read_exchange<T>(
+pub(crate) async fn read_exchange<T, E>(
     r: &mut (impl AsyncRead + Unpin),
-    mut decode: impl FnMut(&[u8]) -> Result<Progress<T>, OpeningError>,
-) -> Result<T, ExchangeError> {
+    mut decode: impl FnMut(&[u8]) -> Result<Progress<T>, E>,
+) -> Result<T, ExchangeError<E>> {
     let mut buf = Vec::new();
     loop {
-        match decode(&buf)? {
+        match decode(&buf).map_err(ExchangeError::Decode)? {
             Progress::Done(value) => return Ok(value),
             Progress::Need(n) => {
                 let have = buf.len();

@@ -21,8 +21,8 @@ mod socket;
 mod unsent;
 
 pub use endpoint::{Endpoint, EndpointConfig, Listener, NetworkSource};
-pub use error::Error;
-pub use events::{FlowEvent, FlowEvents};
+pub use error::{ConnectFailure, Error};
+pub use events::{FlowEvent, FlowEvents, IoOperation, PathLossReason};
 pub use flow::{BlockingFlow, Flow, Path};
 pub use paths::PathPolicy;
 pub use follow::NetworkFollower;

@@ -174,7 +174,7 @@ impl Conn {
         worse.extend(inner.duplicate_subflows());
         drop(inner);
         for id in worse {
-            self.subflow_gone(id, "another subflow runs the same path, or a better one carries the flow");
+            self.subflow_gone(id, super::events::PathLossReason::Redundant);
         }
     }
 

@@ -152,7 +152,7 @@ impl TestNames {
     }
 
     fn unreachable() -> NameError {
-        NameError::Unreachable { server: "test names".into(), reason: "switched off by the test".into() }
+        NameError::Unreachable { server: "test names".into(), step: msocket::name::ExchangeStep::Connect, kind: std::io::ErrorKind::ConnectionRefused }
     }
 }
 

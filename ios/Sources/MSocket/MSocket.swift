@@ -23,6 +23,10 @@ public typealias MsocketError = MSocketFFI.MsocketError
 public typealias PathPolicy = MSocketFFI.PathPolicy
 /// What a path does for its flow now.
 public typealias PathState = MSocketFFI.PathState
+/// Why a path left a flow.
+public typealias PathLossReason = MSocketFFI.PathLossReason
+/// Why a flow failed.
+public typealias FlowFailure = MSocketFFI.FlowFailure
 /// The kind of link a network interface is.
 public typealias InterfaceKind = MSocketFFI.InterfaceKind
 /// One network interface as the platform reports it to `Endpoint.updateNetwork`.
@@ -186,23 +190,25 @@ public final class Listener: @unchecked Sendable {
 /// A change in a flow's life.
 public enum FlowEvent: Equatable, Sendable {
     case pathAdded(local: String, remote: String)
-    case pathLost(local: String, remote: String, reason: String, energyJoules: Double?)
+    /// A path died (`reason`; `detail` in words); its unacknowledged data goes out on another.
+    case pathLost(local: String, remote: String, reason: PathLossReason, detail: String, energyJoules: Double?)
     /// Data flows again after `outage` seconds without a usable path.
     case resumed(outage: TimeInterval)
     case peerMoved(addresses: [String])
     case moved(addresses: [String])
-    /// The flow ended; `error` is nil after a clean finish of both sides.
-    case closed(error: String?, energyJoules: Double?)
+    /// The flow ended; `failure` (why) and `error` (in words) are nil after a clean finish
+    /// of both sides.
+    case closed(failure: FlowFailure?, error: String?, energyJoules: Double?)
 
     init(_ e: MSocketFFI.FlowEvent) {
         switch e {
         case let .pathAdded(local, remote): self = .pathAdded(local: local, remote: remote)
-        case let .pathLost(local, remote, reason, joules):
-            self = .pathLost(local: local, remote: remote, reason: reason, energyJoules: joules)
+        case let .pathLost(local, remote, reason, detail, joules):
+            self = .pathLost(local: local, remote: remote, reason: reason, detail: detail, energyJoules: joules)
         case let .resumed(outageMs): self = .resumed(outage: TimeInterval(outageMs) / 1000)
         case let .peerMoved(addresses): self = .peerMoved(addresses: addresses)
         case let .moved(addresses): self = .moved(addresses: addresses)
-        case let .closed(error, joules): self = .closed(error: error, energyJoules: joules)
+        case let .closed(failure, error, joules): self = .closed(failure: failure, error: error, energyJoules: joules)
         }
     }
 }

@@ -20,7 +20,7 @@ mod read;
 mod seal;
 
 pub(crate) use pack::{Batch, BatchLimit, Packer, PacketNumbers};
-pub(crate) use read::{bytes_wanted, open, split_record, Delivery, Receiver};
+pub(crate) use read::{bytes_wanted, open, split_record, Delivery, OpenError, Receiver};
 pub(crate) use seal::RECORD_HEADER_LEN;
 #[cfg(test)]
 pub(crate) use pack::{seal_record_into, Record};

@@ -42,6 +42,12 @@ import dev.msocket.ffi.SocketBinder as FfiSocketBinder
 typealias PathPolicy = dev.msocket.ffi.PathPolicy
 /** What a path does for its flow now. */
 typealias PathState = dev.msocket.ffi.PathState
+
+/** Why a path left a flow. */
+typealias PathLossReason = dev.msocket.ffi.PathLossReason
+
+/** Why a flow failed. */
+typealias FlowFailure = dev.msocket.ffi.FlowFailure
 /** The kind of link a network interface is. */
 typealias InterfaceKind = dev.msocket.ffi.InterfaceKind
 /** One network interface as the platform reports it to [Endpoint.updateNetwork]. */
@@ -184,25 +190,34 @@ class Listener internal constructor(private val ffi: FfiListener) : Closeable {
 sealed class FlowEvent {
     /** A path (a TCP subflow on one interface) joined the flow. */
     data class PathAdded(val local: String, val remote: String) : FlowEvent()
-    /** A path died; its unacknowledged data goes out on another. */
-    data class PathLost(val local: String, val remote: String, val reason: String, val energyJoules: Double?) : FlowEvent()
+    /** A path died ([reason]; [detail] in words); its unacknowledged data goes out on another. */
+    data class PathLost(
+        val local: String,
+        val remote: String,
+        val reason: PathLossReason,
+        val detail: String,
+        val energyJoules: Double?,
+    ) : FlowEvent()
     /** Data flows again after [outage] without a usable path. */
     data class Resumed(val outage: Duration) : FlowEvent()
     /** The peer moved to [addresses]. */
     data class PeerMoved(val addresses: List<String>) : FlowEvent()
     /** This device's usable addresses are now [addresses]. */
     data class Moved(val addresses: List<String>) : FlowEvent()
-    /** The flow ended; [error] is null after a clean finish of both sides. */
-    data class Closed(val error: String?, val energyJoules: Double?) : FlowEvent()
+    /**
+     * The flow ended; [failure] (why) and [error] (in words) are null after a clean finish
+     * of both sides.
+     */
+    data class Closed(val failure: FlowFailure?, val error: String?, val energyJoules: Double?) : FlowEvent()
 
     internal companion object {
         fun from(e: FfiFlowEvent): FlowEvent = when (e) {
             is FfiFlowEvent.PathAdded -> PathAdded(e.local, e.remote)
-            is FfiFlowEvent.PathLost -> PathLost(e.local, e.remote, e.reason, e.energyJoules)
+            is FfiFlowEvent.PathLost -> PathLost(e.local, e.remote, e.reason, e.detail, e.energyJoules)
             is FfiFlowEvent.Resumed -> Resumed(e.outageMs.toLong().milliseconds)
             is FfiFlowEvent.PeerMoved -> PeerMoved(e.addresses)
             is FfiFlowEvent.Moved -> Moved(e.addresses)
-            is FfiFlowEvent.Closed -> Closed(e.error, e.energyJoules)
+            is FfiFlowEvent.Closed -> Closed(e.failure, e.error, e.energyJoules)
         }
     }
 }

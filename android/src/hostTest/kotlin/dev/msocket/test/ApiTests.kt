@@ -12,6 +12,7 @@ import dev.msocket.Endpoint
 import dev.msocket.EndpointConfig
 import dev.msocket.Flow
 import dev.msocket.FlowEvent
+import dev.msocket.FlowFailure
 import dev.msocket.InterfaceKind
 import dev.msocket.MSocket
 import dev.msocket.NetworkInterface
@@ -147,6 +148,7 @@ fun apiTests(s: Suite) {
                 assertEquals(1_000_000uL, stats.bytesWritten)
                 assertEquals(300_000uL, stats.bytesRead)
                 val closed = events.await<FlowEvent.Closed>("closed")
+                assertNull(closed.failure)
                 assertNull(closed.error)
                 listOf(c, srv, listener).forEach { it.close() }
             }
@@ -186,9 +188,10 @@ fun apiTests(s: Suite) {
                 }
                 c.abort("goodbye from the client")
                 val closed = events.await<FlowEvent.Closed>("closed")
+                assertEquals(FlowFailure.PEER_ABORTED, closed.failure)
                 assertTrue(closed.error!!.contains("goodbye from the client"), closed.error)
                 assertEquals(closed, collected.await())
-                assertFailsWith<MsocketException.FlowFailed> { srv.receive(timeout = 5.seconds) }
+                assertFailsWith<MsocketException.PeerAborted> { srv.receive(timeout = 5.seconds) }
                 listOf(c, srv, listener).forEach { it.close() }
             }
         }
