@@ -21,6 +21,7 @@ const KEY_FILE_HEADER: &str = "msocket-key v1";
 
 /// Errors while creating, loading or saving an identity.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum IdentityError {
     /// The key file could not be read or written.
     #[error("key file {path}: {source}")]

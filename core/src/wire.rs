@@ -9,6 +9,7 @@ use bytes::BufMut;
 
 /// Why a decoder refused its input.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum DecodeError {
     /// The input ended inside a field.
     #[error("input truncated while reading {0}")]

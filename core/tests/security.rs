@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use msocket::name::protocol::{read_message, write_message, Request, Response};
+use msocket::unstable::name_protocol::{read_message, write_message, Request, Response};
 use msocket::name::{MemoryNameService, NameError, NameService, TcpNameClient};
 use msocket::{ConnectFailure, Endpoint, Error, Identity, Listener};
 use support::*;

@@ -46,6 +46,10 @@ impl From<msocket::PathPolicy> for PathPolicy {
             msocket::PathPolicy::Performance => PathPolicy::Performance,
             msocket::PathPolicy::Energy => PathPolicy::Energy,
             msocket::PathPolicy::Redundant => PathPolicy::Redundant,
+            other => {
+                tracing::warn!(policy = ?other, "a path policy this SDK version does not name; reported as Backup");
+                PathPolicy::Backup
+            }
         }
     }
 }
@@ -86,6 +90,10 @@ impl From<msocket::PathState> for PathState {
             msocket::PathState::Active => PathState::Active,
             msocket::PathState::Standby => PathState::Standby,
             msocket::PathState::Stalled => PathState::Stalled,
+            other => {
+                tracing::warn!(state = ?other, "a path state this SDK version does not name; reported as Active");
+                PathState::Active
+            }
         }
     }
 }

@@ -12,7 +12,7 @@
 //! other connection. A semaphore bounds how many run at once, so a flood of requests
 //! cannot pile up blocking threads.
 //!
-//! The network side speaks [`msocket::name::protocol`]. Every wait is bounded: a
+//! The network side speaks [`msocket::unstable::name_protocol`]. Every wait is bounded: a
 //! connection that sends nothing, or dribbles one request out, for [`IDLE_TIMEOUT`] is
 //! closed, as is one whose response
 //! cannot be written within [`WRITE_TIMEOUT`], and at most [`MAX_CONNECTIONS`] are served
@@ -36,7 +36,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use msocket::name::protocol::{
+use msocket::unstable::name_protocol::{
     read_message, write_message, FrameError, Request, Response, MAX_WATCH_WAIT,
 };
 use msocket::name::{

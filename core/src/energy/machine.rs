@@ -21,6 +21,7 @@ pub const ACTIVE_BIN: Duration = Duration::from_millis(100);
 
 /// What the radio is doing.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum RadioState {
     /// Asleep; costs nothing in this (marginal) model.
     Idle,

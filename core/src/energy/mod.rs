@@ -12,7 +12,7 @@
 //! number: the SDK can report joules per path (and per flow, summed over its paths), and
 //! benchmarks can compare schedules on the same traces.
 //!
-//! Like the protocol core ([`proto`](crate::proto)) it does no I/O and reads no clock:
+//! Like the protocol core it does no I/O and reads no clock:
 //! every call takes the time, so results are deterministic and tests run in virtual time.
 //!
 //! # Model

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 /// The kind of link a path uses, as far as energy is concerned.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum Radio {
     /// Cellular (4G LTE parameters).
     Lte,

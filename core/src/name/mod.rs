@@ -26,6 +26,7 @@
 //! a configuration string into one.
 
 mod notify;
+#[doc(hidden)]
 pub mod protocol;
 mod record;
 mod tcp_client;

@@ -6,13 +6,13 @@
 
 use std::time::Duration;
 
-/// Configuration of one [`FlowState`](super::FlowState).
+/// Configuration of one flow.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FlowConfig {
     /// Bytes kept until acknowledged; `write` blocks beyond it. Default 4 MiB.
     pub send_buffer: usize,
     /// Reassembly bound, advertised as window. Default 4 MiB; at least
-    /// [`INITIAL_WINDOW`](super::INITIAL_WINDOW) is used.
+    /// the initial window (64 KiB) is used.
     pub recv_window: usize,
     /// Largest DATA payload sent. Default 60 KiB; clamped to `1..=MAX_DATA_LEN`.
     pub max_data_frame: usize,

@@ -48,22 +48,43 @@ pub enum FlowError {
 
 /// A frame the peer was not allowed to send; the subflow that carried it must be closed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum ProtocolViolation {
     /// The subflow is not (or no longer) part of this flow.
     #[error("unknown subflow {0:?}")]
     UnknownSubflow(SubflowId),
     /// DATA beyond the window we advertised.
     #[error("data up to offset {end} beyond advertised window {window}")]
-    DataBeyondWindow { end: u64, window: u64 },
+    DataBeyondWindow {
+        /// Where the DATA ends.
+        end: u64,
+        /// The window we advertised.
+        window: u64,
+    },
     /// A FIN at a different final length than before, or below data already received.
     #[error("stream end moved from {was} to {now}")]
-    FinChanged { was: u64, now: u64 },
+    FinChanged {
+        /// The final length said before.
+        was: u64,
+        /// The final length said now.
+        now: u64,
+    },
     /// DATA past the final length.
     #[error("data up to offset {end} past the stream end {fin}")]
-    DataBeyondFin { end: u64, fin: u64 },
+    DataBeyondFin {
+        /// Where the DATA ends.
+        end: u64,
+        /// The final length.
+        fin: u64,
+    },
     /// An ACK for units never sent.
     #[error("ack up to unit {acked} but only {sent} units were sent")]
-    AckOfUnsent { acked: u64, sent: u64 },
+    AckOfUnsent {
+        /// Units the ACK covers.
+        acked: u64,
+        /// Units sent so far.
+        sent: u64,
+    },
     /// ACK ranges unordered, overlapping or too many.
     #[error("malformed ack ranges")]
     BadAckRanges,

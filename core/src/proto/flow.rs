@@ -28,7 +28,7 @@ use super::{
     MAX_DATA_LEN, MAX_REASON_LEN, MAX_RELAYS, MAX_RELAY_LEN,
 };
 
-/// Identifies a subflow within a flow; assigned by [`FlowState::add_subflow`], increasing.
+/// Identifies a subflow within a flow; assigned in increasing order as subflows join.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct SubflowId(pub u64);
 
@@ -91,16 +91,21 @@ pub enum FlowEvent {
 /// Flow counters.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct FlowStats {
+    /// Bytes the application wrote.
     pub bytes_written: u64,
     /// DATA payload bytes sent, retransmissions included.
     pub bytes_sent: u64,
+    /// DATA payload bytes sent again (a path was lost or stalled).
     pub bytes_retransmitted: u64,
     /// Bytes cumulatively acknowledged by the peer.
     pub bytes_acked: u64,
     /// Payload bytes received for the first time.
     pub bytes_received: u64,
+    /// Bytes the application read.
     pub bytes_read: u64,
+    /// Payload bytes that arrived again (copies sent on two paths, re-sent data).
     pub duplicate_bytes_received: u64,
+    /// Subflows that joined the flow.
     pub subflows_added: u64,
     /// Subflows removed by the runtime or declared dead.
     pub subflows_lost: u64,
@@ -129,6 +134,7 @@ pub struct SubflowStats {
 
 /// What a subflow does for its flow now.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum PathState {
     /// The peer has not been heard on it yet.
     #[default]
@@ -245,11 +251,6 @@ impl FlowState {
     /// its end); every other policy keeps them all.
     pub fn needs_extra_paths(&self) -> bool {
         self.policy != PathPolicy::Energy || self.demand.overflow || self.peer_overflow
-    }
-
-    /// The configuration in effect (after clamping).
-    pub fn config(&self) -> &FlowConfig {
-        &self.cfg
     }
 
     // ---- application side ----
@@ -971,11 +972,6 @@ impl FlowState {
         self.subflows.len()
     }
 
-    /// Ids of the live subflows, ascending.
-    pub fn subflow_ids(&self) -> impl Iterator<Item = SubflowId> + '_ {
-        self.subflows.keys().copied()
-    }
-
     pub fn stats(&self) -> FlowStats {
         self.stats.clone()
     }
@@ -1001,11 +997,13 @@ impl FlowState {
     }
 
     /// Bytes held by the send buffer (written, not cumulatively acked).
+    #[cfg(test)]
     pub fn send_buffered(&self) -> usize {
         self.send.buffered()
     }
 
     /// Bytes held by reassembly (received, not read).
+    #[cfg(test)]
     pub fn recv_buffered(&self) -> usize {
         self.recv.buffered() as usize
     }

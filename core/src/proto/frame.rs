@@ -111,6 +111,7 @@ pub enum Frame {
 
 /// Why a record could not be decoded into frames.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum FrameError {
     /// The record holds no frame at all.
     #[error("empty record")]
@@ -123,13 +124,19 @@ pub enum FrameError {
     ReservedFlags(u8),
     /// A STANDBY or DEMAND flag is neither 0 nor 1.
     #[error("{frame} flag {value} is neither 0 nor 1")]
-    BadFlag { frame: &'static str, value: u8 },
+    BadFlag {
+        /// The frame's name.
+        frame: &'static str,
+        /// The flag's value.
+        value: u8,
+    },
+    /// A POLICY frame names no known policy.
     #[error("POLICY {0} names no known policy")]
     UnknownPolicy(u8),
     /// A field is truncated, over its bound or malformed.
     #[error(transparent)]
     Decode(#[from] DecodeError),
-    /// An offset or ACK value is over [`MAX_OFFSET`].
+    /// An offset or ACK value is over the protocol's maximum (2^62).
     #[error("offset over the protocol maximum")]
     OffsetTooLarge,
     /// ACK ranges are empty, unordered, overlapping, touching, or not beyond `cum`.

@@ -88,8 +88,8 @@ pub use error::{FlowError, ProtocolViolation};
 pub use sched::PathPolicy;
 pub use flow::{FlowEvent, FlowState, FlowStats, FlowStatus, PathState, ReadOutcome, SubflowId, SubflowStats};
 pub use frame::{
-    Frame, FrameError, ACK_HEADER_LEN, ACK_RANGE_LEN, DATA_HEADER_LEN, MAX_ACK_RANGES, MAX_ADDRS,
-    MAX_DATA_LEN, MAX_OFFSET, MAX_REASON_LEN, MAX_RELAYS, MAX_RELAY_LEN,
+    Frame, FrameError, MAX_ACK_RANGES, MAX_ADDRS, MAX_DATA_LEN, MAX_REASON_LEN, MAX_RELAYS,
+    MAX_RELAY_LEN,
 };
 
 /// The window a sender may assume before the peer's first ACK, and the least a receiver

@@ -82,6 +82,7 @@ impl RecvBuffer {
     }
 
     /// Bytes buffered: unread in-order plus out-of-order.
+    #[cfg(test)]
     pub fn buffered(&self) -> u64 {
         let ready = self.data_end - self.read_off;
         ready + self.ooo.values().map(|b| b.len() as u64).sum::<u64>()

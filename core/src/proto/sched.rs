@@ -27,8 +27,11 @@
 
 use std::time::{Duration, Instant};
 
-/// How a flow uses its paths (changeable at run time); see the [module docs](self).
+/// How a flow uses its paths (changeable at run time). Under every policy a path that
+/// stops delivering for a few of its round trips is stalled: what it carries goes out
+/// again on the others.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Hash)]
+#[non_exhaustive]
 pub enum PathPolicy {
     /// One path (the best local address) carries the data; the others are hot standbys
     /// that take over at once when it is lost. The default.

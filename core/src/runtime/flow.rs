@@ -33,7 +33,9 @@ impl std::fmt::Debug for Flow {
 /// One live subflow of a flow, as [`Flow::paths`] reports it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Path {
+    /// Our end of it.
     pub local: std::net::SocketAddr,
+    /// The peer's end of it.
     pub remote: std::net::SocketAddr,
     /// Marked a standby by the connecting end (see [`PathPolicy`](super::PathPolicy)).
     pub standby: bool,
@@ -47,8 +49,9 @@ pub struct Path {
     pub in_flight: u64,
     /// Payload bytes the peer acknowledged while they were in flight on this path.
     pub bytes_delivered: u64,
-    /// Frame bytes sent and received on this path (all frame types).
+    /// Frame bytes sent on this path (all frame types).
     pub bytes_sent: u64,
+    /// Frame bytes received on this path (all frame types).
     pub bytes_received: u64,
     /// Modelled marginal energy of this path's radio so far, in joules (see
     /// [`crate::energy`]); None when its interface's kind is unknown (no network watcher

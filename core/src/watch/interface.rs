@@ -12,6 +12,7 @@ use std::net::IpAddr;
 
 /// The kind of link an interface is, as far as msocket can tell.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[non_exhaustive]
 pub enum InterfaceKind {
     /// A wireless LAN.
     Wifi,

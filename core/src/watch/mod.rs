@@ -23,6 +23,7 @@
 
 mod interface;
 #[cfg(target_os = "linux")]
+#[doc(hidden)]
 pub mod netlink;
 pub mod poll;
 mod push;

@@ -8,7 +8,7 @@
 //!
 //! Start-up must not miss a change: the event socket subscribes *first*, then a second
 //! socket dumps all links and addresses, then every event queued meanwhile is applied on
-//! top (see [`table`] for why that is safe) before the first state is published.
+//! top (see `table` for why that is safe) before the first state is published.
 //!
 //! What can go wrong is handled without panicking:
 //! - the kernel drops events when our receive buffer overflows (`ENOBUFS`), or a message

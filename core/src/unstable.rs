@@ -1,0 +1,9 @@
+//! Internals that msocket's own daemon, benchmarks and tests use: the name service's wire
+//! protocol and the Linux netlink watcher.
+//!
+//! **Unstable**: no compatibility promise from one release to the next. Apps use the
+//! crate's root API ([`crate::Endpoint`], [`crate::name::NameService`], [`crate::watch`]).
+
+pub use crate::name::protocol as name_protocol;
+#[cfg(target_os = "linux")]
+pub use crate::watch::netlink;
