@@ -1,7 +1,7 @@
 //! The network watcher against a real kernel: a network namespace per test, veth links
 //! in it changed with `ip`, and the netlink watcher (and an endpoint following it)
-//! running on a thread that entered the namespace. Needs root; without it each test
-//! prints `skipped: needs root and ip netns` and returns.
+//! running on a thread that entered the namespace. Needs root, so the tests are ignored
+//! unless asked for (`--include-ignored`); asked for without root, they fail saying so.
 //!
 //! Nothing here sleeps to synchronise: every step waits on the watcher's channel (or the
 //! name service's record) with a bounded timeout, and prints how long detection took.
@@ -28,9 +28,19 @@ const DETECTION_BOUND: Duration = Duration::from_secs(1);
 /// Bound on waiting for any one step.
 const STEP: Duration = Duration::from_secs(10);
 
-fn is_root() -> bool {
+/// Panics, saying what is missing, unless this process can create network namespaces.
+fn needs_root_and_netns() {
     // SAFETY: geteuid has no preconditions and cannot fail.
-    unsafe { libc::geteuid() == 0 }
+    let root = unsafe { libc::geteuid() == 0 };
+    assert!(root, "this test needs root and network namespaces: run it as root (after lab/setup.sh)");
+    match Command::new("ip").args(["netns", "list"]).output() {
+        Ok(o) if o.status.success() => {}
+        Ok(o) => panic!(
+            "this test needs network namespaces, and `ip netns list` failed: {}",
+            String::from_utf8_lossy(&o.stderr).trim()
+        ),
+        Err(e) => panic!("this test needs `ip` (iproute2; run lab/setup.sh as root): {e}"),
+    }
 }
 
 /// A network namespace, deleted on drop (also when the test fails).
@@ -162,12 +172,10 @@ async fn wait_for(
 }
 
 #[tokio::test]
+#[ignore = "needs root and network namespaces"]
 async fn the_netlink_watcher_follows_addresses_and_links_in_a_namespace() {
     init_tracing();
-    if !is_root() {
-        println!("skipped: needs root and ip netns");
-        return;
-    }
+    needs_root_and_netns();
     let ns = Netns::new("watch", "wifi0");
     let (tx, rx) = std::sync::mpsc::channel();
     let (stop, stopped) = oneshot::channel::<()>();
@@ -279,12 +287,10 @@ async fn wait_published(
 }
 
 #[test]
+#[ignore = "needs root and network namespaces"]
 fn an_endpoint_follows_its_network_by_default_republishes_its_new_address_and_is_reached_there() {
     init_tracing();
-    if !is_root() {
-        println!("skipped: needs root and ip netns");
-        return;
-    }
+    needs_root_and_netns();
     let ns = Netns::new("e2e", "wifi0");
     ns.ip(&["addr", "add", "192.0.2.20/24", "dev", "wifi0"]);
     let ns_ip = {

@@ -13,8 +13,8 @@ const BULK: usize = 200 << 20;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     if !msocket_lab::is_root() {
-        println!("skipped: needs root and ip netns");
-        return Ok(());
+        eprintln!("overhead: needs root and network namespaces: run it as root (after lab/setup.sh)");
+        std::process::exit(1);
     }
     let lab = PhoneLab::build(LabConfig::default())?;
     let echo = EchoServer::start(lab.server(), 7000)?;

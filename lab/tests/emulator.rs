@@ -37,10 +37,9 @@ fn rtts(lab: &PhoneLab, server: &EchoServer, bind: IpAddr) -> (Duration, Duratio
 }
 
 #[test]
+#[ignore = "needs root and network namespaces"]
 fn delay_sets_the_round_trip_time_and_can_change_at_run_time() {
-    if !ready() {
-        return;
-    }
+    ready();
     let lab = lab_with("50ms");
     let server = EchoServer::start(lab.server(), 7000).unwrap();
     let (connect, echo) = rtts(&lab, &server, wifi(&lab));
@@ -62,10 +61,9 @@ fn delay_sets_the_round_trip_time_and_can_change_at_run_time() {
 }
 
 #[test]
+#[ignore = "needs root and network namespaces"]
 fn rate_limits_a_bulk_transfer() {
-    if !ready() {
-        return;
-    }
+    ready();
     let lab = lab_with("10mbit");
     let server = EchoServer::start(lab.server(), 7000).unwrap();
     let (bind, to) = (wifi(&lab), sa(lab.server_addr(), server.port()));
@@ -93,10 +91,9 @@ fn rate_limits_a_bulk_transfer() {
 }
 
 #[test]
+#[ignore = "needs root and network namespaces"]
 fn transfers_finish_through_heavy_loss_and_drops_are_counted() {
-    if !ready() {
-        return;
-    }
+    ready();
     let lab = lab_with("0ms 30% loss");
     let server = EchoServer::start(lab.server(), 7000).unwrap();
     let (bind, to) = (wifi(&lab), sa(lab.server_addr(), server.port()));
@@ -119,10 +116,9 @@ fn transfers_finish_through_heavy_loss_and_drops_are_counted() {
 }
 
 #[test]
+#[ignore = "needs root and network namespaces"]
 fn blackhole_silences_a_path_until_lifted() {
-    if !ready() {
-        return;
-    }
+    ready();
     let lab = lab_with("unlimited");
     let server = EchoServer::start(lab.server(), 7000).unwrap();
     let (bind, cell, to) = (

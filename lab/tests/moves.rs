@@ -52,10 +52,9 @@ fn try_connect(
 }
 
 #[test]
+#[ignore = "needs root and network namespaces"]
 fn deleting_the_wifi_address_breaks_wifi_and_spares_cell() {
-    if !ready() {
-        return;
-    }
+    ready();
     let lab = lab(LabConfig::default());
     let server = EchoServer::start(lab.server(), 7000).unwrap();
     let to = sa(lab.server_addr(), server.port());
@@ -103,10 +102,9 @@ fn deleting_the_wifi_address_breaks_wifi_and_spares_cell() {
 }
 
 #[test]
+#[ignore = "needs root and network namespaces"]
 fn nat_rebinding_changes_the_source_the_server_sees() {
-    if !ready() {
-        return;
-    }
+    ready();
     let lab = lab(LabConfig::default());
     let server = EchoServer::start(lab.server(), 7000).unwrap();
     let to = sa(lab.server_addr(), server.port());
@@ -134,10 +132,9 @@ fn nat_rebinding_changes_the_source_the_server_sees() {
 }
 
 #[test]
+#[ignore = "needs root and network namespaces"]
 fn link_down_and_up() {
-    if !ready() {
-        return;
-    }
+    ready();
     let lab = lab(LabConfig::default());
     let server = EchoServer::start(lab.server(), 7000).unwrap();
     let to = sa(lab.server_addr(), server.port());
@@ -166,10 +163,9 @@ fn link_down_and_up() {
 }
 
 #[test]
+#[ignore = "needs root and network namespaces"]
 fn server_renumbering() {
-    if !ready() {
-        return;
-    }
+    ready();
     let lab = lab(LabConfig::default());
     let server = EchoServer::start(lab.server(), 7000).unwrap();
     let old = lab.server_addr();

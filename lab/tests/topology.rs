@@ -34,10 +34,9 @@ fn exists(name: &str) -> bool {
 }
 
 #[test]
+#[ignore = "needs root and network namespaces"]
 fn builds_and_tears_down() {
-    if !ready() {
-        return;
-    }
+    ready();
     let lab = lab(LabConfig {
         server_link: "1ms".parse().unwrap(),
         ..LabConfig::default()
@@ -63,10 +62,9 @@ fn builds_and_tears_down() {
 }
 
 #[test]
+#[ignore = "needs root and network namespaces"]
 fn tears_down_after_a_panic() {
-    if !ready() {
-        return;
-    }
+    ready();
     let mut names = Vec::new();
     let outcome = catch_unwind(AssertUnwindSafe(|| {
         let lab = lab(LabConfig::default());
@@ -83,10 +81,9 @@ fn tears_down_after_a_panic() {
 }
 
 #[test]
+#[ignore = "needs root and network namespaces"]
 fn cleanup_stale_removes_namespaces_of_dead_processes_only() {
-    if !ready() {
-        return;
-    }
+    ready();
     let _cleaning = common::cleanup_lock();
     // No process can have this pid: Linux pids stay below PID_MAX_LIMIT (2^22). (A pid of
     // a child we ran and reaped is not safe: /proc/<n> also exists for any live thread id,
@@ -109,10 +106,9 @@ fn cleanup_stale_removes_namespaces_of_dead_processes_only() {
 }
 
 #[test]
+#[ignore = "needs root and network namespaces"]
 fn runtime_tasks_report_panics_and_timeouts() {
-    if !ready() {
-        return;
-    }
+    ready();
     let ns = Netns::new("rt-probe").unwrap();
     // The task really runs inside: it sees the namespace's loopback only.
     let ifaces = run_in(&ns, SECS_30, || async {
@@ -156,10 +152,9 @@ fn echo_from(lab: &PhoneLab, server: &EchoServer, bind: IpAddr, n: usize) {
 }
 
 #[test]
+#[ignore = "needs root and network namespaces"]
 fn both_interfaces_reach_the_server_through_nat() {
-    if !ready() {
-        return;
-    }
+    ready();
     let lab = lab(LabConfig::default());
     let peers = echo_from_both(&lab);
     assert_eq!(
@@ -181,10 +176,9 @@ fn echo_from_both(lab: &PhoneLab) -> Vec<IpAddr> {
 }
 
 #[test]
+#[ignore = "needs root and network namespaces"]
 fn without_nat_the_server_sees_the_phone() {
-    if !ready() {
-        return;
-    }
+    ready();
     let lab = lab(LabConfig {
         nat_wifi: false,
         nat_cell: false,

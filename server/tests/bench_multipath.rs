@@ -2,7 +2,8 @@
 //! their keys, msocket delivers every byte intact, `performance` really puts data on both
 //! links while `backup` keeps cellular idle, and a hand-off is measured.
 //!
-//! Without root (or the lab's tools) it prints `skipped: needs root and ip netns`.
+//! Ignored unless asked for (`--include-ignored`); asked for without root (or the lab's
+//! tools), it fails saying so.
 
 #![cfg(target_os = "linux")]
 
@@ -52,10 +53,9 @@ fn intact(row: &Value) {
 }
 
 #[test]
+#[ignore = "needs root and network namespaces"]
 fn bulk_download_per_policy_and_tcp() {
-    if !lab_support::lab_available() {
-        return;
-    }
+    lab_support::require_lab();
     let rows = bench(&[
         "--workloads",
         "bulk",
@@ -87,10 +87,9 @@ fn bulk_download_per_policy_and_tcp() {
 }
 
 #[test]
+#[ignore = "needs root and network namespaces"]
 fn streaming_outage_and_handoff() {
-    if !lab_support::lab_available() {
-        return;
-    }
+    lab_support::require_lab();
     let rows = bench(&[
         "--workloads",
         "streaming,handoff",

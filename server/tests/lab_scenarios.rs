@@ -3,8 +3,8 @@
 //! prints its recovery time (from the move to the first byte after the longest stall that
 //! followed it) and asserts only generous bounds.
 //!
-//! Needs root and `ip netns` (`lab/setup.sh` installs the tools); otherwise each test
-//! prints `skipped: needs root and ip netns` and returns.
+//! Needs root and `ip netns` (`lab/setup.sh` installs the tools): the tests are ignored
+//! unless asked for (`--include-ignored`), and fail, saying why, where they cannot run.
 
 #![cfg(target_os = "linux")]
 
@@ -70,22 +70,25 @@ fn both_flowing(label: &str, phone: &Recv, server: &Recv, more: u64) {
 }
 
 #[test]
+#[ignore = "needs root and network namespaces"]
 fn s1_wifi_to_cell_by_address_removal() {
-    let Some(scene) = Scene::build("20ms", "40ms") else { return };
+    let scene = Scene::build("20ms", "40ms");
     let label = "s1 del wifi addr";
     two_way_move(label, &scene, 4 * MB, |s, _, _| timed(label, || s.lab.del_addr(Access::Wifi).unwrap()));
 }
 
 #[test]
+#[ignore = "needs root and network namespaces"]
 fn s2_wifi_to_cell_by_link_down() {
-    let Some(scene) = Scene::build("20ms", "40ms") else { return };
+    let scene = Scene::build("20ms", "40ms");
     let label = "s2 wifi link down";
     two_way_move(label, &scene, 4 * MB, |s, _, _| timed(label, || s.lab.link_down(Access::Wifi).unwrap()));
 }
 
 #[test]
+#[ignore = "needs root and network namespaces"]
 fn s3_cell_back_to_wifi() {
-    let Some(scene) = Scene::build("20ms", "40ms") else { return };
+    let scene = Scene::build("20ms", "40ms");
     let label = "s3 cell → wifi";
     two_way_move(label, &scene, 8 * MB, |s, phone, server| {
         let wifi = s.lab.del_addr(Access::Wifi).unwrap();
@@ -98,8 +101,9 @@ fn s3_cell_back_to_wifi() {
 }
 
 #[test]
+#[ignore = "needs root and network namespaces"]
 fn s4_server_renumbered() {
-    let Some(scene) = Scene::build("20ms", "40ms") else { return };
+    let scene = Scene::build("20ms", "40ms");
     let label = "s4 server renumbered";
     two_way_move(label, &scene, 6 * MB, |s, _, _| {
         timed(label, || s.lab.renumber_server("172.16.100.20".parse().unwrap()).unwrap())
@@ -107,8 +111,9 @@ fn s4_server_renumbered() {
 }
 
 #[test]
+#[ignore = "needs root and network namespaces"]
 fn s5_both_ends_move_at_once() {
-    let Some(scene) = Scene::build("20ms", "40ms") else { return };
+    let scene = Scene::build("20ms", "40ms");
     let label = "s5 both move";
     two_way_move(label, &scene, 6 * MB, |s, _, _| {
         timed(label, || {
@@ -119,8 +124,9 @@ fn s5_both_ends_move_at_once() {
 }
 
 #[test]
+#[ignore = "needs root and network namespaces"]
 fn s6_nat_rebinding() {
-    let Some(scene) = Scene::build("20ms", "40ms") else { return };
+    let scene = Scene::build("20ms", "40ms");
     let label = "s6 nat rebind";
     two_way_move(label, &scene, 4 * MB, |s, _, _| timed(label, || s.lab.nat_rebind(Access::Wifi).unwrap()));
 }
@@ -136,8 +142,9 @@ fn exchange_after(label: &str, scene: &Scene, server: Side, phone: Side, server_
 }
 
 #[test]
+#[ignore = "needs root and network namespaces"]
 fn s7a_server_renumbered_before_the_first_lookup() {
-    let Some(scene) = Scene::build("20ms", "40ms") else { return };
+    let scene = Scene::build("20ms", "40ms");
     let label = "s7a pre-lookup renumber";
     let (server_plan, phone_plan) = (Plan::paced(2 * MB, 71), Plan::paced(2 * MB, 72));
     let server = scene.start_server(server_plan, DEADLINE);
@@ -148,8 +155,9 @@ fn s7a_server_renumbered_before_the_first_lookup() {
 }
 
 #[test]
+#[ignore = "needs root and network namespaces"]
 fn s7b_server_renumbered_while_the_phone_connects() {
-    let Some(scene) = Scene::build("20ms", "40ms") else { return };
+    let scene = Scene::build("20ms", "40ms");
     let label = "s7b connect-time renumber";
     let (server_plan, phone_plan) = (Plan::paced(2 * MB, 73), Plan::paced(2 * MB, 74));
     let server = scene.start_server(server_plan, DEADLINE);
@@ -163,8 +171,9 @@ fn s7b_server_renumbered_while_the_phone_connects() {
 }
 
 #[test]
+#[ignore = "needs root and network namespaces"]
 fn s8_sixty_second_outage_of_every_path() {
-    let Some(scene) = Scene::build("20ms", "40ms") else { return };
+    let scene = Scene::build("20ms", "40ms");
     let label = "s8 60 s outage";
     let deadline = Duration::from_secs(120);
     let (server_plan, phone_plan) = (Plan::paced(4 * MB, 81), Plan::paced(4 * MB, 82));
@@ -208,8 +217,9 @@ fn stderr_lines(child: &mut std::process::Child) -> std::sync::mpsc::Receiver<St
 }
 
 #[test]
+#[ignore = "needs root and network namespaces"]
 fn s9_peer_process_killed() {
-    let Some(scene) = Scene::build("20ms", "40ms") else { return };
+    let scene = Scene::build("20ms", "40ms");
     let label = "s9 peer killed";
     let bin = env!("CARGO_BIN_EXE_msocket");
     let dir = tempfile::tempdir().unwrap();
@@ -277,8 +287,9 @@ fn s9_peer_process_killed() {
 }
 
 #[test]
+#[ignore = "needs root and network namespaces"]
 fn s10_silent_death_of_wifi() {
-    let Some(scene) = Scene::build("20ms", "40ms") else { return };
+    let scene = Scene::build("20ms", "40ms");
     let label = "s10 wifi silently dead";
     let server_plan = Plan::paced(6 * MB, 101);
     let phone_plan = Plan::paced(6 * MB, 102);

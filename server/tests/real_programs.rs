@@ -29,10 +29,11 @@
 //! problem from a mobility problem.
 //!
 //! Needs root, network namespaces and the programs (`lab/setup.sh` installs them; it is
-//! run when something is missing). Without them a test prints `skipped: …` and passes,
-//! unless `CI` is set: then it fails, saying why. The tests run one at a time (a lock);
-//! the file takes about a minute when everything works, under three minutes when moves
-//! are not followed (flows then wait out their 20 s deadline).
+//! run when something is missing), so the tests are ignored unless asked for
+//! (`--include-ignored`); asked for where they cannot run, they fail saying why. The
+//! tests run one at a time (a lock); the file takes about a minute when everything works,
+//! under three minutes when moves are not followed (flows then wait out their 20 s
+//! deadline).
 
 #[cfg(target_os = "linux")]
 mod real_programs_support;
@@ -100,7 +101,7 @@ mod tests {
     /// `msocket listen NAME < file` on the server, `msocket connect NAME | sha256sum` on
     /// the phone; `mv` happens once a quarter of the file has arrived.
     fn netcat(name: &str, mv: NcMove) {
-        let Some(w) = World::start() else { return };
+        let w = World::start();
         const LEN: usize = 8 * MB;
         let file = w.path("file.bin");
         let expect = write_data_file(&file, 11, LEN);
@@ -168,11 +169,13 @@ mod tests {
     }
 
     #[test]
+    #[ignore = "needs root, network namespaces and ssh/nginx/curl/iperf3 (lab/setup.sh)"]
     fn netcat_file_arrives_whole_when_the_phone_loses_wifi() {
         netcat("nc-wifi.lab", NcMove::WifiGone);
     }
 
     #[test]
+    #[ignore = "needs root, network namespaces and ssh/nginx/curl/iperf3 (lab/setup.sh)"]
     fn netcat_file_arrives_whole_when_the_server_is_renumbered() {
         netcat("nc-renumber.lab", NcMove::ServerRenumbered);
     }
@@ -263,8 +266,9 @@ mod tests {
     }
 
     #[test]
+    #[ignore = "needs root, network namespaces and ssh/nginx/curl/iperf3 (lab/setup.sh)"]
     fn ssh_copy_arrives_whole_when_the_phone_loses_wifi() {
-        let Some(w) = World::start() else { return };
+        let w = World::start();
         let ssh = start_ssh(&w, "ssh-copy.lab");
         const LEN: usize = 6 * MB;
         let file = w.path("copy.bin");
@@ -318,9 +322,8 @@ mod tests {
         ssh_session_in(World::start(), name, moves)
     }
 
-    /// [`ssh_session`] in a lab of the caller's (None: the tests cannot run here).
-    fn ssh_session_in(world: Option<World>, name: &str, moves: &[SessionMove]) {
-        let Some(w) = world else { return };
+    /// [`ssh_session`] in a lab of the caller's.
+    fn ssh_session_in(w: World, name: &str, moves: &[SessionMove]) {
         let ssh = start_ssh(&w, name);
         let mut cmd = ssh.command(&w, &["cat"]);
         cmd.stdin(Stdio::piped()).stdout(Stdio::piped());
@@ -371,6 +374,7 @@ mod tests {
     }
 
     #[test]
+    #[ignore = "needs root, network namespaces and ssh/nginx/curl/iperf3 (lab/setup.sh)"]
     fn ssh_session_echoes_every_line_across_moves() {
         ssh_session(
             "ssh-live.lab",
@@ -389,6 +393,7 @@ mod tests {
     }
 
     #[test]
+    #[ignore = "needs root, network namespaces and ssh/nginx/curl/iperf3 (lab/setup.sh)"]
     fn ssh_session_survives_a_blackhole_both_moving_and_break_before_make() {
         ssh_session(
             "ssh-hard.lab",
@@ -415,6 +420,7 @@ mod tests {
     }
 
     #[test]
+    #[ignore = "needs root, network namespaces and ssh/nginx/curl/iperf3 (lab/setup.sh)"]
     fn ssh_session_survives_carrier_nat_appearing_on_cellular() {
         // Cellular starts without NAT (the core routes to the phone's cellular subnet).
         let world = World::start_with(|lab| lab.nat_cell = false);
@@ -482,8 +488,9 @@ mod tests {
     }
 
     #[test]
+    #[ignore = "needs root, network namespaces and ssh/nginx/curl/iperf3 (lab/setup.sh)"]
     fn nginx_download_and_requests_through_forward_across_moves() {
-        let Some(w) = World::start() else { return };
+        let w = World::start();
         const BIG: usize = 20 * MB;
         let (nginx, expect) = start_nginx(&w, BIG);
         let listen = w.listen("web.lab", Some(SocketAddr::from(([127, 0, 0, 1], WEB_PORT))), Stdio::null(), &["--deadline", DEADLINE]);
@@ -588,8 +595,9 @@ mod tests {
     }
 
     #[test]
+    #[ignore = "needs root, network namespaces and ssh/nginx/curl/iperf3 (lab/setup.sh)"]
     fn iperf3_through_forward_while_wifi_flaps() {
-        let Some(w) = World::start() else { return };
+        let w = World::start();
         let mut cmd = w.lab.server().command(program("iperf3"));
         cmd.args(["-s", "-p", &IPERF_PORT.to_string(), "--forceflush"]).stdin(Stdio::null());
         let server = Proc::spawn_both("iperf3 -s (server)", cmd);

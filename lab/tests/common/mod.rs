@@ -8,20 +8,25 @@ use std::time::Duration;
 
 use msocket_lab::{cleanup_stale, is_root, missing_tools, LabConfig, Netns, PhoneLab};
 
-/// False (after printing the one permitted skip line) when not root or without `ip netns`.
-pub fn ready() -> bool {
+/// Sets a lab test up (logging, stale namespaces removed); panics, saying what is
+/// missing, on a machine that cannot run it.
+pub fn ready() {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .with_test_writer()
         .try_init();
-    let netns_ok = std::process::Command::new("ip")
-        .args(["netns", "list"])
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false);
-    if !is_root() || !netns_ok {
-        println!("skipped: needs root and ip netns");
-        return false;
+    assert!(
+        is_root(),
+        "this test needs root and network namespaces: run it as root (after lab/setup.sh)"
+    );
+    let netns = std::process::Command::new("ip").args(["netns", "list"]).output();
+    match netns {
+        Ok(o) if o.status.success() => {}
+        Ok(o) => panic!(
+            "this test needs network namespaces, and `ip netns list` failed: {}",
+            String::from_utf8_lossy(&o.stderr).trim()
+        ),
+        Err(e) => panic!("this test needs `ip` (iproute2; run lab/setup.sh as root): {e}"),
     }
     let missing = missing_tools();
     assert!(
@@ -30,7 +35,6 @@ pub fn ready() -> bool {
     );
     let _cleaning = cleanup_lock();
     cleanup_stale().expect("cleanup_stale");
-    true
 }
 
 /// Serialises [`cleanup_stale`] calls within this test binary, so a test that checks what

@@ -1,7 +1,7 @@
 //! Test-side glue for the network-lab scenarios. The harness itself (lab, name server,
 //! endpoints in their namespaces, [`Recv`] and recovery measurement) lives in
-//! `msocket_server::lab_run`, shared with `msocket bench mobility`; this adds the skip
-//! line, test logging and the panicking conveniences the tests use.
+//! `msocket_server::lab_run`, shared with `msocket bench mobility`; this adds the check
+//! that the lab can run here, test logging and the panicking conveniences the tests use.
 #![allow(dead_code)]
 
 use std::sync::OnceLock;
@@ -11,49 +11,48 @@ pub use msocket_server::lab_run::*;
 
 pub use crate::shared::init_tracing;
 
-/// True when the lab can run here (root, tools installed by `lab/setup.sh`). Otherwise
-/// prints the one permitted skip line.
-pub fn lab_available() -> bool {
-    static OK: OnceLock<bool> = OnceLock::new();
-    let ok = *OK.get_or_init(|| {
+/// Makes sure the lab can run here (installing its tools with `lab/setup.sh` if needed)
+/// and removes stale namespaces; panics, saying what is missing, when it cannot.
+pub fn require_lab() {
+    static PROBLEM: OnceLock<Option<String>> = OnceLock::new();
+    let problem = PROBLEM.get_or_init(|| {
         if !msocket_lab::is_root() {
-            return false;
+            return Some("not root".into());
         }
         if !msocket_lab::missing_tools().is_empty() {
             let setup = concat!(env!("CARGO_MANIFEST_DIR"), "/../lab/setup.sh");
             let _ = std::process::Command::new("bash").arg(setup).status();
         }
+        let missing = msocket_lab::missing_tools();
+        if !missing.is_empty() {
+            return Some(format!("missing after lab/setup.sh: {}", missing.join(", ")));
+        }
         let _ = msocket_lab::cleanup_stale();
-        msocket_lab::missing_tools().is_empty()
+        None
     });
-    if !ok {
-        println!("skipped: needs root and ip netns");
+    if let Some(why) = problem {
+        panic!("this test needs root and network namespaces ({why}): run it as root (after lab/setup.sh)");
     }
-    ok
 }
 
-/// The tests' way of using the harness: panics instead of errors, skip line when the lab
-/// cannot run.
+/// The tests' way of using the harness: panics instead of errors.
 pub trait SceneExt: Sized {
-    /// Builds the lab (NAT on both access routers) and starts the name server. None: the
-    /// lab cannot run here (the skip line was printed).
-    fn build(wifi: &str, cell: &str) -> Option<Self>;
+    /// Builds the lab (NAT on both access routers) and starts the name server.
+    fn build(wifi: &str, cell: &str) -> Self;
     fn start_server(&self, plan: Plan, flow_deadline: Duration) -> Side;
     fn start_phone(&self, plan: Plan, flow_deadline: Duration, after_lookup: Option<std::sync::mpsc::Sender<()>>) -> Side;
 }
 
 impl SceneExt for Scene {
-    fn build(wifi: &str, cell: &str) -> Option<Scene> {
+    fn build(wifi: &str, cell: &str) -> Scene {
         init_tracing();
-        if !lab_available() {
-            return None;
-        }
+        require_lab();
         let config = msocket_lab::LabConfig {
             wifi: wifi.parse().expect("wifi spec"),
             cell: cell.parse().expect("cell spec"),
             ..msocket_lab::LabConfig::default()
         };
-        Some(Scene::start(config).expect("build the lab and start the name server"))
+        Scene::start(config).expect("build the lab and start the name server")
     }
 
     fn start_server(&self, plan: Plan, flow_deadline: Duration) -> Side {

@@ -28,7 +28,7 @@ pub use msocket_server::lab_run::{NAMES_IP, NAMES_PORT};
 pub const READY: Duration = Duration::from_secs(30);
 pub const MB: usize = 1_000_000;
 
-/// What these tests need; also the text of the skip line and of the CI failure.
+/// What these tests need; also the text of the failure where they cannot run.
 pub const NEEDS: &str =
     "needs root, network namespaces and openssh-server, nginx, curl, iperf3 (lab/setup.sh installs them)";
 
@@ -72,7 +72,7 @@ fn missing() -> Vec<String> {
 /// Why the tests cannot run here (None: they can). Installs what is missing first.
 fn problem() -> Option<String> {
     if !msocket_lab::is_root() {
-        return Some("not root".into());
+        return Some("not root: run them as root".into());
     }
     if !missing().is_empty() {
         let setup = concat!(env!("CARGO_MANIFEST_DIR"), "/../lab/setup.sh");
@@ -89,21 +89,12 @@ fn problem() -> Option<String> {
     None
 }
 
-/// True when the tests can run. Otherwise: with `CI` set, a clear panic (CI runs as root
-/// and installs the programs, so a skip there would hide a broken set-up); without it,
-/// the skip line.
-pub fn ready() -> bool {
+/// Sets a test up; panics, saying what is missing, on a machine that cannot run it.
+pub fn ready() {
     static PROBLEM: OnceLock<Option<String>> = OnceLock::new();
     init_tracing();
-    match PROBLEM.get_or_init(problem) {
-        None => true,
-        Some(why) if std::env::var_os("CI").is_some() => {
-            panic!("real-program tests cannot run ({why}): {NEEDS}")
-        }
-        Some(why) => {
-            println!("skipped: {NEEDS} ({why})");
-            false
-        }
+    if let Some(why) = PROBLEM.get_or_init(problem) {
+        panic!("real-program tests cannot run here ({why}): {NEEDS}")
     }
 }
 
@@ -465,16 +456,13 @@ pub struct World {
 }
 
 impl World {
-    /// None: the tests cannot run here (the skip line was printed).
-    pub fn start() -> Option<World> {
+    pub fn start() -> World {
         Self::start_with(|_| {})
     }
 
     /// [`start`](Self::start) with the lab's configuration changed by `tune`.
-    pub fn start_with(tune: impl FnOnce(&mut LabConfig)) -> Option<World> {
-        if !ready() {
-            return None;
-        }
+    pub fn start_with(tune: impl FnOnce(&mut LabConfig)) -> World {
+        ready();
         let serial = serial();
         let started = Instant::now();
         let mut config =
@@ -492,7 +480,7 @@ impl World {
         let names = Proc::spawn_both("msocketd (core)", cmd);
         names.wait_line("msocketd: name service listening on", READY);
         println!("lab built and msocketd ready in {} ms", started.elapsed().as_millis());
-        Some(World { dir, names_url: format!("tcp://{listen}"), names, lab, started, _serial: serial })
+        World { dir, names_url: format!("tcp://{listen}"), names, lab, started, _serial: serial }
     }
 
     pub fn path(&self, file: &str) -> PathBuf {
