@@ -536,6 +536,28 @@ async fn a_parked_watch_outlives_the_idle_timeout() {
     server.shut_down().await;
 }
 
+/// A relay to `server` for one connection; counts the `Watch` requests sent through it.
+async fn watch_counting_relay(server: SocketAddr) -> (String, tokio::sync::watch::Receiver<usize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let (count, counted) = tokio::sync::watch::channel(0);
+    tokio::spawn(async move {
+        let (client, _) = listener.accept().await.unwrap();
+        let (mut from_client, mut to_client) = client.into_split();
+        let (mut from_server, mut to_server) = TcpStream::connect(server).await.unwrap().into_split();
+        tokio::spawn(async move { tokio::io::copy(&mut from_server, &mut to_client).await });
+        while let Ok(body) = read_message(&mut from_client).await {
+            if matches!(Request::decode(&body), Ok(Request::Watch { .. })) {
+                count.send_modify(|n| *n += 1);
+            }
+            if write_message(&mut to_server, &body).await.is_err() {
+                break;
+            }
+        }
+    });
+    (addr, counted)
+}
+
 #[tokio::test]
 async fn the_server_caps_the_wait_and_the_client_watches_again() {
     let cap = Duration::from_millis(200);
@@ -552,9 +574,15 @@ async fn the_server_caps_the_wait_and_the_client_watches_again() {
     let started = Instant::now();
     assert_eq!(client.watch("alice", 0, Duration::from_millis(700)).await, Ok(None));
     assert!(started.elapsed() >= Duration::from_millis(700));
+    let (relay, mut asked) = watch_counting_relay(server.addr).await;
+    let client = TcpNameClient::new(relay, WAIT);
     let (watched, registered) = tokio::join!(client.watch("alice", 0, LONG_WAIT), async {
+        // The first watch was answered `Unchanged` before the second was asked.
+        tokio::time::timeout(WAIT, asked.wait_for(|&n| n >= 2))
+            .await
+            .expect("the client did not watch a second time")
+            .unwrap();
         server.parked(1).await;
-        tokio::time::sleep(cap * 2).await; // into the second watch of the series
         server.client().register(&record(1, "alice", 1, later())).await
     });
     registered.unwrap();
