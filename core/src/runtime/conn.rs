@@ -1,61 +1,40 @@
-//! A flow's shared state and the tasks that drive it.
+//! A flow's shared state.
 //!
 //! The sans-IO [`FlowState`] sits behind one mutex, shared by the application's [`Flow`]
 //! handle, two tasks per subflow and one driver task:
-//! - the subflow **reader** reads a record, opens it *outside* the lock (so decryption on
-//!   one core overlaps encryption on the other), then feeds its frames in;
-//! - the subflow **writer** takes frames out under the lock, seals them outside it and
-//!   writes them; it sleeps on a `Notify` until the state machine has something for it;
-//! - the **driver** runs timers (acks, keepalives, liveness, the flow deadline) and, on the
-//!   connecting side, re-dials when the flow has no subflow left.
+//! - the subflow **reader** (`reader.rs`) reads records, opens them *outside* the lock (so
+//!   decryption on one core overlaps encryption on the other), then feeds their frames in;
+//! - the subflow **writer** (`writer.rs`) takes records out under the lock, seals them
+//!   outside it and writes them; it sleeps on a `Notify` until the state machine has
+//!   something for it;
+//! - the **driver** (`driver.rs`) runs timers (acks, keepalives, liveness, the flow
+//!   deadline) and, on the connecting side, re-dials when the flow has no subflow left.
 //!
-//! After every change, [`Conn::settle`] turns the state machine's events into wake-ups and
-//! application events. Critical sections never await.
+//! This file holds what they share: the state, subflows joining and leaving, and
+//! [`Conn::settle`], which after every change turns the state machine's events into
+//! wake-ups and application events. Critical sections never await.
 //!
 //! [`Flow`]: super::Flow
 
 use std::collections::HashMap;
-use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::task::Waker;
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
-use tokio::io::AsyncWriteExt;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use bytes::Bytes;
 use tokio::net::TcpStream;
 use tokio::sync::{broadcast, watch, Notify};
 
 use super::endpoint::EndpointInner;
-use super::events::{FlowEvent, IoOperation, PathLossReason};
-use super::header::{read_exchange, ExchangeError};
-use super::read_slabs::ReadSlabs;
+use super::events::{FlowEvent, PathLossReason};
+use super::reader::{reader, JoinCheck};
 use super::unsent::SentLog;
+use super::writer::writer;
 use crate::energy::EnergyMeter;
 use crate::proto::{self, FlowState, FlowStatus, SubflowId};
-use crate::session::records::{self, Batch, BatchLimit, Delivery, OpenError, Packer, PacketNumbers, Receiver, RECORD_HEADER_LEN};
-use crate::session::join::JoinRefusal;
-use crate::session::opening::{decode_join_answer, JoinAnswerError, JoinSent};
+use crate::session::records::{Batch, BatchLimit, Packer, PacketNumbers, Receiver};
 use crate::session::{ReplayWindow, SessionKeys};
-
-/// How long a finished or failed flow waits for its writers to flush before cutting them.
-const LINGER: Duration = Duration::from_secs(2);
-/// Records a writer seals per batch (bounds latency and memory per wake-up).
-const RECORDS_PER_BATCH: usize = 8;
-/// Bytes a writer seals per batch, at most (plus one record), while its socket takes
-/// every batch without waiting; what it holds beyond the socket's low-water mark is
-/// committed to its path (see `socket.rs`), and a frame made after it (an ACK) waits
-/// behind it. A socket that makes the writer wait halves the batch, down to
-/// [`MIN_BATCH_BYTES`]; one that takes a full batch at once doubles it: large batches
-/// (fewer wake-ups and system calls) where the path is fast, little queued ahead of ACKs
-/// where it is not.
-const MAX_BATCH_BYTES: usize = 512 * 1024;
-/// A new writer's batch limit, and the least it shrinks to.
-const MIN_BATCH_BYTES: usize = 32 * 1024;
-/// The least room a read is given (small records, such as ACKs, arrive whole in one read).
-const MIN_READ: usize = 4096;
 
 /// Which end of the flow this is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -89,13 +68,13 @@ pub(crate) struct Inner {
     /// Numbers of the records we send, on every subflow.
     packet_numbers: PacketNumbers,
     /// The records we took, on every subflow.
-    receiver: Receiver,
+    pub(super) receiver: Receiver,
     pub(crate) read_waker: Option<Waker>,
     pub(crate) write_waker: Option<Waker>,
     pub(crate) shutdown_waker: Option<Waker>,
     /// Set once the flow finished or failed.
-    terminal_at: Option<Instant>,
-    driver_deadline: Option<Instant>,
+    pub(super) terminal_at: Option<Instant>,
+    pub(super) driver_deadline: Option<Instant>,
     pub(crate) dialing: bool,
     /// Client: how long the next re-dial waits before its first attempt. Grows each time a
     /// re-dial attached a subflow that died before the peer said anything on it (an address
@@ -182,20 +161,61 @@ impl Inner {
     pub(crate) fn subflow_ids_and_locals(&self) -> Vec<(SubflowId, SocketAddr)> {
         self.subflows.iter().map(|(id, s)| (*id, s.local)).collect()
     }
+
+    /// Whether subflow `id` is still part of the flow (not retired).
+    pub(super) fn has_subflow(&self, id: SubflowId) -> bool {
+        self.subflows.contains_key(&id)
+    }
+
+    pub(super) fn has_no_subflow(&self) -> bool {
+        self.subflows.is_empty()
+    }
+
+    /// The peer's end of subflow `id`.
+    pub(super) fn subflow_remote(&self, id: SubflowId) -> Option<SocketAddr> {
+        self.subflows.get(&id).map(|s| s.remote)
+    }
+
+    /// Counts `bytes` received on subflow `id` for its radio's energy.
+    pub(super) fn meter_received(&mut self, id: SubflowId, now: Instant, bytes: u64) {
+        if let Some(meter) = self.subflows.get_mut(&id).and_then(|s| s.energy.as_mut()) {
+            meter.on_bytes(now, 0, bytes);
+        }
+    }
+
+    /// Cuts every subflow's tasks at once (a lingering flow's time is up).
+    pub(super) fn cut_subflows(&mut self) {
+        for (_, sub) in self.subflows.drain() {
+            let _ = sub.kill.send(true);
+        }
+    }
+
+    /// The low-water mark subflow `id`'s socket should have now, when it differs by more
+    /// than a quarter from the one it has (the rate estimate moves all the time).
+    pub(super) fn notsent_lowat_change(&mut self, id: SubflowId) -> Option<u32> {
+        let rate = self.proto.subflow_stats(id)?.delivery_rate;
+        let sub = self.subflows.get_mut(&id)?;
+        let want = super::socket::notsent_lowat_for(rate);
+        if want.abs_diff(sub.notsent_lowat) <= sub.notsent_lowat / 4 {
+            return None;
+        }
+        sub.notsent_lowat = want;
+        Some(want)
+    }
 }
 
 /// One flow, shared by its handle and its tasks.
 pub(crate) struct Conn {
     inner: Mutex<Inner>,
     pub(crate) keys: Arc<SessionKeys>,
-    driver: Notify,
+    pub(super) driver: Notify,
     pub(crate) role: Role,
     /// The service name this flow was opened for.
     pub(crate) name: String,
     pub(crate) endpoint: Weak<EndpointInner>,
     events: broadcast::Sender<FlowEvent>,
     /// Becomes true once the flow is over and every subflow has flushed and closed.
-    quiet: watch::Sender<bool>,
+    pub(super) quiet: watch::Sender<bool>,
 }
 
 impl Conn {
@@ -513,72 +533,15 @@ impl Conn {
         self.driver.notify_one();
     }
 
-    /// Runs timers and re-dials until the flow is over.
-    pub(crate) async fn drive(self: Arc<Self>) {
-        loop {
-            let deadline = {
-                let mut inner = self.lock();
-                let now = Instant::now();
-                inner.proto.handle_timeout(now);
-                self.settle(&mut inner);
-                if let Some(t) = inner.terminal_at {
-                    // A finished flow lingers so a peer that lost our last ACK can rejoin.
-                    let finished = matches!(inner.proto.status(), FlowStatus::Finished);
-                    if inner.subflows.is_empty() && (!finished || now >= t + LINGER) {
-                        break;
-                    }
-                    if now >= t + LINGER {
-                        for (_, sub) in inner.subflows.drain() {
-                            let _ = sub.kill.send(true);
-                        }
-                        self.quiet.send_replace(true);
-                        break;
-                    }
-                } else if self.role == Role::Client
-                    && inner.proto.live_subflows() == 0
-                    && inner.proto.needs_path()
-                    && !inner.dialing
-                {
-                    inner.dialing = true;
-                    tokio::spawn(super::dial::redial(self.clone()));
-                }
-                let mut d = inner.proto.poll_timeout();
-                if let Some(t) = inner.terminal_at {
-                    d = Some(d.map_or(t + LINGER, |d| d.min(t + LINGER)));
-                } else if let Some(t) = inner.paths.next_retry(now) {
-                    d = Some(d.map_or(t, |d| d.min(t)));
-                }
-                inner.driver_deadline = d;
-                d
-            };
-            self.ensure_paths();
-            let sleep = async {
-                match deadline {
-                    Some(d) => tokio::time::sleep_until(d.into()).await,
-                    None => std::future::pending().await,
-                }
-            };
-            tokio::select! {
-                _ = sleep => {}
-                _ = self.driver.notified() => {}
-            }
-        }
-        if let Some(ep) = self.endpoint.upgrade() {
-            ep.forget_flow(&self.keys.flow_id);
-        }
-        tracing::debug!(flow = %self.keys.flow_id, "flow driver done");
-    }
-
-    /// Takes up to [`RECORDS_PER_BATCH`] records of frames (and about `batch_bytes`) for
-    /// subflow `id`, each with its packet number, to encode and seal once the lock is
-    /// released ([`Batch::seal_into`]): the copies and the cipher run outside the lock.
-    fn take_records(&self, inner: &mut Inner, id: SubflowId, batch_bytes: usize) -> Batch {
+    /// Takes records of frames for subflow `id` within `limit`, each with its packet
+    /// number, to encode and seal once the lock is released ([`Batch::seal_into`]): the
+    /// copies and the cipher run outside the lock.
+    pub(super) fn take_records(&self, inner: &mut Inner, id: SubflowId, limit: BatchLimit) -> Batch {
         let now = Instant::now();
         let Inner { proto, subflows, packet_numbers, .. } = inner;
         let Some(sub) = subflows.get_mut(&id) else {
             return Batch::default();
         };
-        let limit = BatchLimit { records: RECORDS_PER_BATCH, bytes: batch_bytes };
         let batch = sub.packer.pack(proto, id, now, packet_numbers, limit);
         sub.sent.on_batch(batch.sealed_len, batch.data_log.iter().cloned());
         if let Some(meter) = sub.energy.as_mut().filter(|_| !batch.is_empty()) {
@@ -610,320 +573,5 @@ impl Conn {
         self.settle(&mut inner);
         Ok(written)
     }
-
 }
 
-/// The low-water mark subflow `id`'s socket should have now, when it differs by more than
-/// a quarter from the one it has (the rate estimate moves all the time).
-fn notsent_lowat_change(inner: &mut Inner, id: SubflowId) -> Option<u32> {
-    let rate = inner.proto.subflow_stats(id)?.delivery_rate;
-    let sub = inner.subflows.get_mut(&id)?;
-    let want = super::socket::notsent_lowat_for(rate);
-    if want.abs_diff(sub.notsent_lowat) <= sub.notsent_lowat / 4 {
-        return None;
-    }
-    sub.notsent_lowat = want;
-    Some(want)
-}
-
-/// For a joining client: the JOIN answer to read before any record.
-pub(crate) struct JoinCheck {
-    pub(crate) seq: u64,
-}
-
-async fn killed(kill: &mut watch::Receiver<bool>) {
-    let _ = kill.wait_for(|k| *k).await;
-}
-
-/// Why a subflow's reader or writer stopped.
-enum Stop {
-    /// The subflow was retired (and reported) already.
-    Retired,
-    /// The peer closed its side (end of stream).
-    Eof,
-    Lost(PathLossReason),
-}
-
-/// Reads what the socket holds into the room of the current slab.
-async fn read_more(
-    r: &mut OwnedReadHalf,
-    slabs: &mut ReadSlabs,
-    kill: &mut watch::Receiver<bool>,
-) -> Result<(), Stop> {
-    use bytes::BufMut as _;
-    // Reads that never wait take no turn from the runtime's budget on their own.
-    tokio::task::consume_budget().await;
-    loop {
-        let room = slabs.room();
-        match r.try_read_buf(&mut slabs.bytes().limit(room)) {
-            Ok(0) => return Err(Stop::Eof),
-            Ok(_) => return Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-            Err(e) => return Err(Stop::Lost(PathLossReason::io(IoOperation::Read, &e))),
-        }
-        slabs.on_idle(Instant::now());
-        tokio::select! {
-            res = r.readable() => res.map_err(|e| Stop::Lost(PathLossReason::io(IoOperation::Read, &e)))?,
-            _ = killed(kill) => return Err(Stop::Retired),
-        }
-    }
-}
-
-async fn writer(
-    conn: Arc<Conn>,
-    id: SubflowId,
-    mut w: OwnedWriteHalf,
-    handed: Arc<AtomicU64>,
-    wake: Arc<Notify>,
-    mut kill: watch::Receiver<bool>,
-) {
-    let mut out = BytesMut::with_capacity(RECORDS_PER_BATCH * (u16::MAX as usize + RECORD_HEADER_LEN));
-    let mut batch_bytes = MIN_BATCH_BYTES;
-    let reason: PathLossReason = loop {
-        out.clear();
-        let (records, terminal, new_lowat) = {
-            let mut inner = conn.lock();
-            if !inner.subflows.contains_key(&id) {
-                return;
-            }
-            let records = conn.take_records(&mut inner, id, batch_bytes);
-            conn.settle(&mut inner);
-            let new_lowat = notsent_lowat_change(&mut inner, id);
-            (records, inner.terminal_at.is_some(), new_lowat)
-        };
-        if let Some(lowat) = new_lowat {
-            super::socket::change_notsent_lowat(w.as_ref(), lowat);
-        }
-        if records.is_empty() {
-            if terminal {
-                let _ = w.shutdown().await;
-                break PathLossReason::FlowOver;
-            }
-            tokio::select! {
-                _ = wake.notified() => continue,
-                _ = killed(&mut kill) => return,
-            }
-        }
-        if let Err(e) = records.seal_into(&conn.keys, &mut out) {
-            tracing::error!(error = %e, "sealing a record failed");
-            break PathLossReason::SealFailed;
-        }
-        tracing::trace!(subflow = id.0, bytes = out.len(), "writing records");
-        // Counted as it goes, so that a lost subflow can tell what never reached the kernel.
-        let write = async {
-            let (mut at, mut waited) = (0, false);
-            while at < out.len() {
-                let n = match w.try_write(&out[at..]) {
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                        waited = true;
-                        w.write(&out[at..]).await?
-                    }
-                    r => r?,
-                };
-                if n == 0 {
-                    return Err(std::io::ErrorKind::WriteZero.into());
-                }
-                at += n;
-                handed.fetch_add(n as u64, Ordering::Release);
-            }
-            Ok::<bool, std::io::Error>(waited)
-        };
-        tokio::select! {
-            r = write => match r {
-                // A batch smaller than the limit that went at once says nothing of the path.
-                Ok(true) => batch_bytes = (batch_bytes / 2).max(MIN_BATCH_BYTES),
-                Ok(false) if out.len() >= batch_bytes => batch_bytes = (batch_bytes * 2).min(MAX_BATCH_BYTES),
-                Ok(false) => {}
-                Err(e) => {
-                    tracing::debug!(error = %e, "subflow write failed");
-                    break PathLossReason::io(IoOperation::Write, &e);
-                }
-            },
-            _ = killed(&mut kill) => return,
-        }
-    };
-    conn.subflow_gone(id, reason);
-}
-
-async fn reader(
-    conn: Arc<Conn>,
-    id: SubflowId,
-    r: OwnedReadHalf,
-    mut kill: watch::Receiver<bool>,
-    join: Option<JoinCheck>,
-) {
-    let mut r = r;
-    let stop: Stop = async {
-        if let Some(check) = join {
-            let peer_signing_key = conn.lock().peer_signing_key;
-            let sent = JoinSent {
-                join_key: &conn.keys.join_key,
-                flow: &conn.keys.flow_id,
-                seq: check.seq,
-                peer_signing_key: peer_signing_key.as_ref(),
-            };
-            let answer = tokio::select! {
-                a = read_exchange(&mut r, |b| Ok::<_, Infallible>(decode_join_answer(b, &sent))) => a,
-                _ = killed(&mut kill) => return Stop::Retired,
-            };
-            match answer {
-                Err(ExchangeError::Io(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Stop::Eof,
-                Err(ExchangeError::Io(e)) => return Stop::Lost(PathLossReason::io(IoOperation::Read, &e)),
-                Err(ExchangeError::Decode(never)) => match never {},
-                Ok(Ok(accepted)) => conn.lock().peer_fast_open = accepted.fast_open,
-                Ok(Err(e)) => {
-                    let mut inner = conn.lock();
-                    if e.is_fatal() {
-                        inner.proto.fail_unrecoverable(proto::FlowError::PeerForgotFlow);
-                        conn.settle(&mut inner);
-                    } else if let Some(remote) = inner.subflows.get(&id).map(|s| s.remote) {
-                        // Whoever answers there now is not our peer: re-dial elsewhere (a
-                        // fresh lookup) rather than there again.
-                        inner.peer_addrs.retain(|a| *a != remote);
-                    }
-                    return Stop::Lost(match e {
-                        JoinAnswerError::BadMac => PathLossReason::NotOurPeer,
-                        JoinAnswerError::Refused(_, code) => PathLossReason::JoinRefused { code },
-                        JoinAnswerError::UnknownFlow { .. } => PathLossReason::JoinRefused { code: JoinRefusal::UnknownFlow as u8 },
-                    });
-                }
-            }
-        }
-        let mut slabs = ReadSlabs::new();
-        loop {
-            // Room for the rest of the record under way (or a header), and whatever else
-            // the socket holds: several records per system call when the flow is busy.
-            let missing = records::bytes_wanted(slabs.bytes());
-            slabs.make_room(missing.max(MIN_READ), Instant::now());
-            match read_more(&mut r, &mut slabs, &mut kill).await {
-                Ok(()) => {}
-                Err(Stop::Eof) if !slabs.bytes().is_empty() => return Stop::Lost(PathLossReason::PeerClosedMidRecord),
-                Err(stop) => return stop,
-            }
-            // Open every complete record outside the lock, so decryption on one core
-            // overlaps encryption on the other; a bad one ends the subflow after the
-            // good ones before it are in.
-            let mut opened = Vec::new();
-            let mut fault = None;
-            while let Some(record) = records::split_record(slabs.bytes()) {
-                match records::open(&conn.keys, record) {
-                    Ok(record) => opened.push(record),
-                    Err(OpenError::Forged) => {
-                        fault = Some(PathLossReason::Forged);
-                        break;
-                    }
-                    Err(OpenError::Malformed(e)) => {
-                        fault = Some(PathLossReason::Malformed(e));
-                        break;
-                    }
-                }
-            }
-            if !opened.is_empty() {
-                let mut inner = conn.lock();
-                if !inner.subflows.contains_key(&id) {
-                    return Stop::Retired;
-                }
-                inner.redial_pause = Duration::ZERO;
-                for record in opened {
-                    let now = Instant::now();
-                    let wire_len = record.wire_len as u64;
-                    let Inner { proto, receiver, .. } = &mut *inner;
-                    match receiver.deliver(proto, id, record, now) {
-                        Ok(Delivery::Fresh) => {}
-                        Ok(Delivery::Replayed) => continue,
-                        Err(v) => {
-                            conn.settle(&mut inner);
-                            return Stop::Lost(PathLossReason::Violation(v));
-                        }
-                    }
-                    if let Some(meter) = inner.subflows.get_mut(&id).and_then(|s| s.energy.as_mut()) {
-                        meter.on_bytes(now, 0, wire_len);
-                    }
-                }
-                conn.settle(&mut inner);
-            }
-            if let Some(why) = fault {
-                return Stop::Lost(why);
-            }
-        }
-    }
-    .await;
-    match stop {
-        Stop::Retired => {}
-        Stop::Eof => conn.subflow_gone(id, PathLossReason::PeerClosed),
-        Stop::Lost(reason) => conn.subflow_gone(id, reason),
-    }
-}
-
-#[cfg(all(test, target_os = "linux"))]
-mod tests {
-    use super::*;
-    use bytes::Bytes;
-    use tokio::io::AsyncReadExt;
-    use crate::proto::Frame;
-    use crate::session::records::TAG_LEN;
-    use crate::session::session_pair;
-
-    fn resident_bytes() -> usize {
-        let statm = std::fs::read_to_string("/proc/self/statm").unwrap();
-        let pages: usize = statm.split_whitespace().nth(1).unwrap().parse().unwrap();
-        pages * unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize
-    }
-
-    /// Seals `frames` as one record with packet number `pn`.
-    fn record(keys: &SessionKeys, pn: u64, frames: &[Frame]) -> Vec<u8> {
-        let mut out = BytesMut::new();
-        out.resize(RECORD_HEADER_LEN, 0);
-        for f in frames {
-            f.encode(&mut out);
-        }
-        out.resize(out.len() + TAG_LEN, 0);
-        keys.seal_record(pn, &mut out).unwrap();
-        out.to_vec()
-    }
-
-    /// A peer sends one byte out of order per ~300 KiB of duplicate data. What the flow
-    /// keeps is 400 bytes (plus the first in-order segment); what it holds in memory must
-    /// stay near that, not one whole read buffer per kept byte.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_few_kept_bytes_do_not_pin_whole_read_buffers() {
-        let (peer_keys, keys) = session_pair();
-        let conn = Conn::new(keys, Role::Server, "svc".into(), proto::FlowConfig::default(), Weak::new());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let peer = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
-        let (ours, _) = listener.accept().await.unwrap();
-        conn.attach(ours, 0, None, None);
-        let (mut from_conn, mut to_conn) = peer.into_split();
-        tokio::spawn(async move {
-            let mut sink = vec![0u8; 64 * 1024];
-            while let Ok(1..) = from_conn.read(&mut sink).await {}
-        });
-
-        const SEGMENT: usize = 60_000;
-        let first = Frame::Data { offset: 0, fin: false, payload: Bytes::from(vec![7u8; SEGMENT]) };
-        let mut pn = 0;
-        to_conn.write_all(&record(&peer_keys, pn, std::slice::from_ref(&first))).await.unwrap();
-        let before = resident_bytes();
-        const KEPT: u64 = 400;
-        for i in 0..KEPT {
-            pn += 1;
-            let kept = Frame::Data { offset: SEGMENT as u64 + 1 + 2 * i, fin: false, payload: Bytes::from_static(b"x") };
-            to_conn.write_all(&record(&peer_keys, pn, &[kept, first.clone()])).await.unwrap();
-            for _ in 0..4 {
-                pn += 1;
-                to_conn.write_all(&record(&peer_keys, pn, std::slice::from_ref(&first))).await.unwrap();
-            }
-        }
-        let want = SEGMENT as u64 + KEPT;
-        for _ in 0..1000 {
-            if conn.lock().proto.stats().bytes_received == want {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        assert_eq!(conn.lock().proto.stats().bytes_received, want);
-        let grown = resident_bytes().saturating_sub(before);
-        eprintln!("resident memory grew by {} KiB", grown / 1024);
-        assert!(grown < 40 << 20, "{} MiB held for {} bytes kept", grown >> 20, want);
-    }
-}

@@ -26,7 +26,8 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::task::JoinSet;
 
-use super::conn::{Conn, JoinCheck, Role};
+use super::conn::{Conn, Role};
+use super::reader::JoinCheck;
 use super::endpoint::EndpointInner;
 use super::flow::Flow;
 use super::header::{read_exchange, ExchangeError};

@@ -7,6 +7,7 @@
 
 mod conn;
 mod dial;
+mod driver;
 mod endpoint;
 mod error;
 mod events;
@@ -17,8 +18,10 @@ mod header;
 mod paths;
 mod peer_watch;
 mod read_slabs;
+mod reader;
 mod socket;
 mod unsent;
+mod writer;
 
 pub use endpoint::{Endpoint, EndpointConfig, Listener, NetworkSource};
 pub use error::{ConnectFailure, Error};

@@ -1,0 +1,68 @@
+//! The flow's driver: one task per flow that runs its timers (acks, keepalives, liveness,
+//! the flow deadline), keeps a finished flow lingering, and on the connecting side re-dials
+//! when no subflow is left and opens extra paths as the policy wants them.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::conn::{Conn, Role};
+use crate::proto::FlowStatus;
+
+/// How long a finished or failed flow waits for its writers to flush before cutting them.
+const LINGER: Duration = Duration::from_secs(2);
+
+impl Conn {
+    /// Runs timers and re-dials until the flow is over.
+    pub(crate) async fn drive(self: Arc<Self>) {
+        loop {
+            let deadline = {
+                let mut inner = self.lock();
+                let now = Instant::now();
+                inner.proto.handle_timeout(now);
+                self.settle(&mut inner);
+                if let Some(t) = inner.terminal_at {
+                    // A finished flow lingers so a peer that lost our last ACK can rejoin.
+                    let finished = matches!(inner.proto.status(), FlowStatus::Finished);
+                    if inner.has_no_subflow() && (!finished || now >= t + LINGER) {
+                        break;
+                    }
+                    if now >= t + LINGER {
+                        inner.cut_subflows();
+                        self.quiet.send_replace(true);
+                        break;
+                    }
+                } else if self.role == Role::Client
+                    && inner.proto.live_subflows() == 0
+                    && inner.proto.needs_path()
+                    && !inner.dialing
+                {
+                    inner.dialing = true;
+                    tokio::spawn(super::dial::redial(self.clone()));
+                }
+                let mut d = inner.proto.poll_timeout();
+                if let Some(t) = inner.terminal_at {
+                    d = Some(d.map_or(t + LINGER, |d| d.min(t + LINGER)));
+                } else if let Some(t) = inner.paths.next_retry(now) {
+                    d = Some(d.map_or(t, |d| d.min(t)));
+                }
+                inner.driver_deadline = d;
+                d
+            };
+            self.ensure_paths();
+            let sleep = async {
+                match deadline {
+                    Some(d) => tokio::time::sleep_until(d.into()).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = sleep => {}
+                _ = self.driver.notified() => {}
+            }
+        }
+        if let Some(ep) = self.endpoint.upgrade() {
+            ep.forget_flow(&self.keys.flow_id);
+        }
+        tracing::debug!(flow = %self.keys.flow_id, "flow driver done");
+    }
+}
