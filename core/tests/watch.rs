@@ -305,7 +305,7 @@ fn an_endpoint_follows_its_network_by_default_republishes_its_new_address_and_is
         // the listener binds, so the first record already has the interface's address).
         let config = EndpointConfig::new(names.clone());
         assert!(config.follows_system_network());
-        let server = Endpoint::bind(Identity::from_seed([21; 32]), config).unwrap();
+        let server = Endpoint::new(Identity::from_seed([21; 32]), config);
         let mut listener = server.listen("moving.watch.test").await.unwrap();
         assert!(server.follows_system_network(), "listen started following the system's network");
 
@@ -333,7 +333,7 @@ fn an_endpoint_follows_its_network_by_default_republishes_its_new_address_and_is
         assert!(tokio::net::TcpStream::connect(SocketAddr::new(old.ip(), port)).await.is_err());
 
         // A client finds the server at its new address and a flow works.
-        let client = Endpoint::bind(Identity::from_seed([22; 32]), EndpointConfig::new(names.clone())).unwrap();
+        let client = Endpoint::new(Identity::from_seed([22; 32]), EndpointConfig::new(names.clone()));
         let (c, s) =
             tokio::time::timeout(STEP, async { tokio::join!(client.connect("moving.watch.test"), listener.accept()) })
                 .await
@@ -350,7 +350,7 @@ fn an_endpoint_follows_its_network_by_default_republishes_its_new_address_and_is
         let mut pinned = EndpointConfig::new(names.clone());
         pinned.local_ips = vec![new_ip];
         assert!(!pinned.follows_system_network());
-        let pinned = Endpoint::bind(Identity::from_seed([23; 32]), pinned).unwrap();
+        let pinned = Endpoint::new(Identity::from_seed([23; 32]), pinned);
         let _flow = tokio::time::timeout(STEP, pinned.connect("moving.watch.test")).await.expect("in time").expect("connect");
         assert!(!pinned.follows_system_network());
     });

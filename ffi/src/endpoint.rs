@@ -109,7 +109,7 @@ impl Endpoint {
                 config.socket_binder = Some(Arc::new(AppBinder(binder)));
             }
             let fingerprint = identity.public().fingerprint();
-            let endpoint = msocket::Endpoint::bind(identity, config)?;
+            let endpoint = msocket::Endpoint::new(identity, config);
             Ok(Endpoint {
                 fingerprint,
                 open: Mutex::new(Some(Open { endpoint, network: None })),

@@ -497,7 +497,7 @@ impl Scene {
                     None => Arc::new(names_client()),
                 };
                 let config = lab_config(names, flow_deadline);
-                let ep = Endpoint::bind(Identity::from_seed([1; 32]), config).map_err(|e| format!("bind: {e}"))?;
+                let ep = Endpoint::new(Identity::from_seed([1; 32]), config);
                 let mut listener = ep.listen(SERVICE).await.map_err(|e| format!("listen: {e}"))?;
                 following(&ep)?;
                 let _ = ready_tx.send(ep.published_addrs());
@@ -550,7 +550,7 @@ impl Scene {
                 };
                 let mut config = lab_config(names, flow_deadline);
                 config.path_policy = policy;
-                let ep = Endpoint::bind(Identity::from_seed([2; 32]), config).map_err(|e| format!("bind: {e}"))?;
+                let ep = Endpoint::new(Identity::from_seed([2; 32]), config);
                 let started = Instant::now();
                 let flow = ep.connect(SERVICE).await.map_err(|e| format!("connect: {e}"))?;
                 following(&ep)?;

@@ -233,7 +233,7 @@ impl Drop for Listener {
 impl Endpoint {
     /// An endpoint for `identity`. Sockets open, and the system's network is followed
     /// (see [`NetworkSource`]), when it first listens or connects.
-    pub fn bind(identity: Identity, config: EndpointConfig) -> Result<Endpoint, Error> {
+    pub fn new(identity: Identity, config: EndpointConfig) -> Endpoint {
         let (net_changed, _) = watch::channel(0);
         let state = State {
             ips: config.local_ips.clone(),
@@ -246,7 +246,7 @@ impl Endpoint {
             system_follower: None,
             app_follows: false,
         };
-        Ok(Endpoint {
+        Endpoint {
             inner: Arc::new(EndpointInner {
                 identity,
                 config,
@@ -258,7 +258,7 @@ impl Endpoint {
                 system_follow: tokio::sync::OnceCell::new(),
                 takes_fast_open: std::sync::atomic::AtomicBool::new(false),
             }),
-        })
+        }
     }
 
     /// This endpoint's public keys.

@@ -242,7 +242,7 @@ mod tests {
         let mut config = EndpointConfig::new(names);
         config.local_ips = ips(&["127.0.0.61"]);
         config.use_loopback = true; // the test's "Wi-Fi" lives on 127/8
-        let ep = Endpoint::bind(Identity::from_seed([61; 32]), config).unwrap();
+        let ep = Endpoint::new(Identity::from_seed([61; 32]), config);
         let _listener = ep.listen("follow.test").await.unwrap();
         let first = published_after(&mut published, 0).await;
         let port = first.addrs[0].port();
@@ -332,7 +332,7 @@ mod tests {
             config.local_ips = ips(&["127.0.0.71"]);
             config.network = NetworkSource::Application;
             config.use_loopback = true;
-            let ep = Endpoint::bind(Identity::from_seed([71; 32]), config).unwrap();
+            let ep = Endpoint::new(Identity::from_seed([71; 32]), config);
             let net = PushedNetwork::new(vec![lo_iface("wlan0", 3, InterfaceKind::Wifi, true, &["127.0.0.72"])]);
             // The listener's publication (held) and the follower's (not held) race.
             let (listener, _follower) = tokio::join!(ep.listen("race.test"), async { ep.follow_network(net.subscribe()) });

@@ -30,7 +30,7 @@ pub fn endpoint(names: &Arc<dyn NameService>, seed: u8, host: u8) -> Endpoint {
     config.local_ips = vec![lo(host)];
     config.flow.flow_deadline = Duration::from_secs(20);
     config.connect_timeout = Duration::from_secs(10);
-    Endpoint::bind(Identity::from_seed([seed; 32]), config).unwrap()
+    Endpoint::new(Identity::from_seed([seed; 32]), config)
 }
 
 pub fn memory_names() -> Arc<dyn NameService> {
@@ -93,7 +93,7 @@ pub fn endpoint_with(
     config.flow.flow_deadline = Duration::from_secs(20);
     config.connect_timeout = Duration::from_secs(10);
     tune(&mut config);
-    Endpoint::bind(Identity::from_seed([seed; 32]), config).unwrap()
+    Endpoint::new(Identity::from_seed([seed; 32]), config)
 }
 
 /// A record for `name` signed by `id`, pointing at `addrs`.

@@ -155,8 +155,8 @@ async fn flow_pair() -> Result<(msocket::Flow, msocket::Flow, (Endpoint, Endpoin
     let names: Arc<dyn NameService> = Arc::new(MemoryNameService::new());
     let mut config = EndpointConfig::new(names);
     config.local_ips = vec!["127.0.0.1".parse()?];
-    let server = Endpoint::bind(Identity::generate()?, config.clone())?;
-    let client = Endpoint::bind(Identity::generate()?, config)?;
+    let server = Endpoint::new(Identity::generate()?, config.clone());
+    let client = Endpoint::new(Identity::generate()?, config);
     let mut listener = server.listen("bench.server").await?;
     let (a, b) = tokio::join!(client.connect("bench.server"), listener.accept());
     Ok((a?, b?, (server, client)))

@@ -97,7 +97,7 @@ impl Host {
         config.use_loopback = true;
         config.flow.flow_deadline = Duration::from_secs(60);
         let endpoint =
-            Endpoint::bind(Identity::generate().map_err(|e| e.to_string())?, config).map_err(|e| e.to_string())?;
+            Endpoint::new(Identity::generate().map_err(|e| e.to_string())?, config);
         let network = PushedNetwork::new(interface(host));
         let _follower = endpoint.follow_network(network.subscribe());
         Ok(Host { endpoint, network, _follower })

@@ -89,7 +89,7 @@ impl Common {
         config.local_ips = self.bind.clone();
         config.flow.flow_deadline = Duration::from_secs(self.deadline);
         config.path_policy = self.policy;
-        Ok(Endpoint::bind(self.identity(ephemeral_ok)?, config)?)
+        Ok(Endpoint::new(self.identity(ephemeral_ok)?, config))
     }
 }
 
