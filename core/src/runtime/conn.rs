@@ -26,7 +26,7 @@ use bytes::Bytes;
 use tokio::net::TcpStream;
 use tokio::sync::{broadcast, watch, Notify};
 
-use super::endpoint::EndpointInner;
+use super::host::Host;
 use super::events::{FlowEvent, PathLossReason};
 use super::reader::{reader, JoinCheck};
 use super::unsent::SentLog;
@@ -34,7 +34,7 @@ use super::writer::writer;
 use crate::energy::EnergyMeter;
 use crate::proto::{self, FlowState, FlowStatus, SubflowId};
 use crate::session::records::{Batch, BatchLimit, Packer, PacketNumbers, Receiver};
-use crate::session::{ReplayWindow, SessionKeys};
+use crate::session::{FlowId, ReplayWindow, SessionKeys};
 
 /// Which end of the flow this is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -204,6 +204,29 @@ impl Inner {
     }
 }
 
+/// Whoever keeps the flows by id (the endpoint, to route JOINs and address changes to
+/// them): told when a flow starts and when it is over.
+pub(crate) trait FlowOwner: Send + Sync {
+    fn flow_started(&self, conn: &Arc<Conn>);
+    fn flow_ended(&self, id: &FlowId);
+}
+
+impl Conn {
+    /// Registers the flow with its owner.
+    pub(crate) fn announce(self: &Arc<Self>) {
+        if let Some(owner) = self.owner.upgrade() {
+            owner.flow_started(self);
+        }
+    }
+
+    /// Tells the owner the flow is over.
+    pub(super) fn announce_end(&self) {
+        if let Some(owner) = self.owner.upgrade() {
+            owner.flow_ended(&self.keys.flow_id);
+        }
+    }
+}
+
 /// One flow, shared by its handle and its tasks.
 pub(crate) struct Conn {
     inner: Mutex<Inner>,
@@ -212,7 +235,9 @@ pub(crate) struct Conn {
     pub(crate) role: Role,
     /// The service name this flow was opened for.
     pub(crate) name: String,
-    pub(crate) endpoint: Weak<EndpointInner>,
+    /// What the flow needs of its endpoint: dialing, lookups, the local network.
+    pub(crate) host: Weak<Host>,
+    owner: Weak<dyn FlowOwner>,
     events: broadcast::Sender<FlowEvent>,
     /// Becomes true once the flow is over and every subflow has flushed and closed.
     pub(super) quiet: watch::Sender<bool>,
@@ -224,10 +249,11 @@ impl Conn {
         role: Role,
         name: String,
         config: proto::FlowConfig,
-        endpoint: Weak<EndpointInner>,
+        host: Weak<Host>,
+        owner: Weak<dyn FlowOwner>,
     ) -> Arc<Conn> {
         let (events, _) = broadcast::channel(256);
-        let policy = endpoint.upgrade().map(|ep| ep.config.path_policy).unwrap_or_default();
+        let policy = host.upgrade().map(|h| h.config.path_policy).unwrap_or_default();
         let mut proto = FlowState::new(config, Instant::now());
         if role == Role::Client {
             // The connecting end chooses; the peer learns it with the first frames.
@@ -260,7 +286,8 @@ impl Conn {
             driver: Notify::new(),
             role,
             name,
-            endpoint,
+            host,
+            owner,
             events,
             quiet: watch::channel(false).0,
         })
@@ -289,7 +316,7 @@ impl Conn {
         self.driver.notify_one();
     }
 
-    pub(crate) fn paths(&self) -> Vec<super::flow::Path> {
+    pub(crate) fn paths(&self) -> Vec<super::events::Path> {
         let mut inner = self.lock();
         let now = Instant::now();
         for sub in inner.subflows.values_mut() {
@@ -302,7 +329,7 @@ impl Conn {
             .iter()
             .map(|(id, s)| {
                 let stats = inner.proto.subflow_stats(*id).unwrap_or_default();
-                super::flow::Path {
+                super::events::Path {
                     local: s.local,
                     remote: s.remote,
                     standby: inner.proto.is_standby(*id),
@@ -439,7 +466,7 @@ impl Conn {
                     }
                 }
             }
-            let energy = self.endpoint.upgrade().and_then(|ep| ep.radio_for(local.ip()));
+            let energy = self.host.upgrade().and_then(|host| host.radio_for(local.ip()));
             let energy = energy.map(|radio| EnergyMeter::new(radio.params(), Instant::now()));
             let sub = Sub {
                 local,

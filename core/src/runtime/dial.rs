@@ -19,17 +19,16 @@
 use std::collections::VecDeque;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::task::JoinSet;
 
-use super::conn::{Conn, Role};
+use super::conn::{Conn, FlowOwner, Role};
 use super::reader::JoinCheck;
-use super::endpoint::EndpointInner;
-use super::flow::Flow;
+use super::host::Host;
 use super::header::{read_exchange, ExchangeError};
 use crate::session::opening;
 use super::{ConnectFailure, Error};
@@ -50,16 +49,16 @@ enum Attempt {
 }
 
 /// Opens a flow to `name`, retrying lookups and addresses until `connect_timeout`.
-pub(crate) async fn connect(ep: &Arc<EndpointInner>, name: &str) -> Result<Flow, Error> {
+pub(crate) async fn connect(host: &Arc<Host>, owner: Weak<dyn FlowOwner>, name: &str) -> Result<Arc<Conn>, Error> {
     name::validate_name(name)?;
     let started = Instant::now();
-    let deadline = started + ep.config.connect_timeout;
+    let deadline = started + host.config.connect_timeout;
     let mut tried = Vec::new();
     let mut last = ConnectFailure::NoAttempt;
     let mut backoff = FIRST_BACKOFF;
-    let mut net = ep.net_changed.subscribe();
+    let mut net = host.network_changes();
     loop {
-        match ep.lookup_pinned(name).await {
+        match host.lookup_pinned(name).await {
             Ok(record) => {
                 if record.addrs.is_empty() {
                     last = ConnectFailure::NoAddresses;
@@ -69,18 +68,18 @@ pub(crate) async fn connect(ep: &Arc<EndpointInner>, name: &str) -> Result<Flow,
                         tried.push(addr);
                     }
                 }
-                let limit = ep.config.io_timeout.min(deadline.saturating_duration_since(Instant::now()));
+                let limit = host.config.io_timeout.min(deadline.saturating_duration_since(Instant::now()));
                 // The record may predate a move of the peer: watch for a newer one (it
                 // arrives as soon as the name service stores it), and if none came and
                 // nothing answered soon, look again; race the addresses it lists as well.
                 let relookup = async {
-                    let newer = match ep.config.names.watch(name, record.seq, RELOOKUP_AFTER).await {
-                        Ok(Some(signed)) => ep.check_pin(name, &signed.record).ok().map(|()| signed.record),
+                    let newer = match host.config.names.watch(name, record.seq, RELOOKUP_AFTER).await {
+                        Ok(Some(signed)) => host.check_pin(name, &signed.record).ok().map(|()| signed.record),
                         _ => None,
                     };
                     let newer = match newer {
                         Some(r) => Ok(r),
-                        None => ep.lookup_pinned(name).await,
+                        None => host.lookup_pinned(name).await,
                     };
                     match newer {
                         Ok(r) if r.noise_key == record.noise_key => r.addrs,
@@ -88,14 +87,14 @@ pub(crate) async fn connect(ep: &Arc<EndpointInner>, name: &str) -> Result<Flow,
                     }
                 };
                 let attempt = async {
-                    let (stream, addr) = match race(ep, &record.addrs, relookup, false, None).await {
+                    let (stream, addr) = match race(host, &record.addrs, relookup, false, None).await {
                         Ok((stream, addr, _)) => (stream, addr),
                         Err(why) => return Err(Attempt::Failed(why)),
                     };
                     if !tried.contains(&addr) {
                         tried.push(addr);
                     }
-                    new_flow(ep, name, &record, stream, addr).await
+                    new_flow(host, &owner, name, &record, stream, addr).await
                 };
                 if !record.addrs.is_empty() {
                     match tokio::time::timeout(limit, attempt).await {
@@ -127,15 +126,16 @@ pub(crate) async fn connect(ep: &Arc<EndpointInner>, name: &str) -> Result<Flow,
 
 /// One handshake on a connected stream.
 async fn new_flow(
-    ep: &Arc<EndpointInner>,
+    host: &Arc<Host>,
+    owner: &Weak<dyn FlowOwner>,
     name: &str,
     record: &NameRecord,
     mut stream: TcpStream,
     addr: SocketAddr,
-) -> Result<Flow, Attempt> {
+) -> Result<Arc<Conn>, Attempt> {
     let (noise_key, signing_key) = (&record.noise_key, &record.signing_key);
     let fail = |e: &dyn std::fmt::Display| Attempt::Failed(ConnectFailure::Handshake { addr, detail: e.to_string() });
-    let (init, msg1) = Initiator::start(&ep.identity, noise_key, name).map_err(|e| fail(&e))?;
+    let (init, msg1) = Initiator::start(&host.identity, noise_key, name).map_err(|e| fail(&e))?;
     stream
         .write_all(&opening::new_flow(&msg1))
         .await
@@ -154,23 +154,24 @@ async fn new_flow(
         Err(HandshakeError::UnknownName(_)) => return Err(Attempt::UnknownAt(addr)),
         Err(e) => return Err(fail(&e)),
     };
-    let conn = Conn::new(keys, Role::Client, name.to_string(), ep.config.flow.clone(), Arc::downgrade(ep));
+    let flow_config = host.config.flow.clone();
+    let conn = Conn::new(keys, Role::Client, name.to_string(), flow_config, Arc::downgrade(host), owner.clone());
     {
         let mut inner = conn.lock();
         inner.peer_addrs = record.addrs.clone();
         inner.peer_signing_key = Some(*signing_key);
     }
-    ep.remember_flow(&conn);
+    conn.announce();
     conn.attach(stream, 0, None, None);
     tokio::spawn(conn.clone().drive());
     super::peer_watch::spawn(&conn, record.seq);
-    Ok(Flow::new(conn))
+    Ok(conn)
 }
 
 /// Brings a flow that lost its last subflow back, until it has one or is over.
 pub(crate) async fn redial(conn: Arc<Conn>) {
-    if let Some(ep) = conn.endpoint.upgrade() {
-        let mut net = ep.net_changed.subscribe();
+    if let Some(host) = conn.host.upgrade() {
+        let mut net = host.network_changes();
         let pause = conn.lock().redial_pause;
         if !pause.is_zero() {
             tokio::select! {
@@ -180,7 +181,7 @@ pub(crate) async fn redial(conn: Arc<Conn>) {
         }
         let mut backoff = FIRST_BACKOFF;
         while needs_subflow(&conn) {
-            if rejoin_round(&ep, &conn).await {
+            if rejoin_round(&host, &conn).await {
                 break;
             }
             tokio::select! {
@@ -212,13 +213,13 @@ fn needs_subflow(conn: &Conn) -> bool {
 
 /// One round: the known addresses raced with a fresh lookup's. True once a subflow is
 /// attached.
-async fn rejoin_round(ep: &Arc<EndpointInner>, conn: &Arc<Conn>) -> bool {
+async fn rejoin_round(host: &Arc<Host>, conn: &Arc<Conn>) -> bool {
     if !needs_subflow(conn) {
         return true;
     }
     let known = conn.lock().peer_addrs.clone();
     let lookup = async {
-        match ep.lookup_pinned(&conn.name).await {
+        match host.lookup_pinned(&conn.name).await {
             Ok(record) if record.noise_key == conn.keys.remote_static => {
                 conn.lock().peer_addrs = record.addrs.clone();
                 record.addrs
@@ -233,7 +234,7 @@ async fn rejoin_round(ep: &Arc<EndpointInner>, conn: &Arc<Conn>) -> bool {
             }
         }
     };
-    match race(ep, &known, lookup, true, Some(conn)).await {
+    match race(host, &known, lookup, true, Some(conn)).await {
         Ok((stream, addr, Some(seq))) => {
             attach_joined(conn, stream, addr, seq);
             true
@@ -259,7 +260,7 @@ async fn rejoin_round(ep: &Arc<EndpointInner>, conn: &Arc<Conn>) -> bool {
 /// flow (in its SYN where TCP Fast Open works), and the winner's sequence number comes
 /// back with it.
 async fn race(
-    ep: &Arc<EndpointInner>,
+    host: &Arc<Host>,
     first: &[SocketAddr],
     more: impl Future<Output = Vec<SocketAddr>>,
     wait_for_more: bool,
@@ -270,7 +271,7 @@ async fn race(
     let mut add = |addrs: &[SocketAddr], front: bool, pending: &mut VecDeque<_>| {
         let mut fresh = Vec::new();
         for &addr in addrs {
-            for local in ep.local_ips_for(addr) {
+            for local in host.local_ips_for(addr) {
                 if !seen.contains(&(local, addr)) {
                     seen.push((local, addr));
                     fresh.push((local, addr));
@@ -294,11 +295,11 @@ async fn race(
     loop {
         if attempts.is_empty() || tokio::time::Instant::now() >= next_at {
             if let Some((local, addr)) = pending.pop_front() {
-                let ep = ep.clone();
+                let host = host.clone();
                 let join = join.map(|conn| next_join(conn));
                 attempts.spawn(async move {
                     let (early, fast_open) = join.as_ref().map_or((&[][..], false), |(_, bytes, fast)| (bytes.as_slice(), *fast));
-                    let dialed = ep.dial_tcp_from(local, addr, early, fast_open).await;
+                    let dialed = host.dial_tcp_from(local, addr, early, fast_open).await;
                     (local, addr, dialed.map(|s| (s, join.map(|(seq, ..)| seq))))
                 });
                 next_at = tokio::time::Instant::now() + ATTEMPT_DELAY;
@@ -350,12 +351,12 @@ fn attach_joined(conn: &Arc<Conn>, stream: TcpStream, addr: SocketAddr, seq: u64
 
 /// Dials `addr` from `local` with a JOIN of `conn` and attaches the subflow (whether or
 /// not the flow has others). False if the flow needs no path or the dial failed.
-pub(crate) async fn dial_join(ep: &Arc<EndpointInner>, conn: &Arc<Conn>, local: Option<IpAddr>, addr: SocketAddr) -> bool {
+pub(crate) async fn dial_join(host: &Arc<Host>, conn: &Arc<Conn>, local: Option<IpAddr>, addr: SocketAddr) -> bool {
     if conn.role != Role::Client || !conn.lock().proto.needs_path() {
         return false;
     }
     let (seq, join, fast_open) = next_join(conn);
-    match ep.dial_tcp_from(local, addr, &join, fast_open).await {
+    match host.dial_tcp_from(local, addr, &join, fast_open).await {
         Ok(stream) => {
             attach_joined(conn, stream, addr, seq);
             true

@@ -60,9 +60,7 @@ impl Conn {
                 _ = self.driver.notified() => {}
             }
         }
-        if let Some(ep) = self.endpoint.upgrade() {
-            ep.forget_flow(&self.keys.flow_id);
-        }
+        self.announce_end();
         tracing::debug!(flow = %self.keys.flow_id, "flow driver done");
     }
 }

@@ -11,118 +11,27 @@ use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{mpsc, watch, Notify};
 use tokio::task::AbortHandle;
 
-use super::conn::{Conn, Role};
+use super::config::EndpointConfig;
+use super::conn::{Conn, FlowOwner, Role};
+use super::host::Host;
 use super::events::FlowEvent;
 use super::flow::Flow;
 use super::follow::NetworkFollower;
-use super::paths::PathPolicy;
-use super::socket::SocketBinder;
 use super::header::read_exchange;
 use super::Error;
 use crate::identity::{Identity, PublicIdentity};
-use crate::name::{self, NameRecord, NameService, SignedRecord};
-use crate::proto::FlowConfig;
+use crate::name::{self, NameRecord, SignedRecord};
 use crate::session::join::JoinRefusal;
 use crate::session::opening::{self, JoinTarget, Opening};
 use crate::session::{FlowId, Responder};
 use crate::watch::{Classifier, Interface, NetworkState, WatchError};
 
-/// Where an endpoint learns which local addresses it has.
-///
-/// Following the system's network is the default because a flow survives a move only if
-/// its endpoint hears of the move: an endpoint that never learns that Wi-Fi went away
-/// keeps writing into a dead path until TCP gives up, minutes later.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum NetworkSource {
-    /// The system's network watcher (netlink on Linux, polling elsewhere; see
-    /// [`crate::watch::system`]), started by the endpoint itself when it first listens or
-    /// connects. Pinned addresses ([`EndpointConfig::local_ips`] not empty) switch it
-    /// off. Default.
-    #[default]
-    System,
-    /// The application: it pushes interface snapshots
-    /// ([`Endpoint::follow_network`] with a [`crate::watch::PushedNetwork`], as the
-    /// mobile SDK does with the platform's network monitor) or sets addresses itself
-    /// ([`Endpoint::set_local_ips`]).
-    Application,
-}
-
-/// How an endpoint behaves. Every field has a default chosen for phones.
-#[derive(Clone, Debug)]
-pub struct EndpointConfig {
-    /// Where names are registered and looked up.
-    pub names: Arc<dyn NameService>,
-    /// Local addresses to use, pinned: when not empty the endpoint uses these and does
-    /// not follow the system's network (it moves only when told, through
-    /// [`Endpoint::set_local_ips`] or a network it is told to follow). Empty: the
-    /// addresses come from [`network`](Self::network); until they do (or with none
-    /// usable) the operating system chooses for outgoing subflows and listeners take
-    /// every interface.
-    pub local_ips: Vec<IpAddr>,
-    /// Where the endpoint learns its addresses when none are pinned. Default
-    /// [`NetworkSource::System`]: it follows the system's network by itself.
-    pub network: NetworkSource,
-    /// Port to listen on (0: any free port, kept across moves when possible).
-    pub listen_port: u16,
-    /// The flow protocol's buffers and timers.
-    pub flow: FlowConfig,
-    /// How long `connect` keeps trying before it fails. Default 20 s.
-    pub connect_timeout: Duration,
-    /// Bound on one TCP connect or subflow handshake. Default 5 s.
-    pub io_timeout: Duration,
-    /// Lifetime of a published name record; it is re-published at half this. Default 1 h.
-    pub record_ttl: Duration,
-    /// Whether a followed network watcher may give this endpoint loopback addresses
-    /// (for peers on the same host, and tests). Default false.
-    pub use_loopback: bool,
-    /// Whether a connecting flow keeps a standby subflow on each of its other local
-    /// addresses (cellular beside Wi-Fi), idle but for keepalives, so that losing the
-    /// active path costs no handshake. Default true.
-    pub standby_paths: bool,
-    /// How connecting flows use their paths at first (see [`PathPolicy`]; each flow can
-    /// change it). Default [`PathPolicy::Backup`].
-    pub path_policy: PathPolicy,
-    /// Binds each outgoing subflow's socket to its network (see [`SocketBinder`]).
-    /// Default none: the source address alone picks the path.
-    pub socket_binder: Option<Arc<dyn SocketBinder>>,
-}
-
-impl EndpointConfig {
-    /// Defaults, with the given name service.
-    pub fn new(names: Arc<dyn NameService>) -> EndpointConfig {
-        EndpointConfig {
-            names,
-            local_ips: Vec::new(),
-            network: NetworkSource::System,
-            listen_port: 0,
-            flow: FlowConfig::default(),
-            connect_timeout: Duration::from_secs(20),
-            io_timeout: Duration::from_secs(5),
-            record_ttl: Duration::from_secs(3600),
-            use_loopback: false,
-            standby_paths: true,
-            path_policy: PathPolicy::Backup,
-            socket_binder: None,
-        }
-    }
-
-    /// Whether an endpoint with this configuration follows the system's network by
-    /// itself.
-    pub fn follows_system_network(&self) -> bool {
-        self.network == NetworkSource::System && self.local_ips.is_empty()
-    }
-}
-
 struct State {
-    ips: Vec<IpAddr>,
     port: u16,
     listeners: Vec<(SocketAddr, AbortHandle)>,
     services: HashMap<String, mpsc::Sender<Flow>>,
     flows: HashMap<FlowId, Weak<Conn>>,
     refresh: Option<AbortHandle>,
-    /// The interfaces last seen by a followed network watcher.
-    interfaces: Vec<Interface>,
     /// The follower of the system's network that the endpoint started by itself.
     system_follower: Option<NetworkFollower>,
     /// The application chose a network to follow: the endpoint starts none of its own.
@@ -158,12 +67,9 @@ impl State {
 }
 
 pub(crate) struct EndpointInner {
-    pub(crate) identity: Identity,
-    pub(crate) config: EndpointConfig,
+    /// What the endpoint shares with its flows.
+    host: Arc<Host>,
     state: Mutex<State>,
-    /// Bumped whenever local addresses change; re-dialers wake on it.
-    pub(crate) net_changed: watch::Sender<u64>,
-    pins: Mutex<HashMap<String, PublicIdentity>>,
     record_seq: AtomicU64,
     /// Wakes the refresh task after a publish failed, so it retries soon instead of at
     /// the next periodic refresh (held in an `Arc` so the task can wait on it without
@@ -198,7 +104,7 @@ pub struct Endpoint {
 
 impl std::fmt::Debug for Endpoint {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Endpoint({})", self.inner.identity.public().fingerprint())
+        write!(f, "Endpoint({})", self.inner.host.identity.public().fingerprint())
     }
 }
 
@@ -232,27 +138,21 @@ impl Drop for Listener {
 
 impl Endpoint {
     /// An endpoint for `identity`. Sockets open, and the system's network is followed
-    /// (see [`NetworkSource`]), when it first listens or connects.
+    /// (see [`NetworkSource`](crate::NetworkSource)), when it first listens or connects.
     pub fn new(identity: Identity, config: EndpointConfig) -> Endpoint {
-        let (net_changed, _) = watch::channel(0);
         let state = State {
-            ips: config.local_ips.clone(),
             port: config.listen_port,
             listeners: Vec::new(),
             services: HashMap::new(),
             flows: HashMap::new(),
             refresh: None,
-            interfaces: Vec::new(),
             system_follower: None,
             app_follows: false,
         };
         Endpoint {
             inner: Arc::new(EndpointInner {
-                identity,
-                config,
+                host: Arc::new(Host::new(identity, config)),
                 state: Mutex::new(state),
-                net_changed,
-                pins: Mutex::new(HashMap::new()),
                 record_seq: AtomicU64::new(0),
                 republish: Arc::new(Notify::new()),
                 system_follow: tokio::sync::OnceCell::new(),
@@ -263,7 +163,7 @@ impl Endpoint {
 
     /// This endpoint's public keys.
     pub fn public(&self) -> PublicIdentity {
-        self.inner.identity.public()
+        self.inner.host.identity.public()
     }
 
     /// Starts serving `name`: publishes a signed record with this endpoint's addresses
@@ -293,7 +193,8 @@ impl Endpoint {
     /// Opens a flow to the endpoint serving `name`.
     pub async fn connect(&self, name: &str) -> Result<Flow, Error> {
         self.follow_system_network().await;
-        super::dial::connect(&self.inner, name).await
+        let owner: Weak<dyn FlowOwner> = Arc::downgrade(&self.inner) as Weak<dyn FlowOwner>;
+        super::dial::connect(&self.inner.host, owner, name).await.map(Flow::new)
     }
 
     /// Tells the endpoint that its usable local addresses are now `ips` (the network
@@ -313,7 +214,7 @@ impl Endpoint {
     pub(super) fn apply_local_ips(&self, ips: Vec<IpAddr>) -> Result<Vec<String>, Error> {
         let (flows, services, old_ips) = {
             let mut st = self.inner.lock();
-            let old_ips = std::mem::replace(&mut st.ips, ips.clone());
+            let old_ips = self.inner.host.replace_local_ips(ips.clone());
             if !st.listeners.is_empty() {
                 let keep: Vec<_> = st.listeners.drain(..).collect();
                 for (addr, h) in keep {
@@ -341,7 +242,7 @@ impl Endpoint {
             conn.addresses_added(ips.iter().filter(|ip| !old_ips.contains(ip)));
             conn.wake_driver();
         }
-        self.inner.net_changed.send_modify(|g| *g += 1);
+        self.inner.host.network_changed();
         // Peers of live flows learn the new addresses first: that is local work, while
         // publishing waits on the name service.
         let addrs = self.inner.published_addrs();
@@ -384,7 +285,7 @@ impl Endpoint {
     /// Runs until the returned handle is dropped or stopped. Needs a tokio runtime.
     ///
     /// The endpoint then stops following the system's network by itself (see
-    /// [`NetworkSource`]): the application's network is the one that counts.
+    /// [`NetworkSource`](crate::NetworkSource)): the application's network is the one that counts.
     pub fn follow_network(&self, network: watch::Receiver<NetworkState>) -> NetworkFollower {
         {
             let mut st = self.inner.lock();
@@ -416,7 +317,7 @@ impl Endpoint {
     /// interfaces' addresses rather than on "any". A system without a usable watcher
     /// keeps the operating system's choices (logged).
     async fn follow_system_network(&self) {
-        if !self.inner.config.follows_system_network() {
+        if !self.inner.host.config.follows_system_network() {
             return;
         }
         self.inner
@@ -452,7 +353,7 @@ impl Endpoint {
     /// The interfaces last seen by a followed network watcher (empty if none is
     /// followed), whether or not they are in use.
     pub fn interfaces(&self) -> Vec<Interface> {
-        self.inner.lock().interfaces.clone()
+        self.inner.host.interfaces()
     }
 
     pub(super) fn downgrade(&self) -> Weak<EndpointInner> {
@@ -464,14 +365,12 @@ impl Endpoint {
     }
 
     pub(super) fn uses_loopback(&self) -> bool {
-        self.inner.config.use_loopback
+        self.inner.host.config.use_loopback
     }
 
     /// Records the interfaces a watcher reported; returns the local addresses in use.
     pub(super) fn record_interfaces(&self, interfaces: Vec<Interface>) -> Vec<IpAddr> {
-        let mut st = self.inner.lock();
-        st.interfaces = interfaces;
-        st.ips.clone()
+        self.inner.host.record_interfaces(interfaces)
     }
 }
 
@@ -480,18 +379,18 @@ impl EndpointInner {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    pub(crate) fn forget_flow(&self, id: &FlowId) {
-        self.lock().flows.remove(id);
+    fn remember_flow(&self, conn: &Arc<Conn>) {
+        self.lock().flows.insert(conn.keys.flow_id, Arc::downgrade(conn));
     }
 
-    pub(crate) fn remember_flow(&self, conn: &Arc<Conn>) {
-        self.lock().flows.insert(conn.keys.flow_id, Arc::downgrade(conn));
+    fn forget_flow(&self, id: &FlowId) {
+        self.lock().flows.remove(id);
     }
 
     /// Binds a listening socket on every local address that lacks one.
     fn bind_listeners(self: &Arc<Self>, st: &mut State) -> Result<(), Error> {
-        let wanted: Vec<IpAddr> =
-            if st.ips.is_empty() { vec![IpAddr::V4(Ipv4Addr::UNSPECIFIED)] } else { st.ips.clone() };
+        let ips = self.host.local_ips();
+        let wanted: Vec<IpAddr> = if ips.is_empty() { vec![IpAddr::V4(Ipv4Addr::UNSPECIFIED)] } else { ips };
         for ip in wanted {
             if st.listeners.iter().any(|(a, _)| a.ip() == ip) {
                 continue;
@@ -529,7 +428,7 @@ impl EndpointInner {
         for _ in 0..2 {
             let signed = self.next_record(name)?;
             let seq = signed.record.seq;
-            match self.config.names.register(&signed).await {
+            match self.host.config.names.register(&signed).await {
                 Ok(()) => {
                     tracing::info!(name, addrs = ?signed.record.addrs, seq, "name published");
                     return Ok(());
@@ -564,89 +463,10 @@ impl EndpointInner {
             self.record_seq.store(seq, Ordering::SeqCst);
             (seq, st.published_addrs())
         };
-        let record = NameRecord::new(name.to_string(), self.identity.public(), addrs, seq, now + self.config.record_ttl.as_secs());
-        Ok(SignedRecord::sign(record, &self.identity)?)
-    }
-
-    /// Looks `name` up and checks its keys against the ones seen first.
-    pub(crate) async fn lookup_pinned(&self, name: &str) -> Result<NameRecord, Error> {
-        let record = self.config.names.lookup(name).await?.record;
-        self.check_pin(name, &record)?;
-        Ok(record)
-    }
-
-    /// Checks a record of `name` against the keys seen first for it (and pins them if
-    /// it is the first).
-    pub(crate) fn check_pin(&self, name: &str, record: &NameRecord) -> Result<(), Error> {
-        let offered = record.public();
-        let mut pins = self.pins.lock().unwrap_or_else(|p| p.into_inner());
-        let pinned = *pins.entry(name.to_string()).or_insert(offered);
-        if pinned != offered {
-            return Err(Error::KeyChanged {
-                name: name.to_string(),
-                pinned: pinned.fingerprint(),
-                offered: offered.fingerprint(),
-            });
-        }
-        Ok(())
-    }
-
-    /// The radio behind local address `ip`, from the interfaces a followed watcher
-    /// reported (None: unknown).
-    pub(crate) fn radio_for(&self, ip: IpAddr) -> Option<crate::energy::Radio> {
-        use crate::energy::Radio;
-        use crate::watch::InterfaceKind;
-        let st = self.lock();
-        let iface = st.interfaces.iter().find(|i| i.addrs.contains(&ip))?;
-        match iface.kind {
-            InterfaceKind::Wifi => Some(Radio::Wifi),
-            InterfaceKind::Cellular => Some(Radio::Lte),
-            InterfaceKind::Ethernet | InterfaceKind::Loopback => Some(Radio::Wired),
-            InterfaceKind::Other => None,
-        }
-    }
-
-    /// Our local addresses, best first (empty: the system chooses).
-    pub(crate) fn local_ips(&self) -> Vec<IpAddr> {
-        self.lock().ips.clone()
-    }
-
-    /// Our local addresses of `addr`'s family, best first (`[None]`: let the system
-    /// choose, when no local address is configured).
-    pub(crate) fn local_ips_for(&self, addr: SocketAddr) -> Vec<Option<IpAddr>> {
-        let ips: Vec<Option<IpAddr>> =
-            self.lock().ips.iter().copied().filter(|ip| ip.is_ipv4() == addr.is_ipv4()).map(Some).collect();
-        if ips.is_empty() { vec![None] } else { ips }
-    }
-
-    /// A TCP connection to `addr` from `local` (None: the system chooses) that starts
-    /// with `early`: in the SYN with `fast_open` where TCP Fast Open works (see
-    /// `fast_open`), right after the handshake otherwise. Bounded by `io_timeout`.
-    pub(crate) async fn dial_tcp_from(
-        &self,
-        local: Option<IpAddr>,
-        addr: SocketAddr,
-        early: &[u8],
-        fast_open: bool,
-    ) -> std::io::Result<TcpStream> {
-        use socket2::{Domain, Protocol, Socket, Type};
-        let sock = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
-        sock.set_nonblocking(true)?;
-        if let Some(ip) = local {
-            sock.bind(&SocketAddr::new(ip, 0).into())?;
-            if let Some(binder) = &self.config.socket_binder {
-                #[cfg(unix)]
-                let raw = std::os::fd::AsRawFd::as_raw_fd(&sock);
-                #[cfg(windows)]
-                let raw = std::os::windows::io::AsRawSocket::as_raw_socket(&sock);
-                binder.bind(raw, ip)?;
-            }
-        }
-        sock.set_tcp_nodelay(true)?;
-        match tokio::time::timeout(self.config.io_timeout, super::fast_open::connect(sock, addr, early, fast_open)).await {
-            Ok(r) => r,
-            Err(_) => Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out")),
-        }
+        let host = &self.host;
+        let expires = now + host.config.record_ttl.as_secs();
+        let record = NameRecord::new(name.to_string(), host.identity.public(), addrs, seq, expires);
+        Ok(SignedRecord::sign(record, &host.identity)?)
     }
 
     /// Serves one incoming TCP connection: a new flow or a join.
@@ -654,7 +474,7 @@ impl EndpointInner {
         let opening = read_exchange(&mut stream, opening::decode_opening).await.map_err(|e| e.to_string())?;
         match opening {
             Opening::NewFlow(msg) => {
-                let responder = Responder::read(&self.identity, &msg).map_err(|e| e.to_string())?;
+                let responder = Responder::read(&self.host.identity, &msg).map_err(|e| e.to_string())?;
                 let name = responder.name.clone();
                 let Some(tx) = self.lock().services.get(&name).cloned() else {
                     let reply = responder.refuse_unknown_name().map_err(|e| e.to_string())?;
@@ -665,8 +485,10 @@ impl EndpointInner {
                 // Known before the reply leaves: the client may join a second subflow the
                 // moment it has the reply, and a JOIN for a flow we do not know is refused
                 // with our signature, which ends the flow.
-                let conn = Conn::new(keys, Role::Server, name, self.config.flow.clone(), Arc::downgrade(&self));
-                self.remember_flow(&conn);
+                let owner: Weak<dyn FlowOwner> = Arc::downgrade(&self) as Weak<dyn FlowOwner>;
+                let flow_config = self.host.config.flow.clone();
+                let conn = Conn::new(keys, Role::Server, name, flow_config, Arc::downgrade(&self.host), owner);
+                conn.announce();
                 if let Err(e) = stream.write_all(&opening::handshake_message(&[], &reply)).await {
                     self.forget_flow(&conn.keys.flow_id);
                     return Err(e.to_string());
@@ -701,12 +523,22 @@ impl EndpointInner {
                     }
                     (verdict, _) => {
                         let why = verdict.err().unwrap_or(JoinRefusal::UnknownFlow);
-                        let _ = stream.write_all(&opening::join_refuse(why, &self.identity, &flow_id, seq)).await;
+                        let _ = stream.write_all(&opening::join_refuse(why, &self.host.identity, &flow_id, seq)).await;
                         Err(format!("refused a join for flow {flow_id}: {why}"))
                     }
                 }
             }
         }
+    }
+}
+
+impl FlowOwner for EndpointInner {
+    fn flow_started(&self, conn: &Arc<Conn>) {
+        self.remember_flow(conn);
+    }
+
+    fn flow_ended(&self, id: &FlowId) {
+        self.forget_flow(id);
     }
 }
 
@@ -754,7 +586,7 @@ async fn accept_loop(ep: Weak<EndpointInner>, listener: TcpListener) {
             tracing::warn!(%peer, "too many subflows opening at once; closing this one");
             continue;
         };
-        let limit = ep.config.io_timeout;
+        let limit = ep.host.config.io_timeout;
         tokio::spawn(async move {
             let _permit = permit;
             match tokio::time::timeout(limit, ep.handle_incoming(stream)).await {
@@ -775,7 +607,7 @@ const MAX_REPUBLISH_RETRY: Duration = Duration::from_secs(2);
 async fn refresh_records(ep: Weak<EndpointInner>) {
     let mut retry: Option<Duration> = None;
     loop {
-        let Some((period, kick)) = ep.upgrade().map(|e| (e.config.record_ttl / 2, e.republish.clone())) else {
+        let Some((period, kick)) = ep.upgrade().map(|e| (e.host.config.record_ttl / 2, e.republish.clone())) else {
             return;
         };
         let period = period.max(Duration::from_secs(1));

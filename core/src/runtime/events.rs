@@ -1,4 +1,5 @@
-//! What a flow tells the application about its paths.
+//! What a flow tells the application about its paths: events, why paths end, and each
+//! live path's measurements.
 
 use std::io;
 use std::net::SocketAddr;
@@ -171,4 +172,33 @@ impl FlowEvents {
             }
         }
     }
+}
+
+/// One live subflow of a flow, as [`Flow::paths`](crate::Flow::paths) reports it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Path {
+    /// Our end of it.
+    pub local: std::net::SocketAddr,
+    /// The peer's end of it.
+    pub remote: std::net::SocketAddr,
+    /// Marked a standby by the connecting end (see [`PathPolicy`](super::PathPolicy)).
+    pub standby: bool,
+    /// What the path does for the flow now: joining, active, standby or stalled.
+    pub state: crate::PathState,
+    /// Smoothed round-trip time, once measured (PING/PONG).
+    pub srtt: Option<std::time::Duration>,
+    /// Bytes per second the peer acknowledged from this path, once measured under load.
+    pub delivery_rate: Option<u64>,
+    /// Bytes sent on this path and not yet acknowledged.
+    pub in_flight: u64,
+    /// Payload bytes the peer acknowledged while they were in flight on this path.
+    pub bytes_delivered: u64,
+    /// Frame bytes sent on this path (all frame types).
+    pub bytes_sent: u64,
+    /// Frame bytes received on this path (all frame types).
+    pub bytes_received: u64,
+    /// Modelled marginal energy of this path's radio so far, in joules (see
+    /// [`crate::energy`]); None when its interface's kind is unknown (no network watcher
+    /// followed, or an interface of another kind).
+    pub energy_joules: Option<f64>,
 }

@@ -5,6 +5,7 @@
 //! names and connects to them; each [`Flow`] is driven by tasks (see `conn`) that carry
 //! sealed records over TCP subflows and re-dial when paths die.
 
+mod config;
 mod conn;
 mod dial;
 mod driver;
@@ -15,6 +16,7 @@ mod fast_open;
 mod flow;
 mod follow;
 mod header;
+mod host;
 mod paths;
 mod peer_watch;
 mod read_slabs;
@@ -23,10 +25,11 @@ mod socket;
 mod unsent;
 mod writer;
 
-pub use endpoint::{Endpoint, EndpointConfig, Listener, NetworkSource};
+pub use config::{EndpointConfig, NetworkSource};
+pub use endpoint::{Endpoint, Listener};
 pub use error::{ConnectFailure, Error};
-pub use events::{FlowEvent, FlowEvents, IoOperation, PathLossReason};
-pub use flow::{BlockingFlow, Flow, Path};
+pub use events::{FlowEvent, FlowEvents, IoOperation, Path, PathLossReason};
+pub use flow::{BlockingFlow, Flow};
 pub use paths::PathPolicy;
 pub use follow::NetworkFollower;
 pub use socket::{RawSocket, SocketBinder};

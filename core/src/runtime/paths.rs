@@ -115,7 +115,7 @@ impl Conn {
         if self.role != Role::Client {
             return;
         }
-        let Some(ep) = self.endpoint.upgrade() else { return };
+        let Some(host) = self.host.upgrade() else { return };
         let now = Instant::now();
         let mut inner = self.lock();
         let extra = inner.proto.needs_extra_paths();
@@ -125,7 +125,7 @@ impl Conn {
         }
         // Subflows beyond the best path: standbys are configured, and the policy wants
         // them now (`Energy` only while the demand overflows the best path).
-        let standby = ep.config.standby_paths && extra;
+        let standby = host.config.standby_paths && extra;
         if !inner.paths.take_due(now) || !inner.proto.needs_path() || inner.proto.live_subflows() == 0 {
             return; // nothing changed, nothing to do, or the re-dialer's job
         }
@@ -133,7 +133,7 @@ impl Conn {
         // The path the flow uses now: its peer address is where standbys go too.
         let Some(&(_, remote)) = subs.first() else { return };
         drop(inner);
-        let locals = ep.local_ips_for(remote);
+        let locals = host.local_ips_for(remote);
         let best = locals.first().copied().flatten();
         let mut inner = self.lock();
         let mut wanted: Vec<(Option<IpAddr>, SocketAddr)> = Vec::new();
@@ -184,8 +184,8 @@ impl Conn {
         if self.role != Role::Client {
             return;
         }
-        let Some(ep) = self.endpoint.upgrade() else { return };
-        let order = ep.local_ips();
+        let Some(host) = self.host.upgrade() else { return };
+        let order = host.local_ips();
         let rank = |ip: IpAddr| order.iter().position(|o| *o == ip).unwrap_or(usize::MAX);
         let ends = inner.subflow_ids_and_locals();
         let Some(best) = ends.iter().map(|(_, l)| rank(l.ip())).min() else { return };
@@ -197,8 +197,8 @@ impl Conn {
 }
 
 async fn dial_extra(conn: Arc<Conn>, local: Option<IpAddr>, addr: SocketAddr) {
-    let joined = match conn.endpoint.upgrade() {
-        Some(ep) => super::dial::dial_join(&ep, &conn, local, addr).await,
+    let joined = match conn.host.upgrade() {
+        Some(host) => super::dial::dial_join(&host, &conn, local, addr).await,
         None => false,
     };
     {

@@ -33,13 +33,13 @@ pub(crate) fn spawn(conn: &Arc<Conn>, seq: u64) {
 async fn watch_peer(conn: Arc<Conn>, mut seq: u64) {
     let mut retry = FIRST_RETRY;
     loop {
-        let Some(ep) = conn.endpoint.upgrade() else { return };
-        let names = ep.config.names.clone();
-        let mut net = ep.net_changed.subscribe();
+        let Some(host) = conn.host.upgrade() else { return };
+        let names = host.config.names.clone();
+        let mut net = host.network_changes();
         // From the best local address: the watch follows the flow's network (Wi-Fi when
         // it is back) instead of keeping a radio it no longer needs awake.
-        let from = ep.local_ips().first().copied();
-        drop(ep);
+        let from = host.local_ips().first().copied();
+        drop(host);
         // Our own move may have cut the watch's connection without a word: start over.
         let started = tokio::time::Instant::now();
         let result = tokio::select! {
@@ -72,8 +72,8 @@ async fn watch_peer(conn: Arc<Conn>, mut seq: u64) {
 
 /// Acts on a newer record of the peer's name.
 fn follow(conn: &Arc<Conn>, record: NameRecord) {
-    let Some(ep) = conn.endpoint.upgrade() else { return };
-    if let Err(e) = ep.check_pin(&conn.name, &record) {
+    let Some(host) = conn.host.upgrade() else { return };
+    if let Err(e) = host.check_pin(&conn.name, &record) {
         tracing::warn!(name = %conn.name, error = %e, "ignoring a record of the peer's name");
         return;
     }

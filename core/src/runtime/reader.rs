@@ -182,7 +182,22 @@ mod tests {
     use tokio::net::TcpStream;
 
     use crate::proto::{self, Frame};
-    use crate::runtime::conn::Role;
+    use crate::runtime::conn::{FlowOwner, Role};
+    use crate::session::FlowId;
+
+    /// A flow without an endpoint.
+    struct NoOwner;
+
+    impl NoOwner {
+        fn none() -> Weak<dyn FlowOwner> {
+            Weak::<NoOwner>::new()
+        }
+    }
+
+    impl FlowOwner for NoOwner {
+        fn flow_started(&self, _: &Arc<Conn>) {}
+        fn flow_ended(&self, _: &FlowId) {}
+    }
     use crate::session::records::{RECORD_HEADER_LEN, TAG_LEN};
     use crate::session::{session_pair, SessionKeys};
 
@@ -210,7 +225,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_few_kept_bytes_do_not_pin_whole_read_buffers() {
         let (peer_keys, keys) = session_pair();
-        let conn = Conn::new(keys, Role::Server, "svc".into(), proto::FlowConfig::default(), Weak::new());
+        let conn = Conn::new(keys, Role::Server, "svc".into(), proto::FlowConfig::default(), Weak::new(), NoOwner::none());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let peer = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
         let (ours, _) = listener.accept().await.unwrap();

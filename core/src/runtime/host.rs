@@ -1,0 +1,167 @@
+//! What a flow needs of the endpoint that owns it, and nothing more.
+//!
+//! Flows sit below their endpoint: the endpoint creates them, keeps them by id and tells
+//! them when its addresses change. A flow reaches back only through a [`Host`]: to dial
+//! from the endpoint's current local addresses (through the application's socket binder),
+//! to look its peer's name up again against the keys pinned for it, to learn which radio an
+//! address uses; and it reports its start and end through a `FlowOwner` (see `conn.rs`).
+//! So `runtime/` reads as a one-way chain: sockets → host → flow tasks → flow handle →
+//! endpoint → network following.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Mutex, MutexGuard};
+
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+
+use super::config::EndpointConfig;
+use super::Error;
+use crate::energy::Radio;
+use crate::identity::{Identity, PublicIdentity};
+use crate::name::NameRecord;
+use crate::watch::{Interface, InterfaceKind};
+
+/// The identity, configuration and local network view an endpoint shares with its flows.
+pub(crate) struct Host {
+    pub(crate) identity: Identity,
+    pub(crate) config: EndpointConfig,
+    net: Mutex<LocalNet>,
+    /// Bumped whenever local addresses change; re-dialers wake on it.
+    net_changed: watch::Sender<u64>,
+    /// The keys first seen for each name looked up.
+    pins: Mutex<HashMap<String, PublicIdentity>>,
+}
+
+/// The endpoint's local addresses and the interfaces behind them.
+#[derive(Default)]
+struct LocalNet {
+    /// Best first (empty: the system chooses).
+    ips: Vec<IpAddr>,
+    /// The interfaces last seen by a followed network watcher.
+    interfaces: Vec<Interface>,
+}
+
+impl Host {
+    pub(crate) fn new(identity: Identity, config: EndpointConfig) -> Host {
+        let net = LocalNet { ips: config.local_ips.clone(), interfaces: Vec::new() };
+        Host {
+            identity,
+            config,
+            net: Mutex::new(net),
+            net_changed: watch::channel(0).0,
+            pins: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn net(&self) -> MutexGuard<'_, LocalNet> {
+        self.net.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Our local addresses, best first (empty: the system chooses).
+    pub(crate) fn local_ips(&self) -> Vec<IpAddr> {
+        self.net().ips.clone()
+    }
+
+    /// Our local addresses of `addr`'s family, best first (`[None]`: let the system
+    /// choose, when no local address is configured).
+    pub(crate) fn local_ips_for(&self, addr: SocketAddr) -> Vec<Option<IpAddr>> {
+        let ips: Vec<Option<IpAddr>> =
+            self.net().ips.iter().copied().filter(|ip| ip.is_ipv4() == addr.is_ipv4()).map(Some).collect();
+        if ips.is_empty() { vec![None] } else { ips }
+    }
+
+    /// Replaces the local addresses; returns the previous ones. The endpoint calls this
+    /// under its own lock (the order is always endpoint, then host).
+    pub(crate) fn replace_local_ips(&self, ips: Vec<IpAddr>) -> Vec<IpAddr> {
+        std::mem::replace(&mut self.net().ips, ips)
+    }
+
+    /// Records the interfaces a watcher reported; returns the local addresses in use.
+    pub(crate) fn record_interfaces(&self, interfaces: Vec<Interface>) -> Vec<IpAddr> {
+        let mut net = self.net();
+        net.interfaces = interfaces;
+        net.ips.clone()
+    }
+
+    /// The interfaces last seen by a followed network watcher.
+    pub(crate) fn interfaces(&self) -> Vec<Interface> {
+        self.net().interfaces.clone()
+    }
+
+    /// The radio behind local address `ip`, from the interfaces a followed watcher
+    /// reported (None: unknown).
+    pub(crate) fn radio_for(&self, ip: IpAddr) -> Option<Radio> {
+        let net = self.net();
+        let iface = net.interfaces.iter().find(|i| i.addrs.contains(&ip))?;
+        match iface.kind {
+            InterfaceKind::Wifi => Some(Radio::Wifi),
+            InterfaceKind::Cellular => Some(Radio::Lte),
+            InterfaceKind::Ethernet | InterfaceKind::Loopback => Some(Radio::Wired),
+            _ => None,
+        }
+    }
+
+    /// Wakes whoever waits for a change of local addresses.
+    pub(crate) fn network_changed(&self) {
+        self.net_changed.send_modify(|g| *g += 1);
+    }
+
+    /// Changes of local addresses from now on.
+    pub(crate) fn network_changes(&self) -> watch::Receiver<u64> {
+        self.net_changed.subscribe()
+    }
+
+    /// Looks `name` up and checks its keys against the ones seen first.
+    pub(crate) async fn lookup_pinned(&self, name: &str) -> Result<NameRecord, Error> {
+        let record = self.config.names.lookup(name).await?.record;
+        self.check_pin(name, &record)?;
+        Ok(record)
+    }
+
+    /// Checks a record of `name` against the keys seen first for it (and pins them if
+    /// it is the first).
+    pub(crate) fn check_pin(&self, name: &str, record: &NameRecord) -> Result<(), Error> {
+        let offered = record.public();
+        let mut pins = self.pins.lock().unwrap_or_else(|p| p.into_inner());
+        let pinned = *pins.entry(name.to_string()).or_insert(offered);
+        if pinned != offered {
+            return Err(Error::KeyChanged {
+                name: name.to_string(),
+                pinned: pinned.fingerprint(),
+                offered: offered.fingerprint(),
+            });
+        }
+        Ok(())
+    }
+
+    /// A TCP connection to `addr` from `local` (None: the system chooses) that starts
+    /// with `early`: in the SYN with `fast_open` where TCP Fast Open works (see
+    /// `fast_open`), right after the handshake otherwise. Bounded by `io_timeout`.
+    pub(crate) async fn dial_tcp_from(
+        &self,
+        local: Option<IpAddr>,
+        addr: SocketAddr,
+        early: &[u8],
+        fast_open: bool,
+    ) -> std::io::Result<TcpStream> {
+        use socket2::{Domain, Protocol, Socket, Type};
+        let sock = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+        sock.set_nonblocking(true)?;
+        if let Some(ip) = local {
+            sock.bind(&SocketAddr::new(ip, 0).into())?;
+            if let Some(binder) = &self.config.socket_binder {
+                #[cfg(unix)]
+                let raw = std::os::fd::AsRawFd::as_raw_fd(&sock);
+                #[cfg(windows)]
+                let raw = std::os::windows::io::AsRawSocket::as_raw_socket(&sock);
+                binder.bind(raw, ip)?;
+            }
+        }
+        sock.set_tcp_nodelay(true)?;
+        match tokio::time::timeout(self.config.io_timeout, super::fast_open::connect(sock, addr, early, fast_open)).await {
+            Ok(r) => r,
+            Err(_) => Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out")),
+        }
+    }
+}
