@@ -1,6 +1,6 @@
-//! A subflow's writer: takes sealed-to-be records from the flow under its lock, seals
-//! them outside it, and writes them to the socket, counting what reached the kernel so a
-//! lost subflow can tell what never left.
+//! A subflow's writer: takes records from the flow under its lock, seals them outside
+//! it, and writes them to the socket, counting what reached the kernel so a lost subflow
+//! can tell what never left.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
