@@ -108,6 +108,6 @@ async fn cuts_mid_record_lose_and_duplicate_nothing() {
     within(30, "client writer", client_tx).await.unwrap();
     within(30, "server writer", server_tx).await.unwrap();
     assert_eq!(proxy.cuts.load(Ordering::SeqCst), 3, "every planned cut happened");
-    assert_eq!(sha(&got_up), sha(&up));
-    assert_eq!(sha(&got_down), sha(&down));
+    assert_eq!(sha256(&got_up), sha256(&up));
+    assert_eq!(sha256(&got_down), sha256(&down));
 }

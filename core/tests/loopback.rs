@@ -108,7 +108,7 @@ where
     got.extend_from_slice(&rest);
     within(30, "writer", writer).await.unwrap();
     assert_eq!(got.len(), sent.len());
-    assert_eq!(sha(&got), sha(&sent));
+    assert_eq!(sha256(&got), sha256(&sent));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -194,5 +194,5 @@ async fn addresses_announced_over_a_surviving_subflow_are_used_without_a_lookup(
     let mut got = Vec::new();
     within(30, "read", s.read_to_end(&mut got)).await.unwrap();
     within(30, "writer", writer).await.unwrap();
-    assert_eq!(sha(&got), sha(&sent));
+    assert_eq!(sha256(&got), sha256(&sent));
 }

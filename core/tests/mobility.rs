@@ -116,7 +116,7 @@ async fn a_flow_resumes_after_a_name_service_outage_across_a_server_move() {
     let (rest, _s) = within(30, "rest", read_all(s)).await;
     got.extend_from_slice(&rest);
     within(20, "writer", writer).await.unwrap();
-    assert_eq!(sha(&got), sha(&sent));
+    assert_eq!(sha256(&got), sha256(&sent));
 }
 
 /// Runs the server on a runtime of its own, so the test can kill it like a process.
@@ -231,8 +231,8 @@ async fn ten_alternating_moves_during_a_two_way_transfer() {
     let got_up = within(60, "server side", server_side).await.unwrap();
     assert_eq!(got_up.len(), len);
     assert_eq!(got_down.len(), len);
-    assert_eq!(sha(&got_up), sha(&up), "client → server bytes differ");
-    assert_eq!(sha(&got_down), sha(&down), "server → client bytes differ");
+    assert_eq!(sha256(&got_up), sha256(&up), "client → server bytes differ");
+    assert_eq!(sha256(&got_down), sha256(&down), "server → client bytes differ");
 }
 
 #[test]
@@ -273,8 +273,8 @@ fn a_blocking_flow_on_a_std_thread_writes_and_reads() {
     });
     let got_down = thread.join().expect("blocking thread");
     let got_up = rt.block_on(async { within(20, "server", server).await.unwrap() });
-    assert_eq!(sha(&got_up), sha(&up));
-    assert_eq!(sha(&got_down), sha(&down));
+    assert_eq!(sha256(&got_up), sha256(&up));
+    assert_eq!(sha256(&got_down), sha256(&down));
 }
 
 #[test]
@@ -306,5 +306,5 @@ fn a_blocking_read_honours_its_timeout() {
     });
     let msg = thread.join().expect("blocking thread");
     let (got, _s) = rt.block_on(async { within(10, "read", read_all(s)).await });
-    assert_eq!(sha(&got), sha(&msg));
+    assert_eq!(sha256(&got), sha256(&msg));
 }

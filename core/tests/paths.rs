@@ -279,7 +279,7 @@ async fn send_and_read(c: &mut msocket::Flow, s: &mut msocket::Flow, bytes: usiz
     };
     let (w, got) = tokio::join!(c.write_all(&bulk), read);
     w.unwrap();
-    assert_eq!(sha(&got.unwrap()), sha(&bulk));
+    assert_eq!(sha256(&got.unwrap()), sha256(&bulk));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -284,7 +284,7 @@ async fn joins_with_guessed_or_stolen_flow_ids_are_refused_and_the_flow_is_unaff
     within(10, "first write", c.write_all(&first)).await.unwrap();
     let mut got = vec![0u8; first.len()];
     within(10, "first read", s.read_exact(&mut got)).await.unwrap();
-    assert_eq!(sha(&got), sha(&first));
+    assert_eq!(sha256(&got), sha256(&first));
     let received_before = s.stats().bytes_received;
 
     // Guessed flow ids: the server does not know them.
@@ -329,7 +329,7 @@ async fn joins_with_guessed_or_stolen_flow_ids_are_refused_and_the_flow_is_unaff
     within(10, "second write", c.write_all(&second)).await.unwrap();
     let mut got = vec![0u8; second.len()];
     within(15, "second read after the rejoin", s.read_exact(&mut got)).await.unwrap();
-    assert_eq!(sha(&got), sha(&second));
+    assert_eq!(sha256(&got), sha256(&second));
     let mut rejoined = false;
     while let Some(ev) = events.try_next() {
         if let msocket::FlowEvent::PathAdded { remote, .. } = ev {
@@ -469,7 +469,7 @@ async fn replayed_records_never_reach_the_application() {
     let (got, s) = within(30, "read", read_all(s)).await;
     let c = within(30, "writer", writer).await.unwrap();
     assert_eq!(proxy.injected.load(Ordering::SeqCst), 4, "the proxy did not replay");
-    assert_eq!(sha(&got), sha(&sent));
+    assert_eq!(sha256(&got), sha256(&sent));
     // The copies authenticate (they are genuine records) but were dropped by the replay
     // window before the flow saw them: no duplicate payload, and no subflow was lost.
     let (cs, ss) = (c.stats(), s.stats());
@@ -492,7 +492,7 @@ async fn a_tampered_record_costs_its_subflow_and_the_flow_heals() {
     let (got, s) = within(30, "read", read_all(s)).await;
     within(30, "writer", writer).await.unwrap();
     assert_eq!(proxy.injected.load(Ordering::SeqCst), 1, "the proxy did not tamper");
-    assert_eq!(sha(&got), sha(&sent), "tampered bytes reached the application");
+    assert_eq!(sha256(&got), sha256(&sent), "tampered bytes reached the application");
     assert!(s.stats().subflows_lost >= 1, "the tampered subflow was not dropped");
 }
 
@@ -537,7 +537,7 @@ async fn a_captured_join_replayed_is_refused_and_the_flow_is_unaffected() {
     within(10, "write after the replays", c.write_all(&bulk)).await.unwrap();
     let mut got = vec![0u8; bulk.len()];
     within(10, "read after the replays", s.read_exact(&mut got)).await.unwrap();
-    assert_eq!(sha(&got), sha(&bulk));
+    assert_eq!(sha256(&got), sha256(&bulk));
     assert_eq!(c.paths().len(), 2, "{:?}", c.paths());
 }
 
@@ -682,7 +682,7 @@ async fn an_unsigned_unknown_flow_claim_does_not_end_the_flow() {
     c.shutdown().await.unwrap();
     let mut got = Vec::new();
     within(30, "server read", s.read_to_end(&mut got)).await.unwrap();
-    assert_eq!(sha(&got), sha(&sent));
+    assert_eq!(sha256(&got), sha256(&sent));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -13,7 +13,7 @@ use msocket_ffi::{
     CallbackError, Endpoint, EndpointOptions, Flow, FlowEvent, FlowListener, InterfaceKind, MsocketError,
     NetworkInterface, PathPolicy, SocketBinder,
 };
-use sha2::{Digest, Sha256};
+use msocket_test_support::{data, sha256};
 
 const T: u32 = 10_000;
 const WAIT: Duration = Duration::from_secs(10);
@@ -88,10 +88,6 @@ fn wait_event(rx: &mpsc::Receiver<FlowEvent>, what: &str, want: impl Fn(&FlowEve
     }
 }
 
-fn data(len: usize) -> Vec<u8> {
-    (0..len).map(|i| (i * 7 + i / 251) as u8).collect()
-}
-
 fn receive_all(flow: &Flow) -> Vec<u8> {
     let mut out = Vec::new();
     while let Some(chunk) = flow.receive(64 * 1024, T).unwrap() {
@@ -122,7 +118,7 @@ fn a_flow_carries_bytes_both_ways_and_finishes() {
     assert_eq!(s.name(), "bytes.test");
     let events = listen_events(&c);
 
-    let up = data(300_000);
+    let up = data(300_000, 1);
     let sender = {
         let (c, up) = (c.clone(), up.clone());
         std::thread::spawn(move || {
@@ -132,9 +128,9 @@ fn a_flow_carries_bytes_both_ways_and_finishes() {
     };
     let got = receive_all(&s);
     sender.join().unwrap();
-    assert_eq!(Sha256::digest(&got), Sha256::digest(&up));
+    assert_eq!(sha256(&got), sha256(&up));
 
-    let down = data(100_000);
+    let down = data(100_000, 2);
     s.send(down.clone(), T).unwrap();
     s.finish(T).unwrap();
     assert_eq!(receive_all(&c), down);
@@ -283,7 +279,7 @@ fn pushed_networks_move_the_flow_and_sockets_are_bound() {
     let reentrant = Reentrant { flow: Mutex::new(Some(c.clone())), result: Mutex::new(tx) };
     s.set_listener(Some(Box::new(reentrant))).unwrap();
 
-    c.send(data(50_000), T).unwrap();
+    c.send(data(50_000, 3), T).unwrap();
     let mut got = 0;
     while got < 50_000 {
         got += s.receive(100_000, T).unwrap().unwrap().len();
@@ -293,7 +289,7 @@ fn pushed_networks_move_the_flow_and_sockets_are_bound() {
     let moved = wait_event(&events, "moved", |e| matches!(e, FlowEvent::Moved { .. }));
     assert_eq!(moved, FlowEvent::Moved { addresses: vec!["127.0.0.3".into()] });
     wait_event(&events, "path added", |e| matches!(e, FlowEvent::PathAdded { local, .. } if local.starts_with("127.0.0.3:")));
-    c.send(data(50_000), T).unwrap();
+    c.send(data(50_000, 4), T).unwrap();
     let mut got = 0;
     while got < 50_000 {
         got += s.receive(100_000, T).unwrap().unwrap().len();

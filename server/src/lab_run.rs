@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 use msocket::name::{NameFuture, NameService, SignedRecord, TcpNameClient};
 use msocket::{Endpoint, EndpointConfig, Flow, FlowEvent, Identity, PathPolicy};
 use msocket_lab::{LabConfig, NsTask, PhoneLab};
+use msocket_test_support::{data, sha256};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -32,23 +33,6 @@ pub const NAMES_PORT: u16 = 7450;
 pub const SERVICE: &str = "files.lab";
 /// Bound on one step (a lab build, a connect, a stretch of streaming).
 pub const STEP: Duration = Duration::from_secs(30);
-
-/// Deterministic test data (xorshift).
-pub fn data(len: usize, seed: u64) -> Vec<u8> {
-    let mut state = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    (0..len)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state as u8
-        })
-        .collect()
-}
-
-pub fn sha(bytes: &[u8]) -> [u8; 32] {
-    Sha256::digest(bytes).into()
-}
 
 /// What one side sends: `len` bytes of `data(len, seed)`, in `chunk`s, chunk `i` due at
 /// `i × pace` after the first (a stream that lasts, so moves land in the middle of it; a
@@ -89,7 +73,7 @@ impl Plan {
         start + self.pace * i as u32
     }
     pub fn expected_sha(&self) -> [u8; 32] {
-        sha(&data(self.len, self.seed))
+        sha256(&data(self.len, self.seed))
     }
 }
 

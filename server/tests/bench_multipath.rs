@@ -8,7 +8,6 @@
 #![cfg(target_os = "linux")]
 
 mod lab_support;
-mod shared;
 
 use std::time::Duration;
 

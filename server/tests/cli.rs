@@ -15,8 +15,7 @@ use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 
-mod shared;
-use shared::data;
+use msocket_test_support::{data, sha256};
 
 /// Bound on any single wait for a child (readiness, a line, an exit).
 const WAIT: Duration = Duration::from_secs(60);
@@ -207,10 +206,6 @@ fn hash_all(mut r: impl Read + Send + 'static) -> JoinHandle<(usize, [u8; 32])> 
     })
 }
 
-
-fn sha256(b: &[u8]) -> [u8; 32] {
-    Sha256::digest(b).into()
-}
 
 fn assert_clean_failure(out: &Output, what: &str) {
     assert!(
@@ -596,7 +591,7 @@ fn netcat_pipe_connect_to_listen() {
     );
     let received = hash_all(listen.take_stdout());
 
-    let payload = data(1, 5 * MB);
+    let payload = data(5 * MB, 1);
     let expect = sha256(&payload);
     let mut cmd = connect_cmd(&ns, "pipe.up");
     // Two local addresses, both carrying data.
@@ -623,7 +618,7 @@ fn netcat_pipe_connect_to_listen() {
 fn netcat_pipe_listen_to_connect() {
     let ns = names();
     let dir = tempfile::tempdir().unwrap();
-    let payload = data(2, 5 * MB);
+    let payload = data(5 * MB, 2);
     let expect = sha256(&payload);
     let mut listen = start_listen(
         &ns,
@@ -687,7 +682,7 @@ fn stdout_ends_when_the_peer_ends_while_stdin_stays_open() {
     let connect_out = hash_all_rx(connect.take_stdout());
 
     // connect -> listen, then connect's stdin ends; listen's stdin stays open.
-    let up = data(3, MB);
+    let up = data(MB, 3);
     connect_in.write_all(&up).unwrap();
     drop(connect_in);
     let got = listen_out
@@ -696,7 +691,7 @@ fn stdout_ends_when_the_peer_ends_while_stdin_stays_open() {
     assert_eq!(got, (MB, sha256(&up)));
 
     // listen -> connect, then listen's stdin ends too: both finish.
-    let down = data(4, MB);
+    let down = data(MB, 4);
     listen_in.write_all(&down).unwrap();
     drop(listen_in);
     let got = connect_out.recv_timeout(WAIT).unwrap_or_else(|_| {
@@ -754,7 +749,7 @@ fn stdout_ends_when_the_peer_ends_while_stdin_stays_open() {
 fn a_receiving_connect_lets_the_listener_finish() {
     let ns = names();
     let dir = tempfile::tempdir().unwrap();
-    let payload = data(5, 100_000);
+    let payload = data(100_000, 5);
     for round in 0..5 {
         let name = format!("recv.only{round}");
         let extra = ["--deadline", "5"];
@@ -865,7 +860,7 @@ fn forward_carries_concurrent_tcp_clients() {
     let clients: Vec<_> = (0..4u64)
         .map(|i| {
             std::thread::spawn(move || {
-                let payload = data(100 + i, MB);
+                let payload = data(MB, 100 + i);
                 let expect = sha256(&payload);
                 let conn = TcpStream::connect(local).unwrap();
                 conn.set_read_timeout(Some(WAIT)).unwrap();

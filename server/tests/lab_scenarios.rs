@@ -9,7 +9,6 @@
 #![cfg(target_os = "linux")]
 
 mod lab_support;
-mod shared;
 
 use std::io::{BufRead, BufReader, Read};
 use std::process::{Command, Stdio};

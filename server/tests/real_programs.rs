@@ -37,8 +37,6 @@
 
 #[cfg(target_os = "linux")]
 mod real_programs_support;
-#[cfg(target_os = "linux")]
-mod shared;
 
 #[cfg(target_os = "linux")]
 mod tests {
@@ -104,7 +102,7 @@ mod tests {
         let w = World::start();
         const LEN: usize = 8 * MB;
         let file = w.path("file.bin");
-        let expect = write_data_file(&file, 11, LEN);
+        let expect = write_data_file(&file, LEN, 11);
         let input = File::open(&file).unwrap();
         let mut listen = w.listen(name, None, Stdio::from(input), &["--deadline", DEADLINE]);
 
@@ -272,7 +270,7 @@ mod tests {
         let ssh = start_ssh(&w, "ssh-copy.lab");
         const LEN: usize = 6 * MB;
         let file = w.path("copy.bin");
-        let expect = write_data_file(&file, 21, LEN);
+        let expect = write_data_file(&file, LEN, 21);
 
         // It works at all: a command's output comes back.
         let (status, out, p) = run("ssh uname", ssh.command(&w, &["echo", "hello-from", "$(uname -s)"]), TRANSFER);
@@ -447,7 +445,7 @@ mod tests {
     const SMALL: usize = 100;
 
     fn small_body(i: usize) -> Vec<u8> {
-        data(1000 + i as u64, 500 + 37 * i)
+        data(500 + 37 * i, 1000 + i as u64)
     }
 
     /// nginx in the foreground (no daemon, no master process) serving DIR/www on
@@ -459,7 +457,7 @@ mod tests {
         for t in ["body", "proxy", "fastcgi", "uwsgi", "scgi"] {
             std::fs::create_dir_all(root.join("tmp").join(t)).unwrap();
         }
-        let expect = write_data_file(&www.join("big.bin"), 31, big);
+        let expect = write_data_file(&www.join("big.bin"), big, 31);
         for i in 0..SMALL {
             std::fs::write(www.join("s").join(i.to_string()), small_body(i)).unwrap();
         }

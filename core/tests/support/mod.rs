@@ -9,16 +9,10 @@ use std::time::Duration;
 
 use msocket::name::{MemoryNameService, NameError, NameFuture, NameRecord, NameService, SignedRecord};
 use msocket::{Endpoint, EndpointConfig, Flow, FlowEvent, Identity};
-use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;
 
-pub fn init_tracing() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
-        .with_test_writer()
-        .try_init();
-}
+pub use msocket_test_support::{data, init_tracing, sha256};
 
 pub fn lo(host: u8) -> IpAddr {
     IpAddr::V4(Ipv4Addr::new(127, 0, 0, host))
@@ -35,23 +29,6 @@ pub fn endpoint(names: &Arc<dyn NameService>, seed: u8, host: u8) -> Endpoint {
 
 pub fn memory_names() -> Arc<dyn NameService> {
     Arc::new(MemoryNameService::new())
-}
-
-/// Deterministic test data.
-pub fn data(len: usize, seed: u64) -> Vec<u8> {
-    let mut state = seed | 1;
-    (0..len)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state as u8
-        })
-        .collect()
-}
-
-pub fn sha(bytes: &[u8]) -> [u8; 32] {
-    Sha256::digest(bytes).into()
 }
 
 /// Connects `client` to `name` served by `listener`; returns (client flow, server flow).
@@ -250,8 +227,8 @@ pub async fn round_trip(c: Flow, s: Flow, up_len: usize, down_len: usize, seed: 
     let c = within(20, "client send", send_all(c, up2)).await;
     let (got_down, c) = within(20, "client read", read_all(c)).await;
     let (got_up, s) = within(20, "server side", server).await.unwrap();
-    assert_eq!(sha(&got_up), sha(&up), "client → server bytes differ");
-    assert_eq!(sha(&got_down), sha(&down), "server → client bytes differ");
+    assert_eq!(sha256(&got_up), sha256(&up), "client → server bytes differ");
+    assert_eq!(sha256(&got_down), sha256(&down), "server → client bytes differ");
     (c, s)
 }
 

@@ -8,10 +8,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use msocket_lab::{Access, Netns, NsTask};
+use msocket_test_support::data;
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use crate::lab_run::{data, Plan, Recv, Scene, STEP};
+use crate::lab_run::{Plan, Recv, Scene, STEP};
 
 /// `IPPROTO_MPTCP`.
 const IPPROTO_MPTCP: i32 = 262;

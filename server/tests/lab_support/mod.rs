@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 pub use msocket_server::lab_run::*;
 
-pub use crate::shared::init_tracing;
+pub use msocket_test_support::init_tracing;
 
 /// Makes sure the lab can run here (installing its tools with `lab/setup.sh` if needed)
 /// and removes stale namespaces; panics, saying what is missing, when it cannot.

@@ -44,7 +44,7 @@ pub fn msocketd_bin() -> &'static str {
     env!("CARGO_BIN_EXE_msocketd")
 }
 
-pub use crate::shared::init_tracing;
+pub use msocket_test_support::init_tracing;
 
 /// The full path of `program` (sshd and nginx live in /usr/sbin, which a user's PATH may
 /// lack).
@@ -314,25 +314,21 @@ pub fn run_ok(what: &str, cmd: Command, timeout: Duration) -> String {
 // Data
 // ---------------------------------------------------------------------------------------
 
-pub use crate::shared::data;
-
-pub fn sha256(b: &[u8]) -> [u8; 32] {
-    Sha256::digest(b).into()
-}
+pub use msocket_test_support::data;
 
 pub fn hex(h: &[u8; 32]) -> String {
     h.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Writes `len` bytes of `data(seed, …)` to `path` in 1 MB pieces; returns their SHA-256.
-pub fn write_data_file(path: &Path, seed: u64, len: usize) -> [u8; 32] {
+/// Writes `len` bytes of `data(…, seed)` to `path` in 1 MB pieces; returns their SHA-256.
+pub fn write_data_file(path: &Path, len: usize, seed: u64) -> [u8; 32] {
     let mut f = BufWriter::new(File::create(path).unwrap_or_else(|e| panic!("create {}: {e}", path.display())));
     let mut h = Sha256::new();
     let mut left = len;
     let mut piece = 0u64;
     while left > 0 {
         let n = left.min(MB);
-        let chunk = data(seed.wrapping_mul(1_000_003).wrapping_add(piece), n);
+        let chunk = data(n, seed.wrapping_mul(1_000_003).wrapping_add(piece));
         h.update(&chunk);
         f.write_all(&chunk).unwrap();
         left -= n;
