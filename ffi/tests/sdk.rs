@@ -13,31 +13,14 @@ use msocket_ffi::{
     CallbackError, Endpoint, EndpointOptions, Flow, FlowEvent, FlowListener, InterfaceKind, MsocketError,
     NetworkInterface, PathPolicy, SocketBinder,
 };
-use msocket_test_support::{data, sha256};
+use msocket_test_support::{data, sha256, LocalNameServer};
 
 const T: u32 = 10_000;
 const WAIT: Duration = Duration::from_secs(10);
 
-/// msocketd's name server on a loopback port, in a runtime of its own.
-struct Names {
-    url: String,
-    _runtime: tokio::runtime::Runtime,
-    _dir: tempfile::TempDir,
-}
-
-fn names() -> Names {
-    let dir = tempfile::tempdir().unwrap();
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
-    let server = Arc::new(msocket_server::name_server::NameServer::open(dir.path().join("names.redb")).unwrap());
-    let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
-    let url = format!("tcp://{}", listener.local_addr().unwrap());
-    runtime.spawn(server.serve(listener, std::future::pending::<()>()));
-    Names { url, _runtime: runtime, _dir: dir }
-}
-
-fn options(names: &Names) -> EndpointOptions {
+fn options(names: &LocalNameServer) -> EndpointOptions {
     EndpointOptions {
-        names_url: names.url.clone(),
+        names_url: names.url(),
         name_timeout_ms: 5_000,
         connect_timeout_ms: 10_000,
         flow_deadline_ms: 20_000,
@@ -53,7 +36,7 @@ fn key(byte: u8) -> Vec<u8> {
     vec![byte; 32]
 }
 
-fn server(names: &Names, seed: u8) -> Endpoint {
+fn server(names: &LocalNameServer, seed: u8) -> Endpoint {
     let mut o = options(names);
     o.local_addresses = vec!["127.0.0.1".into()];
     Endpoint::new(key(seed), o, None).unwrap()
@@ -110,7 +93,7 @@ fn pair(client: &Endpoint, server: &Endpoint, name: &str) -> (Arc<Flow>, Arc<Flo
 
 #[test]
 fn a_flow_carries_bytes_both_ways_and_finishes() {
-    let names = names();
+    let names = LocalNameServer::start();
     let srv = server(&names, 1);
     let cli = Endpoint::new(key(2), options(&names), None).unwrap();
     let (c, s, _l) = pair(&cli, &srv, "bytes.test");
@@ -147,7 +130,7 @@ fn a_flow_carries_bytes_both_ways_and_finishes() {
 
 #[test]
 fn receive_times_out_and_release_wakes_a_waiting_receive() {
-    let names = names();
+    let names = LocalNameServer::start();
     let srv = server(&names, 3);
     let cli = Endpoint::new(key(4), options(&names), None).unwrap();
     let (c, _s, listener) = pair(&cli, &srv, "wait.test");
@@ -176,7 +159,7 @@ fn receive_times_out_and_release_wakes_a_waiting_receive() {
 
 #[test]
 fn bad_input_is_refused_with_a_typed_error() {
-    let names = names();
+    let names = LocalNameServer::start();
     let o = options(&names);
     let err = |r: Result<Endpoint, MsocketError>| r.err().expect("accepted");
     assert!(matches!(err(Endpoint::new(vec![1; 31], o.clone(), None)), MsocketError::InvalidArgument(m) if m.contains("31 bytes")));
@@ -252,7 +235,7 @@ fn wifi(name: &str, index: u32, kind: InterfaceKind, addr: &str) -> NetworkInter
 
 #[test]
 fn pushed_networks_move_the_flow_and_sockets_are_bound() {
-    let names = names();
+    let names = LocalNameServer::start();
     let srv = server(&names, 6);
     let binder = Arc::new(Binder::default());
     let mut o = options(&names);

@@ -21,10 +21,9 @@ use msocket::name::{NameFuture, NameService, SignedRecord, TcpNameClient};
 use msocket::{Endpoint, EndpointConfig, Flow, FlowEvent, Identity, PathPolicy};
 use msocket_lab::{LabConfig, NsTask, PhoneLab};
 use msocket_test_support::{data, sha256};
+use msocketd::name_server::NameServer;
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-use crate::name_server::NameServer;
 
 /// Where the name server listens (in `core`, which never moves).
 pub const NAMES_IP: Ipv4Addr = Ipv4Addr::new(172, 16, 100, 1);

@@ -1,6 +1,5 @@
-//! msocketd and the msocket CLI.
+//! The msocket CLI.
 
 pub mod cli;
 #[cfg(target_os = "linux")]
 pub mod lab_run;
-pub mod name_server;

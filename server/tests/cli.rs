@@ -230,7 +230,7 @@ struct Names {
 
 fn names() -> Names {
     let dir = tempfile::tempdir().unwrap();
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_msocketd"));
+    let mut cmd = Command::new(msocket_test_support::workspace_binary("msocketd"));
     cmd.args(["name", "--listen", "127.0.0.1:0", "--db"])
         .arg(dir.path().join("names.redb"));
     cmd.env("RUST_LOG", "warn")

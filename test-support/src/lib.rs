@@ -1,6 +1,14 @@
-//! What the workspace's tests share, so that every test makes its payloads the same way:
-//! one deterministic data generator, SHA-256 of a buffer, and test logging.
+//! What the workspace's tests share, so that every test makes its payloads, starts a name
+//! server and finds the workspace's binaries the same way: one deterministic data
+//! generator, SHA-256 of a buffer, test logging, msocketd's name server run in process, and
+//! the path of a binary another package builds. A test that needs no more than that
+//! depends on this crate alone, not on the CLI or the benchmarks.
 
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use msocketd::name_server::NameServer;
 use sha2::{Digest, Sha256};
 
 /// `len` pseudo-random bytes, the same for the same `seed` on every run and machine
@@ -34,6 +42,96 @@ pub fn init_tracing() {
         .try_init();
 }
 
+/// msocketd's name server on a free loopback port, with a database in a temporary
+/// directory, served by a thread and runtime of its own (so both blocking and async tests
+/// can use it). Dropping it stops the server.
+#[derive(Debug)]
+pub struct LocalNameServer {
+    addr: SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl LocalNameServer {
+    /// Starts the server; panics, saying what failed, when it cannot.
+    pub fn start() -> LocalNameServer {
+        let dir = tempfile::tempdir().expect("temporary directory for the name database");
+        let server = NameServer::open(dir.path().join("names.redb")).expect("open the name database");
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind the name server to a loopback port");
+        let addr = listener.local_addr().expect("the name server's address");
+        listener.set_nonblocking(true).expect("a non-blocking listener");
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let (ready, started) = std::sync::mpsc::channel::<std::io::Result<()>>();
+        std::thread::Builder::new()
+            .name("name-server".into())
+            .spawn(move || {
+                let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                    Ok(runtime) => runtime,
+                    Err(e) => return drop(ready.send(Err(e))),
+                };
+                runtime.block_on(async move {
+                    let listener = match tokio::net::TcpListener::from_std(listener) {
+                        Ok(listener) => listener,
+                        Err(e) => return drop(ready.send(Err(e))),
+                    };
+                    let _ = ready.send(Ok(()));
+                    Arc::new(server)
+                        .serve(listener, async {
+                            let _ = stopped.await;
+                        })
+                        .await;
+                });
+                drop(dir);
+            })
+            .expect("start the name server's thread");
+        match started.recv() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => panic!("start the name server: {e}"),
+            Err(_) => panic!("the name server's thread ended before serving"),
+        }
+        LocalNameServer { addr, stop: Some(stop) }
+    }
+
+    /// The address it listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Its URL for clients: `tcp://HOST:PORT`.
+    pub fn url(&self) -> String {
+        format!("tcp://{}", self.addr)
+    }
+}
+
+impl Drop for LocalNameServer {
+    fn drop(&mut self) {
+        // The server winds down on its own thread; nobody waits for it.
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+/// The path of the workspace binary `name` (e.g. `"msocketd"`), as built for the running
+/// test's profile: `target/<profile>/<name>`, the directory above the test executable's
+/// `deps/`. Cargo tells a test where its own package's binaries are
+/// (`CARGO_BIN_EXE_<name>`), but not another package's, and does not build those for it:
+/// they must have been built already (`cargo build --workspace`, as `ci/test` does first).
+/// Panics, saying so, when the binary is missing.
+pub fn workspace_binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("the test executable's path");
+    let profile_dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .unwrap_or_else(|| panic!("no target directory above {}", exe.display()));
+    let path = profile_dir.join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
+    assert!(
+        path.is_file(),
+        "{} is missing: build the workspace first (`cargo build --workspace`)",
+        path.display()
+    );
+    path
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -45,6 +143,15 @@ mod tests {
         assert_ne!(data(64, 1), data(64, 2));
         assert!(data(0, 3).is_empty());
         assert_eq!(data(5, 3).len(), 5);
+    }
+
+    #[tokio::test]
+    async fn the_local_name_server_answers_and_starts_inside_a_runtime() {
+        use msocket::name::{NameError, NameService as _, TcpNameClient};
+        let names = LocalNameServer::start();
+        assert!(names.url().starts_with("tcp://127.0.0.1:"), "{}", names.url());
+        let client = TcpNameClient::new(names.addr().to_string(), std::time::Duration::from_secs(5));
+        assert_eq!(client.lookup("nobody.test").await, Err(NameError::NotFound("nobody.test".into())));
     }
 
     #[test]

@@ -23,12 +23,11 @@ use indicatif::{ProgressBar, ProgressStyle};
 use msocket::name::{NameService, TcpNameClient};
 use msocket::watch::{Interface, InterfaceKind, PushedNetwork};
 use msocket::{Endpoint, EndpointConfig, Flow, FlowEvent, FlowEvents, Identity, NetworkFollower, NetworkSource};
+use msocketd::name_server::NameServer;
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-
-use crate::name_server::NameServer;
 
 const NAME: &str = "demo.server";
 /// The whole demo must finish within this.

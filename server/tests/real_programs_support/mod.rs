@@ -40,8 +40,10 @@ pub fn msocket_bin() -> &'static str {
     env!("CARGO_BIN_EXE_msocket")
 }
 
-pub fn msocketd_bin() -> &'static str {
-    env!("CARGO_BIN_EXE_msocketd")
+/// `msocketd`, built by `cargo build --workspace` (another package's binary).
+pub fn msocketd_bin() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| msocket_test_support::workspace_binary("msocketd"))
 }
 
 pub use msocket_test_support::init_tracing;

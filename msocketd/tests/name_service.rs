@@ -7,7 +7,7 @@ use std::time::Duration;
 use msocket::name::protocol::{read_message, write_message, RefuseCode, Request, Response};
 use msocket::name::{unix_now, NameError, NameRecord, NameService, SignedRecord, TcpNameClient};
 use msocket::Identity;
-use msocket_server::name_server::{NameServer, IDLE_TIMEOUT, SHUTDOWN_GRACE};
+use msocketd::name_server::{NameServer, IDLE_TIMEOUT, SHUTDOWN_GRACE};
 use tokio::io::AsyncWriteExt as _;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;

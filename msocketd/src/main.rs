@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::{Args, Parser, Subcommand};
-use msocket_server::name_server::NameServer;
+use msocketd::name_server::NameServer;
 use tracing_subscriber::EnvFilter;
 
 /// The msocket server daemon.
@@ -49,7 +49,7 @@ struct NameArgs {
     /// Connections served at once; more wait in the kernel's backlog. Every open flow of
     /// a connecting client parks one watch (a connection) on its peer's name, so size this
     /// (and the process's open-file limit) to the flows you expect.
-    #[arg(long, value_name = "N", default_value_t = msocket_server::name_server::MAX_CONNECTIONS)]
+    #[arg(long, value_name = "N", default_value_t = msocketd::name_server::MAX_CONNECTIONS)]
     max_connections: usize,
 }
 

@@ -1,0 +1,5 @@
+//! The services of the msocket server daemon, `msocketd`, as a library: the binary is a
+//! thin command line over them, and the CLI's demo, the benchmarks' network lab and the
+//! tests run the same name server in process.
+
+pub mod name_server;
