@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use msocket::PathPolicy;
+use msocket_bench::BenchError;
 use msocket_server::cli::{self, CliError, Common};
 
 #[derive(Parser, Debug)]
@@ -265,7 +266,7 @@ async fn run(command: Command) -> Result<ExitCode, CliError> {
             })
         }
         Command::Bench { which: BenchKind::Throughput { bytes, round_trips, trials, json } } => {
-            cli::bench::throughput(bytes, round_trips, trials, json).await?
+            msocket_bench::throughput::run(bytes, round_trips, trials, json).await.map_err(bench_failed)?
         }
         Command::Bench {
             which: BenchKind::Mobility { rtts, reps, scenarios, systems, bytes, give_up_secs, cell_extra_ms, json },
@@ -273,6 +274,11 @@ async fn run(command: Command) -> Result<ExitCode, CliError> {
         Command::Bench { which: BenchKind::Multipath(args) } => multipath(args)?,
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// A benchmark's failure, printed as the CLI prints its own.
+fn bench_failed(BenchError(message): BenchError) -> CliError {
+    CliError(message)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -286,8 +292,8 @@ fn cli_mobility_options(
     give_up_secs: u64,
     cell_extra_ms: u32,
     json: bool,
-) -> cli::mobility::Options {
-    cli::mobility::Options {
+) -> msocket_bench::mobility::Options {
+    msocket_bench::mobility::Options {
         rtts,
         reps,
         scenarios,
@@ -301,8 +307,8 @@ fn cli_mobility_options(
 
 /// Runs the lab benchmark on this thread (it blocks on its namespaces' runtimes).
 #[cfg(target_os = "linux")]
-fn mobility(opts: cli::mobility::Options) -> Result<(), CliError> {
-    tokio::task::block_in_place(|| cli::mobility::run(&opts))
+fn mobility(opts: msocket_bench::mobility::Options) -> Result<(), CliError> {
+    tokio::task::block_in_place(|| msocket_bench::mobility::run(&opts)).map_err(bench_failed)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -328,9 +334,9 @@ fn mobility(_: ()) -> Result<(), CliError> {
 #[cfg(target_os = "linux")]
 fn multipath(a: MultipathArgs) -> Result<(), CliError> {
     let link = |what: &str, spec: &str| {
-        spec.parse::<msocket_lab::LinkSpec>().map_err(|e| CliError(format!("bench multipath: {what}: {e}")))
+        spec.parse::<msocket_bench::LinkSpec>().map_err(|e| CliError(format!("bench multipath: {what}: {e}")))
     };
-    let opts = cli::multipath::Options {
+    let opts = msocket_bench::multipath::Options {
         workloads: a.workloads,
         systems: a.systems,
         policies: a.policies,
@@ -346,7 +352,7 @@ fn multipath(a: MultipathArgs) -> Result<(), CliError> {
         handoff_reps: a.handoff_reps,
         json: a.json,
     };
-    tokio::task::block_in_place(|| cli::multipath::run(&opts))
+    tokio::task::block_in_place(|| msocket_bench::multipath::run(&opts)).map_err(bench_failed)
 }
 
 #[cfg(not(target_os = "linux"))]

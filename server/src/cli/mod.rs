@@ -1,17 +1,8 @@
-//! The `msocket` command-line tool: key generation, netcat-like pipes, TCP forwarding,
-//! the demo and the benchmarks.
+//! The `msocket` command-line tool: key generation, netcat-like pipes, TCP forwarding
+//! and the demo (the benchmarks are `msocket-bench`'s).
 
-pub mod bench;
 pub mod demo;
-#[cfg(target_os = "linux")]
-mod figures;
-#[cfg(target_os = "linux")]
-pub mod mobility;
-#[cfg(target_os = "linux")]
-pub mod multipath;
 pub mod pipe;
-#[cfg(target_os = "linux")]
-mod raw;
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};

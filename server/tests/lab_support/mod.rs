@@ -1,13 +1,13 @@
 //! Test-side glue for the network-lab scenarios. The harness itself (lab, name server,
 //! endpoints in their namespaces, [`Recv`] and recovery measurement) lives in
-//! `msocket_server::lab_run`, shared with `msocket bench mobility`; this adds the check
+//! `msocket_bench::lab_run`, shared with `msocket bench mobility`; this adds the check
 //! that the lab can run here, test logging and the panicking conveniences the tests use.
 #![allow(dead_code)]
 
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-pub use msocket_server::lab_run::*;
+pub use msocket_bench::lab_run::*;
 
 pub use msocket_test_support::init_tracing;
 

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use msocket_lab::{LabConfig, Netns, PhoneLab};
 use sha2::{Digest, Sha256};
 
-pub use msocket_server::lab_run::{NAMES_IP, NAMES_PORT};
+pub use msocket_bench::lab_run::{NAMES_IP, NAMES_PORT};
 
 /// Bound on a readiness wait (a program's first line, a lab build).
 pub const READY: Duration = Duration::from_secs(30);

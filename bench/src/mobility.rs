@@ -23,10 +23,10 @@ use std::time::{Duration, Instant};
 use msocket_lab::{Access, LabConfig};
 use serde::Serialize;
 
-use super::CliError;
-use super::figures::{median, ms};
-use super::raw::{mptcp_note, mptcp_setup, raw_phone, raw_server, RawSide, RAW_PORT};
+use crate::figures::{median, ms};
 use crate::lab_run::{lab_ready, Plan, Recv, Scene, STEP};
+use crate::raw::{mptcp_note, mptcp_setup, raw_phone, raw_server, RawSide, RAW_PORT};
+use crate::BenchError;
 
 /// Scenarios, in the order run.
 pub const SCENARIOS: [&str; 6] = ["wifi-to-cell", "link-down", "server-renumber", "both-move", "nat-rebind", "break-before-make"];
@@ -108,21 +108,21 @@ struct Rep {
 }
 
 /// Runs the benchmark and prints its rows.
-pub fn run(opts: &Options) -> Result<(), CliError> {
+pub fn run(opts: &Options) -> Result<(), BenchError> {
     if let Err(e) = lab_ready() {
-        return Err(CliError(format!("bench mobility: {e}; run it as root on Linux (e.g. `sudo msocket bench mobility`)")));
+        return Err(BenchError(format!("bench mobility: {e}; run it as root on Linux (e.g. `sudo msocket bench mobility`)")));
     }
     if opts.reps == 0 || opts.rtts.is_empty() || opts.rtts.contains(&0) || opts.bytes < 64 * 1024 {
-        return Err(CliError("--reps and every --rtts value must be above 0, --bytes at least 65536".into()));
+        return Err(BenchError("--reps and every --rtts value must be above 0, --bytes at least 65536".into()));
     }
     for s in &opts.scenarios {
         if !SCENARIOS.contains(&s.as_str()) {
-            return Err(CliError(format!("unknown scenario {s:?} (known: {})", SCENARIOS.join(", "))));
+            return Err(BenchError(format!("unknown scenario {s:?} (known: {})", SCENARIOS.join(", "))));
         }
     }
     for s in &opts.systems {
         if !SYSTEMS.contains(&s.as_str()) {
-            return Err(CliError(format!("unknown system {s:?} (known: {})", SYSTEMS.join(", "))));
+            return Err(BenchError(format!("unknown system {s:?} (known: {})", SYSTEMS.join(", "))));
         }
     }
     let mut rows = Vec::new();
@@ -134,7 +134,7 @@ pub fn run(opts: &Options) -> Result<(), CliError> {
                     eprint!("{scenario} rtt {rtt} ms {system} rep {rep}/{}: ", opts.reps);
                     let r = match run_rep(scenario, rtt, system, opts) {
                         Ok(r) => r,
-                        Err(e) => return Err(CliError(format!("{scenario} rtt {rtt} ms {system} rep {rep}: {e}"))),
+                        Err(e) => return Err(BenchError(format!("{scenario} rtt {rtt} ms {system} rep {rep}: {e}"))),
                     };
                     let note = r.note.as_deref().map(|n| format!(" ({n})")).unwrap_or_default();
                     match (r.died, r.recovery) {

@@ -32,10 +32,10 @@ use msocket::PathPolicy;
 use msocket_lab::{Access, LabConfig, LinkSpec, Netns, NsTask};
 use serde::Serialize;
 
-use super::figures::{median, ms, round};
-use super::raw::{mptcp_note, mptcp_setup, raw_phone, raw_server, RAW_PORT};
-use super::CliError;
+use crate::figures::{median, ms, round};
 use crate::lab_run::{lab_ready, Plan, Recv, Scene, STEP};
+use crate::raw::{mptcp_note, mptcp_setup, raw_phone, raw_server, RAW_PORT};
+use crate::BenchError;
 
 /// Workloads, in the order run.
 pub const WORKLOADS: [&str; 4] = ["bulk", "bulk-lossy", "streaming", "handoff"];
@@ -137,10 +137,10 @@ struct Rep {
 }
 
 /// Runs the benchmark and prints its rows.
-pub fn run(opts: &Options) -> Result<(), CliError> {
-    check(opts).map_err(|e| CliError(format!("bench multipath: {e}")))?;
+pub fn run(opts: &Options) -> Result<(), BenchError> {
+    check(opts).map_err(|e| BenchError(format!("bench multipath: {e}")))?;
     if let Err(e) = lab_ready() {
-        return Err(CliError(format!("bench multipath: {e}; run it as root on Linux (e.g. `sudo msocket bench multipath`)")));
+        return Err(BenchError(format!("bench multipath: {e}; run it as root on Linux (e.g. `sudo msocket bench multipath`)")));
     }
     let mut rows = Vec::new();
     for workload in &opts.workloads {
@@ -158,7 +158,7 @@ pub fn run(opts: &Options) -> Result<(), CliError> {
                 for rep in 1..=n {
                     let label = format!("{workload} {system}{} rep {rep}/{n}", policy.map(|p| format!(" {p}")).unwrap_or_default());
                     eprint!("{label}: ");
-                    let r = run_rep(workload, system, policy, opts).map_err(|e| CliError(format!("{label}: {e}")))?;
+                    let r = run_rep(workload, system, policy, opts).map_err(|e| BenchError(format!("{label}: {e}")))?;
                     eprintln!("{}", summary(&r));
                     reps.push(r);
                 }
@@ -259,7 +259,7 @@ fn run_bound(plan: &Plan, lab: &LabConfig) -> Duration {
 /// A running download, whatever the system.
 enum Download {
     Msocket { server: crate::lab_run::Side, phone: crate::lab_run::Side },
-    Raw { server: super::raw::RawSide, phone: super::raw::RawSide, mptcp: bool },
+    Raw { server: crate::raw::RawSide, phone: crate::raw::RawSide, mptcp: bool },
 }
 
 impl Download {

@@ -14,7 +14,7 @@ use serde::Serialize;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use super::CliError;
+use crate::BenchError;
 
 const RR_SIZE: usize = 64;
 const WARMUP: usize = 200;
@@ -44,7 +44,7 @@ pub struct Row {
 const SYSTEMS: [&str; 3] = ["tcp", "tcp+noise", "msocket"];
 
 /// One bulk transfer of `bytes` over `system`; Mbit/s.
-async fn bulk_of(system: &str, bytes: u64) -> Result<f64, CliError> {
+async fn bulk_of(system: &str, bytes: u64) -> Result<f64, BenchError> {
     match system {
         "tcp" => {
             let (a, b) = tcp_pair().await?;
@@ -62,7 +62,7 @@ async fn bulk_of(system: &str, bytes: u64) -> Result<f64, CliError> {
 }
 
 /// `n` request/response round trips over `system`.
-async fn latency_of(system: &str, n: usize) -> Result<Vec<Duration>, CliError> {
+async fn latency_of(system: &str, n: usize) -> Result<Vec<Duration>, BenchError> {
     match system {
         "tcp" => {
             let (a, b) = tcp_pair().await?;
@@ -82,9 +82,9 @@ async fn latency_of(system: &str, n: usize) -> Result<Vec<Duration>, CliError> {
 /// Runs the three systems and prints their rows. Bulk transfers run `trials` times, the
 /// systems interleaved, and each row reports the median, so that one unlucky scheduling
 /// of a run on a shared machine does not decide a ratio.
-pub async fn throughput(bytes: u64, round_trips: usize, trials: usize, json: bool) -> Result<(), CliError> {
+pub async fn run(bytes: u64, round_trips: usize, trials: usize, json: bool) -> Result<(), BenchError> {
     if bytes == 0 || round_trips == 0 || trials == 0 {
-        return Err(CliError("--bytes, --round-trips and --trials must be above 0".into()));
+        return Err(BenchError("--bytes, --round-trips and --trials must be above 0".into()));
     }
     let mut runs: Vec<Vec<f64>> = vec![Vec::new(); SYSTEMS.len()];
     for trial in 1..=trials {
@@ -141,7 +141,7 @@ fn percentile(samples: &[Duration], q: f64) -> f64 {
     us.get(i).copied().unwrap_or(0.0)
 }
 
-async fn tcp_pair() -> Result<(TcpStream, TcpStream), CliError> {
+async fn tcp_pair() -> Result<(TcpStream, TcpStream), BenchError> {
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let (a, b) = tokio::join!(TcpStream::connect(listener.local_addr()?), listener.accept());
     let (a, (b, _)) = (a?, b?);
@@ -151,7 +151,7 @@ async fn tcp_pair() -> Result<(TcpStream, TcpStream), CliError> {
 }
 
 /// Two flows' ends on loopback, with an in-process name service.
-async fn flow_pair() -> Result<(msocket::Flow, msocket::Flow, (Endpoint, Endpoint)), CliError> {
+async fn flow_pair() -> Result<(msocket::Flow, msocket::Flow, (Endpoint, Endpoint)), BenchError> {
     let names: Arc<dyn NameService> = Arc::new(MemoryNameService::new());
     let mut config = EndpointConfig::new(names);
     config.local_ips = vec!["127.0.0.1".parse()?];
@@ -163,7 +163,7 @@ async fn flow_pair() -> Result<(msocket::Flow, msocket::Flow, (Endpoint, Endpoin
 }
 
 /// Sends `bytes` from `a` to `b`; Mbit/s until `b` has read them all.
-async fn bulk<A, B>(mut a: A, mut b: B, bytes: u64) -> Result<f64, CliError>
+async fn bulk<A, B>(mut a: A, mut b: B, bytes: u64) -> Result<f64, BenchError>
 where
     A: AsyncWrite + Unpin + Send + 'static,
     B: AsyncRead + Unpin + Send + 'static,
@@ -192,7 +192,7 @@ where
     Ok(bytes as f64 * 8.0 / (end - start).as_secs_f64() / 1e6)
 }
 
-async fn request_response<A, B>(mut a: A, mut b: B, n: usize) -> Result<Vec<Duration>, CliError>
+async fn request_response<A, B>(mut a: A, mut b: B, n: usize) -> Result<Vec<Duration>, BenchError>
 where
     A: AsyncRead + AsyncWrite + Unpin,
     B: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -236,7 +236,7 @@ impl RecordKey {
     }
 
     /// Appends the sealed record of `plain` to `out`.
-    fn seal(&self, pn: u64, plain: &[u8], out: &mut Vec<u8>) -> Result<(), CliError> {
+    fn seal(&self, pn: u64, plain: &[u8], out: &mut Vec<u8>) -> Result<(), BenchError> {
         out.extend_from_slice(&((plain.len() + 16) as u16).to_be_bytes());
         out.extend_from_slice(&pn.to_be_bytes());
         let start = out.len();
@@ -244,13 +244,13 @@ impl RecordKey {
         let tag = self
             .0
             .seal_in_place_separate_tag(Self::nonce(pn), ring::aead::Aad::empty(), &mut out[start..])
-            .map_err(|_| CliError("seal failed".into()))?;
+            .map_err(|_| BenchError("seal failed".into()))?;
         out.extend_from_slice(tag.as_ref());
         Ok(())
     }
 
     /// Reads one record and opens it in place; returns its plaintext length.
-    async fn open_next(&self, r: &mut (impl AsyncRead + Unpin), buf: &mut [u8]) -> Result<usize, CliError> {
+    async fn open_next(&self, r: &mut (impl AsyncRead + Unpin), buf: &mut [u8]) -> Result<usize, BenchError> {
         let mut hdr = [0u8; 10];
         r.read_exact(&mut hdr).await?;
         let len = u16::from_be_bytes([hdr[0], hdr[1]]) as usize;
@@ -259,13 +259,13 @@ impl RecordKey {
         let plain = self
             .0
             .open_in_place(Self::nonce(pn), ring::aead::Aad::empty(), &mut buf[..len])
-            .map_err(|_| CliError("record failed authentication".into()))?;
+            .map_err(|_| BenchError("record failed authentication".into()))?;
         Ok(plain.len())
     }
 }
 
 /// The two directions' keys of a completed Noise IK handshake: (client → server, server → client).
-fn noise_keys() -> Result<(RecordKey, RecordKey), CliError> {
+fn noise_keys() -> Result<(RecordKey, RecordKey), BenchError> {
     let params: snow::params::NoiseParams = NOISE_PARAMS.parse()?;
     let server_keys = snow::Builder::new(params.clone()).generate_keypair()?;
     let client_keys = snow::Builder::new(params.clone()).generate_keypair()?;
@@ -283,7 +283,7 @@ fn noise_keys() -> Result<(RecordKey, RecordKey), CliError> {
     Ok((RecordKey::new(&up), RecordKey::new(&down)))
 }
 
-async fn noise_bulk(mut a: TcpStream, b: TcpStream, bytes: u64) -> Result<f64, CliError> {
+async fn noise_bulk(mut a: TcpStream, b: TcpStream, bytes: u64) -> Result<f64, BenchError> {
     let (up, _) = noise_keys()?;
     let up = Arc::new(up);
     let opener = up.clone();
@@ -294,7 +294,7 @@ async fn noise_bulk(mut a: TcpStream, b: TcpStream, bytes: u64) -> Result<f64, C
         while got < bytes {
             got += opener.open_next(&mut b, &mut buf).await? as u64;
         }
-        Ok::<_, CliError>(Instant::now())
+        Ok::<_, BenchError>(Instant::now())
     });
     let data = vec![0x5Au8; RECORD];
     let mut out = Vec::with_capacity(4 * (RECORD + 32));
@@ -313,11 +313,11 @@ async fn noise_bulk(mut a: TcpStream, b: TcpStream, bytes: u64) -> Result<f64, C
         }
         a.write_all(&out).await?;
     }
-    let end = reader.await.map_err(|e| CliError(e.to_string()))??;
+    let end = reader.await.map_err(|e| BenchError(e.to_string()))??;
     Ok(bytes as f64 * 8.0 / (end - start).as_secs_f64() / 1e6)
 }
 
-async fn noise_request_response(mut a: TcpStream, mut b: TcpStream, n: usize) -> Result<Vec<Duration>, CliError> {
+async fn noise_request_response(mut a: TcpStream, mut b: TcpStream, n: usize) -> Result<Vec<Duration>, BenchError> {
     let (up, down) = noise_keys()?;
     let (up, down) = (Arc::new(up), Arc::new(down));
     let (up2, down2) = (up.clone(), down.clone());
@@ -329,7 +329,7 @@ async fn noise_request_response(mut a: TcpStream, mut b: TcpStream, n: usize) ->
             down2.seal(pn, &buf[..len], &mut out)?;
             b.write_all(&out).await?;
         }
-        Ok::<_, CliError>(())
+        Ok::<_, BenchError>(())
     });
     let (mut buf, mut out) = (vec![0u8; 1024], Vec::new());
     let mut samples = Vec::with_capacity(n);
@@ -344,6 +344,6 @@ async fn noise_request_response(mut a: TcpStream, mut b: TcpStream, n: usize) ->
             samples.push(t.elapsed());
         }
     }
-    echo.await.map_err(|e| CliError(e.to_string()))??;
+    echo.await.map_err(|e| BenchError(e.to_string()))??;
     Ok(samples)
 }
