@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs the programs the network lab runs (as root, on Debian/Ubuntu). Idempotent.
-# Besides the lab's own tools, the real programs that server/tests/real_programs.rs runs
+# Besides the lab's own tools, the real programs that cli/tests/real_programs.rs runs
 # over msocket: OpenSSH (server and client), nginx, curl and iperf3. Installing them must
 # not leave daemons running: a policy-rc.d forbids starting services for the duration of
 # the install (and the services are disabled afterwards, should a system manager exist).
@@ -12,7 +12,7 @@ command -v ping >/dev/null || need+=(iputils-ping)
 command -v ethtool >/dev/null || need+=(ethtool)
 command -v conntrack >/dev/null || need+=(conntrack)
 command -v sysctl >/dev/null || need+=(procps)
-# Real programs for server/tests/real_programs.rs (sshd and nginx live in /usr/sbin).
+# Real programs for cli/tests/real_programs.rs (sshd and nginx live in /usr/sbin).
 [ -x /usr/sbin/sshd ] || need+=(openssh-server)
 command -v ssh >/dev/null || need+=(openssh-client)
 [ -x /usr/sbin/nginx ] || command -v nginx >/dev/null || need+=(nginx-light)

@@ -1,4 +1,4 @@
-//! The network-lab harness shared by the scenario tests (`server/tests/lab_scenarios.rs`)
+//! The network-lab harness shared by the scenario tests (`cli/tests/lab_scenarios.rs`)
 //! and `msocket bench mobility`: a [`PhoneLab`], the real name server in the `core`
 //! namespace, a server endpoint in `server` and a phone endpoint in `phone`, each on its
 //! own thread with its own tokio runtime (its sockets live in its namespace), both

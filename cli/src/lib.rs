@@ -1,5 +1,6 @@
-//! The `msocket` command-line tool: key generation, netcat-like pipes, TCP forwarding
-//! and the demo (the benchmarks are `msocket-bench`'s).
+//! The commands of `msocket`, the command-line tool: key generation, netcat-like pipes,
+//! TCP forwarding and the demo; `msocket bench` runs `msocket-bench`'s benchmarks. The
+//! binary (`src/main.rs`) parses the command line and calls these.
 
 pub mod demo;
 pub mod pipe;

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use msocket::PathPolicy;
 use msocket_bench::BenchError;
-use msocket_server::cli::{self, CliError, Common};
+use msocket_cli::{self as cli, CliError, Common};
 
 #[derive(Parser, Debug)]
 #[command(

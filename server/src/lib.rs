@@ -1,3 +1,0 @@
-//! The msocket CLI.
-
-pub mod cli;
