@@ -204,3 +204,25 @@ async fn a_client_flow_that_outlives_its_endpoint_fails_when_its_path_dies_witho
     let err = within(2, "the flow fails", c.closed()).await.expect_err("no endpoint to re-dial with");
     assert!(matches!(err, msocket::Error::Flow(msocket::FlowError::EndpointDropped)), "{err}");
 }
+
+/// A listener that does not accept: once its queue (64 flows) is full, a further flow is
+/// refused with CLOSE code 2 and the client's flow ends with `NotAccepted`, not with an
+/// abort that looks like the peer application's own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flow_nobody_accepts_ends_with_not_accepted() {
+    let names = memory_names();
+    let server = endpoint(&names, 170, 170);
+    let _listener = server.listen("full.test").await.unwrap();
+    let client = endpoint(&names, 171, 171);
+    let mut flows = Vec::new();
+    let mut ends = tokio::task::JoinSet::new();
+    for _ in 0..65 {
+        let flow = within(10, "connect", client.connect("full.test")).await.unwrap();
+        ends.spawn(flow.closed());
+        flows.push(flow);
+    }
+    // The queued flows stay open: the first to end is the one past the queue.
+    let first = within(10, "a flow refused", ends.join_next()).await.unwrap().unwrap();
+    assert!(matches!(first, Err(msocket::Error::Flow(msocket::FlowError::NotAccepted))), "{first:?}");
+    drop(flows);
+}

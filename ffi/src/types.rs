@@ -258,6 +258,7 @@ pub enum FlowFailure {
     LocallyAborted,
     PeerForgotFlow,
     EndpointDropped,
+    NotAccepted,
     Other,
 }
 
@@ -270,6 +271,7 @@ impl From<&msocket::FlowError> for FlowFailure {
             E::LocallyAborted { .. } => FlowFailure::LocallyAborted,
             E::PeerForgotFlow => FlowFailure::PeerForgotFlow,
             E::EndpointDropped => FlowFailure::EndpointDropped,
+            E::NotAccepted => FlowFailure::NotAccepted,
             _ => FlowFailure::Other,
         }
     }

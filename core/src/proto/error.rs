@@ -34,6 +34,10 @@ pub enum FlowError {
         /// The words sent to the peer.
         reason: String,
     },
+    /// The peer's endpoint did not take the flow: nobody was accepting on the name, or
+    /// too many flows were waiting to be accepted there.
+    #[error("the peer did not accept the flow (nobody accepting on the name, or too many flows waiting)")]
+    NotAccepted,
     /// The peer said, under its identity key, that it does not know the flow: it
     /// restarted, or the flow already ended there. Nothing can resume it.
     #[error("the peer no longer knows this flow (it restarted, or the flow ended there)")]

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use super::frame::{check_ack, clamp_str, ACK_HEADER_LEN, ACK_RANGE_LEN, DATA_HEADER_LEN};
+use super::frame::{check_ack, clamp_str, ACK_HEADER_LEN, ACK_RANGE_LEN, CLOSE_NOT_ACCEPTED, DATA_HEADER_LEN};
 use super::ranges::RangeSet;
 use super::recv::RecvBuffer;
 use super::sched::{slower_path_helps, stall_after, Demand, PathEstimate, REDUNDANT_LIMIT};
@@ -577,6 +577,7 @@ impl FlowState {
                 self.events
                     .push_back(FlowEvent::PeerAddrs { addrs, relays });
             }
+            Frame::Close { code: CLOSE_NOT_ACCEPTED, .. } => self.fail(FlowError::NotAccepted),
             Frame::Close { code, reason } => {
                 let reason = clamp_str(&reason, MAX_REASON_LEN).to_owned();
                 self.fail(FlowError::PeerAborted { code, reason });

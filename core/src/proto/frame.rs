@@ -65,6 +65,12 @@ const T_POLICY: u8 = 0x09;
 const T_DEMAND: u8 = 0x0a;
 const FLAG_FIN: u8 = 0x01;
 
+/// CLOSE code: the peer's application aborted the flow.
+pub const CLOSE_APPLICATION: u16 = 1;
+/// CLOSE code: the peer's endpoint did not take the flow (nobody accepting on the name,
+/// or its queue of flows waiting to be accepted was full).
+pub const CLOSE_NOT_ACCEPTED: u16 = 2;
+
 /// One protocol frame.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Frame {
@@ -91,7 +97,7 @@ pub enum Frame {
         addrs: Vec<SocketAddr>,
         relays: Vec<String>,
     },
-    /// Aborts the flow.
+    /// Aborts the flow ([`CLOSE_APPLICATION`] or [`CLOSE_NOT_ACCEPTED`]).
     Close { code: u16, reason: String },
     /// The sender lost the subflow with this token (its address vanished, or it stopped
     /// answering): the receiver retires its end of it at once instead of waiting for the

@@ -88,7 +88,7 @@ pub use error::{FlowError, ProtocolViolation};
 pub use sched::PathPolicy;
 pub use flow::{FlowEvent, FlowState, FlowStats, FlowStatus, PathState, ReadOutcome, SubflowId, SubflowStats};
 pub use frame::{
-    Frame, FrameError, MAX_ACK_RANGES, MAX_ADDRS, MAX_DATA_LEN, MAX_REASON_LEN, MAX_RELAYS,
+    Frame, FrameError, CLOSE_APPLICATION, CLOSE_NOT_ACCEPTED, MAX_ACK_RANGES, MAX_ADDRS, MAX_DATA_LEN, MAX_REASON_LEN, MAX_RELAYS,
     MAX_RELAY_LEN,
 };
 

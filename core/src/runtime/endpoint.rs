@@ -17,13 +17,13 @@ use super::host::Host;
 use super::events::FlowEvent;
 use super::flow::Flow;
 use super::follow::NetworkFollower;
-use super::header::read_exchange;
+use super::header::{read_exchange, ExchangeError};
 use super::Error;
 use crate::identity::{Identity, PublicIdentity};
 use crate::name::{self, NameRecord, SignedRecord};
 use crate::session::join::JoinRefusal;
 use crate::session::opening::{self, JoinTarget, Opening};
-use crate::session::{FlowId, Responder};
+use crate::session::{FlowId, HandshakeError, Responder};
 use crate::watch::{Classifier, Interface, NetworkState, WatchError};
 
 struct State {
@@ -470,18 +470,18 @@ impl EndpointInner {
     }
 
     /// Serves one incoming TCP connection: a new flow or a join.
-    async fn handle_incoming(self: Arc<Self>, mut stream: TcpStream) -> Result<(), String> {
-        let opening = read_exchange(&mut stream, opening::decode_opening).await.map_err(|e| e.to_string())?;
+    async fn handle_incoming(self: Arc<Self>, mut stream: TcpStream) -> Result<(), Refused> {
+        let opening = read_exchange(&mut stream, opening::decode_opening).await?;
         match opening {
             Opening::NewFlow(msg) => {
-                let responder = Responder::read(&self.host.identity, &msg).map_err(|e| e.to_string())?;
+                let responder = Responder::read(&self.host.identity, &msg)?;
                 let name = responder.name.clone();
                 let Some(tx) = self.lock().services.get(&name).cloned() else {
-                    let reply = responder.refuse_unknown_name().map_err(|e| e.to_string())?;
+                    let reply = responder.refuse_unknown_name()?;
                     let _ = stream.write_all(&opening::handshake_message(&[], &reply)).await;
-                    return Err(format!("refused a flow for {name:?}: not served here"));
+                    return Err(Refused::NotServed(name));
                 };
-                let (reply, keys) = responder.accept().map_err(|e| e.to_string())?;
+                let (reply, keys) = responder.accept()?;
                 // Known before the reply leaves: the client may join a second subflow the
                 // moment it has the reply, and a JOIN for a flow we do not know is refused
                 // with our signature, which ends the flow.
@@ -491,14 +491,14 @@ impl EndpointInner {
                 conn.announce();
                 if let Err(e) = stream.write_all(&opening::handshake_message(&[], &reply)).await {
                     self.forget_flow(&conn.keys.flow_id);
-                    return Err(e.to_string());
+                    return Err(e.into());
                 }
                 conn.attach(stream, 0, None, None);
                 tokio::spawn(conn.clone().drive());
                 if let Err(mpsc::error::TrySendError::Full(flow) | mpsc::error::TrySendError::Closed(flow)) =
                     tx.try_send(Flow::new(conn))
                 {
-                    flow.abort("the listener is not accepting");
+                    flow.refuse();
                 }
                 Ok(())
             }
@@ -517,19 +517,35 @@ impl EndpointInner {
                     (Ok(()), Some(conn)) => {
                         let fast_open = self.takes_fast_open.load(Ordering::Relaxed);
                         let ok = opening::join_accept(&conn.keys.join_key, &flow_id, seq, fast_open);
-                        stream.write_all(&ok).await.map_err(|e| e.to_string())?;
+                        stream.write_all(&ok).await?;
                         conn.attach(stream, seq, None, Some(request.resume));
                         Ok(())
                     }
                     (verdict, _) => {
                         let why = verdict.err().unwrap_or(JoinRefusal::UnknownFlow);
                         let _ = stream.write_all(&opening::join_refuse(why, &self.host.identity, &flow_id, seq)).await;
-                        Err(format!("refused a join for flow {flow_id}: {why}"))
+                        Err(Refused::Join { flow: flow_id, why })
                     }
                 }
             }
         }
     }
+}
+
+/// Why an incoming subflow was not taken (logged; the client learns what the protocol
+/// lets it: a refused JOIN's code, a Noise refusal of an unknown name, or a closed socket).
+#[derive(Debug, thiserror::Error)]
+enum Refused {
+    #[error("opening exchange: {0}")]
+    Opening(#[from] ExchangeError),
+    #[error("handshake: {0}")]
+    Handshake(#[from] HandshakeError),
+    #[error("a flow for {0:?}: not served here")]
+    NotServed(String),
+    #[error("a join for flow {flow}: {why}")]
+    Join { flow: FlowId, why: JoinRefusal },
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
 }
 
 impl FlowOwner for EndpointInner {
@@ -591,7 +607,7 @@ async fn accept_loop(ep: Weak<EndpointInner>, listener: TcpListener) {
             let _permit = permit;
             match tokio::time::timeout(limit, ep.handle_incoming(stream)).await {
                 Ok(Ok(())) => {}
-                Ok(Err(reason)) => tracing::warn!(%peer, reason, "incoming subflow refused"),
+                Ok(Err(reason)) => tracing::warn!(%peer, %reason, "incoming subflow refused"),
                 Err(_) => tracing::warn!(%peer, "incoming subflow timed out in its handshake"),
             }
         });

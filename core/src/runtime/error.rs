@@ -117,7 +117,7 @@ pub(crate) fn flow_io_error(e: FlowError) -> io::Error {
         FlowError::DeadlineExceeded { .. } => io::ErrorKind::TimedOut,
         FlowError::PeerAborted { .. } => io::ErrorKind::ConnectionReset,
         FlowError::LocallyAborted { .. } => io::ErrorKind::ConnectionAborted,
-        FlowError::PeerForgotFlow => io::ErrorKind::ConnectionReset,
+        FlowError::PeerForgotFlow | FlowError::NotAccepted => io::ErrorKind::ConnectionReset,
         FlowError::EndpointDropped => io::ErrorKind::NotConnected,
         FlowError::WriteAfterFinish => io::ErrorKind::BrokenPipe,
     };

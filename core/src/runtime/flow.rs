@@ -101,7 +101,15 @@ impl Flow {
     /// Ends the flow at once with `reason`; the peer's reads and writes fail with it.
     pub fn abort(&self, reason: &str) {
         let mut inner = self.conn.lock();
-        inner.proto.abort(1, reason);
+        inner.proto.abort(crate::proto::CLOSE_APPLICATION, reason);
+        self.conn.settle(&mut inner);
+    }
+
+    /// Ends a flow nobody will accept: the peer's flow fails with
+    /// [`FlowError::NotAccepted`](crate::FlowError::NotAccepted).
+    pub(crate) fn refuse(&self) {
+        let mut inner = self.conn.lock();
+        inner.proto.abort(crate::proto::CLOSE_NOT_ACCEPTED, "not accepted");
         self.conn.settle(&mut inner);
     }
 
