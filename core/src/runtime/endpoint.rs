@@ -281,11 +281,14 @@ impl Endpoint {
     /// Follows `network` (from any watcher in [`crate::watch`]): on every change, hands
     /// the usable addresses (interfaces up, best first: Wi-Fi, Ethernet, other,
     /// cellular; loopback only with [`EndpointConfig::use_loopback`]) to
-    /// [`set_local_ips`](Self::set_local_ips) if they differ from the current ones.
-    /// Runs until the returned handle is dropped or stopped. Needs a tokio runtime.
+    /// [`set_local_ips`](Self::set_local_ips) if they differ from the current ones. The
+    /// current state is applied before this returns, so a `connect` or `listen` right
+    /// after uses its addresses (names are published in the background). Runs until the
+    /// returned handle is dropped or stopped. Needs a tokio runtime.
     ///
     /// The endpoint then stops following the system's network by itself (see
-    /// [`NetworkSource`](crate::NetworkSource)): the application's network is the one that counts.
+    /// [`NetworkSource`](crate::NetworkSource)): the application's network is the one that
+    /// counts.
     pub fn follow_network(&self, network: watch::Receiver<NetworkState>) -> NetworkFollower {
         {
             let mut st = self.inner.lock();
@@ -295,7 +298,7 @@ impl Endpoint {
                 own.stop();
             }
         }
-        NetworkFollower::spawn(Arc::downgrade(&self.inner), network)
+        NetworkFollower::start(self, network)
     }
 
     /// Starts the best network watcher for this system (netlink on Linux, polling
@@ -339,7 +342,7 @@ impl Endpoint {
                         }
                     }
                 };
-                let follower = NetworkFollower::start(self, network).await;
+                let follower = NetworkFollower::start(self, network);
                 let mut st = self.inner.lock();
                 if st.app_follows {
                     follower.stop();

@@ -31,21 +31,11 @@ pub struct NetworkFollower {
 }
 
 impl NetworkFollower {
-    pub(super) fn spawn(ep: Weak<EndpointInner>, mut network: watch::Receiver<NetworkState>) -> NetworkFollower {
-        let task = tokio::spawn(async move {
-            let Some(endpoint) = Endpoint::upgrade(&ep) else { return };
-            let offline = apply_current(&endpoint, &mut network, false).await;
-            drop(endpoint);
-            follow_changes(ep, network, offline).await
-        });
-        NetworkFollower { task: task.abort_handle() }
-    }
-
-    /// Applies `network`'s current state before returning, then follows it in the
-    /// background (an endpoint's own follower: its first listener must bind on the
-    /// interfaces' addresses).
-    pub(super) async fn start(endpoint: &Endpoint, mut network: watch::Receiver<NetworkState>) -> NetworkFollower {
-        let offline = apply_current(endpoint, &mut network, false).await;
+    /// Applies `network`'s current state before returning (a listener or a connect right
+    /// after uses the interfaces' addresses; names are published in the background), then
+    /// follows it in the background. Needs a tokio runtime.
+    pub(super) fn start(endpoint: &Endpoint, mut network: watch::Receiver<NetworkState>) -> NetworkFollower {
+        let offline = apply_current(endpoint, &mut network, false);
         NetworkFollower { task: tokio::spawn(follow_changes(endpoint.downgrade(), network, offline)).abort_handle() }
     }
 
@@ -69,15 +59,15 @@ impl Drop for NetworkFollower {
 async fn follow_changes(ep: Weak<EndpointInner>, mut network: watch::Receiver<NetworkState>, mut offline: bool) {
     while network.changed().await.is_ok() {
         let Some(endpoint) = Endpoint::upgrade(&ep) else { return };
-        offline = apply_current(&endpoint, &mut network, offline).await;
+        offline = apply_current(&endpoint, &mut network, offline);
     }
     tracing::debug!("the network watcher ended; no longer following it");
 }
 
 /// Applies the latest state of `network`; returns whether the endpoint is now offline.
-async fn apply_current(endpoint: &Endpoint, network: &mut watch::Receiver<NetworkState>, offline: bool) -> bool {
+fn apply_current(endpoint: &Endpoint, network: &mut watch::Receiver<NetworkState>, offline: bool) -> bool {
     let state = network.borrow_and_update().clone();
-    apply(endpoint, state, offline).await
+    apply(endpoint, state, offline)
 }
 
 /// What to do with a new network state.
@@ -102,7 +92,7 @@ fn decide(current: &[IpAddr], wanted: Vec<IpAddr>, offline: bool) -> Decision {
 }
 
 /// Applies one state; returns whether the endpoint is now offline.
-async fn apply(endpoint: &Endpoint, state: NetworkState, offline: bool) -> bool {
+fn apply(endpoint: &Endpoint, state: NetworkState, offline: bool) -> bool {
     let wanted = usable_ips(&state.interfaces, endpoint.uses_loopback());
     let current = endpoint.record_interfaces(state.interfaces.clone());
     match decide(&current, wanted, offline) {
