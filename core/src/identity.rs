@@ -192,12 +192,15 @@ impl Identity {
     }
 }
 
-/// Checks an Ed25519 signature made by [`Identity::sign`].
+/// Checks an Ed25519 signature made by [`Identity::sign`], strictly: a key of small order
+/// (such as all zeros) is refused outright, and so are signatures whose `R` is of small
+/// order or not canonical. The lax check admits an all-zero key with an all-zero signature
+/// for every message, which would let anyone "sign" a name record.
 pub fn verify_signature(signing_key: &[u8; 32], msg: &[u8], signature: &[u8; 64]) -> bool {
     let Ok(key) = ed25519_dalek::VerifyingKey::from_bytes(signing_key) else {
         return false;
     };
-    key.verify(msg, &ed25519_dalek::Signature::from_bytes(signature)).is_ok()
+    !key.is_weak() && key.verify_strict(msg, &ed25519_dalek::Signature::from_bytes(signature)).is_ok()
 }
 
 #[cfg(test)]
@@ -211,6 +214,28 @@ mod tests {
         assert_eq!(id.public(), again.public());
         assert_ne!(id.public(), Identity::from_seed([8; 32]).public());
         assert_ne!(id.public().signing, id.public().noise);
+    }
+
+    #[test]
+    fn small_order_keys_and_signatures_are_refused() {
+        // The all-zero encoding (a point of order 4) and the identity point (y = 1) have
+        // small order: the lax check passes the all-zero key with the all-zero signature
+        // for about one message in four, and the identity key with R = identity, s = 0 for
+        // every message.
+        let mut identity_point = [0u8; 32];
+        identity_point[0] = 1;
+        let mut identity_sig = [0u8; 64];
+        identity_sig[..32].copy_from_slice(&identity_point);
+        for n in 0..64u32 {
+            let msg = format!("msocket record {n}");
+            assert!(!verify_signature(&[0u8; 32], msg.as_bytes(), &[0u8; 64]), "all-zero key, {msg}");
+            assert!(!verify_signature(&identity_point, msg.as_bytes(), &identity_sig), "identity key, {msg}");
+        }
+        let id = Identity::from_seed([7; 32]);
+        let mut sig = id.sign(b"hello");
+        assert!(verify_signature(&id.public().signing, b"hello", &sig));
+        sig[..32].copy_from_slice(&identity_point);
+        assert!(!verify_signature(&id.public().signing, b"hello", &sig), "a small-order R");
     }
 
     #[test]
