@@ -146,6 +146,32 @@ async fn forged_records_are_refused_and_not_stored() {
     server.shut_down().await;
 }
 
+/// Small-order keys "sign" anything under a lax Ed25519 check: the identity point with
+/// R = identity and s = 0 for every message, the all-zero key with the all-zero signature
+/// for about one message in four. Both are refused and nothing is stored.
+#[tokio::test]
+async fn records_signed_by_small_order_keys_are_refused() {
+    let server = TestServer::start().await;
+    let client = server.client();
+    let mut identity_point = [0u8; 32];
+    identity_point[0] = 1;
+    for seq in 1..=8 {
+        let mut squat = record(1, "alice", seq, later());
+        squat.record.signing_key = identity_point;
+        squat.signature = [0; 64];
+        squat.signature[..32].copy_from_slice(&identity_point);
+        assert_eq!(client.register(&squat).await, Err(NameError::BadSignature), "identity key, seq {seq}");
+        let mut zero = record(1, "alice", seq, later());
+        zero.record.signing_key = [0; 32];
+        zero.signature = [0; 64];
+        assert_eq!(client.register(&zero).await, Err(NameError::BadSignature), "zero key, seq {seq}");
+    }
+    assert_eq!(client.lookup("alice").await, Err(NameError::NotFound("alice".into())));
+    // The name is still free for its real owner.
+    client.register(&record(1, "alice", 1, later())).await.unwrap();
+    server.shut_down().await;
+}
+
 #[tokio::test]
 async fn stale_sequence_numbers_are_refused() {
     let server = TestServer::start().await;
