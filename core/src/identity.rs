@@ -10,7 +10,7 @@ use std::fmt;
 use std::io::Write as _;
 use std::path::Path;
 
-use ed25519_dalek::{Signer as _, Verifier as _};
+use ed25519_dalek::Signer as _;
 use hkdf::Hkdf;
 use sha2::Sha256;
 

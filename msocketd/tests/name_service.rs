@@ -172,6 +172,24 @@ async fn records_signed_by_small_order_keys_are_refused() {
     server.shut_down().await;
 }
 
+/// A record that never expires would hold its name for good: refused with the maximum
+/// named, nothing stored, and the name's owner registers it afterwards.
+#[tokio::test]
+async fn records_living_longer_than_the_maximum_are_refused() {
+    let server = TestServer::start().await;
+    let client = server.client();
+    let max = msocket::name::MAX_RECORD_LIFETIME;
+    for expires in [u64::MAX, unix_now() + max.as_secs() + 120] {
+        let squat = record(7, "alice", 1, expires);
+        assert_eq!(client.register(&squat).await, Err(NameError::LifetimeTooLong { max }), "expires {expires}");
+    }
+    assert_eq!(client.lookup("alice").await, Err(NameError::NotFound("alice".into())));
+    let owner = record(1, "alice", 1, unix_now() + max.as_secs() - 120);
+    client.register(&owner).await.unwrap();
+    assert_eq!(client.lookup("alice").await, Ok(owner));
+    server.shut_down().await;
+}
+
 #[tokio::test]
 async fn stale_sequence_numbers_are_refused() {
     let server = TestServer::start().await;

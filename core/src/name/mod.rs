@@ -82,6 +82,13 @@ pub enum NameError {
     /// The record's expiry time has passed.
     #[error("record has expired")]
     Expired,
+    /// The record would live longer than name services allow: a record that never
+    /// expires would hold its name for good.
+    #[error("record lifetime over the maximum of {} s", .max.as_secs())]
+    LifetimeTooLong {
+        /// The longest lifetime allowed.
+        max: Duration,
+    },
     /// Bytes that are not a valid record or message, or a record over its bounds.
     #[error("malformed: {0}")]
     Malformed(String),
@@ -197,6 +204,10 @@ pub trait NameService: Send + Sync + std::fmt::Debug {
 /// How often the default [`NameService::watch`] looks a name up again.
 pub const WATCH_POLL_INTERVAL: Duration = Duration::from_millis(100);
 
+/// The longest a registered record may live (its `expires` at most this far ahead of the
+/// service's clock). Endpoints publish for an hour and refresh every half hour.
+pub const MAX_RECORD_LIFETIME: Duration = Duration::from_secs(24 * 3600);
+
 /// The default watch: looks the name up until a newer record shows up or `wait` passes.
 async fn poll_watch<S: NameService + ?Sized>(
     service: &S,
@@ -255,6 +266,9 @@ pub fn check_update(
     now_unix: u64,
 ) -> Result<(), NameError> {
     offered.verify(now_unix)?;
+    if offered.record.expires > now_unix.saturating_add(MAX_RECORD_LIFETIME.as_secs()) {
+        return Err(NameError::LifetimeTooLong { max: MAX_RECORD_LIFETIME });
+    }
     let Some(current) = current else { return Ok(()) };
     if current.record.name != offered.record.name {
         return Err(NameError::Store(format!(

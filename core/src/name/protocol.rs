@@ -122,6 +122,8 @@ pub enum RefuseCode {
     Malformed,
     /// The server failed (e.g. its store).
     Internal,
+    /// The record would live longer than the server allows.
+    LifetimeTooLong,
     /// A code this version does not know.
     Other(u8),
 }
@@ -137,6 +139,7 @@ impl RefuseCode {
             RefuseCode::InvalidName => 5,
             RefuseCode::Malformed => 6,
             RefuseCode::Internal => 7,
+            RefuseCode::LifetimeTooLong => 8,
             RefuseCode::Other(c) => c,
         }
     }
@@ -151,6 +154,7 @@ impl RefuseCode {
             5 => RefuseCode::InvalidName,
             6 => RefuseCode::Malformed,
             7 => RefuseCode::Internal,
+            8 => RefuseCode::LifetimeTooLong,
             c => RefuseCode::Other(c),
         }
     }
@@ -171,7 +175,8 @@ pub enum Response {
     Refused {
         /// Why.
         code: RefuseCode,
-        /// For [`RefuseCode::Stale`], the registered sequence number; else 0.
+        /// For [`RefuseCode::Stale`], the registered sequence number; for
+        /// [`RefuseCode::LifetimeTooLong`], the longest lifetime allowed in seconds; else 0.
         current_seq: u64,
         /// Human-readable detail.
         message: String,
@@ -190,6 +195,7 @@ impl Response {
             NameError::Expired => (RefuseCode::Expired, 0),
             NameError::InvalidName { .. } => (RefuseCode::InvalidName, 0),
             NameError::Malformed(_) => (RefuseCode::Malformed, 0),
+            NameError::LifetimeTooLong { max } => (RefuseCode::LifetimeTooLong, max.as_secs()),
             _ => (RefuseCode::Internal, 0),
         };
         Response::Refused { code, current_seq, message: err.to_string() }
@@ -213,6 +219,7 @@ impl Response {
                 NameError::InvalidName { name: name.to_string(), reason: message.to_string() }
             }
             RefuseCode::Malformed => NameError::Malformed(format!("server said: {message}")),
+            RefuseCode::LifetimeTooLong => NameError::LifetimeTooLong { max: Duration::from_secs(current_seq) },
             RefuseCode::Internal | RefuseCode::Other(_) => NameError::Refused(message.to_string()),
         }
     }
@@ -481,6 +488,7 @@ mod tests {
             NameError::Stale { current: 9, offered: 3 },
             NameError::KeyMismatch,
             NameError::Expired,
+            NameError::LifetimeTooLong { max: Duration::from_secs(86_400) },
         ];
         for err in errors {
             let Response::Refused { code, current_seq, message } = Response::refusal(&err) else {
