@@ -36,7 +36,6 @@ fn msocket() -> Command {
 struct Proc {
     what: String,
     child: Option<Child>,
-    pid: u32,
     lines: Receiver<String>,
     stderr: Arc<Mutex<String>>,
 }
@@ -61,7 +60,6 @@ impl Proc {
         });
         Proc {
             what: what.to_string(),
-            pid: child.id(),
             child: Some(child),
             lines,
             stderr,
@@ -109,24 +107,10 @@ impl Proc {
 
     /// Waits (bounded) for the child to exit by itself; kills it and panics otherwise.
     fn wait_exit(&mut self) -> ExitStatus {
-        let mut child = self.child.take().expect("already waited");
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            let _ = tx.send(child.wait());
-        });
-        match rx.recv_timeout(WAIT) {
-            Ok(status) => status.unwrap(),
-            Err(_) => {
-                // Not reaped yet (the waiter has not returned), so the pid is still ours.
-                let _ = Command::new("kill")
-                    .args(["-KILL", &self.pid.to_string()])
-                    .status();
-                panic!(
-                    "{} did not exit within {WAIT:?}; stderr:\n{}",
-                    self.what,
-                    self.stderr()
-                );
-            }
+        let child = self.child.take().expect("already waited");
+        match msocket_test_support::wait_with_timeout(child, WAIT) {
+            Some(status) => status,
+            None => panic!("{} did not exit within {WAIT:?}; stderr:\n{}", self.what, self.stderr()),
         }
     }
 

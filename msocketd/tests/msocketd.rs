@@ -62,19 +62,9 @@ impl Daemon {
 
     /// Waits (bounded) for the process to exit by itself.
     fn wait_exit(mut self) -> ExitStatus {
-        let mut child = self.child.take().unwrap();
-        let pid = child.id();
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            let _ = tx.send(child.wait());
-        });
-        match rx.recv_timeout(WAIT) {
-            Ok(status) => status.unwrap(),
-            Err(_) => {
-                let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).status();
-                panic!("msocketd did not exit within {WAIT:?}");
-            }
-        }
+        let child = self.child.take().unwrap();
+        msocket_test_support::wait_with_timeout(child, WAIT)
+            .unwrap_or_else(|| panic!("msocketd did not exit within {WAIT:?}"))
     }
 }
 

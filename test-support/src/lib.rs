@@ -132,6 +132,25 @@ pub fn workspace_binary(name: &str) -> PathBuf {
     path
 }
 
+/// Waits up to `limit` for `child` to exit. A child still running then is killed and
+/// `None` returned, so a test that expects an exit fails with its own message instead of
+/// hanging.
+pub fn wait_with_timeout(mut child: std::process::Child, limit: std::time::Duration) -> Option<std::process::ExitStatus> {
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait());
+    });
+    match rx.recv_timeout(limit) {
+        Ok(status) => status.ok(),
+        Err(_) => {
+            // Not reaped yet (the waiter has not returned), so the pid is still the child's.
+            let _ = std::process::Command::new("kill").args(["-KILL", &pid.to_string()]).status();
+            None
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
