@@ -27,9 +27,9 @@ enum Command {
     /// msocket peers are reached by name. Each peer publishes a record naming its keys,
     /// current addresses and relays, signed by its own key, and re-publishes it whenever
     /// it moves. The first record for a name binds the name to its signing key; later
-    /// records need the same key and a higher sequence number, until the record expires.
-    /// A record may live at most 24 hours; signatures are checked strictly (small-order
-    /// keys are refused).
+    /// records need the same key and a higher sequence number.
+    /// A record may live at most 24 hours; a name stays bound to its key for 7 days after
+    /// its record expired; signatures are checked strictly (small-order keys are refused).
     ///
     /// Clients verify every record they receive, so this service is trusted to keep
     /// records available, not to keep them honest. Records are stored durably in the

@@ -464,10 +464,19 @@ mod tests {
         );
         assert_eq!(server.lookup_blocking("alice", NOW), Ok(signed(1, "alice", 2)));
         assert_eq!(server.lookup_blocking("alice", NOW + 100), Err(NameError::Expired));
-        // Once expired, the name is free for another key.
-        let taker = signed_until(2, "alice", 1, NOW + 200);
-        server.register_blocking(&taker, NOW + 100).unwrap();
-        assert_eq!(server.lookup_blocking("alice", NOW + 100), Ok(taker));
+        // Expired, but within the grace period: another key is refused and the owner, back
+        // after an hour offline, registers again.
+        let hour_later = NOW + 100 + 3600;
+        let squat = signed_until(2, "alice", 9, hour_later + 200);
+        assert_eq!(server.register_blocking(&squat, hour_later), Err(NameError::KeyMismatch));
+        let back = signed_until(1, "alice", 3, hour_later + 200);
+        server.register_blocking(&back, hour_later).unwrap();
+        assert_eq!(server.lookup_blocking("alice", hour_later), Ok(back));
+        // A grace period after its last record expired, the name is free for another key.
+        let freed = hour_later + 200 + msocket::name::NAME_GRACE.as_secs();
+        let taker = signed_until(2, "alice", 1, freed + 200);
+        server.register_blocking(&taker, freed).unwrap();
+        assert_eq!(server.lookup_blocking("alice", freed), Ok(taker));
     }
 
     #[test]

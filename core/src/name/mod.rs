@@ -12,7 +12,8 @@
 //!
 //! Ownership is first come, first served: the first registration binds a name to its
 //! signing key, and later records for that name must be signed by the same key and carry a
-//! strictly higher sequence number ([`check_update`]). These rules live in one pure
+//! strictly higher sequence number ([`check_update`]), until a grace period
+//! ([`NAME_GRACE`]) after the key's last record expired. These rules live in one pure
 //! function so the in-process store ([`MemoryNameService`]) and the durable server store
 //! cannot drift apart.
 //!
@@ -204,6 +205,11 @@ pub trait NameService: Send + Sync + std::fmt::Debug {
 /// How often the default [`NameService::watch`] looks a name up again.
 pub const WATCH_POLL_INTERVAL: Duration = Duration::from_millis(100);
 
+/// How long a name stays bound to its key after that key's record expired: a phone that
+/// was offline (and so did not refresh its record) for up to this long gets its name back,
+/// while a name given up for good is free after it.
+pub const NAME_GRACE: Duration = Duration::from_secs(7 * 24 * 3600);
+
 /// The longest a registered record may live (its `expires` at most this far ahead of the
 /// service's clock). Endpoints publish for an hour and refresh every half hour.
 pub const MAX_RECORD_LIFETIME: Duration = Duration::from_secs(24 * 3600);
@@ -278,7 +284,8 @@ pub fn check_update(
     }
     let same_key = current.record.signing_key == offered.record.signing_key;
     if !same_key {
-        if current.record.is_expired(now_unix) {
+        // The name is its key's until the grace period after its record expired is over.
+        if now_unix >= current.record.expires.saturating_add(NAME_GRACE.as_secs()) {
             return Ok(());
         }
         return Err(NameError::KeyMismatch);
@@ -419,18 +426,24 @@ mod tests {
     }
 
     #[test]
-    fn an_expired_record_frees_the_name_but_not_the_seq() {
+    fn a_lapsed_name_stays_its_keys_for_the_grace_period_but_never_takes_the_seq_back() {
         let a = Identity::from_seed([1; 32]);
         let b = Identity::from_seed([2; 32]);
-        let current = signed(&a, "alice", 5, NOW);
-        // Expired at NOW: another key may take the name over, from any seq.
+        let grace = NAME_GRACE.as_secs();
+        let current = signed(&a, "alice", 5, NOW - grace);
+        // The record expired a grace period ago: another key may take the name over.
         assert_eq!(check_update(Some(&current), &signed(&b, "alice", 1, NOW + 60), NOW), Ok(()));
+        // An hour after it expired it is still its owner's: the takeover is refused and
+        // the owner comes back.
+        let lapsed = signed(&a, "alice", 5, NOW - 3600);
+        assert_eq!(check_update(Some(&lapsed), &signed(&b, "alice", 1, NOW + 60), NOW), Err(NameError::KeyMismatch));
+        assert_eq!(check_update(Some(&lapsed), &signed(&a, "alice", 6, NOW + 60), NOW), Ok(()));
         // The same key may not roll its own seq back.
         assert_eq!(
             check_update(Some(&current), &signed(&a, "alice", 3, NOW + 60), NOW),
             Err(NameError::Stale { current: 5, offered: 3 })
         );
-        // One second earlier the record was still alive and bound the name.
+        // One second before the grace period ended the name was still bound.
         assert_eq!(
             check_update(Some(&current), &signed(&b, "alice", 1, NOW + 60), NOW - 1),
             Err(NameError::KeyMismatch)
