@@ -446,7 +446,7 @@ fn keygen_writes_a_private_key_and_refuses_to_overwrite() {
         .lines()
         .find_map(|l| l.strip_prefix("fingerprint "))
         .unwrap_or_else(|| panic!("no fingerprint line:\n{}", out.stdout));
-    assert_eq!(fingerprint.len(), 16, "{fingerprint}");
+    assert_eq!(fingerprint.len(), 32, "{fingerprint}");
     assert!(fingerprint.chars().all(|c| c.is_ascii_hexdigit()));
     assert!(
         out.stdout.contains(&key.display().to_string()),

@@ -57,13 +57,97 @@ pub struct PublicIdentity {
 }
 
 impl PublicIdentity {
-    /// A short printable fingerprint of both keys (first 8 bytes of SHA-256, hex).
+    /// The printable fingerprint of both keys: [`Fingerprint`] in its usual form, 32 hex
+    /// digits.
     pub fn fingerprint(&self) -> String {
+        Fingerprint::of(self).to_string()
+    }
+
+    fn digest(&self) -> [u8; 32] {
         use sha2::Digest as _;
         let mut h = Sha256::new();
         h.update(self.signing);
         h.update(self.noise);
-        hex::encode(&h.finalize()[..8])
+        h.finalize().into()
+    }
+}
+
+/// What a user writes to say which key a peer must hold: a prefix of the SHA-256 of its
+/// two public keys, in hex.
+///
+/// It is printed with [`PRINTED_FINGERPRINT_DIGITS`] digits (128 bits: finding another key
+/// with the same fingerprint takes about 2^128 key generations). Parsing accepts from that
+/// many up to all 64 digits, in either case; a shorter prefix is refused rather than
+/// silently weakening the check.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct Fingerprint {
+    /// The prefix's bytes (16 to 32) and, for an odd digit count, the last half byte.
+    bytes: Vec<u8>,
+    odd_nibble: Option<u8>,
+}
+
+/// How many hex digits a printed [`Fingerprint`] has, and the fewest a parsed one may have.
+pub const PRINTED_FINGERPRINT_DIGITS: usize = 32;
+
+/// Why a string is not a [`Fingerprint`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum FingerprintError {
+    /// Fewer than [`PRINTED_FINGERPRINT_DIGITS`] or more than 64 digits.
+    #[error(
+        "a key fingerprint has {PRINTED_FINGERPRINT_DIGITS} to 64 hex digits, this one has {0} \
+         (msocket keygen and msocket listen print the full fingerprint)"
+    )]
+    Length(usize),
+    /// A character that is not a hex digit.
+    #[error("a key fingerprint is hex digits only, found {0:?}")]
+    NotHex(char),
+}
+
+impl Fingerprint {
+    /// The fingerprint of `public`, as printed.
+    pub fn of(public: &PublicIdentity) -> Fingerprint {
+        Fingerprint { bytes: public.digest()[..PRINTED_FINGERPRINT_DIGITS / 2].to_vec(), odd_nibble: None }
+    }
+
+    /// Whether `public`'s keys have this fingerprint.
+    pub fn matches(&self, public: &PublicIdentity) -> bool {
+        let digest = public.digest();
+        digest.starts_with(&self.bytes)
+            && self.odd_nibble.is_none_or(|n| digest[self.bytes.len()] >> 4 == n)
+    }
+}
+
+impl std::str::FromStr for Fingerprint {
+    type Err = FingerprintError;
+
+    fn from_str(s: &str) -> Result<Fingerprint, FingerprintError> {
+        if let Some(c) = s.chars().find(|c| !c.is_ascii_hexdigit()) {
+            return Err(FingerprintError::NotHex(c));
+        }
+        if !(PRINTED_FINGERPRINT_DIGITS..=64).contains(&s.len()) {
+            return Err(FingerprintError::Length(s.len()));
+        }
+        let even = s.len() & !1;
+        let bytes = hex::decode(&s[..even]).map_err(|_| FingerprintError::NotHex('?'))?;
+        let odd_nibble = s[even..].chars().next().and_then(|c| c.to_digit(16)).map(|d| d as u8);
+        Ok(Fingerprint { bytes, odd_nibble })
+    }
+}
+
+impl fmt::Display for Fingerprint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&hex::encode(&self.bytes))?;
+        match self.odd_nibble {
+            Some(n) => write!(f, "{n:x}"),
+            None => Ok(()),
+        }
+    }
+}
+
+impl fmt::Debug for Fingerprint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Fingerprint({self})")
     }
 }
 
@@ -246,6 +330,30 @@ mod tests {
         assert!(!verify_signature(&id.public().signing, b"hellO", &sig));
         let other = Identity::from_seed([2; 32]);
         assert!(!verify_signature(&other.public().signing, b"hello", &sig));
+    }
+
+    #[test]
+    fn fingerprints_parse_in_any_case_and_match_only_their_keys() {
+        let a = Identity::from_seed([1; 32]).public();
+        let b = Identity::from_seed([2; 32]).public();
+        let printed = a.fingerprint();
+        assert_eq!(printed.len(), PRINTED_FINGERPRINT_DIGITS);
+        let full = hex::encode(a.digest());
+        for text in [printed.clone(), printed.to_uppercase(), full.clone(), full[..33].to_string()] {
+            let fp: Fingerprint = text.parse().unwrap();
+            assert!(fp.matches(&a), "{text}");
+            assert!(!fp.matches(&b), "{text}");
+            assert_eq!(fp.to_string(), text.to_lowercase());
+        }
+        // The odd last digit counts.
+        let mut wrong_last = full[..33].to_string();
+        let last = wrong_last.pop().unwrap().to_digit(16).unwrap();
+        wrong_last.push(char::from_digit((last + 1) % 16, 16).unwrap());
+        assert!(!wrong_last.parse::<Fingerprint>().unwrap().matches(&a));
+        assert_eq!(full[..16].parse::<Fingerprint>(), Err(FingerprintError::Length(16)));
+        assert_eq!(format!("{full}0").parse::<Fingerprint>(), Err(FingerprintError::Length(65)));
+        assert_eq!(format!("{}g", &full[..40]).parse::<Fingerprint>(), Err(FingerprintError::NotHex('g')));
+        assert_eq!("é".repeat(20).parse::<Fingerprint>(), Err(FingerprintError::NotHex('é')));
     }
 
     #[test]

@@ -29,7 +29,7 @@ pub mod unstable;
 pub mod watch;
 mod wire;
 
-pub use identity::{Identity, IdentityError, PublicIdentity};
+pub use identity::{Fingerprint, FingerprintError, Identity, IdentityError, PublicIdentity};
 pub use proto::{FlowConfig, FlowError, FlowStats, FrameError, PathState, ProtocolViolation, SubflowId};
 pub use wire::DecodeError;
 pub use runtime::{

@@ -103,7 +103,7 @@ fun apiTests(s: Suite) {
     s.test("api: keys and version") {
         val k = MSocket.generateKey()
         assertEquals(32, k.size)
-        assertEquals(16, MSocket.fingerprint(k).length)
+        assertEquals(32, MSocket.fingerprint(k).length)
         assertEquals(MSocket.fingerprint(key(1)), MSocket.fingerprint(key(1)))
         assertTrue(MSocket.version.isNotEmpty())
     }
