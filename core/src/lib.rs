@@ -20,16 +20,21 @@
 
 /// Energy estimates: how many joules a path's radio spends carrying a flow (sans-IO).
 pub mod energy;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod identity;
 pub mod name;
 mod proto;
 mod runtime;
 mod session;
+pub mod trust;
 pub mod unstable;
 pub mod watch;
 mod wire;
 
 pub use identity::{Fingerprint, FingerprintError, Identity, IdentityError, PublicIdentity};
+pub use trust::{PeerName, PeerNameError};
 pub use proto::{FlowConfig, FlowError, FlowStats, FrameError, PathState, ProtocolViolation, SubflowId};
 pub use wire::DecodeError;
 pub use runtime::{

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use msocket::unstable::name_protocol::{read_message, write_message, Request, Response};
 use msocket::name::{MemoryNameService, NameError, NameService, TcpNameClient};
+use msocket::trust::{PinFile, PinStore};
 use msocket::{ConnectFailure, Endpoint, Error, Identity, Listener};
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -266,6 +267,112 @@ async fn other_keys_after_the_first_lookup_fail_with_key_changed() {
             assert_eq!(offered, usurper.public().fingerprint());
         }
         other => panic!("expected KeyChanged, got {other:?}"),
+    }
+}
+
+/// A client whose pins live in `pins` (a file shared across "runs", like the CLI's).
+fn client_with_pins(names: &Arc<dyn NameService>, seed: u8, host: u8, pins: &std::path::Path) -> Endpoint {
+    let pins = Arc::new(PinFile::new(pins));
+    endpoint_with(names, seed, host, |c| c.pins = pins)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_impostor_name_service_cannot_redirect_a_pinned_or_fingerprinted_name() {
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let pins = dir.path().join("pins");
+    let test_names = TestNames::new();
+    let names = test_names.dyn_arc();
+    let server = endpoint(&names, 30, 90);
+    let mut listener = server.listen("alice.box").await.unwrap();
+    let first_run = client_with_pins(&names, 31, 91, &pins);
+    let (c, s) = within(10, "first run", pair(&first_run, &mut listener, "alice.box")).await;
+    round_trip(c, s, 10_000, 10_000, 1).await;
+    drop(first_run);
+
+    // The impostor listens under the name with its own keys, and the name service (now
+    // compromised, or another one) serves its record.
+    let impostor_names = memory_names();
+    let impostor = endpoint(&impostor_names, 32, 92);
+    let mut impostor_listener = impostor.listen("alice.box").await.unwrap();
+    test_names.lie(impostor_names.lookup("alice.box").await.unwrap());
+
+    // A later run of the client with the same pin file refuses, naming both keys and
+    // the way to accept the new one.
+    let second_run = client_with_pins(&names, 33, 93, &pins);
+    match within(10, "second run", second_run.connect("alice.box")).await {
+        Err(e @ Error::KeyChanged { .. }) => {
+            let text = e.to_string();
+            assert!(text.contains(&server.public().fingerprint()), "{text}");
+            let accept = format!("alice.box#{}", impostor.public().fingerprint());
+            assert!(text.contains(&accept), "{text}");
+        }
+        other => panic!("expected KeyChanged, got {other:?}"),
+    }
+    // A client without pins that names the key it expects refuses too.
+    let fresh = endpoint(&names, 34, 94);
+    let with_key = format!("alice.box#{}", server.public().fingerprint());
+    match within(10, "named key", fresh.connect(&with_key)).await {
+        Err(Error::WrongKey { name, expected, offered }) => {
+            assert_eq!(name, "alice.box");
+            assert_eq!(expected, server.public().fingerprint());
+            assert_eq!(offered, impostor.public().fingerprint());
+        }
+        other => panic!("expected WrongKey, got {other:?}"),
+    }
+    assert!(listener_is_empty(&mut impostor_listener), "the impostor got a flow");
+    // The pin is unchanged by the refusals.
+    let pin = PinFile::new(&pins).get("alice.box").unwrap().unwrap();
+    assert_eq!(pin.keys, server.public());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn naming_the_new_key_accepts_a_peers_new_keys_and_repins_them() {
+    init_tracing();
+    let test_names = TestNames::new();
+    let names = test_names.dyn_arc();
+    let old = endpoint(&names, 35, 95);
+    let mut old_listener = old.listen("bob.tv").await.unwrap();
+    let client = endpoint(&names, 36, 96);
+    let (c, s) = within(10, "old keys", pair(&client, &mut old_listener, "bob.tv")).await;
+    round_trip(c, s, 1_000, 1_000, 2).await;
+
+    // Bob reinstalled: new keys under the same name.
+    let new_names = memory_names();
+    let new = endpoint(&new_names, 37, 97);
+    let mut new_listener = new.listen("bob.tv").await.unwrap();
+    test_names.lie(new_names.lookup("bob.tv").await.unwrap());
+    assert!(matches!(client.connect("bob.tv").await, Err(Error::KeyChanged { .. })));
+    let accept = format!("bob.tv#{}", new.public().fingerprint());
+    let (c, s) = within(10, "named new key", pair(&client, &mut new_listener, &accept)).await;
+    round_trip(c, s, 1_000, 1_000, 3).await;
+    // From now on the plain name means the new keys.
+    let (c, s) = within(10, "plain name after", pair(&client, &mut new_listener, "bob.tv")).await;
+    round_trip(c, s, 1_000, 1_000, 4).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_older_than_one_already_seen_is_refused() {
+    init_tracing();
+    let test_names = TestNames::new();
+    let names = test_names.dyn_arc();
+    let server = endpoint(&names, 38, 98);
+    let mut listener = server.listen("carol.tv").await.unwrap();
+    let old = names.lookup("carol.tv").await.unwrap();
+    server.set_local_ips(vec![lo(99)]).await.unwrap();
+    let client = endpoint(&names, 39, 100);
+    let (c, s) = within(10, "after the move", pair(&client, &mut listener, "carol.tv")).await;
+    round_trip(c, s, 1_000, 1_000, 5).await;
+    let current = names.lookup("carol.tv").await.unwrap().record.seq;
+    assert!(current > old.record.seq);
+
+    // The name service replays the record from before the move (validly signed).
+    test_names.lie(old.clone());
+    match within(10, "rolled back", client.connect("carol.tv")).await {
+        Err(Error::StaleRecord { name, seen, offered }) => {
+            assert_eq!((name.as_str(), seen, offered), ("carol.tv", current, old.record.seq));
+        }
+        other => panic!("expected StaleRecord, got {other:?}"),
     }
 }
 

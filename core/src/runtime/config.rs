@@ -8,6 +8,7 @@ use crate::proto::PathPolicy;
 use super::socket::SocketBinder;
 use crate::name::NameService;
 use crate::proto::FlowConfig;
+use crate::trust::{MemoryPins, PinStore};
 
 /// Where an endpoint learns which local addresses it has.
 ///
@@ -68,6 +69,9 @@ pub struct EndpointConfig {
     /// Binds each outgoing subflow's socket to its network (see [`SocketBinder`]).
     /// Default none: the source address alone picks the path.
     pub socket_binder: Option<Arc<dyn SocketBinder>>,
+    /// Where the keys first seen for each looked-up name are kept (see [`crate::trust`]).
+    /// Default: in memory, forgotten with the endpoint; the CLI keeps them in a file.
+    pub pins: Arc<dyn PinStore>,
 }
 
 impl EndpointConfig {
@@ -86,6 +90,7 @@ impl EndpointConfig {
             standby_paths: true,
             path_policy: PathPolicy::Backup,
             socket_binder: None,
+            pins: Arc::new(MemoryPins::default()),
         }
     }
 

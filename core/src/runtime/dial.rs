@@ -32,7 +32,8 @@ use super::host::Host;
 use super::header::{read_exchange, ExchangeError};
 use crate::session::opening;
 use super::{ConnectFailure, Error};
-use crate::name::{self, NameError, NameRecord};
+use crate::name::{NameError, NameRecord};
+use crate::trust::PeerName;
 use crate::session::{HandshakeError, Initiator};
 
 const FIRST_BACKOFF: Duration = Duration::from_millis(10);
@@ -49,8 +50,8 @@ enum Attempt {
 }
 
 /// Opens a flow to `name`, retrying lookups and addresses until `connect_timeout`.
-pub(crate) async fn connect(host: &Arc<Host>, owner: Weak<dyn FlowOwner>, name: &str) -> Result<Arc<Conn>, Error> {
-    name::validate_name(name)?;
+pub(crate) async fn connect(host: &Arc<Host>, owner: Weak<dyn FlowOwner>, peer: &PeerName) -> Result<Arc<Conn>, Error> {
+    let name = peer.name();
     let started = Instant::now();
     let deadline = started + host.config.connect_timeout;
     let mut tried = Vec::new();
@@ -58,7 +59,7 @@ pub(crate) async fn connect(host: &Arc<Host>, owner: Weak<dyn FlowOwner>, name: 
     let mut backoff = FIRST_BACKOFF;
     let mut net = host.network_changes();
     loop {
-        match host.lookup_pinned(name).await {
+        match host.lookup_checked(peer).await {
             Ok(record) => {
                 if record.addrs.is_empty() {
                     last = ConnectFailure::NoAddresses;
@@ -74,12 +75,12 @@ pub(crate) async fn connect(host: &Arc<Host>, owner: Weak<dyn FlowOwner>, name: 
                 // nothing answered soon, look again; race the addresses it lists as well.
                 let relookup = async {
                     let newer = match host.config.names.watch(name, record.seq, RELOOKUP_AFTER).await {
-                        Ok(Some(signed)) => host.check_pin(name, &signed.record).ok().map(|()| signed.record),
+                        Ok(Some(signed)) => host.check_record(peer, &signed.record).ok().map(|()| signed.record),
                         _ => None,
                     };
                     let newer = match newer {
                         Some(r) => Ok(r),
-                        None => host.lookup_pinned(name).await,
+                        None => host.lookup_checked(peer).await,
                     };
                     match newer {
                         Ok(r) if r.noise_key == record.noise_key => r.addrs,
@@ -219,7 +220,7 @@ async fn rejoin_round(host: &Arc<Host>, conn: &Arc<Conn>) -> bool {
     }
     let known = conn.lock().peer_addrs.clone();
     let lookup = async {
-        match host.lookup_pinned(&conn.name).await {
+        match host.lookup_checked(&PeerName::checked_earlier(&conn.name)).await {
             Ok(record) if record.noise_key == conn.keys.remote_static => {
                 conn.lock().peer_addrs = record.addrs.clone();
                 record.addrs

@@ -24,6 +24,7 @@ use crate::name::{self, NameRecord, SignedRecord};
 use crate::session::join::JoinRefusal;
 use crate::session::opening::{self, JoinTarget, Opening};
 use crate::session::{FlowId, HandshakeError, Responder};
+use crate::trust::PeerName;
 use crate::watch::{Classifier, Interface, NetworkState, WatchError};
 
 struct State {
@@ -190,11 +191,20 @@ impl Endpoint {
         Ok(listener)
     }
 
-    /// Opens a flow to the endpoint serving `name`.
-    pub async fn connect(&self, name: &str) -> Result<Flow, Error> {
+    /// Opens a flow to the endpoint serving `peer`: a name (`alice.phone`), whose keys are
+    /// pinned at the first lookup and must match the pin from then on, or a name with the
+    /// fingerprint its keys must have (`alice.phone#<fingerprint>`), which also replaces
+    /// the pin. See [`crate::trust`].
+    pub async fn connect(&self, peer: &str) -> Result<Flow, Error> {
+        let peer: PeerName = peer.parse()?;
+        self.connect_to(&peer).await
+    }
+
+    /// [`connect`](Self::connect) to a parsed [`PeerName`].
+    pub async fn connect_to(&self, peer: &PeerName) -> Result<Flow, Error> {
         self.follow_system_network().await;
         let owner: Weak<dyn FlowOwner> = Arc::downgrade(&self.inner) as Weak<dyn FlowOwner>;
-        super::dial::connect(&self.inner.host, owner, name).await.map(Flow::new)
+        super::dial::connect(&self.inner.host, owner, peer).await.map(Flow::new)
     }
 
     /// Tells the endpoint that its usable local addresses are now `ips` (the network

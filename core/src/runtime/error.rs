@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use crate::name::NameError;
 use crate::proto::FlowError;
+use crate::trust::{PeerNameError, PinError};
 
 /// What went wrong in an endpoint or flow operation.
 #[derive(Debug, thiserror::Error)]
@@ -14,16 +15,46 @@ pub enum Error {
     /// The name service refused or failed.
     #[error("name service: {0}")]
     Name(#[from] NameError),
-    /// A name's record now carries other keys than the ones this endpoint saw first.
-    #[error("the keys of {name} changed (first seen {pinned}, now {offered}); refusing to connect")]
+    /// A name's record now carries other keys than the ones pinned for it.
+    #[error(
+        "the keys of {name} changed: pinned {pinned}, the name service now offers {offered}; refusing \
+         to connect. If {name} really has new keys, connect once to {name}#{offered} to pin them"
+    )]
     KeyChanged {
         /// The name.
         name: String,
-        /// Fingerprint of the keys seen first.
+        /// Fingerprint of the pinned keys.
         pinned: String,
         /// Fingerprint of the keys offered now.
         offered: String,
     },
+    /// The name's record carries other keys than the fingerprint the peer was named with.
+    #[error("{name}'s record carries the keys {offered}, not {expected} as asked; refusing to connect")]
+    WrongKey {
+        /// The name.
+        name: String,
+        /// The fingerprint given with the name.
+        expected: String,
+        /// Fingerprint of the keys the record carries.
+        offered: String,
+    },
+    /// The name service offered a record of the name older than one already accepted (it
+    /// would send us to addresses the peer has left).
+    #[error("the name service offered a record of {name} with sequence number {offered}, older than {seen} already seen; refusing it")]
+    StaleRecord {
+        /// The name.
+        name: String,
+        /// The highest sequence number accepted before.
+        seen: u64,
+        /// The sequence number offered.
+        offered: u64,
+    },
+    /// The peer was named wrongly (a bad name or fingerprint).
+    #[error(transparent)]
+    PeerName(#[from] PeerNameError),
+    /// The pin store failed (see [`crate::trust::PinStore`]).
+    #[error(transparent)]
+    Pins(#[from] PinError),
     /// The peer could not be reached in time.
     #[error("could not reach {name} (tried {tried:?}) within {after:?}: {last}")]
     Unreachable {

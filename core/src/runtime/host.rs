@@ -5,10 +5,11 @@
 //! from the endpoint's current local addresses (through the application's socket binder),
 //! to look its peer's name up again against the keys pinned for it, to learn which radio an
 //! address uses; and it reports its start and end through a `FlowOwner` (see `conn.rs`).
+//! Every record a flow acts on passes [`Host::check_record`]: the name service is not
+//! trusted to say whose a name is (see [`crate::trust`]).
 //! So `runtime/` reads as a one-way chain: sockets → host → flow tasks → flow handle →
 //! endpoint → network following.
 
-use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Mutex, MutexGuard};
 
@@ -18,8 +19,9 @@ use tokio::sync::watch;
 use super::config::EndpointConfig;
 use super::Error;
 use crate::energy::Radio;
-use crate::identity::{Identity, PublicIdentity};
+use crate::identity::Identity;
 use crate::name::NameRecord;
+use crate::trust::{PeerName, Pin};
 use crate::watch::{Interface, InterfaceKind};
 
 /// The identity, configuration and local network view an endpoint shares with its flows.
@@ -29,8 +31,8 @@ pub(crate) struct Host {
     net: Mutex<LocalNet>,
     /// Bumped whenever local addresses change; re-dialers wake on it.
     net_changed: watch::Sender<u64>,
-    /// The keys first seen for each name looked up.
-    pins: Mutex<HashMap<String, PublicIdentity>>,
+    /// Serialises the check-then-pin of records, so two flows to one name agree.
+    pinning: Mutex<()>,
 }
 
 /// The endpoint's local addresses and the interfaces behind them.
@@ -50,7 +52,7 @@ impl Host {
             config,
             net: Mutex::new(net),
             net_changed: watch::channel(0).0,
-            pins: Mutex::new(HashMap::new()),
+            pinning: Mutex::new(()),
         }
     }
 
@@ -112,27 +114,43 @@ impl Host {
         self.net_changed.subscribe()
     }
 
-    /// Looks `name` up and checks its keys against the ones seen first.
-    pub(crate) async fn lookup_pinned(&self, name: &str) -> Result<NameRecord, Error> {
-        let record = self.config.names.lookup(name).await?.record;
-        self.check_pin(name, &record)?;
+    /// Looks `peer` up and checks the record (see [`Host::check_record`]).
+    pub(crate) async fn lookup_checked(&self, peer: &PeerName) -> Result<NameRecord, Error> {
+        let record = self.config.names.lookup(peer.name()).await?.record;
+        self.check_record(peer, &record)?;
         Ok(record)
     }
 
-    /// Checks a record of `name` against the keys seen first for it (and pins them if
-    /// it is the first).
-    pub(crate) fn check_pin(&self, name: &str, record: &NameRecord) -> Result<(), Error> {
+    /// Whether a (signature-checked) record may be acted on for `peer`: its keys must have
+    /// the fingerprint `peer` names, or else the pinned ones; its sequence number must not
+    /// be below one already accepted. A fingerprint given by the user replaces the pin
+    /// (that is how a user accepts a peer's new keys); the first record of a name without
+    /// either pins its keys.
+    pub(crate) fn check_record(&self, peer: &PeerName, record: &NameRecord) -> Result<(), Error> {
+        let name = peer.name();
         let offered = record.public();
-        let mut pins = self.pins.lock().unwrap_or_else(|p| p.into_inner());
-        let pinned = *pins.entry(name.to_string()).or_insert(offered);
-        if pinned != offered {
-            return Err(Error::KeyChanged {
+        let _pinning = self.pinning.lock().unwrap_or_else(|p| p.into_inner());
+        let pin = self.config.pins.get(name)?.filter(|pin| {
+            // A pin of other keys than the ones the user named is replaced, its seq with it.
+            peer.key().is_none_or(|_| pin.keys == offered)
+        });
+        match (peer.key(), pin) {
+            (Some(expected), _) if !expected.matches(&offered) => Err(Error::WrongKey {
                 name: name.to_string(),
-                pinned: pinned.fingerprint(),
+                expected: expected.to_string(),
                 offered: offered.fingerprint(),
-            });
+            }),
+            (None, Some(pin)) if pin.keys != offered => Err(Error::KeyChanged {
+                name: name.to_string(),
+                pinned: pin.keys.fingerprint(),
+                offered: offered.fingerprint(),
+            }),
+            (_, Some(pin)) if record.seq < pin.seq => {
+                Err(Error::StaleRecord { name: name.to_string(), seen: pin.seq, offered: record.seq })
+            }
+            (_, Some(pin)) if record.seq == pin.seq => Ok(()),
+            _ => Ok(self.config.pins.set(name, Pin { keys: offered, seq: record.seq })?),
         }
-        Ok(())
     }
 
     /// A TCP connection to `addr` from `local` (None: the system chooses) that starts

@@ -19,6 +19,7 @@ use std::time::Duration;
 
 use super::conn::Conn;
 use crate::name::{NameRecord, WATCH_POLL_INTERVAL};
+use crate::trust::PeerName;
 
 /// How long one watch request waits for a change (the name server caps it at 60 s).
 const WATCH_WAIT: Duration = Duration::from_secs(55);
@@ -73,7 +74,7 @@ async fn watch_peer(conn: Arc<Conn>, mut seq: u64) {
 /// Acts on a newer record of the peer's name.
 fn follow(conn: &Arc<Conn>, record: NameRecord) {
     let Some(host) = conn.host.upgrade() else { return };
-    if let Err(e) = host.check_pin(&conn.name, &record) {
+    if let Err(e) = host.check_record(&PeerName::checked_earlier(&conn.name), &record) {
         tracing::warn!(name = %conn.name, error = %e, "ignoring a record of the peer's name");
         return;
     }
