@@ -8,6 +8,7 @@ use crate::proto::PathPolicy;
 use super::socket::SocketBinder;
 use crate::name::NameService;
 use crate::proto::FlowConfig;
+use crate::identity::Fingerprint;
 use crate::trust::{MemoryPins, PinStore};
 
 /// Where an endpoint learns which local addresses it has.
@@ -69,6 +70,11 @@ pub struct EndpointConfig {
     /// Binds each outgoing subflow's socket to its network (see [`SocketBinder`]).
     /// Default none: the source address alone picks the path.
     pub socket_binder: Option<Arc<dyn SocketBinder>>,
+    /// Which peers may open flows to this endpoint: `None` (the default) lets any key in;
+    /// a list lets in only keys with one of its fingerprints. Others are refused in the
+    /// handshake (they learn that, and nothing else) and the refusal is logged; no
+    /// application data is exchanged with them.
+    pub allowed_peers: Option<Vec<Fingerprint>>,
     /// Where the keys first seen for each looked-up name are kept (see [`crate::trust`]).
     /// Default: in memory, forgotten with the endpoint; the CLI keeps them in a file.
     pub pins: Arc<dyn PinStore>,
@@ -90,6 +96,7 @@ impl EndpointConfig {
             standby_paths: true,
             path_policy: PathPolicy::Backup,
             socket_binder: None,
+            allowed_peers: None,
             pins: Arc::new(MemoryPins::default()),
         }
     }

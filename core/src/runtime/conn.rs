@@ -32,6 +32,7 @@ use super::reader::{reader, JoinCheck};
 use super::unsent::SentLog;
 use super::writer::writer;
 use crate::energy::EnergyMeter;
+use crate::identity::PublicIdentity;
 use crate::proto::{self, FlowState, FlowStatus, SubflowId};
 use crate::session::records::{Batch, BatchLimit, Packer, PacketNumbers, Receiver};
 use crate::session::{FlowId, ReplayWindow, SessionKeys};
@@ -235,6 +236,9 @@ pub(crate) struct Conn {
     pub(crate) role: Role,
     /// The service name this flow was opened for.
     pub(crate) name: String,
+    /// The peer's keys: from its name record (we connected) or its handshake (we
+    /// accepted: the Noise key authenticated, the signing key as the peer claims it).
+    pub(crate) peer: PublicIdentity,
     /// What the flow needs of its endpoint: dialing, lookups, the local network.
     pub(crate) host: Weak<Host>,
     owner: Weak<dyn FlowOwner>,
@@ -248,6 +252,7 @@ impl Conn {
         keys: Arc<SessionKeys>,
         role: Role,
         name: String,
+        peer: PublicIdentity,
         config: proto::FlowConfig,
         host: Weak<Host>,
         owner: Weak<dyn FlowOwner>,
@@ -286,6 +291,7 @@ impl Conn {
             driver: Notify::new(),
             role,
             name,
+            peer,
             host,
             owner,
             events,

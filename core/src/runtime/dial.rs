@@ -34,7 +34,7 @@ use crate::session::opening;
 use super::{ConnectFailure, Error};
 use crate::name::{NameError, NameRecord};
 use crate::trust::PeerName;
-use crate::session::{HandshakeError, Initiator};
+use crate::session::{admission, HandshakeError, Initiator};
 
 const FIRST_BACKOFF: Duration = Duration::from_millis(10);
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
@@ -46,6 +46,8 @@ const RELOOKUP_AFTER: Duration = Duration::from_secs(1);
 enum Attempt {
     /// The peer at this address answered but does not serve the name: no use retrying.
     UnknownAt(SocketAddr),
+    /// The peer at this address does not accept our key: no use retrying.
+    NotAllowedAt(SocketAddr),
     Failed(ConnectFailure),
 }
 
@@ -103,6 +105,9 @@ pub(crate) async fn connect(host: &Arc<Host>, owner: Weak<dyn FlowOwner>, peer: 
                         Ok(Err(Attempt::UnknownAt(addr))) => {
                             return Err(Error::UnknownName { name: name.to_string(), addr })
                         }
+                        Ok(Err(Attempt::NotAllowedAt(addr))) => {
+                            return Err(Error::NotAllowed { name: name.to_string(), addr })
+                        }
                         Ok(Err(Attempt::Failed(why))) => last = why,
                         Err(_) => last = ConnectFailure::TimedOut,
                     }
@@ -136,7 +141,8 @@ async fn new_flow(
 ) -> Result<Arc<Conn>, Attempt> {
     let (noise_key, signing_key) = (&record.noise_key, &record.signing_key);
     let fail = |e: &dyn std::fmt::Display| Attempt::Failed(ConnectFailure::Handshake { addr, detail: e.to_string() });
-    let (init, msg1) = Initiator::start(&host.identity, noise_key, name).map_err(|e| fail(&e))?;
+    let timestamp = admission::next_timestamp(&host.handshake_clock, 0);
+    let (init, msg1) = Initiator::start(&host.identity, noise_key, name, timestamp).map_err(|e| fail(&e))?;
     stream
         .write_all(&opening::new_flow(&msg1))
         .await
@@ -153,10 +159,20 @@ async fn new_flow(
     let keys = match init.finish(&msg2) {
         Ok(k) => k,
         Err(HandshakeError::UnknownName(_)) => return Err(Attempt::UnknownAt(addr)),
+        Err(HandshakeError::NotAllowed) => return Err(Attempt::NotAllowedAt(addr)),
+        Err(HandshakeError::Busy) => return Err(Attempt::Failed(ConnectFailure::PeerBusy { addr })),
+        Err(HandshakeError::Replayed { latest }) => {
+            // Our clock is behind what the peer saw of our key (it went backwards, or
+            // another process with this key is ahead): the next attempt starts above it.
+            tracing::info!(%addr, latest, timestamp, "the peer saw a later handshake of this key; retrying above it");
+            admission::next_timestamp(&host.handshake_clock, latest);
+            return Err(fail(&HandshakeError::Replayed { latest }));
+        }
         Err(e) => return Err(fail(&e)),
     };
     let flow_config = host.config.flow.clone();
-    let conn = Conn::new(keys, Role::Client, name.to_string(), flow_config, Arc::downgrade(host), owner.clone());
+    let peer = record.public();
+    let conn = Conn::new(keys, Role::Client, name.to_string(), peer, flow_config, Arc::downgrade(host), owner.clone());
     {
         let mut inner = conn.lock();
         inner.peer_addrs = record.addrs.clone();

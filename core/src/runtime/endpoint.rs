@@ -23,7 +23,8 @@ use crate::identity::{Identity, PublicIdentity};
 use crate::name::{self, NameRecord, SignedRecord};
 use crate::session::join::JoinRefusal;
 use crate::session::opening::{self, JoinTarget, Opening};
-use crate::session::{FlowId, HandshakeError, Responder};
+use crate::session::admission::{Admission, AdmissionLimits, AdmissionRefusal, OpeningId};
+use crate::session::{FlowId, HandshakeError, Refusal, Responder};
 use crate::trust::PeerName;
 use crate::watch::{Classifier, Interface, NetworkState, WatchError};
 
@@ -32,6 +33,8 @@ struct State {
     listeners: Vec<(SocketAddr, AbortHandle)>,
     services: HashMap<String, mpsc::Sender<Flow>>,
     flows: HashMap<FlowId, Weak<Conn>>,
+    /// Flows peers opened to us, with the peer's Noise key, as counted by admission.
+    accepted: HashMap<FlowId, [u8; 32]>,
     refresh: Option<AbortHandle>,
     /// The follower of the system's network that the endpoint started by itself.
     system_follower: Option<NetworkFollower>,
@@ -80,6 +83,12 @@ pub(crate) struct EndpointInner {
     system_follow: tokio::sync::OnceCell<()>,
     /// Our listeners take JOINs in SYNs (TCP Fast Open); our JOIN answers say so.
     takes_fast_open: std::sync::atomic::AtomicBool,
+    /// Who may open what (see `session/admission.rs`).
+    admission: Mutex<Admission>,
+    /// The tasks reading openings, to drop the ones admission evicts.
+    openings: Mutex<HashMap<OpeningId, AbortHandle>>,
+    /// The clock admission's rate limits run on.
+    started: std::time::Instant,
 }
 
 impl Drop for EndpointInner {
@@ -146,6 +155,7 @@ impl Endpoint {
             listeners: Vec::new(),
             services: HashMap::new(),
             flows: HashMap::new(),
+            accepted: HashMap::new(),
             refresh: None,
             system_follower: None,
             app_follows: false,
@@ -158,6 +168,9 @@ impl Endpoint {
                 republish: Arc::new(Notify::new()),
                 system_follow: tokio::sync::OnceCell::new(),
                 takes_fast_open: std::sync::atomic::AtomicBool::new(false),
+                admission: Mutex::new(Admission::new(AdmissionLimits::default())),
+                openings: Mutex::new(HashMap::new()),
+                started: std::time::Instant::now(),
             }),
         }
     }
@@ -165,6 +178,13 @@ impl Endpoint {
     /// This endpoint's public keys.
     pub fn public(&self) -> PublicIdentity {
         self.inner.host.identity.public()
+    }
+
+    /// Moves this endpoint's handshake clock to `timestamp` (tests that play a second
+    /// process of the same key, or a clock that went backwards). Not part of the API.
+    #[doc(hidden)]
+    pub fn set_handshake_clock_for_tests(&self, timestamp: u64) {
+        self.inner.host.handshake_clock.store(timestamp, Ordering::SeqCst);
     }
 
     /// Starts serving `name`: publishes a signed record with this endpoint's addresses
@@ -396,8 +416,17 @@ impl EndpointInner {
         self.lock().flows.insert(conn.keys.flow_id, Arc::downgrade(conn));
     }
 
+    fn admission(&self) -> MutexGuard<'_, Admission> {
+        self.admission.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     fn forget_flow(&self, id: &FlowId) {
-        self.lock().flows.remove(id);
+        let mut st = self.lock();
+        st.flows.remove(id);
+        if let Some(peer) = st.accepted.remove(id) {
+            drop(st);
+            self.admission().flow_ended(&peer);
+        }
     }
 
     /// Binds a listening socket on every local address that lacks one.
@@ -482,25 +511,69 @@ impl EndpointInner {
         Ok(SignedRecord::sign(record, &host.identity)?)
     }
 
-    /// Serves one incoming TCP connection: a new flow or a join.
-    async fn handle_incoming(self: Arc<Self>, mut stream: TcpStream) -> Result<(), Refused> {
-        let opening = read_exchange(&mut stream, opening::decode_opening).await?;
-        match opening {
+    /// Whether the initiator of `responder` may open a flow: its handshake is not a replay,
+    /// its key is allowed, the name is served here and the flow caps have room (the flow
+    /// is then counted). Refusals come with what to tell the peer and what to log.
+    fn admit_flow(&self, responder: &Responder) -> Result<mpsc::Sender<Flow>, (Refusal, Refused)> {
+        let (name, peer) = (&responder.name, responder.peer);
+        match self.admission().fresh(&peer.noise, responder.timestamp) {
+            Ok(()) => {}
+            Err(e @ AdmissionRefusal::Replayed { latest, .. }) => return Err((Refusal::Replayed { latest }, e.into())),
+            Err(e) => return Err((Refusal::Busy, e.into())),
+        }
+        if let Some(allowed) = &self.host.config.allowed_peers {
+            if !allowed.iter().any(|fp| fp.matches(&peer)) {
+                let logged = Refused::NotAllowed { name: name.clone(), peer: peer.fingerprint() };
+                return Err((Refusal::NotAllowed, logged));
+            }
+        }
+        let Some(tx) = self.lock().services.get(name).cloned() else {
+            return Err((Refusal::UnknownName, Refused::NotServed(name.clone())));
+        };
+        self.admission().flow_started(&peer.noise).map_err(|e| (Refusal::Busy, e.into()))?;
+        Ok(tx)
+    }
+
+    /// Serves one incoming TCP connection: a new flow or a join. `opening` holds its place
+    /// among the openings being read until the opening exchange is in.
+    async fn handle_incoming(
+        self: Arc<Self>,
+        mut stream: TcpStream,
+        source: SocketAddr,
+        opening: OpeningSlot,
+    ) -> Result<(), Refused> {
+        let deadline = (self.host.config.io_timeout / 2).max(Duration::from_secs(1));
+        let read = tokio::time::timeout(deadline, read_exchange(&mut stream, opening::decode_opening)).await;
+        drop(opening);
+        match read.map_err(|_| Refused::OpeningTimedOut(deadline))?? {
             Opening::NewFlow(msg) => {
+                let now = self.started.elapsed();
+                self.admission().handshake(source.ip(), now)?;
                 let responder = Responder::read(&self.host.identity, &msg)?;
-                let name = responder.name.clone();
-                let Some(tx) = self.lock().services.get(&name).cloned() else {
-                    let reply = responder.refuse_unknown_name()?;
-                    let _ = stream.write_all(&opening::handshake_message(&[], &reply)).await;
-                    return Err(Refused::NotServed(name));
+                let (name, peer) = (responder.name.clone(), responder.peer);
+                let tx = match self.admit_flow(&responder) {
+                    Ok(tx) => tx,
+                    Err((refusal, logged)) => {
+                        let reply = responder.refuse(refusal)?;
+                        let _ = stream.write_all(&opening::handshake_message(&[], &reply)).await;
+                        return Err(logged);
+                    }
                 };
-                let (reply, keys) = responder.accept()?;
+                let (reply, keys) = match responder.accept() {
+                    Ok(x) => x,
+                    Err(e) => {
+                        self.admission().flow_ended(&peer.noise);
+                        return Err(e.into());
+                    }
+                };
+                self.lock().accepted.insert(keys.flow_id, peer.noise);
+                tracing::info!(name, peer = %peer.fingerprint(), flow = %keys.flow_id, %source, "accepted a flow");
                 // Known before the reply leaves: the client may join a second subflow the
                 // moment it has the reply, and a JOIN for a flow we do not know is refused
                 // with our signature, which ends the flow.
                 let owner: Weak<dyn FlowOwner> = Arc::downgrade(&self) as Weak<dyn FlowOwner>;
                 let flow_config = self.host.config.flow.clone();
-                let conn = Conn::new(keys, Role::Server, name, flow_config, Arc::downgrade(&self.host), owner);
+                let conn = Conn::new(keys, Role::Server, name, peer, flow_config, Arc::downgrade(&self.host), owner);
                 conn.announce();
                 if let Err(e) = stream.write_all(&opening::handshake_message(&[], &reply)).await {
                     self.forget_flow(&conn.keys.flow_id);
@@ -546,11 +619,17 @@ impl EndpointInner {
 }
 
 /// Why an incoming subflow was not taken (logged; the client learns what the protocol
-/// lets it: a refused JOIN's code, a Noise refusal of an unknown name, or a closed socket).
+/// lets it: a refused JOIN's code, a sealed handshake refusal, or a closed socket).
 #[derive(Debug, thiserror::Error)]
 enum Refused {
     #[error("opening exchange: {0}")]
     Opening(#[from] ExchangeError),
+    #[error("no opening exchange within {0:?}")]
+    OpeningTimedOut(Duration),
+    #[error("{0}")]
+    Admission(#[from] AdmissionRefusal),
+    #[error("a flow for {name:?} from {peer}: not on the allow-list")]
+    NotAllowed { name: String, peer: String },
     #[error("handshake: {0}")]
     Handshake(#[from] HandshakeError),
     #[error("a flow for {0:?}: not served here")]
@@ -594,14 +673,25 @@ fn interface_ips() -> Vec<IpAddr> {
     ips
 }
 
-/// Incoming subflows allowed in their opening exchange at once (per listening socket);
-/// more are closed at once, so a flood cannot pile up tasks.
-const MAX_PENDING_OPENINGS: usize = 256;
+/// An opening's place in admission's pool, given back when dropped (read, failed, or
+/// evicted with its task).
+struct OpeningSlot {
+    ep: Weak<EndpointInner>,
+    id: OpeningId,
+}
 
-async fn accept_loop(ep: Weak<EndpointInner>, listener: TcpListener) {
-    let pending = Arc::new(tokio::sync::Semaphore::new(MAX_PENDING_OPENINGS));
+impl Drop for OpeningSlot {
+    fn drop(&mut self) {
+        if let Some(ep) = self.ep.upgrade() {
+            ep.admission().opening_done(self.id);
+            ep.openings.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.id);
+        }
+    }
+}
+
+async fn accept_loop(weak: Weak<EndpointInner>, listener: TcpListener) {
     loop {
-        let (stream, peer) = match listener.accept().await {
+        let (stream, source) = match listener.accept().await {
             Ok(x) => x,
             Err(e) => {
                 // Out of descriptors and the like: back off instead of spinning.
@@ -610,20 +700,34 @@ async fn accept_loop(ep: Weak<EndpointInner>, listener: TcpListener) {
                 continue;
             }
         };
-        let Some(ep) = ep.upgrade() else { return };
-        let Ok(permit) = pending.clone().try_acquire_owned() else {
-            tracing::warn!(%peer, "too many subflows opening at once; closing this one");
-            continue;
+        let Some(ep) = weak.upgrade() else { return };
+        let admitted = ep.admission().opening(source.ip());
+        let (id, evicted) = match admitted {
+            Ok(x) => x,
+            Err(reason) => {
+                tracing::warn!(%source, %reason, "incoming subflow refused");
+                continue;
+            }
         };
+        let mut tasks = ep.openings.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(task) = evicted.and_then(|old| tasks.remove(&old)) {
+            tracing::info!(%source, "openings pool full: dropped the oldest subflow still opening");
+            task.abort();
+        }
         let limit = ep.host.config.io_timeout;
-        tokio::spawn(async move {
-            let _permit = permit;
-            match tokio::time::timeout(limit, ep.handle_incoming(stream)).await {
-                Ok(Ok(())) => {}
-                Ok(Err(reason)) => tracing::warn!(%peer, %reason, "incoming subflow refused"),
-                Err(_) => tracing::warn!(%peer, "incoming subflow timed out in its handshake"),
+        let slot = OpeningSlot { ep: weak.clone(), id };
+        // Registered before the task can finish (it unregisters under the same lock).
+        let task = tokio::spawn({
+            let ep = ep.clone();
+            async move {
+                match tokio::time::timeout(limit, ep.handle_incoming(stream, source, slot)).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(reason)) => tracing::warn!(%source, %reason, "incoming subflow refused"),
+                    Err(_) => tracing::warn!(%source, "incoming subflow timed out in its handshake"),
+                }
             }
         });
+        tasks.insert(id, task.abort_handle());
     }
 }
 

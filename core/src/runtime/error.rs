@@ -75,6 +75,15 @@ pub enum Error {
         /// The address that answered.
         addr: SocketAddr,
     },
+    /// The peer does not accept flows from this endpoint's key (it is not on the peer's
+    /// allow-list).
+    #[error("the peer at {addr} serving {name} does not accept this endpoint's key (not on its allow-list)")]
+    NotAllowed {
+        /// The name.
+        name: String,
+        /// The address that refused.
+        addr: SocketAddr,
+    },
     /// The name is already being listened on by this endpoint.
     #[error("already listening on {0}")]
     AlreadyListening(String),
@@ -111,6 +120,12 @@ pub enum ConnectFailure {
         addr: SocketAddr,
         /// How the connection failed.
         kind: io::ErrorKind,
+    },
+    /// The peer has as many flows open as it takes (with this key, or in all).
+    #[error("{addr}: the peer has too many flows open to take another now")]
+    PeerBusy {
+        /// The address that refused.
+        addr: SocketAddr,
     },
     /// Connecting and the handshake took longer than the endpoint's `io_timeout`.
     #[error("connect or handshake timed out")]

@@ -13,6 +13,7 @@ use super::error::flow_io_error;
 use super::events::{FlowEvents, Path};
 use super::Error;
 use crate::proto::{FlowStats, FlowStatus, ReadOutcome};
+use crate::identity::PublicIdentity;
 use crate::session::FlowId;
 
 /// One byte stream to a named peer. Reads and writes go through `AsyncRead` and
@@ -60,6 +61,15 @@ impl Flow {
     /// The peer's Noise public key, authenticated by the handshake.
     pub fn peer_key(&self) -> [u8; 32] {
         self.conn.keys.remote_static
+    }
+
+    /// The peer's public keys; `peer().fingerprint()` is what users know it by (and what
+    /// allow-lists hold). The Noise key is authenticated by the handshake. On a flow this
+    /// end accepted, the signing key is the one the peer claims: it only ever yields the
+    /// fingerprint of that claim together with the peer's own Noise key, so no peer can
+    /// pass for another's fingerprint.
+    pub fn peer(&self) -> PublicIdentity {
+        self.conn.peer
     }
 
     /// Events from now on.

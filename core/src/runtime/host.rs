@@ -33,6 +33,8 @@ pub(crate) struct Host {
     net_changed: watch::Sender<u64>,
     /// Serialises the check-then-pin of records, so two flows to one name agree.
     pinning: Mutex<()>,
+    /// The timestamp of this endpoint's latest handshake (see `session/admission.rs`).
+    pub(crate) handshake_clock: std::sync::atomic::AtomicU64,
 }
 
 /// The endpoint's local addresses and the interfaces behind them.
@@ -53,6 +55,7 @@ impl Host {
             net: Mutex::new(net),
             net_changed: watch::channel(0).0,
             pinning: Mutex::new(()),
+            handshake_clock: Default::default(),
         }
     }
 

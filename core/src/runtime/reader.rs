@@ -225,7 +225,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_few_kept_bytes_do_not_pin_whole_read_buffers() {
         let (peer_keys, keys) = session_pair();
-        let conn = Conn::new(keys, Role::Server, "svc".into(), proto::FlowConfig::default(), Weak::new(), NoOwner::none());
+        let conn = Conn::new(keys, Role::Server, "svc".into(), crate::identity::Identity::from_seed([1; 32]).public(), proto::FlowConfig::default(), Weak::new(), NoOwner::none());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let peer = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
         let (ours, _) = listener.accept().await.unwrap();

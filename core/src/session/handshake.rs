@@ -3,8 +3,13 @@
 //! IK fits a named peer: the initiator already holds the responder's static key (from the
 //! responder's signed name record), so one round trip authenticates both ends and the
 //! initiator's identity travels encrypted. The first message's payload names the service
-//! the initiator wants (one endpoint may listen on several names); the reply's payload
-//! accepts or refuses it.
+//! the initiator wants (one endpoint may listen on several names), completes the
+//! initiator's public identity with its signing key (so the responder can compute the
+//! fingerprint users know it by: the Noise key is authenticated by the handshake, and a
+//! claimed signing key only yields a fingerprint of its own), and carries a timestamp that
+//! grows with every handshake of that key, so a captured first message replayed later is
+//! recognised (as WireGuard does; see `admission.rs`). The reply's payload accepts or
+//! refuses.
 
 use std::sync::Arc;
 
@@ -12,15 +17,18 @@ use hkdf::Hkdf;
 use sha2::Sha256;
 
 use super::FlowId;
-use crate::identity::Identity;
+use crate::identity::{Identity, PublicIdentity};
 
 const NOISE_PARAMS: &str = "Noise_IK_25519_AESGCM_SHA256";
-const PROLOGUE: &[u8] = b"msocket v1 flow handshake";
+const PROLOGUE: &[u8] = b"msocket v2 flow handshake";
 /// Bound on a handshake message (two keys, tags and a name fit well within it).
 pub(crate) const MAX_HANDSHAKE_MSG: usize = 1024;
 
 const STATUS_ACCEPTED: u8 = 0;
 const STATUS_UNKNOWN_NAME: u8 = 1;
+const STATUS_NOT_ALLOWED: u8 = 2;
+const STATUS_BUSY: u8 = 3;
+const STATUS_REPLAYED: u8 = 4;
 
 /// Why a handshake failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -31,6 +39,22 @@ pub(crate) enum HandshakeError {
     Payload,
     #[error("peer does not serve the name {0:?}")]
     UnknownName(String),
+    #[error("the peer does not accept flows from this key")]
+    NotAllowed,
+    #[error("the peer has too many flows open to take another now")]
+    Busy,
+    #[error("the peer saw a later handshake timestamp of this key ({latest})")]
+    Replayed { latest: u64 },
+}
+
+/// Why a responder refuses a handshake it could read, as the initiator learns it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Refusal {
+    UnknownName,
+    NotAllowed,
+    Busy,
+    /// The timestamp was not above `latest`, this key's latest.
+    Replayed { latest: u64 },
 }
 
 fn noise(e: snow::Error) -> HandshakeError {
@@ -102,6 +126,7 @@ impl Initiator {
         local: &Identity,
         remote_noise: &[u8; 32],
         name: &str,
+        timestamp: u64,
     ) -> Result<(Initiator, Vec<u8>), HandshakeError> {
         let mut hs = builder()
             .local_private_key(local.noise_secret())
@@ -114,6 +139,8 @@ impl Initiator {
         }
         let mut payload = vec![name.len() as u8];
         payload.extend_from_slice(name.as_bytes());
+        payload.extend_from_slice(&local.public().signing);
+        payload.extend_from_slice(&timestamp.to_be_bytes());
         let mut msg = vec![0u8; MAX_HANDSHAKE_MSG];
         let n = hs.write_message(&payload, &mut msg).map_err(noise)?;
         msg.truncate(n);
@@ -127,6 +154,12 @@ impl Initiator {
         match payload[..n] {
             [STATUS_ACCEPTED] => finish(self.hs),
             [STATUS_UNKNOWN_NAME] => Err(HandshakeError::UnknownName(self.name)),
+            [STATUS_NOT_ALLOWED] => Err(HandshakeError::NotAllowed),
+            [STATUS_BUSY] => Err(HandshakeError::Busy),
+            [STATUS_REPLAYED, ref latest @ ..] => match <[u8; 8]>::try_from(latest) {
+                Ok(latest) => Err(HandshakeError::Replayed { latest: u64::from_be_bytes(latest) }),
+                Err(_) => Err(HandshakeError::Payload),
+            },
             _ => Err(HandshakeError::Payload),
         }
     }
@@ -137,6 +170,10 @@ pub(crate) struct Responder {
     hs: snow::HandshakeState,
     /// The service name the initiator asked for.
     pub(crate) name: String,
+    /// The initiator's keys: the Noise key authenticated, the signing key as claimed.
+    pub(crate) peer: PublicIdentity,
+    /// The initiator's handshake timestamp (see the module docs).
+    pub(crate) timestamp: u64,
 }
 
 impl Responder {
@@ -151,27 +188,41 @@ impl Responder {
         let n = hs.read_message(msg, &mut payload).map_err(noise)?;
         let payload = &payload[..n];
         let (&len, rest) = payload.split_first().ok_or(HandshakeError::Payload)?;
-        if rest.len() != len as usize {
+        if rest.len() != len as usize + 32 + 8 {
             return Err(HandshakeError::Payload);
         }
-        let name = std::str::from_utf8(rest).map_err(|_| HandshakeError::Payload)?.to_string();
-        Ok(Responder { hs, name })
+        let (name, rest) = rest.split_at(len as usize);
+        let (signing, timestamp) = rest.split_at(32);
+        let name = std::str::from_utf8(name).map_err(|_| HandshakeError::Payload)?.to_string();
+        let noise = hs.get_remote_static().and_then(|k| k.try_into().ok()).ok_or(HandshakeError::Payload)?;
+        let peer = PublicIdentity { signing: signing.try_into().expect("32 bytes"), noise };
+        let timestamp = u64::from_be_bytes(timestamp.try_into().expect("8 bytes"));
+        Ok(Responder { hs, name, peer, timestamp })
     }
 
     /// Accepts: returns the reply to send and the session.
     pub(crate) fn accept(mut self) -> Result<(Vec<u8>, Arc<SessionKeys>), HandshakeError> {
-        let msg = self.reply(STATUS_ACCEPTED)?;
+        let msg = self.reply(&[STATUS_ACCEPTED])?;
         Ok((msg, finish(self.hs)?))
     }
 
-    /// Refuses because the name is not served here: returns the reply to send.
-    pub(crate) fn refuse_unknown_name(mut self) -> Result<Vec<u8>, HandshakeError> {
-        self.reply(STATUS_UNKNOWN_NAME)
+    /// Refuses: returns the reply to send (sealed to the initiator, so only it learns why).
+    pub(crate) fn refuse(mut self, why: Refusal) -> Result<Vec<u8>, HandshakeError> {
+        match why {
+            Refusal::UnknownName => self.reply(&[STATUS_UNKNOWN_NAME]),
+            Refusal::NotAllowed => self.reply(&[STATUS_NOT_ALLOWED]),
+            Refusal::Busy => self.reply(&[STATUS_BUSY]),
+            Refusal::Replayed { latest } => {
+                let mut payload = vec![STATUS_REPLAYED];
+                payload.extend_from_slice(&latest.to_be_bytes());
+                self.reply(&payload)
+            }
+        }
     }
 
-    fn reply(&mut self, status: u8) -> Result<Vec<u8>, HandshakeError> {
+    fn reply(&mut self, payload: &[u8]) -> Result<Vec<u8>, HandshakeError> {
         let mut msg = vec![0u8; MAX_HANDSHAKE_MSG];
-        let n = self.hs.write_message(&[status], &mut msg).map_err(noise)?;
+        let n = self.hs.write_message(payload, &mut msg).map_err(noise)?;
         msg.truncate(n);
         Ok(msg)
     }
@@ -185,9 +236,10 @@ pub(crate) mod tests {
     pub(crate) fn session_pair() -> (Arc<SessionKeys>, Arc<SessionKeys>) {
         let client = Identity::from_seed([1; 32]);
         let server = Identity::from_seed([2; 32]);
-        let (init, m1) = Initiator::start(&client, &server.public().noise, "svc").unwrap();
+        let (init, m1) = Initiator::start(&client, &server.public().noise, "svc", 7).unwrap();
         let resp = Responder::read(&server, &m1).unwrap();
         assert_eq!(resp.name, "svc");
+        assert_eq!((resp.peer, resp.timestamp), (client.public(), 7));
         let (m2, s) = resp.accept().unwrap();
         assert_eq!(s.remote_static, client.public().noise);
         let c = init.finish(&m2).unwrap();
@@ -209,7 +261,7 @@ pub(crate) mod tests {
         let client = Identity::from_seed([1; 32]);
         let server = Identity::from_seed([2; 32]);
         let impostor = Identity::from_seed([3; 32]);
-        let (_, m1) = Initiator::start(&client, &server.public().noise, "svc").unwrap();
+        let (_, m1) = Initiator::start(&client, &server.public().noise, "svc", 7).unwrap();
         assert!(matches!(Responder::read(&impostor, &m1), Err(HandshakeError::Noise(_))));
     }
 
@@ -217,12 +269,21 @@ pub(crate) mod tests {
     fn impostor_reply_fails_and_refusal_is_reported() {
         let client = Identity::from_seed([1; 32]);
         let server = Identity::from_seed([2; 32]);
-        let (init, m1) = Initiator::start(&client, &server.public().noise, "svc").unwrap();
+        let (init, m1) = Initiator::start(&client, &server.public().noise, "svc", 7).unwrap();
         let resp = Responder::read(&server, &m1).unwrap();
-        let refusal = resp.refuse_unknown_name().unwrap();
+        let refusal = resp.refuse(Refusal::UnknownName).unwrap();
         assert_eq!(init.finish(&refusal).unwrap_err(), HandshakeError::UnknownName("svc".into()));
+        for (why, error) in [
+            (Refusal::NotAllowed, HandshakeError::NotAllowed),
+            (Refusal::Busy, HandshakeError::Busy),
+            (Refusal::Replayed { latest: 9 }, HandshakeError::Replayed { latest: 9 }),
+        ] {
+            let (init, m1) = Initiator::start(&client, &server.public().noise, "svc", 8).unwrap();
+            let refusal = Responder::read(&server, &m1).unwrap().refuse(why).unwrap();
+            assert_eq!(init.finish(&refusal).unwrap_err(), error);
+        }
 
-        let (init, _) = Initiator::start(&client, &server.public().noise, "svc").unwrap();
+        let (init, _) = Initiator::start(&client, &server.public().noise, "svc", 7).unwrap();
         assert!(matches!(init.finish(&[0u8; 64]), Err(HandshakeError::Noise(_))));
         assert!(Responder::read(&server, b"short").is_err());
     }

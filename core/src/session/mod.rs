@@ -9,13 +9,14 @@
 //! the flow with a MAC keyed from the handshake ([`join`]), so knowing a flow id is not
 //! enough to attach to, resume or hijack a flow.
 
+pub(crate) mod admission;
 mod handshake;
 pub(crate) mod join;
 pub(crate) mod opening;
 pub(crate) mod records;
 mod replay;
 
-pub(crate) use handshake::{HandshakeError, Initiator, Responder, SessionKeys, MAX_HANDSHAKE_MSG};
+pub(crate) use handshake::{HandshakeError, Initiator, Refusal, Responder, SessionKeys, MAX_HANDSHAKE_MSG};
 pub(crate) use replay::ReplayWindow;
 #[cfg(test)]
 pub(crate) use handshake::tests::session_pair;
