@@ -4,9 +4,11 @@ use std::io::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
-use msocketd::name_server::NameServer;
+use msocket::name::NameRules;
+use msocketd::name_server::{limits, store, NameServer, RateLimits, StoreLimits};
 use tracing_subscriber::EnvFilter;
 
 /// The msocket server daemon.
@@ -27,9 +29,20 @@ enum Command {
     /// msocket peers are reached by name. Each peer publishes a record naming its keys,
     /// current addresses and relays, signed by its own key, and re-publishes it whenever
     /// it moves. The first record for a name binds the name to its signing key; later
-    /// records need the same key and a higher sequence number.
-    /// A record may live at most 24 hours; a name stays bound to its key for 7 days after
-    /// its record expired; signatures are checked strictly (small-order keys are refused).
+    /// records need the same key and a higher sequence number. Signatures are checked
+    /// strictly (small-order keys are refused).
+    ///
+    /// A record may live at most --max-lifetime (24h). A name stays bound to its key for
+    /// --grace (7d) after its record expired, so a phone that was offline gets it back;
+    /// after that the name is free for any key, and the record is deleted (every 10
+    /// minutes, and at once when the store is full).
+    ///
+    /// Registrations are limited: each client source (an IPv4 address, or an IPv6 /64)
+    /// and each signing key gets a burst of --registrations-per-source (60) and
+    /// --registrations-per-key (30), refilled at that many a minute; beyond that they are
+    /// refused as "rate limited" with the time to wait. A key holds at most
+    /// --names-per-key (32) names ("quota exceeded"), the server at most --max-names
+    /// (1,000,000) ("server full"). Durations are written 30s, 90m, 36h or 7d.
     ///
     /// Clients verify every record they receive, so this service is trusted to keep
     /// records available, not to keep them honest. Records are stored durably in the
@@ -53,7 +66,49 @@ struct NameArgs {
     /// (and the process's open-file limit) to the flows you expect.
     #[arg(long, value_name = "N", default_value_t = msocketd::name_server::MAX_CONNECTIONS)]
     max_connections: usize,
+    /// How long a name stays bound to its key after its record expired (at least 1d).
+    /// After that another key may take it and the record is deleted.
+    #[arg(long, value_name = "DURATION", default_value = "7d", value_parser = parse_duration)]
+    grace: Duration,
+    /// The longest a record may live: its expiry at most this far ahead (at least 1h,
+    /// the lifetime of the records msocket endpoints publish).
+    #[arg(long, value_name = "DURATION", default_value = "24h", value_parser = parse_duration)]
+    max_lifetime: Duration,
+    /// Registrations per minute (and burst) from one client source: an IPv4 address or an
+    /// IPv6 /64.
+    #[arg(long, value_name = "N", default_value_t = limits::REGISTRATIONS_PER_SOURCE)]
+    registrations_per_source: u32,
+    /// Registrations per minute (and burst) signed by one key.
+    #[arg(long, value_name = "N", default_value_t = limits::REGISTRATIONS_PER_KEY)]
+    registrations_per_key: u32,
+    /// Most names one signing key may hold.
+    #[arg(long, value_name = "N", default_value_t = store::NAMES_PER_KEY)]
+    names_per_key: u64,
+    /// Most names the server stores; new names are refused beyond it.
+    #[arg(long, value_name = "N", default_value_t = store::MAX_NAMES)]
+    max_names: u64,
 }
+
+/// Parses `30s`, `90m`, `36h` or `7d`.
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let bad = || format!("{text:?} is not a duration: write a whole number and a unit, s, m, h or d (e.g. 7d, 36h)");
+    let unit_at = text.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
+    let (number, unit) = text.split_at(unit_at);
+    let n: u64 = number.parse().map_err(|_| bad())?;
+    let secs = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 24 * 3600,
+        _ => return Err(bad()),
+    };
+    n.checked_mul(secs).map(Duration::from_secs).ok_or_else(|| format!("{text:?} is too long"))
+}
+
+/// The shortest grace period: a phone offline overnight must get its name back.
+const MIN_GRACE: Duration = Duration::from_secs(24 * 3600);
+/// The shortest record lifetime: endpoints publish records that live an hour.
+const MIN_LIFETIME: Duration = Duration::from_secs(3600);
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -83,7 +138,41 @@ async fn run_name(args: NameArgs) -> Result<(), String> {
     if args.max_connections == 0 {
         return Err("--max-connections must be at least 1".into());
     }
-    let server = NameServer::open(&args.db).map_err(|e| e.to_string())?.with_max_connections(args.max_connections);
+    if args.grace < MIN_GRACE {
+        return Err(format!(
+            "--grace must be at least 1d (got {}s): a phone offline for a night must get its name back",
+            args.grace.as_secs()
+        ));
+    }
+    if args.max_lifetime < MIN_LIFETIME {
+        return Err(format!(
+            "--max-lifetime must be at least 1h (got {}s): msocket endpoints publish records that live an hour",
+            args.max_lifetime.as_secs()
+        ));
+    }
+    for (flag, n) in [
+        ("--registrations-per-source", u64::from(args.registrations_per_source)),
+        ("--registrations-per-key", u64::from(args.registrations_per_key)),
+        ("--names-per-key", args.names_per_key),
+        ("--max-names", args.max_names),
+    ] {
+        if n == 0 {
+            return Err(format!("{flag} must be at least 1"));
+        }
+    }
+    let server = NameServer::open(&args.db)
+        .map_err(|e| e.to_string())?
+        .with_max_connections(args.max_connections)
+        .with_rules(NameRules { grace: args.grace, max_lifetime: args.max_lifetime })
+        .with_rate_limits(RateLimits {
+            per_source: args.registrations_per_source,
+            per_key: args.registrations_per_key,
+        })
+        .with_store_limits(StoreLimits { names_per_key: args.names_per_key, max_names: args.max_names });
+    tracing::info!(grace = ?args.grace, max_lifetime = ?args.max_lifetime,
+        registrations_per_source = args.registrations_per_source,
+        registrations_per_key = args.registrations_per_key,
+        names_per_key = args.names_per_key, max_names = args.max_names, "name service limits");
     let listener = tokio::net::TcpListener::bind(&args.listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;

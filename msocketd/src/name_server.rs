@@ -1,11 +1,22 @@
 //! The durable name service behind `msocketd name`.
 //!
-//! Records live in a [redb] file: one table from name to encoded [`SignedRecord`]. Each
-//! registration is one write transaction that reads the current record, applies
-//! [`check_update`] and stores the new one, so concurrent registrations of a name are
-//! serialised by the database and the rules are checked against what is actually stored.
-//! The transaction is committed with immediate durability before the client hears `Ok`:
-//! a record acknowledged to a phone survives a crash or `kill -9` of the server.
+//! Records live in a [redb] file ([`store`]): one table from name to encoded
+//! [`SignedRecord`], and two indexes (records by expiry, names per key). Each registration
+//! is one write transaction that reads the current record, applies the rules
+//! ([`NameRules::check_update`], with this server's grace period and longest lifetime),
+//! the per-key quota and the cap on stored names, and stores the new one, so concurrent
+//! registrations of a name are serialised by the database and the rules are checked
+//! against what is actually stored. The transaction is committed with immediate
+//! durability before the client hears `Ok`: a record acknowledged to a phone survives a
+//! crash or `kill -9` of the server.
+//!
+//! Registrations cost a signature check and an `fsync`, and every stored name costs disk,
+//! so they are limited ([`limits`]): a token bucket per client source (IPv4 address or
+//! IPv6 /64) and per signing key, refused as `RateLimited` with the time to wait; at most
+//! [`StoreLimits::names_per_key`] names per key (`QuotaExceeded`) and
+//! [`StoreLimits::max_names`] names in all (`ServerFull`). Names that lapsed (their
+//! record expired and the grace period after it passed) are deleted every
+//! [`GC_INTERVAL`], and at once when a registration finds the store full.
 //!
 //! redb's calls block (a durable commit waits for `fsync`), so they run on tokio's
 //! blocking pool rather than on the async workers, where a slow disk would stall every
@@ -39,10 +50,7 @@ use std::time::Duration;
 use msocket::unstable::name_protocol::{
     read_message, write_message, FrameError, Request, Response, MAX_WATCH_WAIT,
 };
-use msocket::name::{
-    check_update, unix_now, validate_name, ChangeNotifier, NameError, SignedRecord,
-};
-use redb::{Database, Durability, ReadableDatabase as _, ReadableTable as _, TableDefinition};
+use msocket::name::{unix_now, validate_name, ChangeNotifier, NameError, NameRules, SignedRecord};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
@@ -59,9 +67,17 @@ pub const MAX_CONNECTIONS: usize = 1024;
 pub const MAX_STORE_OPS: usize = 16;
 /// How long shutdown waits for connections to finish their current request.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// How often lapsed names are deleted and refilled rate-limit buckets dropped.
+pub const GC_INTERVAL: Duration = Duration::from_secs(600);
 
-/// Name → encoded `SignedRecord`.
-const RECORDS: TableDefinition<&str, &[u8]> = TableDefinition::new("records");
+pub mod limits;
+pub mod store;
+
+pub use limits::{RateLimits, Source};
+pub use store::StoreLimits;
+
+use limits::Limiter;
+use store::{Registered, Store};
 
 /// Why the name server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -75,12 +91,21 @@ pub enum NameServerError {
         #[source]
         source: redb::Error,
     },
+    /// The database's indexes could not be built.
+    #[error("cannot index name database {path}: {reason}")]
+    Index {
+        /// The database file.
+        path: String,
+        /// What failed.
+        reason: String,
+    },
 }
 
 /// A name server: a record store and the TCP service in front of it.
 #[derive(Debug)]
 pub struct NameServer {
-    db: Database,
+    store: Store,
+    limiter: Limiter,
     store_ops: Semaphore,
     idle_timeout: Duration,
     watch_cap: Duration,
@@ -89,23 +114,13 @@ pub struct NameServer {
     changes: ChangeNotifier,
 }
 
-fn store_error(e: impl Into<redb::Error>) -> NameError {
-    NameError::Store(e.into().to_string())
-}
-
 impl NameServer {
     /// Opens the database at `path`, creating the file and its table if needed.
+    /// Rules, limits and timeouts are the defaults until set with the `with_` methods.
     pub fn open(path: impl AsRef<Path>) -> Result<NameServer, NameServerError> {
-        let path = path.as_ref();
-        let open_error =
-            |e: redb::Error| NameServerError::Open { path: path.display().to_string(), source: e };
-        let db = Database::create(path).map_err(|e| open_error(e.into()))?;
-        // Create the table up front so readers never meet a missing table.
-        let txn = db.begin_write().map_err(|e| open_error(e.into()))?;
-        txn.open_table(RECORDS).map_err(|e| open_error(e.into()))?;
-        txn.commit().map_err(|e| open_error(e.into()))?;
         Ok(NameServer {
-            db,
+            store: Store::open(path.as_ref())?,
+            limiter: Limiter::new(RateLimits::default()),
             store_ops: Semaphore::new(MAX_STORE_OPS),
             idle_timeout: IDLE_TIMEOUT,
             watch_cap: MAX_WATCH_WAIT,
@@ -136,42 +151,76 @@ impl NameServer {
         self
     }
 
+    /// Sets the grace period and the longest record lifetime (default
+    /// [`NameRules::default`]).
+    pub fn with_rules(mut self, rules: NameRules) -> Self {
+        self.store.rules = rules;
+        self
+    }
+
+    /// Sets the registration rate limits (default [`RateLimits::default`]).
+    pub fn with_rate_limits(mut self, limits: RateLimits) -> Self {
+        self.limiter = Limiter::new(limits);
+        self
+    }
+
+    /// Sets the names-per-key quota and the cap on stored names (default
+    /// [`StoreLimits::default`]).
+    pub fn with_store_limits(mut self, limits: StoreLimits) -> Self {
+        self.store.limits = limits;
+        self
+    }
+
     /// How many watches are parked right now (for monitoring and tests).
     pub fn parked_watches(&self) -> usize {
         self.changes.watchers()
     }
 
-    /// Applies the registration rules to `offered` and stores it, durably. Blocking.
-    fn register_blocking(&self, offered: &SignedRecord, now: u64) -> Result<(), NameError> {
-        let name = offered.record.name.as_str();
-        let mut txn = self.db.begin_write().map_err(store_error)?;
-        txn.set_durability(Durability::Immediate).map_err(store_error)?;
-        {
-            let mut table = txn.open_table(RECORDS).map_err(store_error)?;
-            let current = match table.get(name).map_err(store_error)? {
-                Some(stored) => Some(decode_stored(name, stored.value())?),
-                None => None,
-            };
-            // On refusal the transaction is dropped uncommitted, which aborts it.
-            check_update(current.as_ref(), offered, now)?;
-            table.insert(name, offered.encode().as_slice()).map_err(store_error)?;
+    /// How many names are stored (lapsed ones not yet deleted included). Blocking.
+    pub fn stored_names(&self) -> Result<u64, NameError> {
+        self.store.len()
+    }
+
+    /// How many names `key` holds (lapsed ones not yet deleted included). Blocking.
+    pub fn names_of(&self, key: &[u8; 32]) -> Result<u64, NameError> {
+        self.store.names_of(key)
+    }
+
+    /// Deletes every name that lapsed by `now_unix` (its record's expiry plus the grace
+    /// period), in batches; returns how many. The server runs this every
+    /// [`GC_INTERVAL`]. Blocking.
+    pub fn collect_garbage(&self, now_unix: u64) -> Result<usize, NameError> {
+        let mut total = 0;
+        loop {
+            let deleted = self.store.collect_garbage(now_unix, store::GC_BATCH)?;
+            total += deleted;
+            if deleted < store::GC_BATCH {
+                return Ok(total);
+            }
         }
-        txn.commit().map_err(store_error)
+    }
+
+    /// Registers `offered` from `source` at `now` (Unix seconds): the source's rate limit,
+    /// the key's (once the signature verified), then the store's rules and limits. Blocking.
+    fn register_blocking(
+        &self,
+        offered: &SignedRecord,
+        source: Source,
+        now: u64,
+    ) -> Result<Registered, NameError> {
+        let at = std::time::Instant::now();
+        self.limiter.register_from(source, at).map_err(|retry_after| NameError::RateLimited { retry_after })?;
+        // The key's bucket only for records its key signed: nobody may spend another's.
+        offered.verify(now)?;
+        self.limiter
+            .register_by(&offered.record.signing_key, at)
+            .map_err(|retry_after| NameError::RateLimited { retry_after })?;
+        self.store.register(offered, now)
     }
 
     /// The verified record registered under `name`. Blocking.
     fn lookup_blocking(&self, name: &str, now: u64) -> Result<SignedRecord, NameError> {
-        validate_name(name)?;
-        let txn = self.db.begin_read().map_err(store_error)?;
-        let table = txn.open_table(RECORDS).map_err(store_error)?;
-        let stored = table.get(name).map_err(store_error)?;
-        let record = match stored {
-            Some(bytes) => decode_stored(name, bytes.value())?,
-            None => return Err(NameError::NotFound(name.to_string())),
-        };
-        // Stored records verified when registered; this re-check catches expiry.
-        record.verify(now)?;
-        Ok(record)
+        self.store.lookup(name, now)
     }
 
     /// Runs `op` on the blocking pool with the current time, holding one of the
@@ -193,25 +242,26 @@ impl NameServer {
         }
     }
 
-    /// Answers a `Register` or a `Lookup`. (`Watch` needs the connection: see
+    /// Answers a `Register` or a `Lookup` from `peer`. (`Watch` needs the connection: see
     /// [`Self::watch`].)
-    async fn handle(self: &Arc<Self>, request: Request) -> Response {
+    async fn handle(self: &Arc<Self>, request: Request, peer: SocketAddr) -> Response {
         let outcome = match request {
             Request::Register(record) => {
+                let source = Source::of(peer.ip());
                 self.run_store(move |this, now| {
-                    let outcome = this.register_blocking(&record, now);
+                    let outcome = this.register_blocking(&record, source, now);
                     let r = &record.record;
                     match &outcome {
-                        Ok(()) => {
+                        Ok(how) => {
                             tracing::info!(name = %r.name, seq = r.seq,
-                                key = %r.public().fingerprint(), "registered");
+                                key = %r.public().fingerprint(), %source, ?how, "registered");
                             // Committed durably: watchers woken now will find it.
                             this.changes.notify(&r.name);
                         }
-                        Err(e) => tracing::info!(name = %r.name, seq = r.seq, error = %e,
+                        Err(e) => tracing::info!(name = %r.name, seq = r.seq, %source, error = %e,
                             "registration refused"),
                     }
-                    outcome.map(|()| Response::Ok)
+                    outcome.map(|_| Response::Ok)
                 })
                 .await
             }
@@ -303,6 +353,7 @@ impl NameServer {
         if let Ok(addr) = listener.local_addr() {
             tracing::info!(%addr, "name service listening");
         }
+        tasks.spawn(Arc::clone(&self).collect_garbage_every(GC_INTERVAL, stop_rx.clone()));
         loop {
             while tasks.try_join_next().is_some() {}
             // Take a connection slot before accepting: at the limit, clients queue in the
@@ -346,6 +397,28 @@ impl NameServer {
         }
     }
 
+    /// Deletes lapsed names and drops refilled rate-limit buckets now and every
+    /// `interval`, until the server stops.
+    async fn collect_garbage_every(self: Arc<Self>, interval: Duration, mut stop: watch::Receiver<()>) {
+        loop {
+            let this = Arc::clone(&self);
+            let collected = tokio::task::spawn_blocking(move || {
+                this.limiter.prune(std::time::Instant::now());
+                this.collect_garbage(unix_now())
+            });
+            match collected.await {
+                Ok(Ok(0)) => {}
+                Ok(Ok(n)) => tracing::info!(deleted = n, "lapsed names deleted"),
+                Ok(Err(e)) => tracing::error!(error = %e, "deleting lapsed names failed"),
+                Err(e) => tracing::error!(error = %e, "name garbage collection task failed"),
+            }
+            tokio::select! {
+                _ = stop.changed() => return,
+                () = tokio::time::sleep(interval) => {}
+            }
+        }
+    }
+
     /// Serves one connection: requests one after another until the client closes, goes
     /// idle, misbehaves, or the server stops.
     async fn connection(
@@ -384,7 +457,7 @@ impl NameServer {
                             None => break,
                         }
                     }
-                    Ok(request) => (self.handle(request).await, true),
+                    Ok(request) => (self.handle(request, peer).await, true),
                     Err(e) => {
                         tracing::warn!(%peer, error = %e, "malformed request; closing");
                         (Response::refusal(&e), false)
@@ -424,11 +497,6 @@ async fn peer_gone(stream: &TcpStream) -> bool {
     }
 }
 
-fn decode_stored(name: &str, bytes: &[u8]) -> Result<SignedRecord, NameError> {
-    SignedRecord::decode(bytes)
-        .map_err(|e| NameError::Store(format!("stored record for {name:?} is unreadable: {e}")))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -448,35 +516,166 @@ mod tests {
         SignedRecord::sign(record, &id).unwrap()
     }
 
+    fn open(dir: &tempfile::TempDir) -> NameServer {
+        NameServer::open(dir.path().join("names.redb")).unwrap()
+    }
+
+    fn key(seed: u8) -> [u8; 32] {
+        Identity::from_seed([seed; 32]).public().signing
+    }
+
     #[test]
     fn store_applies_the_rules_and_keeps_refused_records_out() {
         let dir = tempfile::tempdir().unwrap();
-        let server = NameServer::open(dir.path().join("names.redb")).unwrap();
-        assert_eq!(server.lookup_blocking("alice", NOW), Err(NameError::NotFound("alice".into())));
-        server.register_blocking(&signed(1, "alice", 2), NOW).unwrap();
-        assert_eq!(
-            server.register_blocking(&signed(1, "alice", 2), NOW),
-            Err(NameError::Stale { current: 2, offered: 2 })
-        );
-        assert_eq!(
-            server.register_blocking(&signed(2, "alice", 3), NOW),
-            Err(NameError::KeyMismatch)
-        );
-        assert_eq!(server.lookup_blocking("alice", NOW), Ok(signed(1, "alice", 2)));
-        assert_eq!(server.lookup_blocking("alice", NOW + 100), Err(NameError::Expired));
+        let server = open(&dir);
+        let store = &server.store;
+        assert_eq!(store.lookup("alice", NOW), Err(NameError::NotFound("alice".into())));
+        assert_eq!(store.register(&signed(1, "alice", 2), NOW), Ok(Registered::NewName));
+        assert_eq!(store.register(&signed(1, "alice", 2), NOW), Err(NameError::Stale { current: 2, offered: 2 }));
+        assert_eq!(store.register(&signed(2, "alice", 3), NOW), Err(NameError::KeyMismatch));
+        assert_eq!(store.lookup("alice", NOW), Ok(signed(1, "alice", 2)));
+        assert_eq!(store.lookup("alice", NOW + 100), Err(NameError::Expired));
         // Expired, but within the grace period: another key is refused and the owner, back
         // after an hour offline, registers again.
         let hour_later = NOW + 100 + 3600;
         let squat = signed_until(2, "alice", 9, hour_later + 200);
-        assert_eq!(server.register_blocking(&squat, hour_later), Err(NameError::KeyMismatch));
+        assert_eq!(store.register(&squat, hour_later), Err(NameError::KeyMismatch));
         let back = signed_until(1, "alice", 3, hour_later + 200);
-        server.register_blocking(&back, hour_later).unwrap();
-        assert_eq!(server.lookup_blocking("alice", hour_later), Ok(back));
+        assert_eq!(store.register(&back, hour_later), Ok(Registered::Updated));
+        assert_eq!(store.lookup("alice", hour_later), Ok(back));
         // A grace period after its last record expired, the name is free for another key.
         let freed = hour_later + 200 + msocket::name::NAME_GRACE.as_secs();
         let taker = signed_until(2, "alice", 1, freed + 200);
-        server.register_blocking(&taker, freed).unwrap();
-        assert_eq!(server.lookup_blocking("alice", freed), Ok(taker));
+        assert_eq!(store.register(&taker, freed), Ok(Registered::TakenOver));
+        assert_eq!(store.lookup("alice", freed), Ok(taker));
+        assert_eq!((store.names_of(&key(1)), store.names_of(&key(2))), (Ok(0), Ok(1)));
+    }
+
+    #[test]
+    fn the_grace_period_and_the_longest_lifetime_are_the_servers() {
+        let dir = tempfile::tempdir().unwrap();
+        let day = 24 * 3600;
+        let rules = NameRules { grace: Duration::from_secs(day), max_lifetime: Duration::from_secs(2 * 3600) };
+        let server = open(&dir).with_rules(rules);
+        let store = &server.store;
+        assert_eq!(
+            store.register(&signed_until(1, "alice", 1, NOW + 3 * 3600), NOW),
+            Err(NameError::LifetimeTooLong { max: Duration::from_secs(2 * 3600) })
+        );
+        store.register(&signed_until(1, "alice", 1, NOW + 3600), NOW).unwrap();
+        // One second short of a day after expiry the name is still bound; then it is free.
+        let lapsed = NOW + 3600 + day;
+        assert_eq!(store.register(&signed_until(2, "alice", 1, lapsed + 60), lapsed - 1), Err(NameError::KeyMismatch));
+        assert_eq!(store.register(&signed_until(2, "alice", 1, lapsed + 60), lapsed), Ok(Registered::TakenOver));
+    }
+
+    #[test]
+    fn a_key_holds_at_most_its_quota_of_names_until_one_lapses() {
+        let dir = tempfile::tempdir().unwrap();
+        let server = open(&dir).with_store_limits(StoreLimits { names_per_key: 3, max_names: 100 });
+        let store = &server.store;
+        for name in ["a1", "a2"] {
+            store.register(&signed(1, name, 1), NOW).unwrap();
+        }
+        // The third lives longer than the others.
+        store.register(&signed_until(1, "a3", 1, NOW + 3600), NOW).unwrap();
+        assert_eq!(store.register(&signed(1, "a4", 1), NOW), Err(NameError::QuotaExceeded { max: 3 }));
+        // Updates of names it holds are not new names; other keys have quotas of their own.
+        store.register(&signed(1, "a1", 2), NOW).unwrap();
+        store.register(&signed(2, "b1", 1), NOW).unwrap();
+        assert_eq!(store.names_of(&key(1)), Ok(3));
+        // Once a1 and a2 lapsed, registering a new name deletes them first and fits.
+        let lapsed = NOW + 100 + NameRules::default().grace.as_secs();
+        assert_eq!(store.register(&signed_until(1, "a4", 1, lapsed + 60), lapsed), Ok(Registered::NewName));
+        assert_eq!(store.names_of(&key(1)), Ok(2));
+        assert_eq!(store.lookup("a1", lapsed), Err(NameError::NotFound("a1".into())));
+        assert_eq!(store.len(), Ok(2), "a3 and a4 remain; b1 lapsed too and went with them");
+    }
+
+    #[test]
+    fn a_full_store_refuses_new_names_but_not_updates() {
+        let dir = tempfile::tempdir().unwrap();
+        let server = open(&dir).with_store_limits(StoreLimits { names_per_key: 10, max_names: 3 });
+        let store = &server.store;
+        store.register(&signed(1, "n1", 1), NOW).unwrap();
+        store.register(&signed(2, "n2", 1), NOW).unwrap();
+        store.register(&signed_until(3, "n3", 1, NOW + 3600), NOW).unwrap();
+        assert_eq!(store.register(&signed(4, "n4", 1), NOW), Err(NameError::ServerFull { max: 3 }));
+        assert_eq!(store.register(&signed(1, "n1", 2), NOW), Ok(Registered::Updated));
+        assert_eq!(store.len(), Ok(3));
+        // n1 and n2 lapse: the next new name makes room by deleting them.
+        let lapsed = NOW + 100 + NameRules::default().grace.as_secs();
+        assert_eq!(store.register(&signed_until(4, "n4", 1, lapsed + 60), lapsed), Ok(Registered::NewName));
+        assert_eq!(store.len(), Ok(2));
+    }
+
+    #[test]
+    fn garbage_collection_deletes_lapsed_names_and_frees_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let server = open(&dir);
+        let store = &server.store;
+        let grace = NameRules::default().grace.as_secs();
+        store.register(&signed_until(1, "early", 1, NOW + 100), NOW).unwrap();
+        store.register(&signed_until(1, "late", 1, NOW + 3000), NOW).unwrap();
+        store.register(&signed_until(2, "other", 1, NOW + 100), NOW).unwrap();
+        // Expired, within the grace period: kept.
+        assert_eq!(server.collect_garbage(NOW + 100 + grace - 1), Ok(0));
+        assert_eq!(store.len(), Ok(3));
+        // "early" and "other" lapsed: deleted, their keys' counts follow.
+        assert_eq!(server.collect_garbage(NOW + 100 + grace), Ok(2));
+        assert_eq!(store.len(), Ok(1));
+        assert_eq!((store.names_of(&key(1)), store.names_of(&key(2))), (Ok(1), Ok(0)));
+        let now = NOW + 100 + grace;
+        assert_eq!(store.lookup("early", now), Err(NameError::NotFound("early".into())));
+        // The freed name is anyone's: another key takes it as a new name.
+        assert_eq!(store.register(&signed_until(3, "early", 1, now + 60), now), Ok(Registered::NewName));
+        // Nothing more lapsed yet; "late" goes when its turn comes.
+        assert_eq!(server.collect_garbage(now), Ok(0));
+        assert_eq!(server.collect_garbage(NOW + 3000 + grace), Ok(1));
+        assert_eq!(store.lookup("late", now), Err(NameError::NotFound("late".into())));
+    }
+
+    #[test]
+    fn garbage_collection_works_in_batches() {
+        let dir = tempfile::tempdir().unwrap();
+        let server = open(&dir).with_store_limits(StoreLimits { names_per_key: 5000, max_names: 5000 });
+        let n = store::GC_BATCH + 5;
+        for i in 0..n {
+            server.store.register(&signed(1, &format!("n{i}"), 1), NOW).unwrap();
+        }
+        let lapsed = NOW + 100 + NameRules::default().grace.as_secs();
+        assert_eq!(server.store.collect_garbage(lapsed, store::GC_BATCH), Ok(store::GC_BATCH));
+        assert_eq!(server.collect_garbage(lapsed), Ok(5));
+        assert_eq!(server.stored_names(), Ok(0));
+        assert_eq!(server.names_of(&key(1)), Ok(0));
+    }
+
+    #[test]
+    fn registrations_are_rate_limited_per_source_and_per_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let server = open(&dir).with_rate_limits(RateLimits { per_source: 5, per_key: 3 });
+        let phone = Source::of("192.0.2.1".parse().unwrap());
+        let other = Source::of("192.0.2.2".parse().unwrap());
+        // Key 1 registers three times, then its bucket is empty, from any source.
+        for seq in 1..=3 {
+            server.register_blocking(&signed(1, "alice", seq), phone, NOW).unwrap();
+        }
+        assert!(matches!(
+            server.register_blocking(&signed(1, "alice", 4), other, NOW),
+            Err(NameError::RateLimited { retry_after }) if retry_after > Duration::ZERO
+        ));
+        // A forged record naming key 2 does not spend key 2's registrations...
+        let mut forged = signed(2, "bob", 1);
+        forged.record.seq = 99;
+        for _ in 0..3 {
+            assert_eq!(server.register_blocking(&forged, other, NOW), Err(NameError::BadSignature));
+        }
+        assert_eq!(server.register_blocking(&signed(2, "bob", 1), phone, NOW), Ok(Registered::NewName));
+        // ...but every attempt spent its source's: each has sent four of its five.
+        server.register_blocking(&signed(3, "carol", 1), other, NOW).unwrap();
+        assert!(matches!(server.register_blocking(&signed(4, "dave", 1), other, NOW), Err(NameError::RateLimited { .. })));
+        server.register_blocking(&signed(4, "dave", 1), phone, NOW).unwrap();
+        assert!(matches!(server.register_blocking(&signed(5, "erin", 1), phone, NOW), Err(NameError::RateLimited { .. })));
     }
 
     #[test]
@@ -485,10 +684,8 @@ mod tests {
         let path = dir.path().join("names.redb");
         {
             let server = NameServer::open(&path).unwrap();
-            server.register_blocking(&signed(1, "alice", 5), NOW).unwrap();
-            let txn = server.db.begin_write().unwrap();
-            txn.open_table(RECORDS).unwrap().insert("broken", &[1u8, 2, 3][..]).unwrap();
-            txn.commit().unwrap();
+            server.store.register(&signed(1, "alice", 5), NOW).unwrap();
+            server.store.put_raw("broken", &[1, 2, 3]);
         }
         let server = NameServer::open(&path).unwrap();
         assert_eq!(server.lookup_blocking("alice", NOW), Ok(signed(1, "alice", 5)));
@@ -496,6 +693,25 @@ mod tests {
             server.lookup_blocking("broken", NOW),
             Err(NameError::Store(m)) if m.contains("unreadable")
         ));
+    }
+
+    #[test]
+    fn a_file_without_indexes_gets_them_built_when_opened() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("names.redb");
+        {
+            let server = NameServer::open(&path).unwrap();
+            server.store.register(&signed(1, "alice", 1), NOW).unwrap();
+            server.store.register(&signed(1, "bob", 1), NOW).unwrap();
+            server.store.put_raw("broken", &[1, 2, 3]);
+            server.store.drop_indexes();
+        }
+        let server = NameServer::open(&path).unwrap();
+        assert_eq!(server.names_of(&key(1)), Ok(2));
+        let lapsed = NOW + 100 + NameRules::default().grace.as_secs();
+        assert_eq!(server.collect_garbage(lapsed), Ok(2));
+        // The unreadable record is left for the operator to look at.
+        assert_eq!(server.stored_names(), Ok(1));
     }
 
     #[tokio::test]
@@ -506,12 +722,13 @@ mod tests {
         let mut other = server.changes.subscribe("bob");
         assert_eq!(server.parked_watches(), 2);
         let record = signed_until(1, "alice", 1, unix_now() + 100);
-        assert_eq!(server.handle(Request::Register(record.clone())).await, Response::Ok);
+        let peer: SocketAddr = "192.0.2.1:1".parse().unwrap();
+        assert_eq!(server.handle(Request::Register(record.clone()), peer).await, Response::Ok);
         tokio::time::timeout(Duration::from_secs(5), watching.changed())
             .await
             .expect("registration did not wake the watcher");
         // A refused registration stores nothing and wakes nobody; other names sleep on.
-        let refused = server.handle(Request::Register(record)).await;
+        let refused = server.handle(Request::Register(record), peer).await;
         assert!(matches!(refused, Response::Refused { .. }), "{refused:?}");
         let short = Duration::from_millis(100);
         assert!(tokio::time::timeout(short, watching.changed()).await.is_err());

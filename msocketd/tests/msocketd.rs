@@ -151,7 +151,21 @@ fn help_explains_the_name_service() {
         Command::new(env!("CARGO_BIN_EXE_msocketd")).args(["name", "--help"]).output().unwrap();
     assert!(out.status.success());
     let help = String::from_utf8(out.stdout).unwrap();
-    for needle in ["signed name records", "--listen", "--db", "127.0.0.1:7450", "RUST_LOG", "--max-connections"] {
+    for needle in [
+        "signed name records",
+        "--listen",
+        "--db",
+        "127.0.0.1:7450",
+        "RUST_LOG",
+        "--max-connections",
+        "--grace",
+        "--max-lifetime",
+        "--registrations-per-source",
+        "--registrations-per-key",
+        "--names-per-key",
+        "--max-names",
+        "rate limited",
+    ] {
         assert!(help.contains(needle), "help lacks {needle:?}:\n{help}");
     }
     let out = Command::new(env!("CARGO_BIN_EXE_msocketd")).arg("--help").output().unwrap();
@@ -169,6 +183,35 @@ fn zero_connections_is_refused_with_a_clear_error() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("--max-connections must be at least 1"), "{err}");
+}
+
+/// Runs `msocketd name` with `args` (and a fresh database), expecting it to refuse to
+/// start; returns its stderr.
+fn refused_start(args: &[&str]) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_msocketd"))
+        .args(["name", "--listen", "127.0.0.1:0", "--db"])
+        .arg(dir.path().join("names.redb"))
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "{args:?} started");
+    assert!(out.stdout.is_empty(), "{args:?} announced itself");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn a_grace_period_of_minutes_or_a_bad_limit_is_refused_at_startup() {
+    let err = refused_start(&["--grace", "30m"]);
+    assert!(err.contains("--grace must be at least 1d (got 1800s)"), "{err}");
+    let err = refused_start(&["--grace", "7"]);
+    assert!(err.contains("not a duration") && err.contains("7d"), "{err}");
+    let err = refused_start(&["--max-lifetime", "10m"]);
+    assert!(err.contains("--max-lifetime must be at least 1h"), "{err}");
+    for flag in ["--registrations-per-source", "--registrations-per-key", "--names-per-key", "--max-names"] {
+        let err = refused_start(&[flag, "0"]);
+        assert!(err.contains(&format!("{flag} must be at least 1")), "{err}");
+    }
 }
 
 #[test]

@@ -663,3 +663,126 @@ async fn shutdown_answers_parked_watches() {
     assert_eq!(response(&mut conn).await, Response::Unchanged);
     assert!(closed(&mut conn).await);
 }
+
+// ---- Ownership, quotas, limits ----
+
+/// The largest record the protocol allows: a 253-byte name, 16 IPv6 addresses, 8 relays
+/// of 255 bytes, under a key of its own (`n` picks the key and the name).
+fn max_size_record(n: u32) -> SignedRecord {
+    let mut seed = [0xa5; 32];
+    seed[..4].copy_from_slice(&n.to_be_bytes());
+    let id = Identity::from_seed(seed);
+    let label = |c: char, len: usize| std::iter::repeat_n(c, len).collect::<String>();
+    let name = format!("{}.{}.{}.n{:0>60}", label('a', 63), label('b', 63), label('c', 63), n);
+    assert_eq!(name.len(), msocket::name::MAX_NAME_LEN);
+    let p = id.public();
+    let record = NameRecord {
+        name,
+        signing_key: p.signing,
+        noise_key: p.noise,
+        addrs: (0..16u16).map(|i| SocketAddr::from(([0x2001, 0xdb8, 0, 0, 0, 0, 0, i], 4000 + i))).collect(),
+        relays: (0..8).map(|i| format!("{}{i}", label('r', 254))).collect(),
+        seq: 1,
+        expires: later(),
+    };
+    SignedRecord::sign(record, &id).unwrap()
+}
+
+/// The reviewer's attack: 3,000 maximum-size registrations from one client, each under a
+/// fresh key (so no per-key limit applies), as fast as it can. With the default limits
+/// only the source's burst (60) and what refilled meanwhile (one a second) are stored;
+/// the rest are refused as rate limited, with a time to wait, and stored nowhere. A
+/// client at another address registers at once.
+#[tokio::test]
+async fn a_registration_flood_from_one_source_is_held_to_its_rate() {
+    let server = TestServer::start().await;
+    let attacker = server.client().bind_to("127.0.0.1".parse().unwrap());
+    let records: Vec<SignedRecord> = (0..3000).map(max_size_record).collect();
+    assert!(records[0].encode().len() > 2_500, "{} bytes", records[0].encode().len());
+    let started = Instant::now();
+    let (mut accepted, mut limited) = (0u64, 0u64);
+    for record in &records {
+        match attacker.register(record).await {
+            Ok(()) => accepted += 1,
+            Err(NameError::RateLimited { retry_after }) => {
+                assert!(retry_after > Duration::ZERO && retry_after <= Duration::from_secs(1), "{retry_after:?}");
+                limited += 1;
+            }
+            Err(e) => panic!("unexpected refusal: {e}"),
+        }
+    }
+    let took = started.elapsed();
+    let allowed = 60 + took.as_secs() + 1;
+    println!("3000 registrations in {took:?}: {accepted} accepted, {limited} rate limited (at most {allowed} allowed)");
+    assert!((60..=allowed).contains(&accepted), "{accepted} accepted");
+    assert_eq!(accepted + limited, 3000);
+    assert_eq!(server.server.stored_names(), Ok(accepted));
+
+    // Another source is not held back by the flood.
+    let honest = server.client().bind_to("127.0.0.2".parse().unwrap());
+    let phone = record(9, "phone", 1, later());
+    honest.register(&phone).await.unwrap();
+    assert_eq!(honest.lookup("phone").await, Ok(phone));
+    server.shut_down().await;
+}
+
+/// An honest phone re-registers on every network change: a burst of ten passes at once.
+#[tokio::test]
+async fn a_phone_changing_networks_ten_times_registers_every_time() {
+    let server = TestServer::start().await;
+    let phone = server.client();
+    for seq in 1..=10 {
+        phone.register(&record(3, "phone", seq, later())).await.unwrap();
+    }
+    assert!(matches!(phone.lookup("phone").await, Ok(r) if r.record.seq == 10));
+    server.shut_down().await;
+}
+
+#[tokio::test]
+async fn a_key_is_held_to_its_rate_and_its_quota_of_names() {
+    use msocketd::name_server::{RateLimits, StoreLimits};
+    let server = TestServer::start_with(|s| {
+        s.with_rate_limits(RateLimits { per_source: 1000, per_key: 5 })
+            .with_store_limits(StoreLimits { names_per_key: 3, max_names: 4 })
+    })
+    .await;
+    let client = server.client();
+    for name in ["n1", "n2", "n3"] {
+        client.register(&record(1, name, 1, later())).await.unwrap();
+    }
+    assert_eq!(client.register(&record(1, "n4", 1, later())).await, Err(NameError::QuotaExceeded { max: 3 }));
+    // Key 1 has spent its five registrations (the refused one counts).
+    client.register(&record(1, "n1", 2, later())).await.unwrap();
+    assert!(matches!(client.register(&record(1, "n1", 3, later())).await, Err(NameError::RateLimited { .. })));
+    // Another key fills the server.
+    client.register(&record(2, "m1", 1, later())).await.unwrap();
+    assert_eq!(client.register(&record(2, "m2", 1, later())).await, Err(NameError::ServerFull { max: 4 }));
+    assert_eq!(server.server.stored_names(), Ok(4));
+    server.shut_down().await;
+}
+
+/// Records that lapsed (expired, then the grace period passed) are deleted and their
+/// names freed; the server's clock is played forward through `collect_garbage`.
+#[tokio::test]
+async fn lapsed_names_are_deleted_and_freed() {
+    let server = TestServer::start().await;
+    let client = server.client();
+    let grace = msocket::name::NAME_GRACE.as_secs();
+    let soon = unix_now() + 60;
+    client.register(&record(1, "alice", 1, soon)).await.unwrap();
+    client.register(&record(1, "bob", 1, later())).await.unwrap();
+    let key = Identity::from_seed([1; 32]).public().signing;
+    assert_eq!(server.server.names_of(&key), Ok(2));
+    // Expired a while ago, not lapsed: kept.
+    assert_eq!(server.server.collect_garbage(soon + grace - 1), Ok(0));
+    // Lapsed: deleted.
+    assert_eq!(server.server.collect_garbage(soon + grace), Ok(1));
+    assert_eq!(client.lookup("alice").await, Err(NameError::NotFound("alice".into())));
+    assert_eq!(server.server.names_of(&key), Ok(1));
+    assert_eq!(server.server.stored_names(), Ok(1));
+    // The freed name is anyone's.
+    let taker = record(2, "alice", 1, later());
+    client.register(&taker).await.unwrap();
+    assert_eq!(client.lookup("alice").await, Ok(taker));
+    server.shut_down().await;
+}

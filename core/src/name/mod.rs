@@ -90,6 +90,25 @@ pub enum NameError {
         /// The longest lifetime allowed.
         max: Duration,
     },
+    /// The name server refused a registration because this client (its address) or this
+    /// signing key registered too often; it may be retried after `retry_after`.
+    #[error("name server rate limit reached: retry in {} ms", .retry_after.as_millis())]
+    RateLimited {
+        /// How long to wait before registering again.
+        retry_after: Duration,
+    },
+    /// The record's signing key already holds as many names as the name server allows.
+    #[error("the signing key already holds {max} names, the most this name server allows")]
+    QuotaExceeded {
+        /// The most names one key may hold.
+        max: u64,
+    },
+    /// The name server holds as many names as it may store: a new name is refused.
+    #[error("the name server is full: it holds its maximum of {max} names")]
+    ServerFull {
+        /// The most names the server stores.
+        max: u64,
+    },
     /// Bytes that are not a valid record or message, or a record over its bounds.
     #[error("malformed: {0}")]
     Malformed(String),
@@ -214,6 +233,64 @@ pub const NAME_GRACE: Duration = Duration::from_secs(7 * 24 * 3600);
 /// service's clock). Endpoints publish for an hour and refresh every half hour.
 pub const MAX_RECORD_LIFETIME: Duration = Duration::from_secs(24 * 3600);
 
+/// The tunables of the registration rules ([`check_update`] uses the defaults, a name
+/// server may set its own): how long a record may live, and how long a lapsed name stays
+/// its key's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NameRules {
+    /// The longest a record may live ([`MAX_RECORD_LIFETIME`] by default).
+    pub max_lifetime: Duration,
+    /// How long a name stays bound to its key after its record expired ([`NAME_GRACE`]
+    /// by default).
+    pub grace: Duration,
+}
+
+impl Default for NameRules {
+    fn default() -> Self {
+        NameRules { max_lifetime: MAX_RECORD_LIFETIME, grace: NAME_GRACE }
+    }
+}
+
+impl NameRules {
+    /// Whether `record`'s name is free again at `now_unix`: its expiry plus the grace
+    /// period has passed (a store may then delete it).
+    pub fn is_lapsed(&self, record: &NameRecord, now_unix: u64) -> bool {
+        now_unix >= record.expires.saturating_add(self.grace.as_secs())
+    }
+
+    /// [`check_update`] with these tunables.
+    pub fn check_update(
+        &self,
+        current: Option<&SignedRecord>,
+        offered: &SignedRecord,
+        now_unix: u64,
+    ) -> Result<(), NameError> {
+        offered.verify(now_unix)?;
+        if offered.record.expires > now_unix.saturating_add(self.max_lifetime.as_secs()) {
+            return Err(NameError::LifetimeTooLong { max: self.max_lifetime });
+        }
+        let Some(current) = current else { return Ok(()) };
+        if current.record.name != offered.record.name {
+            return Err(NameError::Store(format!(
+                "store compared a record for {:?} with one for {:?}",
+                current.record.name, offered.record.name
+            )));
+        }
+        let same_key = current.record.signing_key == offered.record.signing_key;
+        if !same_key {
+            // The name is its key's until the grace period after its record expired is over.
+            if self.is_lapsed(&current.record, now_unix) {
+                return Ok(());
+            }
+            return Err(NameError::KeyMismatch);
+        }
+        if offered.record.seq <= current.record.seq {
+            return Err(NameError::Stale { current: current.record.seq, offered: offered.record.seq });
+        }
+        Ok(())
+    }
+}
+
 /// The default watch: looks the name up until a newer record shows up or `wait` passes.
 async fn poll_watch<S: NameService + ?Sized>(
     service: &S,
@@ -255,7 +332,8 @@ fn deadline_after(wait: Duration) -> tokio::time::Instant {
     now.checked_add(wait).or_else(|| now.checked_add(CENTURY)).unwrap_or(now)
 }
 
-/// The registration rules, shared by every store.
+/// The registration rules, shared by every store, with the default tunables
+/// ([`NameRules`] sets others).
 ///
 /// `offered` must verify at `now_unix`. If `current` holds a record for the name, the
 /// offered one must be signed by the same key ([`NameError::KeyMismatch`]) and carry a
@@ -271,29 +349,7 @@ pub fn check_update(
     offered: &SignedRecord,
     now_unix: u64,
 ) -> Result<(), NameError> {
-    offered.verify(now_unix)?;
-    if offered.record.expires > now_unix.saturating_add(MAX_RECORD_LIFETIME.as_secs()) {
-        return Err(NameError::LifetimeTooLong { max: MAX_RECORD_LIFETIME });
-    }
-    let Some(current) = current else { return Ok(()) };
-    if current.record.name != offered.record.name {
-        return Err(NameError::Store(format!(
-            "store compared a record for {:?} with one for {:?}",
-            current.record.name, offered.record.name
-        )));
-    }
-    let same_key = current.record.signing_key == offered.record.signing_key;
-    if !same_key {
-        // The name is its key's until the grace period after its record expired is over.
-        if now_unix >= current.record.expires.saturating_add(NAME_GRACE.as_secs()) {
-            return Ok(());
-        }
-        return Err(NameError::KeyMismatch);
-    }
-    if offered.record.seq <= current.record.seq {
-        return Err(NameError::Stale { current: current.record.seq, offered: offered.record.seq });
-    }
-    Ok(())
+    NameRules::default().check_update(current, offered, now_unix)
 }
 
 /// Seconds since the Unix epoch by the system clock (0 if the clock is before 1970).

@@ -24,9 +24,13 @@
 //! refusal codes: 1 bad signature   2 stale (current_seq = the registered seq)
 //!                3 key mismatch    4 expired        5 invalid name
 //!                6 malformed       7 internal error
+//!                8 lifetime too long (current_seq = the longest lifetime allowed, in s)
+//!                9 rate limited (current_seq = milliseconds to wait before retrying)
+//!               10 quota exceeded: the key holds the most names allowed (current_seq = that many)
+//!               11 server full: it stores the most names it may (current_seq = that many)
 //! ```
 //!
-//! All integers are big-endian; `current_seq` is 0 unless the code is *stale*. Unknown
+//! All integers are big-endian; `current_seq` is 0 unless the code says otherwise. Unknown
 //! refusal codes are kept and reported as a generic refusal, so servers can add codes. A
 //! body with trailing bytes, an unknown version or tag, or a frame over the limit is
 //! malformed: the server answers `Refused(malformed)` and closes the connection.
@@ -124,6 +128,12 @@ pub enum RefuseCode {
     Internal,
     /// The record would live longer than the server allows.
     LifetimeTooLong,
+    /// The client (by address) or the record's key registered too often.
+    RateLimited,
+    /// The record's key holds the most names the server allows.
+    QuotaExceeded,
+    /// The server stores the most names it may.
+    ServerFull,
     /// A code this version does not know.
     Other(u8),
 }
@@ -140,6 +150,9 @@ impl RefuseCode {
             RefuseCode::Malformed => 6,
             RefuseCode::Internal => 7,
             RefuseCode::LifetimeTooLong => 8,
+            RefuseCode::RateLimited => 9,
+            RefuseCode::QuotaExceeded => 10,
+            RefuseCode::ServerFull => 11,
             RefuseCode::Other(c) => c,
         }
     }
@@ -155,6 +168,9 @@ impl RefuseCode {
             6 => RefuseCode::Malformed,
             7 => RefuseCode::Internal,
             8 => RefuseCode::LifetimeTooLong,
+            9 => RefuseCode::RateLimited,
+            10 => RefuseCode::QuotaExceeded,
+            11 => RefuseCode::ServerFull,
             c => RefuseCode::Other(c),
         }
     }
@@ -176,7 +192,9 @@ pub enum Response {
         /// Why.
         code: RefuseCode,
         /// For [`RefuseCode::Stale`], the registered sequence number; for
-        /// [`RefuseCode::LifetimeTooLong`], the longest lifetime allowed in seconds; else 0.
+        /// [`RefuseCode::LifetimeTooLong`], the longest lifetime allowed in seconds; for
+        /// [`RefuseCode::RateLimited`], the milliseconds to wait; for
+        /// [`RefuseCode::QuotaExceeded`] and [`RefuseCode::ServerFull`], the limit; else 0.
         current_seq: u64,
         /// Human-readable detail.
         message: String,
@@ -196,6 +214,11 @@ impl Response {
             NameError::InvalidName { .. } => (RefuseCode::InvalidName, 0),
             NameError::Malformed(_) => (RefuseCode::Malformed, 0),
             NameError::LifetimeTooLong { max } => (RefuseCode::LifetimeTooLong, max.as_secs()),
+            NameError::RateLimited { retry_after } => {
+                (RefuseCode::RateLimited, u64::try_from(retry_after.as_millis()).unwrap_or(u64::MAX))
+            }
+            NameError::QuotaExceeded { max } => (RefuseCode::QuotaExceeded, *max),
+            NameError::ServerFull { max } => (RefuseCode::ServerFull, *max),
             _ => (RefuseCode::Internal, 0),
         };
         Response::Refused { code, current_seq, message: err.to_string() }
@@ -220,6 +243,9 @@ impl Response {
             }
             RefuseCode::Malformed => NameError::Malformed(format!("server said: {message}")),
             RefuseCode::LifetimeTooLong => NameError::LifetimeTooLong { max: Duration::from_secs(current_seq) },
+            RefuseCode::RateLimited => NameError::RateLimited { retry_after: Duration::from_millis(current_seq) },
+            RefuseCode::QuotaExceeded => NameError::QuotaExceeded { max: current_seq },
+            RefuseCode::ServerFull => NameError::ServerFull { max: current_seq },
             RefuseCode::Internal | RefuseCode::Other(_) => NameError::Refused(message.to_string()),
         }
     }
@@ -489,6 +515,9 @@ mod tests {
             NameError::KeyMismatch,
             NameError::Expired,
             NameError::LifetimeTooLong { max: Duration::from_secs(86_400) },
+            NameError::RateLimited { retry_after: Duration::from_millis(1_500) },
+            NameError::QuotaExceeded { max: 32 },
+            NameError::ServerFull { max: 1_000_000 },
         ];
         for err in errors {
             let Response::Refused { code, current_seq, message } = Response::refusal(&err) else {
@@ -505,6 +534,11 @@ mod tests {
             Response::refusal_error(code, current_seq, &message, "Bob", 0),
             NameError::InvalidName { name, reason } if name == "Bob" && reason.contains("lowercase")
         ));
+        for byte in 0..=u8::MAX {
+            assert_eq!(RefuseCode::from_u8(byte).to_u8(), byte);
+        }
+        assert_eq!(RefuseCode::from_u8(9), RefuseCode::RateLimited);
+        assert_eq!(RefuseCode::from_u8(11), RefuseCode::ServerFull);
         let store = Response::refusal(&NameError::Store("disk full".into()));
         assert!(matches!(store, Response::Refused { code: RefuseCode::Internal, .. }));
         assert_eq!(

@@ -30,6 +30,8 @@ use super::{
 pub struct TcpNameClient {
     server: String,
     timeout: Duration,
+    /// The local address every connection leaves from, if pinned.
+    local: Option<IpAddr>,
     /// The connection of the last answered watch, and when it was answered.
     parked: Arc<Mutex<Option<(TcpStream, Instant)>>>,
 }
@@ -42,7 +44,14 @@ impl TcpNameClient {
     /// a whole: name resolution, connect, send and response. A watch may take its `wait`
     /// on top of that.
     pub fn new(server: String, timeout: Duration) -> Self {
-        TcpNameClient { server, timeout, parked: Arc::default() }
+        TcpNameClient { server, timeout, local: None, parked: Arc::default() }
+    }
+
+    /// The same client, with every connection leaving from the local address `ip` (a
+    /// watch from another address, [`NameService::watch_from`], still leaves from that).
+    pub fn bind_to(mut self, ip: IpAddr) -> Self {
+        self.local = Some(ip);
+        self
     }
 
     /// The server's address, as given.
@@ -77,7 +86,7 @@ impl TcpNameClient {
     }
 
     async fn connect(&self) -> Result<TcpStream, NameError> {
-        self.connect_from(None).await
+        self.connect_from(self.local).await
     }
 
     /// Connects from `from` to the server's first address of that family; from any local
@@ -154,6 +163,7 @@ impl TcpNameClient {
         from: Option<IpAddr>,
     ) -> Result<Option<SignedRecord>, NameError> {
         let parked = self.parked.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let from = from.or(self.local);
         let reusable = |stream: &TcpStream| from.is_none() || stream.local_addr().ok().map(|a| a.ip()) == from;
         if let Some((stream, _)) = parked.filter(|(s, at)| at.elapsed() < PARK_FOR && reusable(s)) {
             match self.watch_on(stream, name, after_seq, wait).await {
