@@ -11,7 +11,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use msocket::name::{connect_url, NameService};
-use msocket::{Endpoint, EndpointConfig, Identity, PathPolicy};
+use msocket::trust::PinFile;
+use msocket::{Endpoint, EndpointConfig, Fingerprint, Identity, PathPolicy};
 
 /// Options every networked command shares.
 #[derive(Debug, Clone, clap::Args)]
@@ -36,6 +37,60 @@ pub struct Common {
     /// redundant (small writes copied on every path).
     #[arg(long, env = "MSOCKET_POLICY", default_value = "backup", value_name = "POLICY")]
     pub policy: PathPolicy,
+    /// Pin file: the keys of every name looked up, kept from the first lookup on (like
+    /// ssh's known_hosts); a name whose keys changed is refused. Default: `pins` next to
+    /// the key file.
+    #[arg(long, env = "MSOCKET_PINS", value_name = "FILE")]
+    pub pins: Option<PathBuf>,
+}
+
+/// Who may open flows to a listener.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Allow {
+    /// Accept flows only from peers with this key fingerprint (repeatable; a peer's
+    /// `msocket keygen` or `listen` prints it). Others are refused before any data.
+    #[arg(long = "allow", value_name = "FINGERPRINT")]
+    pub allow: Vec<Fingerprint>,
+    /// File of allowed fingerprints, one per line (text after the fingerprint and lines
+    /// starting with # are comments). Default: `allowed_peers` next to the key file, when
+    /// it exists. Without --allow or a file, anyone who knows the name may connect.
+    #[arg(long, env = "MSOCKET_ALLOW_FILE", value_name = "FILE")]
+    pub allow_file: Option<PathBuf>,
+}
+
+/// Largest allow file read.
+const MAX_ALLOW_FILE: u64 = 1 << 20;
+
+impl Allow {
+    /// The allow-list (`None`: anyone), from the flags and the file.
+    pub fn list(&self, key: &Path) -> Result<Option<Vec<Fingerprint>>, CliError> {
+        let (file, explicit) = match &self.allow_file {
+            Some(f) => (f.clone(), true),
+            None => (key.with_file_name("allowed_peers"), false),
+        };
+        let mut list = self.allow.clone();
+        match std::fs::metadata(&file) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !explicit => {}
+            Err(e) => return Err(CliError(format!("allow file {}: {e}", file.display()))),
+            Ok(meta) if meta.len() > MAX_ALLOW_FILE => {
+                return Err(CliError(format!("allow file {} is over {MAX_ALLOW_FILE} bytes", file.display())))
+            }
+            Ok(_) => {
+                let text = std::fs::read_to_string(&file).map_err(|e| CliError(format!("allow file {}: {e}", file.display())))?;
+                for (i, line) in text.lines().enumerate() {
+                    let Some(word) = line.split_whitespace().next().filter(|w| !w.starts_with('#')) else { continue };
+                    let fp = word
+                        .parse()
+                        .map_err(|e| CliError(format!("allow file {}, line {}: {e}", file.display(), i + 1)))?;
+                    list.push(fp);
+                }
+                if list.is_empty() {
+                    return Err(CliError(format!("allow file {} lists no fingerprint; it would refuse everyone", file.display())));
+                }
+            }
+        }
+        Ok((!list.is_empty()).then_some(list))
+    }
 }
 
 /// `~/.config/msocket/key`, or `./msocket.key` without a home directory.
@@ -76,12 +131,20 @@ impl Common {
         Ok(connect_url(&self.names, Duration::from_secs(5))?)
     }
 
-    pub fn endpoint(&self, ephemeral_ok: bool) -> Result<Endpoint, CliError> {
+    /// The endpoint these options describe; `allowed` is the listener's allow-list.
+    pub fn endpoint(&self, ephemeral_ok: bool, allowed: Option<Vec<Fingerprint>>) -> Result<Endpoint, CliError> {
         let mut config = EndpointConfig::new(self.name_service()?);
         config.local_ips = self.bind.clone();
         config.flow.flow_deadline = Duration::from_secs(self.deadline);
         config.path_policy = self.policy;
+        config.pins = Arc::new(PinFile::new(self.pins_path()));
+        config.allowed_peers = allowed;
         Ok(Endpoint::new(self.identity(ephemeral_ok)?, config))
+    }
+
+    /// `--pins`, or `pins` next to the key file.
+    pub fn pins_path(&self) -> PathBuf {
+        self.pins.clone().unwrap_or_else(|| self.key.with_file_name("pins"))
     }
 }
 

@@ -43,11 +43,15 @@ enum Command {
         to: Option<SocketAddr>,
         #[command(flatten)]
         common: Common,
+        #[command(flatten)]
+        allow: cli::Allow,
     },
     /// Open a flow to NAME and copy stdin to it and it to stdout (usable as an ssh
     /// ProxyCommand: `ssh -o ProxyCommand='msocket connect %h' host`).
     Connect {
-        /// The name to connect to.
+        /// The name to connect to: NAME, whose keys are pinned at the first connection
+        /// (see --pins), or NAME#FINGERPRINT, whose record must carry the keys with that
+        /// fingerprint (this also re-pins the name: how to accept a peer's new keys).
         name: String,
         #[command(flatten)]
         common: Common,
@@ -57,7 +61,7 @@ enum Command {
     Forward {
         /// Local address to accept TCP connections on, e.g. 127.0.0.1:2222.
         local: SocketAddr,
-        /// The name to carry them to.
+        /// The name to carry them to (NAME or NAME#FINGERPRINT, as for connect).
         name: String,
         #[command(flatten)]
         common: Common,
@@ -242,16 +246,16 @@ fn main() -> ExitCode {
 async fn run(command: Command) -> Result<ExitCode, CliError> {
     match command {
         Command::Keygen { key } => cli::keygen(&key)?,
-        Command::Listen { name, to, common } => {
-            let ep = common.endpoint(false)?;
+        Command::Listen { name, to, common, allow } => {
+            let ep = common.endpoint(false, allow.list(&common.key)?)?;
             match to {
                 Some(to) => cli::pipe::listen_to(&ep, &name, to).await?,
                 None => cli::pipe::listen_once(&ep, &name).await?,
             }
         }
-        Command::Connect { name, common } => cli::pipe::connect(&common.endpoint(true)?, &name).await?,
+        Command::Connect { name, common } => cli::pipe::connect(&common.endpoint(true, None)?, &name.parse()?).await?,
         Command::Forward { local, name, common } => {
-            cli::pipe::forward(&common.endpoint(true)?, local, &name).await?
+            cli::pipe::forward(&common.endpoint(true, None)?, local, &name.parse()?).await?
         }
         Command::Demo { bytes, moves } => {
             return Ok(match cli::demo::run(bytes, moves).await {

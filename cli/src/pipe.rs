@@ -10,7 +10,7 @@ use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
-use msocket::{Endpoint, Flow};
+use msocket::{Endpoint, Flow, PeerName};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -111,20 +111,35 @@ async fn stdio_flow(flow: Flow) -> Result<(u64, u64), CliError> {
 }
 
 /// `msocket connect NAME`.
-pub async fn connect(ep: &Endpoint, name: &str) -> Result<(), CliError> {
-    let flow = ep.connect(name).await?;
-    tracing::info!(flow = %flow.id(), name, "connected");
+pub async fn connect(ep: &Endpoint, peer: &PeerName) -> Result<(), CliError> {
+    let flow = ep.connect_to(peer).await?;
+    tracing::info!(flow = %flow.id(), %peer, key = %flow.peer().fingerprint(), "connected");
     let (sent, received) = stdio_flow(flow).await?;
     tracing::info!(sent, received, "flow finished");
     Ok(())
+}
+
+/// Says who may connect and how peers name this listener with its key.
+fn announce(ep: &Endpoint, name: &str, what: &str) {
+    eprintln!("peers can connect to {name}#{}", ep.public().fingerprint());
+    match ep.allowed_peers() {
+        Some(list) => eprintln!("accepting flows only from {} allowed key(s)", list.len()),
+        None => eprintln!("accepting {what} from anyone who knows the name (restrict with --allow FINGERPRINT)"),
+    }
+}
+
+/// Logs the peer of an accepted flow (on stderr: who got the data matters).
+fn accepted(flow: &Flow) {
+    eprintln!("flow {} from {}", flow.id(), flow.peer().fingerprint());
 }
 
 /// `msocket listen NAME`: serves one flow on stdin/stdout, then exits.
 pub async fn listen_once(ep: &Endpoint, name: &str) -> Result<(), CliError> {
     let mut listener = ep.listen(name).await?;
     eprintln!("listening on {name} at {:?}", ep.published_addrs());
+    announce(ep, name, "one flow (it gets stdin)");
     let flow = listener.accept().await?;
-    tracing::info!(flow = %flow.id(), "accepted");
+    accepted(&flow);
     let (sent, received) = stdio_flow(flow).await?;
     tracing::info!(sent, received, "flow finished");
     Ok(())
@@ -134,8 +149,10 @@ pub async fn listen_once(ep: &Endpoint, name: &str) -> Result<(), CliError> {
 pub async fn listen_to(ep: &Endpoint, name: &str, to: SocketAddr) -> Result<(), CliError> {
     let mut listener = ep.listen(name).await?;
     eprintln!("listening on {name} at {:?}, forwarding to {to}", ep.published_addrs());
+    announce(ep, name, &format!("flows to {to}"));
     loop {
         let flow = listener.accept().await?;
+        accepted(&flow);
         tokio::spawn(async move {
             let id = flow.id();
             match TcpStream::connect(to).await {
@@ -153,15 +170,15 @@ pub async fn listen_to(ep: &Endpoint, name: &str, to: SocketAddr) -> Result<(), 
 }
 
 /// `msocket forward LOCAL NAME`: every TCP connection to LOCAL rides its own flow.
-pub async fn forward(ep: &Endpoint, local: SocketAddr, name: &str) -> Result<(), CliError> {
+pub async fn forward(ep: &Endpoint, local: SocketAddr, name: &PeerName) -> Result<(), CliError> {
     let listener = TcpListener::bind(local).await.map_err(|e| CliError(format!("listen on {local}: {e}")))?;
     eprintln!("forwarding {} to {name}", listener.local_addr()?);
     loop {
         let (tcp, peer) = listener.accept().await?;
         let ep = ep.clone();
-        let name = name.to_string();
+        let name = name.clone();
         tokio::spawn(async move {
-            let flow: Flow = match ep.connect(&name).await {
+            let flow: Flow = match ep.connect_to(&name).await {
                 Ok(f) => f,
                 Err(e) => return tracing::warn!(%peer, error = %e, "could not open a flow"),
             };

@@ -26,6 +26,8 @@ fn msocket() -> Command {
     // Hermetic: the caller's environment must not choose our key or name service.
     cmd.env_remove("MSOCKET_KEY")
         .env_remove("MSOCKET_NAMES")
+        .env_remove("MSOCKET_PINS")
+        .env_remove("MSOCKET_ALLOW_FILE")
         .env("RUST_LOG", "warn");
     cmd.stdin(Stdio::null()).stdout(Stdio::null());
     cmd
@@ -209,7 +211,15 @@ fn assert_clean_failure(out: &Output, what: &str) {
 struct Names {
     _proc: Proc,
     url: String,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
+}
+
+impl Names {
+    /// The pin file of this test's clients (not the user's, whose pins would outlive the
+    /// test's keys).
+    fn pins(&self) -> std::path::PathBuf {
+        self.dir.path().join("client-pins")
+    }
 }
 
 fn names() -> Names {
@@ -238,7 +248,7 @@ fn names() -> Names {
     Names {
         url: format!("tcp://{addr}"),
         _proc: p,
-        _dir: dir,
+        dir,
     }
 }
 
@@ -275,7 +285,8 @@ fn connect_cmd(ns: &Names, name: &str) -> Command {
     let mut cmd = msocket();
     // MSOCKET_NAMES is the documented way to point clients at the name service.
     cmd.args(["connect", name, "--bind", "127.0.0.3"])
-        .env("MSOCKET_NAMES", &ns.url);
+        .env("MSOCKET_NAMES", &ns.url)
+        .env("MSOCKET_PINS", ns.pins());
     cmd
 }
 
@@ -831,6 +842,7 @@ fn forward_carries_concurrent_tcp_clients() {
         "--names",
         &ns.url,
     ]);
+    cmd.arg("--pins").arg(ns.pins());
     let forward = Proc::spawn("forward", cmd);
     let line = forward.wait_line("forwarding ");
     let local: SocketAddr = line
@@ -973,4 +985,119 @@ fn bench_throughput_json() {
     }
     assert_eq!(rows[0]["throughput_ratio_vs_tcp"].as_f64(), Some(1.0));
     assert!(rows[0]["throughput_ratio_vs_tcp_trials"].as_array().unwrap().iter().all(|r| r.as_f64() == Some(1.0)));
+}
+
+// ---------------------------------------------------------------------------------------
+// Trust: pinned and fingerprinted names, allow-lists
+// ---------------------------------------------------------------------------------------
+
+/// The `NAME#FINGERPRINT` a listener printed for itself.
+fn listener_address(listen: &Proc) -> String {
+    let line = listen.wait_line("peers can connect to ");
+    line["peers can connect to ".len()..].to_string()
+}
+
+/// `msocket connect NAME` with `input` on stdin against the name server at `url`, with
+/// the pin file `pins`; returns its output.
+fn connect_with(url: &str, pins: &Path, name: &str, input: &'static [u8], extra: &[&str]) -> Output {
+    let mut cmd = msocket();
+    cmd.args(["connect", name, "--bind", "127.0.0.3", "--names", url]).args(extra);
+    cmd.arg("--pins").arg(pins).stdin(Stdio::piped());
+    cmd.stdout(Stdio::piped());
+    let mut p = Proc::spawn("connect", cmd);
+    let mut stdin = p.take_stdin();
+    std::thread::spawn(move || stdin.write_all(input));
+    let stdout = read_all(p.take_stdout());
+    let status = p.wait_exit();
+    let stdout = String::from_utf8(stdout.join().unwrap()).unwrap();
+    Output { status, stdout, stderr: p.stderr() }
+}
+
+#[test]
+fn an_impostor_name_server_gets_nothing_from_a_pinned_or_fingerprinted_connect() {
+    let ns = names();
+    let dir = tempfile::tempdir().unwrap();
+    let pins = dir.path().join("pins");
+    let mut real = start_listen(&ns, dir.path(), "alice.box", &[], Stdio::null(), Stdio::piped());
+    let real_address = listener_address(&real);
+    assert!(real.wait_line("accepting ").contains("from anyone who knows the name"));
+    let real_got = hash_all(real.take_stdout());
+    let first = connect_with(&ns.url, &pins, "alice.box", b"hello", &[]);
+    assert!(first.status.success(), "first connect: {}", first.stderr);
+    real.expect_success();
+    assert_eq!(real_got.join().unwrap(), (5, sha256(b"hello")));
+
+    // Another name server, where an impostor serves alice.box under its own keys.
+    let evil = names();
+    let mut impostor = start_listen(&evil, &dir.path().join("evil"), "alice.box", &[], Stdio::null(), Stdio::piped());
+    let impostor_address = listener_address(&impostor);
+    let impostor_got = hash_all(impostor.take_stdout());
+
+    // The pinned client refuses, naming both keys and how to accept the new one.
+    let out = connect_with(&evil.url, &pins, "alice.box", b"secret", &[]);
+    assert_clean_failure(&out, "pinned connect to the impostor");
+    let (real_fp, impostor_fp) = (real_address.split_once('#').unwrap().1, impostor_address.split_once('#').unwrap().1);
+    assert!(out.stderr.contains(real_fp) && out.stderr.contains(&impostor_address), "{}", out.stderr);
+    // A client without pins that names the key refuses too.
+    let out = connect_with(&evil.url, &dir.path().join("fresh-pins"), &real_address, b"secret", &[]);
+    assert_clean_failure(&out, "fingerprinted connect to the impostor");
+    assert!(out.stderr.contains(impostor_fp) && out.stderr.contains(real_fp), "{}", out.stderr);
+    // A malformed fingerprint is an argument error.
+    let out = connect_with(&evil.url, &pins, "alice.box#1234", b"secret", &[]);
+    assert_clean_failure(&out, "short fingerprint");
+    assert!(out.stderr.contains("32 to 64 hex digits"), "{}", out.stderr);
+
+    drop(impostor);
+    assert_eq!(impostor_got.join().unwrap().0, 0, "the impostor received data");
+    let pinned = std::fs::read_to_string(&pins).unwrap();
+    assert_eq!(pinned.lines().filter(|l| l.starts_with("alice.box ")).count(), 1, "{pinned}");
+}
+
+/// `msocket keygen` into `dir/who.key`; returns the key and its fingerprint.
+fn keygen_with_fingerprint(dir: &Path, who: &str) -> (std::path::PathBuf, String) {
+    let key = dir.join(format!("{who}.key"));
+    let mut cmd = msocket();
+    cmd.arg("keygen").arg("--key").arg(&key);
+    let out = run("keygen", cmd);
+    assert!(out.status.success(), "keygen: {}", out.stderr);
+    let fp = out.stdout.lines().find_map(|l| l.strip_prefix("fingerprint ")).expect("fingerprint line");
+    (key, fp.to_string())
+}
+
+#[test]
+fn a_one_shot_listener_with_an_allow_list_hands_its_input_only_to_an_allowed_key() {
+    let ns = names();
+    let dir = tempfile::tempdir().unwrap();
+    let (friend_key, friend_fp) = keygen_with_fingerprint(dir.path(), "friend");
+    let mut listen = start_listen(&ns, dir.path(), "secret.box", &["--allow", &friend_fp], Stdio::piped(), Stdio::null());
+    assert_eq!(listen.wait_line("accepting "), "accepting flows only from 1 allowed key(s)");
+    let mut stdin = listen.take_stdin();
+    std::thread::spawn(move || stdin.write_all(b"the secret"));
+
+    // A stranger (a throw-away key) is refused and gets nothing.
+    let out = connect_with(&ns.url, &ns.pins(), "secret.box", b"", &[]);
+    assert_clean_failure(&out, "stranger");
+    assert!(out.stderr.contains("does not accept this endpoint's key"), "{}", out.stderr);
+    assert_eq!(out.stdout, "");
+    // The refusal is logged...
+    while !listen.wait_line("").contains("not on the allow-list") {}
+
+    // ...and the friend gets the secret; the listener names its key.
+    let key = friend_key.to_str().unwrap();
+    let out = connect_with(&ns.url, &ns.pins(), "secret.box", b"", &["--key", key]);
+    assert!(out.status.success(), "friend: {}", out.stderr);
+    assert_eq!(out.stdout, "the secret");
+    assert!(listen.wait_line("flow ").ends_with(&format!(" from {friend_fp}")), "{}", listen.stderr());
+    listen.expect_success();
+
+    // An allow file works like --allow; a file that allows nobody is refused at start.
+    let allow_file = dir.path().join("allowed");
+    std::fs::write(&allow_file, "# nobody\n").unwrap();
+    let key = keygen(&dir.path().join("other"));
+    let mut cmd = msocket();
+    cmd.args(["listen", "other.box", "--bind", "127.0.0.2", "--names", &ns.url, "--allow-file"]).arg(&allow_file);
+    cmd.arg("--key").arg(key);
+    let out = run("listen with an empty allow file", cmd);
+    assert_clean_failure(&out, "empty allow file");
+    assert!(out.stderr.contains("lists no fingerprint"), "{}", out.stderr);
 }

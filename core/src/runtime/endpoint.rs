@@ -180,6 +180,11 @@ impl Endpoint {
         self.inner.host.identity.public()
     }
 
+    /// The keys allowed to open flows to this endpoint (`None`: any), as configured.
+    pub fn allowed_peers(&self) -> Option<&[crate::Fingerprint]> {
+        self.inner.host.config.allowed_peers.as_deref()
+    }
+
     /// Moves this endpoint's handshake clock to `timestamp` (tests that play a second
     /// process of the same key, or a clock that went backwards). Not part of the API.
     #[doc(hidden)]
