@@ -20,9 +20,9 @@ use tokio::net::{TcpListener, TcpStream};
 
 const MAGIC: &[u8] = b"MSKT";
 /// The clear header's version.
-const VERSION: u8 = 2;
-/// A JOIN's body: flow id, sequence, resume point, MAC.
-const JOIN_BODY: usize = 16 + 8 + 8 + 16;
+const VERSION: u8 = 3;
+/// A JOIN's body: join id, sequence, resume point, MAC, mac1.
+const JOIN_BODY: usize = 16 + 8 + 8 + 16 + 16;
 
 fn subflow_header(version: u8, kind: u8) -> Vec<u8> {
     let mut h = MAGIC.to_vec();
@@ -31,12 +31,27 @@ fn subflow_header(version: u8, kind: u8) -> Vec<u8> {
     h
 }
 
-fn join_bytes(flow_id: [u8; 16], seq: u64, mac: [u8; 16]) -> Vec<u8> {
+/// A JOIN with identifier `id`, sequence `seq` and the given MAC, and a mac1 made with
+/// the listener's Noise key when the sender knows it (`None`: a scanner's guess).
+fn join_bytes(id: [u8; 16], seq: u64, mac: [u8; 16], listener_noise: Option<&[u8; 32]>) -> Vec<u8> {
+    use hmac::Mac as _;
+    use sha2::Digest as _;
+    let mut body = id.to_vec();
+    body.extend_from_slice(&seq.to_be_bytes());
+    body.extend_from_slice(&0u64.to_be_bytes()); // resume point
+    body.extend_from_slice(&mac);
+    let mac1 = match listener_noise {
+        Some(noise) => {
+            let key = sha2::Sha256::new().chain_update(b"msocket join mac1").chain_update(noise).finalize();
+            let mut m = <hmac::Hmac<sha2::Sha256> as hmac::Mac>::new_from_slice(&key).unwrap();
+            m.update(&body);
+            m.finalize().into_bytes()[..16].to_vec()
+        }
+        None => data(16, seq).to_vec(),
+    };
     let mut out = subflow_header(VERSION, 2);
-    out.extend_from_slice(&flow_id);
-    out.extend_from_slice(&seq.to_be_bytes());
-    out.extend_from_slice(&0u64.to_be_bytes()); // resume point
-    out.extend_from_slice(&mac);
+    out.extend_from_slice(&body);
+    out.extend_from_slice(&mac1);
     out
 }
 
@@ -394,28 +409,42 @@ async fn joins_with_guessed_or_stolen_flow_ids_are_refused_and_the_flow_is_unaff
     assert_eq!(sha256(&got), sha256(&first));
     let received_before = s.stats().bytes_received;
 
-    // Guessed flow ids: the server does not know them.
+    // A scanner that does not know the server's key gets no answer at all (no signature
+    // that would tell it whose host this is).
+    let noise = server.public().noise;
     for seed in 0..4u64 {
         let mut raw = TcpStream::connect(target).await.unwrap();
         let id: [u8; 16] = data(16, 1000 + seed).try_into().unwrap();
-        raw.write_all(&join_bytes(id, 1, [0; 16])).await.unwrap();
+        raw.write_all(&join_bytes(id, 1, [0; 16], None)).await.unwrap();
+        assert!(read_until_closed(&mut raw).await.is_empty(), "a scanner got an answer");
+    }
+    // Guessed identifiers from someone who knows the key: the server knows no such flow.
+    for seed in 0..4u64 {
+        let mut raw = TcpStream::connect(target).await.unwrap();
+        let id: [u8; 16] = data(16, 1000 + seed).try_into().unwrap();
+        raw.write_all(&join_bytes(id, 1, [0; 16], Some(&noise))).await.unwrap();
         let (code, reason) = parse_refusal(&read_until_closed(&mut raw).await);
         assert_eq!(code, 1, "guessed id: {reason}");
     }
 
-    // The real id (seen on the wire) with MACs made up without the key, including one with
-    // the highest join sequence: refused, and it must not poison the flow's join sequence.
-    let stolen = s.flow_id_bytes();
-    assert_eq!(stolen, c.flow_id_bytes());
-    for (seq, mac_seed) in [(1u64, 1u64), (2, 2), (u64::MAX, 3)] {
+    // The identifiers of the client's next joins (as seen on the wire) with MACs made up
+    // without the key, including one with the highest join sequence: refused, and they must
+    // not poison the flow's join sequence.
+    for (seq, mac_seed, code) in [(1u64, 1u64, 2u8), (2, 2, 2), (u64::MAX, 3, 1)] {
+        let stolen = c.join_id_for_tests(seq);
+        assert_eq!(stolen, s.join_id_for_tests(seq));
         let mut raw = TcpStream::connect(target).await.unwrap();
         let mac: [u8; 16] = data(16, mac_seed).try_into().unwrap();
-        raw.write_all(&join_bytes(stolen, seq, mac)).await.unwrap();
+        raw.write_all(&join_bytes(stolen, seq, mac, Some(&noise))).await.unwrap();
         let mut answer = [0u8; 2];
         within(5, "refusal", raw.read_exact(&mut answer)).await.unwrap();
-        assert_eq!(answer[0], 2, "stolen id, seq {seq}: expected a bad-MAC refusal");
+        assert_eq!(answer[0], code, "stolen id, seq {seq}: expected refusal code {code}");
         let mut reason = vec![0u8; answer[1] as usize];
         raw.read_exact(&mut reason).await.unwrap();
+        if code == 1 {
+            let mut signature = [0u8; 64];
+            raw.read_exact(&mut signature).await.unwrap();
+        }
         // Garbage shaped like sealed records after the refusal goes nowhere: the server
         // has closed the connection.
         let mut junk = 60u16.to_be_bytes().to_vec();
@@ -624,7 +653,8 @@ async fn a_captured_join_replayed_is_refused_and_the_flow_is_unaffected() {
     }
     let mut joins = observer.joins.clone();
     let captured = within(10, "the observer sees the JOIN", joins.wait_for(|j| !j.is_empty())).await.unwrap()[0].clone();
-    // The original was admitted before the copy is replayed.
+    // The original was admitted, and spoke (so it is the joiner's), before the copy is
+    // replayed: until then a copy would be taken as a candidate too.
     let mut server_events = s.events();
     while s.paths().len() < 2 {
         wait_event(&mut server_events, "the server admits the standby", |ev| {
@@ -632,6 +662,12 @@ async fn a_captured_join_replayed_is_refused_and_the_flow_is_unaffected() {
         })
         .await;
     }
+    within(10, "the standby speaks", async {
+        while s.paths().iter().any(|p| p.state == msocket::PathState::Joining) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
 
     for attempt in 0..2 {
         let mut raw = TcpStream::connect(target).await.unwrap();
@@ -824,4 +860,85 @@ async fn a_signed_unknown_flow_answer_ends_the_flow_at_once() {
     let why = err.get_ref().and_then(|e| e.downcast_ref::<Error>());
     assert!(matches!(why, Some(Error::Flow(msocket::FlowError::PeerForgotFlow))), "{err}");
     assert!(started.elapsed() < Duration::from_secs(5), "failed at once, not at the 20 s deadline");
+}
+
+/// An observer on the path that, for every JOIN passing through, first delivers a copy of
+/// it on a connection of its own (and keeps that connection), then lets the original
+/// through. Returns its address and the observer's connections.
+async fn copying_observer(ip: IpAddr, target: SocketAddr) -> (SocketAddr, Arc<tokio::sync::Mutex<Vec<TcpStream>>>) {
+    let l = TcpListener::bind(SocketAddr::new(ip, 0)).await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let copies = Arc::new(tokio::sync::Mutex::new(Vec::new()));
+    let kept = copies.clone();
+    tokio::spawn(async move {
+        while let Ok((client, _)) = l.accept().await {
+            let kept = kept.clone();
+            tokio::spawn(async move {
+                let (mut cr, mut cw) = client.into_split();
+                let mut opening = vec![0u8; 6];
+                cr.read_exact(&mut opening).await?;
+                if opening[5] == 2 {
+                    opening.resize(6 + JOIN_BODY, 0);
+                    cr.read_exact(&mut opening[6..]).await?;
+                    let mut copy = TcpStream::connect(target).await?;
+                    copy.write_all(&opening).await?;
+                    let mut accepted = [0u8; 17];
+                    copy.read_exact(&mut accepted).await?;
+                    if accepted[0] & !4 == 0 {
+                        kept.lock().await.push(copy);
+                    }
+                }
+                let server = TcpStream::connect(target).await?;
+                let (mut sr, mut sw) = server.into_split();
+                sw.write_all(&opening).await?;
+                tokio::spawn(async move {
+                    let _ = tokio::io::copy(&mut sr, &mut cw).await;
+                    let _ = cw.shutdown().await;
+                });
+                let _ = tokio::io::copy(&mut cr, &mut sw).await;
+                sw.shutdown().await
+            });
+        }
+    });
+    (addr, copies)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_observers_copy_of_a_join_delivered_first_does_not_displace_the_joiner() {
+    init_tracing();
+    let names = memory_names();
+    let server = endpoint(&names, 23, 86);
+    let mut listener = server.listen("copied.test").await.unwrap();
+    let (observer, copies) = copying_observer(lo(87), server.published_addrs()[0]).await;
+    let via: Arc<dyn NameService> = Arc::new(MemoryNameService::new());
+    via.register(&signed_record(&Identity::from_seed([23; 32]), "copied.test", vec![observer], 1)).await.unwrap();
+    let client = endpoint(&via, 24, 88);
+    let (mut c, mut s) = within(10, "pair", pair(&client, &mut listener, "copied.test")).await;
+    let mut c_events = c.events();
+
+    // The client moves: its new subflow joins through the observer, whose copy of the JOIN
+    // reaches the server first.
+    client.set_local_ips(vec![lo(89)]).await.unwrap();
+    let up = data(400_000, 23);
+    within(10, "write after the move", c.write_all(&up)).await.unwrap();
+    let mut got = vec![0u8; up.len()];
+    within(15, "read after the move", s.read_exact(&mut got)).await.unwrap();
+    assert_eq!(sha256(&got), sha256(&up));
+    let down = data(400_000, 24);
+    within(10, "server writes", s.write_all(&down)).await.unwrap();
+    let mut got = vec![0u8; down.len()];
+    within(15, "client reads", c.read_exact(&mut got)).await.unwrap();
+    assert_eq!(sha256(&got), sha256(&down));
+    assert!(!copies.lock().await.is_empty(), "the observer never copied a JOIN");
+
+    // The server dropped the copy once the joiner's subflow spoke (what it had sent there,
+    // sealed, went again on the joiner's); the client never saw a refusal and kept the
+    // observer's address (its path to the peer).
+    let mut copy = copies.lock().await.remove(0);
+    within(10, "the copy is closed", read_until_closed(&mut copy)).await;
+    assert_eq!(s.paths().len(), 1, "{:?}", s.paths());
+    while let Some(ev) = c_events.try_next() {
+        assert!(!matches!(ev, msocket::FlowEvent::PathLost { reason: msocket::PathLossReason::JoinRefused { .. }, .. }), "{ev:?}");
+    }
+    round_trip(c, s, 100_000, 100_000, 25).await;
 }

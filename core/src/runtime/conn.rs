@@ -35,7 +35,8 @@ use crate::energy::EnergyMeter;
 use crate::identity::PublicIdentity;
 use crate::proto::{self, FlowState, FlowStatus, SubflowId};
 use crate::session::records::{Batch, BatchLimit, Packer, PacketNumbers, Receiver};
-use crate::session::{FlowId, ReplayWindow, SessionKeys};
+use crate::session::opening::JoinsSeen;
+use crate::session::{FlowId, SessionKeys};
 
 /// Which end of the flow this is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,6 +51,11 @@ pub(crate) enum Role {
 struct Sub {
     local: SocketAddr,
     remote: SocketAddr,
+    /// 0 for the handshake's subflow, else the join sequence it came with (copies of one
+    /// JOIN share it).
+    token: u64,
+    /// A fresh record arrived on it: the peer holds the flow's keys at this end of it.
+    proven: bool,
     /// Packs this subflow's records (their size grows as its connection warms up).
     packer: Packer,
     /// Modelled energy of this path's radio (None: its interface's kind is unknown).
@@ -84,7 +90,7 @@ pub(crate) struct Inner {
     /// Client: the last join sequence used.
     pub(crate) join_seq: u64,
     /// Server: the join sequence numbers accepted (a JOIN's is never accepted twice).
-    pub(crate) joins_seen: ReplayWindow,
+    pub(crate) joins: JoinsSeen,
     /// Client: the peer's last JOIN answer said its host takes JOINs in SYNs.
     pub(crate) peer_fast_open: bool,
     /// Where the peer was last reachable (client side re-dials these first).
@@ -170,11 +176,6 @@ impl Inner {
 
     pub(super) fn has_no_subflow(&self) -> bool {
         self.subflows.is_empty()
-    }
-
-    /// The peer's end of subflow `id`.
-    pub(super) fn subflow_remote(&self, id: SubflowId) -> Option<SocketAddr> {
-        self.subflows.get(&id).map(|s| s.remote)
     }
 
     /// Counts `bytes` received on subflow `id` for its radio's energy.
@@ -278,7 +279,7 @@ impl Conn {
                 dialing: false,
                 redial_pause: Duration::ZERO,
                 join_seq: 0,
-                joins_seen: ReplayWindow::new(),
+                joins: JoinsSeen::new(),
                 peer_fast_open: false,
                 peer_addrs: Vec::new(),
                 peer_signing_key: None,
@@ -477,6 +478,8 @@ impl Conn {
             let sub = Sub {
                 local,
                 remote,
+                token,
+                proven: false,
                 packer: Packer::default(),
                 energy,
                 wake: wake.clone(),
@@ -524,6 +527,32 @@ impl Conn {
             self.subflow_gone(id, PathLossReason::PeerLeftAddress);
         }
         self.driver.notify_one();
+    }
+
+    /// Whether a subflow that came with join `seq` is proven already (a copy of its JOIN
+    /// arriving now is not the joiner's).
+    pub(crate) fn join_proven(&self, seq: u64) -> bool {
+        self.lock().subflows.values().any(|s| s.token == seq && s.proven)
+    }
+
+    /// A fresh record arrived on subflow `id`. The first time, other subflows that came
+    /// with the same JOIN (copies made on the path) and are not proven are not the
+    /// joiner's: they are returned, to be retired.
+    pub(crate) fn proven(&self, inner: &mut Inner, id: SubflowId) -> Vec<SubflowId> {
+        let Some(sub) = inner.subflows.get_mut(&id).filter(|s| !s.proven) else {
+            return Vec::new();
+        };
+        sub.proven = true;
+        let token = sub.token;
+        if token == 0 {
+            return Vec::new();
+        }
+        inner
+            .subflows
+            .iter()
+            .filter(|(&other, s)| other != id && s.token == token && !s.proven)
+            .map(|(&other, _)| other)
+            .collect()
     }
 
     /// Retires a subflow whose socket failed or closed, or that is no longer wanted.

@@ -355,7 +355,7 @@ fn next_join(conn: &Conn) -> (u64, Vec<u8>, bool) {
         inner.join_seq += 1;
         (inner.join_seq, inner.proto.resume_point(), inner.peer_fast_open)
     };
-    (seq, opening::join_request(&conn.keys.join_key, &conn.keys.flow_id, seq, resume), fast_open)
+    (seq, opening::join_request(&conn.keys.join_key, &conn.keys.remote_static, seq, resume), fast_open)
 }
 
 /// Attaches a connection that opened with JOIN `seq` as a subflow of `conn`. Its reader

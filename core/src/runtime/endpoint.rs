@@ -22,7 +22,7 @@ use super::Error;
 use crate::identity::{Identity, PublicIdentity};
 use crate::name::{self, NameRecord, SignedRecord};
 use crate::session::join::JoinRefusal;
-use crate::session::opening::{self, JoinTarget, Opening};
+use crate::session::opening::{self, Admitted, ExpectedJoins, JoinTarget, Opening};
 use crate::session::admission::{Admission, AdmissionLimits, AdmissionRefusal, OpeningId};
 use crate::session::{FlowId, HandshakeError, Refusal, Responder};
 use crate::trust::PeerName;
@@ -35,6 +35,8 @@ struct State {
     flows: HashMap<FlowId, Weak<Conn>>,
     /// Flows peers opened to us, with the peer's Noise key, as counted by admission.
     accepted: HashMap<FlowId, [u8; 32]>,
+    /// The JOINs expected for those flows, by identifier.
+    joins: ExpectedJoins,
     refresh: Option<AbortHandle>,
     /// The follower of the system's network that the endpoint started by itself.
     system_follower: Option<NetworkFollower>,
@@ -156,6 +158,7 @@ impl Endpoint {
             services: HashMap::new(),
             flows: HashMap::new(),
             accepted: HashMap::new(),
+            joins: ExpectedJoins::default(),
             refresh: None,
             system_follower: None,
             app_follows: false,
@@ -428,6 +431,7 @@ impl EndpointInner {
     fn forget_flow(&self, id: &FlowId) {
         let mut st = self.lock();
         st.flows.remove(id);
+        st.joins.forget(id);
         if let Some(peer) = st.accepted.remove(id) {
             drop(st);
             self.admission().flow_ended(&peer);
@@ -571,7 +575,11 @@ impl EndpointInner {
                         return Err(e.into());
                     }
                 };
-                self.lock().accepted.insert(keys.flow_id, peer.noise);
+                {
+                    let mut st = self.lock();
+                    st.accepted.insert(keys.flow_id, peer.noise);
+                    st.joins.expect(keys.flow_id, &keys.join_key, 0);
+                }
                 tracing::info!(name, peer = %peer.fingerprint(), flow = %keys.flow_id, %source, "accepted a flow");
                 // Known before the reply leaves: the client may join a second subflow the
                 // moment it has the reply, and a JOIN for a flow we do not know is refused
@@ -594,28 +602,45 @@ impl EndpointInner {
                 Ok(())
             }
             Opening::Join(request) => {
-                let (flow_id, seq) = (request.flow, request.seq);
-                let conn = self.lock().flows.get(&flow_id).and_then(Weak::upgrade);
+                if !request.verify_mac1(&self.host.identity.public().noise) {
+                    // From someone who does not know our key: not even a refusal.
+                    return Err(Refused::JoinMac1);
+                }
+                let seq = request.seq;
+                let conn = {
+                    let st = self.lock();
+                    st.joins.flow(&request.id, seq).and_then(|f| st.flows.get(&f)).and_then(Weak::upgrade)
+                };
                 let verdict = match &conn {
                     None => opening::admit_join(&request, None),
                     Some(c) => {
                         let mut inner = c.lock();
-                        let target = JoinTarget { join_key: &c.keys.join_key, joins_seen: &mut inner.joins_seen };
+                        let target = JoinTarget { join_key: &c.keys.join_key, joins: &mut inner.joins };
                         opening::admit_join(&request, Some(target))
                     }
                 };
+                let verdict = match (verdict, &conn) {
+                    (Ok(Admitted::Copy), Some(c)) if c.join_proven(seq) => Err(JoinRefusal::Replayed),
+                    (verdict, _) => verdict,
+                };
                 match (verdict, conn) {
-                    (Ok(()), Some(conn)) => {
+                    (Ok(admitted), Some(conn)) => {
+                        let flow_id = conn.keys.flow_id;
+                        if admitted == Admitted::First {
+                            self.lock().joins.expect(flow_id, &conn.keys.join_key, seq);
+                        } else {
+                            tracing::info!(flow = %flow_id, seq, %source, "a copy of a JOIN: the first of its subflows to carry a fresh record keeps it");
+                        }
                         let fast_open = self.takes_fast_open.load(Ordering::Relaxed);
-                        let ok = opening::join_accept(&conn.keys.join_key, &flow_id, seq, fast_open);
+                        let ok = opening::join_accept(&conn.keys.join_key, &request.id, seq, fast_open);
                         stream.write_all(&ok).await?;
                         conn.attach(stream, seq, None, Some(request.resume));
                         Ok(())
                     }
-                    (verdict, _) => {
+                    (verdict, conn) => {
                         let why = verdict.err().unwrap_or(JoinRefusal::UnknownFlow);
-                        let _ = stream.write_all(&opening::join_refuse(why, &self.host.identity, &flow_id, seq)).await;
-                        Err(Refused::Join { flow: flow_id, why })
+                        let _ = stream.write_all(&opening::join_refuse(why, &self.host.identity, &request.id, seq)).await;
+                        Err(Refused::Join { flow: conn.map(|c| c.keys.flow_id), why })
                     }
                 }
             }
@@ -639,8 +664,10 @@ enum Refused {
     Handshake(#[from] HandshakeError),
     #[error("a flow for {0:?}: not served here")]
     NotServed(String),
-    #[error("a join for flow {flow}: {why}")]
-    Join { flow: FlowId, why: JoinRefusal },
+    #[error("a join for flow {}: {why}", flow.map_or("(unknown)".to_string(), |f| f.to_string()))]
+    Join { flow: Option<FlowId>, why: JoinRefusal },
+    #[error("a join from someone who does not know our key (bad mac1): closed without an answer")]
+    JoinMac1,
     #[error("{0}")]
     Io(#[from] std::io::Error),
 }

@@ -51,11 +51,11 @@ impl Flow {
         self.conn.keys.flow_id
     }
 
-    /// The full 16-byte flow id as it travels (in clear) in JOIN requests. For tests that
-    /// play an attacker who observed it on the wire; not part of the supported API.
+    /// The identifier this flow's JOIN with sequence `seq` carries in clear. For tests
+    /// that play an attacker who observed it on the wire; not part of the supported API.
     #[doc(hidden)]
-    pub fn flow_id_bytes(&self) -> [u8; 16] {
-        self.conn.keys.flow_id.0
+    pub fn join_id_for_tests(&self, seq: u64) -> [u8; 16] {
+        crate::session::join::join_id(&self.conn.keys.join_key, seq)
     }
 
     /// The peer's Noise public key, authenticated by the handshake.

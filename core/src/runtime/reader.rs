@@ -14,7 +14,7 @@ use super::events::{IoOperation, PathLossReason};
 use super::header::{read_exchange, ExchangeError};
 use super::read_slabs::ReadSlabs;
 use crate::proto::SubflowId;
-use crate::session::join::JoinRefusal;
+use crate::session::join::{self, JoinRefusal};
 use crate::session::opening::{decode_join_answer, JoinAnswerError, JoinSent};
 use crate::session::records::{self, Delivery, OpenError};
 
@@ -75,9 +75,10 @@ pub(super) async fn reader(
     let stop: Stop = async {
         if let Some(check) = join {
             let peer_signing_key = conn.lock().peer_signing_key;
+            let id_sent = join::join_id(&conn.keys.join_key, check.seq);
             let sent = JoinSent {
                 join_key: &conn.keys.join_key,
-                flow: &conn.keys.flow_id,
+                id: &id_sent,
                 seq: check.seq,
                 peer_signing_key: peer_signing_key.as_ref(),
             };
@@ -92,13 +93,12 @@ pub(super) async fn reader(
                 Ok(Ok(accepted)) => conn.lock().peer_fast_open = accepted.fast_open,
                 Ok(Err(e)) => {
                     let mut inner = conn.lock();
+                    // Only the peer's signed word ends the flow; any other refusal may be
+                    // anyone's (an observer's copy of our JOIN may have been there first),
+                    // so it changes nothing but this subflow: the address stays.
                     if e.is_fatal() {
                         inner.proto.fail_unrecoverable(crate::proto::FlowError::PeerForgotFlow);
                         conn.settle(&mut inner);
-                    } else if let Some(remote) = inner.subflow_remote(id) {
-                        // Whoever answers there now is not our peer: re-dial elsewhere (a
-                        // fresh lookup) rather than there again.
-                        inner.peer_addrs.retain(|a| *a != remote);
                     }
                     return Stop::Lost(match e {
                         JoinAnswerError::BadMac => PathLossReason::NotOurPeer,
@@ -143,12 +143,13 @@ pub(super) async fn reader(
                     return Stop::Retired;
                 }
                 inner.redial_pause = Duration::ZERO;
+                let mut copies = Vec::new();
                 for record in opened {
                     let now = Instant::now();
                     let wire_len = record.wire_len as u64;
                     let Inner { proto, receiver, .. } = &mut *inner;
                     match receiver.deliver(proto, id, record, now) {
-                        Ok(Delivery::Fresh) => {}
+                        Ok(Delivery::Fresh) => copies.extend(conn.proven(&mut inner, id)),
                         Ok(Delivery::Replayed) => continue,
                         Err(v) => {
                             conn.settle(&mut inner);
@@ -158,6 +159,10 @@ pub(super) async fn reader(
                     inner.meter_received(id, now, wire_len);
                 }
                 conn.settle(&mut inner);
+                drop(inner);
+                for copy in copies {
+                    conn.subflow_gone(copy, PathLossReason::NotOurPeer);
+                }
             }
             if let Some(why) = fault {
                 return Stop::Lost(why);

@@ -2,12 +2,13 @@
 //! admit a JOIN, as byte-level codecs with no I/O.
 //!
 //! ```text
-//! header    = magic "MSKT"  version:u8 (2)  kind:u8
+//! header    = magic "MSKT"  version:u8 (3)  kind:u8
 //! kind 1 NEW_FLOW: → len:u16 noise_msg1     ← len:u16 noise_msg2
-//! kind 2 JOIN:     → flow_id[16] join_seq:u64 resume:u64 mac[16]
+//! kind 2 JOIN:     → join_id[16] join_seq:u64 resume:u64 mac[16] mac1[16]
 //!                  ← 0 mac[16]  (accepted)  |  4 mac[16]  (accepted; this host takes
 //!                    JOINs in SYNs: TCP Fast Open)  |  code:u8 len:u8 reason (refused, then
 //!                    close; code 1 "unknown flow" adds sig[64], the peer's Ed25519 signature)
+//!                  (a JOIN whose mac1 is wrong gets no answer: the connection is closed)
 //! ```
 //! After that, both directions carry sealed records ([`super::records`]).
 //!
@@ -17,11 +18,13 @@
 //! input can make it buffer more than a few hundred bytes.
 
 use crate::identity::{verify_signature, Identity};
-use crate::session::join::{self, JoinRefusal, JoinRequest, JOIN_LEN, MAC_LEN};
+use std::collections::{BTreeMap, HashMap, VecDeque};
+
+use crate::session::join::{self, JoinId, JoinRefusal, JoinRequest, JOIN_LEN, MAC_LEN};
 use crate::session::{FlowId, ReplayWindow, MAX_HANDSHAKE_MSG};
 
 const MAGIC: &[u8; 4] = b"MSKT";
-const VERSION: u8 = 2;
+const VERSION: u8 = 3;
 const HEADER_LEN: usize = 6;
 /// Status byte of an accepted JOIN.
 const JOIN_OK: u8 = 0;
@@ -91,10 +94,11 @@ pub(crate) fn new_flow(msg1: &[u8]) -> Vec<u8> {
     handshake_message(&header(Kind::NewFlow), msg1)
 }
 
-/// The bytes a client sends to join `flow`: header and JOIN body.
-pub(crate) fn join_request(key: &[u8; 32], flow: &FlowId, seq: u64, resume: u64) -> Vec<u8> {
+/// The bytes a client sends to join its flow with the listener whose Noise key is
+/// `listener_noise`: header and JOIN body.
+pub(crate) fn join_request(key: &[u8; 32], listener_noise: &[u8; 32], seq: u64, resume: u64) -> Vec<u8> {
     let mut out = header(Kind::Join).to_vec();
-    out.extend_from_slice(&join::request(key, flow, seq, resume));
+    out.extend_from_slice(&join::request(key, listener_noise, seq, resume));
     out
 }
 
@@ -146,54 +150,141 @@ pub(crate) fn decode_new_flow_answer(buf: &[u8]) -> Result<Progress<Vec<u8>>, Op
     decode_handshake_at(buf, 0)
 }
 
+/// How far ahead of the highest admitted join sequence a listener expects JOINs (a
+/// client's racing dials each take the next sequence), and how long behind it keeps
+/// identifiers for copies.
+pub(crate) const JOIN_WINDOW: u64 = 16;
+/// Copies of one JOIN admitted besides the first (see [`admit_join`]).
+const MAX_JOIN_COPIES: u8 = 2;
+
+/// The JOINs a flow admitted: their sequence numbers, and for recent ones the MAC and how
+/// many copies came.
+#[derive(Debug)]
+pub(crate) struct JoinsSeen {
+    seqs: ReplayWindow,
+    recent: VecDeque<(u64, [u8; MAC_LEN], u8)>,
+}
+
+impl JoinsSeen {
+    pub(crate) fn new() -> JoinsSeen {
+        JoinsSeen { seqs: ReplayWindow::new(), recent: VecDeque::new() }
+    }
+}
+
 /// What the flow a JOIN names looks like to the listener.
 pub(crate) struct JoinTarget<'a> {
     pub(crate) join_key: &'a [u8; 32],
-    /// The join sequence numbers the flow accepted before.
-    pub(crate) joins_seen: &'a mut ReplayWindow,
+    pub(crate) joins: &'a mut JoinsSeen,
+}
+
+/// How a JOIN was admitted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Admitted {
+    /// The first with its sequence number.
+    First,
+    /// A byte-identical copy of an admitted JOIN: someone on the path duplicated it, and
+    /// which of the two is the joiner's is not known yet. Both become subflows; the first
+    /// on which a fresh record arrives keeps the join, the others are retired then.
+    Copy,
 }
 
 /// Listener: whether to admit `request` to the flow it names (None: no such flow here). An
-/// admitted sequence number is remembered, so the same JOIN is never admitted twice; unseen
-/// ones may come out of order (the client's dials race, and each JOIN may ride its SYN).
-pub(crate) fn admit_join(request: &JoinRequest, flow: Option<JoinTarget<'_>>) -> Result<(), JoinRefusal> {
+/// admitted sequence number is remembered, so a JOIN is admitted once, plus at most
+/// [`MAX_JOIN_COPIES`] identical copies while it is recent (so an observer's copy that
+/// arrives first cannot shut the joiner out); unseen ones may come out of order (the
+/// client's dials race, and each JOIN may ride its SYN).
+pub(crate) fn admit_join(request: &JoinRequest, flow: Option<JoinTarget<'_>>) -> Result<Admitted, JoinRefusal> {
     let Some(flow) = flow else {
         return Err(JoinRefusal::UnknownFlow);
     };
     if !request.verify(flow.join_key) {
         return Err(JoinRefusal::BadMac);
     }
-    if !flow.joins_seen.is_fresh(request.seq) {
-        return Err(JoinRefusal::Replayed);
+    let joins = flow.joins;
+    if !joins.seqs.is_fresh(request.seq) {
+        return match joins.recent.iter_mut().find(|(seq, mac, _)| *seq == request.seq && *mac == request.mac) {
+            Some((_, _, copies)) if *copies < MAX_JOIN_COPIES => {
+                *copies += 1;
+                Ok(Admitted::Copy)
+            }
+            _ => Err(JoinRefusal::Replayed),
+        };
     }
-    flow.joins_seen.insert(request.seq);
-    Ok(())
+    joins.seqs.insert(request.seq);
+    if joins.recent.len() >= JOIN_WINDOW as usize {
+        joins.recent.pop_front();
+    }
+    joins.recent.push_back((request.seq, request.mac, 0));
+    Ok(Admitted::First)
+}
+
+/// Listener: which flow each expected JOIN identifier names. A flow's JOINs are expected
+/// from its highest admitted sequence (0 at first) up to [`JOIN_WINDOW`] beyond; the
+/// identifiers of up to `JOIN_WINDOW` sequences behind it stay for copies of recent JOINs.
+#[derive(Debug, Default)]
+pub(crate) struct ExpectedJoins {
+    by_id: HashMap<JoinId, (FlowId, u64)>,
+    by_flow: HashMap<FlowId, BTreeMap<u64, JoinId>>,
+}
+
+impl ExpectedJoins {
+    /// Expects the JOINs of `flow` (keyed by `key`) around `admitted`, its highest admitted
+    /// join sequence.
+    pub(crate) fn expect(&mut self, flow: FlowId, key: &[u8; 32], admitted: u64) {
+        let ids = self.by_flow.entry(flow).or_default();
+        let (low, high) = (admitted.saturating_sub(JOIN_WINDOW), admitted.saturating_add(JOIN_WINDOW));
+        while let Some((&seq, _)) = ids.first_key_value().filter(|(&seq, _)| seq < low) {
+            if let Some(id) = ids.remove(&seq) {
+                self.by_id.remove(&id);
+            }
+        }
+        for seq in low.max(1)..=high {
+            if let std::collections::btree_map::Entry::Vacant(slot) = ids.entry(seq) {
+                let id = join::join_id(key, seq);
+                slot.insert(id);
+                self.by_id.insert(id, (flow, seq));
+            }
+        }
+    }
+
+    /// The flow a JOIN with identifier `id` and sequence `seq` is for.
+    pub(crate) fn flow(&self, id: &JoinId, seq: u64) -> Option<FlowId> {
+        self.by_id.get(id).filter(|(_, s)| *s == seq).map(|(flow, _)| *flow)
+    }
+
+    /// Stops expecting JOINs of `flow`.
+    pub(crate) fn forget(&mut self, flow: &FlowId) {
+        for id in self.by_flow.remove(flow).into_iter().flat_map(|ids| ids.into_values()) {
+            self.by_id.remove(&id);
+        }
+    }
 }
 
 /// Listener: the answer to an admitted JOIN.
-pub(crate) fn join_accept(key: &[u8; 32], flow: &FlowId, seq: u64, fast_open: bool) -> Vec<u8> {
+pub(crate) fn join_accept(key: &[u8; 32], id: &JoinId, seq: u64, fast_open: bool) -> Vec<u8> {
     let mut out = vec![if fast_open { JOIN_OK_FAST_OPEN } else { JOIN_OK }];
-    out.extend_from_slice(&join::accept_mac(key, flow, seq, fast_open));
+    out.extend_from_slice(&join::accept_mac(key, id, seq, fast_open));
     out
 }
 
 /// Listener: the answer to a refused JOIN; a refusal for a flow this endpoint does not know
 /// is signed by its `identity` (it no longer holds the flow's keys, so only its long-term
-/// key can make the refusal believable).
-pub(crate) fn join_refuse(why: JoinRefusal, identity: &Identity, flow: &FlowId, seq: u64) -> Vec<u8> {
+/// key can make the refusal believable). Only JOINs with a right `mac1` get here, from
+/// someone who knows our public key: a scanner learns nothing.
+pub(crate) fn join_refuse(why: JoinRefusal, identity: &Identity, id: &JoinId, seq: u64) -> Vec<u8> {
     let reason = why.to_string();
     let mut out = vec![why as u8, reason.len() as u8];
     out.extend_from_slice(reason.as_bytes());
     if why == JoinRefusal::UnknownFlow {
-        out.extend_from_slice(&identity.sign(&unknown_flow_statement(flow, seq)));
+        out.extend_from_slice(&identity.sign(&unknown_flow_statement(id, seq)));
     }
     out
 }
 
-/// The words an endpoint signs to say it does not know a flow.
-fn unknown_flow_statement(flow: &FlowId, seq: u64) -> Vec<u8> {
+/// The words an endpoint signs to say it does not know a JOIN's flow.
+fn unknown_flow_statement(id: &JoinId, seq: u64) -> Vec<u8> {
     let mut msg = b"msocket unknown flow\0".to_vec();
-    msg.extend_from_slice(&flow.0);
+    msg.extend_from_slice(id);
     msg.extend_from_slice(&seq.to_be_bytes());
     msg
 }
@@ -231,7 +322,7 @@ pub(crate) struct JoinAccepted {
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct JoinSent<'a> {
     pub(crate) join_key: &'a [u8; 32],
-    pub(crate) flow: &'a FlowId,
+    pub(crate) id: &'a JoinId,
     pub(crate) seq: u64,
     /// The peer's Ed25519 key from its name record: only its signature proves a claim
     /// that the flow is unknown.
@@ -252,7 +343,7 @@ pub(crate) fn decode_join_answer(
         };
         let fast_open = status == JOIN_OK_FAST_OPEN;
         let tag: &[u8; MAC_LEN] = tag.try_into().expect("MAC_LEN bytes");
-        return Progress::Done(match join::verify_accept(sent.join_key, sent.flow, sent.seq, fast_open, tag) {
+        return Progress::Done(match join::verify_accept(sent.join_key, sent.id, sent.seq, fast_open, tag) {
             true => Ok(JoinAccepted { fast_open }),
             false => Err(JoinAnswerError::BadMac),
         });
@@ -273,7 +364,7 @@ pub(crate) fn decode_join_answer(
         return Progress::Need(reason_end + SIGNATURE_LEN);
     };
     let signature: &[u8; SIGNATURE_LEN] = signature.try_into().expect("64 bytes");
-    let statement = unknown_flow_statement(sent.flow, sent.seq);
+    let statement = unknown_flow_statement(sent.id, sent.seq);
     let proven = sent.peer_signing_key.is_some_and(|k| verify_signature(k, &statement, signature));
     Progress::Done(Err(JoinAnswerError::UnknownFlow { proven }))
 }
@@ -317,48 +408,76 @@ mod tests {
         wire.extend_from_slice(b"records follow");
         assert_eq!(opening(&wire), Some((Ok(Opening::NewFlow(msg1)), len)));
 
-        let (key, flow) = ([3u8; 32], FlowId([8; 16]));
-        let mut wire = join_request(&key, &flow, 7, 1234);
+        let (key, listener) = ([3u8; 32], [8u8; 32]);
+        let mut wire = join_request(&key, &listener, 7, 1234);
         wire.extend_from_slice(b"records follow");
         let (Ok(Opening::Join(req)), used) = opening(&wire).unwrap() else { panic!() };
-        assert_eq!((used, req.flow, req.seq, req.resume), (HEADER_LEN + JOIN_LEN, flow, 7, 1234));
-        assert!(req.verify(&key));
+        assert_eq!((used, req.id, req.seq, req.resume), (HEADER_LEN + JOIN_LEN, join::join_id(&key, 7), 7, 1234));
+        assert!(req.verify(&key) && req.verify_mac1(&listener));
     }
 
     #[test]
     fn bad_openings_are_refused_by_kind_as_soon_as_they_show() {
         assert_eq!(decode_opening(b"GE"), Err(OpeningError::BadMagic));
         assert_eq!(decode_opening(b"GET / HTTP/1.1"), Err(OpeningError::BadMagic));
-        assert_eq!(decode_opening(b"MSKT\x01\x01"), Err(OpeningError::Version(1)));
-        assert_eq!(decode_opening(b"MSKT\x02\x09"), Err(OpeningError::Kind(9)));
-        assert_eq!(decode_opening(b"MSKT\x02\x01\xff\xff"), Err(OpeningError::TooLong(65535)));
+        assert_eq!(decode_opening(b"MSKT\x02\x01"), Err(OpeningError::Version(2)));
+        assert_eq!(decode_opening(b"MSKT\x03\x09"), Err(OpeningError::Kind(9)));
+        assert_eq!(decode_opening(b"MSKT\x03\x01\xff\xff"), Err(OpeningError::TooLong(65535)));
         assert_eq!(decode_opening(b"MSK"), Ok(Progress::Need(HEADER_LEN)));
     }
 
     #[test]
     fn join_admission_checks_the_flow_the_mac_and_the_sequence() {
-        let (key, flow) = ([3u8; 32], FlowId([8; 16]));
-        let mut seen = ReplayWindow::new();
-        let parse = |seq| join::parse_request(&join::request(&key, &flow, seq, 0));
-        fn target<'a>(key: &'a [u8; 32], seen: &'a mut ReplayWindow) -> Option<JoinTarget<'a>> {
-            Some(JoinTarget { join_key: key, joins_seen: seen })
+        let key = [3u8; 32];
+        let mut seen = JoinsSeen::new();
+        let join = |seq, resume| join::parse_request(&join::request(&key, &[8u8; 32], seq, resume));
+        fn target<'a>(key: &'a [u8; 32], joins: &'a mut JoinsSeen) -> Option<JoinTarget<'a>> {
+            Some(JoinTarget { join_key: key, joins })
         }
-        assert_eq!(admit_join(&parse(1), None), Err(JoinRefusal::UnknownFlow));
-        let forged = JoinRequest { resume: 99, ..parse(1) };
+        assert_eq!(admit_join(&join(1, 0), None), Err(JoinRefusal::UnknownFlow));
+        let forged = JoinRequest { resume: 99, ..join(1, 0) };
         assert_eq!(admit_join(&forged, target(&key, &mut seen)), Err(JoinRefusal::BadMac));
-        assert_eq!(admit_join(&parse(5), target(&key, &mut seen)), Ok(()));
-        assert_eq!(admit_join(&parse(5), target(&key, &mut seen)), Err(JoinRefusal::Replayed));
-        assert_eq!(admit_join(&parse(3), target(&key, &mut seen)), Ok(()), "out of order");
-        assert_eq!(admit_join(&parse(u64::MAX), target(&key, &mut seen)), Err(JoinRefusal::Replayed));
+        assert_eq!(admit_join(&join(5, 0), target(&key, &mut seen)), Ok(Admitted::First));
+        // Copies of that very JOIN (an observer's, or the joiner's behind one): two more.
+        assert_eq!(admit_join(&join(5, 0), target(&key, &mut seen)), Ok(Admitted::Copy));
+        assert_eq!(admit_join(&join(5, 0), target(&key, &mut seen)), Ok(Admitted::Copy));
+        assert_eq!(admit_join(&join(5, 0), target(&key, &mut seen)), Err(JoinRefusal::Replayed));
+        // The same sequence with another resume point is no copy.
+        assert_eq!(admit_join(&join(5, 7), target(&key, &mut seen)), Err(JoinRefusal::Replayed));
+        assert_eq!(admit_join(&join(3, 0), target(&key, &mut seen)), Ok(Admitted::First), "out of order");
+        assert_eq!(admit_join(&join(u64::MAX, 0), target(&key, &mut seen)), Err(JoinRefusal::Replayed));
+    }
+
+    #[test]
+    fn expected_joins_follow_the_highest_admitted_sequence() {
+        let key = [3u8; 32];
+        let (flow, other) = (FlowId([8; 16]), FlowId([9; 16]));
+        let mut expected = ExpectedJoins::default();
+        expected.expect(flow, &key, 0);
+        expected.expect(other, &[4u8; 32], 0);
+        let id = |seq| join::join_id(&key, seq);
+        assert_eq!(expected.flow(&id(1), 1), Some(flow));
+        assert_eq!(expected.flow(&id(JOIN_WINDOW), JOIN_WINDOW), Some(flow));
+        assert_eq!(expected.flow(&id(JOIN_WINDOW + 1), JOIN_WINDOW + 1), None, "too far ahead");
+        assert_eq!(expected.flow(&id(1), 2), None, "an identifier with another sequence");
+        expected.expect(flow, &key, 40);
+        assert_eq!(expected.flow(&id(40 + JOIN_WINDOW), 40 + JOIN_WINDOW), Some(flow));
+        assert_eq!(expected.flow(&id(40 - JOIN_WINDOW), 40 - JOIN_WINDOW), Some(flow), "kept for copies");
+        assert_eq!(expected.flow(&id(1), 1), None, "long behind");
+        expected.forget(&flow);
+        assert_eq!(expected.flow(&id(40), 40), None);
+        assert_eq!(expected.by_flow.len(), 1);
+        assert_eq!(expected.by_id.len(), JOIN_WINDOW as usize);
     }
 
     #[test]
     fn join_answers_are_checked_against_what_was_sent() {
-        let (key, flow) = ([3u8; 32], FlowId([8; 16]));
+        let key = [3u8; 32];
+        let flow = join::join_id(&key, 9);
         let peer = Identity::from_seed([4; 32]);
         let stranger = Identity::from_seed([5; 32]);
         let peer_key = peer.public().signing;
-        let sent = JoinSent { join_key: &key, flow: &flow, seq: 9, peer_signing_key: Some(&peer_key) };
+        let sent = JoinSent { join_key: &key, id: &flow, seq: 9, peer_signing_key: Some(&peer_key) };
         let answer = |bytes: &[u8]| feed(bytes, |b| decode_join_answer(b, &sent)).map(|(a, used)| {
             assert_eq!(used, bytes.len());
             a
@@ -385,8 +504,9 @@ mod tests {
     #[test]
     fn arbitrary_bytes_never_panic_and_decode_alike_however_they_arrive() {
         use proptest::prelude::*;
-        let (key, flow) = ([3u8; 32], FlowId([8; 16]));
-        let sent = JoinSent { join_key: &key, flow: &flow, seq: 9, peer_signing_key: None };
+        let key = [3u8; 32];
+        let flow = join::join_id(&key, 9);
+        let sent = JoinSent { join_key: &key, id: &flow, seq: 9, peer_signing_key: None };
         let prefixes = prop_oneof![
             Just(Vec::new()),
             Just(header(Kind::NewFlow).to_vec()),
