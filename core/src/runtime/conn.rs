@@ -383,6 +383,7 @@ impl Conn {
                 }
                 proto::FlowEvent::Resumed { outage, .. } => self.emit(FlowEvent::Resumed { outage }),
                 proto::FlowEvent::PeerAddrs { addrs, .. } => {
+                    let addrs = self.host.upgrade().map_or_else(Vec::new, |h| h.dialable(&addrs));
                     inner.set_peer_addrs(addrs.clone());
                     self.driver.notify_one();
                     self.emit(FlowEvent::PeerMoved { addrs });

@@ -77,7 +77,10 @@ pub(crate) async fn connect(host: &Arc<Host>, owner: Weak<dyn FlowOwner>, peer: 
                 // nothing answered soon, look again; race the addresses it lists as well.
                 let relookup = async {
                     let newer = match host.config.names.watch(name, record.seq, RELOOKUP_AFTER).await {
-                        Ok(Some(signed)) => host.check_record(peer, &signed.record).ok().map(|()| signed.record),
+                        Ok(Some(mut signed)) => host.check_record(peer, &signed.record).ok().map(|()| {
+                            signed.record.addrs = host.dialable(&signed.record.addrs);
+                            signed.record
+                        }),
                         _ => None,
                     };
                     let newer = match newer {

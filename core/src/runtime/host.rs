@@ -117,11 +117,23 @@ impl Host {
         self.net_changed.subscribe()
     }
 
-    /// Looks `peer` up and checks the record (see [`Host::check_record`]).
+    /// Looks `peer` up and checks the record (see [`Host::check_record`]); its addresses
+    /// are cut to those we may dial ([`Host::dialable`]).
     pub(crate) async fn lookup_checked(&self, peer: &PeerName) -> Result<NameRecord, Error> {
-        let record = self.config.names.lookup(peer.name()).await?.record;
+        let mut record = self.config.names.lookup(peer.name()).await?.record;
         self.check_record(peer, &record)?;
+        record.addrs = self.dialable(&record.addrs);
         Ok(record)
+    }
+
+    /// Of the addresses a peer (its ADDRS or its name record) gives, those we may dial:
+    /// at most [`MAX_PEER_ADDRS`], none unspecified, multicast, broadcast, link-local or
+    /// port 0, and loopback only when this endpoint itself works on loopback. A peer's
+    /// word must not make a phone dial its own services or sweep a network.
+    pub(crate) fn dialable(&self, addrs: &[SocketAddr]) -> Vec<SocketAddr> {
+        let ips = self.local_ips();
+        let loopback_ok = self.config.use_loopback || ips.is_empty() || ips.iter().any(IpAddr::is_loopback);
+        dialable(addrs, loopback_ok)
     }
 
     /// Whether a (signature-checked) record may be acted on for `peer`: its keys must have
@@ -184,5 +196,57 @@ impl Host {
             Ok(r) => r,
             Err(_) => Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out")),
         }
+    }
+}
+
+/// The most peer addresses a flow keeps to dial.
+pub(crate) const MAX_PEER_ADDRS: usize = 8;
+
+fn dialable(addrs: &[SocketAddr], loopback_ok: bool) -> Vec<SocketAddr> {
+    let usable = |a: &SocketAddr| {
+        let ip = a.ip();
+        let link_local = match ip {
+            IpAddr::V4(v4) => v4.is_link_local() || v4.is_broadcast(),
+            IpAddr::V6(v6) => v6.segments()[0] & 0xffc0 == 0xfe80,
+        };
+        a.port() != 0 && !ip.is_unspecified() && !ip.is_multicast() && !link_local && (loopback_ok || !ip.is_loopback())
+    };
+    let mut out: Vec<SocketAddr> = Vec::new();
+    for a in addrs.iter().filter(|a| usable(a)) {
+        if out.len() == MAX_PEER_ADDRS {
+            tracing::warn!(given = addrs.len(), kept = MAX_PEER_ADDRS, "the peer listed more addresses than are dialed");
+            break;
+        }
+        if !out.contains(a) {
+            out.push(*a);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_peer_cannot_make_us_dial_local_services_or_sweep_a_network() {
+        let a = |s: &str| s.parse::<SocketAddr>().unwrap();
+        let given = [
+            a("192.0.2.1:443"),
+            a("127.0.0.1:22"),
+            a("[::1]:22"),
+            a("169.254.1.1:80"),
+            a("[fe80::1]:80"),
+            a("0.0.0.0:80"),
+            a("224.0.0.1:80"),
+            a("255.255.255.255:80"),
+            a("192.0.2.2:0"),
+            a("192.0.2.1:443"),
+            a("[2001:db8::1]:443"),
+        ];
+        assert_eq!(dialable(&given, false), [a("192.0.2.1:443"), a("[2001:db8::1]:443")]);
+        assert_eq!(dialable(&given, true).len(), 4, "loopback kept for an endpoint on loopback");
+        let sweep: Vec<SocketAddr> = (1..=200u8).map(|i| SocketAddr::from(([10, 0, 0, i], 22))).collect();
+        assert_eq!(dialable(&sweep, false), sweep[..MAX_PEER_ADDRS]);
     }
 }
