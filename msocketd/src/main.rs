@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use msocket::name::NameRules;
-use msocketd::name_server::{limits, store, NameServer, RateLimits, StoreLimits};
+use msocketd::name_server::{admission, limits, store, ConnectionLimits, NameServer, RateLimits, StoreLimits};
 use tracing_subscriber::EnvFilter;
 
 /// The msocket server daemon.
@@ -44,6 +44,10 @@ enum Command {
     /// --names-per-key (32) names ("quota exceeded"), the server at most --max-names
     /// (1,000,000) ("server full"). Durations are written 30s, 90m, 36h or 7d.
     ///
+    /// Connections and parked watches are counted per client source and in all
+    /// (--max-connections-per-source 64, --max-connections 1024, --max-watches-per-source
+    /// 4096, --max-watches 65536); beyond them a client is refused "busy" at once.
+    ///
     /// Clients verify every record they receive, so this service is trusted to keep
     /// records available, not to keep them honest. Records are stored durably in the
     /// database file before a registration is acknowledged.
@@ -61,11 +65,21 @@ struct NameArgs {
     /// Database file holding the records (created if missing).
     #[arg(long, value_name = "FILE", default_value = "./msocketd-names.redb")]
     db: PathBuf,
-    /// Connections served at once; more wait in the kernel's backlog. Every open flow of
-    /// a connecting client parks one watch (a connection) on its peer's name, so size this
-    /// (and the process's open-file limit) to the flows you expect.
-    #[arg(long, value_name = "N", default_value_t = msocketd::name_server::MAX_CONNECTIONS)]
+    /// Connections served at once (size the process's open-file limit to match). A
+    /// client's watches share one connection. When all are in use, a newcomer takes the
+    /// oldest connection of the address holding the most, or is refused "busy".
+    #[arg(long, value_name = "N", default_value_t = admission::MAX_CONNECTIONS)]
     max_connections: usize,
+    /// Connections open at once from one client source (IPv4 address or IPv6 /64).
+    #[arg(long, value_name = "N", default_value_t = admission::CONNECTIONS_PER_SOURCE)]
+    max_connections_per_source: usize,
+    /// Watches parked at once, in all. Every open flow of a connecting client parks one
+    /// on its peer's name.
+    #[arg(long, value_name = "N", default_value_t = admission::MAX_WATCHES)]
+    max_watches: usize,
+    /// Watches parked at once from one client source.
+    #[arg(long, value_name = "N", default_value_t = admission::WATCHES_PER_SOURCE)]
+    max_watches_per_source: usize,
     /// How long a name stays bound to its key after its record expired (at least 1d).
     /// After that another key may take it and the record is deleted.
     #[arg(long, value_name = "DURATION", default_value = "7d", value_parser = parse_duration)]
@@ -151,6 +165,7 @@ async fn run_name(args: NameArgs) -> Result<(), String> {
         ));
     }
     for (flag, n) in [
+        ("--max-connections-per-source", args.max_connections_per_source as u64),
         ("--registrations-per-source", u64::from(args.registrations_per_source)),
         ("--registrations-per-key", u64::from(args.registrations_per_key)),
         ("--names-per-key", args.names_per_key),
@@ -162,7 +177,12 @@ async fn run_name(args: NameArgs) -> Result<(), String> {
     }
     let server = NameServer::open(&args.db)
         .map_err(|e| e.to_string())?
-        .with_max_connections(args.max_connections)
+        .with_connection_limits(ConnectionLimits {
+            max_connections: args.max_connections,
+            connections_per_source: args.max_connections_per_source,
+            max_watches: args.max_watches,
+            watches_per_source: args.max_watches_per_source,
+        })
         .with_rules(NameRules { grace: args.grace, max_lifetime: args.max_lifetime })
         .with_rate_limits(RateLimits {
             per_source: args.registrations_per_source,
@@ -172,7 +192,10 @@ async fn run_name(args: NameArgs) -> Result<(), String> {
     tracing::info!(grace = ?args.grace, max_lifetime = ?args.max_lifetime,
         registrations_per_source = args.registrations_per_source,
         registrations_per_key = args.registrations_per_key,
-        names_per_key = args.names_per_key, max_names = args.max_names, "name service limits");
+        names_per_key = args.names_per_key, max_names = args.max_names,
+        max_connections = args.max_connections, max_connections_per_source = args.max_connections_per_source,
+        max_watches = args.max_watches, max_watches_per_source = args.max_watches_per_source,
+        "name service limits");
     let listener = tokio::net::TcpListener::bind(&args.listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;

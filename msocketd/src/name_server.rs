@@ -20,61 +20,80 @@
 //!
 //! redb's calls block (a durable commit waits for `fsync`), so they run on tokio's
 //! blocking pool rather than on the async workers, where a slow disk would stall every
-//! other connection. A semaphore bounds how many run at once, so a flood of requests
-//! cannot pile up blocking threads.
+//! other connection. Semaphores bound how many run at once, separately for lookups
+//! ([`MAX_STORE_OPS`]), registrations ([`MAX_STORE_WRITES`]) and the store reads of
+//! watches ([`MAX_WATCH_READS`]), so a flood of one kind cannot pile up blocking threads
+//! or make the others wait.
 //!
-//! The network side speaks [`msocket::unstable::name_protocol`]. Every wait is bounded: a
-//! connection that sends nothing, or dribbles one request out, for [`IDLE_TIMEOUT`] is
-//! closed, as is one whose response
-//! cannot be written within [`WRITE_TIMEOUT`], and at most [`MAX_CONNECTIONS`] are served
-//! at once. Malformed input earns a `Refused(malformed)` answer and the end of that
-//! connection, never of the process.
+//! The network side speaks [`msocket::unstable::name_protocol`]: requests carry ids and
+//! are answered in any order, so one connection carries a client's lookups and all its
+//! watches at once (`connection.rs`). Every wait is bounded: a connection with nothing in
+//! flight that sends nothing, or dribbles one request out, for [`IDLE_TIMEOUT`] is closed,
+//! as is one whose answer cannot be written within [`WRITE_TIMEOUT`]. Malformed input
+//! earns a `Refused(malformed)` answer and the end of that connection, never of the
+//! process.
 //!
-//! `Watch` is a long poll: a client holding a flow to a name parks a watch on its own
-//! connection and hears about a new record as soon as it is stored, instead of polling.
-//! Each successful registration fires a per-name [`ChangeNotifier`] once its transaction
-//! is durably committed, so a woken watcher always finds the record in the store. A watch
-//! is held at most [`MAX_WATCH_WAIT`] (configurable), and a parked watch does not read
-//! the store or hold a store permit. The idle timeout covers only the wait for a request,
-//! so a parked watch is never cut by it; the timer starts again after the answer. Memory
-//! is bounded: a connection holds at most one watch, and a watch whose client closes the
-//! connection is dropped at once (the server watches the socket while the watch is
-//! parked), so nothing outlives its connection. At shutdown parked watches are answered
-//! `Unchanged` and their connections closed.
+//! Connections and parked watches are limited per client source and in all
+//! ([`ConnectionLimits`], `admission.rs`). The accept loop never stops accepting: a
+//! client over a limit is told `Busy` at once (a lookup once waited 69 s in the listen
+//! backlog while a thousand parked watches, one connection each, held every slot), and a
+//! full server closes the oldest connection of the source holding the most to admit a
+//! newcomer from a source holding fewer.
+//!
+//! `Watch` is a long poll: a client holding a flow to a name parks a watch and hears
+//! about a new record as soon as it is stored, instead of polling. The server acknowledges
+//! a parked watch at once (`Watching`). Each successful registration fires a per-name
+//! [`ChangeNotifier`] once its transaction is durably committed, so a woken watcher always
+//! finds the record in the store. A watch is held at most [`MAX_WATCH_WAIT`]
+//! (configurable), and a parked watch does not read the store or hold a store permit;
+//! `Cancel` drops it, and so does its client closing the connection. At shutdown parked
+//! watches are answered `Unchanged` and their connections closed.
 
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use msocket::unstable::name_protocol::{
-    read_message, write_message, FrameError, Request, Response, MAX_WATCH_WAIT,
-};
-use msocket::name::{unix_now, validate_name, ChangeNotifier, NameError, NameRules, SignedRecord};
+use msocket::name::{unix_now, ChangeNotifier, NameError, NameRules, SignedRecord};
+use msocket::unstable::name_protocol::{Request, Response, CONNECTION_ID, MAX_WATCH_WAIT};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
-use tokio::time::Instant;
 
 /// How long, by default, a connection may stay silent (or take to deliver one request)
 /// before it is closed.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long writing one response may take.
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Most connections served at once; further clients wait in the listen backlog.
-pub const MAX_CONNECTIONS: usize = 1024;
-/// Most database operations in flight at once (each holds a blocking thread).
+/// Most connections served at once, by default ([`ConnectionLimits`]).
+pub const MAX_CONNECTIONS: usize = admission::MAX_CONNECTIONS;
+/// Most lookups in flight at once in the store (each holds a blocking thread).
 pub const MAX_STORE_OPS: usize = 16;
+/// Most registrations in flight at once in the store (they commit one after another).
+pub const MAX_STORE_WRITES: usize = 4;
+/// Most store reads for watches at once: watches never take the lookups' threads.
+pub const MAX_WATCH_READS: usize = 8;
+/// How long a refused connection may take to hear why.
+const REFUSAL_TIMEOUT: Duration = Duration::from_secs(1);
+/// Refused connections being told why at once; beyond this they are simply closed.
+const MAX_REFUSALS: usize = 64;
 /// How long shutdown waits for connections to finish their current request.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// How often lapsed names are deleted and refilled rate-limit buckets dropped.
 pub const GC_INTERVAL: Duration = Duration::from_secs(600);
 
+pub mod admission;
+mod connection;
 pub mod limits;
 pub mod store;
 
+pub use admission::ConnectionLimits;
+pub use connection::MAX_IN_FLIGHT;
 pub use limits::{RateLimits, Source};
 pub use store::StoreLimits;
+
+use admission::Admission;
 
 use limits::Limiter;
 use store::{Registered, Store};
@@ -106,10 +125,13 @@ pub enum NameServerError {
 pub struct NameServer {
     store: Store,
     limiter: Limiter,
-    store_ops: Semaphore,
+    /// Blocking-pool permits: lookups, registrations, watches' reads.
+    reads: Semaphore,
+    writes: Semaphore,
+    watch_reads: Semaphore,
     idle_timeout: Duration,
     watch_cap: Duration,
-    max_connections: usize,
+    admission: Arc<Admission>,
     /// Wakes parked watches; fired after each committed registration.
     changes: ChangeNotifier,
 }
@@ -121,10 +143,12 @@ impl NameServer {
         Ok(NameServer {
             store: Store::open(path.as_ref())?,
             limiter: Limiter::new(RateLimits::default()),
-            store_ops: Semaphore::new(MAX_STORE_OPS),
+            reads: Semaphore::new(MAX_STORE_OPS),
+            writes: Semaphore::new(MAX_STORE_WRITES),
+            watch_reads: Semaphore::new(MAX_WATCH_READS),
             idle_timeout: IDLE_TIMEOUT,
             watch_cap: MAX_WATCH_WAIT,
-            max_connections: MAX_CONNECTIONS,
+            admission: Admission::new(ConnectionLimits::default()),
             changes: ChangeNotifier::new(),
         })
     }
@@ -144,11 +168,23 @@ impl NameServer {
     }
 
     /// Sets how many connections are served at once (default [`MAX_CONNECTIONS`]; at least
-    /// 1). Every connecting flow of a client parks one watch on its peer's name, so a
-    /// busy service wants more than the default, and a file-descriptor limit to match.
+    /// 1), with a file-descriptor limit to match. A client's watches share one connection.
     pub fn with_max_connections(mut self, n: usize) -> Self {
-        self.max_connections = n.max(1);
+        let limits = ConnectionLimits { max_connections: n, ..self.admission.limits };
+        self.admission = Admission::new(limits);
         self
+    }
+
+    /// Sets the limits on connections and parked watches, in all and per client source
+    /// (default [`ConnectionLimits::default`]).
+    pub fn with_connection_limits(mut self, limits: ConnectionLimits) -> Self {
+        self.admission = Admission::new(limits);
+        self
+    }
+
+    /// How many connections are open right now (for monitoring and tests).
+    pub fn open_connections(&self) -> usize {
+        self.admission.connections()
     }
 
     /// Sets the grace period and the longest record lifetime (default
@@ -223,13 +259,13 @@ impl NameServer {
         self.store.lookup(name, now)
     }
 
-    /// Runs `op` on the blocking pool with the current time, holding one of the
-    /// [`MAX_STORE_OPS`] permits.
+    /// Runs `op` on the blocking pool with the current time, holding one of `permits`.
     async fn run_store<T: Send + 'static>(
         self: &Arc<Self>,
+        permits: &Semaphore,
         op: impl FnOnce(&NameServer, u64) -> Result<T, NameError> + Send + 'static,
     ) -> Result<T, NameError> {
-        let Ok(_permit) = self.store_ops.acquire().await else {
+        let Ok(_permit) = permits.acquire().await else {
             return Err(NameError::Store("server is shutting down".into()));
         };
         let this = Arc::clone(self);
@@ -242,13 +278,13 @@ impl NameServer {
         }
     }
 
-    /// Answers a `Register` or a `Lookup` from `peer`. (`Watch` needs the connection: see
-    /// [`Self::watch`].)
+    /// Answers a `Register` or a `Lookup` from `peer`. (Watches park: see
+    /// `connection.rs`.)
     async fn handle(self: &Arc<Self>, request: Request, peer: SocketAddr) -> Response {
         let outcome = match request {
             Request::Register(record) => {
                 let source = Source::of(peer.ip());
-                self.run_store(move |this, now| {
+                self.run_store(&self.writes, move |this, now| {
                     let outcome = this.register_blocking(&record, source, now);
                     let r = &record.record;
                     match &outcome {
@@ -266,15 +302,15 @@ impl NameServer {
                 .await
             }
             Request::Lookup(name) => {
-                self.run_store(move |this, now| {
+                self.run_store(&self.reads, move |this, now| {
                     let outcome = this.lookup_blocking(&name, now);
                     tracing::debug!(%name, found = outcome.is_ok(), "lookup");
                     outcome.map(Response::Record)
                 })
                 .await
             }
-            Request::Watch { .. } => {
-                Err(NameError::Store("watch reached the plain request handler".into()))
+            Request::Watch { .. } | Request::Cancel => {
+                Err(NameError::Store("a watch reached the plain request handler".into()))
             }
         };
         match outcome {
@@ -284,71 +320,13 @@ impl NameServer {
         }
     }
 
-    /// Answers a `Watch`: at once if the store holds a live record of `name` above
-    /// `after_seq`, else when a registration brings one, else `Unchanged` after the wait
-    /// (capped) or at shutdown. `None` means the client closed the connection while the
-    /// watch was parked, so there is nobody to answer.
-    ///
-    /// While parked, the socket is watched for the client going away. A client may
-    /// pipeline its next request behind the watch; once bytes arrive the socket is left
-    /// alone (they are read after the answer), and the wait is bounded by the cap alone.
-    async fn watch(
-        self: &Arc<Self>,
-        name: String,
-        after_seq: u64,
-        wait_ms: u32,
-        stream: &TcpStream,
-        stop: &mut watch::Receiver<()>,
-        peer: SocketAddr,
-    ) -> Option<Response> {
-        if let Err(e) = validate_name(&name) {
-            tracing::debug!(%peer, %name, error = %e, "watch refused");
-            return Some(Response::refusal(&e));
-        }
-        let wait = Duration::from_millis(wait_ms.into()).min(self.watch_cap);
-        let now = Instant::now();
-        let deadline = now.checked_add(wait).unwrap_or(now);
-        // Subscribe before the first check, so a registration in between still wakes us.
-        let mut changes = self.changes.subscribe(&name);
-        let mut peer_sent_more = false;
-        tracing::debug!(%peer, %name, after_seq, ?wait, "watch");
-        loop {
-            let key = name.clone();
-            match self.run_store(move |this, now| this.lookup_blocking(&key, now)).await {
-                Ok(record) if record.record.seq > after_seq => {
-                    tracing::debug!(%peer, %name, seq = record.record.seq, "watch answered");
-                    return Some(Response::Record(record));
-                }
-                // No live record above `after_seq` yet: wait for one.
-                Ok(_) | Err(NameError::NotFound(_)) | Err(NameError::Expired) => {}
-                Err(e) => return Some(refusal_logged(&e)),
-            }
-            tokio::select! {
-                () = changes.changed() => {}
-                () = tokio::time::sleep_until(deadline) => {
-                    tracing::debug!(%peer, %name, "watch unchanged");
-                    return Some(Response::Unchanged);
-                }
-                // The sender is dropped at shutdown: answer now rather than hold it up.
-                _ = stop.changed() => return Some(Response::Unchanged),
-                gone = peer_gone(stream), if !peer_sent_more => {
-                    if gone {
-                        tracing::debug!(%peer, %name, "watcher went away");
-                        return None;
-                    }
-                    peer_sent_more = true;
-                }
-            }
-        }
-    }
-
     /// Serves the protocol on `listener` until `shutdown` completes, then stops accepting,
     /// lets open connections finish their current request (up to [`SHUTDOWN_GRACE`]) and
     /// returns.
     pub async fn serve(self: Arc<Self>, listener: TcpListener, shutdown: impl std::future::Future) {
-        let connections = Arc::new(Semaphore::new(self.max_connections));
         let (stop_tx, stop_rx) = watch::channel(());
         let mut tasks = JoinSet::new();
+        let refusals = Arc::new(Semaphore::new(MAX_REFUSALS));
         tokio::pin!(shutdown);
         if let Ok(addr) = listener.local_addr() {
             tracing::info!(%addr, "name service listening");
@@ -356,24 +334,29 @@ impl NameServer {
         tasks.spawn(Arc::clone(&self).collect_garbage_every(GC_INTERVAL, stop_rx.clone()));
         loop {
             while tasks.try_join_next().is_some() {}
-            // Take a connection slot before accepting: at the limit, clients queue in the
-            // kernel's backlog instead of costing us memory.
-            let permit = tokio::select! {
-                _ = &mut shutdown => break,
-                permit = Arc::clone(&connections).acquire_owned() => match permit {
-                    Ok(p) => p,
-                    Err(_) => break,
-                },
-            };
+            // Always accept: a client over a limit hears `Busy` at once instead of waiting
+            // in the kernel's backlog behind connections that may stay for minutes.
             let accepted = tokio::select! {
                 _ = &mut shutdown => break,
                 accepted = listener.accept() => accepted,
             };
             match accepted {
-                Ok((stream, peer)) => {
-                    let this = Arc::clone(&self);
-                    tasks.spawn(this.connection(stream, peer, stop_rx.clone(), permit));
-                }
+                Ok((stream, peer)) => match self.admission.connect(Source::of(peer.ip())) {
+                    Ok(admitted) => {
+                        let this = Arc::clone(&self);
+                        let admission = Arc::clone(&self.admission);
+                        tasks.spawn(this.connection(stream, peer, stop_rx.clone(), admitted, admission));
+                    }
+                    Err(e) => {
+                        tracing::info!(%peer, error = %e, "connection refused");
+                        if let Ok(permit) = Arc::clone(&refusals).try_acquire_owned() {
+                            tasks.spawn(async move {
+                                refuse_connection(stream, &e).await;
+                                drop(permit);
+                            });
+                        }
+                    }
+                },
                 Err(e) => {
                     // Usually out of file descriptors: back off instead of spinning.
                     tracing::warn!(error = %e, "accept failed");
@@ -384,7 +367,7 @@ impl NameServer {
                 }
             }
         }
-        tracing::info!(open_connections = tasks.len(), "name service shutting down");
+        tracing::info!(open_connections = self.admission.connections(), "name service shutting down");
         drop(listener);
         drop(stop_tx);
         let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
@@ -419,64 +402,21 @@ impl NameServer {
         }
     }
 
-    /// Serves one connection: requests one after another until the client closes, goes
-    /// idle, misbehaves, or the server stops.
-    async fn connection(
-        self: Arc<Self>,
-        mut stream: TcpStream,
-        peer: SocketAddr,
-        mut stop: watch::Receiver<()>,
-        _permit: OwnedSemaphorePermit,
-    ) {
-        let _ = stream.set_nodelay(true);
-        tracing::debug!(%peer, "connection opened");
-        loop {
-            let read = tokio::select! {
-                // The sender is dropped at shutdown; between requests is a clean place to stop.
-                _ = stop.changed() => break,
-                read = tokio::time::timeout(self.idle_timeout, read_message(&mut stream)) => read,
-            };
-            let (response, keep_open) = match read {
-                Err(_) => {
-                    tracing::debug!(%peer, "connection idle; closing");
-                    break;
-                }
-                Ok(Err(FrameError::Closed)) => break,
-                Ok(Err(FrameError::Io(e))) => {
-                    tracing::debug!(%peer, error = %e, "connection failed");
-                    break;
-                }
-                Ok(Err(e @ FrameError::TooLong(_))) => {
-                    tracing::warn!(%peer, error = %e, "oversized request; closing");
-                    (Response::refusal(&NameError::Malformed(e.to_string())), false)
-                }
-                Ok(Ok(body)) => match Request::decode(&body) {
-                    Ok(Request::Watch { name, after_seq, wait_ms }) => {
-                        match self.watch(name, after_seq, wait_ms, &stream, &mut stop, peer).await {
-                            Some(response) => (response, true),
-                            None => break,
-                        }
-                    }
-                    Ok(request) => (self.handle(request, peer).await, true),
-                    Err(e) => {
-                        tracing::warn!(%peer, error = %e, "malformed request; closing");
-                        (Response::refusal(&e), false)
-                    }
-                },
-            };
-            let written =
-                tokio::time::timeout(WRITE_TIMEOUT, write_message(&mut stream, &response.encode()))
-                    .await;
-            if !matches!(written, Ok(Ok(()))) {
-                tracing::debug!(%peer, "could not write response; closing");
-                break;
-            }
-            if !keep_open {
-                break;
-            }
-        }
-        tracing::debug!(%peer, "connection closed");
-    }
+}
+
+/// Tells a client whose connection is refused why (`Refused` with id 0), reads what it
+/// sent meanwhile so the close does not reset the connection before it reads the answer,
+/// and closes; all within [`REFUSAL_TIMEOUT`].
+async fn refuse_connection(mut stream: TcpStream, why: &NameError) {
+    let body = Response::refusal(why).encode_tagged(CONNECTION_ID);
+    let _ = tokio::time::timeout(REFUSAL_TIMEOUT, async {
+        msocket::unstable::name_protocol::write_message(&mut stream, &body).await.ok()?;
+        stream.shutdown().await.ok()?;
+        let mut sink = [0u8; 1024];
+        while stream.read(&mut sink).await.ok()? > 0 {}
+        Some(())
+    })
+    .await;
 }
 
 /// The refusal for `err`, logging store failures (the operator must hear of those).
@@ -485,16 +425,6 @@ fn refusal_logged(err: &NameError) -> Response {
         tracing::error!(error = %err, "name store failed");
     }
     Response::refusal(err)
-}
-
-/// Completes when the peer has closed its side or reset the connection (`true`), or has
-/// sent more bytes (`false`), without consuming anything.
-async fn peer_gone(stream: &TcpStream) -> bool {
-    let mut byte = [0u8; 1];
-    match stream.peek(&mut byte).await {
-        Ok(0) | Err(_) => true,
-        Ok(_) => false,
-    }
 }
 
 #[cfg(test)]

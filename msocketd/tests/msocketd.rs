@@ -164,6 +164,9 @@ fn help_explains_the_name_service() {
         "--registrations-per-key",
         "--names-per-key",
         "--max-names",
+        "--max-connections-per-source",
+        "--max-watches",
+        "--max-watches-per-source",
         "rate limited",
     ] {
         assert!(help.contains(needle), "help lacks {needle:?}:\n{help}");
@@ -208,7 +211,13 @@ fn a_grace_period_of_minutes_or_a_bad_limit_is_refused_at_startup() {
     assert!(err.contains("not a duration") && err.contains("7d"), "{err}");
     let err = refused_start(&["--max-lifetime", "10m"]);
     assert!(err.contains("--max-lifetime must be at least 1h"), "{err}");
-    for flag in ["--registrations-per-source", "--registrations-per-key", "--names-per-key", "--max-names"] {
+    for flag in [
+        "--max-connections-per-source",
+        "--registrations-per-source",
+        "--registrations-per-key",
+        "--names-per-key",
+        "--max-names",
+    ] {
         let err = refused_start(&[flag, "0"]);
         assert!(err.contains(&format!("{flag} must be at least 1")), "{err}");
     }

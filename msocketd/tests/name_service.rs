@@ -91,8 +91,13 @@ fn later() -> u64 {
 
 /// Reads one response, bounded in time.
 async fn response(stream: &mut TcpStream) -> Response {
+    tagged_response(stream).await.1
+}
+
+/// Reads one response with its id, bounded in time.
+async fn tagged_response(stream: &mut TcpStream) -> (u32, Response) {
     let body = tokio::time::timeout(WAIT, read_message(stream)).await.unwrap().unwrap();
-    Response::decode(&body).unwrap()
+    Response::decode_tagged(&body).unwrap()
 }
 
 /// Waits for the server to close the connection (EOF or reset), bounded in time.
@@ -471,9 +476,11 @@ async fn a_watch_reports_unchanged_when_nothing_changes() {
     assert_eq!(client.watch("nobody", 0, wait).await, Ok(None));
     assert!(started.elapsed() >= wait);
 
-    // On the wire: Unchanged, and the connection stays usable.
+    // On the wire: Watching at once, Unchanged after the wait, and the connection stays
+    // usable.
     let mut conn = server.raw().await;
     write_message(&mut conn, &watch("nobody", 0, wait)).await.unwrap();
+    assert_eq!(response(&mut conn).await, Response::Watching);
     assert_eq!(response(&mut conn).await, Response::Unchanged);
     write_message(&mut conn, &Request::Lookup("alice".into()).encode()).await.unwrap();
     assert!(matches!(response(&mut conn).await, Response::Record(r) if r.record.seq == 4));
@@ -571,6 +578,7 @@ async fn a_parked_watch_outlives_the_idle_timeout() {
     let wait = Duration::from_millis(800);
     let started = Instant::now();
     write_message(&mut conn, &watch("alice", 0, wait)).await.unwrap();
+    assert_eq!(response(&mut conn).await, Response::Watching);
     assert_eq!(response(&mut conn).await, Response::Unchanged);
     assert!(started.elapsed() >= wait);
     // The idle timer starts again after the answer.
@@ -609,6 +617,7 @@ async fn the_server_caps_the_wait_and_the_client_watches_again() {
     let mut conn = server.raw().await;
     let started = Instant::now();
     write_message(&mut conn, &watch("alice", 0, LONG_WAIT)).await.unwrap();
+    assert_eq!(response(&mut conn).await, Response::Watching);
     assert_eq!(response(&mut conn).await, Response::Unchanged);
     assert!(started.elapsed() >= cap && started.elapsed() < PROMPT);
 
@@ -634,20 +643,31 @@ async fn the_server_caps_the_wait_and_the_client_watches_again() {
     server.shut_down().await;
 }
 
+/// Requests on one connection are answered as they complete, by id: a lookup sent behind
+/// a parked watch is answered while the watch waits.
 #[tokio::test]
-async fn a_request_pipelined_behind_a_watch_is_answered_after_it() {
+async fn a_request_pipelined_behind_a_watch_is_answered_while_it_waits() {
     let server = TestServer::start().await;
     let mut conn = server.raw().await;
     let mut both = Vec::new();
-    for body in
-        [watch("alice", 0, Duration::from_millis(300)), Request::Lookup("bob".into()).encode()]
-    {
+    for body in [
+        Request::watch("alice", 0, LONG_WAIT).encode_tagged(7),
+        Request::Lookup("bob".into()).encode_tagged(8),
+    ] {
         both.extend((body.len() as u32).to_be_bytes());
         both.extend(body);
     }
+    let started = Instant::now();
     conn.write_all(&both).await.unwrap();
-    assert_eq!(response(&mut conn).await, Response::Unchanged);
-    assert_eq!(response(&mut conn).await, Response::NotFound);
+    let mut answers = vec![tagged_response(&mut conn).await, tagged_response(&mut conn).await];
+    answers.sort_by_key(|(id, _)| *id);
+    assert_eq!(answers, [(7, Response::Watching), (8, Response::NotFound)]);
+    assert!(started.elapsed() < PROMPT);
+    // The watch is still parked, and is answered by the registration it waits for.
+    server.parked(1).await;
+    let first = record(1, "alice", 1, later());
+    server.client().register(&first).await.unwrap();
+    assert_eq!(tagged_response(&mut conn).await, (7, Response::Record(first)));
     server.shut_down().await;
 }
 
@@ -656,6 +676,7 @@ async fn shutdown_answers_parked_watches() {
     let server = TestServer::start().await;
     let mut conn = server.raw().await;
     write_message(&mut conn, &watch("alice", 0, LONG_WAIT)).await.unwrap();
+    assert_eq!(response(&mut conn).await, Response::Watching);
     server.parked(1).await;
     let started = Instant::now();
     server.shut_down().await;
@@ -784,5 +805,285 @@ async fn lapsed_names_are_deleted_and_freed() {
     let taker = record(2, "alice", 1, later());
     client.register(&taker).await.unwrap();
     assert_eq!(client.lookup("alice").await, Ok(taker));
+    server.shut_down().await;
+}
+
+// ---- Under load: connections and watches ----
+
+/// The median of `samples`.
+fn median(mut samples: Vec<Duration>) -> Duration {
+    samples.sort();
+    samples[samples.len() / 2]
+}
+
+/// Times `n` lookups one after another.
+async fn lookup_times(client: &TcpNameClient, n: usize) -> Vec<Duration> {
+    let mut times = Vec::with_capacity(n);
+    for _ in 0..n {
+        let started = Instant::now();
+        assert_eq!(client.lookup("looked.up").await.map(|r| r.record.seq), Ok(1));
+        times.push(started.elapsed());
+    }
+    times
+}
+
+/// 2,000 watches parked by four clients (four source addresses, 500 each) cost the
+/// server four connections and leave a lookup as fast as on an idle server. (A thousand
+/// parked watches, one connection each, once made a lookup wait 69 s in the listen
+/// backlog.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_thousand_parked_watches_leave_lookups_fast() {
+    let server = TestServer::start().await;
+    let looker = server.client().bind_to("127.0.0.20".parse().unwrap());
+    looker.register(&record(1, "looked.up", 1, later())).await.unwrap();
+    let normal = lookup_times(&looker, 30).await;
+
+    let mut watches = Vec::new();
+    for source in 11..=14u8 {
+        let client = server.client().bind_to(std::net::IpAddr::from([127, 0, 0, source]));
+        for i in 0..500 {
+            let client = client.clone();
+            let name = format!("w{source}-{i}");
+            watches.push(tokio::spawn(async move { client.watch(&name, 0, LONG_WAIT).await }));
+        }
+    }
+    server.parked(2000).await;
+    assert_eq!(server.server.open_connections(), 4, "one connection per client");
+
+    let loaded = lookup_times(&looker, 30).await;
+    let (normal_median, loaded_median) = (median(normal.clone()), median(loaded.clone()));
+    let loaded_max = loaded.iter().max().copied().unwrap();
+    println!(
+        "lookup on an idle server: median {normal_median:?}; with 2,000 parked watches: median {loaded_median:?}, max {loaded_max:?}"
+    );
+    assert!(loaded_max < Duration::from_secs(1), "a lookup took {loaded_max:?}");
+    assert!(loaded_median < (normal_median * 10).max(Duration::from_millis(20)), "{loaded_median:?} vs {normal_median:?}");
+
+    // The watches still work: a registration answers its watcher at once.
+    let woken = record(2, "w12-7", 1, later());
+    looker.register(&woken).await.unwrap();
+    let index = 500 + 7;
+    let answered = tokio::time::timeout(PROMPT, watches.remove(index)).await.expect("watch not woken").unwrap();
+    assert_eq!(answered, Ok(Some(woken)));
+    for watch in watches {
+        watch.abort();
+    }
+    // Aborted watches are cancelled: the server forgets them.
+    server.parked(0).await;
+    server.shut_down().await;
+}
+
+/// Flows of one endpoint that each watch their peer's name share one connection to the
+/// name server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_flows_of_one_client_watch_over_one_connection() {
+    use msocket::{Endpoint, EndpointConfig};
+    let server = TestServer::start().await;
+    let names = |ip: &str| -> Arc<dyn NameService> { Arc::new(server.client().bind_to(ip.parse().unwrap())) };
+    let endpoint = |names: Arc<dyn NameService>, seed: u8, ip: &str| {
+        let mut config = EndpointConfig::new(names);
+        config.local_ips = vec![ip.parse().unwrap()];
+        config.connect_timeout = WAIT;
+        Endpoint::new(Identity::from_seed([seed; 32]), config)
+    };
+    let listening = endpoint(names("127.0.0.31"), 31, "127.0.0.31");
+    let mut listener = listening.listen("service.test").await.unwrap();
+    let accepting = tokio::spawn(async move {
+        let mut flows = Vec::new();
+        for _ in 0..20 {
+            flows.push(listener.accept().await.unwrap());
+        }
+        flows
+    });
+    let connecting = endpoint(names("127.0.0.32"), 32, "127.0.0.32");
+    let mut flows = Vec::new();
+    for _ in 0..20 {
+        flows.push(tokio::time::timeout(WAIT, connecting.connect("service.test")).await.unwrap().unwrap());
+    }
+    let _accepted = tokio::time::timeout(WAIT, accepting).await.unwrap().unwrap();
+    // Each connecting flow parks a watch on the listener's name.
+    server.parked(20).await;
+    // Registrations and lookups came and went on connections of their own; the watches
+    // all ride one.
+    let deadline = Instant::now() + WAIT;
+    while server.server.open_connections() != 1 {
+        assert!(Instant::now() < deadline, "{} connections open for 20 watching flows", server.server.open_connections());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    drop(flows);
+    server.shut_down().await;
+}
+
+/// Reads until the server closes; returns the frames it sent first.
+async fn frames_until_closed(stream: &mut TcpStream) -> Vec<Vec<u8>> {
+    let mut frames = Vec::new();
+    while let Ok(Ok(body)) = tokio::time::timeout(WAIT, read_message(stream)).await {
+        frames.push(body);
+    }
+    frames
+}
+
+/// The reviewer's flood: 1,153 connections from one address, each parking a watch. One
+/// address gets its share (64 connections) and the rest are refused `Busy` at once,
+/// with a reason; a client elsewhere is served as usual.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_watch_connections_from_one_address_is_refused_past_its_share() {
+    let server = TestServer::start().await;
+    let mut admitted = Vec::new();
+    let mut refused = 0;
+    for i in 0..1153 {
+        let mut conn = server.raw().await;
+        write_message(&mut conn, &watch(&format!("n{i}"), 0, LONG_WAIT)).await.unwrap();
+        let body = tokio::time::timeout(WAIT, read_message(&mut conn)).await.unwrap().unwrap();
+        match Response::decode_tagged(&body).unwrap() {
+            (1, Response::Watching) => admitted.push(conn),
+            (0, Response::Refused { code: RefuseCode::Busy, current_seq: _, message }) => {
+                assert!(message.contains("127.0.0.1 has 64 connections open"), "{message}");
+                assert!(frames_until_closed(&mut conn).await.is_empty());
+                refused += 1;
+            }
+            other => panic!("connection {i}: {other:?}"),
+        }
+    }
+    assert_eq!((admitted.len(), refused), (64, 1153 - 64));
+    assert_eq!(server.server.parked_watches(), 64);
+    // Another address looks a name up at once.
+    let other = server.client().bind_to("127.0.0.2".parse().unwrap());
+    let started = Instant::now();
+    assert_eq!(other.lookup("n1").await, Err(NameError::NotFound("n1".into())));
+    assert!(started.elapsed() < Duration::from_secs(1), "{:?}", started.elapsed());
+    // The flooding address itself hears why, as a typed error.
+    let flooder = server.client().bind_to("127.0.0.1".parse().unwrap());
+    assert!(matches!(flooder.lookup("n1").await, Err(NameError::Busy(m)) if m.contains("64 connections")));
+    server.shut_down().await;
+}
+
+/// When the server holds its maximum of connections, a newcomer gets the oldest
+/// connection of the address holding the most; when every address holds about as many,
+/// it is refused `Busy` at once rather than left waiting.
+#[tokio::test]
+async fn a_full_server_makes_room_fairly_or_refuses_at_once() {
+    use msocketd::name_server::ConnectionLimits;
+    let limits = ConnectionLimits { max_connections: 10, connections_per_source: 8, max_watches: 100, watches_per_source: 100 };
+    let server = TestServer::start_with(|s| s.with_connection_limits(limits)).await;
+    let raw_from = |last: u8| {
+        let addr = server.addr;
+        async move {
+            let socket = tokio::net::TcpSocket::new_v4().unwrap();
+            socket.bind(SocketAddr::from(([127, 0, 0, last], 0))).unwrap();
+            let mut conn = socket.connect(addr).await.unwrap();
+            write_message(&mut conn, &watch("parked", 0, LONG_WAIT)).await.unwrap();
+            assert_eq!(response(&mut conn).await, Response::Watching);
+            conn
+        }
+    };
+    // 127.0.0.41 holds eight, 127.0.0.42 two: the server is full.
+    let mut heavy = Vec::new();
+    for _ in 0..8 {
+        heavy.push(raw_from(41).await);
+    }
+    let light = [raw_from(42).await, raw_from(42).await];
+    server.parked(10).await;
+    // A lookup from a third address: the heavy address's oldest connection makes room.
+    let newcomer = server.client().bind_to("127.0.0.43".parse().unwrap());
+    let started = Instant::now();
+    assert_eq!(newcomer.lookup("x").await, Err(NameError::NotFound("x".into())));
+    assert!(started.elapsed() < Duration::from_secs(1));
+    assert!(frames_until_closed(&mut heavy[0]).await.is_empty(), "the oldest heavy connection was closed without an answer");
+    server.parked(9).await;
+    drop((heavy, light));
+    server.shut_down().await;
+
+    // Two addresses holding one each, in a server of two: a third is refused at once.
+    let limits = ConnectionLimits { max_connections: 2, connections_per_source: 8, max_watches: 100, watches_per_source: 100 };
+    let server = TestServer::start_with(|s| s.with_connection_limits(limits)).await;
+    let mut held = Vec::new();
+    for last in [51, 52] {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind(SocketAddr::from(([127, 0, 0, last], 0))).unwrap();
+        let mut conn = socket.connect(server.addr).await.unwrap();
+        write_message(&mut conn, &watch("parked", 0, LONG_WAIT)).await.unwrap();
+        assert_eq!(response(&mut conn).await, Response::Watching);
+        held.push(conn);
+    }
+    let refused = server.client().bind_to("127.0.0.53".parse().unwrap());
+    let started = Instant::now();
+    match refused.lookup("x").await {
+        Err(NameError::Busy(m)) => assert!(m.contains("maximum of 2 connections"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+    assert!(started.elapsed() < Duration::from_secs(1));
+    drop(held);
+    server.shut_down().await;
+}
+
+/// An address may park only so many watches; the next is refused `Busy` and the
+/// connection goes on serving.
+#[tokio::test]
+async fn watches_past_an_addresss_share_are_refused() {
+    use msocketd::name_server::ConnectionLimits;
+    let limits = ConnectionLimits { watches_per_source: 10, ..ConnectionLimits::default() };
+    let server = TestServer::start_with(|s| s.with_connection_limits(limits)).await;
+    let client = server.client();
+    let mut watches = Vec::new();
+    for i in 0..10 {
+        let client = client.clone();
+        watches.push(tokio::spawn(async move { client.watch(&format!("n{i}"), 0, LONG_WAIT).await }));
+    }
+    server.parked(10).await;
+    match client.watch("n10", 0, LONG_WAIT).await {
+        Err(NameError::Busy(m)) => assert!(m.contains("10 watches parked"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+    // A watch answered at once needs no place: it is served.
+    let rec = record(1, "known", 1, later());
+    client.register(&rec).await.unwrap();
+    assert_eq!(client.watch("known", 0, LONG_WAIT).await, Ok(Some(rec)));
+    for watch in watches {
+        watch.abort();
+    }
+    server.parked(0).await;
+    server.shut_down().await;
+}
+
+#[tokio::test]
+async fn a_cancelled_watch_is_forgotten_and_ids_in_flight_cannot_be_reused() {
+    let server = TestServer::start().await;
+    let mut conn = server.raw().await;
+    write_message(&mut conn, &Request::watch("alice", 0, LONG_WAIT).encode_tagged(5)).await.unwrap();
+    assert_eq!(tagged_response(&mut conn).await, (5, Response::Watching));
+    server.parked(1).await;
+    write_message(&mut conn, &Request::Cancel.encode_tagged(5)).await.unwrap();
+    server.parked(0).await;
+    // Nothing more about 5; the connection serves on.
+    write_message(&mut conn, &Request::Lookup("alice".into()).encode_tagged(6)).await.unwrap();
+    assert_eq!(tagged_response(&mut conn).await, (6, Response::NotFound));
+    // An id still in flight is a protocol error: refused by its id, then closed.
+    write_message(&mut conn, &Request::watch("bob", 0, LONG_WAIT).encode_tagged(7)).await.unwrap();
+    assert_eq!(tagged_response(&mut conn).await, (7, Response::Watching));
+    write_message(&mut conn, &Request::Lookup("bob".into()).encode_tagged(7)).await.unwrap();
+    assert!(matches!(
+        tagged_response(&mut conn).await,
+        (7, Response::Refused { code: RefuseCode::Malformed, message, .. }) if message.contains("already in flight")
+    ));
+    assert!(closed(&mut conn).await);
+    server.parked(0).await;
+    server.shut_down().await;
+}
+
+/// A client of protocol version 1 hears, in its own layout, that the server speaks
+/// another version.
+#[tokio::test]
+async fn a_version_1_client_is_told_to_update() {
+    let server = TestServer::start().await;
+    let mut conn = server.raw().await;
+    // Version 1 Lookup("ab"): version, tag, name.
+    write_message(&mut conn, &[1, 2, 0, 2, b'a', b'b']).await.unwrap();
+    let body = tokio::time::timeout(WAIT, read_message(&mut conn)).await.unwrap().unwrap();
+    // Version 1 Refused: version, tag 4, code 13 (a code it reports as a refusal), seq.
+    assert_eq!(&body[..3], &[1, 4, 13]);
+    let message = String::from_utf8_lossy(&body[13..]);
+    assert!(message.contains("version 2") && message.contains("update"), "{message}");
+    assert!(closed(&mut conn).await);
     server.shut_down().await;
 }

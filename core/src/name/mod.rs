@@ -109,6 +109,10 @@ pub enum NameError {
         /// The most names the server stores.
         max: u64,
     },
+    /// The name server is at a limit on connections or parked watches (for this client's
+    /// address, or in all); the message says which. Retry later.
+    #[error("name server busy: {0}")]
+    Busy(String),
     /// Bytes that are not a valid record or message, or a record over its bounds.
     #[error("malformed: {0}")]
     Malformed(String),

@@ -1,18 +1,23 @@
 //! The wire protocol of msocket's own name server (`msocketd name`).
 //!
-//! A client opens a TCP connection, sends requests and reads one response per request, in
-//! order. Every message, in both directions, is one frame:
+//! A client opens a TCP connection and sends requests, each with an id of its choice; the
+//! server answers each request with its id, in any order, so one connection carries many
+//! requests at once: a client's watches (long polls that wait up to a minute) share one
+//! connection, and a lookup never waits behind them. Every message, in both directions, is
+//! one frame:
 //!
 //! ```text
 //! frame    = length:u32 body:[u8; length]         length <= 65536 (MAX_MESSAGE_LEN)
-//! body     = version:u8 (=1) tag:u8 payload
+//! body     = version:u8 (=2) tag:u8 id:u32 payload
 //!
-//! requests (client -> server)
+//! requests (client -> server)          id: 1 and up, unique among the client's requests
+//!                                          in flight on the connection
 //!   tag 1  Register  payload = signed record (see name::SignedRecord encoding)
 //!   tag 2  Lookup    payload = name_len:u16 name:[u8; name_len]     (name_len <= 253)
 //!   tag 3  Watch     payload = name_len:u16 name:[u8; name_len] after_seq:u64 wait_ms:u32
+//!   tag 4  Cancel    payload = empty             (id: a watch in flight; no answer)
 //!
-//! responses (server -> client)
+//! responses (server -> client)         id: the request's; 0 for the connection as a whole
 //!   tag 1  Ok        payload = empty                 (register succeeded, durably stored)
 //!   tag 2  Record    payload = signed record         (lookup succeeded; watch: a record
 //!                                                     with seq > after_seq is stored)
@@ -20,6 +25,7 @@
 //!   tag 4  Refused   payload = code:u8 current_seq:u64 msg_len:u16 msg:[u8; msg_len]
 //!                                                    (msg: UTF-8, <= 1024 bytes)
 //!   tag 5  Unchanged payload = empty                 (watch: nothing newer came in time)
+//!   tag 6  Watching  payload = empty                 (watch: parked; the answer follows)
 //!
 //! refusal codes: 1 bad signature   2 stale (current_seq = the registered seq)
 //!                3 key mismatch    4 expired        5 invalid name
@@ -28,21 +34,38 @@
 //!                9 rate limited (current_seq = milliseconds to wait before retrying)
 //!               10 quota exceeded: the key holds the most names allowed (current_seq = that many)
 //!               11 server full: it stores the most names it may (current_seq = that many)
+//!               12 busy: too many connections or watches, from this client's address or
+//!                  in all (current_seq = the limit)
+//!               13 unsupported version (current_seq = the version the server speaks)
 //! ```
 //!
 //! All integers are big-endian; `current_seq` is 0 unless the code says otherwise. Unknown
 //! refusal codes are kept and reported as a generic refusal, so servers can add codes. A
-//! body with trailing bytes, an unknown version or tag, or a frame over the limit is
-//! malformed: the server answers `Refused(malformed)` and closes the connection.
+//! body with trailing bytes, an unknown version or tag, a request id of 0 or of a request
+//! still in flight, or a frame over the limit is malformed: the server answers
+//! `Refused(malformed)` (with the request's id when it could read one, else 0) and closes
+//! the connection. A refusal with id 0 refuses the whole connection (the server is busy,
+//! or speaks another version), and the server closes it.
+//!
+//! Every request but `Cancel` gets exactly one final answer: `Ok`, `Record`, `NotFound`,
+//! `Unchanged` or `Refused`. A `Watch` that cannot be answered at once is first
+//! acknowledged with `Watching`, so a client learns within a round trip that its
+//! connection still works, whatever the watch then waits. A client that sees neither
+//! within its timeout treats the connection as dead.
 //!
 //! `Watch` is a long poll, so a client holding a flow to a name learns within half a round
 //! trip that the name's owner moved, without polling `Lookup`. The server answers `Record`
 //! as soon as it holds a live record for the name whose seq is above `after_seq` (at once
 //! if it already does), or `Unchanged` once `min(wait_ms, MAX_WATCH_WAIT)` passed without
 //! one. A name with no record, or only an expired one, simply waits: watch never answers
-//! `NotFound`. A server that is shutting down may answer `Unchanged` early and close.
-//! Responses stay in request order, so a connection is busy while its watch waits:
-//! clients watch on a connection of their own.
+//! `NotFound`. `Cancel` withdraws a parked watch (the client lost interest); an answer
+//! already on its way may still arrive and is ignored. A server that is shutting down
+//! answers parked watches `Unchanged` and closes.
+//!
+//! A version-1 client (requests in order, no ids) gets a version-1 `Refused` with code 13
+//! and a message saying what to do, then the connection is closed; a client of this
+//! version meeting a version-1 server reports that server's refusal of its request as a
+//! refusal naming the old version.
 //!
 //! Records served by the server are *not* trusted: clients verify them (signature, name,
 //! expiry) themselves.
@@ -57,7 +80,12 @@ use super::NameError;
 use crate::wire::{put_short_bytes, DecodeError, Reader};
 
 /// Protocol version byte that starts every message body.
-pub const PROTOCOL_VERSION: u8 = 1;
+pub const PROTOCOL_VERSION: u8 = 2;
+/// The id of answers about the connection as a whole (no request has it).
+pub const CONNECTION_ID: u32 = 0;
+/// The id [`Request::encode`] and [`Response::encode`] use: a connection that carries one
+/// request.
+pub const FIRST_ID: u32 = 1;
 /// Largest message body accepted, in bytes.
 pub const MAX_MESSAGE_LEN: usize = 64 * 1024;
 /// Longest refusal message, in bytes (longer ones are cut when encoding).
@@ -69,11 +97,15 @@ pub const MAX_WATCH_WAIT: Duration = Duration::from_secs(60);
 const REQ_REGISTER: u8 = 1;
 const REQ_LOOKUP: u8 = 2;
 const REQ_WATCH: u8 = 3;
+const REQ_CANCEL: u8 = 4;
 const RESP_OK: u8 = 1;
 const RESP_RECORD: u8 = 2;
 const RESP_NOT_FOUND: u8 = 3;
 const RESP_REFUSED: u8 = 4;
 const RESP_UNCHANGED: u8 = 5;
+const RESP_WATCHING: u8 = 6;
+/// The version before ids, whose clients get a refusal they can read.
+const OLD_VERSION: u8 = 1;
 
 /// A client's request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -92,6 +124,8 @@ pub enum Request {
         /// [`MAX_WATCH_WAIT`]).
         wait_ms: u32,
     },
+    /// Withdraw the watch in flight with this request's id (no answer).
+    Cancel,
 }
 
 impl Request {
@@ -134,6 +168,10 @@ pub enum RefuseCode {
     QuotaExceeded,
     /// The server stores the most names it may.
     ServerFull,
+    /// Too many connections or watches, from the client's address or in all.
+    Busy,
+    /// The server speaks another protocol version.
+    UnsupportedVersion,
     /// A code this version does not know.
     Other(u8),
 }
@@ -153,6 +191,8 @@ impl RefuseCode {
             RefuseCode::RateLimited => 9,
             RefuseCode::QuotaExceeded => 10,
             RefuseCode::ServerFull => 11,
+            RefuseCode::Busy => 12,
+            RefuseCode::UnsupportedVersion => 13,
             RefuseCode::Other(c) => c,
         }
     }
@@ -171,6 +211,8 @@ impl RefuseCode {
             9 => RefuseCode::RateLimited,
             10 => RefuseCode::QuotaExceeded,
             11 => RefuseCode::ServerFull,
+            12 => RefuseCode::Busy,
+            13 => RefuseCode::UnsupportedVersion,
             c => RefuseCode::Other(c),
         }
     }
@@ -187,6 +229,8 @@ pub enum Response {
     NotFound,
     /// No record newer than the watch's `after_seq` arrived within its wait.
     Unchanged,
+    /// The watch is parked; its answer follows.
+    Watching,
     /// The request was refused.
     Refused {
         /// Why.
@@ -194,7 +238,9 @@ pub enum Response {
         /// For [`RefuseCode::Stale`], the registered sequence number; for
         /// [`RefuseCode::LifetimeTooLong`], the longest lifetime allowed in seconds; for
         /// [`RefuseCode::RateLimited`], the milliseconds to wait; for
-        /// [`RefuseCode::QuotaExceeded`] and [`RefuseCode::ServerFull`], the limit; else 0.
+        /// [`RefuseCode::QuotaExceeded`], [`RefuseCode::ServerFull`] and
+        /// [`RefuseCode::Busy`], the limit; for [`RefuseCode::UnsupportedVersion`], the
+        /// server's version; else 0.
         current_seq: u64,
         /// Human-readable detail.
         message: String,
@@ -215,10 +261,13 @@ impl Response {
             NameError::Malformed(_) => (RefuseCode::Malformed, 0),
             NameError::LifetimeTooLong { max } => (RefuseCode::LifetimeTooLong, max.as_secs()),
             NameError::RateLimited { retry_after } => {
-                (RefuseCode::RateLimited, u64::try_from(retry_after.as_millis()).unwrap_or(u64::MAX))
+                // Rounded up: a client that waits this long finds its registration allowed.
+                let millis = retry_after.as_nanos().div_ceil(1_000_000);
+                (RefuseCode::RateLimited, u64::try_from(millis).unwrap_or(u64::MAX))
             }
             NameError::QuotaExceeded { max } => (RefuseCode::QuotaExceeded, *max),
             NameError::ServerFull { max } => (RefuseCode::ServerFull, *max),
+            NameError::Busy(_) => (RefuseCode::Busy, 0),
             _ => (RefuseCode::Internal, 0),
         };
         Response::Refused { code, current_seq, message: err.to_string() }
@@ -246,19 +295,25 @@ impl Response {
             RefuseCode::RateLimited => NameError::RateLimited { retry_after: Duration::from_millis(current_seq) },
             RefuseCode::QuotaExceeded => NameError::QuotaExceeded { max: current_seq },
             RefuseCode::ServerFull => NameError::ServerFull { max: current_seq },
+            RefuseCode::Busy => NameError::Busy(message.to_string()),
+            RefuseCode::UnsupportedVersion => NameError::Refused(format!(
+                "the name server speaks name protocol version {current_seq}, this client {PROTOCOL_VERSION}: {message}"
+            )),
             RefuseCode::Internal | RefuseCode::Other(_) => NameError::Refused(message.to_string()),
         }
     }
 }
 
-fn body(tag: u8) -> Vec<u8> {
+fn body(tag: u8, id: u32) -> Vec<u8> {
     let mut out = Vec::with_capacity(64);
     out.put_u8(PROTOCOL_VERSION);
     out.put_u8(tag);
+    out.put_u32(id);
     out
 }
 
-fn open_body<'a>(bytes: &'a [u8]) -> Result<(u8, Reader<'a>), NameError> {
+/// Reads a body's header: (tag, id, the payload's reader).
+fn open_body<'a>(bytes: &'a [u8]) -> Result<(u8, u32, Reader<'a>), NameError> {
     if bytes.len() > MAX_MESSAGE_LEN {
         return Err(DecodeError::TooLong("message").into());
     }
@@ -268,7 +323,23 @@ fn open_body<'a>(bytes: &'a [u8]) -> Result<(u8, Reader<'a>), NameError> {
         return Err(NameError::Malformed(format!("unsupported protocol version {version}")));
     }
     let tag = r.u8("message tag")?;
-    Ok((tag, r))
+    let id = r.u32("message id")?;
+    Ok((tag, id, r))
+}
+
+/// The version byte a message body starts with, if any.
+pub fn body_version(bytes: &[u8]) -> Option<u8> {
+    bytes.first().copied()
+}
+
+/// What a server sends a client of protocol version 1 (requests without ids), in that
+/// version's layout, so the client reports it: `Refused` with code 13 (unsupported version)
+/// and `message`.
+pub fn old_version_refusal(message: &str) -> Vec<u8> {
+    let mut out = vec![OLD_VERSION, RESP_REFUSED, RefuseCode::UnsupportedVersion.to_u8()];
+    out.put_u64(u64::from(PROTOCOL_VERSION));
+    put_short_bytes(&mut out, truncate(message, MAX_REFUSAL_MESSAGE_LEN).as_bytes());
+    out
 }
 
 /// Appends a name field. An over-long name is cut one byte past the limit, so it stays
@@ -290,32 +361,47 @@ fn truncate(s: &str, max: usize) -> &str {
 }
 
 impl Request {
-    /// The message body.
+    /// The message body, with id [`FIRST_ID`] (a connection carrying one request).
     pub fn encode(&self) -> Vec<u8> {
+        self.encode_tagged(FIRST_ID)
+    }
+
+    /// The message body with request id `id`.
+    pub fn encode_tagged(&self, id: u32) -> Vec<u8> {
         match self {
             Request::Register(record) => {
-                let mut out = body(REQ_REGISTER);
+                let mut out = body(REQ_REGISTER, id);
                 record.encode_into(&mut out);
                 out
             }
             Request::Lookup(name) => {
-                let mut out = body(REQ_LOOKUP);
+                let mut out = body(REQ_LOOKUP, id);
                 put_name(&mut out, name);
                 out
             }
             Request::Watch { name, after_seq, wait_ms } => {
-                let mut out = body(REQ_WATCH);
+                let mut out = body(REQ_WATCH, id);
                 put_name(&mut out, name);
                 out.put_u64(*after_seq);
                 out.put_u32(*wait_ms);
                 out
             }
+            Request::Cancel => body(REQ_CANCEL, id),
         }
     }
 
-    /// Parses a message body. Never panics; any defect is [`NameError::Malformed`].
+    /// Parses a message body, ignoring its id. Never panics; any defect is
+    /// [`NameError::Malformed`].
     pub fn decode(bytes: &[u8]) -> Result<Request, NameError> {
-        let (tag, mut r) = open_body(bytes)?;
+        Request::decode_tagged(bytes).map(|(_, request)| request)
+    }
+
+    /// Parses a message body: (id, request). An id of 0 is malformed. Never panics.
+    pub fn decode_tagged(bytes: &[u8]) -> Result<(u32, Request), NameError> {
+        let (tag, id, mut r) = open_body(bytes)?;
+        if id == CONNECTION_ID {
+            return Err(NameError::Malformed("request id 0".into()));
+        }
         let request = match tag {
             REQ_REGISTER => Request::Register(SignedRecord::decode_from(&mut r)?),
             REQ_LOOKUP => Request::Lookup(r.short_str(MAX_NAME_LEN, "looked-up name")?.to_string()),
@@ -324,27 +410,44 @@ impl Request {
                 after_seq: r.u64("watch sequence number")?,
                 wait_ms: r.u32("watch wait")?,
             },
+            REQ_CANCEL => Request::Cancel,
             _ => return Err(NameError::Malformed(format!("unknown request tag {tag}"))),
         };
         r.finish("request")?;
-        Ok(request)
+        Ok((id, request))
+    }
+
+    /// The id of a body that is a request of this version, even one whose payload is
+    /// malformed (so a refusal can name it); 0 if it has none.
+    pub fn peek_id(bytes: &[u8]) -> u32 {
+        match open_body(bytes) {
+            Ok((_, id, _)) => id,
+            Err(_) => CONNECTION_ID,
+        }
     }
 }
 
 impl Response {
-    /// The message body.
+    /// The message body, with id [`FIRST_ID`] (the answer on a connection that carried
+    /// one request).
     pub fn encode(&self) -> Vec<u8> {
+        self.encode_tagged(FIRST_ID)
+    }
+
+    /// The message body answering request `id`.
+    pub fn encode_tagged(&self, id: u32) -> Vec<u8> {
         match self {
-            Response::Ok => body(RESP_OK),
+            Response::Ok => body(RESP_OK, id),
             Response::Record(record) => {
-                let mut out = body(RESP_RECORD);
+                let mut out = body(RESP_RECORD, id);
                 record.encode_into(&mut out);
                 out
             }
-            Response::NotFound => body(RESP_NOT_FOUND),
-            Response::Unchanged => body(RESP_UNCHANGED),
+            Response::NotFound => body(RESP_NOT_FOUND, id),
+            Response::Unchanged => body(RESP_UNCHANGED, id),
+            Response::Watching => body(RESP_WATCHING, id),
             Response::Refused { code, current_seq, message } => {
-                let mut out = body(RESP_REFUSED);
+                let mut out = body(RESP_REFUSED, id);
                 out.put_u8(code.to_u8());
                 out.put_u64(*current_seq);
                 put_short_bytes(&mut out, truncate(message, MAX_REFUSAL_MESSAGE_LEN).as_bytes());
@@ -353,14 +456,25 @@ impl Response {
         }
     }
 
-    /// Parses a message body. Never panics; any defect is [`NameError::Malformed`].
+    /// Parses a message body, ignoring its id. Never panics; any defect is
+    /// [`NameError::Malformed`].
     pub fn decode(bytes: &[u8]) -> Result<Response, NameError> {
-        let (tag, mut r) = open_body(bytes)?;
+        Response::decode_tagged(bytes).map(|(_, response)| response)
+    }
+
+    /// Parses a message body: (id, response). A version-1 server's refusal (it does not
+    /// speak this version) is [`NameError::Refused`] saying so. Never panics.
+    pub fn decode_tagged(bytes: &[u8]) -> Result<(u32, Response), NameError> {
+        if body_version(bytes) == Some(OLD_VERSION) {
+            return Err(old_server(bytes));
+        }
+        let (tag, id, mut r) = open_body(bytes)?;
         let response = match tag {
             RESP_OK => Response::Ok,
             RESP_RECORD => Response::Record(SignedRecord::decode_from(&mut r)?),
             RESP_NOT_FOUND => Response::NotFound,
             RESP_UNCHANGED => Response::Unchanged,
+            RESP_WATCHING => Response::Watching,
             RESP_REFUSED => Response::Refused {
                 code: RefuseCode::from_u8(r.u8("refusal code")?),
                 current_seq: r.u64("current sequence number")?,
@@ -369,8 +483,20 @@ impl Response {
             _ => return Err(NameError::Malformed(format!("unknown response tag {tag}"))),
         };
         r.finish("response")?;
-        Ok(response)
+        Ok((id, response))
     }
+}
+
+/// What a version-1 server's answer to one of our requests means: it did not understand it.
+fn old_server(bytes: &[u8]) -> NameError {
+    let mut r = Reader::new(bytes.get(2..).unwrap_or_default());
+    let said = match (bytes.get(1), r.u8("code"), r.u64("seq"), r.short_str(MAX_REFUSAL_MESSAGE_LEN, "message")) {
+        (Some(&RESP_REFUSED), Ok(_), Ok(_), Ok(message)) => format!(" (it said: {message})"),
+        _ => String::new(),
+    };
+    NameError::Refused(format!(
+        "the name server speaks name protocol version {OLD_VERSION}, this client {PROTOCOL_VERSION}: update msocketd{said}"
+    ))
 }
 
 /// Why a frame could not be read or written.
@@ -452,6 +578,7 @@ mod tests {
             Request::Watch { name: "bob.example".into(), after_seq: 7, wait_ms: 30_000 },
             Request::Watch { name: "b".into(), after_seq: u64::MAX, wait_ms: u32::MAX },
             Request::Watch { name: "b".into(), after_seq: 0, wait_ms: 0 },
+            Request::Cancel,
         ]
     }
 
@@ -461,6 +588,7 @@ mod tests {
             Response::Record(record()),
             Response::NotFound,
             Response::Unchanged,
+            Response::Watching,
             Response::refusal(&NameError::Stale { current: 9, offered: 3 }),
             Response::Refused {
                 code: RefuseCode::Other(200), current_seq: 0, message: "é".into()
@@ -470,27 +598,69 @@ mod tests {
 
     #[test]
     fn messages_round_trip() {
+        for id in [1, 7, u32::MAX] {
+            for req in all_requests() {
+                assert_eq!(Request::decode_tagged(&req.encode_tagged(id)), Ok((id, req.clone())));
+                assert_eq!(Request::peek_id(&req.encode_tagged(id)), id);
+            }
+        }
+        for id in [CONNECTION_ID, 5, u32::MAX] {
+            for resp in all_responses() {
+                assert_eq!(Response::decode_tagged(&resp.encode_tagged(id)), Ok((id, resp)));
+            }
+        }
         for req in all_requests() {
             assert_eq!(Request::decode(&req.encode()), Ok(req));
         }
         for resp in all_responses() {
-            assert_eq!(Response::decode(&resp.encode()), Ok(resp));
+            assert_eq!(Response::decode_tagged(&resp.encode()), Ok((FIRST_ID, resp)));
         }
     }
 
     #[test]
     fn the_layout_matches_the_documentation() {
-        assert_eq!(Response::Ok.encode(), [1, 1]);
-        assert_eq!(Response::NotFound.encode(), [1, 3]);
-        assert_eq!(Request::Lookup("ab".into()).encode(), [1, 2, 0, 2, b'a', b'b']);
-        let refused = Response::refusal(&NameError::Stale { current: 9, offered: 3 }).encode();
-        assert_eq!(&refused[..12], &[1, 4, 2, 0, 0, 0, 0, 0, 0, 0, 9, 0]);
-        let mut register = vec![1, 1];
+        assert_eq!(Response::Ok.encode_tagged(0x0102_0304), [2, 1, 1, 2, 3, 4]);
+        assert_eq!(Response::NotFound.encode(), [2, 3, 0, 0, 0, 1]);
+        assert_eq!(Response::Watching.encode_tagged(9), [2, 6, 0, 0, 0, 9]);
+        assert_eq!(Request::Lookup("ab".into()).encode(), [2, 2, 0, 0, 0, 1, 0, 2, b'a', b'b']);
+        assert_eq!(Request::Cancel.encode_tagged(3), [2, 4, 0, 0, 0, 3]);
+        let refused = Response::refusal(&NameError::Stale { current: 9, offered: 3 }).encode_tagged(0);
+        assert_eq!(&refused[..16], &[2, 4, 0, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 9, 0]);
+        let mut register = vec![2, 1, 0, 0, 0, 1];
         register.extend(record().encode());
         assert_eq!(Request::Register(record()).encode(), register);
-        assert_eq!(Response::Unchanged.encode(), [1, 5]);
+        assert_eq!(Response::Unchanged.encode(), [2, 5, 0, 0, 0, 1]);
         let watch = Request::Watch { name: "ab".into(), after_seq: 0x0102, wait_ms: 0x0304 };
-        assert_eq!(watch.encode(), [1, 3, 0, 2, b'a', b'b', 0, 0, 0, 0, 0, 0, 1, 2, 0, 0, 3, 4]);
+        assert_eq!(
+            watch.encode_tagged(2),
+            [2, 3, 0, 0, 0, 2, 0, 2, b'a', b'b', 0, 0, 0, 0, 0, 0, 1, 2, 0, 0, 3, 4]
+        );
+    }
+
+    /// Version-1 clients sent `version tag payload` and read answers in order.
+    #[test]
+    fn the_other_version_hears_a_refusal_it_can_read() {
+        // What an old client reads: a version-1 Refused, code 13, this version, the message.
+        let refusal = old_version_refusal("update the client");
+        assert_eq!(&refusal[..11], &[1, 4, 13, 0, 0, 0, 0, 0, 0, 0, 2]);
+        assert_eq!(&refusal[11..], b"\0\x11update the client");
+        // What an old server answers our request with (it refuses version 2 as malformed).
+        let mut old_answer = vec![1, 4, 6, 0, 0, 0, 0, 0, 0, 0, 0];
+        put_short_bytes(&mut old_answer, b"malformed: unsupported protocol version 2");
+        match Response::decode_tagged(&old_answer) {
+            Err(NameError::Refused(m)) => {
+                assert!(m.contains("version 1") && m.contains("update msocketd"), "{m}");
+                assert!(m.contains("unsupported protocol version 2"), "{m}");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(Response::decode_tagged(&[1]), Err(NameError::Refused(m)) if !m.contains("said")));
+        // A version-1 request is not one of ours.
+        assert!(matches!(Request::decode_tagged(&[1, 2, 0, 2, b'a', b'b']), Err(NameError::Malformed(_))));
+        assert_eq!(body_version(&[1, 2, 0, 2, b'a', b'b']), Some(1));
+        // And a refusal of the other version maps to a refusal that says so.
+        let err = Response::refusal_error(RefuseCode::UnsupportedVersion, 3, "go away", "bob", 0);
+        assert!(matches!(&err, NameError::Refused(m) if m.contains("version 3") && m.contains("go away")), "{err}");
     }
 
     #[test]
@@ -538,6 +708,8 @@ mod tests {
             assert_eq!(RefuseCode::from_u8(byte).to_u8(), byte);
         }
         assert_eq!(RefuseCode::from_u8(9), RefuseCode::RateLimited);
+        let soon = Response::refusal(&NameError::RateLimited { retry_after: Duration::from_micros(1) });
+        assert!(matches!(soon, Response::Refused { current_seq: 1, .. }), "{soon:?}");
         assert_eq!(RefuseCode::from_u8(11), RefuseCode::ServerFull);
         let store = Response::refusal(&NameError::Store("disk full".into()));
         assert!(matches!(store, Response::Refused { code: RefuseCode::Internal, .. }));
@@ -554,32 +726,37 @@ mod tests {
     #[test]
     fn defective_bodies_are_refused() {
         let good = Request::Lookup("bob".into()).encode();
-        let cases: Vec<Vec<u8>> = vec![
+        let mut cases: Vec<Vec<u8>> = vec![
             vec![],
-            vec![1],
-            vec![2, 2, 0, 0],                 // unknown version
-            vec![1, 9],                       // unknown tag
-            vec![1, 2, 0, 5, b'a'],           // truncated name
-            [good.clone(), vec![0]].concat(), // trailing byte
-            vec![1, 2, 0xff, 0xff],           // name over the bound
-            vec![1, 2, 0, 1, 0xff],           // not UTF-8
+            vec![2],
+            vec![2, 2, 0, 0, 0],                          // id cut short
+            vec![3, 2, 0, 0, 0, 1, 0, 0],                 // unknown version
+            vec![2, 9, 0, 0, 0, 1],                       // unknown tag
+            vec![2, 2, 0, 0, 0, 0, 0, 1, b'a'],           // request id 0
+            vec![2, 2, 0, 0, 0, 1, 0, 5, b'a'],           // truncated name
+            [good.clone(), vec![0]].concat(),             // trailing byte
+            vec![2, 2, 0, 0, 0, 1, 0xff, 0xff],           // name over the bound
+            vec![2, 2, 0, 0, 0, 1, 0, 1, 0xff],           // not UTF-8
+            vec![2, 4, 0, 0, 0, 1, 0],                    // a cancel with a payload
         ];
         let watch = Request::Watch { name: "bob".into(), after_seq: 1, wait_ms: 2 }.encode();
         // A watch cut anywhere is truncated, one with a byte more has trailing bytes.
-        let mut cases = cases;
         cases.extend((2..watch.len()).map(|n| watch[..n].to_vec()));
         cases.push([watch.clone(), vec![0]].concat());
-        cases.push(vec![1, 3, 0xff, 0xff]); // watched name over the bound
-        cases.push(vec![1, 3, 0, 1, 0xff, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]); // not UTF-8
+        cases.push(vec![2, 3, 0, 0, 0, 1, 0xff, 0xff]); // watched name over the bound
         for bytes in &cases {
-            assert!(matches!(Request::decode(bytes), Err(NameError::Malformed(_))), "{bytes:?}");
+            assert!(matches!(Request::decode_tagged(bytes), Err(NameError::Malformed(_))), "{bytes:?}");
         }
-        assert!(matches!(Response::decode(&[1, 1, 0]), Err(NameError::Malformed(_))));
-        assert!(matches!(Response::decode(&[1, 4, 2]), Err(NameError::Malformed(_))));
-        assert!(matches!(Response::decode(&[1, 5, 0]), Err(NameError::Malformed(_))));
-        assert!(matches!(Response::decode(&[1, 6]), Err(NameError::Malformed(_))));
+        // The id of a request with a bad payload can still be named in the refusal.
+        assert_eq!(Request::peek_id(&[2, 2, 0, 0, 0, 9, 0, 5, b'a']), 9);
+        assert_eq!(Request::peek_id(&[2, 2, 0, 0]), CONNECTION_ID);
+        assert!(matches!(Response::decode(&[2, 1, 0, 0, 0, 1, 0]), Err(NameError::Malformed(_))));
+        assert!(matches!(Response::decode(&[2, 4, 0, 0, 0, 1, 2]), Err(NameError::Malformed(_))));
+        assert!(matches!(Response::decode(&[2, 6, 0, 0, 0, 1, 0]), Err(NameError::Malformed(_))));
+        assert!(matches!(Response::decode(&[2, 7, 0, 0, 0, 1]), Err(NameError::Malformed(_))));
+        assert!(matches!(Response::decode(&[2, 5, 0, 0]), Err(NameError::Malformed(_))));
         assert!(matches!(
-            Response::decode(&vec![1; MAX_MESSAGE_LEN + 1]),
+            Response::decode(&vec![2; MAX_MESSAGE_LEN + 1]),
             Err(NameError::Malformed(_))
         ));
     }
@@ -588,10 +765,10 @@ mod tests {
     fn overlong_fields_are_cut_so_the_peer_refuses_them() {
         let long = "a".repeat(400);
         let bytes = Request::Lookup(long.clone()).encode();
-        assert_eq!(bytes.len(), 2 + 2 + MAX_NAME_LEN + 1);
+        assert_eq!(bytes.len(), 6 + 2 + MAX_NAME_LEN + 1);
         assert!(matches!(Request::decode(&bytes), Err(NameError::Malformed(_))));
         let bytes = Request::watch(&long, 1, Duration::from_secs(1)).encode();
-        assert_eq!(bytes.len(), 2 + 2 + MAX_NAME_LEN + 1 + 8 + 4);
+        assert_eq!(bytes.len(), 6 + 2 + MAX_NAME_LEN + 1 + 8 + 4);
         assert!(matches!(Request::decode(&bytes), Err(NameError::Malformed(_))));
         let msg = "é".repeat(MAX_REFUSAL_MESSAGE_LEN);
         let resp = Response::Refused { code: RefuseCode::Internal, current_seq: 0, message: msg };
@@ -627,19 +804,19 @@ mod tests {
         #[test]
         fn decoding_random_bodies_never_panics(
             mut bytes in prop::collection::vec(any::<u8>(), 0..400),
-            tag in 0u8..10,
+            tag in 0u8..12,
         ) {
-            // Half the cases get a valid header (tags 1 to 5) so the payload decoders are
+            // Most cases get a valid header (tags 1 to 6) so the payload decoders are
             // exercised.
-            if bytes.len() >= 2 && tag < 5 {
+            if bytes.len() >= 2 && tag < 6 {
                 bytes[0] = PROTOCOL_VERSION;
                 bytes[1] = tag + 1;
             }
-            if let Ok(req) = Request::decode(&bytes) {
-                prop_assert_eq!(req.encode(), bytes.clone());
+            if let Ok((id, req)) = Request::decode_tagged(&bytes) {
+                prop_assert_eq!(req.encode_tagged(id), bytes.clone());
             }
-            if let Ok(resp) = Response::decode(&bytes) {
-                prop_assert_eq!(resp.encode(), bytes);
+            if let Ok((id, resp)) = Response::decode_tagged(&bytes) {
+                prop_assert_eq!(resp.encode_tagged(id), bytes);
             }
         }
     }

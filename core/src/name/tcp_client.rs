@@ -1,24 +1,28 @@
 //! The client of msocket's own name server.
 //!
-//! Each request uses a fresh TCP connection. Name requests are rare (at startup, when an
-//! address changes, when a peer is looked up), so the extra round trip costs little, and
-//! it avoids keeping a pooled connection that silently died when the phone changed
-//! networks: every request starts from the current network state. It also keeps watches
-//! out of everyone else's way: the server answers a connection's requests in order, so a
-//! watch, which can wait for a minute, keeps its connection to itself and never delays a
-//! lookup or a registration. A watch that was just answered parks its connection for
-//! the next watch (a client re-watches at once after a change): re-connecting would put a
-//! round trip between two changes of a moving peer's record.
+//! Each registration and lookup uses a fresh TCP connection. They are rare (at startup,
+//! when an address changes, when a peer is looked up), so the extra round trip costs
+//! little, and it avoids keeping a pooled connection that silently died when the phone
+//! changed networks: every request starts from the current network state.
+//!
+//! Watches are different: every open flow keeps one parked on its peer's name, all the
+//! time. All the watches of a client (of a `TcpNameClient` and its clones) share one
+//! connection per local address ([`watches`]); the server answers them by id, in any
+//! order, and acknowledges each parked watch at once, so a dead connection is noticed
+//! within the client's timeout rather than after a minute-long wait.
+
+mod watches;
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::time::Instant;
 
 use super::protocol::{
-    read_message, watch_wait_ms, write_message, FrameError, Request, Response, MAX_WATCH_WAIT,
+    read_message, watch_wait_ms, write_message, FrameError, Request, Response, CONNECTION_ID, FIRST_ID,
+    MAX_WATCH_WAIT,
 };
 use super::{
     deadline_after, unix_now, validate_name, ExchangeStep, NameError, NameFuture, NameService, SignedRecord,
@@ -32,19 +36,16 @@ pub struct TcpNameClient {
     timeout: Duration,
     /// The local address every connection leaves from, if pinned.
     local: Option<IpAddr>,
-    /// The connection of the last answered watch, and when it was answered.
-    parked: Arc<Mutex<Option<(TcpStream, Instant)>>>,
+    /// The connections carrying the watches (shared by clones).
+    watches: Arc<watches::Connections>,
 }
-
-/// How long an answered watch's connection may wait for the next watch.
-const PARK_FOR: Duration = Duration::from_secs(1);
 
 impl TcpNameClient {
     /// A client of the server at `server` (`host:port`). `timeout` bounds each request as
     /// a whole: name resolution, connect, send and response. A watch may take its `wait`
     /// on top of that.
     pub fn new(server: String, timeout: Duration) -> Self {
-        TcpNameClient { server, timeout, local: None, parked: Arc::default() }
+        TcpNameClient { server, timeout, local: None, watches: Arc::default() }
     }
 
     /// The same client, with every connection leaving from the local address `ip` (a
@@ -64,7 +65,13 @@ impl TcpNameClient {
         self.bounded(self.timeout, async {
             let mut stream = self.connect().await?;
             self.send(&mut stream, request).await?;
-            self.receive(&mut stream).await
+            match self.receive(&mut stream).await? {
+                (FIRST_ID, response) => Ok(response),
+                (CONNECTION_ID, Response::Refused { code, current_seq, message }) => {
+                    Err(Response::refusal_error(code, current_seq, &message, "", 0))
+                }
+                (id, _) => Err(NameError::Malformed(format!("answer to request {id}, which was never sent"))),
+            }
         })
         .await
     }
@@ -122,7 +129,7 @@ impl TcpNameClient {
             })
     }
 
-    async fn receive(&self, stream: &mut TcpStream) -> Result<Response, NameError> {
+    async fn receive(&self, stream: &mut TcpStream) -> Result<(u32, Response), NameError> {
         let body = match read_message(stream).await {
             Ok(body) => body,
             Err(FrameError::TooLong(len)) => {
@@ -133,7 +140,7 @@ impl TcpNameClient {
             }
             Err(FrameError::Io(e)) => return Err(self.unreachable(ExchangeStep::Receive, e.kind())),
         };
-        Response::decode(&body)
+        Response::decode_tagged(&body)
     }
 
     /// Checks a record the server served for `name`: the name it carries, its signature
@@ -152,53 +159,46 @@ impl TcpNameClient {
         Ok(record)
     }
 
-    /// The watch itself, on a connection of its own. A server holds each watch for at most
-    /// its cap ([`MAX_WATCH_WAIT`] for `msocketd name`), so a longer `wait` takes several
-    /// watches in a row on the same connection.
-    async fn watch_on_own_connection(
+    /// The watch itself, on the shared connection from `from`. A server holds each watch
+    /// for at most its cap ([`MAX_WATCH_WAIT`] for `msocketd name`), so a longer `wait`
+    /// takes several watches in a row.
+    async fn watch_on_shared_connection(
         &self,
         name: &str,
         after_seq: u64,
         wait: Duration,
         from: Option<IpAddr>,
     ) -> Result<Option<SignedRecord>, NameError> {
-        let parked = self.parked.lock().unwrap_or_else(|p| p.into_inner()).take();
-        let from = from.or(self.local);
-        let reusable = |stream: &TcpStream| from.is_none() || stream.local_addr().ok().map(|a| a.ip()) == from;
-        if let Some((stream, _)) = parked.filter(|(s, at)| at.elapsed() < PARK_FOR && reusable(s)) {
-            match self.watch_on(stream, name, after_seq, wait).await {
-                Err(e @ NameError::Unreachable { .. }) => {
-                    tracing::debug!(server = %self.server, error = %e, "parked watch connection failed; opening a new one");
-                }
-                other => return other,
-            }
-        }
-        let stream = self.bounded(self.timeout, self.connect_from(from)).await?;
-        self.watch_on(stream, name, after_seq, wait).await
-    }
-
-    /// Watches on `stream`; parks it once answered.
-    async fn watch_on(
-        &self,
-        mut stream: TcpStream,
-        name: &str,
-        after_seq: u64,
-        wait: Duration,
-    ) -> Result<Option<SignedRecord>, NameError> {
         let deadline = deadline_after(wait);
-        let park = |stream: TcpStream| {
-            *self.parked.lock().unwrap_or_else(|p| p.into_inner()) = Some((stream, Instant::now()));
-        };
+        let from = from.or(self.local);
+        let conn = self
+            .bounded(self.timeout, self.watches.acquire(from, &self.server, self.connect_from(from)))
+            .await?;
         loop {
             let asked_at = Instant::now();
             let remaining = deadline.saturating_duration_since(asked_at).min(MAX_WATCH_WAIT);
             let wait_ms = watch_wait_ms(remaining);
             // What the server is actually asked for (whole milliseconds, rounded up).
             let ask = Duration::from_millis(wait_ms.into());
-            let request = Request::Watch { name: name.to_string(), after_seq, wait_ms };
-            self.bounded(self.timeout, self.send(&mut stream, &request)).await?;
-            let answer =
-                self.bounded(ask.saturating_add(self.timeout), self.receive(&mut stream)).await?;
+            let mut call = conn.call(&Request::Watch { name: name.to_string(), after_seq, wait_ms })?;
+            // The server acknowledges at once; silence means the connection is dead.
+            let mut answer = match self.bounded(self.timeout, call.next()).await {
+                Err(e @ NameError::Timeout { .. }) => {
+                    tracing::debug!(server = %self.server, name, "watch connection silent; closing it");
+                    conn.kill();
+                    return Err(e);
+                }
+                answer => answer?,
+            };
+            if answer == Response::Watching {
+                answer = match self.bounded(ask.saturating_add(self.timeout), call.next()).await {
+                    Err(e @ NameError::Timeout { .. }) => {
+                        conn.kill();
+                        return Err(e);
+                    }
+                    answer => answer?,
+                };
+            }
             match answer {
                 Response::Record(record) => {
                     let record = self.check_served(name, record)?;
@@ -210,7 +210,6 @@ impl TcpNameClient {
                             record.record.seq
                         )));
                     }
-                    park(stream);
                     return Ok(Some(record));
                 }
                 Response::Unchanged => {
@@ -219,7 +218,6 @@ impl TcpNameClient {
                     // that answers `Unchanged` at once cannot make us spin.
                     tokio::time::sleep_until((asked_at + WATCH_POLL_INTERVAL).min(deadline)).await;
                     if Instant::now() >= deadline {
-                        park(stream);
                         return Ok(None);
                     }
                 }
@@ -270,8 +268,8 @@ impl NameService for TcpNameClient {
         })
     }
 
-    /// Sends `Watch` on a fresh connection and waits up to `wait` plus the client's
-    /// timeout for the answer. The served record is verified as [`lookup`](Self::lookup)
+    /// Sends `Watch` on the client's shared watch connection and waits up to `wait` plus
+    /// the client's timeout for the answer. The served record is verified as [`lookup`](Self::lookup)
     /// verifies, and must be newer than `after_seq`.
     fn watch<'a>(
         &'a self,
@@ -293,7 +291,7 @@ impl NameService for TcpNameClient {
         Box::pin(async move {
             validate_name(name)?;
             tracing::debug!(server = %self.server, name, after_seq, ?wait, ?from, "watching name");
-            let outcome = self.watch_on_own_connection(name, after_seq, wait, from).await;
+            let outcome = self.watch_on_shared_connection(name, after_seq, wait, from).await;
             match &outcome {
                 Ok(Some(record)) => tracing::debug!(server = %self.server, name,
                     seq = record.record.seq, "watched name changed"),
@@ -311,6 +309,7 @@ fn unexpected(response: &Response) -> NameError {
         Response::Record(_) => "Record",
         Response::NotFound => "NotFound",
         Response::Unchanged => "Unchanged",
+        Response::Watching => "Watching",
         Response::Refused { .. } => "Refused",
     };
     NameError::Malformed(format!("unexpected {kind} response"))
@@ -353,21 +352,124 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_silent_server_times_a_watch_out_after_wait_plus_timeout() {
+    async fn a_silent_server_times_a_watch_out_within_the_timeout() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap().to_string();
         let holder = tokio::spawn(async move { listener.accept().await.map(|(s, _)| s) });
         let client = TcpNameClient::new(addr.clone(), Duration::from_millis(200));
-        let wait = Duration::from_millis(100);
+        // No acknowledgement within the timeout: the connection is dead, whatever the wait.
         assert_eq!(
-            client.watch("alice", 0, wait).await,
-            Err(NameError::Timeout { server: addr, after: Duration::from_millis(300) })
+            client.watch("alice", 0, Duration::from_secs(30)).await,
+            Err(NameError::Timeout { server: addr, after: Duration::from_millis(200) })
         );
+        assert_eq!(client.watches.count(), 0, "the dead connection was kept");
         drop(holder);
     }
 
-    /// A server that answers every request on its first connection with `Unchanged` at
-    /// once, and reports how many requests it answered.
+    /// What a fake server saw: each request with its id, and each connection it accepted.
+    #[derive(Debug)]
+    enum Seen {
+        Connection,
+        Request(u32, Box<Request>),
+        Closed,
+    }
+
+    /// A server that acknowledges every watch (`Watching`) and never answers it, answers
+    /// whatever `answer` says for the others, and reports what it sees. Connections are
+    /// closed when `hang_up` fires.
+    async fn acknowledging_server(
+        answer: fn(&Request) -> Option<Response>,
+    ) -> (String, tokio::sync::mpsc::UnboundedReceiver<Seen>, Arc<tokio::sync::Notify>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let (seen, rx) = tokio::sync::mpsc::unbounded_channel();
+        let hang_up = Arc::new(tokio::sync::Notify::new());
+        let hang = Arc::clone(&hang_up);
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut conn, _)) = listener.accept().await else { return };
+                let _ = seen.send(Seen::Connection);
+                let (seen, hang) = (seen.clone(), Arc::clone(&hang));
+                tokio::spawn(async move {
+                    loop {
+                        let body = tokio::select! {
+                            body = read_message(&mut conn) => body,
+                            () = hang.notified() => break,
+                        };
+                        let Ok(body) = body else { break };
+                        let (id, request) = Request::decode_tagged(&body).unwrap();
+                        let reply = match &request {
+                            Request::Watch { .. } => Some(Response::Watching),
+                            other => answer(other),
+                        };
+                        let _ = seen.send(Seen::Request(id, Box::new(request)));
+                        if let Some(reply) = reply {
+                            write_message(&mut conn, &reply.encode_tagged(id)).await.unwrap();
+                        }
+                    }
+                    let _ = seen.send(Seen::Closed);
+                });
+            }
+        });
+        (addr, rx, hang_up)
+    }
+
+    async fn next_seen(rx: &mut tokio::sync::mpsc::UnboundedReceiver<Seen>) -> Seen {
+        tokio::time::timeout(Duration::from_secs(10), rx.recv()).await.expect("the server saw nothing").unwrap()
+    }
+
+    #[tokio::test]
+    async fn watches_share_one_connection_and_a_dropped_watch_is_cancelled() {
+        let (addr, mut seen, hang_up) = acknowledging_server(|_| None).await;
+        let client = TcpNameClient::new(addr, Duration::from_secs(5));
+        let mut watches = Vec::new();
+        for i in 0..10 {
+            let client = client.clone();
+            watches.push(tokio::spawn(async move { client.watch(&format!("n{i}"), 0, Duration::from_secs(30)).await }));
+        }
+        let mut ids = std::collections::HashMap::new();
+        let mut connections = 0;
+        while ids.len() < 10 {
+            match next_seen(&mut seen).await {
+                Seen::Connection => connections += 1,
+                Seen::Request(id, request) => match *request {
+                    Request::Watch { name, .. } => assert!(ids.insert(name, id).is_none()),
+                    other => panic!("{other:?}"),
+                },
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(connections, 1);
+        assert_eq!(client.watches.count(), 1);
+        // The owner of n3 loses interest: the server hears a Cancel for its watch.
+        watches.remove(3).abort();
+        match next_seen(&mut seen).await {
+            Seen::Request(id, request) if *request == Request::Cancel => assert_eq!(id, ids["n3"]),
+            other => panic!("{other:?}"),
+        }
+        // The connection breaks: every watch on it fails at once, none waits its minute.
+        let started = Instant::now();
+        hang_up.notify_waiters();
+        for watch in watches {
+            let outcome = watch.await.unwrap();
+            assert!(matches!(outcome, Err(NameError::Unreachable { step: ExchangeStep::Receive, .. })), "{outcome:?}");
+        }
+        assert!(started.elapsed() < Duration::from_secs(5));
+        // The next watch opens a new connection.
+        let client2 = client.clone();
+        let next = tokio::spawn(async move { client2.watch("n1", 0, Duration::from_secs(30)).await });
+        loop {
+            match next_seen(&mut seen).await {
+                Seen::Closed => {}
+                Seen::Connection => break,
+                other => panic!("{other:?}"),
+            }
+        }
+        next.abort();
+    }
+
+    /// A server that answers every watch on its first connection with `Unchanged` at
+    /// once, and reports how many it answered.
     async fn impatient_server() -> (String, tokio::task::JoinHandle<usize>) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap().to_string();
@@ -375,9 +477,15 @@ mod tests {
             let (mut conn, _) = listener.accept().await.unwrap();
             let mut answered = 0;
             while let Ok(body) = read_message(&mut conn).await {
-                assert!(matches!(Request::decode(&body), Ok(Request::Watch { .. })));
-                write_message(&mut conn, &Response::Unchanged.encode()).await.unwrap();
-                answered += 1;
+                let (id, request) = Request::decode_tagged(&body).unwrap();
+                match request {
+                    Request::Watch { .. } => {
+                        write_message(&mut conn, &Response::Unchanged.encode_tagged(id)).await.unwrap();
+                        answered += 1;
+                    }
+                    Request::Cancel => {}
+                    other => panic!("{other:?}"),
+                }
             }
             answered
         });
@@ -392,8 +500,8 @@ mod tests {
         let started = Instant::now();
         assert_eq!(client.watch("alice", 0, wait).await, Ok(None));
         assert!(started.elapsed() >= wait);
-        // The next watch, right after, goes on the same (parked) connection: the server
-        // accepts only one.
+        // The next watch, right after, goes on the same connection: the server accepts
+        // only one.
         assert_eq!(client.watch("alice", 0, Duration::from_millis(50)).await, Ok(None));
         drop(client);
         // At most one watch per poll interval, all on the one connection.

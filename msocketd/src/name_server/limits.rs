@@ -11,7 +11,7 @@
 //! sending garbage that names it.
 //!
 //! Memory is bounded: a bucket that has refilled is worth no more than a missing one and
-//! is dropped by [`Limiter::prune`]; each table holds at most [`MAX_TRACKED`] buckets, and
+//! is dropped by `Limiter::prune`; each table holds at most [`MAX_TRACKED`] buckets, and
 //! when that many are all in use a new source or key is refused (rate limited) rather than
 //! tracked. Every function takes the time, so tests need no sleeps.
 

@@ -13,7 +13,7 @@
 //! (it waits for `fsync`) before the client hears `Ok`.
 //!
 //! A record whose expiry plus the grace period has passed is *lapsed*: its name is free,
-//! and [`Store::collect_garbage`] deletes it (the server runs it periodically, and a
+//! and `Store::collect_garbage` deletes it (the server runs it periodically, and a
 //! registration that finds the store full runs it first). Every function takes the time
 //! (`now`, Unix seconds), so tests play days and weeks in a moment.
 //!
