@@ -98,4 +98,15 @@ pub enum ProtocolViolation {
     /// An offset over `MAX_OFFSET`.
     #[error("offset over the protocol maximum")]
     OffsetTooLarge,
+    /// Out-of-order DATA in so many pieces that holding them would cost more memory than
+    /// the receive window allows (twice the window, counting what each piece costs
+    /// besides its bytes). Nothing of it was acknowledged: the sender re-sends it.
+    #[error("out-of-order data in too many pieces: holding it would take {needed} bytes of memory, over {limit}")]
+    ReassemblyMemory {
+        /// Memory the pieces would have taken with everything already held.
+        needed: u64,
+        /// What the receiver allows for the bytes it holds.
+        limit: u64,
+    },
 }
+

@@ -1009,6 +1009,12 @@ impl FlowState {
         self.recv.buffered() as usize
     }
 
+    /// What reassembly reckons the bytes it holds cost in memory.
+    #[cfg(test)]
+    pub fn recv_memory(&self) -> usize {
+        self.recv.memory()
+    }
+
     // ---- internals ----
 
     fn fail(&mut self, err: FlowError) {

@@ -2,10 +2,25 @@
 //! twice, into one in-order byte stream, and the window that bounds its memory.
 //!
 //! The window is absolute: the peer may send payload bytes at offsets below
-//! `bytes_read + recv_window`. Everything buffered (in-order unread bytes plus
-//! out-of-order segments) lies between `bytes_read` and that limit, so memory never
-//! exceeds `recv_window` (plus the records that zero-copy payload slices keep alive).
-//! Anything beyond the window is a protocol violation, not something to buffer.
+//! `bytes_read + recv_window`, so the bytes buffered (in-order unread plus out-of-order)
+//! never exceed `recv_window`. Anything beyond the window is a protocol violation, not
+//! something to buffer.
+//!
+//! Bytes are not all the memory, though. Every piece held costs a slot in a map, a range
+//! in the ACK set and an allocation, and a payload kept without a copy holds on to the
+//! whole buffer the runtime read it into. A peer cutting its data into one-byte pieces
+//! with gaps between them, or trickling small pieces through otherwise useless records,
+//! would make a window of bytes cost a hundred times its size. So the receiver counts what
+//! each piece really costs ([`PIECE_OVERHEAD`], allocator rounding, a whole
+//! [`READ_BUFFER`] for a shared piece) and keeps the total within twice the window:
+//! - pieces of [`SHARE_MIN`] bytes or more are kept as they came (no copy: the common case
+//!   of large in-order writes), as long as those pins stay within half the window;
+//! - smaller pieces, and large ones beyond that, are copied into buffers of the receiver's
+//!   own, gathered with the piece before them when they touch it;
+//! - out-of-order DATA whose pieces would take the cost past the bound is refused: the
+//!   subflow that carried it is closed and nothing of it is acknowledged, so an honest
+//!   sender re-sends it elsewhere. In-order DATA is always taken (it lets the application
+//!   read, and gathers cheaply), so the flow can always move on.
 //!
 //! Duplicates — retransmissions of units that did arrive, or the same DATA carried by
 //! two subflows — are trimmed and counted, never delivered twice.
@@ -13,10 +28,32 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::ops::Range;
 
-use bytes::Bytes;
+use bytes::{Buf, Bytes};
 
 use super::ranges::RangeSet;
 use super::ProtocolViolation;
+
+/// The most a payload kept without a copy may hold on to: the buffer the runtime read it
+/// into (a subflow reader's buffers are at most this large).
+pub(crate) const READ_BUFFER: usize = 256 * 1024;
+/// Pieces at least this long may be kept as they came; shorter ones are copied.
+const SHARE_MIN: usize = 16 * 1024;
+/// Largest buffer small pieces are gathered into.
+const GATHER_MAX: usize = 64 * 1024;
+/// What one piece costs besides its bytes: its B-tree slot at the emptiest nodes allow
+/// and its range in the ACK set while out of order, or its queue slot and shared-buffer
+/// header once in order. Checked against the real heap in `tests/memory.rs`.
+pub(crate) const PIECE_OVERHEAD: usize = 256;
+
+/// Heap an allocation of `n` bytes really takes (glibc: an 8-byte header, 16-byte
+/// granules, 32 bytes at least).
+fn heap(n: usize) -> usize {
+    if n == 0 {
+        0
+    } else {
+        (n + 8).next_multiple_of(16).max(32)
+    }
+}
 
 /// What one DATA frame changed.
 #[derive(Debug, Default)]
@@ -29,12 +66,59 @@ pub(crate) struct Received {
     pub readable: bool,
 }
 
+/// An out-of-order piece: as it came, or copied into a buffer of our own (which later
+/// pieces touching its end are appended to).
+#[derive(Debug)]
+enum Stored {
+    Shared(Bytes),
+    Own(Vec<u8>),
+}
+
+#[derive(Debug)]
+struct Piece {
+    data: Stored,
+    /// What it costs: see [`PIECE_OVERHEAD`].
+    charge: usize,
+}
+
+impl Piece {
+    fn len(&self) -> usize {
+        match &self.data {
+            Stored::Shared(b) => b.len(),
+            Stored::Own(v) => v.len(),
+        }
+    }
+}
+
+/// An in-order piece waiting to be read.
+#[derive(Debug)]
+struct Ready {
+    data: Bytes,
+    charge: usize,
+    shared: bool,
+}
+
+/// Where a new piece goes, decided before anything is changed.
+#[derive(Debug, Clone, Copy)]
+enum Place {
+    /// Kept as it came.
+    Share,
+    /// Appended to the buffer ending where it starts (the in-order tail, or the
+    /// out-of-order piece at that key), grown to `cap`.
+    Append { to: Option<u64>, cap: usize },
+    /// A buffer of its own, exactly its size.
+    Own,
+}
+
 #[derive(Debug)]
 pub(crate) struct RecvBuffer {
-    /// In-order unread bytes, starting at `read_off`.
-    ready: VecDeque<Bytes>,
-    /// Out-of-order segments beyond `data_end`, disjoint, keyed by offset.
-    ooo: BTreeMap<u64, Bytes>,
+    /// In-order unread pieces, starting at `read_off`; `tail` follows them.
+    ready: VecDeque<Ready>,
+    /// Small in-order pieces gathered behind `ready`, and what that buffer costs.
+    tail: Vec<u8>,
+    tail_charge: usize,
+    /// Out-of-order pieces beyond `data_end`, disjoint, keyed by offset.
+    ooo: BTreeMap<u64, Piece>,
     /// Units received beyond `cum()` (for ACK ranges); includes an early FIN unit.
     received: RangeSet,
     read_off: u64,
@@ -45,12 +129,27 @@ pub(crate) struct RecvBuffer {
     highest: u64,
     window: u64,
     min_window: u64,
+    /// Bytes held out of order.
+    ooo_bytes: u64,
+    /// What everything held costs, by the reckoning above.
+    charged: usize,
+    /// Pieces kept as they came, and how many may be.
+    shared: usize,
+    max_shared: usize,
+    /// `charged` less the bytes held may not pass this for out-of-order data: with the
+    /// bytes (at most the window) and what in-order pieces may add, the total stays
+    /// within twice the window.
+    overhead_limit: usize,
 }
 
 impl RecvBuffer {
     pub fn new(window: usize, min_window: u64) -> Self {
+        // A tiny window (unit tests) still leaves room for a few pieces.
+        let bound = window.max(64 * 1024);
         RecvBuffer {
             ready: VecDeque::new(),
+            tail: Vec::new(),
+            tail_charge: 0,
             ooo: BTreeMap::new(),
             received: RangeSet::new(),
             read_off: 0,
@@ -59,6 +158,13 @@ impl RecvBuffer {
             highest: 0,
             window: window as u64,
             min_window,
+            ooo_bytes: 0,
+            charged: 0,
+            shared: 0,
+            max_shared: bound / 2 / (READ_BUFFER + PIECE_OVERHEAD),
+            // In-order pieces are taken whatever the cost; a sixteenth of the window
+            // covers their overhead (gathered, or at least SHARE_MIN bytes each).
+            overhead_limit: bound - bound / 16,
         }
     }
 
@@ -82,10 +188,15 @@ impl RecvBuffer {
     }
 
     /// Bytes buffered: unread in-order plus out-of-order.
-    #[cfg(test)]
     pub fn buffered(&self) -> u64 {
-        let ready = self.data_end - self.read_off;
-        ready + self.ooo.values().map(|b| b.len() as u64).sum::<u64>()
+        self.data_end - self.read_off + self.ooo_bytes
+    }
+
+    /// What the buffered bytes cost in memory, by the receiver's reckoning (at least what
+    /// the heap holds for them).
+    #[cfg(test)]
+    pub fn memory(&self) -> usize {
+        self.charged
     }
 
     pub fn has_ready(&self) -> bool {
@@ -102,7 +213,7 @@ impl RecvBuffer {
         self.fin == Some(self.read_off)
     }
 
-    /// Takes in one DATA frame.
+    /// Takes in one DATA frame, or refuses all of it.
     pub fn receive(
         &mut self,
         offset: u64,
@@ -118,7 +229,6 @@ impl RecvBuffer {
         if end > window {
             return Err(ProtocolViolation::DataBeyondWindow { end, window });
         }
-        let mut out = Received::default();
         if fin {
             match self.fin {
                 Some(f) if f != end => {
@@ -132,87 +242,69 @@ impl RecvBuffer {
                 }
                 _ => {}
             }
-            if self.fin.is_none() {
-                self.fin = Some(end);
-                if end > self.data_end {
-                    self.received.insert(end..end + 1);
-                } else {
-                    out.readable = true;
-                }
-            }
         } else if let Some(f) = self.fin {
             if end > f {
                 return Err(ProtocolViolation::DataBeyondFin { end, fin: f });
             }
         }
-        self.highest = self.highest.max(end);
-
-        if end <= self.data_end {
-            out.duplicate_bytes = len;
-            return Ok(out);
-        }
-        let (mut offset, mut payload) = (offset, payload);
-        if offset < self.data_end {
-            let skip = self.data_end - offset;
-            out.duplicate_bytes += skip;
-            payload = payload.slice(skip as usize..);
-            offset = self.data_end;
-        }
-        if offset == self.data_end {
-            out.new_bytes += payload.len() as u64;
-            self.data_end = end;
-            self.ready.push_back(payload);
-            // Pull in out-of-order segments that now connect.
-            while let Some(entry) = self.ooo.first_entry() {
-                let start = *entry.key();
-                if start > self.data_end {
-                    break;
-                }
-                let seg = entry.remove();
-                let seg_end = start + seg.len() as u64;
-                if seg_end > self.data_end {
-                    // ooo segments are disjoint from what we had, so this cannot trim
-                    // more than the part `payload` overlapped.
-                    let skip = (self.data_end - start) as usize;
-                    out.new_bytes -= skip as u64;
-                    out.duplicate_bytes += skip as u64;
-                    self.ready.push_back(seg.slice(skip..));
-                    self.data_end = seg_end;
-                } else {
-                    out.new_bytes -= seg.len() as u64;
-                    out.duplicate_bytes += seg.len() as u64;
-                }
+        let gaps = self.gaps(offset.max(self.data_end), end);
+        let in_order = offset <= self.data_end;
+        let mut places = Vec::with_capacity(gaps.len());
+        if !in_order {
+            // Only a frame that starts beyond the in-order data may be refused: the rest
+            // of the stream can always be read, and its pieces gather behind it.
+            let mut cost = 0;
+            for g in &gaps {
+                let (place, c) = self.place(g, places.iter().filter(|p| matches!(p, Place::Share)).count());
+                places.push(place);
+                cost += c;
             }
-            let cum = self.cum();
-            self.received.remove_below(cum);
+            let held = self.buffered() as usize + gaps.iter().map(|g| (g.end - g.start) as usize).sum::<usize>();
+            if (self.charged + cost).saturating_sub(held) > self.overhead_limit {
+                return Err(ProtocolViolation::ReassemblyMemory {
+                    needed: (self.charged + cost) as u64,
+                    limit: (held + self.overhead_limit) as u64,
+                });
+            }
+        }
+        let mut out = Received::default();
+        if fin && self.fin.is_none() {
+            self.fin = Some(end);
+            if end > self.data_end {
+                self.received.insert(end..end + 1);
+            } else {
+                out.readable = true;
+            }
+        }
+        self.highest = self.highest.max(end);
+        out.new_bytes = gaps.iter().map(|g| g.end - g.start).sum();
+        out.duplicate_bytes = len - out.new_bytes;
+        let before = self.data_end;
+        for (i, gap) in gaps.into_iter().enumerate() {
+            let piece = payload.slice((gap.start - offset) as usize..(gap.end - offset) as usize);
+            // In order, each piece follows the one before once the pieces held between
+            // them are pulled in: it is placed then.
+            let place = places.get(i).copied().unwrap_or_else(|| self.place(&gap, 0).0);
+            self.store(gap, piece, place);
+            if in_order {
+                self.pull();
+            }
+        }
+        if self.data_end > before {
             out.readable = true;
-        } else {
-            let fresh = self.insert_ooo(offset, payload);
-            out.new_bytes += fresh;
-            out.duplicate_bytes += (end - offset) - fresh;
-            self.received.insert(offset..end);
         }
         Ok(out)
     }
 
-    /// Stores the parts of `[offset, offset+len)` not already held out of order; returns
-    /// how many bytes were new.
-    fn insert_ooo(&mut self, offset: u64, payload: Bytes) -> u64 {
-        let end = offset + payload.len() as u64;
-        let mut held: Vec<Range<u64>> = Vec::new();
-        if let Some((&s, b)) = self.ooo.range(..offset).next_back() {
-            if s + b.len() as u64 > offset {
-                held.push(s..s + b.len() as u64);
-            }
-        }
-        held.extend(
-            self.ooo
-                .range(offset..end)
-                .map(|(&s, b)| s..s + b.len() as u64),
-        );
-        let mut pos = offset;
-        let mut fresh = 0;
+    /// The stretches of `[from, end)` not held yet (all at or beyond `data_end`).
+    fn gaps(&self, from: u64, end: u64) -> Vec<Range<u64>> {
         let mut gaps = Vec::new();
+        if from >= end {
+            return gaps;
+        }
+        let mut pos = from;
+        let before = self.ooo.range(..from).next_back().map(|(&s, p)| s..s + p.len() as u64);
+        let held = before.into_iter().chain(self.ooo.range(from..end).map(|(&s, p)| s..s + p.len() as u64));
         for h in held {
             if h.start > pos {
                 gaps.push(pos..h.start);
@@ -222,28 +314,166 @@ impl RecvBuffer {
         if pos < end {
             gaps.push(pos..end);
         }
-        for g in gaps {
-            fresh += g.end - g.start;
-            let piece = payload.slice((g.start - offset) as usize..(g.end - offset) as usize);
-            self.ooo.insert(g.start, piece);
+        gaps
+    }
+
+    /// Where the piece for `gap` goes, and what that costs, with `shares` more pieces
+    /// already set to be kept as they came.
+    fn place(&self, gap: &Range<u64>, shares: usize) -> (Place, usize) {
+        let n = (gap.end - gap.start) as usize;
+        if n >= SHARE_MIN && self.shared + shares < self.max_shared {
+            return (Place::Share, READ_BUFFER + PIECE_OVERHEAD);
         }
-        fresh
+        let before = match gap.start == self.data_end {
+            true => (!self.tail.is_empty()).then_some((None, &self.tail)),
+            false => self.ooo.range(..gap.start).next_back().and_then(|(&s, p)| match &p.data {
+                Stored::Own(v) if s + v.len() as u64 == gap.start => Some((Some(s), v)),
+                _ => None,
+            }),
+        };
+        match before.filter(|(_, v)| n < SHARE_MIN && v.len() + n <= GATHER_MAX) {
+            Some((to, v)) if v.len() + n <= v.capacity() => (Place::Append { to, cap: v.capacity() }, 0),
+            Some((to, v)) => {
+                let cap = (2 * v.capacity()).max(v.len() + n).min(GATHER_MAX);
+                (Place::Append { to, cap }, heap(cap) - heap(v.capacity()))
+            }
+            None => (Place::Own, heap(n) + PIECE_OVERHEAD),
+        }
+    }
+
+    fn store(&mut self, gap: Range<u64>, piece: Bytes, place: Place) {
+        let n = piece.len();
+        if gap.start == self.data_end {
+            match place {
+                Place::Share => {
+                    self.freeze_tail();
+                    self.shared += 1;
+                    self.charged += READ_BUFFER + PIECE_OVERHEAD;
+                    self.ready.push_back(Ready { data: piece, charge: READ_BUFFER + PIECE_OVERHEAD, shared: true });
+                }
+                Place::Append { cap, .. } => {
+                    let grown = grow(&mut self.tail, cap, &piece);
+                    self.tail_charge += grown;
+                    self.charged += grown;
+                }
+                Place::Own => {
+                    self.freeze_tail();
+                    self.tail = piece.to_vec();
+                    self.tail_charge = heap(n) + PIECE_OVERHEAD;
+                    self.charged += self.tail_charge;
+                }
+            }
+            self.data_end = gap.end;
+        } else {
+            match place {
+                Place::Share => {
+                    self.shared += 1;
+                    let charge = READ_BUFFER + PIECE_OVERHEAD;
+                    self.charged += charge;
+                    self.ooo.insert(gap.start, Piece { data: Stored::Shared(piece), charge });
+                }
+                Place::Append { to, cap } => {
+                    let p = to.and_then(|k| self.ooo.get_mut(&k)).expect("placed after a piece of our own");
+                    let Stored::Own(v) = &mut p.data else { unreachable!("placed after a piece of our own") };
+                    let grown = grow(v, cap, &piece);
+                    p.charge += grown;
+                    self.charged += grown;
+                }
+                Place::Own => {
+                    let charge = heap(n) + PIECE_OVERHEAD;
+                    self.charged += charge;
+                    self.ooo.insert(gap.start, Piece { data: Stored::Own(piece.to_vec()), charge });
+                }
+            }
+            self.ooo_bytes += n as u64;
+            self.received.insert(gap);
+        }
+    }
+
+    /// Moves out-of-order pieces that now connect to the in-order data.
+    fn pull(&mut self) {
+        while let Some(entry) = self.ooo.first_entry() {
+            let start = *entry.key();
+            if start > self.data_end {
+                break;
+            }
+            debug_assert_eq!(start, self.data_end, "pieces never overlap what is in order");
+            let piece = entry.remove();
+            let n = piece.len();
+            self.data_end += n as u64;
+            self.ooo_bytes -= n as u64;
+            match piece.data {
+                Stored::Own(v) if n < SHARE_MIN && !self.tail.is_empty() && self.tail.len() + n <= GATHER_MAX => {
+                    // A small piece joins the tail: one buffer fewer.
+                    let cap = (2 * self.tail.capacity()).max(self.tail.len() + n).min(GATHER_MAX);
+                    let grown = grow(&mut self.tail, cap, &v);
+                    self.tail_charge += grown;
+                    self.charged = self.charged + grown - piece.charge;
+                }
+                // The last one gathers what comes in order next.
+                Stored::Own(v) => {
+                    self.freeze_tail();
+                    (self.tail, self.tail_charge) = (v, piece.charge);
+                }
+                Stored::Shared(data) => {
+                    self.freeze_tail();
+                    self.ready.push_back(Ready { data, charge: piece.charge, shared: true });
+                }
+            }
+        }
+        let cum = self.cum();
+        self.received.remove_below(cum);
+    }
+
+    /// Queues the gathered tail for reading (a buffer of exactly its bytes from then on).
+    fn freeze_tail(&mut self) {
+        if self.tail.is_empty() {
+            return;
+        }
+        let mut tail = std::mem::take(&mut self.tail);
+        let mut charge = std::mem::take(&mut self.tail_charge);
+        if tail.capacity() > tail.len() {
+            // Shrinks in place: nothing is copied.
+            let was = heap(tail.capacity());
+            tail.shrink_to_fit();
+            self.charged -= was - heap(tail.capacity());
+            charge -= was - heap(tail.capacity());
+        }
+        self.ready.push_back(Ready { data: Bytes::from(tail), charge, shared: false });
+    }
+
+    /// The front in-order piece, the tail queued first if it is all that is left.
+    fn front(&mut self) -> Option<&mut Ready> {
+        if self.ready.is_empty() {
+            self.freeze_tail();
+        }
+        self.ready.front_mut()
+    }
+
+    fn pop_front(&mut self) -> Option<Bytes> {
+        let piece = self.ready.pop_front()?;
+        self.charged -= piece.charge;
+        self.shared -= usize::from(piece.shared);
+        if self.ready.capacity() > 64 && self.ready.len() < self.ready.capacity() / 4 {
+            self.ready.shrink_to_fit();
+        }
+        Some(piece.data)
     }
 
     /// Copies in-order bytes into `buf`; returns how many.
     pub fn read(&mut self, buf: &mut [u8]) -> usize {
         let mut n = 0;
         while n < buf.len() {
-            let Some(front) = self.ready.front_mut() else {
+            let Some(front) = self.front() else {
                 break;
             };
-            let take = front.len().min(buf.len() - n);
-            buf[n..n + take].copy_from_slice(&front[..take]);
+            let take = front.data.len().min(buf.len() - n);
+            buf[n..n + take].copy_from_slice(&front.data[..take]);
             n += take;
-            if take == front.len() {
-                self.ready.pop_front();
+            if take == front.data.len() {
+                self.pop_front();
             } else {
-                *front = front.slice(take..);
+                front.data.advance(take);
             }
         }
         self.read_off += n as u64;
@@ -256,18 +486,32 @@ impl RecvBuffer {
     pub fn take(&mut self, max: usize, out: &mut Vec<Bytes>) -> usize {
         let mut n = 0;
         while n < max {
-            let Some(mut front) = self.ready.pop_front() else {
+            let Some(front) = self.front() else {
                 break;
             };
-            if front.len() > max - n {
-                self.ready.push_front(front.split_off(max - n));
+            if front.data.len() > max - n {
+                out.push(front.data.split_to(max - n));
+                n = max;
+                break;
             }
-            n += front.len();
-            out.push(front);
+            if let Some(data) = self.pop_front() {
+                n += data.len();
+                out.push(data);
+            }
         }
         self.read_off += n as u64;
         n
     }
+}
+
+/// Appends `piece` to `v`, growing it to `cap` first; returns what that added to its cost.
+fn grow(v: &mut Vec<u8>, cap: usize, piece: &[u8]) -> usize {
+    let was = heap(v.capacity());
+    if cap > v.capacity() {
+        v.reserve_exact(cap - v.len());
+    }
+    v.extend_from_slice(piece);
+    heap(v.capacity()) - was
 }
 
 #[cfg(test)]
@@ -279,16 +523,74 @@ mod tests {
     }
 
     #[test]
-    fn take_hands_over_the_payloads_up_to_max() {
-        let mut r = RecvBuffer::new(1 << 20, 1 << 20);
-        let first = b("hello ");
+    fn take_hands_over_large_payloads_as_they_came() {
+        let mut r = RecvBuffer::new(4 << 20, 64 * 1024);
+        let first = Bytes::from(vec![1u8; SHARE_MIN]);
         r.receive(0, first.clone(), false).unwrap();
-        r.receive(6, b("world"), false).unwrap();
+        r.receive(SHARE_MIN as u64, Bytes::from(vec![2u8; SHARE_MIN]), false).unwrap();
         let mut out = Vec::new();
-        assert_eq!(r.take(8, &mut out), 8);
-        assert_eq!(out, vec![b("hello "), b("wo")]);
+        assert_eq!(r.take(SHARE_MIN + 5, &mut out), SHARE_MIN + 5);
         assert_eq!(out[0].as_ptr(), first.as_ptr(), "no copy");
-        assert_eq!(read_all(&mut r), "rld");
+        assert_eq!(out[1][..], [2u8; 5]);
+        let mut rest = vec![0u8; SHARE_MIN];
+        assert_eq!(r.read(&mut rest), SHARE_MIN - 5);
+        assert_eq!(r.memory(), 0, "all released");
+    }
+
+    /// Small pieces are copied and gathered: a thousand of them cost about their bytes,
+    /// not a thousand allocations and map slots, in order or not.
+    #[test]
+    fn small_pieces_are_gathered() {
+        let mut r = RecvBuffer::new(1 << 20, 64 * 1024);
+        for i in 0..1000u64 {
+            r.receive(100 + 10 * i, b("0123456789"), false).unwrap();
+        }
+        assert_eq!(r.ooo.len(), 1);
+        assert!(r.memory() < 10_000 + 4 * PIECE_OVERHEAD + GATHER_MAX / 4, "{}", r.memory());
+        r.receive(0, Bytes::from(vec![b'x'; 100]), false).unwrap();
+        for i in 0..1000u64 {
+            r.receive(10_100 + 3 * i, b("abc"), false).unwrap();
+        }
+        let mut buf = vec![0u8; 20_000];
+        assert_eq!(r.read(&mut buf), 13_100);
+        assert_eq!(&buf[..100], &[b'x'; 100][..]);
+        assert_eq!(&buf[100..110], b"0123456789");
+        assert_eq!(&buf[13_097..13_100], b"abc");
+        assert_eq!(r.memory(), 0);
+    }
+
+    /// One byte at every other offset: each piece alone costs a few hundred bytes, so
+    /// before the window is a sixteenth full the bound is reached, and the next piece out
+    /// of order is refused — not acknowledged. In-order data is still taken.
+    #[test]
+    fn scattered_pieces_are_refused_at_the_bound_and_in_order_data_still_goes() {
+        let window = 64 * 1024;
+        let mut r = RecvBuffer::new(window, 0);
+        let mut offset = 1;
+        let refused = loop {
+            match r.receive(offset, b("."), false) {
+                Ok(got) => assert_eq!(got.new_bytes, 1),
+                Err(refused) => break refused,
+            }
+            offset += 2;
+        };
+        assert!(matches!(refused, ProtocolViolation::ReassemblyMemory { .. }), "{refused:?}");
+        assert!(r.memory() <= 2 * window, "{}", r.memory());
+        assert!(offset < window as u64 / 16, "refused only at {offset}");
+        assert!(!r.ack_ranges(usize::MAX).iter().any(|g| g.contains(&offset)), "the refused piece is not acknowledged");
+        // A frame from 0 over the scattered bytes and beyond is taken whole: everything
+        // in it reads in order, the bytes held gathered with the new ones.
+        let end = offset + 10;
+        let got = r.receive(0, Bytes::from(vec![b'-'; end as usize]), true).unwrap();
+        assert!(got.readable);
+        assert_eq!(got.new_bytes, end - offset / 2);
+        assert_eq!(r.cum(), end + 1);
+        assert!(r.ready.len() + usize::from(!r.tail.is_empty()) <= 2, "gathered: {} pieces", r.ready.len());
+        let mut buf = vec![0u8; end as usize + 1];
+        assert_eq!(r.read(&mut buf), end as usize);
+        assert!(buf[..offset as usize].iter().enumerate().all(|(i, &c)| c == if i % 2 == 1 { b'.' } else { b'-' }));
+        assert!(r.at_fin());
+        assert_eq!(r.memory(), 0);
     }
 
     fn read_all(r: &mut RecvBuffer) -> String {

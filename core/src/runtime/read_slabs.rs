@@ -16,8 +16,8 @@
 //! [`MAX_SLAB`]; a subflow keeps at most [`SPARE_SLABS`] spares (as many as a full receive
 //! window of the largest slabs, since the application may lag that far behind), and lets
 //! them go when it finds its socket empty [`IDLE_TRIM`] after it last changed slabs. A
-//! payload pins its slab (the reader copies the small ones, see `conn.rs`), so what
-//! reassembly holds stays within a small multiple of the receive window.
+//! payload pins its slab: reassembly keeps few payloads as they came, counting a whole
+//! [`MAX_SLAB`] for each, and copies the rest (see `proto/recv.rs`).
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -26,8 +26,8 @@ use bytes::BytesMut;
 
 /// The first slab of a subflow: an idle subflow holds little.
 const FIRST_SLAB: usize = 16 * 1024;
-/// The largest slab.
-const MAX_SLAB: usize = 256 * 1024;
+/// The largest slab: what reassembly counts a payload it keeps uncopied as holding.
+const MAX_SLAB: usize = crate::proto::READ_BUFFER;
 /// Slabs kept for reuse besides the current one.
 const SPARE_SLABS: usize = 16;
 /// A subflow that has not changed slabs for this long gives its spares back.

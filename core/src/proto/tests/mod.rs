@@ -5,6 +5,7 @@
 #![allow(clippy::single_range_in_vec_init, clippy::reversed_empty_ranges)]
 
 mod harness;
+mod memory;
 mod prop;
 mod scenarios;
 mod sched;

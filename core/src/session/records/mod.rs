@@ -25,4 +25,4 @@ pub(crate) use seal::RECORD_HEADER_LEN;
 #[cfg(test)]
 pub(crate) use pack::{seal_record_into, Record};
 #[cfg(test)]
-pub(crate) use seal::TAG_LEN;
+pub(crate) use seal::{MAX_RECORD_PLAINTEXT, TAG_LEN};

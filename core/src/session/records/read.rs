@@ -3,7 +3,7 @@
 
 use std::time::Instant;
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Buf, BytesMut};
 
 use super::seal::{parse_header, RECORD_HEADER_LEN, TAG_LEN};
 use crate::proto::{FlowState, Frame, FrameError, ProtocolViolation, SubflowId};
@@ -67,17 +67,9 @@ pub(crate) fn open(keys: &SessionKeys, sealed: Sealed) -> Result<Opened, OpenErr
     }
     let n = keys.open_record(pn, &mut body).map_err(|_| OpenError::Forged)?;
     body.truncate(n);
-    let mut frames = Frame::decode_all(body.freeze()).map_err(OpenError::Malformed)?;
-    // A payload much smaller than its record gets a buffer of its own: a payload pins the
-    // whole read buffer it sits in, and what reassembly holds should stay within a small
-    // multiple of the receive window.
-    for frame in &mut frames {
-        if let Frame::Data { payload, .. } = frame {
-            if payload.len() * 4 < wire_len {
-                *payload = Bytes::copy_from_slice(payload);
-            }
-        }
-    }
+    // Payloads stay slices of the buffer the record was read into; reassembly copies
+    // the ones it keeps that are too small to be worth what they pin.
+    let frames = Frame::decode_all(body.freeze()).map_err(OpenError::Malformed)?;
     Ok(Opened { pn, wire_len, frames })
 }
 
@@ -128,6 +120,8 @@ impl Receiver {
 
 #[cfg(test)]
 mod tests {
+    use bytes::Bytes;
+
     use super::super::pack::seal_record_into;
     use super::super::{BatchLimit, Packer, PacketNumbers, Record};
     use super::*;
