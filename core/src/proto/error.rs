@@ -48,6 +48,17 @@ pub enum FlowError {
     /// `write` after `finish`.
     #[error("write after finish")]
     WriteAfterFinish,
+    /// The flow sealed as many records as its packet numbers allow (2^62): a number is
+    /// never used twice under the flow's keys.
+    #[error("the flow used up its packet numbers")]
+    PacketNumbersExhausted,
+    /// So many records failed authentication on the flow's subflows that its keys are
+    /// retired: someone is forging them.
+    #[error("{count} records failed authentication: the flow's keys are retired")]
+    ForgedRecords {
+        /// Records that failed.
+        count: u64,
+    },
 }
 
 /// A frame the peer was not allowed to send; the subflow that carried it must be closed.
@@ -109,4 +120,3 @@ pub enum ProtocolViolation {
         limit: u64,
     },
 }
-

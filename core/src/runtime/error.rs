@@ -166,6 +166,7 @@ pub(crate) fn flow_io_error(e: FlowError) -> io::Error {
         FlowError::PeerForgotFlow | FlowError::NotAccepted => io::ErrorKind::ConnectionReset,
         FlowError::EndpointDropped => io::ErrorKind::NotConnected,
         FlowError::WriteAfterFinish => io::ErrorKind::BrokenPipe,
+        FlowError::PacketNumbersExhausted | FlowError::ForgedRecords { .. } => io::ErrorKind::ConnectionAborted,
     };
     io::Error::new(kind, Error::Flow(e))
 }

@@ -16,6 +16,7 @@ use std::sync::Arc;
 use hkdf::Hkdf;
 use sha2::Sha256;
 
+use super::records::RecordKeys;
 use super::FlowId;
 use crate::identity::{Identity, PublicIdentity};
 
@@ -63,10 +64,11 @@ fn noise(e: snow::Error) -> HandshakeError {
 
 /// What both ends hold once the handshake is done.
 pub(crate) struct SessionKeys {
-    /// AES-256-GCM keys of the Noise transport phase, one per direction. Used directly
-    /// (not through snow) so records are sealed and opened in place.
-    pub(crate) send: ring::aead::LessSafeKey,
-    pub(crate) recv: ring::aead::LessSafeKey,
+    /// Record keys, one schedule per direction, from the Noise transport keys. Used
+    /// directly (not through snow) so records are sealed and opened in place, under a key
+    /// per epoch of packet numbers.
+    pub(crate) send: RecordKeys,
+    pub(crate) recv: RecordKeys,
     pub(crate) flow_id: FlowId,
     pub(crate) join_key: [u8; 32],
     /// The peer's Noise static key (authenticated by the handshake).
@@ -77,11 +79,6 @@ impl std::fmt::Debug for SessionKeys {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "SessionKeys(flow {})", self.flow_id)
     }
-}
-
-fn aes_key(raw: &[u8; 32]) -> ring::aead::LessSafeKey {
-    let key = ring::aead::UnboundKey::new(&ring::aead::AES_256_GCM, raw).expect("32-byte AES-256 key");
-    ring::aead::LessSafeKey::new(key)
 }
 
 fn finish(mut hs: snow::HandshakeState) -> Result<Arc<SessionKeys>, HandshakeError> {
@@ -101,8 +98,8 @@ fn finish(mut hs: snow::HandshakeState) -> Result<Arc<SessionKeys>, HandshakeErr
     let (k1, k2) = hs.dangerously_get_raw_split();
     let (send, recv) = if hs.is_initiator() { (k1, k2) } else { (k2, k1) };
     Ok(Arc::new(SessionKeys {
-        send: aes_key(&send),
-        recv: aes_key(&recv),
+        send: RecordKeys::new(&send),
+        recv: RecordKeys::new(&recv),
         flow_id: FlowId(flow_id),
         join_key,
         remote_static,

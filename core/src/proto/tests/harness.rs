@@ -22,7 +22,7 @@ use crate::proto::{
 };
 use crate::session::records::{
     open, seal_record_into, split_record, BatchLimit, Delivery, Packer, PacketNumbers, Receiver,
-    Record,
+    Record, RecordKeys, MAX_FORGED,
 };
 use crate::session::{session_pair, SessionKeys};
 
@@ -187,6 +187,32 @@ impl Sim {
             replays_delivered: 0,
             fresh_refused: 0,
         }
+    }
+
+    /// Seals records under a new key every `2^bits` packet numbers instead (a flow then
+    /// crosses many epochs, with records of several in flight and re-sent).
+    pub fn use_epoch_bits(&mut self, bits: u32) {
+        let keys = |k: &SessionKeys, send: &[u8; 32], recv: &[u8; 32]| {
+            Arc::new(SessionKeys {
+                send: RecordKeys::with_limits(send, bits, MAX_FORGED),
+                recv: RecordKeys::with_limits(recv, bits, MAX_FORGED),
+                flow_id: k.flow_id,
+                join_key: k.join_key,
+                remote_static: k.remote_static,
+            })
+        };
+        let [a, b] = &self.keys;
+        self.keys = [keys(a, &[1; 32], &[2; 32]), keys(b, &[2; 32], &[1; 32])];
+    }
+
+    /// Records `side` sealed so far.
+    pub fn records_sealed(&self, side: usize) -> u64 {
+        self.packet_numbers[side].next_number()
+    }
+
+    /// Records that failed authentication at `side`, and the epochs whose keys it keeps.
+    pub fn receiving_keys(&self, side: usize) -> (u64, Vec<u64>) {
+        (self.keys[side].recv.forged(), self.keys[side].recv.cached_epochs())
     }
 
     pub fn elapsed(&self) -> Duration {
@@ -623,7 +649,7 @@ impl Sim {
             let copy = match self.rng.percent(50) {
                 true => InFlight { sealed, replay: true },
                 false => {
-                    let again = self.packet_numbers[side].number(record.frames.clone());
+                    let again = self.packet_numbers[side].number(record.frames.clone()).expect("numbers left");
                     InFlight { sealed: self.seal(side, &again), replay: false }
                 }
             };
@@ -639,7 +665,7 @@ impl Sim {
                 let o = others[self.rng.below(others.len() as u64) as usize];
                 let late = Duration::from_millis(self.rng.below(500) * self.rng.below(2));
                 let frames = self.reslice(record.frames);
-                let copy = self.packet_numbers[side].number(frames);
+                let copy = self.packet_numbers[side].number(frames).expect("numbers left");
                 let sealed = self.seal(side, &copy);
                 let p = &mut self.links[o].pipes[side];
                 let at = now + p.delay + late;

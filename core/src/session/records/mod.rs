@@ -14,14 +14,21 @@
 //! - [`split_record`] cuts whole records off the bytes a socket delivered, [`open`]
 //!   authenticates and decodes one (outside the lock too), and [`Receiver`] hands an
 //!   opened record's frames to the flow unless its packet number was seen before.
+//! - [`RecordKeys`] holds a direction's key schedule: a key per epoch of packet numbers,
+//!   so no key seals more records than AES-GCM bears; the last packet number; and the
+//!   count of forged records, which ends the flow at its limit.
 
+mod keys;
 mod pack;
 mod read;
 mod seal;
 
+pub(crate) use keys::RecordKeys;
 pub(crate) use pack::{Batch, BatchLimit, Packer, PacketNumbers};
 pub(crate) use read::{bytes_wanted, open, split_record, Delivery, OpenError, Receiver};
 pub(crate) use seal::RECORD_HEADER_LEN;
+#[cfg(test)]
+pub(crate) use keys::MAX_FORGED;
 #[cfg(test)]
 pub(crate) use pack::{seal_record_into, Record};
 #[cfg(test)]

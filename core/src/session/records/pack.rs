@@ -5,8 +5,9 @@ use std::time::Instant;
 
 use bytes::BytesMut;
 
+use super::keys::PN_LIMIT;
 use super::seal::{RecordError, MAX_RECORD_PLAINTEXT, RECORD_HEADER_LEN, TAG_LEN};
-use crate::proto::{FlowState, Frame, SubflowId};
+use crate::proto::{FlowError, FlowState, Frame, SubflowId};
 use crate::session::SessionKeys;
 
 /// The plaintext limit of a fresh subflow's first record; it doubles with every record
@@ -17,24 +18,35 @@ use crate::session::SessionKeys;
 pub(crate) const FIRST_RECORD_LIMIT: usize = 4096;
 
 /// The flow's packet numbers: every record on every subflow has its own, and a number is
-/// never used twice under the flow's keys (it is the AEAD nonce).
+/// never used twice under the flow's keys (it is the AEAD nonce). They end at
+/// [`PN_LIMIT`]: the flow ends there rather than use one again.
 #[derive(Debug, Default)]
 pub(crate) struct PacketNumbers {
     next: u64,
 }
 
 impl PacketNumbers {
-    /// A record of `frames` with the next number.
-    pub(crate) fn number(&mut self, frames: Vec<Frame>) -> Record {
+    /// A record of `frames` with the next number; `None` once all are used.
+    pub(crate) fn number(&mut self, frames: Vec<Frame>) -> Option<Record> {
+        let pn = self.next;
+        if pn >= PN_LIMIT {
+            return None;
+        }
+        self.next += 1;
         let plain_len = frames.iter().map(Frame::encoded_len).sum();
-        Record { pn: self.take(), frames, plain_len }
+        Some(Record { pn, frames, plain_len })
     }
 
-    fn take(&mut self) -> u64 {
-        let pn = self.next;
-        // u64::MAX is never sent: receivers refuse it (their window counts one past it).
-        self.next = self.next.checked_add(1).filter(|n| *n < u64::MAX).expect("2^64 - 1 records under one key");
-        pn
+    /// Numbers that start at `next` (tests start near the limit).
+    #[cfg(test)]
+    pub(crate) fn starting_at(next: u64) -> PacketNumbers {
+        PacketNumbers { next }
+    }
+
+    /// The number the next record takes.
+    #[cfg(test)]
+    pub(crate) fn next_number(&self) -> u64 {
+        self.next
     }
 }
 
@@ -101,13 +113,17 @@ impl Batch {
         Ok(())
     }
 
-    fn close(&mut self, pns: &mut PacketNumbers, open: OpenRecord) {
-        let record = pns.number(open.frames);
+    /// Numbers `open` and adds it; `false` when no number is left.
+    fn close(&mut self, pns: &mut PacketNumbers, open: OpenRecord) -> bool {
+        let Some(record) = pns.number(open.frames) else {
+            return false;
+        };
         debug_assert_eq!(record.plain_len, open.plain_len);
         self.sealed_len += record.sealed_len();
         let end = self.sealed_len;
         self.data_log.extend(open.units.into_iter().map(|u| (end, u)));
         self.records.push(record);
+        true
     }
 }
 
@@ -156,6 +172,10 @@ impl Packer {
     ///
     /// Control frames followed by DATA go in a record of their own: a record is only read
     /// once whole, and an ACK, PONG or ABANDON should not wait behind 64 KiB of data.
+    ///
+    /// When the flow's packet numbers run out, the flow fails
+    /// ([`FlowError::PacketNumbersExhausted`]) and the batch ends: a nonce is never used
+    /// twice.
     pub(crate) fn pack(
         &mut self,
         flow: &mut FlowState,
@@ -178,7 +198,10 @@ impl Packer {
                         if record.has_data {
                             self.limit = (self.limit * 2).min(MAX_RECORD_PLAINTEXT);
                         }
-                        batch.close(pns, record);
+                        if !batch.close(pns, record) {
+                            flow.fail_unrecoverable(FlowError::PacketNumbersExhausted);
+                            break;
+                        }
                     }
                     None => break,
                 }
@@ -188,7 +211,10 @@ impl Packer {
             let data = matches!(frame, Frame::Data { .. });
             if data && open.as_ref().is_some_and(|r| !r.has_data) {
                 if let Some(control) = open.take() {
-                    batch.close(pns, control);
+                    if !batch.close(pns, control) {
+                        flow.fail_unrecoverable(FlowError::PacketNumbersExhausted);
+                        break;
+                    }
                 }
             }
             let record = open.get_or_insert_with(OpenRecord::default);
@@ -206,7 +232,7 @@ impl Packer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::proto::FlowConfig;
+    use crate::proto::{FlowConfig, FlowStatus};
 
     fn flow_with(data: usize) -> (FlowState, SubflowId, Instant) {
         let now = Instant::now();
@@ -240,7 +266,7 @@ mod tests {
     #[test]
     fn control_frames_do_not_wait_in_a_data_record_and_the_log_says_where_data_went() {
         let (mut flow, id, now) = flow_with(10_000);
-        let mut pns = PacketNumbers { next: 40 };
+        let mut pns = PacketNumbers::starting_at(40);
         let batch = Packer::default().pack(&mut flow, id, now, &mut pns, WIDE);
         // A new subflow speaks first with control frames (its resume ACK, a PING).
         assert!(!batch.records[0].has_data(), "{:?}", batch.records[0]);
@@ -267,6 +293,20 @@ mod tests {
         let batch = packer.pack(&mut flow, id, now, &mut pns, BatchLimit { records: 100, bytes: 100_000 });
         assert!(batch.sealed_len >= 100_000 && batch.sealed_len < 100_000 + MAX_RECORD_PLAINTEXT + 64);
         assert_eq!(batch.records[0].pn, 3, "numbers go on across batches");
+    }
+
+    #[test]
+    fn the_flow_ends_when_packet_numbers_run_out_and_none_is_used_twice() {
+        let (mut flow, id, now) = flow_with(200_000);
+        let mut pns = PacketNumbers::starting_at(PN_LIMIT - 3);
+        let batch = Packer::default().pack(&mut flow, id, now, &mut pns, WIDE);
+        let used: Vec<u64> = batch.records.iter().map(|r| r.pn).collect();
+        assert_eq!(used, vec![PN_LIMIT - 3, PN_LIMIT - 2, PN_LIMIT - 1]);
+        assert_eq!(flow.status(), FlowStatus::Failed(FlowError::PacketNumbersExhausted));
+        let (client, _server) = crate::session::session_pair();
+        batch.seal_into(&client, &mut BytesMut::new()).expect("the last numbers seal");
+        assert!(Packer::default().pack(&mut flow, id, now, &mut pns, WIDE).is_empty());
+        assert!(pns.number(vec![Frame::Ping { id: 0 }]).is_none());
     }
 
     #[test]

@@ -5,8 +5,9 @@ use std::time::Instant;
 
 use bytes::{Buf, BytesMut};
 
-use super::seal::{parse_header, RECORD_HEADER_LEN, TAG_LEN};
-use crate::proto::{FlowState, Frame, FrameError, ProtocolViolation, SubflowId};
+use super::keys::PN_LIMIT;
+use super::seal::{parse_header, RECORD_HEADER_LEN};
+use crate::proto::{FlowError, FlowState, Frame, FrameError, ProtocolViolation, SubflowId};
 use crate::session::{ReplayWindow, SessionKeys};
 
 /// A whole record cut off the byte stream, not yet authenticated.
@@ -36,6 +37,9 @@ pub(crate) struct Opened {
     /// Bytes the record took on the wire.
     pub(crate) wire_len: usize,
     pub(crate) frames: Vec<Frame>,
+    /// The flow's keys were retired after this many forged records: nothing was opened,
+    /// and the flow ends.
+    retired: Option<u64>,
 }
 
 /// How many more bytes `buf` needs before its first record is whole (at least the
@@ -58,19 +62,21 @@ pub(crate) fn split_record(buf: &mut BytesMut) -> Option<Sealed> {
     Some(Sealed { pn, body })
 }
 
-/// Authenticates a record in place and decodes its frames.
+/// Authenticates a record in place and decodes its frames. Once the flow's keys are
+/// retired (too many forgeries), nothing is opened any more: the record only carries the
+/// news to [`Receiver::deliver`], which ends the flow.
 pub(crate) fn open(keys: &SessionKeys, sealed: Sealed) -> Result<Opened, OpenError> {
     let Sealed { pn, mut body } = sealed;
     let wire_len = RECORD_HEADER_LEN + body.len();
-    if body.len() < TAG_LEN {
-        return Err(OpenError::Forged);
+    if keys.recv.retired() {
+        return Ok(Opened { pn, wire_len, frames: Vec::new(), retired: Some(keys.recv.forged()) });
     }
     let n = keys.open_record(pn, &mut body).map_err(|_| OpenError::Forged)?;
     body.truncate(n);
     // Payloads stay slices of the buffer the record was read into; reassembly copies
     // the ones it keeps that are too small to be worth what they pin.
     let frames = Frame::decode_all(body.freeze()).map_err(OpenError::Malformed)?;
-    Ok(Opened { pn, wire_len, frames })
+    Ok(Opened { pn, wire_len, frames, retired: None })
 }
 
 /// What became of an opened record.
@@ -78,8 +84,10 @@ pub(crate) fn open(keys: &SessionKeys, sealed: Sealed) -> Result<Opened, OpenErr
 pub(crate) enum Delivery {
     /// Its frames went to the flow.
     Fresh,
-    /// Its packet number was seen before (or is too old to tell): dropped. Legitimate
-    /// records refused this way cost nothing: the flow re-sends their data.
+    /// Dropped: its packet number was seen before, is too old to tell, or is one no
+    /// sender uses (at or beyond [`PN_LIMIT`]); or the flow's keys are retired (the flow
+    /// ends). Legitimate records refused this way cost nothing: the flow re-sends their
+    /// data.
     Replayed,
 }
 
@@ -106,7 +114,12 @@ impl Receiver {
         record: Opened,
         now: Instant,
     ) -> Result<Delivery, ProtocolViolation> {
-        if !self.replay.is_fresh(record.pn) {
+        if let Some(count) = record.retired {
+            tracing::warn!(count, "records failed authentication: the flow ends");
+            flow.fail_unrecoverable(FlowError::ForgedRecords { count });
+            return Ok(Delivery::Replayed);
+        }
+        if record.pn >= PN_LIMIT || !self.replay.is_fresh(record.pn) {
             tracing::warn!(pn = record.pn, "replayed record dropped");
             return Ok(Delivery::Replayed);
         }
@@ -122,10 +135,12 @@ impl Receiver {
 mod tests {
     use bytes::Bytes;
 
+    use super::super::keys::{RecordKeys, EPOCH_BITS, MAX_FORGED};
     use super::super::pack::seal_record_into;
+    use super::super::seal::{RecordError, TAG_LEN};
     use super::super::{BatchLimit, Packer, PacketNumbers, Record};
     use super::*;
-    use crate::proto::{FlowConfig, ReadOutcome};
+    use crate::proto::{FlowConfig, FlowStatus, ReadOutcome};
     use crate::session::session_pair;
 
     fn sealed(keys: &SessionKeys, pn: u64, frames: Vec<Frame>) -> BytesMut {
@@ -194,8 +209,7 @@ mod tests {
     }
 
     /// A record's frames reach the flow once: a replay of it, on the same subflow or
-    /// another, is dropped, and so is the largest packet number (which would wrap the
-    /// window).
+    /// another, is dropped.
     #[test]
     fn a_replayed_record_is_dropped_and_the_stream_is_intact() {
         let (c, s) = session_pair();
@@ -213,15 +227,115 @@ mod tests {
         assert_eq!(deliver(&mut rx, &mut flow, b, &first), Delivery::Replayed);
         assert_eq!(deliver(&mut rx, &mut flow, a, &second), Delivery::Fresh);
         assert_eq!(deliver(&mut rx, &mut flow, a, &second), Delivery::Replayed);
-        let last = sealed(&c, u64::MAX, vec![data(9, b"!")]);
-        assert_eq!(deliver(&mut rx, &mut flow, a, &last), Delivery::Replayed);
-        assert_eq!(deliver(&mut rx, &mut flow, a, &sealed(&c, 2, vec![Frame::Ping { id: 1 }])), Delivery::Fresh, "the window still works");
+        assert_eq!(deliver(&mut rx, &mut flow, a, &sealed(&c, 2, vec![Frame::Ping { id: 1 }])), Delivery::Fresh);
         let mut buf = [0u8; 64];
         let got = match flow.read(&mut buf).unwrap() {
             ReadOutcome::Data(n) => &buf[..n],
             other => panic!("{other:?}"),
         };
         assert_eq!(got, b"once only");
+    }
+
+    /// Packet numbers end at PN_LIMIT for both ends: no key exists beyond it, so a record
+    /// claiming such a number is forged (and counted), and one that got through would
+    /// still not reach the flow.
+    #[test]
+    fn packet_numbers_at_the_limit_are_refused() {
+        let (c, s) = session_pair();
+        assert!(matches!(c.seal_record(PN_LIMIT, &mut [0u8; 40]), Err(RecordError::PacketNumberTooLarge(PN_LIMIT))));
+        let mut last = sealed(&c, PN_LIMIT - 1, vec![data(0, b"last")]);
+        let mut beyond = last.clone();
+        beyond[2..10].copy_from_slice(&PN_LIMIT.to_be_bytes());
+        assert_eq!(open(&s, split_record(&mut beyond).unwrap()).unwrap_err(), OpenError::Forged);
+        let mut wrapped = last.clone();
+        wrapped[2..10].copy_from_slice(&u64::MAX.to_be_bytes());
+        assert_eq!(open(&s, split_record(&mut wrapped).unwrap()).unwrap_err(), OpenError::Forged);
+        assert_eq!(s.recv.forged(), 2);
+
+        let now = Instant::now();
+        let mut flow = FlowState::new(FlowConfig::default(), now);
+        let id = flow.add_subflow(now);
+        let mut rx = Receiver::default();
+        let opened = open(&s, split_record(&mut last).unwrap()).unwrap();
+        assert_eq!(rx.deliver(&mut flow, id, opened, now), Ok(Delivery::Fresh), "the last usable number is usable");
+        let beyond = Opened { pn: PN_LIMIT, wire_len: 40, frames: vec![data(4, b"!")], retired: None };
+        assert_eq!(rx.deliver(&mut flow, id, beyond, now), Ok(Delivery::Replayed));
+        assert_eq!(flow.stats().bytes_received, 4);
+    }
+
+    /// Keys change every 2^N packet numbers with no exchange: records of several epochs,
+    /// opened in any order and again, open; one sealed under another epoch's key does not.
+    #[test]
+    fn every_epoch_has_its_own_key_and_any_order_opens() {
+        let secret = [7u8; 32];
+        let keys = |bits| {
+            let (c, s) = session_pair();
+            let swap = |k: &SessionKeys, send: &[u8; 32], recv: &[u8; 32]| SessionKeys {
+                send: RecordKeys::with_limits(send, bits, MAX_FORGED),
+                recv: RecordKeys::with_limits(recv, bits, MAX_FORGED),
+                flow_id: k.flow_id,
+                join_key: k.join_key,
+                remote_static: k.remote_static,
+            };
+            (swap(&c, &secret, &[8; 32]), swap(&s, &[8; 32], &secret))
+        };
+        let (c, s) = keys(2);
+        let records: Vec<BytesMut> = (0..24).map(|pn| sealed(&c, pn, vec![Frame::Ping { id: pn }])).collect();
+        // Descending, then every other one, then all again: epochs 5 down to 0 and back.
+        for pn in (0..24).rev().chain((0..24).step_by(2)).chain(0..24) {
+            let opened = open(&s, split_record(&mut records[pn].clone()).unwrap()).unwrap();
+            assert_eq!(opened.pn, pn as u64);
+        }
+        assert_eq!(s.recv.forged(), 0);
+        assert!(s.recv.cached_epochs().len() <= 3, "{:?}", s.recv.cached_epochs());
+        // One key for every number (as before epochs): the same as ours in epoch 0, the
+        // wrong key for the same number in any other epoch.
+        let (flat, _) = keys(62);
+        let opened = open(&s, split_record(&mut sealed(&flat, 1, vec![Frame::Ping { id: 1 }])).unwrap());
+        assert_eq!(opened.unwrap().pn, 1);
+        for pn in [4, 5, 23] {
+            let mut wrong_key = sealed(&flat, pn, vec![Frame::Ping { id: pn }]);
+            assert_eq!(open(&s, split_record(&mut wrong_key).unwrap()).unwrap_err(), OpenError::Forged);
+        }
+        assert_eq!(s.recv.forged(), 3);
+    }
+
+    /// Forged records are counted for the whole flow; at the limit its keys are
+    /// retired and the next record that arrives ends the flow with a typed error.
+    #[test]
+    fn the_flow_ends_once_too_many_records_are_forged() {
+        let (c0, s0) = session_pair();
+        let limits = |k: &SessionKeys, send, recv| SessionKeys {
+            send: RecordKeys::with_limits(send, EPOCH_BITS, 3),
+            recv: RecordKeys::with_limits(recv, EPOCH_BITS, 3),
+            flow_id: k.flow_id,
+            join_key: k.join_key,
+            remote_static: k.remote_static,
+        };
+        let (c, s) = (limits(&c0, &[1; 32], &[2; 32]), limits(&s0, &[2; 32], &[1; 32]));
+        let now = Instant::now();
+        let mut flow = FlowState::new(FlowConfig::default(), now);
+        let id = flow.add_subflow(now);
+        let mut rx = Receiver::default();
+        let mut pn = 0;
+        let mut record = |frames| {
+            pn += 1;
+            sealed(&c, pn, frames)
+        };
+        for _ in 0..3 {
+            let opened = open(&s, split_record(&mut record(vec![Frame::Ping { id: 0 }])).unwrap()).unwrap();
+            assert_eq!(rx.deliver(&mut flow, id, opened, now), Ok(Delivery::Fresh));
+            let mut forged = record(vec![Frame::Ping { id: 0 }]);
+            forged[RECORD_HEADER_LEN] ^= 1;
+            assert_eq!(open(&s, split_record(&mut forged).unwrap()).unwrap_err(), OpenError::Forged);
+        }
+        assert_eq!(flow.status(), FlowStatus::Open, "forgeries alone only cost subflows");
+        // An authentic record now opens nothing: the keys are retired, and the flow ends.
+        let opened = open(&s, split_record(&mut record(vec![data(0, b"late")])).unwrap()).unwrap();
+        assert!(opened.frames.is_empty());
+        assert_eq!(rx.deliver(&mut flow, id, opened, now), Ok(Delivery::Replayed));
+        assert_eq!(flow.status(), FlowStatus::Failed(FlowError::ForgedRecords { count: 3 }));
+        assert_eq!(flow.stats().bytes_received, 0);
     }
 
     #[test]

@@ -4,7 +4,8 @@
 //! record = len:u16  pn:u64  ciphertext[len]     (ciphertext = AES-256-GCM(frames) || tag[16])
 //! ```
 //! The packet number is the AEAD nonce (Noise's AESGCM nonce: four zero bytes, then the
-//! number big-endian), so it is authenticated without being encrypted. Records are sealed
+//! number big-endian), so it is authenticated without being encrypted, and it picks the
+//! key (one per epoch of numbers, see [`keys`](super::keys)). Records are sealed
 //! and opened in place: the bytes a writer encoded become the ciphertext, and a record read
 //! from the socket becomes the frames' plaintext without another copy.
 
@@ -25,6 +26,8 @@ pub(crate) enum RecordError {
     TooLong(usize),
     #[error("record failed authentication (forged, corrupted or for another flow)")]
     Forged,
+    #[error("packet number {0} is beyond the last one a flow may use")]
+    PacketNumberTooLarge(u64),
 }
 
 fn nonce(pn: u64) -> Nonce {
@@ -34,18 +37,18 @@ fn nonce(pn: u64) -> Nonce {
 }
 
 impl SessionKeys {
-    /// Seals one record in place. `record` is `RECORD_HEADER_LEN` bytes of room for the
-    /// header, the plaintext, and `TAG_LEN` bytes of room for the tag; header and tag are
-    /// written here.
+    /// Seals one record in place with the key of its packet number's epoch. `record` is
+    /// `RECORD_HEADER_LEN` bytes of room for the header, the plaintext, and `TAG_LEN`
+    /// bytes of room for the tag; header and tag are written here.
     pub(crate) fn seal_record(&self, pn: u64, record: &mut [u8]) -> Result<(), RecordError> {
         let len = record.len().saturating_sub(RECORD_HEADER_LEN + TAG_LEN);
         if record.len() < RECORD_HEADER_LEN + TAG_LEN || len > MAX_RECORD_PLAINTEXT {
             return Err(RecordError::TooLong(len));
         }
+        let key = self.send.sealing(pn).ok_or(RecordError::PacketNumberTooLarge(pn))?;
         let (header, rest) = record.split_at_mut(RECORD_HEADER_LEN);
         let (plain, tag_room) = rest.split_at_mut(len);
-        let tag: Tag = self
-            .send
+        let tag: Tag = key
             .seal_in_place_separate_tag(nonce(pn), Aad::empty(), plain)
             .map_err(|_| RecordError::TooLong(len))?;
         tag_room.copy_from_slice(tag.as_ref());
@@ -55,15 +58,16 @@ impl SessionKeys {
     }
 
     /// Opens a record's ciphertext (tag included) in place; returns the plaintext length
-    /// (the plaintext is `ciphertext[..len]`).
+    /// (the plaintext is `ciphertext[..len]`). Every failure counts towards the flow's
+    /// forgery limit.
     pub(crate) fn open_record(&self, pn: u64, ciphertext: &mut [u8]) -> Result<usize, RecordError> {
         if ciphertext.len() < TAG_LEN {
+            self.recv.count_forged();
             return Err(RecordError::Forged);
         }
         self.recv
-            .open_in_place(nonce(pn), Aad::empty(), ciphertext)
-            .map(|plain| plain.len())
-            .map_err(|_| RecordError::Forged)
+            .opening(pn, |key| key.open_in_place(nonce(pn), Aad::empty(), ciphertext).map(|plain| plain.len()))
+            .ok_or(RecordError::Forged)
     }
 }
 
