@@ -7,20 +7,11 @@ mod support;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
-use msocket::{Error, Fingerprint, Identity, Listener};
+use msocket::{Error, Fingerprint, Identity};
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::Notify;
-
-fn listener_is_empty(listener: &mut Listener) -> bool {
-    let waker = std::task::Waker::noop();
-    let mut cx = std::task::Context::from_waker(waker);
-    let accept = std::pin::pin!(listener.accept());
-    accept.poll(&mut cx).is_pending()
-}
-
-use std::future::Future as _;
 
 fn fingerprint(seed: u8) -> Fingerprint {
     Identity::from_seed([seed; 32]).public().fingerprint().parse().unwrap()

@@ -145,16 +145,6 @@ async fn a_record_with_another_identitys_keys_fails_and_the_listener_keeps_servi
     still_serves(&names, &mut listener, 3, 53).await;
 }
 
-fn listener_is_empty(listener: &mut Listener) -> bool {
-    use std::future::Future;
-    use std::task::{Context, Poll};
-    let waker = std::task::Waker::noop();
-    let mut cx = Context::from_waker(waker);
-    let fut = listener.accept();
-    let mut fut = std::pin::pin!(fut);
-    matches!(fut.as_mut().poll(&mut cx), Poll::Pending)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_forged_record_is_refused_by_the_memory_service_and_never_used() {
     init_tracing();

@@ -245,3 +245,11 @@ pub async fn wait_event(events: &mut msocket::FlowEvents, what: &str, want: impl
     })
     .await
 }
+
+/// Whether `listener` has no flow waiting to be accepted (checked without waiting).
+pub fn listener_is_empty(listener: &mut msocket::Listener) -> bool {
+    use std::future::Future;
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    let accept = std::pin::pin!(listener.accept());
+    accept.poll(&mut cx).is_pending()
+}
