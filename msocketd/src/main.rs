@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use msocket::name::NameRules;
+use msocket::{Identity, IdentityError};
 use msocketd::name_server::{admission, limits, store, ConnectionLimits, NameServer, RateLimits, StoreLimits};
 use tracing_subscriber::EnvFilter;
 
@@ -52,8 +53,13 @@ enum Command {
     /// records available, not to keep them honest. Records are stored durably in the
     /// database file before a registration is acknowledged.
     ///
-    /// Logs go to stderr (filter with RUST_LOG, default "info"). Once listening, one line
-    /// is printed to stdout: "msocketd: name service listening on ADDR".
+    /// Every connection is a Noise channel to the server's key (--key): nobody on the path
+    /// can forge, alter or replay an answer. Clients that pin the key's fingerprint
+    /// (HOST:PORT#FINGERPRINT) refuse any other server.
+    ///
+    /// Logs go to stderr (filter with RUST_LOG, default "info"). Once listening, two lines
+    /// are printed to stdout: "msocketd: name service listening on ADDR" and
+    /// "msocketd: name server key fingerprint FINGERPRINT".
     Name(NameArgs),
 }
 
@@ -65,6 +71,11 @@ struct NameArgs {
     /// Database file holding the records (created if missing).
     #[arg(long, value_name = "FILE", default_value = "./msocketd-names.redb")]
     db: PathBuf,
+    /// The server's key file, which authenticates every connection to clients (created
+    /// with a new key, mode 0600, if missing). Default: msocketd-name.key beside the
+    /// database. Clients pin its fingerprint with HOST:PORT#FINGERPRINT.
+    #[arg(long, value_name = "FILE")]
+    key: Option<PathBuf>,
     /// Connections served at once (size the process's open-file limit to match). A
     /// client's watches share one connection. When all are in use, a newcomer takes the
     /// oldest connection of the address holding the most, or is refused "busy".
@@ -175,8 +186,13 @@ async fn run_name(args: NameArgs) -> Result<(), String> {
             return Err(format!("{flag} must be at least 1"));
         }
     }
+    let key_path = args.key.clone().unwrap_or_else(|| {
+        args.db.parent().map_or_else(|| PathBuf::from(KEY_FILE), |dir| dir.join(KEY_FILE))
+    });
+    let identity = server_key(&key_path)?;
     let server = NameServer::open(&args.db)
         .map_err(|e| e.to_string())?
+        .with_identity(identity)
         .with_connection_limits(ConnectionLimits {
             max_connections: args.max_connections,
             connections_per_source: args.max_connections_per_source,
@@ -203,14 +219,35 @@ async fn run_name(args: NameArgs) -> Result<(), String> {
     // Install the handlers before announcing, so a signal sent right after the
     // announcement already means "shut down".
     let shutdown = shutdown_signal().map_err(|e| format!("cannot install signal handlers: {e}"))?;
+    let fingerprint = server.public_key().fingerprint();
+    tracing::info!(key = %key_path.display(), %fingerprint, "name server key");
     let mut stdout = std::io::stdout().lock();
-    writeln!(stdout, "msocketd: name service listening on {addr}")
+    // One write: a reader that takes the first line and goes still finds both.
+    write!(stdout, "msocketd: name service listening on {addr}\nmsocketd: name server key fingerprint {fingerprint}\n")
         .and_then(|()| stdout.flush())
         .map_err(|e| format!("stdout: {e}"))?;
     drop(stdout);
     Arc::new(server).serve(listener, shutdown).await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The server key file's name beside the database, by default.
+const KEY_FILE: &str = "msocketd-name.key";
+
+/// The server's key from `path`, made and saved there first if the file does not exist.
+fn server_key(path: &std::path::Path) -> Result<Identity, String> {
+    match Identity::load(path) {
+        Ok(identity) => Ok(identity),
+        Err(IdentityError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+            let identity = Identity::generate().map_err(|e| e.to_string())?;
+            identity.save(path).map_err(|e| e.to_string())?;
+            tracing::info!(key = %path.display(), fingerprint = %identity.public().fingerprint(),
+                "made a new name server key");
+            Ok(identity)
+        }
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 /// A future that completes on SIGINT or SIGTERM (Ctrl-C elsewhere).

@@ -25,9 +25,11 @@
 //! watches ([`MAX_WATCH_READS`]), so a flood of one kind cannot pile up blocking threads
 //! or make the others wait.
 //!
-//! The network side speaks [`msocket::unstable::name_protocol`]: requests carry ids and
-//! are answered in any order, so one connection carries a client's lookups and all its
-//! watches at once (`connection.rs`). Every wait is bounded: a connection with nothing in
+//! The network side speaks [`msocket::unstable::name_protocol`]: every connection is a
+//! Noise channel authenticated by the server's key ([`NameServer::with_identity`];
+//! `msocketd name` keeps it in a key file), so no one on the path can forge, alter or
+//! replay an answer; requests carry ids and are answered in any order, so one connection
+//! carries a client's lookups and all its watches at once (`connection.rs`). Every wait is bounded: a connection with nothing in
 //! flight that sends nothing, or dribbles one request out, for [`IDLE_TIMEOUT`] is closed,
 //! as is one whose answer cannot be written within [`WRITE_TIMEOUT`]. Malformed input
 //! earns a `Refused(malformed)` answer and the end of that connection, never of the
@@ -55,7 +57,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use msocket::name::{unix_now, ChangeNotifier, NameError, NameRules, SignedRecord};
+use msocket::unstable::name_protocol::secure::ServerConnection;
 use msocket::unstable::name_protocol::{Request, Response, CONNECTION_ID, MAX_WATCH_WAIT};
+use msocket::{Identity, PublicIdentity};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
@@ -110,6 +114,9 @@ pub enum NameServerError {
         #[source]
         source: redb::Error,
     },
+    /// No server key could be made (the system's random source failed).
+    #[error("cannot make a name server key: {0}")]
+    Key(String),
     /// The database's indexes could not be built.
     #[error("cannot index name database {path}: {reason}")]
     Index {
@@ -123,6 +130,8 @@ pub enum NameServerError {
 /// A name server: a record store and the TCP service in front of it.
 #[derive(Debug)]
 pub struct NameServer {
+    /// The key the channel to every client is authenticated with.
+    identity: Arc<Identity>,
     store: Store,
     limiter: Limiter,
     /// Blocking-pool permits: lookups, registrations, watches' reads.
@@ -138,9 +147,12 @@ pub struct NameServer {
 
 impl NameServer {
     /// Opens the database at `path`, creating the file and its table if needed.
-    /// Rules, limits and timeouts are the defaults until set with the `with_` methods.
+    /// Rules, limits and timeouts are the defaults until set with the `with_` methods;
+    /// the server's key is a fresh one until set with [`Self::with_identity`].
     pub fn open(path: impl AsRef<Path>) -> Result<NameServer, NameServerError> {
+        let identity = Identity::generate().map_err(|e| NameServerError::Key(e.to_string()))?;
         Ok(NameServer {
+            identity: Arc::new(identity),
             store: Store::open(path.as_ref())?,
             limiter: Limiter::new(RateLimits::default()),
             reads: Semaphore::new(MAX_STORE_OPS),
@@ -185,6 +197,18 @@ impl NameServer {
     /// How many connections are open right now (for monitoring and tests).
     pub fn open_connections(&self) -> usize {
         self.admission.connections()
+    }
+
+    /// Sets the server's key: clients authenticate the server by it, and may pin its
+    /// fingerprint. `msocketd name` keeps it in a key file.
+    pub fn with_identity(mut self, identity: Identity) -> Self {
+        self.identity = Arc::new(identity);
+        self
+    }
+
+    /// The server's public keys (their fingerprint is what clients pin).
+    pub fn public_key(&self) -> PublicIdentity {
+        self.identity.public()
     }
 
     /// Sets the grace period and the longest record lifetime (default
@@ -350,8 +374,9 @@ impl NameServer {
                     Err(e) => {
                         tracing::info!(%peer, error = %e, "connection refused");
                         if let Ok(permit) = Arc::clone(&refusals).try_acquire_owned() {
+                            let identity = Identity::clone(&self.identity);
                             tasks.spawn(async move {
-                                refuse_connection(stream, &e).await;
+                                refuse_connection(stream, identity, &e).await;
                                 drop(permit);
                             });
                         }
@@ -404,13 +429,19 @@ impl NameServer {
 
 }
 
-/// Tells a client whose connection is refused why (`Refused` with id 0), reads what it
-/// sent meanwhile so the close does not reset the connection before it reads the answer,
-/// and closes; all within [`REFUSAL_TIMEOUT`].
-async fn refuse_connection(mut stream: TcpStream, why: &NameError) {
-    let body = Response::refusal(why).encode_tagged(CONNECTION_ID);
+/// Tells a client whose connection is refused why: `Refused` with id 0 in the welcome
+/// to its hello (so the refusal is authenticated like any answer), reads what it sends
+/// meanwhile so the close does not reset the connection before it reads the answer, and
+/// closes; all within [`REFUSAL_TIMEOUT`].
+async fn refuse_connection(stream: TcpStream, identity: Identity, why: &NameError) {
     let _ = tokio::time::timeout(REFUSAL_TIMEOUT, async {
-        msocket::unstable::name_protocol::write_message(&mut stream, &body).await.ok()?;
+        let mut conn = ServerConnection::new(stream, identity);
+        // A hello whose request is malformed is still answered (the refusal is the point);
+        // a client of an older version was answered in its own layout.
+        if !matches!(conn.receive().await, Err(NameError::Unreachable { .. } | NameError::Refused(_))) {
+            let _ = conn.answer(CONNECTION_ID, &Response::refusal(why)).await;
+        }
+        let mut stream = conn.into_inner();
         stream.shutdown().await.ok()?;
         let mut sink = [0u8; 1024];
         while stream.read(&mut sink).await.ok()? > 0 {}

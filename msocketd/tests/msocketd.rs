@@ -14,11 +14,14 @@ use msocket::Identity;
 
 const WAIT: Duration = Duration::from_secs(30);
 const LISTENING: &str = "msocketd: name service listening on ";
+const FINGERPRINT: &str = "msocketd: name server key fingerprint ";
 
 /// A running `msocketd name`; killed when dropped so a failing test leaves no process.
 struct Daemon {
     child: Option<Child>,
     addr: SocketAddr,
+    /// The server key's fingerprint, as printed.
+    fingerprint: String,
 }
 
 impl Daemon {
@@ -41,17 +44,23 @@ impl Daemon {
                 let _ = tx.send(line);
             }
         });
-        let mut daemon = Daemon { child: Some(child), addr: ([0, 0, 0, 0], 0).into() };
+        let mut daemon = Daemon { child: Some(child), addr: ([0, 0, 0, 0], 0).into(), fingerprint: String::new() };
         let line = rx.recv_timeout(WAIT).expect("msocketd did not announce its address");
         let addr =
             line.strip_prefix(LISTENING).unwrap_or_else(|| panic!("unexpected line {line:?}"));
         daemon.addr = addr.parse().unwrap();
         assert_ne!(daemon.addr.port(), 0);
+        let line = rx.recv_timeout(WAIT).expect("msocketd did not announce its key");
+        let fingerprint =
+            line.strip_prefix(FINGERPRINT).unwrap_or_else(|| panic!("unexpected line {line:?}"));
+        assert!(fingerprint.parse::<msocket::Fingerprint>().is_ok() && fingerprint.len() == 32, "{fingerprint}");
+        daemon.fingerprint = fingerprint.to_string();
         daemon
     }
 
+    /// A client that pins the daemon's key, as an operator would with the printed line.
     fn client(&self) -> TcpNameClient {
-        TcpNameClient::new(self.addr.to_string(), WAIT)
+        TcpNameClient::new(format!("{}#{}", self.addr, self.fingerprint), WAIT)
     }
 
     fn kill_9(mut self) {
@@ -111,9 +120,13 @@ fn registrations_survive_kill_9() {
             }
         }
     });
+    let fingerprint = daemon.fingerprint.clone();
     daemon.kill_9();
 
+    // The key file beside the database keeps the server's key across restarts: clients
+    // that pinned it keep working.
     let daemon = Daemon::start(&db);
+    assert_eq!(daemon.fingerprint, fingerprint);
     let client = daemon.client();
     rt.block_on(async {
         for ((_, name, _), sent) in names.iter().zip(&latest) {
@@ -167,6 +180,8 @@ fn help_explains_the_name_service() {
         "--max-connections-per-source",
         "--max-watches",
         "--max-watches-per-source",
+        "--key",
+        "FINGERPRINT",
         "rate limited",
     ] {
         assert!(help.contains(needle), "help lacks {needle:?}:\n{help}");
@@ -221,6 +236,15 @@ fn a_grace_period_of_minutes_or_a_bad_limit_is_refused_at_startup() {
         let err = refused_start(&[flag, "0"]);
         assert!(err.contains(&format!("{flag} must be at least 1")), "{err}");
     }
+}
+
+#[test]
+fn a_bad_key_file_is_refused_at_startup() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("bad.key");
+    std::fs::write(&key, "not a key file\n").unwrap();
+    let err = refused_start(&["--key", key.to_str().unwrap()]);
+    assert!(err.contains("bad.key") && err.contains("malformed"), "{err}");
 }
 
 #[test]

@@ -1,9 +1,11 @@
-//! The name server in-process, driven through `TcpNameClient` and raw sockets.
+//! The name server in-process, driven through `TcpNameClient`, through the protocol's
+//! channel by hand (`Conn`), and through raw sockets.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use msocket::name::protocol::secure::{Channel, ClientHello, ServerConnection};
 use msocket::name::protocol::{read_message, write_message, RefuseCode, Request, Response};
 use msocket::name::{unix_now, NameError, NameRecord, NameService, SignedRecord, TcpNameClient};
 use msocket::Identity;
@@ -47,8 +49,14 @@ impl TestServer {
         TcpNameClient::new(self.addr.to_string(), WAIT)
     }
 
-    async fn raw(&self) -> TcpStream {
+    /// A plain TCP connection to the server.
+    async fn tcp(&self) -> TcpStream {
         TcpStream::connect(self.addr).await.unwrap()
+    }
+
+    /// A connection that speaks the protocol by hand: encoded requests in, answers out.
+    async fn raw(&self) -> Conn {
+        Conn::new(self.tcp().await)
     }
 
     /// Waits until exactly `n` watches are parked on the server. Synchronises on the
@@ -89,32 +97,78 @@ fn later() -> u64 {
     unix_now() + 3600
 }
 
+/// The client's side of the protocol by hand: each encoded request goes in the hello (the
+/// first) or sealed in the channel; answers come out decoded. Unlike `TcpNameClient` it
+/// sends whatever body it is given.
+struct Conn {
+    stream: TcpStream,
+    hello: Option<ClientHello>,
+    channel: Option<Channel>,
+}
+
+impl Conn {
+    fn new(stream: TcpStream) -> Conn {
+        Conn { stream, hello: None, channel: None }
+    }
+
+    /// Sends an encoded request: in the hello if it is the first (the next must wait for
+    /// the welcome), else sealed.
+    async fn send(&mut self, body: &[u8]) {
+        let frame = match (&self.hello, &self.channel) {
+            (_, Some(channel)) => channel.seal(body).unwrap(),
+            (None, None) => {
+                let (hello, first) = ClientHello::new(body).unwrap();
+                self.hello = Some(hello);
+                first
+            }
+            (Some(_), None) => panic!("a second request before the welcome"),
+        };
+        write_message(&mut self.stream, &frame).await.unwrap();
+    }
+
+    /// The next frame, opened: `None` once the server closed the connection.
+    async fn receive(&mut self) -> Option<Vec<u8>> {
+        let frame = tokio::time::timeout(WAIT, read_message(&mut self.stream)).await.expect("no answer in time").ok()?;
+        Some(match self.hello.take() {
+            Some(hello) => {
+                let welcome = hello.finish(&frame, None).unwrap();
+                self.channel = Some(welcome.channel);
+                welcome.response
+            }
+            None => self.channel.as_ref().expect("an answer before any request").open(&frame).unwrap(),
+        })
+    }
+}
+
+/// Sends an encoded request on `conn`.
+async fn send(conn: &mut Conn, body: &[u8]) {
+    conn.send(body).await
+}
+
 /// Reads one response, bounded in time.
-async fn response(stream: &mut TcpStream) -> Response {
-    tagged_response(stream).await.1
+async fn response(conn: &mut Conn) -> Response {
+    tagged_response(conn).await.1
 }
 
 /// Reads one response with its id, bounded in time.
-async fn tagged_response(stream: &mut TcpStream) -> (u32, Response) {
-    let body = tokio::time::timeout(WAIT, read_message(stream)).await.unwrap().unwrap();
+async fn tagged_response(conn: &mut Conn) -> (u32, Response) {
+    let body = conn.receive().await.expect("the server closed the connection");
     Response::decode_tagged(&body).unwrap()
 }
 
 /// Waits for the server to close the connection (EOF or reset), bounded in time.
-async fn closed(stream: &mut TcpStream) -> bool {
-    matches!(tokio::time::timeout(WAIT, read_message(stream)).await, Ok(Err(_)))
+async fn closed(conn: &mut Conn) -> bool {
+    conn.receive().await.is_none()
 }
 
-/// After unread garbage the server's close may arrive as a reset that overtakes its
-/// refusal, so either a malformed refusal followed by a close, or a close, is right.
-async fn refused_or_closed(stream: &mut TcpStream) {
-    let read = tokio::time::timeout(WAIT, read_message(stream)).await.expect("no answer in time");
-    if let Ok(body) = read {
-        assert!(matches!(
-            Response::decode(&body),
-            Ok(Response::Refused { code: RefuseCode::Malformed, .. })
-        ));
-        assert!(closed(stream).await);
+/// Waits for the server to close a plain TCP connection, bounded in time; true if it
+/// closed it without sending a byte.
+async fn closed_silently(stream: &mut TcpStream) -> bool {
+    use tokio::io::AsyncReadExt as _;
+    let mut buf = [0u8; 64];
+    match tokio::time::timeout(WAIT, stream.read(&mut buf)).await.expect("the server kept the connection") {
+        Ok(n) => n == 0,
+        Err(_) => true,
     }
 }
 
@@ -251,54 +305,48 @@ async fn one_connection_carries_several_requests() {
     let server = TestServer::start().await;
     let alice = record(1, "alice", 1, later());
     let mut conn = server.raw().await;
-    write_message(&mut conn, &Request::Register(alice.clone()).encode()).await.unwrap();
+    send(&mut conn, &Request::Register(alice.clone()).encode()).await;
     assert_eq!(response(&mut conn).await, Response::Ok);
-    write_message(&mut conn, &Request::Lookup("alice".into()).encode()).await.unwrap();
+    send(&mut conn, &Request::Lookup("alice".into()).encode()).await;
     assert_eq!(response(&mut conn).await, Response::Record(alice));
-    write_message(&mut conn, &Request::Lookup("Alice".into()).encode()).await.unwrap();
+    send(&mut conn, &Request::Lookup("Alice".into()).encode()).await;
     assert!(matches!(
         response(&mut conn).await,
         Response::Refused { code: RefuseCode::InvalidName, message, .. } if message.contains("lowercase")
     ));
     // A refusal for a bad request (not a bad frame) keeps the connection usable.
-    write_message(&mut conn, &Request::Lookup("bob".into()).encode()).await.unwrap();
+    send(&mut conn, &Request::Lookup("bob".into()).encode()).await;
     assert_eq!(response(&mut conn).await, Response::NotFound);
     server.shut_down().await;
 }
 
+/// Bytes that are not a hello are not answered (no channel, nothing to authenticate an
+/// answer with): the connection is closed.
 #[tokio::test]
-async fn garbage_is_refused_and_the_server_keeps_serving() {
+async fn garbage_is_closed_on_and_the_server_keeps_serving() {
     let server = TestServer::start().await;
 
-    // A well-framed body that is not a request.
-    let mut conn = server.raw().await;
+    // A well-framed body that is not a hello.
+    let mut conn = server.tcp().await;
     write_message(&mut conn, b"hello").await.unwrap();
-    assert!(matches!(
-        response(&mut conn).await,
-        Response::Refused { code: RefuseCode::Malformed, .. }
-    ));
-    assert!(closed(&mut conn).await);
+    assert!(closed_silently(&mut conn).await);
 
     // A length prefix far over the limit.
-    let mut conn = server.raw().await;
+    let mut conn = server.tcp().await;
     conn.write_all(&[0xff, 0xff, 0xff, 0xff]).await.unwrap();
-    assert!(matches!(
-        response(&mut conn).await,
-        Response::Refused { code: RefuseCode::Malformed, .. }
-    ));
-    assert!(closed(&mut conn).await);
+    assert!(closed_silently(&mut conn).await);
 
     // A frame cut short by the client closing its side.
-    let mut conn = server.raw().await;
+    let mut conn = server.tcp().await;
     conn.write_all(&[0, 0, 0, 100, 1, 1, 1]).await.unwrap();
     conn.shutdown().await.unwrap();
-    assert!(closed(&mut conn).await);
+    assert!(closed_silently(&mut conn).await);
 
     // Random bytes.
-    let mut conn = server.raw().await;
+    let mut conn = server.tcp().await;
     let junk: Vec<u8> = (0..=255u8).rev().cycle().take(3000).collect();
     let _ = conn.write_all(&junk).await;
-    refused_or_closed(&mut conn).await;
+    assert!(closed_silently(&mut conn).await);
 
     let alice = record(1, "alice", 1, later());
     let client = server.client();
@@ -307,17 +355,45 @@ async fn garbage_is_refused_and_the_server_keeps_serving() {
     server.shut_down().await;
 }
 
+/// A hello or a sealed message that holds no request is refused (malformed), in the
+/// channel, and the connection closed.
+#[tokio::test]
+async fn malformed_requests_in_the_channel_are_refused_then_closed() {
+    let server = TestServer::start().await;
+    // In the hello.
+    let mut conn = server.raw().await;
+    send(&mut conn, b"not a request").await;
+    assert!(matches!(
+        tagged_response(&mut conn).await,
+        (0, Response::Refused { code: RefuseCode::Malformed, .. })
+    ));
+    assert!(closed(&mut conn).await);
+    // Later in the channel, with its id.
+    let mut conn = server.raw().await;
+    send(&mut conn, &Request::Lookup("bob".into()).encode()).await;
+    assert_eq!(response(&mut conn).await, Response::NotFound);
+    let mut bad = Request::Lookup("bob".into()).encode_tagged(9);
+    bad.push(0);
+    send(&mut conn, &bad).await;
+    assert!(matches!(
+        tagged_response(&mut conn).await,
+        (9, Response::Refused { code: RefuseCode::Malformed, .. })
+    ));
+    assert!(closed(&mut conn).await);
+    server.shut_down().await;
+}
+
 #[tokio::test]
 async fn silent_and_dribbling_clients_are_cut_off() {
     let idle = Duration::from_millis(300);
     let server = TestServer::start_with(|s| s.with_idle_timeout(idle)).await;
     let started = std::time::Instant::now();
-    let mut silent = server.raw().await;
-    let mut dribbling = server.raw().await;
+    let mut silent = server.tcp().await;
+    let mut dribbling = server.tcp().await;
     // Half a length prefix, then nothing: the whole request must arrive in time.
     dribbling.write_all(&[0, 0]).await.unwrap();
-    assert!(closed(&mut silent).await);
-    assert!(closed(&mut dribbling).await);
+    assert!(closed_silently(&mut silent).await);
+    assert!(closed_silently(&mut dribbling).await);
     assert!(started.elapsed() >= idle);
 
     // A fresh client is still served.
@@ -330,7 +406,7 @@ async fn shutdown_closes_idle_connections() {
     let server = TestServer::start().await;
     let mut idle = server.raw().await;
     // Make sure the connection was accepted and is being served.
-    write_message(&mut idle, &Request::Lookup("x".into()).encode()).await.unwrap();
+    send(&mut idle, &Request::Lookup("x".into()).encode()).await;
     assert_eq!(response(&mut idle).await, Response::NotFound);
     let started = std::time::Instant::now();
     server.shut_down().await;
@@ -339,14 +415,17 @@ async fn shutdown_closes_idle_connections() {
     assert!(closed(&mut idle).await);
 }
 
-/// A one-shot fake name server answering any request with `answer`.
+/// A one-shot fake name server (with a key of its own, over a genuine channel) answering
+/// its first request with `answer`.
 async fn fake_server(answer: Response) -> (String, JoinHandle<()>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap().to_string();
     let task = tokio::spawn(async move {
-        let (mut conn, _) = listener.accept().await.unwrap();
-        let _ = tokio::time::timeout(WAIT, read_message(&mut conn)).await;
-        let _ = write_message(&mut conn, &answer.encode()).await;
+        let (conn, _) = listener.accept().await.unwrap();
+        let mut conn = ServerConnection::new(conn, Identity::from_seed([77; 32]));
+        if let Ok(Ok((id, _))) = tokio::time::timeout(WAIT, conn.receive()).await {
+            let _ = conn.answer(id, &answer).await;
+        }
     });
     (addr, task)
 }
@@ -479,10 +558,10 @@ async fn a_watch_reports_unchanged_when_nothing_changes() {
     // On the wire: Watching at once, Unchanged after the wait, and the connection stays
     // usable.
     let mut conn = server.raw().await;
-    write_message(&mut conn, &watch("nobody", 0, wait)).await.unwrap();
+    send(&mut conn, &watch("nobody", 0, wait)).await;
     assert_eq!(response(&mut conn).await, Response::Watching);
     assert_eq!(response(&mut conn).await, Response::Unchanged);
-    write_message(&mut conn, &Request::Lookup("alice".into()).encode()).await.unwrap();
+    send(&mut conn, &Request::Lookup("alice".into()).encode()).await;
     assert!(matches!(response(&mut conn).await, Response::Record(r) if r.record.seq == 4));
     server.parked(0).await;
     server.shut_down().await;
@@ -501,13 +580,13 @@ async fn watches_on_invalid_names_are_refused() {
     // ...and so does the server, at once, keeping the connection open.
     let mut conn = server.raw().await;
     let started = Instant::now();
-    write_message(&mut conn, &watch("Alice", 0, LONG_WAIT)).await.unwrap();
+    send(&mut conn, &watch("Alice", 0, LONG_WAIT)).await;
     assert!(matches!(
         response(&mut conn).await,
         Response::Refused { code: RefuseCode::InvalidName, message, .. } if message.contains("lowercase")
     ));
     assert!(started.elapsed() < PROMPT);
-    write_message(&mut conn, &Request::Lookup("bob".into()).encode()).await.unwrap();
+    send(&mut conn, &Request::Lookup("bob".into()).encode()).await;
     assert_eq!(response(&mut conn).await, Response::NotFound);
     server.parked(0).await;
     server.shut_down().await;
@@ -552,7 +631,7 @@ async fn a_watcher_that_hangs_up_leaves_nothing_behind() {
     let mut conns = Vec::new();
     for name in ["alice", "alice", "bob"] {
         let mut conn = server.raw().await;
-        write_message(&mut conn, &watch(name, 0, LONG_WAIT)).await.unwrap();
+        send(&mut conn, &watch(name, 0, LONG_WAIT)).await;
         conns.push(conn);
     }
     server.parked(3).await;
@@ -577,19 +656,20 @@ async fn a_parked_watch_outlives_the_idle_timeout() {
     let mut conn = server.raw().await;
     let wait = Duration::from_millis(800);
     let started = Instant::now();
-    write_message(&mut conn, &watch("alice", 0, wait)).await.unwrap();
+    send(&mut conn, &watch("alice", 0, wait)).await;
     assert_eq!(response(&mut conn).await, Response::Watching);
     assert_eq!(response(&mut conn).await, Response::Unchanged);
     assert!(started.elapsed() >= wait);
     // The idle timer starts again after the answer.
-    write_message(&mut conn, &Request::Lookup("alice".into()).encode()).await.unwrap();
+    send(&mut conn, &Request::Lookup("alice".into()).encode()).await;
     assert_eq!(response(&mut conn).await, Response::NotFound);
     assert!(closed(&mut conn).await);
     server.shut_down().await;
 }
 
-/// A relay to `server` for one connection; counts the `Watch` requests sent through it.
-async fn watch_counting_relay(server: SocketAddr) -> (String, tokio::sync::watch::Receiver<usize>) {
+/// A relay to `server` for one connection; counts the requests (frames: they are sealed)
+/// the client sends through it.
+async fn request_counting_relay(server: SocketAddr) -> (String, tokio::sync::watch::Receiver<usize>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap().to_string();
     let (count, counted) = tokio::sync::watch::channel(0);
@@ -599,9 +679,7 @@ async fn watch_counting_relay(server: SocketAddr) -> (String, tokio::sync::watch
         let (mut from_server, mut to_server) = TcpStream::connect(server).await.unwrap().into_split();
         tokio::spawn(async move { tokio::io::copy(&mut from_server, &mut to_client).await });
         while let Ok(body) = read_message(&mut from_client).await {
-            if matches!(Request::decode(&body), Ok(Request::Watch { .. })) {
-                count.send_modify(|n| *n += 1);
-            }
+            count.send_modify(|n| *n += 1);
             if write_message(&mut to_server, &body).await.is_err() {
                 break;
             }
@@ -616,7 +694,7 @@ async fn the_server_caps_the_wait_and_the_client_watches_again() {
     let server = TestServer::start_with(|s| s.with_watch_cap(cap)).await;
     let mut conn = server.raw().await;
     let started = Instant::now();
-    write_message(&mut conn, &watch("alice", 0, LONG_WAIT)).await.unwrap();
+    send(&mut conn, &watch("alice", 0, LONG_WAIT)).await;
     assert_eq!(response(&mut conn).await, Response::Watching);
     assert_eq!(response(&mut conn).await, Response::Unchanged);
     assert!(started.elapsed() >= cap && started.elapsed() < PROMPT);
@@ -627,7 +705,7 @@ async fn the_server_caps_the_wait_and_the_client_watches_again() {
     let started = Instant::now();
     assert_eq!(client.watch("alice", 0, Duration::from_millis(700)).await, Ok(None));
     assert!(started.elapsed() >= Duration::from_millis(700));
-    let (relay, mut asked) = watch_counting_relay(server.addr).await;
+    let (relay, mut asked) = request_counting_relay(server.addr).await;
     let client = TcpNameClient::new(relay, WAIT);
     let (watched, registered) = tokio::join!(client.watch("alice", 0, LONG_WAIT), async {
         // The first watch was answered `Unchanged` before the second was asked.
@@ -643,25 +721,20 @@ async fn the_server_caps_the_wait_and_the_client_watches_again() {
     server.shut_down().await;
 }
 
-/// Requests on one connection are answered as they complete, by id: a lookup sent behind
-/// a parked watch is answered while the watch waits.
+/// Requests on one connection are answered as they complete, by id: lookups sent behind
+/// a parked watch are answered while the watch waits.
 #[tokio::test]
-async fn a_request_pipelined_behind_a_watch_is_answered_while_it_waits() {
+async fn requests_behind_a_parked_watch_are_answered_while_it_waits() {
     let server = TestServer::start().await;
     let mut conn = server.raw().await;
-    let mut both = Vec::new();
-    for body in [
-        Request::watch("alice", 0, LONG_WAIT).encode_tagged(7),
-        Request::Lookup("bob".into()).encode_tagged(8),
-    ] {
-        both.extend((body.len() as u32).to_be_bytes());
-        both.extend(body);
-    }
+    send(&mut conn, &Request::watch("alice", 0, LONG_WAIT).encode_tagged(7)).await;
+    assert_eq!(tagged_response(&mut conn).await, (7, Response::Watching));
     let started = Instant::now();
-    conn.write_all(&both).await.unwrap();
+    send(&mut conn, &Request::Lookup("bob".into()).encode_tagged(8)).await;
+    send(&mut conn, &Request::Lookup("carol".into()).encode_tagged(9)).await;
     let mut answers = vec![tagged_response(&mut conn).await, tagged_response(&mut conn).await];
     answers.sort_by_key(|(id, _)| *id);
-    assert_eq!(answers, [(7, Response::Watching), (8, Response::NotFound)]);
+    assert_eq!(answers, [(8, Response::NotFound), (9, Response::NotFound)]);
     assert!(started.elapsed() < PROMPT);
     // The watch is still parked, and is answered by the registration it waits for.
     server.parked(1).await;
@@ -675,7 +748,7 @@ async fn a_request_pipelined_behind_a_watch_is_answered_while_it_waits() {
 async fn shutdown_answers_parked_watches() {
     let server = TestServer::start().await;
     let mut conn = server.raw().await;
-    write_message(&mut conn, &watch("alice", 0, LONG_WAIT)).await.unwrap();
+    send(&mut conn, &watch("alice", 0, LONG_WAIT)).await;
     assert_eq!(response(&mut conn).await, Response::Watching);
     server.parked(1).await;
     let started = Instant::now();
@@ -914,13 +987,13 @@ async fn the_flows_of_one_client_watch_over_one_connection() {
     server.shut_down().await;
 }
 
-/// Reads until the server closes; returns the frames it sent first.
-async fn frames_until_closed(stream: &mut TcpStream) -> Vec<Vec<u8>> {
-    let mut frames = Vec::new();
-    while let Ok(Ok(body)) = tokio::time::timeout(WAIT, read_message(stream)).await {
-        frames.push(body);
+/// Reads until the server closes; returns the messages it sent first.
+async fn messages_until_closed(conn: &mut Conn) -> Vec<Vec<u8>> {
+    let mut messages = Vec::new();
+    while let Some(body) = conn.receive().await {
+        messages.push(body);
     }
-    frames
+    messages
 }
 
 /// The reviewer's flood: 1,153 connections from one address, each parking a watch. One
@@ -933,13 +1006,12 @@ async fn a_flood_of_watch_connections_from_one_address_is_refused_past_its_share
     let mut refused = 0;
     for i in 0..1153 {
         let mut conn = server.raw().await;
-        write_message(&mut conn, &watch(&format!("n{i}"), 0, LONG_WAIT)).await.unwrap();
-        let body = tokio::time::timeout(WAIT, read_message(&mut conn)).await.unwrap().unwrap();
-        match Response::decode_tagged(&body).unwrap() {
+        send(&mut conn, &watch(&format!("n{i}"), 0, LONG_WAIT)).await;
+        match tagged_response(&mut conn).await {
             (1, Response::Watching) => admitted.push(conn),
             (0, Response::Refused { code: RefuseCode::Busy, current_seq: _, message }) => {
                 assert!(message.contains("127.0.0.1 has 64 connections open"), "{message}");
-                assert!(frames_until_closed(&mut conn).await.is_empty());
+                assert!(messages_until_closed(&mut conn).await.is_empty());
                 refused += 1;
             }
             other => panic!("connection {i}: {other:?}"),
@@ -971,8 +1043,8 @@ async fn a_full_server_makes_room_fairly_or_refuses_at_once() {
         async move {
             let socket = tokio::net::TcpSocket::new_v4().unwrap();
             socket.bind(SocketAddr::from(([127, 0, 0, last], 0))).unwrap();
-            let mut conn = socket.connect(addr).await.unwrap();
-            write_message(&mut conn, &watch("parked", 0, LONG_WAIT)).await.unwrap();
+            let mut conn = Conn::new(socket.connect(addr).await.unwrap());
+            send(&mut conn, &watch("parked", 0, LONG_WAIT)).await;
             assert_eq!(response(&mut conn).await, Response::Watching);
             conn
         }
@@ -989,7 +1061,7 @@ async fn a_full_server_makes_room_fairly_or_refuses_at_once() {
     let started = Instant::now();
     assert_eq!(newcomer.lookup("x").await, Err(NameError::NotFound("x".into())));
     assert!(started.elapsed() < Duration::from_secs(1));
-    assert!(frames_until_closed(&mut heavy[0]).await.is_empty(), "the oldest heavy connection was closed without an answer");
+    assert!(messages_until_closed(&mut heavy[0]).await.is_empty(), "the oldest heavy connection was not closed");
     server.parked(9).await;
     drop((heavy, light));
     server.shut_down().await;
@@ -1001,8 +1073,8 @@ async fn a_full_server_makes_room_fairly_or_refuses_at_once() {
     for last in [51, 52] {
         let socket = tokio::net::TcpSocket::new_v4().unwrap();
         socket.bind(SocketAddr::from(([127, 0, 0, last], 0))).unwrap();
-        let mut conn = socket.connect(server.addr).await.unwrap();
-        write_message(&mut conn, &watch("parked", 0, LONG_WAIT)).await.unwrap();
+        let mut conn = Conn::new(socket.connect(server.addr).await.unwrap());
+        send(&mut conn, &watch("parked", 0, LONG_WAIT)).await;
         assert_eq!(response(&mut conn).await, Response::Watching);
         held.push(conn);
     }
@@ -1050,18 +1122,18 @@ async fn watches_past_an_addresss_share_are_refused() {
 async fn a_cancelled_watch_is_forgotten_and_ids_in_flight_cannot_be_reused() {
     let server = TestServer::start().await;
     let mut conn = server.raw().await;
-    write_message(&mut conn, &Request::watch("alice", 0, LONG_WAIT).encode_tagged(5)).await.unwrap();
+    send(&mut conn, &Request::watch("alice", 0, LONG_WAIT).encode_tagged(5)).await;
     assert_eq!(tagged_response(&mut conn).await, (5, Response::Watching));
     server.parked(1).await;
-    write_message(&mut conn, &Request::Cancel.encode_tagged(5)).await.unwrap();
+    send(&mut conn, &Request::Cancel.encode_tagged(5)).await;
     server.parked(0).await;
     // Nothing more about 5; the connection serves on.
-    write_message(&mut conn, &Request::Lookup("alice".into()).encode_tagged(6)).await.unwrap();
+    send(&mut conn, &Request::Lookup("alice".into()).encode_tagged(6)).await;
     assert_eq!(tagged_response(&mut conn).await, (6, Response::NotFound));
     // An id still in flight is a protocol error: refused by its id, then closed.
-    write_message(&mut conn, &Request::watch("bob", 0, LONG_WAIT).encode_tagged(7)).await.unwrap();
+    send(&mut conn, &Request::watch("bob", 0, LONG_WAIT).encode_tagged(7)).await;
     assert_eq!(tagged_response(&mut conn).await, (7, Response::Watching));
-    write_message(&mut conn, &Request::Lookup("bob".into()).encode_tagged(7)).await.unwrap();
+    send(&mut conn, &Request::Lookup("bob".into()).encode_tagged(7)).await;
     assert!(matches!(
         tagged_response(&mut conn).await,
         (7, Response::Refused { code: RefuseCode::Malformed, message, .. }) if message.contains("already in flight")
@@ -1071,19 +1143,275 @@ async fn a_cancelled_watch_is_forgotten_and_ids_in_flight_cannot_be_reused() {
     server.shut_down().await;
 }
 
-/// A client of protocol version 1 hears, in its own layout, that the server speaks
-/// another version.
+/// Clients of protocol versions 1 and 2 (no channel) hear, in their own layout, that the
+/// server speaks another version.
 #[tokio::test]
-async fn a_version_1_client_is_told_to_update() {
+async fn clients_of_older_versions_are_told_to_update() {
     let server = TestServer::start().await;
-    let mut conn = server.raw().await;
     // Version 1 Lookup("ab"): version, tag, name.
+    let mut conn = server.tcp().await;
     write_message(&mut conn, &[1, 2, 0, 2, b'a', b'b']).await.unwrap();
     let body = tokio::time::timeout(WAIT, read_message(&mut conn)).await.unwrap().unwrap();
     // Version 1 Refused: version, tag 4, code 13 (a code it reports as a refusal), seq.
-    assert_eq!(&body[..3], &[1, 4, 13]);
+    assert_eq!(&body[..11], &[1, 4, 13, 0, 0, 0, 0, 0, 0, 0, 3]);
     let message = String::from_utf8_lossy(&body[13..]);
-    assert!(message.contains("version 2") && message.contains("update"), "{message}");
-    assert!(closed(&mut conn).await);
+    assert!(message.contains("version 3") && message.contains("update"), "{message}");
+    assert!(closed_silently(&mut conn).await);
+    // Version 2 Lookup("ab") with id 5: answered by id.
+    let mut conn = server.tcp().await;
+    write_message(&mut conn, &[2, 2, 0, 0, 0, 5, 0, 2, b'a', b'b']).await.unwrap();
+    let body = tokio::time::timeout(WAIT, read_message(&mut conn)).await.unwrap().unwrap();
+    assert_eq!(&body[..15], &[2, 4, 0, 0, 0, 5, 13, 0, 0, 0, 0, 0, 0, 0, 3]);
+    assert!(closed_silently(&mut conn).await);
+    server.shut_down().await;
+}
+
+// ---- The authenticated channel ----
+
+/// Which way a frame goes through the proxy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Way {
+    ToServer,
+    ToClient,
+}
+
+/// What a man in the middle does to a frame: (way, connection number, frame number on
+/// that way, the frame) -> the frame it passes on.
+type Tamper = Arc<dyn Fn(Way, usize, usize, Vec<u8>) -> Vec<u8> + Send + Sync>;
+
+/// A man in the middle between clients and `server`: relays every connection frame by
+/// frame through `tamper`, and logs which way each frame went.
+async fn man_in_the_middle(server: SocketAddr, tamper: Tamper) -> (String, Arc<std::sync::Mutex<Vec<(usize, Way)>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let log = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = Arc::clone(&log);
+    tokio::spawn(async move {
+        for conn in 0.. {
+            let Ok((client, _)) = listener.accept().await else { return };
+            let Ok(upstream) = TcpStream::connect(server).await else { return };
+            let (from_client, to_client) = client.into_split();
+            let (from_server, to_server) = upstream.into_split();
+            for (way, mut from, mut to) in [(Way::ToServer, from_client, to_server), (Way::ToClient, from_server, to_client)] {
+                let (tamper, log) = (Arc::clone(&tamper), Arc::clone(&seen));
+                tokio::spawn(async move {
+                    for frame in 0.. {
+                        let Ok(body) = read_message(&mut from).await else { break };
+                        log.lock().unwrap().push((conn, way));
+                        if write_message(&mut to, &tamper(way, conn, frame, body)).await.is_err() {
+                            break;
+                        }
+                    }
+                    let _ = to.shutdown().await;
+                });
+            }
+        }
+    });
+    (addr, log)
+}
+
+/// Flips one bit of byte `at` of frame `frame` going `way` (on every connection).
+fn flip(way: Way, frame: usize, at: usize) -> Tamper {
+    Arc::new(move |w, _, f, mut body| {
+        if w == way && f == frame && at < body.len() {
+            body[at] ^= 0x01;
+        }
+        body
+    })
+}
+
+/// An error, and not one that could be read as an answer.
+fn is_detected(outcome: &Result<SignedRecord, NameError>) -> bool {
+    !matches!(outcome, Ok(_) | Err(NameError::NotFound(_)))
+}
+
+/// Any byte of the server's welcome (which carries the answer) altered on the way: the
+/// client detects it, it never reads it as an answer or as "not found".
+#[tokio::test]
+async fn an_answer_altered_on_the_way_is_detected() {
+    let server = TestServer::start().await;
+    let alice = record(1, "alice", 1, later());
+    server.client().register(&alice).await.unwrap();
+    // How long the welcome is, for a lookup of alice and for one of a missing name.
+    for (name, found) in [("alice", true), ("nobody", false)] {
+        let lengths = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let measure = Arc::clone(&lengths);
+        let (measuring, _) = man_in_the_middle(server.addr, Arc::new(move |way, _, _, body: Vec<u8>| {
+            if way == Way::ToClient {
+                measure.lock().unwrap().push(body.len());
+            }
+            body
+        }))
+        .await;
+        assert_eq!(TcpNameClient::new(measuring, WAIT).lookup(name).await.is_ok(), found);
+        let len = lengths.lock().unwrap()[0];
+        for at in 0..len {
+            let (proxy, _) = man_in_the_middle(server.addr, flip(Way::ToClient, 0, at)).await;
+            let outcome = TcpNameClient::new(proxy, WAIT).lookup(name).await;
+            assert!(is_detected(&outcome), "{name}, welcome byte {at}: {outcome:?}");
+            if at >= 2 {
+                assert!(matches!(outcome, Err(NameError::Unauthenticated { .. })), "{name}, welcome byte {at}: {outcome:?}");
+            }
+        }
+    }
+    server.shut_down().await;
+}
+
+/// A request altered on the way (the hello is not encrypted): the server answers another
+/// question, and the client, whose transcript holds its own, refuses the answer.
+#[tokio::test]
+async fn a_request_altered_on_the_way_is_detected() {
+    let server = TestServer::start().await;
+    server.client().register(&record(1, "alice", 1, later())).await.unwrap();
+    server.client().register(&record(2, "alicf", 1, later())).await.unwrap();
+    // The hello: version, kind, the client's ephemeral key (32), then the request.
+    let hello_len = 2 + 32 + Request::Lookup("alice".into()).encode().len();
+    for at in 0..hello_len {
+        let (proxy, _) = man_in_the_middle(server.addr, flip(Way::ToServer, 0, at)).await;
+        let outcome = TcpNameClient::new(proxy, Duration::from_secs(2)).lookup("alice").await;
+        assert!(is_detected(&outcome), "hello byte {at}: {outcome:?}");
+        if at >= 2 {
+            assert!(matches!(outcome, Err(NameError::Unauthenticated { .. })), "hello byte {at}: {outcome:?}");
+        }
+    }
+    // The last byte turns "alice" into "alicd"... and one bit more into "alicf", a name
+    // that exists: the client still refuses the (genuine) record of the other name.
+    let (proxy, _) = man_in_the_middle(server.addr, Arc::new(move |w, _, f, mut body: Vec<u8>| {
+        if w == Way::ToServer && f == 0 {
+            let last = body.len() - 1;
+            body[last] = b'f';
+        }
+        body
+    }))
+    .await;
+    let outcome = TcpNameClient::new(proxy, WAIT).lookup("alice").await;
+    assert!(matches!(outcome, Err(NameError::Unauthenticated { .. })), "{outcome:?}");
+    server.shut_down().await;
+}
+
+/// Answers substituted by a man in the middle: a forged `NotFound` or `Ok` in clear, and an
+/// old answer replayed (the stale record of a server that moved, the `Ok` of an earlier
+/// registration). All are detected; none is believed.
+#[tokio::test]
+async fn substituted_and_replayed_answers_are_detected() {
+    let server = TestServer::start().await;
+    let client = server.client();
+    client.register(&record(1, "alice", 1, later())).await.unwrap();
+
+    // Forged in clear: "not found", "ok".
+    for forged in [Response::NotFound, Response::Ok] {
+        let body = forged.encode();
+        let (proxy, _) = man_in_the_middle(server.addr, Arc::new(move |w, _, _, frame| if w == Way::ToClient { body.clone() } else { frame })).await;
+        let via = TcpNameClient::new(proxy, WAIT);
+        let looked_up = via.lookup("alice").await;
+        assert!(matches!(looked_up, Err(NameError::Unauthenticated { .. })), "{forged:?}: {looked_up:?}");
+        // (The registration reached the server; the client cannot know, and says so.)
+        let registered = via.register(&record(3, "carol", 1, later())).await;
+        assert!(matches!(registered, Err(NameError::Unauthenticated { .. })), "{forged:?}: {registered:?}");
+    }
+
+    // Replayed: the proxy keeps the welcome of its first connection and serves it on the
+    // later ones, after alice moved to seq 2.
+    let kept: Arc<std::sync::Mutex<Option<Vec<u8>>>> = Arc::default();
+    let keep = Arc::clone(&kept);
+    let (proxy, _) = man_in_the_middle(server.addr, Arc::new(move |w, conn, f, frame| {
+        if w != Way::ToClient || f != 0 {
+            return frame;
+        }
+        let mut kept = keep.lock().unwrap();
+        if conn == 0 {
+            *kept = Some(frame.clone());
+            frame
+        } else {
+            kept.clone().unwrap()
+        }
+    }))
+    .await;
+    let via = TcpNameClient::new(proxy, WAIT);
+    assert!(matches!(via.lookup("alice").await, Ok(r) if r.record.seq == 1));
+    let moved = record(1, "alice", 2, later());
+    client.register(&moved).await.unwrap();
+    let stale = via.lookup("alice").await;
+    assert!(matches!(stale, Err(NameError::Unauthenticated { .. })), "the stale record was served: {stale:?}");
+    // The direct path sees the move.
+    assert_eq!(client.lookup("alice").await, Ok(moved));
+    server.shut_down().await;
+}
+
+/// On the shared watch connection, a frame after the welcome altered on the way fails the
+/// watch (and every other on that connection) instead of being read.
+#[tokio::test]
+async fn an_altered_watch_answer_is_detected() {
+    let server = TestServer::start().await;
+    // Frame 0 to the client is the welcome (Watching), frame 1 the answer.
+    let (proxy, _) = man_in_the_middle(server.addr, flip(Way::ToClient, 1, 7)).await;
+    let watcher = TcpNameClient::new(proxy, WAIT);
+    let watching = tokio::spawn(async move { watcher.watch("alice", 0, LONG_WAIT).await });
+    server.parked(1).await;
+    server.client().register(&record(1, "alice", 1, later())).await.unwrap();
+    let outcome = tokio::time::timeout(PROMPT, watching).await.expect("watch not answered").unwrap();
+    assert!(matches!(outcome, Err(NameError::Unauthenticated { .. })), "{outcome:?}");
+    server.shut_down().await;
+}
+
+/// A client that pins the server's key (`host:port#FINGERPRINT`) works with the server
+/// and refuses an impostor holding another key, naming both fingerprints; an unpinned
+/// client takes whatever key answers (its records are still checked).
+#[tokio::test]
+async fn a_pinned_client_refuses_an_impostor() {
+    let server = TestServer::start().await;
+    let fingerprint = server.server.public_key().fingerprint();
+    let pinned = TcpNameClient::new(format!("{}#{fingerprint}", server.addr), WAIT);
+    let alice = record(1, "alice", 1, later());
+    pinned.register(&alice).await.unwrap();
+    assert_eq!(pinned.lookup("alice").await, Ok(alice.clone()));
+    assert_eq!(pinned.watch("alice", 0, LONG_WAIT).await, Ok(Some(alice)));
+    // All 64 digits pin as well.
+    let full: String = {
+        let key = server.server.public_key();
+        msocket_test_support::sha256(&[key.signing, key.noise].concat()).iter().map(|b| format!("{b:02x}")).collect()
+    };
+    assert!(full.starts_with(&fingerprint));
+    let long = TcpNameClient::new(format!("{}#{full}", server.addr), WAIT);
+    assert!(long.lookup("alice").await.is_ok());
+
+    // An impostor (another key) at another address, answering "not found".
+    let (impostor, task) = fake_server(Response::NotFound).await;
+    let fooled = TcpNameClient::new(format!("{impostor}#{fingerprint}"), WAIT);
+    match fooled.lookup("alice").await {
+        Err(NameError::ServerKeyMismatch { server: s, expected, found }) => {
+            assert_eq!((s.as_str(), expected.as_str()), (impostor.as_str(), fingerprint.as_str()));
+            assert_eq!(found, Identity::from_seed([77; 32]).public().fingerprint());
+            let shown = NameError::ServerKeyMismatch { server: s, expected, found: found.clone() }.to_string();
+            assert!(shown.contains(&fingerprint) && shown.contains(&found), "{shown}");
+        }
+        other => panic!("{other:?}"),
+    }
+    task.await.unwrap();
+    // Unpinned, the impostor's channel is accepted (and its answer is all it can give).
+    let (impostor, task) = fake_server(Response::NotFound).await;
+    assert_eq!(TcpNameClient::new(impostor, WAIT).lookup("alice").await, Err(NameError::NotFound("alice".into())));
+    task.await.unwrap();
+    // A fingerprint that does not parse is refused, never ignored.
+    let bad = TcpNameClient::new(format!("{}#xyz", server.addr), WAIT);
+    assert!(matches!(bad.lookup("alice").await, Err(NameError::BadUrl { .. })));
+    server.shut_down().await;
+}
+
+/// The channel costs no round trip: a lookup is one flight to the server (the hello with
+/// the request) and one back (the welcome with the answer), as in clear.
+#[tokio::test]
+async fn a_lookup_takes_one_round_trip() {
+    let server = TestServer::start().await;
+    server.client().register(&record(1, "alice", 1, later())).await.unwrap();
+    let (proxy, log) = man_in_the_middle(server.addr, Arc::new(|_, _, _, body| body)).await;
+    let client = TcpNameClient::new(proxy, WAIT);
+    assert!(client.lookup("alice").await.is_ok());
+    assert_eq!(client.lookup("nobody").await, Err(NameError::NotFound("nobody".into())));
+    let log = log.lock().unwrap().clone();
+    for conn in 0..2 {
+        let ways: Vec<Way> = log.iter().filter(|(c, _)| *c == conn).map(|(_, w)| *w).collect();
+        assert_eq!(ways, [Way::ToServer, Way::ToClient], "connection {conn}");
+    }
     server.shut_down().await;
 }

@@ -113,6 +113,26 @@ pub enum NameError {
     /// address, or in all); the message says which. Retry later.
     #[error("name server busy: {0}")]
     Busy(String),
+    /// The exchange with the name server failed authentication: an answer was altered on
+    /// the way, replayed from another connection, or did not come from an msocket name
+    /// server. Never read as an answer.
+    #[error("name server {server}: {reason} (tampered with on the way, or not an msocket name server)")]
+    Unauthenticated {
+        /// The server's address.
+        server: String,
+        /// What failed.
+        reason: String,
+    },
+    /// The name server's key is not the one pinned for it (`host:port#FINGERPRINT`).
+    #[error("name server {server} holds the key {found}, not the pinned {expected}")]
+    ServerKeyMismatch {
+        /// The server's address.
+        server: String,
+        /// The pinned fingerprint.
+        expected: String,
+        /// The fingerprint of the key the server proved it holds.
+        found: String,
+    },
     /// Bytes that are not a valid record or message, or a record over its bounds.
     #[error("malformed: {0}")]
     Malformed(String),

@@ -4,11 +4,16 @@
 //! server answers each request with its id, in any order, so one connection carries many
 //! requests at once: a client's watches (long polls that wait up to a minute) share one
 //! connection, and a lookup never waits behind them. Every message, in both directions, is
-//! one frame:
+//! one frame, and every connection is an authenticated channel ([`secure`]): the client's
+//! first frame is a Noise hello carrying its first request, the server's first frame the
+//! welcome carrying the first answer, and every later frame one sealed message:
 //!
 //! ```text
-//! frame    = length:u32 body:[u8; length]         length <= 65536 (MAX_MESSAGE_LEN)
-//! body     = version:u8 (=2) tag:u8 id:u32 payload
+//! frame    = length:u32 bytes:[u8; length]        length <= 65536 (MAX_MESSAGE_LEN)
+//! bytes    = first frame: version:u8 (=3) kind:u8 noise handshake message (see secure)
+//!            later frames: a Noise transport message
+//! message  = version:u8 (=3) tag:u8 id:u32 payload       (what hello, welcome and the
+//!                                                         transport messages carry)
 //!
 //! requests (client -> server)          id: 1 and up, unique among the client's requests
 //!                                          in flight on the connection
@@ -62,13 +67,15 @@
 //! already on its way may still arrive and is ignored. A server that is shutting down
 //! answers parked watches `Unchanged` and closes.
 //!
-//! A version-1 client (requests in order, no ids) gets a version-1 `Refused` with code 13
-//! and a message saying what to do, then the connection is closed; a client of this
-//! version meeting a version-1 server reports that server's refusal of its request as a
-//! refusal naming the old version.
+//! A client of version 1 (requests in order, no ids, no channel) or 2 (ids, no channel)
+//! gets a `Refused` with code 13 and a message saying what to do, in its own version's
+//! layout ([`other_version_refusal`]), then the connection is closed; a client of this
+//! version meeting an older server reports that server's refusal of its hello as a refusal
+//! naming the server's version ([`other_version_answer`]).
 //!
 //! Records served by the server are *not* trusted: clients verify them (signature, name,
-//! expiry) themselves.
+//! expiry) themselves. The channel makes sure that what they verify is what the server
+//! sent them, now: no on-path forgery of `NotFound`, `Ok` or an old record.
 
 use std::time::Duration;
 
@@ -79,8 +86,11 @@ use super::record::{SignedRecord, MAX_NAME_LEN};
 use super::NameError;
 use crate::wire::{put_short_bytes, DecodeError, Reader};
 
-/// Protocol version byte that starts every message body.
-pub const PROTOCOL_VERSION: u8 = 2;
+pub mod secure;
+
+/// Protocol version byte that starts every message body and the first frame of each
+/// direction ([`secure`]).
+pub const PROTOCOL_VERSION: u8 = 3;
 /// The id of answers about the connection as a whole (no request has it).
 pub const CONNECTION_ID: u32 = 0;
 /// The id [`Request::encode`] and [`Response::encode`] use: a connection that carries one
@@ -104,8 +114,6 @@ const RESP_NOT_FOUND: u8 = 3;
 const RESP_REFUSED: u8 = 4;
 const RESP_UNCHANGED: u8 = 5;
 const RESP_WATCHING: u8 = 6;
-/// The version before ids, whose clients get a refusal they can read.
-const OLD_VERSION: u8 = 1;
 
 /// A client's request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -327,19 +335,48 @@ fn open_body<'a>(bytes: &'a [u8]) -> Result<(u8, u32, Reader<'a>), NameError> {
     Ok((tag, id, r))
 }
 
-/// The version byte a message body starts with, if any.
-pub fn body_version(bytes: &[u8]) -> Option<u8> {
-    bytes.first().copied()
+/// The refusal a server sends a client of an older version (1: requests without ids;
+/// 2: ids, no channel) in that version's own layout, so it reports it: `Refused` with code
+/// 13 (unsupported version), this version, and a message saying what to do. `None` for a
+/// first frame of this version (or of none the server knows).
+pub fn other_version_refusal(first_frame: &[u8]) -> Option<Vec<u8>> {
+    let message = format!("this name server speaks name protocol version {PROTOCOL_VERSION}: update the msocket client");
+    let mut out = match first_frame.first() {
+        Some(&1) => vec![1, RESP_REFUSED],
+        Some(&2) => {
+            // Answer the request by its id, as a version-2 client expects.
+            let id = first_frame.get(2..6).map_or([0; 4], |b| b.try_into().unwrap_or([0; 4]));
+            let mut out = vec![2, RESP_REFUSED];
+            out.extend_from_slice(&id);
+            out
+        }
+        _ => return None,
+    };
+    out.put_u8(RefuseCode::UnsupportedVersion.to_u8());
+    out.put_u64(u64::from(PROTOCOL_VERSION));
+    put_short_bytes(&mut out, message.as_bytes());
+    Some(out)
 }
 
-/// What a server sends a client of protocol version 1 (requests without ids), in that
-/// version's layout, so the client reports it: `Refused` with code 13 (unsupported version)
-/// and `message`.
-pub fn old_version_refusal(message: &str) -> Vec<u8> {
-    let mut out = vec![OLD_VERSION, RESP_REFUSED, RefuseCode::UnsupportedVersion.to_u8()];
-    out.put_u64(u64::from(PROTOCOL_VERSION));
-    put_short_bytes(&mut out, truncate(message, MAX_REFUSAL_MESSAGE_LEN).as_bytes());
-    out
+/// What a server of an older version answered our first message with: it did not
+/// understand it. `None` if the answer is not from an older server. (Such an answer is
+/// not authenticated: all it can do is make the request fail, which anyone on the path
+/// can do anyway.)
+pub fn other_version_answer(first_answer: &[u8]) -> Option<NameError> {
+    let (version, rest) = match first_answer {
+        [1, RESP_REFUSED, rest @ ..] => (1, rest),
+        [2, RESP_REFUSED, _, _, _, _, rest @ ..] => (2, rest),
+        [v @ (1 | 2), ..] => (*v, &[][..]),
+        _ => return None,
+    };
+    let mut r = Reader::new(rest);
+    let said = match (r.u8("code"), r.u64("seq"), r.short_str(MAX_REFUSAL_MESSAGE_LEN, "message")) {
+        (Ok(_), Ok(_), Ok(message)) => format!(" (it said: {message})"),
+        _ => String::new(),
+    };
+    Some(NameError::Refused(format!(
+        "the name server speaks name protocol version {version}, this client {PROTOCOL_VERSION}: update msocketd{said}"
+    )))
 }
 
 /// Appends a name field. An over-long name is cut one byte past the limit, so it stays
@@ -462,12 +499,8 @@ impl Response {
         Response::decode_tagged(bytes).map(|(_, response)| response)
     }
 
-    /// Parses a message body: (id, response). A version-1 server's refusal (it does not
-    /// speak this version) is [`NameError::Refused`] saying so. Never panics.
+    /// Parses a message body: (id, response). Never panics.
     pub fn decode_tagged(bytes: &[u8]) -> Result<(u32, Response), NameError> {
-        if body_version(bytes) == Some(OLD_VERSION) {
-            return Err(old_server(bytes));
-        }
         let (tag, id, mut r) = open_body(bytes)?;
         let response = match tag {
             RESP_OK => Response::Ok,
@@ -485,18 +518,6 @@ impl Response {
         r.finish("response")?;
         Ok((id, response))
     }
-}
-
-/// What a version-1 server's answer to one of our requests means: it did not understand it.
-fn old_server(bytes: &[u8]) -> NameError {
-    let mut r = Reader::new(bytes.get(2..).unwrap_or_default());
-    let said = match (bytes.get(1), r.u8("code"), r.u64("seq"), r.short_str(MAX_REFUSAL_MESSAGE_LEN, "message")) {
-        (Some(&RESP_REFUSED), Ok(_), Ok(_), Ok(message)) => format!(" (it said: {message})"),
-        _ => String::new(),
-    };
-    NameError::Refused(format!(
-        "the name server speaks name protocol version {OLD_VERSION}, this client {PROTOCOL_VERSION}: update msocketd{said}"
-    ))
 }
 
 /// Why a frame could not be read or written.
@@ -619,48 +640,59 @@ mod tests {
 
     #[test]
     fn the_layout_matches_the_documentation() {
-        assert_eq!(Response::Ok.encode_tagged(0x0102_0304), [2, 1, 1, 2, 3, 4]);
-        assert_eq!(Response::NotFound.encode(), [2, 3, 0, 0, 0, 1]);
-        assert_eq!(Response::Watching.encode_tagged(9), [2, 6, 0, 0, 0, 9]);
-        assert_eq!(Request::Lookup("ab".into()).encode(), [2, 2, 0, 0, 0, 1, 0, 2, b'a', b'b']);
-        assert_eq!(Request::Cancel.encode_tagged(3), [2, 4, 0, 0, 0, 3]);
+        assert_eq!(Response::Ok.encode_tagged(0x0102_0304), [3, 1, 1, 2, 3, 4]);
+        assert_eq!(Response::NotFound.encode(), [3, 3, 0, 0, 0, 1]);
+        assert_eq!(Response::Watching.encode_tagged(9), [3, 6, 0, 0, 0, 9]);
+        assert_eq!(Request::Lookup("ab".into()).encode(), [3, 2, 0, 0, 0, 1, 0, 2, b'a', b'b']);
+        assert_eq!(Request::Cancel.encode_tagged(3), [3, 4, 0, 0, 0, 3]);
         let refused = Response::refusal(&NameError::Stale { current: 9, offered: 3 }).encode_tagged(0);
-        assert_eq!(&refused[..16], &[2, 4, 0, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 9, 0]);
-        let mut register = vec![2, 1, 0, 0, 0, 1];
+        assert_eq!(&refused[..16], &[3, 4, 0, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 9, 0]);
+        let mut register = vec![3, 1, 0, 0, 0, 1];
         register.extend(record().encode());
         assert_eq!(Request::Register(record()).encode(), register);
-        assert_eq!(Response::Unchanged.encode(), [2, 5, 0, 0, 0, 1]);
+        assert_eq!(Response::Unchanged.encode(), [3, 5, 0, 0, 0, 1]);
         let watch = Request::Watch { name: "ab".into(), after_seq: 0x0102, wait_ms: 0x0304 };
         assert_eq!(
             watch.encode_tagged(2),
-            [2, 3, 0, 0, 0, 2, 0, 2, b'a', b'b', 0, 0, 0, 0, 0, 0, 1, 2, 0, 0, 3, 4]
+            [3, 3, 0, 0, 0, 2, 0, 2, b'a', b'b', 0, 0, 0, 0, 0, 0, 1, 2, 0, 0, 3, 4]
         );
     }
 
-    /// Version-1 clients sent `version tag payload` and read answers in order.
+    /// Version-1 clients sent `version tag payload` and read answers in order; version-2
+    /// clients sent `version tag id payload` in clear.
     #[test]
-    fn the_other_version_hears_a_refusal_it_can_read() {
-        // What an old client reads: a version-1 Refused, code 13, this version, the message.
-        let refusal = old_version_refusal("update the client");
-        assert_eq!(&refusal[..11], &[1, 4, 13, 0, 0, 0, 0, 0, 0, 0, 2]);
-        assert_eq!(&refusal[11..], b"\0\x11update the client");
-        // What an old server answers our request with (it refuses version 2 as malformed).
-        let mut old_answer = vec![1, 4, 6, 0, 0, 0, 0, 0, 0, 0, 0];
-        put_short_bytes(&mut old_answer, b"malformed: unsupported protocol version 2");
-        match Response::decode_tagged(&old_answer) {
-            Err(NameError::Refused(m)) => {
-                assert!(m.contains("version 1") && m.contains("update msocketd"), "{m}");
-                assert!(m.contains("unsupported protocol version 2"), "{m}");
+    fn the_other_versions_hear_a_refusal_they_can_read() {
+        // What an old client reads: a Refused of its layout, code 13, this version, a message.
+        let v1 = other_version_refusal(&[1, 2, 0, 2, b'a', b'b']).unwrap();
+        assert_eq!(&v1[..11], &[1, 4, 13, 0, 0, 0, 0, 0, 0, 0, 3]);
+        assert!(String::from_utf8_lossy(&v1[13..]).contains("version 3"));
+        let v2 = other_version_refusal(&[2, 2, 0, 0, 0, 9, 0, 2, b'a', b'b']).unwrap();
+        assert_eq!(&v2[..15], &[2, 4, 0, 0, 0, 9, 13, 0, 0, 0, 0, 0, 0, 0, 3]);
+        assert!(String::from_utf8_lossy(&v2[17..]).contains("update the msocket client"));
+        assert_eq!(other_version_refusal(&[3, 1, 0]), None);
+        assert_eq!(other_version_refusal(&[]), None);
+        // What an old server answers our hello with: it refuses it as malformed.
+        let mut v1_answer = vec![1, 4, 6, 0, 0, 0, 0, 0, 0, 0, 0];
+        put_short_bytes(&mut v1_answer, b"malformed: unsupported protocol version 3");
+        let mut v2_answer = vec![2, 4, 0, 0, 0, 0, 6, 0, 0, 0, 0, 0, 0, 0, 0];
+        put_short_bytes(&mut v2_answer, b"malformed: unsupported protocol version 3");
+        for (version, answer) in [(1, v1_answer), (2, v2_answer)] {
+            match other_version_answer(&answer) {
+                Some(NameError::Refused(m)) => {
+                    assert!(m.contains(&format!("version {version}")) && m.contains("update msocketd"), "{m}");
+                    assert!(m.contains("unsupported protocol version 3"), "{m}");
+                }
+                other => panic!("{other:?}"),
             }
-            other => panic!("{other:?}"),
         }
-        assert!(matches!(Response::decode_tagged(&[1]), Err(NameError::Refused(m)) if !m.contains("said")));
-        // A version-1 request is not one of ours.
+        assert!(matches!(other_version_answer(&[1]), Some(NameError::Refused(m)) if !m.contains("said")));
+        assert_eq!(other_version_answer(&[3, 2, 0]), None);
+        // A message of another version is not one of ours.
         assert!(matches!(Request::decode_tagged(&[1, 2, 0, 2, b'a', b'b']), Err(NameError::Malformed(_))));
-        assert_eq!(body_version(&[1, 2, 0, 2, b'a', b'b']), Some(1));
+        assert!(matches!(Request::decode_tagged(&[2, 2, 0, 0, 0, 1, 0, 1, b'a']), Err(NameError::Malformed(_))));
         // And a refusal of the other version maps to a refusal that says so.
-        let err = Response::refusal_error(RefuseCode::UnsupportedVersion, 3, "go away", "bob", 0);
-        assert!(matches!(&err, NameError::Refused(m) if m.contains("version 3") && m.contains("go away")), "{err}");
+        let err = Response::refusal_error(RefuseCode::UnsupportedVersion, 4, "go away", "bob", 0);
+        assert!(matches!(&err, NameError::Refused(m) if m.contains("version 4") && m.contains("go away")), "{err}");
     }
 
     #[test]
@@ -729,32 +761,32 @@ mod tests {
         let mut cases: Vec<Vec<u8>> = vec![
             vec![],
             vec![2],
-            vec![2, 2, 0, 0, 0],                          // id cut short
-            vec![3, 2, 0, 0, 0, 1, 0, 0],                 // unknown version
-            vec![2, 9, 0, 0, 0, 1],                       // unknown tag
-            vec![2, 2, 0, 0, 0, 0, 0, 1, b'a'],           // request id 0
-            vec![2, 2, 0, 0, 0, 1, 0, 5, b'a'],           // truncated name
+            vec![3, 2, 0, 0, 0],                          // id cut short
+            vec![4, 2, 0, 0, 0, 1, 0, 0],                 // unknown version
+            vec![3, 9, 0, 0, 0, 1],                       // unknown tag
+            vec![3, 2, 0, 0, 0, 0, 0, 1, b'a'],           // request id 0
+            vec![3, 2, 0, 0, 0, 1, 0, 5, b'a'],           // truncated name
             [good.clone(), vec![0]].concat(),             // trailing byte
-            vec![2, 2, 0, 0, 0, 1, 0xff, 0xff],           // name over the bound
-            vec![2, 2, 0, 0, 0, 1, 0, 1, 0xff],           // not UTF-8
-            vec![2, 4, 0, 0, 0, 1, 0],                    // a cancel with a payload
+            vec![3, 2, 0, 0, 0, 1, 0xff, 0xff],           // name over the bound
+            vec![3, 2, 0, 0, 0, 1, 0, 1, 0xff],           // not UTF-8
+            vec![3, 4, 0, 0, 0, 1, 0],                    // a cancel with a payload
         ];
         let watch = Request::Watch { name: "bob".into(), after_seq: 1, wait_ms: 2 }.encode();
         // A watch cut anywhere is truncated, one with a byte more has trailing bytes.
         cases.extend((2..watch.len()).map(|n| watch[..n].to_vec()));
         cases.push([watch.clone(), vec![0]].concat());
-        cases.push(vec![2, 3, 0, 0, 0, 1, 0xff, 0xff]); // watched name over the bound
+        cases.push(vec![3, 3, 0, 0, 0, 1, 0xff, 0xff]); // watched name over the bound
         for bytes in &cases {
             assert!(matches!(Request::decode_tagged(bytes), Err(NameError::Malformed(_))), "{bytes:?}");
         }
         // The id of a request with a bad payload can still be named in the refusal.
-        assert_eq!(Request::peek_id(&[2, 2, 0, 0, 0, 9, 0, 5, b'a']), 9);
-        assert_eq!(Request::peek_id(&[2, 2, 0, 0]), CONNECTION_ID);
-        assert!(matches!(Response::decode(&[2, 1, 0, 0, 0, 1, 0]), Err(NameError::Malformed(_))));
-        assert!(matches!(Response::decode(&[2, 4, 0, 0, 0, 1, 2]), Err(NameError::Malformed(_))));
-        assert!(matches!(Response::decode(&[2, 6, 0, 0, 0, 1, 0]), Err(NameError::Malformed(_))));
-        assert!(matches!(Response::decode(&[2, 7, 0, 0, 0, 1]), Err(NameError::Malformed(_))));
-        assert!(matches!(Response::decode(&[2, 5, 0, 0]), Err(NameError::Malformed(_))));
+        assert_eq!(Request::peek_id(&[3, 2, 0, 0, 0, 9, 0, 5, b'a']), 9);
+        assert_eq!(Request::peek_id(&[3, 2, 0, 0]), CONNECTION_ID);
+        assert!(matches!(Response::decode(&[3, 1, 0, 0, 0, 1, 0]), Err(NameError::Malformed(_))));
+        assert!(matches!(Response::decode(&[3, 4, 0, 0, 0, 1, 2]), Err(NameError::Malformed(_))));
+        assert!(matches!(Response::decode(&[3, 6, 0, 0, 0, 1, 0]), Err(NameError::Malformed(_))));
+        assert!(matches!(Response::decode(&[3, 7, 0, 0, 0, 1]), Err(NameError::Malformed(_))));
+        assert!(matches!(Response::decode(&[3, 5, 0, 0]), Err(NameError::Malformed(_))));
         assert!(matches!(
             Response::decode(&vec![2; MAX_MESSAGE_LEN + 1]),
             Err(NameError::Malformed(_))

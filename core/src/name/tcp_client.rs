@@ -10,6 +10,13 @@
 //! connection per local address ([`watches`]); the server answers them by id, in any
 //! order, and acknowledges each parked watch at once, so a dead connection is noticed
 //! within the client's timeout rather than after a minute-long wait.
+//!
+//! Every connection is an authenticated channel to the server's key
+//! ([`protocol::secure`](super::protocol::secure)): the first request rides in the
+//! handshake's first message and its answer in the second, so a lookup still takes one
+//! round trip after the TCP handshake, and nobody on the path can forge, alter or replay
+//! an answer. A server string `host:port#FINGERPRINT` pins the server's key: a server
+//! holding another is refused ([`NameError::ServerKeyMismatch`]).
 
 mod watches;
 
@@ -20,10 +27,9 @@ use std::time::Duration;
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::time::Instant;
 
-use super::protocol::{
-    read_message, watch_wait_ms, write_message, FrameError, Request, Response, CONNECTION_ID, FIRST_ID,
-    MAX_WATCH_WAIT,
-};
+use super::protocol::secure::ClientConnection;
+use super::protocol::{watch_wait_ms, Request, Response, CONNECTION_ID, FIRST_ID, MAX_WATCH_WAIT};
+use crate::identity::Fingerprint;
 use super::{
     deadline_after, unix_now, validate_name, ExchangeStep, NameError, NameFuture, NameService, SignedRecord,
     WATCH_POLL_INTERVAL,
@@ -32,7 +38,12 @@ use super::{
 /// A [`NameService`] reached over TCP at `host:port`, speaking [`super::protocol`].
 #[derive(Debug, Clone)]
 pub struct TcpNameClient {
-    server: String,
+    /// `host:port`: where to connect, and how errors name the server.
+    addr: String,
+    /// The server string as given (with its `#FINGERPRINT`, if any).
+    given: String,
+    /// The pinned server key, or why the pin given cannot be used.
+    pin: Result<Option<Fingerprint>, String>,
     timeout: Duration,
     /// The local address every connection leaves from, if pinned.
     local: Option<IpAddr>,
@@ -41,11 +52,27 @@ pub struct TcpNameClient {
 }
 
 impl TcpNameClient {
-    /// A client of the server at `server` (`host:port`). `timeout` bounds each request as
-    /// a whole: name resolution, connect, send and response. A watch may take its `wait`
-    /// on top of that.
+    /// A client of the server at `server`: `host:port`, or `host:port#FINGERPRINT` to
+    /// accept only a server whose key has that fingerprint (32 to 64 hex digits, as
+    /// `msocketd name` prints it). `timeout` bounds each request as a whole: name
+    /// resolution, connect, handshake, send and response. A watch may take its `wait` on
+    /// top of that. A fingerprint that does not parse fails every request with
+    /// [`NameError::BadUrl`] (never silently unpinned).
     pub fn new(server: String, timeout: Duration) -> Self {
-        TcpNameClient { server, timeout, local: None, watches: Arc::default() }
+        let (addr, pin) = match server.split_once('#') {
+            Some((addr, fingerprint)) => (
+                addr.to_string(),
+                fingerprint.parse::<Fingerprint>().map(Some).map_err(|e| e.to_string()),
+            ),
+            None => (server.clone(), Ok(None)),
+        };
+        TcpNameClient { addr, given: server, pin, timeout, local: None, watches: Arc::default() }
+    }
+
+    /// A client of the server at `server` (`host:port`) that accepts only a server whose
+    /// keys have the fingerprint `pin`.
+    pub fn pinned(server: String, pin: Fingerprint, timeout: Duration) -> Self {
+        TcpNameClient { given: format!("{server}#{pin}"), addr: server, pin: Ok(Some(pin)), timeout, local: None, watches: Arc::default() }
     }
 
     /// The same client, with every connection leaving from the local address `ip` (a
@@ -57,15 +84,27 @@ impl TcpNameClient {
 
     /// The server's address, as given.
     pub fn server(&self) -> &str {
-        &self.server
+        &self.given
     }
 
-    /// One request on a fresh connection, bounded by the client's timeout.
+    /// The pinned fingerprint, if any.
+    fn pin(&self) -> Result<Option<&Fingerprint>, NameError> {
+        match &self.pin {
+            Ok(pin) => Ok(pin.as_ref()),
+            Err(reason) => Err(NameError::BadUrl { url: self.given.clone(), reason: reason.clone() }),
+        }
+    }
+
+    /// One request on a fresh connection, in the channel's handshake, bounded by the
+    /// client's timeout.
     async fn request(&self, request: &Request) -> Result<Response, NameError> {
+        let pin = self.pin()?;
         self.bounded(self.timeout, async {
-            let mut stream = self.connect().await?;
-            self.send(&mut stream, request).await?;
-            match self.receive(&mut stream).await? {
+            let stream = self.connect().await?;
+            let mut conn = ClientConnection::new(stream, self.addr.clone(), pin.cloned());
+            conn.send(FIRST_ID, request).await?;
+            let answer = conn.receive().await.map_err(|e| attribute(e, &self.addr))?;
+            match answer {
                 (FIRST_ID, response) => Ok(response),
                 (CONNECTION_ID, Response::Refused { code, current_seq, message }) => {
                     Err(Response::refusal_error(code, current_seq, &message, "", 0))
@@ -84,12 +123,12 @@ impl TcpNameClient {
     ) -> Result<T, NameError> {
         match tokio::time::timeout(limit, step).await {
             Ok(result) => result,
-            Err(_) => Err(NameError::Timeout { server: self.server.clone(), after: limit }),
+            Err(_) => Err(NameError::Timeout { server: self.addr.clone(), after: limit }),
         }
     }
 
     fn unreachable(&self, step: ExchangeStep, kind: std::io::ErrorKind) -> NameError {
-        NameError::Unreachable { server: self.server.clone(), step, kind }
+        NameError::Unreachable { server: self.addr.clone(), step, kind }
     }
 
     async fn connect(&self) -> Result<TcpStream, NameError> {
@@ -101,7 +140,7 @@ impl TcpNameClient {
     async fn connect_from(&self, from: Option<IpAddr>) -> Result<TcpStream, NameError> {
         let stream = match from {
             Some(ip) => self.connect_bound(ip).await,
-            None => TcpStream::connect(self.server.as_str()).await,
+            None => TcpStream::connect(self.addr.as_str()).await,
         }
         .map_err(|e| self.unreachable(ExchangeStep::Connect, e.kind()))?;
         // Requests are single small writes; don't let Nagle hold them back.
@@ -110,7 +149,7 @@ impl TcpNameClient {
     }
 
     async fn connect_bound(&self, ip: IpAddr) -> std::io::Result<TcpStream> {
-        let addrs: Vec<SocketAddr> = tokio::net::lookup_host(self.server.as_str()).await?.collect();
+        let addrs: Vec<SocketAddr> = tokio::net::lookup_host(self.addr.as_str()).await?.collect();
         let Some(&to) = addrs.iter().find(|a| a.is_ipv4() == ip.is_ipv4()) else {
             return TcpStream::connect(&addrs[..]).await;
         };
@@ -119,40 +158,16 @@ impl TcpNameClient {
         socket.connect(to).await
     }
 
-    async fn send(&self, stream: &mut TcpStream, request: &Request) -> Result<(), NameError> {
-        write_message(stream, &request.encode())
-            .await
-            .map_err(|e| match e {
-                FrameError::TooLong(len) => NameError::Malformed(format!("request of {len} bytes is too long")),
-                FrameError::Closed => self.unreachable(ExchangeStep::Send, std::io::ErrorKind::UnexpectedEof),
-                FrameError::Io(e) => self.unreachable(ExchangeStep::Send, e.kind()),
-            })
-    }
-
-    async fn receive(&self, stream: &mut TcpStream) -> Result<(u32, Response), NameError> {
-        let body = match read_message(stream).await {
-            Ok(body) => body,
-            Err(FrameError::TooLong(len)) => {
-                return Err(NameError::Malformed(format!("response of {len} bytes is too long")))
-            }
-            Err(FrameError::Closed) => {
-                return Err(self.unreachable(ExchangeStep::Receive, std::io::ErrorKind::UnexpectedEof))
-            }
-            Err(FrameError::Io(e)) => return Err(self.unreachable(ExchangeStep::Receive, e.kind())),
-        };
-        Response::decode_tagged(&body)
-    }
-
     /// Checks a record the server served for `name`: the name it carries, its signature
     /// and its expiry. The server is trusted for availability, not integrity.
     fn check_served(&self, name: &str, record: SignedRecord) -> Result<SignedRecord, NameError> {
         if record.record.name != name {
-            tracing::warn!(server = %self.server, asked = name,
+            tracing::warn!(server = %self.addr, asked = name,
                 got = %record.record.name, "name server returned another name's record");
             return Err(NameError::BadSignature);
         }
         if let Err(e) = record.verify(unix_now()) {
-            tracing::warn!(server = %self.server, name, error = %e,
+            tracing::warn!(server = %self.addr, name, error = %e,
                 "name server returned a record that does not verify");
             return Err(e);
         }
@@ -171,8 +186,9 @@ impl TcpNameClient {
     ) -> Result<Option<SignedRecord>, NameError> {
         let deadline = deadline_after(wait);
         let from = from.or(self.local);
+        let pin = self.pin()?.cloned();
         let conn = self
-            .bounded(self.timeout, self.watches.acquire(from, &self.server, self.connect_from(from)))
+            .bounded(self.timeout, self.watches.acquire(from, &self.addr, pin, self.connect_from(from)))
             .await?;
         loop {
             let asked_at = Instant::now();
@@ -184,7 +200,7 @@ impl TcpNameClient {
             // The server acknowledges at once; silence means the connection is dead.
             let mut answer = match self.bounded(self.timeout, call.next()).await {
                 Err(e @ NameError::Timeout { .. }) => {
-                    tracing::debug!(server = %self.server, name, "watch connection silent; closing it");
+                    tracing::debug!(server = %self.addr, name, "watch connection silent; closing it");
                     conn.kill();
                     return Err(e);
                 }
@@ -203,7 +219,7 @@ impl TcpNameClient {
                 Response::Record(record) => {
                     let record = self.check_served(name, record)?;
                     if record.record.seq <= after_seq {
-                        tracing::warn!(server = %self.server, name, after_seq,
+                        tracing::warn!(server = %self.addr, name, after_seq,
                             seq = record.record.seq, "name server answered a watch with an old record");
                         return Err(NameError::Malformed(format!(
                             "watch for {name:?} after seq {after_seq} answered with seq {}",
@@ -236,7 +252,7 @@ impl NameService for TcpNameClient {
     fn register<'a>(&'a self, record: &'a SignedRecord) -> NameFuture<'a, ()> {
         Box::pin(async move {
             let name = &record.record.name;
-            tracing::debug!(server = %self.server, %name, seq = record.record.seq, "registering name");
+            tracing::debug!(server = %self.addr, %name, seq = record.record.seq, "registering name");
             match self.request(&Request::Register(record.clone())).await? {
                 Response::Ok => Ok(()),
                 Response::Refused { code, current_seq, message } => Err(Response::refusal_error(
@@ -256,7 +272,7 @@ impl NameService for TcpNameClient {
     fn lookup<'a>(&'a self, name: &'a str) -> NameFuture<'a, SignedRecord> {
         Box::pin(async move {
             validate_name(name)?;
-            tracing::debug!(server = %self.server, name, "looking name up");
+            tracing::debug!(server = %self.addr, name, "looking name up");
             match self.request(&Request::Lookup(name.to_string())).await? {
                 Response::Record(record) => self.check_served(name, record),
                 Response::NotFound => Err(NameError::NotFound(name.to_string())),
@@ -290,16 +306,31 @@ impl NameService for TcpNameClient {
     ) -> NameFuture<'a, Option<SignedRecord>> {
         Box::pin(async move {
             validate_name(name)?;
-            tracing::debug!(server = %self.server, name, after_seq, ?wait, ?from, "watching name");
+            tracing::debug!(server = %self.addr, name, after_seq, ?wait, ?from, "watching name");
             let outcome = self.watch_on_shared_connection(name, after_seq, wait, from).await;
             match &outcome {
-                Ok(Some(record)) => tracing::debug!(server = %self.server, name,
+                Ok(Some(record)) => tracing::debug!(server = %self.addr, name,
                     seq = record.record.seq, "watched name changed"),
-                Ok(None) => tracing::debug!(server = %self.server, name, "watched name unchanged"),
-                Err(e) => tracing::debug!(server = %self.server, name, error = %e, "watch failed"),
+                Ok(None) => tracing::debug!(server = %self.addr, name, "watched name unchanged"),
+                Err(e) => tracing::debug!(server = %self.addr, name, error = %e, "watch failed"),
             }
             outcome
         })
+    }
+}
+
+/// `e` with the server named, for the errors the channel raises without knowing it.
+fn attribute(e: NameError, server: &str) -> NameError {
+    match e {
+        NameError::Unauthenticated { reason, .. } => {
+            tracing::warn!(server, %reason, "name server answer failed authentication");
+            NameError::Unauthenticated { server: server.to_string(), reason }
+        }
+        NameError::ServerKeyMismatch { expected, found, .. } => {
+            tracing::warn!(server, %expected, %found, "name server holds another key than the pinned one");
+            NameError::ServerKeyMismatch { server: server.to_string(), expected, found }
+        }
+        other => other,
     }
 }
 
@@ -318,6 +349,8 @@ fn unexpected(response: &Response) -> NameError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::name::protocol::secure::ServerConnection;
+    use crate::Identity;
 
     #[tokio::test]
     async fn a_closed_port_is_unreachable() {
@@ -387,24 +420,24 @@ mod tests {
         let hang = Arc::clone(&hang_up);
         tokio::spawn(async move {
             loop {
-                let Ok((mut conn, _)) = listener.accept().await else { return };
+                let Ok((conn, _)) = listener.accept().await else { return };
                 let _ = seen.send(Seen::Connection);
                 let (seen, hang) = (seen.clone(), Arc::clone(&hang));
                 tokio::spawn(async move {
+                    let mut conn = ServerConnection::new(conn, Identity::from_seed([9; 32]));
                     loop {
-                        let body = tokio::select! {
-                            body = read_message(&mut conn) => body,
+                        let received = tokio::select! {
+                            received = conn.receive() => received,
                             () = hang.notified() => break,
                         };
-                        let Ok(body) = body else { break };
-                        let (id, request) = Request::decode_tagged(&body).unwrap();
+                        let Ok((id, request)) = received else { break };
                         let reply = match &request {
                             Request::Watch { .. } => Some(Response::Watching),
                             other => answer(other),
                         };
                         let _ = seen.send(Seen::Request(id, Box::new(request)));
                         if let Some(reply) = reply {
-                            write_message(&mut conn, &reply.encode_tagged(id)).await.unwrap();
+                            conn.answer(id, &reply).await.unwrap();
                         }
                     }
                     let _ = seen.send(Seen::Closed);
@@ -474,13 +507,13 @@ mod tests {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap().to_string();
         let task = tokio::spawn(async move {
-            let (mut conn, _) = listener.accept().await.unwrap();
+            let (conn, _) = listener.accept().await.unwrap();
+            let mut conn = ServerConnection::new(conn, Identity::from_seed([9; 32]));
             let mut answered = 0;
-            while let Ok(body) = read_message(&mut conn).await {
-                let (id, request) = Request::decode_tagged(&body).unwrap();
+            while let Ok((id, request)) = conn.receive().await {
                 match request {
                     Request::Watch { .. } => {
-                        write_message(&mut conn, &Response::Unchanged.encode_tagged(id)).await.unwrap();
+                        conn.answer(id, &Response::Unchanged).await.unwrap();
                         answered += 1;
                     }
                     Request::Cancel => {}

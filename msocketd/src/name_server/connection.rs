@@ -9,6 +9,11 @@
 //!   until a registration wakes it or its wait ends;
 //! * a writer task sends the answers, each within [`WRITE_TIMEOUT`].
 //!
+//! The connection is an authenticated channel (`name_protocol::secure`): the first frame
+//! is the client's hello, whose request is served like any other; the first answer goes
+//! out in the welcome, which sets up the channel; every later frame is sealed. A first
+//! frame of an older protocol version gets a refusal in that version's layout.
+//!
 //! The connection ends when the client closes it (parked watches are dropped at once),
 //! sends something malformed (it is told why first), stays silent with nothing in flight
 //! for the idle timeout, cannot be written to, must make room for another source's, or
@@ -19,11 +24,14 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::sync::{Mutex, OnceLock};
+
 use msocket::name::{validate_name, NameError, SignedRecord};
+use msocket::unstable::name_protocol::secure::{Channel, ServerHello};
 use msocket::unstable::name_protocol::{
-    body_version, old_version_refusal, read_message, write_message, FrameError, Request, Response,
-    CONNECTION_ID, PROTOCOL_VERSION,
+    other_version_refusal, read_message, write_message, FrameError, Request, Response, CONNECTION_ID,
 };
+use msocket::Identity;
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
 use tokio::task::{AbortHandle, JoinSet};
@@ -55,6 +63,34 @@ enum End {
     Stopping,
 }
 
+/// What the writer sends.
+#[derive(Debug)]
+pub(super) enum Out {
+    /// A request's answer: in the welcome if it is the first, else sealed.
+    Message(Vec<u8>),
+    /// Bytes as they are (a refusal for a client of an older version).
+    Plain(Vec<u8>),
+}
+
+/// The frame carrying `out`: the welcome (which opens `channel`) for the first answer,
+/// sealed in `channel` after.
+fn seal(out: Out, identity: &Identity, hello: &Mutex<Option<ServerHello>>, channel: &OnceLock<Channel>) -> Result<Vec<u8>, NameError> {
+    let body = match out {
+        Out::Plain(bytes) => return Ok(bytes),
+        Out::Message(body) => body,
+    };
+    if let Some(open) = channel.get() {
+        return open.seal(&body);
+    }
+    let Some(accepted) = hello.lock().unwrap_or_else(|p| p.into_inner()).take() else {
+        return Err(NameError::Malformed("an answer before the hello".into()));
+    };
+    let (welcome, open) = accepted.reply(identity, &body)?;
+    // Set before the welcome is written: the client's next message finds the channel.
+    let _ = channel.set(open);
+    Ok(welcome)
+}
+
 /// A request in progress: its id, and the task answering it.
 #[derive(Debug)]
 struct InFlight {
@@ -78,15 +114,27 @@ impl NameServer {
         tracing::debug!(%peer, "connection opened");
         let (mut reader, mut writer) = stream.into_split();
 
-        let (out, mut answers) = mpsc::channel::<Vec<u8>>(OUT_QUEUE);
-        let mut write_task = tokio::spawn(async move {
-            while let Some(body) = answers.recv().await {
-                if !matches!(tokio::time::timeout(WRITE_TIMEOUT, write_message(&mut writer, &body)).await, Ok(Ok(()))) {
-                    return false;
+        let hello: Arc<Mutex<Option<ServerHello>>> = Arc::default();
+        let channel: Arc<OnceLock<Channel>> = Arc::default();
+        let (out, mut answers) = mpsc::channel::<Out>(OUT_QUEUE);
+        let mut write_task = {
+            let (identity, hello, channel) = (Arc::clone(&self.identity), Arc::clone(&hello), Arc::clone(&channel));
+            tokio::spawn(async move {
+                while let Some(out) = answers.recv().await {
+                    let frame = match seal(out, &identity, &hello, &channel) {
+                        Ok(frame) => frame,
+                        Err(e) => {
+                            tracing::warn!(%peer, error = %e, "cannot seal an answer; closing");
+                            return false;
+                        }
+                    };
+                    if !matches!(tokio::time::timeout(WRITE_TIMEOUT, write_message(&mut writer, &frame)).await, Ok(Ok(()))) {
+                        return false;
+                    }
                 }
-            }
-            true
-        });
+                true
+            })
+        };
         let (frames_tx, mut frames) = mpsc::channel::<Result<Vec<u8>, FrameError>>(1);
         let read_task = tokio::spawn(async move {
             loop {
@@ -102,6 +150,8 @@ impl NameServer {
         let mut in_flight: HashMap<tokio::task::Id, InFlight> = HashMap::new();
         let mut ids: HashMap<u32, tokio::task::Id> = HashMap::new();
         let requests = |in_flight: &HashMap<tokio::task::Id, InFlight>| in_flight.values().filter(|r| !r.watch).count();
+        // The first frame must be the hello (or a refusable older version).
+        let mut first = true;
         let end = loop {
             let idle = in_flight.is_empty();
             let room = requests(&in_flight) < MAX_IN_FLIGHT;
@@ -128,8 +178,10 @@ impl NameServer {
                         Some(Ok(body)) => body,
                         Some(Err(e @ FrameError::TooLong(_))) => {
                             tracing::warn!(%peer, error = %e, "oversized request; closing");
-                            let refusal = Response::refusal(&NameError::Malformed(e.to_string()));
-                            let _ = out.send(refusal.encode_tagged(CONNECTION_ID)).await;
+                            if channel.get().is_some() {
+                                let refusal = Response::refusal(&NameError::Malformed(e.to_string()));
+                                let _ = out.send(Out::Message(refusal.encode_tagged(CONNECTION_ID))).await;
+                            }
                             break End::Malformed;
                         }
                         Some(Err(FrameError::Io(e))) => {
@@ -138,13 +190,37 @@ impl NameServer {
                         }
                         Some(Err(FrameError::Closed)) | None => break End::Gone,
                     };
-                    if body_version(&body) == Some(1) {
-                        tracing::info!(%peer, "client of name protocol version 1 refused");
-                        let _ = out.send(old_version_refusal(&format!(
-                            "this name server speaks name protocol version {PROTOCOL_VERSION}: update the msocket client"
-                        ))).await;
-                        break End::Malformed;
-                    }
+                    let body = match channel.get() {
+                        Some(channel) => match channel.open(&body) {
+                            Ok(body) => body,
+                            Err(e) => {
+                                tracing::warn!(%peer, error = %e, "a message failed authentication; closing");
+                                break End::Malformed;
+                            }
+                        },
+                        None if first => {
+                            first = false;
+                            if let Some(refusal) = other_version_refusal(&body) {
+                                tracing::info!(%peer, version = body[0], "client of an older name protocol refused");
+                                let _ = out.send(Out::Plain(refusal)).await;
+                                break End::Malformed;
+                            }
+                            match ServerHello::read(&self.identity, &body) {
+                                Ok((accepted, request)) => {
+                                    *hello.lock().unwrap_or_else(|p| p.into_inner()) = Some(accepted);
+                                    request
+                                }
+                                Err(e) => {
+                                    tracing::warn!(%peer, error = %e, "not a name protocol hello; closing");
+                                    break End::Malformed;
+                                }
+                            }
+                        }
+                        None => {
+                            tracing::warn!(%peer, "a second message before the welcome; closing");
+                            break End::Malformed;
+                        }
+                    };
                     let (id, request) = match Request::decode_tagged(&body) {
                         Ok((id, request)) if ids.contains_key(&id) && request != Request::Cancel => {
                             (id, Err(NameError::Malformed(format!("request id {id} is already in flight"))))
@@ -156,7 +232,7 @@ impl NameServer {
                         Ok(request) => request,
                         Err(e) => {
                             tracing::warn!(%peer, error = %e, "malformed request; closing");
-                            let _ = out.send(Response::refusal(&e).encode_tagged(id)).await;
+                            let _ = out.send(Out::Message(Response::refusal(&e).encode_tagged(id))).await;
                             break End::Malformed;
                         }
                     };
@@ -175,7 +251,7 @@ impl NameServer {
                             let (out, stop, admission) = (out.clone(), stop.clone(), Arc::clone(&admission));
                             let task = tasks.spawn(async move {
                                 let answer = this.watch(&name, after_seq, wait_ms, id, &out, stop, &admission, source, peer).await;
-                                let _ = out.send(answer.encode_tagged(id)).await;
+                                let _ = out.send(Out::Message(answer.encode_tagged(id))).await;
                             });
                             (task, true)
                         }
@@ -184,7 +260,7 @@ impl NameServer {
                             let out = out.clone();
                             let task = tasks.spawn(async move {
                                 let answer = this.handle(request, peer).await;
-                                let _ = out.send(answer.encode_tagged(id)).await;
+                                let _ = out.send(Out::Message(answer.encode_tagged(id))).await;
                             });
                             (task, false)
                         }
@@ -228,7 +304,7 @@ impl NameServer {
         after_seq: u64,
         wait_ms: u32,
         id: u32,
-        out: &mpsc::Sender<Vec<u8>>,
+        out: &mpsc::Sender<Out>,
         mut stop: watch::Receiver<()>,
         admission: &Arc<Admission>,
         source: Source,
@@ -262,7 +338,7 @@ impl NameServer {
                     }
                 }
                 tracing::debug!(%peer, %name, after_seq, ?wait, "watch parked");
-                if out.send(Response::Watching.encode_tagged(id)).await.is_err() {
+                if out.send(Out::Message(Response::Watching.encode_tagged(id))).await.is_err() {
                     return Response::Unchanged;
                 }
             }

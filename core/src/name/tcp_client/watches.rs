@@ -16,6 +16,9 @@
 //!   the path broke) and [`Connection::kill`]s it: every watch on it fails at once (and is
 //!   retried by its owner), and the next one opens a fresh connection.
 //! * A watch whose future is dropped sends `Cancel`, so the server forgets it.
+//! * The connection is an authenticated channel: the first watch rides in the handshake's
+//!   hello, and requests made before the server's welcome wait for it (they can only be
+//!   sealed once the channel is up).
 //!
 //! Memory is bounded by the watches in progress: each holds one entry in its connection's
 //! table, removed when answered, cancelled or failed.
@@ -30,8 +33,11 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, OnceCell};
 use tokio::task::AbortHandle;
 
+use super::super::protocol::secure::{Channel, ClientHello};
 use super::super::protocol::{read_message, write_message, FrameError, Request, Response, CONNECTION_ID};
 use super::super::{ExchangeStep, NameError};
+use super::attribute;
+use crate::identity::Fingerprint;
 
 /// How long a connection with no watch on it stays open for the next one.
 pub(super) const LINGER: Duration = Duration::from_secs(1);
@@ -57,7 +63,13 @@ fn lock(table: &Table) -> MutexGuard<'_, HashMap<Option<IpAddr>, Arc<Connection>
 impl Connections {
     /// The connection from `from`, opened with `connect` if there is none: one connect
     /// however many watches ask at once; they all get its outcome.
-    pub(super) async fn acquire<F>(&self, from: Option<IpAddr>, server: &str, connect: F) -> Result<User, NameError>
+    pub(super) async fn acquire<F>(
+        &self,
+        from: Option<IpAddr>,
+        server: &str,
+        pin: Option<Fingerprint>,
+        connect: F,
+    ) -> Result<User, NameError>
     where
         F: std::future::Future<Output = Result<TcpStream, NameError>>,
     {
@@ -84,7 +96,13 @@ impl Connections {
             .link
             .get_or_init(|| async {
                 match connect.await {
-                    Ok(stream) => Ok(Link::start(stream, server.to_string(), Arc::clone(&conn), Arc::downgrade(&self.table))),
+                    Ok(stream) => Ok(Link::start(
+                        stream,
+                        server.to_string(),
+                        pin,
+                        Arc::clone(&conn),
+                        Arc::downgrade(&self.table),
+                    )),
                     Err(e) => {
                         // Forget it, so the next watch tries again.
                         forget(&self.table, &conn);
@@ -220,9 +238,9 @@ struct Link {
 }
 
 impl Link {
-    fn start(stream: TcpStream, server: String, conn: Arc<Connection>, table: Weak<Table>) -> Link {
+    fn start(stream: TcpStream, server: String, pin: Option<Fingerprint>, conn: Arc<Connection>, table: Weak<Table>) -> Link {
         let (commands, rx) = mpsc::unbounded_channel();
-        let task = tokio::spawn(run(stream, rx, server.clone(), conn, table)).abort_handle();
+        let task = tokio::spawn(run(stream, rx, server.clone(), pin, conn, table)).abort_handle();
         Link { commands, next_id: AtomicU32::new(1), task, server }
     }
 
@@ -248,11 +266,64 @@ impl Link {
 /// How long writing one request may take before the connection counts as dead.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The handshake's progress on a connection.
+enum Handshake {
+    /// Nothing sent yet: the first request will ride in the hello.
+    NotStarted,
+    /// The hello is out; requests made meanwhile wait here for the welcome.
+    Hello(ClientHello, Vec<Vec<u8>>),
+    /// The channel is up.
+    Open(Channel),
+}
+
+/// Writes one frame, within [`WRITE_TIMEOUT`].
+async fn write_frame(
+    writer: &mut tokio::net::tcp::OwnedWriteHalf,
+    frame: &[u8],
+    server: &str,
+) -> Result<(), NameError> {
+    match tokio::time::timeout(WRITE_TIMEOUT, write_message(writer, frame)).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(FrameError::Io(e))) => {
+            Err(NameError::Unreachable { server: server.to_string(), step: ExchangeStep::Send, kind: e.kind() })
+        }
+        Ok(Err(e)) => Err(NameError::Malformed(e.to_string())),
+        Err(_) => Err(NameError::Unreachable {
+            server: server.to_string(),
+            step: ExchangeStep::Send,
+            kind: std::io::ErrorKind::TimedOut,
+        }),
+    }
+}
+
+/// Sends a request body: in the hello if it is the first, sealed once the channel is up,
+/// queued in between.
+async fn send(
+    handshake: &mut Handshake,
+    writer: &mut tokio::net::tcp::OwnedWriteHalf,
+    body: Vec<u8>,
+    server: &str,
+) -> Result<(), NameError> {
+    match handshake {
+        Handshake::NotStarted => {
+            let (hello, first) = ClientHello::new(&body)?;
+            *handshake = Handshake::Hello(hello, Vec::new());
+            write_frame(writer, &first, server).await
+        }
+        Handshake::Hello(_, queued) => {
+            queued.push(body);
+            Ok(())
+        }
+        Handshake::Open(channel) => write_frame(writer, &channel.seal(&body)?, server).await,
+    }
+}
+
 /// The connection's task: writes requests, routes answers, closes when unused or broken.
 async fn run(
     stream: TcpStream,
     mut commands: mpsc::UnboundedReceiver<Command>,
     server: String,
+    pin: Option<Fingerprint>,
     conn: Arc<Connection>,
     table: Weak<Table>,
 ) {
@@ -270,6 +341,7 @@ async fn run(
         }
     });
     let _stop_reading = AbortOnDrop(read_task.abort_handle());
+    let mut handshake = Handshake::NotStarted;
     let mut pending: HashMap<u32, mpsc::UnboundedSender<Event>> = HashMap::new();
     let unreachable = |step, kind| NameError::Unreachable { server: server.clone(), step, kind };
     let failure: NameError = loop {
@@ -278,18 +350,14 @@ async fn run(
             command = commands.recv() => match command {
                 Some(Command::Send { id, body, events }) => {
                     pending.insert(id, events);
-                    match tokio::time::timeout(WRITE_TIMEOUT, write_message(&mut writer, &body)).await {
-                        Ok(Ok(())) => {}
-                        Ok(Err(FrameError::Io(e))) => break unreachable(ExchangeStep::Send, e.kind()),
-                        Ok(Err(e)) => break NameError::Malformed(e.to_string()),
-                        Err(_) => break unreachable(ExchangeStep::Send, std::io::ErrorKind::TimedOut),
+                    if let Err(e) = send(&mut handshake, &mut writer, body, &server).await {
+                        break e;
                     }
                 }
                 Some(Command::Cancel { id }) => {
                     if pending.remove(&id).is_some() {
-                        let body = Request::Cancel.encode_tagged(id);
-                        if !matches!(tokio::time::timeout(WRITE_TIMEOUT, write_message(&mut writer, &body)).await, Ok(Ok(()))) {
-                            break unreachable(ExchangeStep::Send, std::io::ErrorKind::BrokenPipe);
+                        if let Err(e) = send(&mut handshake, &mut writer, Request::Cancel.encode_tagged(id), &server).await {
+                            break e;
                         }
                     }
                 }
@@ -297,14 +365,49 @@ async fn run(
                 None => return,
             },
             frame = frames.recv() => {
-                let body = match frame {
-                    Some(Ok(body)) => body,
+                let frame = match frame {
+                    Some(Ok(frame)) => frame,
                     Some(Err(FrameError::Io(e))) => break unreachable(ExchangeStep::Receive, e.kind()),
                     Some(Err(FrameError::TooLong(len))) => {
-                        break NameError::Malformed(format!("response of {len} bytes is too long"))
+                        break NameError::Malformed(format!("answer of {len} bytes is too long"))
                     }
                     Some(Err(FrameError::Closed)) | None => {
                         break unreachable(ExchangeStep::Receive, std::io::ErrorKind::UnexpectedEof)
+                    }
+                };
+                let body = match std::mem::replace(&mut handshake, Handshake::NotStarted) {
+                    Handshake::Open(channel) => {
+                        let body = channel.open(&frame);
+                        handshake = Handshake::Open(channel);
+                        match body {
+                            Ok(body) => body,
+                            Err(e) => break attribute(e, &server),
+                        }
+                    }
+                    Handshake::Hello(hello, queued) => {
+                        let welcome = match hello.finish(&frame, pin.as_ref()) {
+                            Ok(welcome) => welcome,
+                            Err(e) => break attribute(e, &server),
+                        };
+                        tracing::trace!(%server, key = %welcome.server.fingerprint(), "watch channel open");
+                        handshake = Handshake::Open(welcome.channel);
+                        let mut flushed = Ok(());
+                        for body in queued {
+                            flushed = send(&mut handshake, &mut writer, body, &server).await;
+                            if flushed.is_err() {
+                                break;
+                            }
+                        }
+                        if let Err(e) = flushed {
+                            break e;
+                        }
+                        welcome.response
+                    }
+                    Handshake::NotStarted => {
+                        break attribute(
+                            NameError::Unauthenticated { server: String::new(), reason: "the server spoke first".into() },
+                            &server,
+                        )
                     }
                 };
                 match Response::decode_tagged(&body) {
