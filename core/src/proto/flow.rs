@@ -19,7 +19,7 @@ use bytes::Bytes;
 
 use super::frame::{check_ack, clamp_str, ACK_HEADER_LEN, ACK_RANGE_LEN, CLOSE_NOT_ACCEPTED, DATA_HEADER_LEN};
 use super::ranges::RangeSet;
-use super::recv::RecvBuffer;
+use super::recv::{ReadBuffer, RecvBuffer};
 use super::sched::{slower_path_helps, stall_after, Demand, PathEstimate, REDUNDANT_LIMIT};
 use super::send::{Segment, SendBuffer};
 use super::subflow::Subflow;
@@ -539,6 +539,19 @@ impl FlowState {
         frame: Frame,
         now: Instant,
     ) -> Result<(), ProtocolViolation> {
+        self.handle_frame_from(id, frame, now, None)
+    }
+
+    /// Like [`handle_frame`](Self::handle_frame), for a frame whose DATA payload lies in
+    /// `buffer` (the record layer knows which buffer each record was read into), so that
+    /// reassembly counts what a payload it keeps uncopied really holds.
+    pub(crate) fn handle_frame_from(
+        &mut self,
+        id: SubflowId,
+        frame: Frame,
+        now: Instant,
+        buffer: Option<ReadBuffer>,
+    ) -> Result<(), ProtocolViolation> {
         let wire_len = frame.encoded_len();
         let Some(sub) = self.subflows.get_mut(&id) else {
             return Err(ProtocolViolation::UnknownSubflow(id));
@@ -561,7 +574,7 @@ impl FlowState {
                 offset,
                 fin,
                 payload,
-            } => self.on_data(id, offset, fin, payload, now)?,
+            } => self.on_data(id, offset, fin, payload, now, buffer)?,
             Frame::Ack {
                 cum,
                 ranges,
@@ -611,12 +624,13 @@ impl FlowState {
         fin: bool,
         payload: Bytes,
         now: Instant,
+        buffer: Option<ReadBuffer>,
     ) -> Result<(), ProtocolViolation> {
         if payload.len() > MAX_DATA_LEN {
             return Err(ProtocolViolation::DataTooLong(payload.len()));
         }
         let len = payload.len() as u64;
-        let got = self.recv.receive(offset, payload, fin)?;
+        let got = self.recv.receive(offset, payload, fin, buffer)?;
         self.stats.bytes_received += got.new_bytes;
         self.stats.duplicate_bytes_received += got.duplicate_bytes;
         if got.readable {

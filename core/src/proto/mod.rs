@@ -84,7 +84,7 @@ mod subflow;
 mod tests;
 
 pub use config::FlowConfig;
-pub(crate) use recv::READ_BUFFER;
+pub(crate) use recv::{ReadBuffer, READ_BUFFER};
 pub use error::{FlowError, ProtocolViolation};
 pub use sched::PathPolicy;
 pub use flow::{FlowEvent, FlowState, FlowStats, FlowStatus, PathState, ReadOutcome, SubflowId, SubflowStats};

@@ -9,12 +9,14 @@
 //! Bytes are not all the memory, though. Every piece held costs a slot in a map, a range
 //! in the ACK set and an allocation, and a payload kept without a copy holds on to the
 //! whole buffer the runtime read it into. A peer cutting its data into one-byte pieces
-//! with gaps between them, or trickling small pieces through otherwise useless records,
-//! would make a window of bytes cost a hundred times its size. So the receiver counts what
-//! each piece really costs ([`PIECE_OVERHEAD`], allocator rounding, a whole
-//! [`READ_BUFFER`] for a shared piece) and keeps the total within twice the window:
+//! with gaps between them, or sending each piece alone in a read buffer otherwise filled
+//! with useless records, would make a window of bytes cost a hundred times its size. So
+//! the receiver counts what each piece really costs ([`PIECE_OVERHEAD`], allocator
+//! rounding, and once for all the pieces kept from it, the whole [`ReadBuffer`] a shared
+//! piece lies in) and keeps the total within twice the window:
 //! - pieces of [`SHARE_MIN`] bytes or more are kept as they came (no copy: the common case
-//!   of large in-order writes), as long as those pins stay within half the window;
+//!   of large writes, whose pieces fill the buffers they came in), as long as what the
+//!   buffers hold beyond the pieces' bytes stays within half the window;
 //! - smaller pieces, and large ones beyond that, are copied into buffers of the receiver's
 //!   own, gathered with the piece before them when they touch it;
 //! - out-of-order DATA whose pieces would take the cost past the bound is refused: the
@@ -25,7 +27,7 @@
 //! Duplicates — retransmissions of units that did arrive, or the same DATA carried by
 //! two subflows — are trimmed and counted, never delivered twice.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::ops::Range;
 
 use bytes::{Buf, Bytes};
@@ -33,8 +35,8 @@ use bytes::{Buf, Bytes};
 use super::ranges::RangeSet;
 use super::ProtocolViolation;
 
-/// The most a payload kept without a copy may hold on to: the buffer the runtime read it
-/// into (a subflow reader's buffers are at most this large).
+/// The most a payload kept without a copy may hold on to when its buffer is not known
+/// (a subflow reader's buffers are at most this large).
 pub(crate) const READ_BUFFER: usize = 256 * 1024;
 /// Pieces at least this long may be kept as they came; shorter ones are copied.
 const SHARE_MIN: usize = 16 * 1024;
@@ -55,6 +57,28 @@ fn heap(n: usize) -> usize {
     }
 }
 
+/// The buffer a payload was read into: where it ends, which tells live buffers apart, and
+/// how large it is. A payload kept as it came keeps all of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ReadBuffer {
+    pub(crate) end: usize,
+    pub(crate) len: usize,
+}
+
+/// What a piece kept as it came holds on to.
+#[derive(Debug, Clone, Copy)]
+enum Pin {
+    /// A known buffer, counted once for all its pieces held.
+    Buffer(usize),
+    /// An unknown one, counted as a [`READ_BUFFER`] of its own.
+    Alone,
+}
+
+/// Heap a read buffer of `n` bytes takes: that large, it is mapped in whole pages.
+fn buffer_heap(n: usize) -> usize {
+    (n + 16).next_multiple_of(4096)
+}
+
 /// What one DATA frame changed.
 #[derive(Debug, Default)]
 pub(crate) struct Received {
@@ -70,7 +94,7 @@ pub(crate) struct Received {
 /// pieces touching its end are appended to).
 #[derive(Debug)]
 enum Stored {
-    Shared(Bytes),
+    Shared(Bytes, Pin),
     Own(Vec<u8>),
 }
 
@@ -84,7 +108,7 @@ struct Piece {
 impl Piece {
     fn len(&self) -> usize {
         match &self.data {
-            Stored::Shared(b) => b.len(),
+            Stored::Shared(b, _) => b.len(),
             Stored::Own(v) => v.len(),
         }
     }
@@ -95,7 +119,7 @@ impl Piece {
 struct Ready {
     data: Bytes,
     charge: usize,
-    shared: bool,
+    pin: Option<Pin>,
 }
 
 /// Where a new piece goes, decided before anything is changed.
@@ -133,9 +157,11 @@ pub(crate) struct RecvBuffer {
     ooo_bytes: u64,
     /// What everything held costs, by the reckoning above.
     charged: usize,
-    /// Pieces kept as they came, and how many may be.
-    shared: usize,
-    max_shared: usize,
+    /// The buffers that shared pieces keep, by end address: their size and how many
+    /// pieces hold each.
+    buffers: HashMap<usize, (usize, usize)>,
+    /// Pieces are shared only while `charged` less the bytes held stays within this.
+    share_limit: usize,
     /// `charged` less the bytes held may not pass this for out-of-order data: with the
     /// bytes (at most the window) and what in-order pieces may add, the total stays
     /// within twice the window.
@@ -160,8 +186,8 @@ impl RecvBuffer {
             min_window,
             ooo_bytes: 0,
             charged: 0,
-            shared: 0,
-            max_shared: bound / 2 / (READ_BUFFER + PIECE_OVERHEAD),
+            buffers: HashMap::new(),
+            share_limit: bound / 2,
             // In-order pieces are taken whatever the cost; a sixteenth of the window
             // covers their overhead (gathered, or at least SHARE_MIN bytes each).
             overhead_limit: bound - bound / 16,
@@ -213,12 +239,14 @@ impl RecvBuffer {
         self.fin == Some(self.read_off)
     }
 
-    /// Takes in one DATA frame, or refuses all of it.
+    /// Takes in one DATA frame, or refuses all of it. `source` is the buffer the payload
+    /// lies in, when known.
     pub fn receive(
         &mut self,
         offset: u64,
         payload: Bytes,
         fin: bool,
+        source: Option<ReadBuffer>,
     ) -> Result<Received, ProtocolViolation> {
         let len = payload.len() as u64;
         let end = offset
@@ -253,11 +281,13 @@ impl RecvBuffer {
         if !in_order {
             // Only a frame that starts beyond the in-order data may be refused: the rest
             // of the stream can always be read, and its pieces gather behind it.
-            let mut cost = 0;
+            let (mut cost, mut bytes, mut shared) = (0, 0, false);
             for g in &gaps {
-                let (place, c) = self.place(g, places.iter().filter(|p| matches!(p, Place::Share)).count());
+                let (place, c) = self.place(g, source, (cost, bytes, shared));
+                shared |= matches!(place, Place::Share);
                 places.push(place);
                 cost += c;
+                bytes += (g.end - g.start) as usize;
             }
             let held = self.buffered() as usize + gaps.iter().map(|g| (g.end - g.start) as usize).sum::<usize>();
             if (self.charged + cost).saturating_sub(held) > self.overhead_limit {
@@ -284,8 +314,8 @@ impl RecvBuffer {
             let piece = payload.slice((gap.start - offset) as usize..(gap.end - offset) as usize);
             // In order, each piece follows the one before once the pieces held between
             // them are pulled in: it is placed then.
-            let place = places.get(i).copied().unwrap_or_else(|| self.place(&gap, 0).0);
-            self.store(gap, piece, place);
+            let place = places.get(i).copied().unwrap_or_else(|| self.place(&gap, source, (0, 0, false)).0);
+            self.store(gap, piece, place, source);
             if in_order {
                 self.pull();
             }
@@ -317,12 +347,22 @@ impl RecvBuffer {
         gaps
     }
 
-    /// Where the piece for `gap` goes, and what that costs, with `shares` more pieces
-    /// already set to be kept as they came.
-    fn place(&self, gap: &Range<u64>, shares: usize) -> (Place, usize) {
+    /// Where the piece for `gap` goes, and what that costs, with `pending` (cost, bytes,
+    /// whether one was shared) of this frame's pieces placed before it.
+    fn place(&self, gap: &Range<u64>, source: Option<ReadBuffer>, pending: (usize, usize, bool)) -> (Place, usize) {
         let n = (gap.end - gap.start) as usize;
-        if n >= SHARE_MIN && self.shared + shares < self.max_shared {
-            return (Place::Share, READ_BUFFER + PIECE_OVERHEAD);
+        if n >= SHARE_MIN {
+            let pin = match source {
+                // Counted already when one of its pieces is held (or placed just before).
+                Some(b) if self.buffers.contains_key(&b.end) || pending.2 => 0,
+                Some(b) => buffer_heap(b.len),
+                None => READ_BUFFER,
+            };
+            let cost = PIECE_OVERHEAD + pin;
+            let held = self.buffered() as usize + pending.1 + n;
+            if (self.charged + pending.0 + cost).saturating_sub(held) <= self.share_limit {
+                return (Place::Share, cost);
+            }
         }
         let before = match gap.start == self.data_end {
             true => (!self.tail.is_empty()).then_some((None, &self.tail)),
@@ -341,15 +381,47 @@ impl RecvBuffer {
         }
     }
 
-    fn store(&mut self, gap: Range<u64>, piece: Bytes, place: Place) {
+    /// Counts a shared piece against the buffer it holds; returns the pin and the piece's
+    /// own charge.
+    fn pin(&mut self, source: Option<ReadBuffer>) -> (Pin, usize) {
+        match source {
+            Some(b) => {
+                let (len, pieces) = self.buffers.entry(b.end).or_insert((buffer_heap(b.len), 0));
+                if *pieces == 0 {
+                    self.charged += *len;
+                }
+                *pieces += 1;
+                self.charged += PIECE_OVERHEAD;
+                (Pin::Buffer(b.end), PIECE_OVERHEAD)
+            }
+            None => {
+                self.charged += READ_BUFFER + PIECE_OVERHEAD;
+                (Pin::Alone, READ_BUFFER + PIECE_OVERHEAD)
+            }
+        }
+    }
+
+    /// A shared piece is gone: its buffer is no longer counted once no piece holds it.
+    fn unpin(&mut self, pin: Pin) {
+        if let Pin::Buffer(end) = pin {
+            if let Some((len, pieces)) = self.buffers.get_mut(&end) {
+                *pieces -= 1;
+                if *pieces == 0 {
+                    self.charged -= *len;
+                    self.buffers.remove(&end);
+                }
+            }
+        }
+    }
+
+    fn store(&mut self, gap: Range<u64>, piece: Bytes, place: Place, source: Option<ReadBuffer>) {
         let n = piece.len();
         if gap.start == self.data_end {
             match place {
                 Place::Share => {
                     self.freeze_tail();
-                    self.shared += 1;
-                    self.charged += READ_BUFFER + PIECE_OVERHEAD;
-                    self.ready.push_back(Ready { data: piece, charge: READ_BUFFER + PIECE_OVERHEAD, shared: true });
+                    let (pin, charge) = self.pin(source);
+                    self.ready.push_back(Ready { data: piece, charge, pin: Some(pin) });
                 }
                 Place::Append { cap, .. } => {
                     let grown = grow(&mut self.tail, cap, &piece);
@@ -367,10 +439,8 @@ impl RecvBuffer {
         } else {
             match place {
                 Place::Share => {
-                    self.shared += 1;
-                    let charge = READ_BUFFER + PIECE_OVERHEAD;
-                    self.charged += charge;
-                    self.ooo.insert(gap.start, Piece { data: Stored::Shared(piece), charge });
+                    let (pin, charge) = self.pin(source);
+                    self.ooo.insert(gap.start, Piece { data: Stored::Shared(piece, pin), charge });
                 }
                 Place::Append { to, cap } => {
                     let p = to.and_then(|k| self.ooo.get_mut(&k)).expect("placed after a piece of our own");
@@ -415,9 +485,9 @@ impl RecvBuffer {
                     self.freeze_tail();
                     (self.tail, self.tail_charge) = (v, piece.charge);
                 }
-                Stored::Shared(data) => {
+                Stored::Shared(data, pin) => {
                     self.freeze_tail();
-                    self.ready.push_back(Ready { data, charge: piece.charge, shared: true });
+                    self.ready.push_back(Ready { data, charge: piece.charge, pin: Some(pin) });
                 }
             }
         }
@@ -439,7 +509,7 @@ impl RecvBuffer {
             self.charged -= was - heap(tail.capacity());
             charge -= was - heap(tail.capacity());
         }
-        self.ready.push_back(Ready { data: Bytes::from(tail), charge, shared: false });
+        self.ready.push_back(Ready { data: Bytes::from(tail), charge, pin: None });
     }
 
     /// The front in-order piece, the tail queued first if it is all that is left.
@@ -453,7 +523,9 @@ impl RecvBuffer {
     fn pop_front(&mut self) -> Option<Bytes> {
         let piece = self.ready.pop_front()?;
         self.charged -= piece.charge;
-        self.shared -= usize::from(piece.shared);
+        if let Some(pin) = piece.pin {
+            self.unpin(pin);
+        }
         if self.ready.capacity() > 64 && self.ready.len() < self.ready.capacity() / 4 {
             self.ready.shrink_to_fit();
         }
@@ -526,8 +598,8 @@ mod tests {
     fn take_hands_over_large_payloads_as_they_came() {
         let mut r = RecvBuffer::new(4 << 20, 64 * 1024);
         let first = Bytes::from(vec![1u8; SHARE_MIN]);
-        r.receive(0, first.clone(), false).unwrap();
-        r.receive(SHARE_MIN as u64, Bytes::from(vec![2u8; SHARE_MIN]), false).unwrap();
+        r.receive(0, first.clone(), false, None).unwrap();
+        r.receive(SHARE_MIN as u64, Bytes::from(vec![2u8; SHARE_MIN]), false, None).unwrap();
         let mut out = Vec::new();
         assert_eq!(r.take(SHARE_MIN + 5, &mut out), SHARE_MIN + 5);
         assert_eq!(out[0].as_ptr(), first.as_ptr(), "no copy");
@@ -537,19 +609,51 @@ mod tests {
         assert_eq!(r.memory(), 0, "all released");
     }
 
+    /// Pieces kept from one read buffer count it once; a piece alone in a buffer counts
+    /// all of it, and only half a window of such waste is kept before pieces are copied.
+    #[test]
+    fn a_read_buffer_counts_once_for_all_the_pieces_kept_from_it() {
+        let window = 1 << 20;
+        let mut r = RecvBuffer::new(window, 64 * 1024);
+        let slab = Bytes::from(vec![5u8; 4 * SHARE_MIN]);
+        let buffer = Some(ReadBuffer { end: 1 << 40, len: slab.len() });
+        for i in 0..4 {
+            let piece = slab.slice(i * SHARE_MIN..(i + 1) * SHARE_MIN);
+            r.receive((i * SHARE_MIN) as u64, piece, false, buffer).unwrap();
+        }
+        assert_eq!(r.buffers.len(), 1);
+        let whole = buffer_heap(slab.len()) + 4 * PIECE_OVERHEAD;
+        assert_eq!(r.memory(), whole);
+        // Pieces alone in large buffers: shared while the waste stays within half the
+        // window, copied after.
+        let mut offset = 4 * SHARE_MIN as u64;
+        let mut shared = 0;
+        for i in 0..20 {
+            let lonely = Some(ReadBuffer { end: (2 + i) << 40, len: READ_BUFFER });
+            r.receive(offset, Bytes::from(vec![6u8; SHARE_MIN]), false, lonely).unwrap();
+            shared += usize::from(r.buffers.len() > shared + 1);
+            offset += SHARE_MIN as u64;
+        }
+        assert!((1..20).contains(&shared), "{shared} kept as they came");
+        assert!(r.memory() - r.buffered() as usize <= window / 2 + PIECE_OVERHEAD * 24);
+        let mut buf = vec![0u8; offset as usize];
+        assert_eq!(r.read(&mut buf), offset as usize);
+        assert_eq!((r.memory(), r.buffers.len()), (0, 0));
+    }
+
     /// Small pieces are copied and gathered: a thousand of them cost about their bytes,
     /// not a thousand allocations and map slots, in order or not.
     #[test]
     fn small_pieces_are_gathered() {
         let mut r = RecvBuffer::new(1 << 20, 64 * 1024);
         for i in 0..1000u64 {
-            r.receive(100 + 10 * i, b("0123456789"), false).unwrap();
+            r.receive(100 + 10 * i, b("0123456789"), false, None).unwrap();
         }
         assert_eq!(r.ooo.len(), 1);
         assert!(r.memory() < 10_000 + 4 * PIECE_OVERHEAD + GATHER_MAX / 4, "{}", r.memory());
-        r.receive(0, Bytes::from(vec![b'x'; 100]), false).unwrap();
+        r.receive(0, Bytes::from(vec![b'x'; 100]), false, None).unwrap();
         for i in 0..1000u64 {
-            r.receive(10_100 + 3 * i, b("abc"), false).unwrap();
+            r.receive(10_100 + 3 * i, b("abc"), false, None).unwrap();
         }
         let mut buf = vec![0u8; 20_000];
         assert_eq!(r.read(&mut buf), 13_100);
@@ -568,7 +672,7 @@ mod tests {
         let mut r = RecvBuffer::new(window, 0);
         let mut offset = 1;
         let refused = loop {
-            match r.receive(offset, b("."), false) {
+            match r.receive(offset, b("."), false, None) {
                 Ok(got) => assert_eq!(got.new_bytes, 1),
                 Err(refused) => break refused,
             }
@@ -581,7 +685,7 @@ mod tests {
         // A frame from 0 over the scattered bytes and beyond is taken whole: everything
         // in it reads in order, the bytes held gathered with the new ones.
         let end = offset + 10;
-        let got = r.receive(0, Bytes::from(vec![b'-'; end as usize]), true).unwrap();
+        let got = r.receive(0, Bytes::from(vec![b'-'; end as usize]), true, None).unwrap();
         assert!(got.readable);
         assert_eq!(got.new_bytes, end - offset / 2);
         assert_eq!(r.cum(), end + 1);
@@ -602,16 +706,16 @@ mod tests {
     #[test]
     fn reassembles_out_of_order_with_duplicates() {
         let mut r = RecvBuffer::new(100, 0);
-        assert_eq!(r.receive(6, b("world"), true).unwrap().new_bytes, 5);
+        assert_eq!(r.receive(6, b("world"), true, None).unwrap().new_bytes, 5);
         assert_eq!(r.cum(), 0);
         assert_eq!(r.ack_ranges(32), vec![6..12]);
-        let got = r.receive(3, b("lo wo"), false).unwrap();
+        let got = r.receive(3, b("lo wo"), false, None).unwrap();
         assert_eq!((got.new_bytes, got.duplicate_bytes), (3, 2));
-        let got = r.receive(0, b("hel"), false).unwrap();
+        let got = r.receive(0, b("hel"), false, None).unwrap();
         assert_eq!((got.new_bytes, got.duplicate_bytes), (3, 0));
         assert_eq!(r.cum(), 12);
         assert!(r.ack_ranges(32).is_empty());
-        assert_eq!(r.receive(0, b("hello"), false).unwrap().duplicate_bytes, 5);
+        assert_eq!(r.receive(0, b("hello"), false, None).unwrap().duplicate_bytes, 5);
         assert_eq!(read_all(&mut r), "hello world");
         assert!(r.at_fin());
         assert_eq!(r.buffered(), 0);
@@ -620,14 +724,14 @@ mod tests {
     #[test]
     fn partial_overlaps_are_trimmed_on_both_sides() {
         let mut r = RecvBuffer::new(100, 0);
-        r.receive(0, b("hel"), false).unwrap();
-        let got = r.receive(1, b("ello"), false).unwrap();
+        r.receive(0, b("hel"), false, None).unwrap();
+        let got = r.receive(1, b("ello"), false, None).unwrap();
         assert_eq!((got.new_bytes, got.duplicate_bytes), (2, 2));
-        r.receive(8, b("rld"), false).unwrap();
-        let got = r.receive(6, b("wor"), false).unwrap();
+        r.receive(8, b("rld"), false, None).unwrap();
+        let got = r.receive(6, b("wor"), false, None).unwrap();
         assert_eq!((got.new_bytes, got.duplicate_bytes), (2, 1));
         // Overlaps delivered data, fills the gap, overlaps both out-of-order segments.
-        let got = r.receive(4, b("o worl"), false).unwrap();
+        let got = r.receive(4, b("o worl"), false, None).unwrap();
         assert_eq!((got.new_bytes, got.duplicate_bytes), (1, 5));
         assert_eq!(read_all(&mut r), "hello world");
         assert_eq!(r.cum(), 11);
@@ -638,31 +742,31 @@ mod tests {
     fn window_and_fin_are_enforced() {
         let mut r = RecvBuffer::new(10, 0);
         assert!(matches!(
-            r.receive(5, b("123456"), false),
+            r.receive(5, b("123456"), false, None),
             Err(ProtocolViolation::DataBeyondWindow {
                 end: 11,
                 window: 10
             })
         ));
-        r.receive(0, b("0123456789"), false).unwrap();
+        r.receive(0, b("0123456789"), false, None).unwrap();
         assert_eq!(read_all(&mut r).len(), 10);
         assert_eq!(r.window(), 20);
-        r.receive(12, b("ab"), true).unwrap();
+        r.receive(12, b("ab"), true, None).unwrap();
         assert!(matches!(
-            r.receive(12, b("abc"), true),
+            r.receive(12, b("abc"), true, None),
             Err(ProtocolViolation::FinChanged { .. })
         ));
         assert!(matches!(
-            r.receive(13, b("bc"), false),
+            r.receive(13, b("bc"), false, None),
             Err(ProtocolViolation::DataBeyondFin { .. })
         ));
         assert_eq!(r.ack_ranges(32), vec![12..15]);
-        r.receive(10, b("xy"), false).unwrap();
+        r.receive(10, b("xy"), false, None).unwrap();
         assert_eq!(r.cum(), 15);
         let mut r = RecvBuffer::new(10, 0);
-        r.receive(5, b("abc"), false).unwrap();
+        r.receive(5, b("abc"), false, None).unwrap();
         assert!(matches!(
-            r.receive(0, b("ab"), true),
+            r.receive(0, b("ab"), true, None),
             Err(ProtocolViolation::FinChanged { .. })
         ));
     }

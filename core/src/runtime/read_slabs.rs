@@ -16,8 +16,8 @@
 //! [`MAX_SLAB`]; a subflow keeps at most [`SPARE_SLABS`] spares (as many as a full receive
 //! window of the largest slabs, since the application may lag that far behind), and lets
 //! them go when it finds its socket empty [`IDLE_TRIM`] after it last changed slabs. A
-//! payload pins its slab: reassembly keeps few payloads as they came, counting a whole
-//! [`MAX_SLAB`] for each, and copies the rest (see `proto/recv.rs`).
+//! payload pins its slab: reassembly counts the whole slab for the payloads it keeps from
+//! it, and copies the ones that would hold too much (see `proto/recv.rs`).
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};

@@ -7,7 +7,7 @@ use bytes::{Buf, BytesMut};
 
 use super::keys::PN_LIMIT;
 use super::seal::{parse_header, RECORD_HEADER_LEN};
-use crate::proto::{FlowError, FlowState, Frame, FrameError, ProtocolViolation, SubflowId};
+use crate::proto::{FlowError, FlowState, Frame, FrameError, ProtocolViolation, ReadBuffer, SubflowId};
 use crate::session::{ReplayWindow, SessionKeys};
 
 /// A whole record cut off the byte stream, not yet authenticated.
@@ -16,6 +16,15 @@ pub(crate) struct Sealed {
     pn: u64,
     /// Ciphertext and tag.
     body: BytesMut,
+    place: Placement,
+}
+
+/// Where a record lay in the buffer it was read into: its first byte and the buffer's
+/// end (the records cut off one buffer share that end; a live buffer's end is its own).
+#[derive(Debug, Clone, Copy)]
+struct Placement {
+    at: usize,
+    end: usize,
 }
 
 /// Why a record could not be opened.
@@ -40,6 +49,8 @@ pub(crate) struct Opened {
     /// The flow's keys were retired after this many forged records: nothing was opened,
     /// and the flow ends.
     retired: Option<u64>,
+    /// Where the record was read; its payloads are slices of that buffer.
+    place: Option<Placement>,
 }
 
 /// How many more bytes `buf` needs before its first record is whole (at least the
@@ -57,26 +68,28 @@ pub(crate) fn split_record(buf: &mut BytesMut) -> Option<Sealed> {
         return None;
     }
     let (len, pn) = parse_header(&buf[..RECORD_HEADER_LEN]);
+    let at = buf.as_ptr() as usize;
+    let place = Placement { at, end: at + buf.capacity() };
     let mut body = buf.split_to(RECORD_HEADER_LEN + len);
     body.advance(RECORD_HEADER_LEN);
-    Some(Sealed { pn, body })
+    Some(Sealed { pn, body, place })
 }
 
 /// Authenticates a record in place and decodes its frames. Once the flow's keys are
 /// retired (too many forgeries), nothing is opened any more: the record only carries the
 /// news to [`Receiver::deliver`], which ends the flow.
 pub(crate) fn open(keys: &SessionKeys, sealed: Sealed) -> Result<Opened, OpenError> {
-    let Sealed { pn, mut body } = sealed;
+    let Sealed { pn, mut body, place } = sealed;
     let wire_len = RECORD_HEADER_LEN + body.len();
     if keys.recv.retired() {
-        return Ok(Opened { pn, wire_len, frames: Vec::new(), retired: Some(keys.recv.forged()) });
+        return Ok(Opened { pn, wire_len, frames: Vec::new(), retired: Some(keys.recv.forged()), place: None });
     }
     let n = keys.open_record(pn, &mut body).map_err(|_| OpenError::Forged)?;
     body.truncate(n);
     // Payloads stay slices of the buffer the record was read into; reassembly copies
-    // the ones it keeps that are too small to be worth what they pin.
+    // the ones it keeps that are not worth what they would hold there.
     let frames = Frame::decode_all(body.freeze()).map_err(OpenError::Malformed)?;
-    Ok(Opened { pn, wire_len, frames, retired: None })
+    Ok(Opened { pn, wire_len, frames, retired: None, place: Some(place) })
 }
 
 /// What became of an opened record.
@@ -95,11 +108,17 @@ pub(crate) enum Delivery {
 #[derive(Debug)]
 pub(crate) struct Receiver {
     replay: ReplayWindow,
+    /// Per subflow, the buffer its records are read into now: its end, and where its
+    /// first record began (a reader fills a buffer from its start, so that is its size).
+    buffers: Vec<(SubflowId, usize, usize)>,
 }
+
+/// Subflows whose buffers are remembered (the oldest is forgotten first).
+const BUFFERS_KEPT: usize = 16;
 
 impl Default for Receiver {
     fn default() -> Self {
-        Receiver { replay: ReplayWindow::new() }
+        Receiver { replay: ReplayWindow::new(), buffers: Vec::new() }
     }
 }
 
@@ -124,10 +143,33 @@ impl Receiver {
             return Ok(Delivery::Replayed);
         }
         self.replay.insert(record.pn);
+        let buffer = record.place.map(|p| self.buffer(id, p));
         for frame in record.frames {
-            flow.handle_frame(id, frame, now)?;
+            flow.handle_frame_from(id, frame, now, buffer)?;
         }
         Ok(Delivery::Fresh)
+    }
+
+    /// The buffer a record of subflow `id` lies in.
+    fn buffer(&mut self, id: SubflowId, p: Placement) -> ReadBuffer {
+        let start = match self.buffers.iter_mut().find(|b| b.0 == id) {
+            Some(b) if b.1 == p.end => {
+                b.2 = b.2.min(p.at);
+                b.2
+            }
+            Some(b) => {
+                (b.1, b.2) = (p.end, p.at);
+                p.at
+            }
+            None => {
+                if self.buffers.len() == BUFFERS_KEPT {
+                    self.buffers.remove(0);
+                }
+                self.buffers.push((id, p.end, p.at));
+                p.at
+            }
+        };
+        ReadBuffer { end: p.end, len: p.end - start }
     }
 }
 
@@ -258,7 +300,7 @@ mod tests {
         let mut rx = Receiver::default();
         let opened = open(&s, split_record(&mut last).unwrap()).unwrap();
         assert_eq!(rx.deliver(&mut flow, id, opened, now), Ok(Delivery::Fresh), "the last usable number is usable");
-        let beyond = Opened { pn: PN_LIMIT, wire_len: 40, frames: vec![data(4, b"!")], retired: None };
+        let beyond = Opened { pn: PN_LIMIT, wire_len: 40, frames: vec![data(4, b"!")], retired: None, place: None };
         assert_eq!(rx.deliver(&mut flow, id, beyond, now), Ok(Delivery::Replayed));
         assert_eq!(flow.stats().bytes_received, 4);
     }
