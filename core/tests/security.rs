@@ -10,7 +10,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use msocket::unstable::name_protocol::{read_message, write_message, Request, Response};
+use msocket::unstable::name_protocol::secure::ServerConnection;
+use msocket::unstable::name_protocol::{Request, Response};
 use msocket::name::{MemoryNameService, NameError, NameService, TcpNameClient};
 use msocket::trust::{PinFile, PinStore};
 use msocket::{ConnectFailure, Endpoint, Error, Identity, Listener};
@@ -179,7 +180,8 @@ async fn a_forged_record_is_refused_by_the_memory_service_and_never_used() {
     assert_untouched(&pot);
 }
 
-/// A name server that answers every lookup with a record it forged for the name asked.
+/// A name server (speaking the protocol properly, with a key of its own) that answers
+/// every lookup with a record it forged for the name asked.
 async fn lying_name_server(ip: IpAddr, pot: SocketAddr) -> SocketAddr {
     let l = TcpListener::bind(SocketAddr::new(ip, 0)).await.unwrap();
     let addr = l.local_addr().unwrap();
@@ -187,12 +189,13 @@ async fn lying_name_server(ip: IpAddr, pot: SocketAddr) -> SocketAddr {
     let victim = Identity::from_seed([98; 32]);
     tokio::spawn(async move {
         loop {
-            let Ok((mut s, _)) = l.accept().await else { return };
+            let Ok((s, _)) = l.accept().await else { return };
             let (attacker, victim) = (attacker.clone(), victim.clone());
             tokio::spawn(async move {
-                let Ok(body) = read_message(&mut s).await else { return };
-                let response = match Request::decode(&body) {
-                    Ok(Request::Lookup(name)) if name.starts_with("badsig") => {
+                let mut conn = ServerConnection::new(s, attacker.clone());
+                let Ok((id, request)) = conn.receive().await else { return };
+                let response = match request {
+                    Request::Lookup(name) if name.starts_with("badsig") => {
                         // The victim's record, re-pointed at the attacker: signature broken.
                         let mut r = signed_record(&victim, &name, vec!["192.0.2.7:7".parse().unwrap()], 5);
                         r.record.addrs = vec![pot];
@@ -200,10 +203,10 @@ async fn lying_name_server(ip: IpAddr, pot: SocketAddr) -> SocketAddr {
                         Response::Record(r)
                     }
                     // A validly signed record, but for another name.
-                    Ok(Request::Lookup(_)) => Response::Record(signed_record(&attacker, "other.test", vec![pot], 5)),
+                    Request::Lookup(_) => Response::Record(signed_record(&attacker, "other.test", vec![pot], 5)),
                     _ => Response::Ok,
                 };
-                let _ = write_message(&mut s, &response.encode()).await;
+                let _ = conn.answer(id, &response).await;
             });
         }
     });
