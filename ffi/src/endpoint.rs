@@ -18,9 +18,13 @@ use tokio::sync::watch;
 use crate::binder::AppBinder;
 use crate::error::{guard, MsocketError};
 use crate::flow::Flow;
+use crate::pins::AppPins;
 use crate::runtime::{self, block_on, millis};
 use crate::types::{interfaces_to_core, parse_ip, NetworkInterface, PathPolicy};
-use crate::SocketBinder;
+use crate::{PinStore, SocketBinder};
+
+/// Most fingerprints an allow-list takes.
+pub const MAX_ALLOWED_PEERS: usize = 10_000;
 
 /// The UDL's `EndpointOptions`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -34,6 +38,7 @@ pub struct EndpointOptions {
     pub use_loopback: bool,
     pub local_addresses: Vec<String>,
     pub listen_port: u16,
+    pub allowed_peers: Option<Vec<String>>,
 }
 
 /// Checks the secret key's length and turns it into an identity.
@@ -78,6 +83,20 @@ pub(crate) fn config(options: &EndpointOptions) -> Result<EndpointConfig, Msocke
     }
     config.local_ips =
         options.local_addresses.iter().map(|a| parse_ip(a, "local_addresses")).collect::<Result<_, _>>()?;
+    if let Some(allowed) = &options.allowed_peers {
+        if allowed.len() > MAX_ALLOWED_PEERS {
+            return Err(MsocketError::InvalidArgument(format!(
+                "{} allowed_peers; at most {MAX_ALLOWED_PEERS} are accepted",
+                allowed.len()
+            )));
+        }
+        let parse = |fp: &String| {
+            fp.trim().parse::<msocket::Fingerprint>().map_err(|e| {
+                MsocketError::InvalidArgument(format!("allowed_peers: {fp:?} is not a key fingerprint: {e}"))
+            })
+        };
+        config.allowed_peers = Some(allowed.iter().map(parse).collect::<Result<_, _>>()?);
+    }
     Ok(config)
 }
 
@@ -101,12 +120,16 @@ impl Endpoint {
         key: Vec<u8>,
         options: EndpointOptions,
         binder: Option<Box<dyn SocketBinder>>,
+        pins: Option<Box<dyn PinStore>>,
     ) -> Result<Endpoint, MsocketError> {
         guard("Endpoint", || {
             let identity = identity(&key)?;
             let mut config = config(&options)?;
             if let Some(binder) = binder {
                 config.socket_binder = Some(Arc::new(AppBinder(binder)));
+            }
+            if let Some(pins) = pins {
+                config.pins = Arc::new(AppPins(pins));
             }
             let fingerprint = identity.public().fingerprint();
             let endpoint = msocket::Endpoint::new(identity, config);
@@ -161,7 +184,7 @@ impl Endpoint {
         })
     }
 
-    /// Opens a flow to `name`.
+    /// Opens a flow to `name` (`NAME` or `NAME#FINGERPRINT`; see the UDL).
     pub fn connect(&self, name: String, timeout_ms: u32) -> Result<Arc<Flow>, MsocketError> {
         guard("connect", || {
             let endpoint = self.endpoint()?;

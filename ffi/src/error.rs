@@ -23,6 +23,14 @@ pub enum MsocketError {
     #[error("{0}")]
     KeyChanged(String),
     #[error("{0}")]
+    WrongKey(String),
+    #[error("{0}")]
+    StaleRecord(String),
+    #[error("{0}")]
+    NotAllowed(String),
+    #[error("{0}")]
+    PinStore(String),
+    #[error("{0}")]
     Unreachable(String),
     #[error("{0}")]
     AlreadyListening(String),
@@ -78,6 +86,12 @@ impl From<msocket::Error> for MsocketError {
         match e {
             msocket::Error::Name(n) => n.into(),
             msocket::Error::KeyChanged { .. } => MsocketError::KeyChanged(text),
+            msocket::Error::WrongKey { .. } => MsocketError::WrongKey(text),
+            msocket::Error::StaleRecord { .. } => MsocketError::StaleRecord(text),
+            msocket::Error::NotAllowed { .. } => MsocketError::NotAllowed(text),
+            // A bad name or fingerprint in `NAME#FINGERPRINT`: the app's input.
+            msocket::Error::PeerName(_) => MsocketError::InvalidArgument(text),
+            msocket::Error::Pins(_) => MsocketError::PinStore(text),
             msocket::Error::Unreachable { .. } => MsocketError::Unreachable(text),
             msocket::Error::UnknownName { .. } => MsocketError::NameNotFound(text),
             msocket::Error::AlreadyListening(_) => MsocketError::AlreadyListening(text),
@@ -169,6 +183,26 @@ mod tests {
             MsocketError::from(msocket::Error::Name(NameError::NotFound("b".into()))),
             MsocketError::NameNotFound(_)
         ));
+    }
+
+    #[test]
+    fn trust_errors_map_to_their_kinds_with_the_core_message() {
+        let e = MsocketError::from(msocket::Error::KeyChanged { name: "a.b".into(), pinned: "11".into(), offered: "22".into() });
+        assert!(matches!(&e, MsocketError::KeyChanged(m) if m.contains("connect once to a.b#22")), "{e:?}");
+        let e = MsocketError::from(msocket::Error::WrongKey { name: "a.b".into(), expected: "11".into(), offered: "22".into() });
+        assert!(matches!(&e, MsocketError::WrongKey(m) if m.contains("22") && m.contains("11")), "{e:?}");
+        let e = MsocketError::from(msocket::Error::StaleRecord { name: "a.b".into(), seen: 9, offered: 3 });
+        assert!(matches!(&e, MsocketError::StaleRecord(m) if m.contains("older than 9")), "{e:?}");
+        let addr = "192.0.2.1:7".parse().unwrap();
+        let e = MsocketError::from(msocket::Error::NotAllowed { name: "a.b".into(), addr });
+        assert!(matches!(&e, MsocketError::NotAllowed(m) if m.contains("allow-list")), "{e:?}");
+        let bad = "a.b#abc".parse::<msocket::PeerName>().unwrap_err();
+        let e = MsocketError::from(msocket::Error::PeerName(bad));
+        assert!(matches!(&e, MsocketError::InvalidArgument(m) if m.contains("a.b#abc") && m.contains("hex digits")), "{e:?}");
+        let bad = "A B".parse::<msocket::PeerName>().unwrap_err();
+        assert!(matches!(MsocketError::from(msocket::Error::PeerName(bad)), MsocketError::InvalidArgument(_)));
+        let e = MsocketError::from(msocket::Error::Pins(msocket::trust::PinError::Store("disk full".into())));
+        assert!(matches!(&e, MsocketError::PinStore(m) if m.contains("disk full")), "{e:?}");
     }
 
     #[test]

@@ -31,6 +31,7 @@ pub const MAX_RECEIVE: u32 = 4 * 1024 * 1024;
 pub struct Flow {
     name: String,
     id: String,
+    peer_fingerprint: String,
     flow: Mutex<Option<msocket::Flow>>,
     closed: watch::Sender<bool>,
     pump: Mutex<Option<EventPump>>,
@@ -41,6 +42,7 @@ impl Flow {
         Flow {
             name: flow.name().to_string(),
             id: flow.id(),
+            peer_fingerprint: flow.peer().fingerprint(),
             flow: Mutex::new(Some(flow)),
             closed: watch::channel(false).0,
             pump: Mutex::new(None),
@@ -89,6 +91,11 @@ impl Flow {
     /// The flow's identifier, the same at both ends.
     pub fn id(&self) -> String {
         self.id.clone()
+    }
+
+    /// The fingerprint of the peer's keys, authenticated by the handshake.
+    pub fn peer_fingerprint(&self) -> String {
+        self.peer_fingerprint.clone()
     }
 
     /// Sends all of `data` (see the UDL).

@@ -15,6 +15,8 @@
 //! - [`events`]: a flow's events delivered in order to the app's listener on a thread of
 //!   their own.
 //! - [`binder`]: the app's per-network socket binding, as the core's `SocketBinder`.
+//! - [`pins`]: the app's pin store (the keys each name was first seen with), as the
+//!   core's `PinStore`.
 //! - [`error`]: the core's errors folded into the kinds apps branch on; panics caught.
 //! - [`types`]: the plain records and enums of the interface, checked on the way in.
 //!
@@ -25,12 +27,14 @@ pub mod endpoint;
 pub mod error;
 pub mod events;
 pub mod flow;
+pub mod pins;
 pub mod runtime;
 pub mod types;
 
 pub use endpoint::{Endpoint, EndpointOptions, Listener};
 pub use error::{CallbackError, MsocketError};
 pub use flow::Flow;
+pub use pins::{pinned_fingerprint, PinnedKeys};
 pub use types::{FlowEvent, FlowFailure, FlowStats, InterfaceKind, NetworkInterface, PathInfo, PathLossReason, PathPolicy, PathState};
 
 /// Receives a flow's events (the UDL's `FlowListener`, implemented by the app).
@@ -42,6 +46,14 @@ pub trait FlowListener: Send + Sync {
 /// implemented by the app; see [`binder`]).
 pub trait SocketBinder: Send + Sync {
     fn bind_socket(&self, fd: i32, local_address: String) -> Result<(), CallbackError>;
+}
+
+/// Keeps the keys each looked-up name was first seen with (the UDL's `PinStore`,
+/// implemented by the app over its storage; see [`pins`]).
+pub trait PinStore: Send + Sync {
+    fn get(&self, name: String) -> Result<Option<PinnedKeys>, CallbackError>;
+    fn set(&self, name: String, pin: PinnedKeys) -> Result<(), CallbackError>;
+    fn remove(&self, name: String) -> Result<(), CallbackError>;
 }
 
 /// A new random 32-byte secret key (the seed the core derives both long-term keys from).

@@ -29,6 +29,7 @@ fn options(names: &LocalNameServer) -> EndpointOptions {
         use_loopback: false,
         local_addresses: Vec::new(),
         listen_port: 0,
+        allowed_peers: None,
     }
 }
 
@@ -39,7 +40,7 @@ fn key(byte: u8) -> Vec<u8> {
 fn server(names: &LocalNameServer, seed: u8) -> Endpoint {
     let mut o = options(names);
     o.local_addresses = vec!["127.0.0.1".into()];
-    Endpoint::new(key(seed), o, None).unwrap()
+    Endpoint::new(key(seed), o, None, None).unwrap()
 }
 
 /// Collects a flow's events on a channel.
@@ -95,7 +96,7 @@ fn pair(client: &Endpoint, server: &Endpoint, name: &str) -> (Arc<Flow>, Arc<Flo
 fn a_flow_carries_bytes_both_ways_and_finishes() {
     let names = LocalNameServer::start();
     let srv = server(&names, 1);
-    let cli = Endpoint::new(key(2), options(&names), None).unwrap();
+    let cli = Endpoint::new(key(2), options(&names), None, None).unwrap();
     let (c, s, _l) = pair(&cli, &srv, "bytes.test");
     assert_eq!(c.id(), s.id());
     assert_eq!(s.name(), "bytes.test");
@@ -132,7 +133,7 @@ fn a_flow_carries_bytes_both_ways_and_finishes() {
 fn receive_times_out_and_release_wakes_a_waiting_receive() {
     let names = LocalNameServer::start();
     let srv = server(&names, 3);
-    let cli = Endpoint::new(key(4), options(&names), None).unwrap();
+    let cli = Endpoint::new(key(4), options(&names), None, None).unwrap();
     let (c, _s, listener) = pair(&cli, &srv, "wait.test");
     let started = std::time::Instant::now();
     assert!(matches!(c.receive(100, 50), Err(MsocketError::Timeout(m)) if m.contains("50 ms")));
@@ -162,18 +163,18 @@ fn bad_input_is_refused_with_a_typed_error() {
     let names = LocalNameServer::start();
     let o = options(&names);
     let err = |r: Result<Endpoint, MsocketError>| r.err().expect("accepted");
-    assert!(matches!(err(Endpoint::new(vec![1; 31], o.clone(), None)), MsocketError::InvalidArgument(m) if m.contains("31 bytes")));
+    assert!(matches!(err(Endpoint::new(vec![1; 31], o.clone(), None, None)), MsocketError::InvalidArgument(m) if m.contains("31 bytes")));
     let mut bad = o.clone();
     bad.names_url = "http://names.example".into();
-    assert!(matches!(err(Endpoint::new(key(5), bad, None)), MsocketError::BadUrl(m) if m.contains("scheme")));
+    assert!(matches!(err(Endpoint::new(key(5), bad, None, None)), MsocketError::BadUrl(m) if m.contains("scheme")));
     let mut bad = o.clone();
     bad.local_addresses = vec!["not-an-ip".into()];
-    assert!(matches!(err(Endpoint::new(key(5), bad, None)), MsocketError::InvalidArgument(m) if m.contains("not-an-ip")));
+    assert!(matches!(err(Endpoint::new(key(5), bad, None, None)), MsocketError::InvalidArgument(m) if m.contains("not-an-ip")));
     let mut bad = o.clone();
     bad.connect_timeout_ms = 0;
-    assert!(matches!(err(Endpoint::new(key(5), bad, None)), MsocketError::InvalidArgument(m) if m.contains("connect_timeout_ms")));
+    assert!(matches!(err(Endpoint::new(key(5), bad, None, None)), MsocketError::InvalidArgument(m) if m.contains("connect_timeout_ms")));
 
-    let ep = Endpoint::new(key(5), o, None).unwrap();
+    let ep = Endpoint::new(key(5), o, None, None).unwrap();
     assert!(matches!(ep.connect("nobody.test".into(), T), Err(MsocketError::NameNotFound(m)) if m.contains("nobody.test")));
     assert!(matches!(ep.connect("Not A Name".into(), T), Err(MsocketError::InvalidArgument(_))));
     assert!(matches!(ep.listen("".into(), T), Err(MsocketError::InvalidArgument(_))));
@@ -240,7 +241,7 @@ fn pushed_networks_move_the_flow_and_sockets_are_bound() {
     let binder = Arc::new(Binder::default());
     let mut o = options(&names);
     o.use_loopback = true;
-    let cli = Endpoint::new(key(7), o, Some(Box::new(BinderHandle(binder.clone())))).unwrap();
+    let cli = Endpoint::new(key(7), o, Some(Box::new(BinderHandle(binder.clone()))), None).unwrap();
     assert!(cli.update_network(vec![wifi("wlan0", 3, InterfaceKind::Wifi, "127.0.0.2")]).unwrap());
     assert!(!cli.update_network(vec![wifi("wlan0", 3, InterfaceKind::Wifi, "127.0.0.2")]).unwrap(), "same snapshot");
     assert!(matches!(
@@ -284,4 +285,147 @@ fn pushed_networks_move_the_flow_and_sockets_are_bound() {
     s.release();
     let refused = rx.recv_timeout(WAIT).expect("the server's listener ran");
     assert!(matches!(refused, Err(MsocketError::WrongThread(_))), "{refused:?}");
+}
+
+/// Accepts one flow on `listener` in the background.
+fn accept_one(listener: &Arc<msocket_ffi::Listener>) -> std::thread::JoinHandle<Result<Arc<Flow>, MsocketError>> {
+    let listener = listener.clone();
+    std::thread::spawn(move || listener.accept(T))
+}
+
+#[test]
+fn a_peer_named_with_its_fingerprint_is_reached_only_with_that_key() {
+    let names = LocalNameServer::start();
+    let srv = server(&names, 20);
+    let cli = Endpoint::new(key(21), options(&names), None, None).unwrap();
+    let listener = srv.listen("keyed.test".into(), T).unwrap();
+
+    let accepting = accept_one(&listener);
+    let c = cli.connect(format!("keyed.test#{}", srv.fingerprint()), T).unwrap();
+    let s = accepting.join().unwrap().unwrap();
+    assert_eq!(c.name(), "keyed.test");
+    assert_eq!(c.peer_fingerprint(), srv.fingerprint(), "the client knows whom it reached");
+    assert_eq!(s.peer_fingerprint(), cli.fingerprint(), "the server knows who connected");
+    // All 64 digits, in capitals, name the same key.
+    let public = msocket::Identity::from_seed([20; 32]).public();
+    let full: String = sha256(&[public.signing, public.noise].concat()).iter().map(|b| format!("{b:02X}")).collect();
+    assert!(full.to_lowercase().starts_with(&srv.fingerprint()));
+    let accepting = accept_one(&listener);
+    let c2 = cli.connect(format!("keyed.test#{full}"), T).unwrap();
+    accepting.join().unwrap().unwrap();
+    c2.release();
+
+    let impostor = msocket_ffi::key_fingerprint(key(22)).unwrap();
+    let e = cli.connect(format!("keyed.test#{impostor}"), T).err().expect("connected to the wrong key");
+    assert!(
+        matches!(&e, MsocketError::WrongKey(m) if m.contains(&impostor) && m.contains(&srv.fingerprint())),
+        "{e:?}"
+    );
+    let e = cli.connect("keyed.test#abc".into(), T).err().expect("accepted a bad fingerprint");
+    assert!(matches!(&e, MsocketError::InvalidArgument(m) if m.contains("keyed.test#abc") && m.contains("hex digits")), "{e:?}");
+    let e = cli.connect(format!("keyed.test#{}", "z".repeat(32)), T).err().expect("accepted a bad fingerprint");
+    assert!(matches!(&e, MsocketError::InvalidArgument(m) if m.contains("'z'")), "{e:?}");
+    c.release();
+    s.release();
+}
+
+#[test]
+fn an_allow_listed_listener_refuses_a_stranger_and_takes_the_allowed_key() {
+    let names = LocalNameServer::start();
+    let friend = Endpoint::new(key(31), options(&names), None, None).unwrap();
+    let stranger = Endpoint::new(key(32), options(&names), None, None).unwrap();
+    let mut o = options(&names);
+    o.local_addresses = vec!["127.0.0.1".into()];
+    o.allowed_peers = Some(vec![format!(" {} ", friend.fingerprint())]);
+    let srv = Endpoint::new(key(30), o.clone(), None, None).unwrap();
+    let listener = srv.listen("guarded.test".into(), T).unwrap();
+
+    let e = stranger.connect("guarded.test".into(), T).err().expect("a stranger got in");
+    assert!(matches!(&e, MsocketError::NotAllowed(m) if m.contains("guarded.test") && m.contains("allow-list")), "{e:?}");
+    assert!(matches!(listener.accept(200), Err(MsocketError::Timeout(_))), "nothing of the stranger reaches accept");
+
+    let accepting = accept_one(&listener);
+    let c = friend.connect("guarded.test".into(), T).unwrap();
+    let s = accepting.join().unwrap().unwrap();
+    assert_eq!(s.peer_fingerprint(), friend.fingerprint());
+    assert_eq!(c.peer_fingerprint(), srv.fingerprint());
+    c.send(b"hello".to_vec(), T).unwrap();
+    c.finish(T).unwrap();
+    assert_eq!(receive_all(&s), b"hello");
+
+    // A bad fingerprint in the list is refused, naming it.
+    let mut bad = o.clone();
+    bad.allowed_peers = Some(vec![friend.fingerprint(), "0123".into()]);
+    let e = Endpoint::new(key(30), bad, None, None).err().expect("accepted a bad allow-list");
+    assert!(matches!(&e, MsocketError::InvalidArgument(m) if m.contains("allowed_peers") && m.contains("\"0123\"")), "{e:?}");
+}
+
+/// An app's pin store: a map, and every call it got.
+#[derive(Default)]
+struct AppPins {
+    pins: Mutex<std::collections::HashMap<String, msocket_ffi::PinnedKeys>>,
+    calls: Mutex<Vec<String>>,
+}
+
+struct PinsHandle(Arc<AppPins>);
+
+impl msocket_ffi::PinStore for PinsHandle {
+    fn get(&self, name: String) -> Result<Option<msocket_ffi::PinnedKeys>, CallbackError> {
+        self.0.calls.lock().unwrap().push(format!("get {name}"));
+        Ok(self.0.pins.lock().unwrap().get(&name).cloned())
+    }
+    fn set(&self, name: String, pin: msocket_ffi::PinnedKeys) -> Result<(), CallbackError> {
+        self.0.calls.lock().unwrap().push(format!("set {name}"));
+        self.0.pins.lock().unwrap().insert(name, pin);
+        Ok(())
+    }
+    fn remove(&self, name: String) -> Result<(), CallbackError> {
+        self.0.calls.lock().unwrap().push(format!("remove {name}"));
+        self.0.pins.lock().unwrap().remove(&name);
+        Ok(())
+    }
+}
+
+#[test]
+fn an_app_pin_store_pins_the_first_key_and_a_changed_key_is_refused() {
+    // The pins outlive endpoints (as app storage outlives the process); the second name
+    // service hands the same name to another key, as an impostor would.
+    let store = Arc::new(AppPins::default());
+    let names = LocalNameServer::start();
+    let other_names = LocalNameServer::start();
+    let srv = server(&names, 40);
+    let impostor = server(&other_names, 41);
+    let _l = srv.listen("pinned.test".into(), T).unwrap();
+    let impostor_listener = impostor.listen("pinned.test".into(), T).unwrap();
+
+    let cli = Endpoint::new(key(42), options(&names), None, Some(Box::new(PinsHandle(store.clone())))).unwrap();
+    let c = cli.connect("pinned.test".into(), T).unwrap();
+    assert!(store.calls.lock().unwrap().contains(&"set pinned.test".to_string()), "{:?}", store.calls.lock().unwrap());
+    let pin = store.pins.lock().unwrap()["pinned.test"].clone();
+    assert_eq!(msocket_ffi::pinned_fingerprint(pin.clone()).unwrap(), srv.fingerprint());
+    assert!(pin.seq > 0);
+    c.release();
+    cli.release();
+
+    let cli = Endpoint::new(key(42), options(&other_names), None, Some(Box::new(PinsHandle(store.clone())))).unwrap();
+    let e = cli.connect("pinned.test".into(), T).err().expect("connected to a changed key");
+    let hint = format!("pinned.test#{}", impostor.fingerprint());
+    assert!(
+        matches!(&e, MsocketError::KeyChanged(m) if m.contains(&srv.fingerprint()) && m.contains(&hint)),
+        "{e:?}"
+    );
+    assert_eq!(store.pins.lock().unwrap()["pinned.test"], pin, "the pin stands");
+
+    // Naming the new key accepts it: the pin is replaced.
+    let accepting = accept_one(&impostor_listener);
+    let c = cli.connect(hint, T).unwrap();
+    accepting.join().unwrap().unwrap();
+    assert_eq!(c.peer_fingerprint(), impostor.fingerprint());
+    let repinned = store.pins.lock().unwrap()["pinned.test"].clone();
+    assert_eq!(msocket_ffi::pinned_fingerprint(repinned).unwrap(), impostor.fingerprint());
+
+    // A pin the store mangled fails the connect with PinStore, saying what is wrong.
+    store.pins.lock().unwrap().get_mut("pinned.test").unwrap().signing_key.truncate(5);
+    let e = cli.connect("pinned.test".into(), T).err().expect("connected past a broken pin");
+    assert!(matches!(&e, MsocketError::PinStore(m) if m.contains("signing_key is 5 bytes")), "{e:?}");
 }
