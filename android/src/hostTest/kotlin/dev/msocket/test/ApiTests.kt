@@ -43,16 +43,16 @@ import kotlin.test.assertNull
 import kotlin.test.assertTrue
 import kotlin.test.fail
 
-private val namesUrl: String
+internal val namesUrl: String
     get() = System.getProperty("msocket.names") ?: error("set -Dmsocket.names=tcp://HOST:PORT (a running msocketd)")
 
 /** Every test uses names of its own, so tests never see each other's records. */
 private val serial = AtomicInteger()
-private fun uniqueName(what: String) = "$what-${ProcessHandle.current().pid()}-${serial.incrementAndGet()}.test"
+internal fun uniqueName(what: String) = "$what-${ProcessHandle.current().pid()}-${serial.incrementAndGet()}.test"
 
-private fun key(b: Int) = ByteArray(32) { (b * 31 + it).toByte() }
+internal fun key(b: Int) = ByteArray(32) { (b * 31 + it).toByte() }
 
-private fun config(vararg local: String, loopback: Boolean = false) = EndpointConfig(
+internal fun config(vararg local: String, loopback: Boolean = false) = EndpointConfig(
     namesUrl = namesUrl,
     connectTimeout = 10.seconds,
     flowDeadline = 20.seconds,
@@ -79,7 +79,7 @@ private class EventLog(flow: Flow) {
     }
 }
 
-private suspend fun receiveAll(flow: Flow): ByteArray {
+internal suspend fun receiveAll(flow: Flow): ByteArray {
     val out = java.io.ByteArrayOutputStream()
     while (true) {
         val chunk = flow.receive(64 * 1024, 10.seconds) ?: return out.toByteArray()
