@@ -17,7 +17,10 @@
 import Foundation
 import MSocketFFI
 
-/// What went wrong: `.Timeout(message:)`, `.NameNotFound(message:)`, ...
+/// What went wrong: `.Timeout(message:)`, `.NameNotFound(message:)`, ... Trust failures:
+/// `.KeyChanged` (a name's keys differ from its pin), `.WrongKey` (not the keys of
+/// `NAME#FINGERPRINT`), `.StaleRecord`, `.NotAllowed` (the peer's allow-list lacks this
+/// endpoint's key), `.PinStore` (the app's `PinStore` failed).
 public typealias MsocketError = MSocketFFI.MsocketError
 /// How a flow uses its paths.
 public typealias PathPolicy = MSocketFFI.PathPolicy
@@ -33,6 +36,14 @@ public typealias InterfaceKind = MSocketFFI.InterfaceKind
 public typealias NetworkInterface = MSocketFFI.NetworkInterface
 /// A flow's byte counters.
 public typealias FlowStats = MSocketFFI.FlowStats
+/// What a `PinStore` keeps of a name: the keys it was first seen with (`signingKey`,
+/// `noiseKey`, 32 bytes each) and the highest record sequence number accepted (`seq`).
+public typealias PinnedKeys = MSocketFFI.PinnedKeys
+
+extension PinnedKeys {
+    /// The fingerprint of these keys, as the peer's `Endpoint.fingerprint` prints it.
+    public func fingerprint() throws -> String { try MSocketFFI.pinnedFingerprint(pin: self) }
+}
 
 /// Keys and version. (Not named `MSocket`: a type named like its module would shadow the
 /// module in qualified names such as `MSocket.Flow`.)
@@ -84,6 +95,10 @@ public struct EndpointConfig: Equatable {
     public var localAddresses: [String] = []
     /// Port to listen on (0: any).
     public var listenPort: UInt16 = 0
+    /// Which peers may open flows to this endpoint, by key fingerprint (32 to 64 hex
+    /// digits, as `Endpoint.fingerprint` prints them); nil: anyone. Others fail with
+    /// `.NotAllowed` and never reach `accept`; an empty list admits nobody.
+    public var allowedPeers: [String]? = nil
 
     public init(namesURL: String) { self.namesURL = namesURL }
 
@@ -97,15 +112,16 @@ public struct EndpointConfig: Equatable {
             standbyPaths: standbyPaths,
             useLoopback: useLoopback,
             localAddresses: localAddresses,
-            listenPort: listenPort
+            listenPort: listenPort,
+            allowedPeers: allowedPeers
         )
     }
 }
 
 /// Turns whatever an app callback throws into the error the FFI expects.
-private func fromApp(_ what: String, _ body: () throws -> Void) throws {
+private func fromApp<T>(_ what: String, _ body: () throws -> T) throws -> T {
     do {
-        try body()
+        return try body()
     } catch let error as MSocketFFI.CallbackError {
         throw error
     } catch {
@@ -126,14 +142,84 @@ private final class BinderAdapter: MSocketFFI.SocketBinder, @unchecked Sendable 
     }
 }
 
+/// Keeps the keys each name this endpoint connects to was first seen with, so the name
+/// service cannot hand the name to another key later (`.KeyChanged`). Implement it over
+/// storage that outlives the app (the Keychain, a file); keep what `setPin` is given as is.
+/// Called on msocket's threads while a connect waits: be quick, never call waiting SDK
+/// methods. What it throws fails that connect with `.PinStore`.
+public protocol PinStore: AnyObject, Sendable {
+    /// The pin of `name`, or nil.
+    func pin(for name: String) throws -> PinnedKeys?
+    /// Pins `name` to `pin`, replacing its pin; stored before it returns.
+    func setPin(_ pin: PinnedKeys, for name: String) throws
+    /// Forgets the pin of `name`.
+    func removePin(for name: String) throws
+}
+
+/// Pins in memory, forgotten with the process (what an endpoint without a store uses).
+public final class MemoryPinStore: PinStore, @unchecked Sendable {
+    private let lock = NSLock()
+    private var pins: [String: PinnedKeys] = [:]
+
+    public init() {}
+
+    /// Every pin now, by name.
+    public var entries: [String: PinnedKeys] {
+        lock.lock()
+        defer { lock.unlock() }
+        return pins
+    }
+
+    public func pin(for name: String) -> PinnedKeys? {
+        lock.lock()
+        defer { lock.unlock() }
+        return pins[name]
+    }
+
+    public func setPin(_ pin: PinnedKeys, for name: String) {
+        lock.lock()
+        pins[name] = pin
+        lock.unlock()
+    }
+
+    public func removePin(for name: String) {
+        lock.lock()
+        pins[name] = nil
+        lock.unlock()
+    }
+}
+
+private final class PinStoreAdapter: MSocketFFI.PinStore, @unchecked Sendable {
+    let store: PinStore
+    init(_ store: PinStore) { self.store = store }
+
+    func get(name: String) throws -> MSocketFFI.PinnedKeys? {
+        try fromApp("PinStore.pin(for:)") { try store.pin(for: name) }
+    }
+
+    func set(name: String, pin: MSocketFFI.PinnedKeys) throws {
+        try fromApp("PinStore.setPin") { try store.setPin(pin, for: name) }
+    }
+
+    func remove(name: String) throws {
+        try fromApp("PinStore.removePin") { try store.removePin(for: name) }
+    }
+}
+
 /// One identity bound to a name service: listens on names and connects to them.
 public final class Endpoint: @unchecked Sendable {
     let ffi: MSocketFFI.Endpoint
 
     /// An endpoint for the 32-byte `key`; `bindSocket` (see `PathMonitorBridge`) binds
-    /// each subflow's socket to its interface.
-    public init(key: Data, config: EndpointConfig, bindSocket: SocketBind? = nil) throws {
-        ffi = try MSocketFFI.Endpoint(key: key, options: try config.ffiOptions(), binder: bindSocket.map { BinderAdapter($0) })
+    /// each subflow's socket to its interface; `pins` keeps the keys of the names it
+    /// connects to (nil: in memory, forgotten with the endpoint).
+    public init(key: Data, config: EndpointConfig, bindSocket: SocketBind? = nil, pins: PinStore? = nil) throws {
+        ffi = try MSocketFFI.Endpoint(
+            key: key,
+            options: try config.ffiOptions(),
+            binder: bindSocket.map { BinderAdapter($0) },
+            pins: pins.map { PinStoreAdapter($0) }
+        )
     }
 
     /// The public fingerprint of this endpoint's identity.
@@ -149,7 +235,13 @@ public final class Endpoint: @unchecked Sendable {
         return Listener(try await offPool { try ffi.listen(name: name, timeoutMs: ms) })
     }
 
-    /// Opens a flow to whoever serves `name`.
+    /// Opens a flow to whoever serves `name` with the right keys. A plain name: its keys are
+    /// pinned (in the `PinStore`) the first time and must match from then on, else
+    /// `.KeyChanged`. `NAME#FINGERPRINT` (the peer's `fingerprint`, 32 to 64 hex digits):
+    /// the keys must have that fingerprint, else `.WrongKey`, and they replace the pin (how a
+    /// user accepts a peer's new keys). A malformed name or fingerprint is
+    /// `.InvalidArgument`; a peer that does not allow this endpoint's key answers
+    /// `.NotAllowed`.
     public func connect(_ name: String, timeout: TimeInterval = 30) async throws -> Flow {
         let ms = try millis(timeout, "timeout")
         let ffi = self.ffi
@@ -280,6 +372,9 @@ public final class Flow: @unchecked Sendable {
     public let name: String
     /// The flow's identifier, the same at both ends.
     public let id: String
+    /// The fingerprint of the peer's keys, authenticated by the handshake: on an accepted
+    /// flow, who connected.
+    public let peerFingerprint: String
     private let hub = EventHub()
     private let hubStarted = NSLock()
     private var listening = false
@@ -288,6 +383,7 @@ public final class Flow: @unchecked Sendable {
         self.ffi = ffi
         name = ffi.name()
         id = ffi.id()
+        peerFingerprint = ffi.peerFingerprint()
     }
 
     private func startEvents() throws {
