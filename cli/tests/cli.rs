@@ -211,6 +211,8 @@ fn assert_clean_failure(out: &Output, what: &str) {
 struct Names {
     _proc: Proc,
     url: String,
+    /// The server's key fingerprint, as it printed it.
+    fingerprint: String,
     dir: tempfile::TempDir,
 }
 
@@ -234,19 +236,26 @@ fn names() -> Names {
     let mut stdout = BufReader::new(p.take_stdout());
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
-        let mut line = String::new();
-        let _ = stdout.read_line(&mut line);
-        let _ = tx.send(line);
+        for _ in 0..2 {
+            let mut line = String::new();
+            let _ = stdout.read_line(&mut line);
+            let _ = tx.send(line);
+        }
     });
-    let line = rx
-        .recv_timeout(WAIT)
-        .unwrap_or_else(|_| panic!("msocketd silent; stderr:\n{}", p.stderr()));
-    let addr = line
+    let mut line = || rx.recv_timeout(WAIT).unwrap_or_else(|_| panic!("msocketd silent; stderr:\n{}", p.stderr()));
+    let (first, second) = (line(), line());
+    let addr = first
         .trim_end()
         .strip_prefix("msocketd: name service listening on ")
-        .unwrap_or_else(|| panic!("unexpected msocketd line {line:?}"));
+        .unwrap_or_else(|| panic!("unexpected msocketd line {first:?}"));
+    let fingerprint = second
+        .trim_end()
+        .strip_prefix("msocketd: name server key fingerprint ")
+        .unwrap_or_else(|| panic!("unexpected msocketd line {second:?}"))
+        .to_string();
     Names {
         url: format!("tcp://{addr}"),
+        fingerprint,
         _proc: p,
         dir,
     }
@@ -1100,4 +1109,23 @@ fn a_one_shot_listener_with_an_allow_list_hands_its_input_only_to_an_allowed_key
     let out = run("listen with an empty allow file", cmd);
     assert_clean_failure(&out, "empty allow file");
     assert!(out.stderr.contains("lists no fingerprint"), "{}", out.stderr);
+}
+
+#[test]
+fn a_names_url_may_pin_the_name_servers_key() {
+    let ns = names();
+    let dir = tempfile::tempdir().unwrap();
+    let mut listen = start_listen(&ns, dir.path(), "pinned.names", &[], Stdio::null(), Stdio::piped());
+    let got = hash_all(listen.take_stdout());
+    let pinned = format!("{}#{}", ns.url, ns.fingerprint);
+    let out = connect_with(&pinned, &ns.pins(), "pinned.names", b"over a pinned name server", &[]);
+    assert!(out.status.success(), "{}", out.stderr);
+    listen.expect_success();
+    assert_eq!(got.join().unwrap().0, 25);
+
+    // Another key's fingerprint: every request fails, naming both.
+    let other = "0123456789abcdef0123456789abcdef";
+    let out = connect_with(&format!("{}#{other}", ns.url), &ns.pins(), "pinned.names", b"", &[]);
+    assert_clean_failure(&out, "a name server with another key");
+    assert!(out.stderr.contains(other) && out.stderr.contains(&ns.fingerprint), "{}", out.stderr);
 }

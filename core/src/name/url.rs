@@ -2,12 +2,15 @@
 //!
 //! The scheme picks the kind of service, so new kinds (a `dns://` resolver reading
 //! records from TXT entries, say) can be added without changing configuration formats.
-//! Today only msocket's own server is spoken: `tcp://HOST:PORT`, or plain `HOST:PORT`.
+//! Today only msocket's own server is spoken: `tcp://HOST:PORT`, or plain `HOST:PORT`,
+//! optionally followed by `#FINGERPRINT`: the server's key, which the client then insists
+//! on (the channel to the server is authenticated either way).
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use super::{NameError, NameService, TcpNameClient};
+use crate::identity::Fingerprint;
 
 /// The name server `msocketd name` runs by default.
 pub const DEFAULT_NAMES_URL: &str = "tcp://127.0.0.1:7450";
@@ -15,7 +18,8 @@ pub const DEFAULT_NAMES_URL: &str = "tcp://127.0.0.1:7450";
 /// The name service `url` designates, with `timeout` bounding each request.
 ///
 /// Accepts `tcp://HOST:PORT` and bare `HOST:PORT` (HOST may be a DNS name, an IPv4
-/// address or a bracketed IPv6 address). No connection is made here.
+/// address or a bracketed IPv6 address), each optionally followed by `#FINGERPRINT` (the
+/// server's key, as `msocketd name` prints it). No connection is made here.
 pub fn connect_url(url: &str, timeout: Duration) -> Result<Arc<dyn NameService>, NameError> {
     let bad = |reason: &str| NameError::BadUrl { url: url.to_string(), reason: reason.to_string() };
     let authority = match url.split_once("://") {
@@ -26,8 +30,18 @@ pub fn connect_url(url: &str, timeout: Duration) -> Result<Arc<dyn NameService>,
         }
         None => url,
     };
-    check_host_port(authority).map_err(bad)?;
-    Ok(Arc::new(TcpNameClient::new(authority.to_string(), timeout)))
+    let (host_port, pin) = match authority.split_once('#') {
+        Some((host_port, fingerprint)) => {
+            let pin = fingerprint.parse::<Fingerprint>().map_err(|e| bad(&format!("the server's fingerprint: {e}")))?;
+            (host_port, Some(pin))
+        }
+        None => (authority, None),
+    };
+    check_host_port(host_port).map_err(bad)?;
+    Ok(Arc::new(match pin {
+        Some(pin) => TcpNameClient::pinned(host_port.to_string(), pin, timeout),
+        None => TcpNameClient::new(host_port.to_string(), timeout),
+    }))
 }
 
 fn check_host_port(authority: &str) -> Result<(), &'static str> {
@@ -66,6 +80,19 @@ mod tests {
             let shown = format!("{svc:?}");
             let authority = url.trim_start_matches("tcp://");
             assert!(shown.contains(authority), "{shown}");
+        }
+    }
+
+    #[test]
+    fn a_url_may_pin_the_servers_key() {
+        let fp = crate::identity::Identity::from_seed([3; 32]).public().fingerprint();
+        for url in [format!("tcp://127.0.0.1:7450#{fp}"), format!("[::1]:7450#{fp}")] {
+            let shown = format!("{:?}", connect_url(&url, T).unwrap_or_else(|e| panic!("{url}: {e}")));
+            assert!(shown.contains(&fp), "{shown}");
+        }
+        match connect_url("tcp://127.0.0.1:7450#abc", T) {
+            Err(NameError::BadUrl { reason, .. }) => assert!(reason.contains("fingerprint"), "{reason}"),
+            other => panic!("a short fingerprint was accepted: {other:?}"),
         }
     }
 
