@@ -20,7 +20,8 @@ pub struct Common {
     /// Key file (made by `msocket keygen`).
     #[arg(long, env = "MSOCKET_KEY", default_value_os_t = default_key_path())]
     pub key: PathBuf,
-    /// Name service URL: tcp://HOST:PORT of an `msocketd name` server.
+    /// Name service URL: tcp://HOST:PORT of an `msocketd name` server, optionally with
+    /// #FINGERPRINT of its key (as it prints at start) to refuse any other server.
     #[arg(long, env = "MSOCKET_NAMES", default_value = msocket::name::DEFAULT_NAMES_URL)]
     pub names: String,
     /// Local IP address to use (repeat for several), pinned: flows use only these and do
