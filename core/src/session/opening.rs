@@ -224,15 +224,17 @@ pub(crate) fn admit_join(request: &JoinRequest, flow: Option<JoinTarget<'_>>) ->
 #[derive(Debug, Default)]
 pub(crate) struct ExpectedJoins {
     by_id: HashMap<JoinId, (FlowId, u64)>,
-    by_flow: HashMap<FlowId, BTreeMap<u64, JoinId>>,
+    /// Each flow's highest admitted sequence and its expected identifiers.
+    by_flow: HashMap<FlowId, (u64, BTreeMap<u64, JoinId>)>,
 }
 
 impl ExpectedJoins {
-    /// Expects the JOINs of `flow` (keyed by `key`) around `admitted`, its highest admitted
-    /// join sequence.
+    /// Expects the JOINs of `flow` (keyed by `key`) around its highest admitted join
+    /// sequence, now that `admitted` was (late ones, out of order, move nothing).
     pub(crate) fn expect(&mut self, flow: FlowId, key: &[u8; 32], admitted: u64) {
-        let ids = self.by_flow.entry(flow).or_default();
-        let (low, high) = (admitted.saturating_sub(JOIN_WINDOW), admitted.saturating_add(JOIN_WINDOW));
+        let (highest, ids) = self.by_flow.entry(flow).or_default();
+        *highest = (*highest).max(admitted);
+        let (low, high) = (highest.saturating_sub(JOIN_WINDOW), highest.saturating_add(JOIN_WINDOW));
         while let Some((&seq, _)) = ids.first_key_value().filter(|(&seq, _)| seq < low) {
             if let Some(id) = ids.remove(&seq) {
                 self.by_id.remove(&id);
@@ -254,7 +256,7 @@ impl ExpectedJoins {
 
     /// Stops expecting JOINs of `flow`.
     pub(crate) fn forget(&mut self, flow: &FlowId) {
-        for id in self.by_flow.remove(flow).into_iter().flat_map(|ids| ids.into_values()) {
+        for id in self.by_flow.remove(flow).into_iter().flat_map(|(_, ids)| ids.into_values()) {
             self.by_id.remove(&id);
         }
     }
@@ -461,6 +463,7 @@ mod tests {
         assert_eq!(expected.flow(&id(JOIN_WINDOW + 1), JOIN_WINDOW + 1), None, "too far ahead");
         assert_eq!(expected.flow(&id(1), 2), None, "an identifier with another sequence");
         expected.expect(flow, &key, 40);
+        expected.expect(flow, &key, 3); // admitted late: the window stays
         assert_eq!(expected.flow(&id(40 + JOIN_WINDOW), 40 + JOIN_WINDOW), Some(flow));
         assert_eq!(expected.flow(&id(40 - JOIN_WINDOW), 40 - JOIN_WINDOW), Some(flow), "kept for copies");
         assert_eq!(expected.flow(&id(1), 1), None, "long behind");
