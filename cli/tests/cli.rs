@@ -242,7 +242,7 @@ fn names() -> Names {
             let _ = tx.send(line);
         }
     });
-    let mut line = || rx.recv_timeout(WAIT).unwrap_or_else(|_| panic!("msocketd silent; stderr:\n{}", p.stderr()));
+    let line = || rx.recv_timeout(WAIT).unwrap_or_else(|_| panic!("msocketd silent; stderr:\n{}", p.stderr()));
     let (first, second) = (line(), line());
     let addr = first
         .trim_end()
