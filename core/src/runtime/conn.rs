@@ -87,8 +87,10 @@ pub(crate) struct Inner {
     /// re-dial attached a subflow that died before the peer said anything on it (an address
     /// that accepts and closes, a refused join); back to zero once a record is heard.
     pub(crate) redial_pause: Duration,
-    /// Client: the last join sequence used.
-    pub(crate) join_seq: u64,
+    /// Client: the highest join sequence the peer accepted (0: none yet)...
+    pub(crate) join_accepted: u64,
+    /// ...and the JOINs sent since (see `dial::next_join`).
+    pub(crate) joins_since: u64,
     /// Server: the join sequence numbers accepted (a JOIN's is never accepted twice).
     pub(crate) joins: JoinsSeen,
     /// Client: the peer's last JOIN answer said its host takes JOINs in SYNs.
@@ -278,7 +280,8 @@ impl Conn {
                 driver_deadline: None,
                 dialing: false,
                 redial_pause: Duration::ZERO,
-                join_seq: 0,
+                join_accepted: 0,
+                joins_since: 0,
                 joins: JoinsSeen::new(),
                 peer_fast_open: false,
                 peer_addrs: Vec::new(),

@@ -30,7 +30,7 @@ use super::conn::{Conn, FlowOwner, Role};
 use super::reader::JoinCheck;
 use super::host::Host;
 use super::header::{read_exchange, ExchangeError};
-use crate::session::opening;
+use crate::session::opening::{self, JOIN_WINDOW};
 use super::{ConnectFailure, Error};
 use crate::name::{NameError, NameRecord};
 use crate::trust::PeerName;
@@ -349,14 +349,21 @@ async fn race(
     }
 }
 
-/// The next JOIN of `conn`: its sequence number (never used before, so the peer refuses
-/// replays), its bytes (with our resume point, so the peer may send at once), and whether
-/// it may ride the SYN (the peer said its host takes that).
+/// The next JOIN of `conn`: its sequence number, its bytes (with our resume point, so the
+/// peer may send at once), and whether it may ride the SYN (the peer said its host takes
+/// that).
+///
+/// The peer recognises only the JOINs of the [`JOIN_WINDOW`] sequences above the highest it
+/// admitted (their identifiers are derived from the sequence), so the sequence cycles
+/// through the window above the highest the peer accepted: a long outage, with a dial
+/// every second, never runs past what the peer expects. A sequence the peer did admit
+/// (its answer lost) is refused as replayed, which costs only that attempt.
 fn next_join(conn: &Conn) -> (u64, Vec<u8>, bool) {
     let (seq, resume, fast_open) = {
         let mut inner = conn.lock();
-        inner.join_seq += 1;
-        (inner.join_seq, inner.proto.resume_point(), inner.peer_fast_open)
+        let seq = inner.join_accepted + 1 + inner.joins_since % JOIN_WINDOW;
+        inner.joins_since += 1;
+        (seq, inner.proto.resume_point(), inner.peer_fast_open)
     };
     (seq, opening::join_request(&conn.keys.join_key, &conn.keys.remote_static, seq, resume), fast_open)
 }

@@ -90,7 +90,14 @@ pub(super) async fn reader(
                 Err(ExchangeError::Io(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Stop::Eof,
                 Err(ExchangeError::Io(e)) => return Stop::Lost(PathLossReason::io(IoOperation::Read, &e)),
                 Err(ExchangeError::Decode(never)) => match never {},
-                Ok(Ok(accepted)) => conn.lock().peer_fast_open = accepted.fast_open,
+                Ok(Ok(accepted)) => {
+                    let mut inner = conn.lock();
+                    inner.peer_fast_open = accepted.fast_open;
+                    if check.seq > inner.join_accepted {
+                        inner.join_accepted = check.seq;
+                        inner.joins_since = 0;
+                    }
+                }
                 Ok(Err(e)) => {
                     let mut inner = conn.lock();
                     // Only the peer's signed word ends the flow; any other refusal may be
