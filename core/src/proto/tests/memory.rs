@@ -188,6 +188,20 @@ struct Held {
     reckoned: usize,
 }
 
+impl Target {
+    /// What the receiver holds now, with `window`, beyond the `before` live heap.
+    fn held(&self, window: usize, before: i64) -> Held {
+        Held {
+            window,
+            retained: live() - before,
+            peak: peak() - before,
+            received: self.flow.stats().bytes_received,
+            violations: self.violations,
+            reckoned: self.flow.recv_memory(),
+        }
+    }
+}
+
 impl Held {
     fn ratio(&self) -> f64 {
         self.retained as f64 / self.window as f64
@@ -200,14 +214,7 @@ fn attack(window: usize, frames: impl IntoIterator<Item = Frame>) -> Held {
     let before = live();
     reset_peak();
     t.feed(frames);
-    let held = Held {
-        window,
-        retained: live() - before,
-        peak: peak() - before,
-        received: t.flow.stats().bytes_received,
-        violations: t.violations,
-        reckoned: t.flow.recv_memory(),
-    };
+    let held = t.held(window, before);
     drop(t);
     held
 }
@@ -283,14 +290,7 @@ fn small_pieces_in_padded_records() {
         t.read(&mut slab);
         offset += piece as u64 + 1;
     }
-    let h = Held {
-        window: W,
-        retained: live() - before,
-        peak: peak() - before,
-        received: t.flow.stats().bytes_received,
-        violations: t.violations,
-        reckoned: t.flow.recv_memory(),
-    };
+    let h = t.held(W, before);
     assert_bounded("1 KiB pieces in padded records", &h);
 }
 
@@ -314,14 +314,7 @@ fn pieces_alone_in_read_buffers_of_pings() {
         t.read(&mut slab);
         offset += piece as u64 + 1;
     }
-    let h = Held {
-        window: 4 * W,
-        retained: live() - before,
-        peak: peak() - before,
-        received: t.flow.stats().bytes_received,
-        violations: t.violations,
-        reckoned: t.flow.recv_memory(),
-    };
+    let h = t.held(4 * W, before);
     assert_bounded("16 KiB pieces alone in read buffers of PINGs", &h);
 }
 
@@ -337,14 +330,7 @@ fn a_window_of_large_out_of_order_frames_is_taken_whole() {
     reset_peak();
     t.feed((1..n).map(|i| data(i * frame as u64, frame)));
     t.feed([data(0, frame)]);
-    let h = Held {
-        window: W,
-        retained: live() - before,
-        peak: peak() - before,
-        received: t.flow.stats().bytes_received,
-        violations: t.violations,
-        reckoned: t.flow.recv_memory(),
-    };
+    let h = t.held(W, before);
     assert_bounded("large frames out of order", &h);
     assert_eq!(h.violations, 0);
     assert_eq!(h.received, n * frame as u64);
