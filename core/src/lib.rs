@@ -26,6 +26,7 @@ pub mod fuzzing;
 pub mod identity;
 pub mod name;
 mod proto;
+pub mod relay;
 mod runtime;
 mod session;
 pub mod trust;

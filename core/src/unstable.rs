@@ -5,5 +5,7 @@
 //! crate's root API ([`crate::Endpoint`], [`crate::name::NameService`], [`crate::watch`]).
 
 pub use crate::name::protocol as name_protocol;
+pub use crate::relay::wire as relay_protocol;
+pub use crate::session::opening::Progress;
 #[cfg(target_os = "linux")]
 pub use crate::watch::netlink;

@@ -47,6 +47,7 @@ pub use record::{
 };
 pub use tcp_client::TcpNameClient;
 pub use url::{connect_url, DEFAULT_NAMES_URL};
+pub(crate) use url::check_host_port;
 
 use crate::wire::DecodeError;
 

@@ -44,7 +44,7 @@ pub fn connect_url(url: &str, timeout: Duration) -> Result<Arc<dyn NameService>,
     }))
 }
 
-fn check_host_port(authority: &str) -> Result<(), &'static str> {
+pub(crate) fn check_host_port(authority: &str) -> Result<(), &'static str> {
     if authority.contains(['/', '?', '#', '@']) || authority.chars().any(char::is_whitespace) {
         return Err("expected HOST:PORT with no path, query, user or spaces");
     }

@@ -34,7 +34,7 @@ const SIGNATURE_LEN: usize = 64;
 
 /// What a decoder made of the bytes so far.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Progress<T> {
+pub enum Progress<T> {
     /// The first `n` bytes are needed (more than there are) before it can say.
     Need(usize),
     /// Done; the value used exactly the bytes given.
@@ -72,11 +72,34 @@ pub(crate) enum Opening {
 
 /// The clear header that starts a subflow of `kind`.
 pub(crate) fn header(kind: Kind) -> [u8; HEADER_LEN] {
+    header_of_kind(kind as u8)
+}
+
+/// The clear header with kind byte `kind` (relay connections use their own kinds).
+pub(crate) fn header_of_kind(kind: u8) -> [u8; HEADER_LEN] {
     let mut h = [0u8; HEADER_LEN];
     h[..4].copy_from_slice(MAGIC);
     h[4] = VERSION;
-    h[5] = kind as u8;
+    h[5] = kind;
     h
+}
+
+/// Decodes a clear header: its kind byte, not yet checked.
+pub(crate) fn decode_header(buf: &[u8]) -> Result<Progress<u8>, OpeningError> {
+    let Some(h) = buf.get(..HEADER_LEN) else {
+        // A wrong magic is refused as soon as it shows.
+        if !MAGIC.starts_with(&buf[..buf.len().min(4)]) {
+            return Err(OpeningError::BadMagic);
+        }
+        return Ok(Progress::Need(HEADER_LEN));
+    };
+    if &h[..4] != MAGIC {
+        return Err(OpeningError::BadMagic);
+    }
+    if h[4] != VERSION {
+        return Err(OpeningError::Version(h[4]));
+    }
+    Ok(Progress::Done(h[5]))
 }
 
 /// A `u16`-length-prefixed handshake message behind `prefix`.
@@ -119,20 +142,11 @@ fn decode_handshake_at(buf: &[u8], at: usize) -> Result<Progress<Vec<u8>>, Openi
 
 /// Listener: decodes what a client sends to open a subflow.
 pub(crate) fn decode_opening(buf: &[u8]) -> Result<Progress<Opening>, OpeningError> {
-    let Some(h) = buf.get(..HEADER_LEN) else {
-        // A wrong magic is refused as soon as it shows.
-        if !MAGIC.starts_with(&buf[..buf.len().min(4)]) {
-            return Err(OpeningError::BadMagic);
-        }
-        return Ok(Progress::Need(HEADER_LEN));
+    let kind = match decode_header(buf)? {
+        Progress::Done(kind) => kind,
+        Progress::Need(n) => return Ok(Progress::Need(n)),
     };
-    if &h[..4] != MAGIC {
-        return Err(OpeningError::BadMagic);
-    }
-    if h[4] != VERSION {
-        return Err(OpeningError::Version(h[4]));
-    }
-    match h[5] {
+    match kind {
         1 => Ok(match decode_handshake_at(buf, HEADER_LEN)? {
             Progress::Done(msg) => Progress::Done(Opening::NewFlow(msg)),
             Progress::Need(n) => Progress::Need(n),
