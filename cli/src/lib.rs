@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use msocket::name::{connect_url, NameService};
 use msocket::trust::PinFile;
+use msocket::relay::RelayUrl;
 use msocket::{Endpoint, EndpointConfig, Fingerprint, Identity, PathPolicy};
 
 /// Options every networked command shares.
@@ -43,6 +44,22 @@ pub struct Common {
     /// the key file.
     #[arg(long, env = "MSOCKET_PINS", value_name = "FILE")]
     pub pins: Option<PathBuf>,
+}
+
+/// How a listener is reached from behind NAT.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Relays {
+    /// Relay (`msocketd relay`) to register at while listening, as HOST:PORT (repeat for
+    /// several; MSOCKET_RELAYS takes a comma-separated list). The relays that hold a live
+    /// registration are listed in the name record, so peers that cannot reach this host
+    /// directly (NAT, firewall) are spliced to it through one; the flow stays end-to-end
+    /// encrypted.
+    #[arg(long = "relay", value_name = "HOST:PORT", env = "MSOCKET_RELAYS", value_delimiter = ',')]
+    pub relays: Vec<RelayUrl>,
+    /// Publish no address of this host, only its relays: peers and the name service never
+    /// learn where it is (every flow is relayed).
+    #[arg(long, requires = "relays")]
+    pub relay_only: bool,
 }
 
 /// Who may open flows to a listener.
@@ -132,9 +149,14 @@ impl Common {
         Ok(connect_url(&self.names, Duration::from_secs(5))?)
     }
 
-    /// The endpoint these options describe; `allowed` is the listener's allow-list.
-    pub fn endpoint(&self, ephemeral_ok: bool, allowed: Option<Vec<Fingerprint>>) -> Result<Endpoint, CliError> {
+    /// The endpoint these options describe; `allowed` is the listener's allow-list,
+    /// `relays` its relays.
+    pub fn endpoint(&self, ephemeral_ok: bool, allowed: Option<Vec<Fingerprint>>, relays: Option<&Relays>) -> Result<Endpoint, CliError> {
         let mut config = EndpointConfig::new(self.name_service()?);
+        if let Some(r) = relays {
+            config.relays = r.relays.clone();
+            config.relay_only = r.relay_only;
+        }
         config.local_ips = self.bind.clone();
         config.flow.flow_deadline = Duration::from_secs(self.deadline);
         config.path_policy = self.policy;

@@ -45,6 +45,8 @@ enum Command {
         common: Common,
         #[command(flatten)]
         allow: cli::Allow,
+        #[command(flatten)]
+        relays: cli::Relays,
     },
     /// Open a flow to NAME and copy stdin to it and it to stdout (usable as an ssh
     /// ProxyCommand: `ssh -o ProxyCommand='msocket connect %h' host`).
@@ -246,16 +248,16 @@ fn main() -> ExitCode {
 async fn run(command: Command) -> Result<ExitCode, CliError> {
     match command {
         Command::Keygen { key } => cli::keygen(&key)?,
-        Command::Listen { name, to, common, allow } => {
-            let ep = common.endpoint(false, allow.list(&common.key)?)?;
+        Command::Listen { name, to, common, allow, relays } => {
+            let ep = common.endpoint(false, allow.list(&common.key)?, Some(&relays))?;
             match to {
                 Some(to) => cli::pipe::listen_to(&ep, &name, to).await?,
                 None => cli::pipe::listen_once(&ep, &name).await?,
             }
         }
-        Command::Connect { name, common } => cli::pipe::connect(&common.endpoint(true, None)?, &name.parse()?).await?,
+        Command::Connect { name, common } => cli::pipe::connect(&common.endpoint(true, None, None)?, &name.parse()?).await?,
         Command::Forward { local, name, common } => {
-            cli::pipe::forward(&common.endpoint(true, None)?, local, &name.parse()?).await?
+            cli::pipe::forward(&common.endpoint(true, None, None)?, local, &name.parse()?).await?
         }
         Command::Demo { bytes, moves } => {
             return Ok(match cli::demo::run(bytes, moves).await {

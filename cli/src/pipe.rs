@@ -122,6 +122,10 @@ pub async fn connect(ep: &Endpoint, peer: &PeerName) -> Result<(), CliError> {
 /// Says who may connect and how peers name this listener with its key.
 fn announce(ep: &Endpoint, name: &str, what: &str) {
     eprintln!("peers can connect to {name}#{}", ep.public().fingerprint());
+    let relays = ep.registered_relays();
+    if !relays.is_empty() {
+        eprintln!("reachable through relay(s) {}", relays.join(", "));
+    }
     match ep.allowed_peers() {
         Some(list) => eprintln!("accepting flows only from {} allowed key(s)", list.len()),
         None => eprintln!("accepting {what} from anyone who knows the name (restrict with --allow FINGERPRINT)"),

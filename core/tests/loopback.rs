@@ -96,7 +96,7 @@ where
     mv(server.clone(), client.clone()).await;
     let record = served.inner.lookup(&name).await.unwrap().record;
     let event = wait_event(&mut events, "a path between the ends' new addresses", |e| {
-        matches!(e, FlowEvent::PathAdded { local, remote } if local.ip() == client_ip && remote.ip() == server_ip)
+        matches!(e, FlowEvent::PathAdded { local, remote, .. } if local.ip() == client_ip && remote.ip() == server_ip)
     })
     .await;
     let FlowEvent::PathAdded { remote, .. } = event else { unreachable!() };

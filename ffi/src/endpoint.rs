@@ -39,6 +39,8 @@ pub struct EndpointOptions {
     pub local_addresses: Vec<String>,
     pub listen_port: u16,
     pub allowed_peers: Option<Vec<String>>,
+    pub relays: Vec<String>,
+    pub relay_only: bool,
 }
 
 /// Checks the secret key's length and turns it into an identity.
@@ -97,6 +99,22 @@ pub(crate) fn config(options: &EndpointOptions) -> Result<EndpointConfig, Msocke
         };
         config.allowed_peers = Some(allowed.iter().map(parse).collect::<Result<_, _>>()?);
     }
+    if options.relays.len() > msocket::name::MAX_RELAYS {
+        return Err(MsocketError::InvalidArgument(format!(
+            "{} relays; at most {} are accepted",
+            options.relays.len(),
+            msocket::name::MAX_RELAYS
+        )));
+    }
+    config.relays = options
+        .relays
+        .iter()
+        .map(|r| r.trim().parse::<msocket::relay::RelayUrl>().map_err(|e| MsocketError::InvalidArgument(format!("relays: {e}"))))
+        .collect::<Result<_, _>>()?;
+    if options.relay_only && config.relays.is_empty() {
+        return Err(MsocketError::InvalidArgument("relay_only needs at least one relay".into()));
+    }
+    config.relay_only = options.relay_only;
     Ok(config)
 }
 

@@ -156,6 +156,7 @@ pub struct PathInfo {
     pub remote: String,
     pub state: PathState,
     pub standby: bool,
+    pub relayed: bool,
     pub srtt_us: Option<u64>,
     pub delivery_rate: Option<u64>,
     pub in_flight: u64,
@@ -172,6 +173,7 @@ impl From<msocket::Path> for PathInfo {
             remote: p.remote.to_string(),
             state: p.state.into(),
             standby: p.standby,
+            relayed: p.relayed,
             srtt_us: p.srtt.map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX)),
             delivery_rate: p.delivery_rate,
             in_flight: p.in_flight,
@@ -280,7 +282,7 @@ impl From<&msocket::FlowError> for FlowFailure {
 /// The UDL's `FlowEvent`.
 #[derive(Debug, Clone, PartialEq)]
 pub enum FlowEvent {
-    PathAdded { local: String, remote: String },
+    PathAdded { local: String, remote: String, relayed: bool },
     PathLost { local: String, remote: String, reason: PathLossReason, detail: String, energy_joules: Option<f64> },
     Resumed { outage_ms: u64 },
     PeerMoved { addresses: Vec<String> },
@@ -294,7 +296,9 @@ impl FlowEvent {
     pub(crate) fn from_core(ev: msocket::FlowEvent) -> Option<FlowEvent> {
         use msocket::FlowEvent as E;
         Some(match ev {
-            E::PathAdded { local, remote } => FlowEvent::PathAdded { local: local.to_string(), remote: remote.to_string() },
+            E::PathAdded { local, remote, relayed } => {
+                FlowEvent::PathAdded { local: local.to_string(), remote: remote.to_string(), relayed }
+            }
             E::PathLost { local, remote, reason, energy_joules } => FlowEvent::PathLost {
                 local: local.to_string(),
                 remote: remote.to_string(),
@@ -378,8 +382,8 @@ mod tests {
         let a: std::net::SocketAddr = "127.0.0.2:1000".parse().unwrap();
         let b: std::net::SocketAddr = "127.0.0.1:2000".parse().unwrap();
         assert_eq!(
-            FlowEvent::from_core(msocket::FlowEvent::PathAdded { local: a, remote: b }),
-            Some(FlowEvent::PathAdded { local: "127.0.0.2:1000".into(), remote: "127.0.0.1:2000".into() })
+            FlowEvent::from_core(msocket::FlowEvent::PathAdded { local: a, remote: b, relayed: false }),
+            Some(FlowEvent::PathAdded { local: "127.0.0.2:1000".into(), remote: "127.0.0.1:2000".into(), relayed: false })
         );
         assert_eq!(
             FlowEvent::from_core(msocket::FlowEvent::Resumed { outage: Duration::from_millis(1500) }),
@@ -422,6 +426,7 @@ mod tests {
         let p = msocket::Path {
             local: "127.0.0.2:1".parse().unwrap(),
             remote: "127.0.0.1:2".parse().unwrap(),
+            relayed: false,
             standby: true,
             state: msocket::PathState::Standby,
             srtt: Some(Duration::from_micros(1234)),

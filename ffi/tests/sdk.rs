@@ -30,6 +30,8 @@ fn options(names: &LocalNameServer) -> EndpointOptions {
         local_addresses: Vec::new(),
         listen_port: 0,
         allowed_peers: None,
+        relays: Vec::new(),
+        relay_only: false,
     }
 }
 

@@ -9,6 +9,7 @@ use super::socket::SocketBinder;
 use crate::name::NameService;
 use crate::proto::FlowConfig;
 use crate::identity::Fingerprint;
+use crate::relay::RelayUrl;
 use crate::trust::{MemoryPins, PinStore};
 
 /// Where an endpoint learns which local addresses it has.
@@ -78,6 +79,14 @@ pub struct EndpointConfig {
     /// Where the keys first seen for each looked-up name are kept (see [`crate::trust`]).
     /// Default: in memory, forgotten with the endpoint; the CLI keeps them in a file.
     pub pins: Arc<dyn PinStore>,
+    /// Relays (`msocketd relay`) this endpoint registers at while it listens, so that
+    /// peers reach it behind NAT (see [`crate::relay`]): each one that holds a live
+    /// registration is listed in the name records. Default none. Connecting needs none:
+    /// the relays a peer lists are in its record.
+    pub relays: Vec<RelayUrl>,
+    /// Publish no address of this endpoint: peers reach it only through its relays, and
+    /// neither they nor the name service learn where it is. Default false.
+    pub relay_only: bool,
 }
 
 impl EndpointConfig {
@@ -98,6 +107,8 @@ impl EndpointConfig {
             socket_binder: None,
             allowed_peers: None,
             pins: Arc::new(MemoryPins::default()),
+            relays: Vec::new(),
+            relay_only: false,
         }
     }
 

@@ -51,6 +51,8 @@ pub(crate) enum Role {
 struct Sub {
     local: SocketAddr,
     remote: SocketAddr,
+    /// It runs through a relay (`remote` is the relay's address).
+    relayed: bool,
     /// 0 for the handshake's subflow, else the join sequence it came with (copies of one
     /// JOIN share it).
     token: u64,
@@ -66,6 +68,23 @@ struct Sub {
     sent: SentLog,
     /// The socket's `TCP_NOTSENT_LOWAT`, which follows the path's rate (see `socket.rs`).
     notsent_lowat: u32,
+}
+
+/// Client: the relays the peer now lists (ADDRS), resolved, replace the known ones.
+pub(super) async fn learn_peer_relays(conn: Weak<Conn>, relays: Vec<String>) {
+    let Some(host) = conn.upgrade().and_then(|c| c.host.upgrade()) else { return };
+    let resolved = super::relay_dial::resolve(&host, &relays, host.config.io_timeout).await;
+    if resolved.is_empty() && !relays.is_empty() {
+        return; // none resolves now: the ones known may still work
+    }
+    if let Some(conn) = conn.upgrade() {
+        let mut inner = conn.lock();
+        if resolved != inner.peer_relays {
+            tracing::debug!(flow = %conn.keys.flow_id, relays = ?resolved, "the peer's relays changed");
+            inner.peer_relays = resolved;
+            inner.paths.changed();
+        }
+    }
 }
 
 /// The mutable part of a flow.
@@ -97,6 +116,10 @@ pub(crate) struct Inner {
     pub(crate) peer_fast_open: bool,
     /// Where the peer was last reachable (client side re-dials these first).
     pub(crate) peer_addrs: Vec<SocketAddr>,
+    /// Client: the relays the peer listed, resolved (re-dialed beside `peer_addrs`).
+    pub(crate) peer_relays: Vec<SocketAddr>,
+    /// Client: relays the peer just announced, for the driver to resolve.
+    pub(super) peer_relays_listed: Option<Vec<String>>,
     /// Client: the peer's Ed25519 key from its name record, which must sign a claim that
     /// it no longer knows the flow before that claim ends the flow.
     pub(crate) peer_signing_key: Option<[u8; 32]>,
@@ -285,6 +308,8 @@ impl Conn {
                 joins: JoinsSeen::new(),
                 peer_fast_open: false,
                 peer_addrs: Vec::new(),
+                peer_relays: Vec::new(),
+                peer_relays_listed: None,
                 peer_signing_key: None,
                 app_gone: false,
                 paths: Default::default(),
@@ -342,6 +367,7 @@ impl Conn {
                 super::events::Path {
                     local: s.local,
                     remote: s.remote,
+                    relayed: s.relayed,
                     standby: inner.proto.is_standby(*id),
                     state: stats.state,
                     srtt: stats.srtt,
@@ -385,11 +411,15 @@ impl Conn {
                     }
                 }
                 proto::FlowEvent::Resumed { outage, .. } => self.emit(FlowEvent::Resumed { outage }),
-                proto::FlowEvent::PeerAddrs { addrs, .. } => {
+                proto::FlowEvent::PeerAddrs { addrs, relays } => {
                     let addrs = self.host.upgrade().map_or_else(Vec::new, |h| h.dialable(&addrs));
                     inner.set_peer_addrs(addrs.clone());
                     self.driver.notify_one();
                     self.emit(FlowEvent::PeerMoved { addrs });
+                    if self.role == Role::Client {
+                        // Resolved by the driver (names may need DNS).
+                        inner.peer_relays_listed = Some(relays);
+                    }
                 }
                 proto::FlowEvent::Finished => {
                     self.emit(FlowEvent::Closed { error: None, energy_joules: inner.energy_joules() })
@@ -448,6 +478,7 @@ impl Conn {
         token: u64,
         reader_prefix: Option<JoinCheck>,
         peer_resume: Option<u64>,
+        relayed: bool,
     ) {
         super::socket::tune_subflow(&stream);
         let (Ok(local), Ok(remote)) = (stream.local_addr(), stream.peer_addr()) else {
@@ -482,6 +513,7 @@ impl Conn {
             let sub = Sub {
                 local,
                 remote,
+                relayed,
                 token,
                 proven: false,
                 packer: Packer::default(),
@@ -492,7 +524,7 @@ impl Conn {
                 notsent_lowat: super::socket::NOTSENT_LOWAT,
             };
             inner.subflows.insert(id, sub);
-            if !inner.peer_addrs.contains(&remote) {
+            if !relayed && !inner.peer_addrs.contains(&remote) {
                 inner.peer_addrs.insert(0, remote);
             }
             self.assign_standbys(&mut inner);
@@ -500,8 +532,8 @@ impl Conn {
             self.settle(&mut inner);
             id
         };
-        tracing::info!(flow = %self.keys.flow_id, %local, %remote, subflow = id.0, "subflow up");
-        self.emit(FlowEvent::PathAdded { local, remote });
+        tracing::info!(flow = %self.keys.flow_id, %local, %remote, relayed, subflow = id.0, "subflow up");
+        self.emit(FlowEvent::PathAdded { local, remote, relayed });
         tokio::spawn(writer(self.clone(), id, w, handed, wake, kill_rx.clone()));
         tokio::spawn(reader(self.clone(), id, r, kill_rx, reader_prefix));
     }
@@ -518,14 +550,18 @@ impl Conn {
     /// Client: the peer's name record now lists `addrs`. Subflows to addresses it no
     /// longer lists are retired at once (the peer left them; waiting for their dead-path
     /// timer would only stall the flow), and re-dials start from the new list.
-    pub(crate) fn peer_moved(&self, addrs: Vec<SocketAddr>) {
+    /// Relayed subflows stay: the relay still reaches the peer (the relays it lists now
+    /// are re-learned as well).
+    pub(crate) fn peer_moved(&self, addrs: Vec<SocketAddr>, relays: Vec<String>) {
+        self.lock().peer_relays_listed = Some(relays);
+        self.driver.notify_one();
         if addrs.is_empty() {
             return;
         }
         let left: Vec<SubflowId> = {
             let mut inner = self.lock();
             inner.set_peer_addrs(addrs.clone());
-            inner.subflows.iter().filter(|(_, s)| !addrs.contains(&s.remote)).map(|(id, _)| *id).collect()
+            inner.subflows.iter().filter(|(_, s)| !s.relayed && !addrs.contains(&s.remote)).map(|(id, _)| *id).collect()
         };
         for id in left {
             self.subflow_gone(id, PathLossReason::PeerLeftAddress);

@@ -34,7 +34,9 @@ use crate::session::opening::{self, JOIN_WINDOW};
 use super::{ConnectFailure, Error};
 use crate::name::{NameError, NameRecord};
 use crate::trust::PeerName;
+use crate::relay::wire::{listener_key, ListenerKey};
 use crate::session::{admission, HandshakeError, Initiator};
+use super::relay_dial;
 
 const FIRST_BACKOFF: Duration = Duration::from_millis(10);
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
@@ -42,6 +44,39 @@ const MAX_BACKOFF: Duration = Duration::from_secs(1);
 const ATTEMPT_DELAY: Duration = Duration::from_millis(250);
 /// When opening a flow: look the name up again if no address answered within this.
 const RELOOKUP_AFTER: Duration = Duration::from_secs(1);
+/// How long direct attempts run alone before the peer's relays are tried too (at once
+/// when every direct attempt failed): a direct path is cheaper for everyone, and a peer
+/// behind NAT costs only this much more.
+const RELAY_HEAD_START: Duration = Duration::from_millis(300);
+
+/// Where a flow's peer may be dialed: its own addresses, and the relays it listed.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct Candidates {
+    pub(crate) direct: Vec<SocketAddr>,
+    pub(crate) relays: Vec<SocketAddr>,
+}
+
+impl Candidates {
+    /// The candidates of a (checked) name record: its addresses, and its relays resolved.
+    async fn of(host: &Host, record: &NameRecord, limit: Duration) -> Candidates {
+        let relays = relay_dial::resolve(host, &record.relays, limit).await;
+        Candidates { direct: record.addrs.clone(), relays }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.direct.is_empty() && self.relays.is_empty()
+    }
+}
+
+/// The connection that won a race.
+struct Won {
+    stream: TcpStream,
+    /// The peer's address, or the relay's for a relayed path.
+    addr: SocketAddr,
+    /// The JOIN it opened with.
+    seq: Option<u64>,
+    relayed: bool,
+}
 
 enum Attempt {
     /// The peer at this address answered but does not serve the name: no use retrying.
@@ -63,15 +98,16 @@ pub(crate) async fn connect(host: &Arc<Host>, owner: Weak<dyn FlowOwner>, peer: 
     loop {
         match host.lookup_checked(peer).await {
             Ok(record) => {
-                if record.addrs.is_empty() {
+                let limit = host.config.io_timeout.min(deadline.saturating_duration_since(Instant::now()));
+                let candidates = Candidates::of(host, &record, limit).await;
+                if candidates.is_empty() {
                     last = ConnectFailure::NoAddresses;
                 }
-                for &addr in &record.addrs {
+                for &addr in candidates.direct.iter().chain(&candidates.relays) {
                     if !tried.contains(&addr) {
                         tried.push(addr);
                     }
                 }
-                let limit = host.config.io_timeout.min(deadline.saturating_duration_since(Instant::now()));
                 // The record may predate a move of the peer: watch for a newer one (it
                 // arrives as soon as the name service stores it), and if none came and
                 // nothing answered soon, look again; race the addresses it lists as well.
@@ -88,21 +124,22 @@ pub(crate) async fn connect(host: &Arc<Host>, owner: Weak<dyn FlowOwner>, peer: 
                         None => host.lookup_checked(peer).await,
                     };
                     match newer {
-                        Ok(r) if r.noise_key == record.noise_key => r.addrs,
-                        _ => Vec::new(),
+                        Ok(r) if r.noise_key == record.noise_key => Candidates::of(host, &r, limit).await,
+                        _ => Candidates::default(),
                     }
                 };
+                let target = listener_key(&record.public());
                 let attempt = async {
-                    let (stream, addr) = match race(host, &record.addrs, relookup, false, None).await {
-                        Ok((stream, addr, _)) => (stream, addr),
+                    let won = match race(host, &candidates, relookup, false, None, &target).await {
+                        Ok(won) => won,
                         Err(why) => return Err(Attempt::Failed(why)),
                     };
-                    if !tried.contains(&addr) {
-                        tried.push(addr);
+                    if !tried.contains(&won.addr) {
+                        tried.push(won.addr);
                     }
-                    new_flow(host, &owner, name, &record, stream, addr).await
+                    new_flow(host, &owner, name, &record, &candidates.relays, won).await
                 };
-                if !record.addrs.is_empty() {
+                if !candidates.is_empty() {
                     match tokio::time::timeout(limit, attempt).await {
                         Ok(Ok(flow)) => return Ok(flow),
                         Ok(Err(Attempt::UnknownAt(addr))) => {
@@ -139,9 +176,10 @@ async fn new_flow(
     owner: &Weak<dyn FlowOwner>,
     name: &str,
     record: &NameRecord,
-    mut stream: TcpStream,
-    addr: SocketAddr,
+    relays: &[SocketAddr],
+    won: Won,
 ) -> Result<Arc<Conn>, Attempt> {
+    let Won { mut stream, addr, relayed, .. } = won;
     let (noise_key, signing_key) = (&record.noise_key, &record.signing_key);
     let fail = |e: &dyn std::fmt::Display| Attempt::Failed(ConnectFailure::Handshake { addr, detail: e.to_string() });
     let timestamp = admission::next_timestamp(&host.handshake_clock, 0);
@@ -179,10 +217,11 @@ async fn new_flow(
     {
         let mut inner = conn.lock();
         inner.peer_addrs = record.addrs.clone();
+        inner.peer_relays = relays.to_vec();
         inner.peer_signing_key = Some(*signing_key);
     }
     conn.announce();
-    conn.attach(stream, 0, None, None);
+    conn.attach(stream, 0, None, None, relayed);
     tokio::spawn(conn.clone().drive());
     super::peer_watch::spawn(&conn, record.seq);
     Ok(conn)
@@ -237,29 +276,35 @@ async fn rejoin_round(host: &Arc<Host>, conn: &Arc<Conn>) -> bool {
     if !needs_subflow(conn) {
         return true;
     }
-    let known = conn.lock().peer_addrs.clone();
+    let known = {
+        let inner = conn.lock();
+        Candidates { direct: inner.peer_addrs.clone(), relays: inner.peer_relays.clone() }
+    };
     let lookup = async {
         match host.lookup_checked(&PeerName::checked_earlier(&conn.name)).await {
             Ok(record) if record.noise_key == conn.keys.remote_static => {
-                conn.lock().peer_addrs = record.addrs.clone();
-                record.addrs
+                let fresh = Candidates::of(host, &record, host.config.io_timeout).await;
+                let mut inner = conn.lock();
+                inner.peer_addrs = fresh.direct.clone();
+                inner.peer_relays = fresh.relays.clone();
+                fresh
             }
             Ok(_) => {
                 tracing::warn!(name = %conn.name, "the name now belongs to other keys; not re-dialing it");
-                Vec::new()
+                Candidates::default()
             }
             Err(e) => {
                 tracing::debug!(name = %conn.name, error = %e, "re-lookup failed");
-                Vec::new()
+                Candidates::default()
             }
         }
     };
-    match race(host, &known, lookup, true, Some(conn)).await {
-        Ok((stream, addr, Some(seq))) => {
-            attach_joined(conn, stream, addr, seq);
+    match race(host, &known, lookup, true, Some(conn), &listener_key(&conn.peer)).await {
+        Ok(Won { stream, addr, seq: Some(seq), relayed }) => {
+            attach_joined(conn, stream, addr, seq, relayed);
             true
         }
-        Ok((_, addr, None)) => {
+        Ok(Won { addr, seq: None, .. }) => {
             tracing::warn!(%addr, "a re-dial connected without a JOIN; dropped");
             !needs_subflow(conn)
         }
@@ -271,79 +316,108 @@ async fn rejoin_round(host: &Arc<Host>, conn: &Arc<Conn>) -> bool {
 }
 
 /// Connects to the first candidate that answers: every local address (best first) to
-/// each of `first`, then those of `more`'s addresses (which go to the front: they are
+/// each of `first`'s addresses, then those of `more`'s (which go to the front: they are
 /// newer). One attempt starts every [`ATTEMPT_DELAY`] while earlier ones are still
-/// trying, or at once when one failed; the losers are dropped. Each attempt is bounded by
-/// `io_timeout`. When every attempt failed outright, `wait_for_more` says whether to wait
-/// for `more` (a lookup running alongside) or to report the failure at once (the caller
-/// retries on its own schedule). With `join`, every attempt opens with a JOIN of that
-/// flow (in its SYN where TCP Fast Open works), and the winner's sequence number comes
-/// back with it.
+/// trying, or at once when one failed; the losers are dropped. The peer's relays (asked
+/// for the listener `target`) join the queue after [`RELAY_HEAD_START`], or as soon as
+/// nothing direct is left to try. Each attempt is bounded by `io_timeout`. When every
+/// attempt failed outright, `wait_for_more` says whether to wait for `more` (a lookup
+/// running alongside) or to report the failure at once (the caller retries on its own
+/// schedule). With `join`, every attempt opens with a JOIN of that flow (in its SYN where
+/// TCP Fast Open works, on a direct path), and the winner's sequence number comes back
+/// with it.
 async fn race(
     host: &Arc<Host>,
-    first: &[SocketAddr],
-    more: impl Future<Output = Vec<SocketAddr>>,
+    first: &Candidates,
+    more: impl Future<Output = Candidates>,
     wait_for_more: bool,
     join: Option<&Arc<Conn>>,
-) -> Result<(TcpStream, SocketAddr, Option<u64>), ConnectFailure> {
-    let mut pending: VecDeque<(Option<IpAddr>, SocketAddr)> = VecDeque::new();
-    let mut seen: Vec<(Option<IpAddr>, SocketAddr)> = Vec::new();
-    let mut add = |addrs: &[SocketAddr], front: bool, pending: &mut VecDeque<_>| {
+    target: &ListenerKey,
+) -> Result<Won, ConnectFailure> {
+    // (local address, address to dial, through a relay)
+    type Candidate = (Option<IpAddr>, SocketAddr, bool);
+    let mut pending: VecDeque<Candidate> = VecDeque::new();
+    let mut relayed: VecDeque<Candidate> = VecDeque::new();
+    let mut seen: Vec<Candidate> = Vec::new();
+    let mut add = |found: &Candidates, front: bool, pending: &mut VecDeque<Candidate>, relayed: &mut VecDeque<Candidate>| {
         let mut fresh = Vec::new();
-        for &addr in addrs {
-            for local in host.local_ips_for(addr) {
-                if !seen.contains(&(local, addr)) {
-                    seen.push((local, addr));
-                    fresh.push((local, addr));
+        for (addrs, via_relay) in [(&found.direct, false), (&found.relays, true)] {
+            for &addr in addrs {
+                for local in host.local_ips_for(addr) {
+                    if !seen.contains(&(local, addr, via_relay)) {
+                        seen.push((local, addr, via_relay));
+                        fresh.push((local, addr, via_relay));
+                    }
                 }
             }
         }
+        let (mut relays, direct): (Vec<_>, Vec<_>) = fresh.into_iter().partition(|c| c.2);
         if front {
-            for c in fresh.into_iter().rev() {
+            for c in direct.into_iter().rev() {
                 pending.push_front(c);
             }
         } else {
-            pending.extend(fresh);
+            pending.extend(direct);
         }
+        relays.retain(|c| !relayed.contains(c));
+        relayed.extend(relays);
     };
-    add(first, false, &mut pending);
+    add(first, false, &mut pending, &mut relayed);
     let mut attempts = JoinSet::new();
     let mut more = std::pin::pin!(more);
     let mut more_done = false;
     let mut next_at = tokio::time::Instant::now();
+    let relays_at = next_at + RELAY_HEAD_START;
     let mut last = ConnectFailure::NoAttempt;
     loop {
-        if attempts.is_empty() || tokio::time::Instant::now() >= next_at {
-            if let Some((local, addr)) = pending.pop_front() {
+        let now = tokio::time::Instant::now();
+        // Relays join once direct attempts had their head start, or have nothing left.
+        if !relayed.is_empty() && (now >= relays_at || (pending.is_empty() && attempts.is_empty())) {
+            let relays: Vec<_> = relayed.drain(..).collect();
+            for c in relays.into_iter().rev() {
+                pending.push_front(c);
+            }
+        }
+        if attempts.is_empty() || now >= next_at {
+            if let Some((local, addr, via_relay)) = pending.pop_front() {
                 let host = host.clone();
                 let join = join.map(|conn| next_join(conn));
+                let target = *target;
                 attempts.spawn(async move {
+                    let seq = join.as_ref().map(|(seq, ..)| *seq);
                     let (early, fast_open) = join.as_ref().map_or((&[][..], false), |(_, bytes, fast)| (bytes.as_slice(), *fast));
-                    let dialed = host.dial_tcp_from(local, addr, early, fast_open).await;
-                    (local, addr, dialed.map(|s| (s, join.map(|(seq, ..)| seq))))
+                    let dialed = if via_relay {
+                        relay_dial::dial_via_relay(&host, local, addr, &target, early).await
+                    } else {
+                        host.dial_tcp_from(local, addr, early, fast_open)
+                            .await
+                            .map_err(|e| ConnectFailure::Connect { addr, kind: e.kind() })
+                    };
+                    (local, addr, dialed.map(|stream| Won { stream, addr, seq, relayed: via_relay }))
                 });
                 next_at = tokio::time::Instant::now() + ATTEMPT_DELAY;
                 continue;
             }
         }
-        if attempts.is_empty() && (more_done || !wait_for_more) {
+        if attempts.is_empty() && relayed.is_empty() && (more_done || !wait_for_more) {
             return Err(last);
         }
+        let wake_at = if pending.is_empty() { relays_at.max(now) } else { next_at };
         tokio::select! {
             Some(joined) = attempts.join_next(), if !attempts.is_empty() => match joined {
-                Ok((_, addr, Ok((stream, seq)))) => return Ok((stream, addr, seq)),
+                Ok((_, _, Ok(won))) => return Ok(won),
                 Ok((local, addr, Err(e))) => {
                     tracing::debug!(?local, %addr, error = %e, "connection attempt failed");
-                    last = ConnectFailure::Connect { addr, kind: e.kind() };
+                    last = e;
                     next_at = tokio::time::Instant::now();
                 }
                 Err(e) => tracing::warn!(error = %e, "a connection attempt's task failed"),
             },
-            addrs = &mut more, if !more_done => {
+            found = &mut more, if !more_done => {
                 more_done = true;
-                add(&addrs, true, &mut pending);
+                add(&found, true, &mut pending, &mut relayed);
             }
-            _ = tokio::time::sleep_until(next_at), if !pending.is_empty() => {}
+            _ = tokio::time::sleep_until(wake_at), if !pending.is_empty() || !relayed.is_empty() => {}
             else => return Err(last),
         }
     }
@@ -371,21 +445,31 @@ fn next_join(conn: &Conn) -> (u64, Vec<u8>, bool) {
 /// Attaches a connection that opened with JOIN `seq` as a subflow of `conn`. Its reader
 /// checks the peer's answer before any record, so the subflow's first records go out at
 /// once, which saves a round trip on resume.
-fn attach_joined(conn: &Arc<Conn>, stream: TcpStream, addr: SocketAddr, seq: u64) {
-    tracing::debug!(%addr, seq, in_syn = super::fast_open::syn_data_acked(&stream), "joined");
-    conn.attach(stream, seq, Some(JoinCheck { seq }), None);
+fn attach_joined(conn: &Arc<Conn>, stream: TcpStream, addr: SocketAddr, seq: u64, relayed: bool) {
+    tracing::debug!(%addr, seq, relayed, in_syn = super::fast_open::syn_data_acked(&stream), "joined");
+    conn.attach(stream, seq, Some(JoinCheck { seq }), None, relayed);
 }
 
-/// Dials `addr` from `local` with a JOIN of `conn` and attaches the subflow (whether or
-/// not the flow has others). False if the flow needs no path or the dial failed.
+/// Dials `addr` (the peer's, or one of its relays) from `local` with a JOIN of `conn`
+/// and attaches the subflow (whether or not the flow has others). False if the flow needs
+/// no path or the dial failed.
 pub(crate) async fn dial_join(host: &Arc<Host>, conn: &Arc<Conn>, local: Option<IpAddr>, addr: SocketAddr) -> bool {
-    if conn.role != Role::Client || !conn.lock().proto.needs_path() {
-        return false;
-    }
+    let relayed = {
+        let inner = conn.lock();
+        if conn.role != Role::Client || !inner.proto.needs_path() {
+            return false;
+        }
+        inner.peer_relays.contains(&addr)
+    };
     let (seq, join, fast_open) = next_join(conn);
-    match host.dial_tcp_from(local, addr, &join, fast_open).await {
+    let dialed = if relayed {
+        relay_dial::dial_via_relay(host, local, addr, &listener_key(&conn.peer), &join).await
+    } else {
+        host.dial_tcp_from(local, addr, &join, fast_open).await.map_err(|e| ConnectFailure::Connect { addr, kind: e.kind() })
+    };
+    match dialed {
         Ok(stream) => {
-            attach_joined(conn, stream, addr, seq);
+            attach_joined(conn, stream, addr, seq, relayed);
             true
         }
         Err(e) => {

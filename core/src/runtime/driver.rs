@@ -39,6 +39,9 @@ impl Conn {
                     inner.dialing = true;
                     tokio::spawn(super::dial::redial(self.clone()));
                 }
+                if let Some(relays) = inner.peer_relays_listed.take() {
+                    tokio::spawn(super::conn::learn_peer_relays(Arc::downgrade(&self), relays));
+                }
                 let mut d = inner.proto.poll_timeout();
                 if let Some(t) = inner.terminal_at {
                     d = Some(d.map_or(t + LINGER, |d| d.min(t + LINGER)));

@@ -25,6 +25,7 @@ use crate::session::join::JoinRefusal;
 use crate::session::opening::{self, Admitted, ExpectedJoins, JoinTarget, Opening};
 use crate::session::admission::{Admission, AdmissionLimits, AdmissionRefusal, OpeningId};
 use crate::session::{FlowId, HandshakeError, Refusal, Responder};
+use crate::relay::RelayUrl;
 use crate::trust::PeerName;
 use crate::watch::{Classifier, Interface, NetworkState, WatchError};
 
@@ -42,6 +43,18 @@ struct State {
     system_follower: Option<NetworkFollower>,
     /// The application chose a network to follow: the endpoint starts none of its own.
     app_follows: bool,
+    /// One registration per configured relay, while listening.
+    relay_links: Vec<RelayLink>,
+}
+
+/// A configured relay's registration.
+struct RelayLink {
+    url: RelayUrl,
+    task: AbortHandle,
+    /// It holds a live registration now (and is listed in our records).
+    registered: bool,
+    /// It succeeded or failed at least once.
+    tried: bool,
 }
 
 impl State {
@@ -58,9 +71,17 @@ impl State {
         names
     }
 
-    /// Addresses peers can reach our listeners on.
-    fn published_addrs(&self) -> Vec<SocketAddr> {
+    /// The relays that hold a live registration of ours.
+    fn registered_relays(&self) -> Vec<String> {
+        self.relay_links.iter().filter(|l| l.registered).map(|l| l.url.to_string()).collect()
+    }
+
+    /// Addresses peers can reach our listeners on (none when only relays may be used).
+    fn published_addrs(&self, relay_only: bool) -> Vec<SocketAddr> {
         let mut out = Vec::new();
+        if relay_only {
+            return out;
+        }
         for (addr, _) in &self.listeners {
             if addr.ip().is_unspecified() {
                 out.extend(interface_ips().into_iter().map(|ip| SocketAddr::new(ip, addr.port())));
@@ -91,6 +112,8 @@ pub(crate) struct EndpointInner {
     openings: Mutex<HashMap<OpeningId, AbortHandle>>,
     /// The clock admission's rate limits run on.
     started: std::time::Instant,
+    /// Signalled whenever a relay registration succeeds or fails.
+    relays_tried: Notify,
 }
 
 impl Drop for EndpointInner {
@@ -101,6 +124,9 @@ impl Drop for EndpointInner {
         }
         if let Some(h) = state.refresh.take() {
             h.abort();
+        }
+        for link in state.relay_links.drain(..) {
+            link.task.abort();
         }
     }
 }
@@ -162,6 +188,7 @@ impl Endpoint {
             refresh: None,
             system_follower: None,
             app_follows: false,
+            relay_links: Vec::new(),
         };
         Endpoint {
             inner: Arc::new(EndpointInner {
@@ -170,6 +197,7 @@ impl Endpoint {
                 record_seq: AtomicU64::new(0),
                 republish: Arc::new(Notify::new()),
                 system_follow: tokio::sync::OnceCell::new(),
+                relays_tried: Notify::new(),
                 takes_fast_open: std::sync::atomic::AtomicBool::new(false),
                 admission: Mutex::new(Admission::new(AdmissionLimits::default())),
                 openings: Mutex::new(HashMap::new()),
@@ -213,8 +241,15 @@ impl Endpoint {
             if st.refresh.is_none() {
                 st.refresh = Some(tokio::spawn(refresh_records(Arc::downgrade(&self.inner))).abort_handle());
             }
+            if st.relay_links.is_empty() {
+                for url in &self.inner.host.config.relays {
+                    let task = tokio::spawn(super::relay_link::keep_registered(Arc::downgrade(&self.inner), url.clone()));
+                    st.relay_links.push(RelayLink { url: url.clone(), task: task.abort_handle(), registered: false, tried: false });
+                }
+            }
         }
         let listener = Listener { name: name.to_string(), rx, ep: Arc::downgrade(&self.inner) };
+        self.inner.first_relay_outcomes().await;
         self.inner.publish(name).await?;
         Ok(listener)
     }
@@ -283,12 +318,7 @@ impl Endpoint {
         self.inner.host.network_changed();
         // Peers of live flows learn the new addresses first: that is local work, while
         // publishing waits on the name service.
-        let addrs = self.inner.published_addrs();
-        for conn in flows.iter().filter(|c| c.role == Role::Server) {
-            let mut inner = conn.lock();
-            inner.proto.advertise_addrs(addrs.clone(), Vec::new());
-            conn.settle(&mut inner);
-        }
+        self.inner.advertise(&flows);
         Ok(services)
     }
 
@@ -314,6 +344,12 @@ impl Endpoint {
     /// The addresses this endpoint publishes for its names.
     pub fn published_addrs(&self) -> Vec<SocketAddr> {
         self.inner.published_addrs()
+    }
+
+    /// The relays that hold a live registration of this endpoint now (and are listed in
+    /// its name records).
+    pub fn registered_relays(&self) -> Vec<String> {
+        self.inner.lock().registered_relays()
     }
 
     /// Follows `network` (from any watcher in [`crate::watch`]): on every change, hands
@@ -463,7 +499,90 @@ impl EndpointInner {
 
     /// Addresses peers can reach our listeners on.
     pub(crate) fn published_addrs(&self) -> Vec<SocketAddr> {
-        self.lock().published_addrs()
+        self.lock().published_addrs(self.host.config.relay_only)
+    }
+
+    pub(super) fn host(&self) -> &Arc<Host> {
+        &self.host
+    }
+
+    /// Tells peers of the flows opened to us (of `flows`) where we are now: our addresses
+    /// and the relays that hold our registration.
+    fn advertise(&self, flows: &[Arc<Conn>]) {
+        let (addrs, relays) = {
+            let st = self.lock();
+            (st.published_addrs(self.host.config.relay_only), st.registered_relays())
+        };
+        for conn in flows.iter().filter(|c| c.role == Role::Server) {
+            let mut inner = conn.lock();
+            inner.proto.advertise_addrs(addrs.clone(), relays.clone());
+            conn.settle(&mut inner);
+        }
+    }
+
+    /// A relay registration succeeded or ended: the records list the relays that hold one
+    /// (published soon, by the refresh task), and peers of live flows are told.
+    pub(super) fn relay_registration(&self, url: &RelayUrl, registered: bool) {
+        let (changed, flows) = {
+            let mut st = self.lock();
+            let Some(link) = st.relay_links.iter_mut().find(|l| l.url == *url) else { return };
+            let changed = link.registered != registered;
+            link.registered = registered;
+            link.tried = true;
+            (changed, st.flows.values().filter_map(Weak::upgrade).collect::<Vec<_>>())
+        };
+        self.relays_tried.notify_waiters();
+        if changed {
+            self.republish.notify_one();
+            self.advertise(&flows);
+        }
+    }
+
+    /// Waits (at most `io_timeout`) until every relay registration succeeded or failed
+    /// once, so that a name's first record lists the relays that work.
+    async fn first_relay_outcomes(&self) {
+        let wait = async {
+            loop {
+                let tried = self.relays_tried.notified();
+                if self.lock().relay_links.iter().all(|l| l.tried) {
+                    return;
+                }
+                tried.await;
+            }
+        };
+        let _ = tokio::time::timeout(self.host.config.io_timeout, wait).await;
+    }
+
+    /// Serves an incoming connection (`relayed`: spliced by a relay, from the client at
+    /// `source` as the relay saw it): it takes a place among the openings being read
+    /// from `source`, which may evict another's.
+    pub(super) fn take_incoming(self: &Arc<Self>, stream: TcpStream, source: SocketAddr, relayed: bool) {
+        let (id, evicted) = match self.admission().opening(source.ip()) {
+            Ok(x) => x,
+            Err(reason) => {
+                tracing::warn!(%source, %reason, relayed, "incoming subflow refused");
+                return;
+            }
+        };
+        let mut tasks = self.openings.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(task) = evicted.and_then(|old| tasks.remove(&old)) {
+            tracing::info!(%source, "openings pool full: dropped the oldest subflow still opening");
+            task.abort();
+        }
+        let limit = self.host.config.io_timeout;
+        let slot = OpeningSlot { ep: Arc::downgrade(self), id };
+        // Registered before the task can finish (it unregisters under the same lock).
+        let task = tokio::spawn({
+            let ep = self.clone();
+            async move {
+                match tokio::time::timeout(limit, ep.handle_incoming(stream, source, slot, relayed)).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(reason)) => tracing::warn!(%source, %reason, relayed, "incoming subflow refused"),
+                    Err(_) => tracing::warn!(%source, relayed, "incoming subflow timed out in its handshake"),
+                }
+            }
+        });
+        tasks.insert(id, task.abort_handle());
     }
 
     /// Publishes (or refreshes) the record of `name` with the current addresses.
@@ -512,11 +631,12 @@ impl EndpointInner {
             // Time-based sequence numbers stay increasing across restarts without storage.
             let seq = self.record_seq.load(Ordering::SeqCst).max(millis) + 1;
             self.record_seq.store(seq, Ordering::SeqCst);
-            (seq, st.published_addrs())
+            (seq, st.published_addrs(self.host.config.relay_only))
         };
         let host = &self.host;
         let expires = now + host.config.record_ttl.as_secs();
-        let record = NameRecord::new(name.to_string(), host.identity.public(), addrs, seq, expires);
+        let mut record = NameRecord::new(name.to_string(), host.identity.public(), addrs, seq, expires);
+        record.relays = self.lock().registered_relays();
         Ok(SignedRecord::sign(record, &host.identity)?)
     }
 
@@ -550,6 +670,7 @@ impl EndpointInner {
         mut stream: TcpStream,
         source: SocketAddr,
         opening: OpeningSlot,
+        relayed: bool,
     ) -> Result<(), Refused> {
         let deadline = (self.host.config.io_timeout / 2).max(Duration::from_secs(1));
         let read = tokio::time::timeout(deadline, read_exchange(&mut stream, opening::decode_opening)).await;
@@ -592,7 +713,7 @@ impl EndpointInner {
                     self.forget_flow(&conn.keys.flow_id);
                     return Err(e.into());
                 }
-                conn.attach(stream, 0, None, None);
+                conn.attach(stream, 0, None, None, relayed);
                 tokio::spawn(conn.clone().drive());
                 if let Err(mpsc::error::TrySendError::Full(flow) | mpsc::error::TrySendError::Closed(flow)) =
                     tx.try_send(Flow::new(conn))
@@ -634,7 +755,7 @@ impl EndpointInner {
                         let fast_open = self.takes_fast_open.load(Ordering::Relaxed);
                         let ok = opening::join_accept(&conn.keys.join_key, &request.id, seq, fast_open);
                         stream.write_all(&ok).await?;
-                        conn.attach(stream, seq, None, Some(request.resume));
+                        conn.attach(stream, seq, None, Some(request.resume), relayed);
                         Ok(())
                     }
                     (verdict, conn) => {
@@ -733,33 +854,7 @@ async fn accept_loop(weak: Weak<EndpointInner>, listener: TcpListener) {
             }
         };
         let Some(ep) = weak.upgrade() else { return };
-        let admitted = ep.admission().opening(source.ip());
-        let (id, evicted) = match admitted {
-            Ok(x) => x,
-            Err(reason) => {
-                tracing::warn!(%source, %reason, "incoming subflow refused");
-                continue;
-            }
-        };
-        let mut tasks = ep.openings.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(task) = evicted.and_then(|old| tasks.remove(&old)) {
-            tracing::info!(%source, "openings pool full: dropped the oldest subflow still opening");
-            task.abort();
-        }
-        let limit = ep.host.config.io_timeout;
-        let slot = OpeningSlot { ep: weak.clone(), id };
-        // Registered before the task can finish (it unregisters under the same lock).
-        let task = tokio::spawn({
-            let ep = ep.clone();
-            async move {
-                match tokio::time::timeout(limit, ep.handle_incoming(stream, source, slot)).await {
-                    Ok(Ok(())) => {}
-                    Ok(Err(reason)) => tracing::warn!(%source, %reason, "incoming subflow refused"),
-                    Err(_) => tracing::warn!(%source, "incoming subflow timed out in its handshake"),
-                }
-            }
-        });
-        tasks.insert(id, task.abort_handle());
+        ep.take_incoming(stream, source, false);
     }
 }
 

@@ -149,6 +149,14 @@ pub enum ConnectFailure {
     /// The name service could not be asked.
     #[error(transparent)]
     NameService(Box<NameError>),
+    /// A relay the peer listed refused to splice us to it.
+    #[error("relay {relay}: {why}")]
+    Relay {
+        /// The relay.
+        relay: SocketAddr,
+        /// Why it refused.
+        why: crate::relay::wire::RelayRefusal,
+    },
 }
 
 impl Error {

@@ -17,8 +17,10 @@ pub enum FlowEvent {
     PathAdded {
         /// Our end of it.
         local: SocketAddr,
-        /// The peer's end of it.
+        /// The peer's end of it (the relay's address, if relayed).
         remote: SocketAddr,
+        /// It runs through a relay, spliced (the flow's encryption is end to end).
+        relayed: bool,
     },
     /// A subflow died; its unacknowledged data will be re-sent on another.
     PathLost {
@@ -179,8 +181,10 @@ impl FlowEvents {
 pub struct Path {
     /// Our end of it.
     pub local: std::net::SocketAddr,
-    /// The peer's end of it.
+    /// The peer's end of it (the relay's address, if relayed).
     pub remote: std::net::SocketAddr,
+    /// It runs through a relay, spliced (the flow's encryption is end to end).
+    pub relayed: bool,
     /// Marked a standby by the connecting end (see [`PathPolicy`](super::PathPolicy)).
     pub standby: bool,
     /// What the path does for the flow now: joining, active, standby or stalled.

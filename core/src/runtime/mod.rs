@@ -21,6 +21,8 @@ mod paths;
 mod peer_watch;
 mod read_slabs;
 mod reader;
+mod relay_dial;
+mod relay_link;
 mod socket;
 mod unsent;
 mod writer;

@@ -83,5 +83,5 @@ fn follow(conn: &Arc<Conn>, record: NameRecord) {
         return;
     }
     tracing::debug!(name = %conn.name, addrs = ?record.addrs, seq = record.seq, "the peer's record changed");
-    conn.peer_moved(host.dialable(&record.addrs));
+    conn.peer_moved(host.dialable(&record.addrs), record.relays);
 }

@@ -241,7 +241,7 @@ mod tests {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let peer = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
         let (ours, _) = listener.accept().await.unwrap();
-        conn.attach(ours, 0, None, None);
+        conn.attach(ours, 0, None, None, false);
         let (mut from_conn, mut to_conn) = peer.into_split();
         tokio::spawn(async move {
             let mut sink = vec![0u8; 64 * 1024];

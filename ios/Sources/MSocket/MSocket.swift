@@ -99,6 +99,11 @@ public struct EndpointConfig: Equatable {
     /// digits, as `Endpoint.fingerprint` prints them); nil: anyone. Others fail with
     /// `.NotAllowed` and never reach `accept`; an empty list admits nobody.
     public var allowedPeers: [String]? = nil
+    /// Relays to register at while listening (`HOST:PORT` of `msocketd relay` servers),
+    /// so that peers reach this endpoint behind NAT. Connecting needs none.
+    public var relays: [String] = []
+    /// Publish no address, only the relays: every flow to this endpoint is relayed.
+    public var relayOnly = false
 
     public init(namesURL: String) { self.namesURL = namesURL }
 
@@ -113,7 +118,9 @@ public struct EndpointConfig: Equatable {
             useLoopback: useLoopback,
             localAddresses: localAddresses,
             listenPort: listenPort,
-            allowedPeers: allowedPeers
+            allowedPeers: allowedPeers,
+            relays: relays,
+            relayOnly: relayOnly
         )
     }
 }
@@ -281,7 +288,7 @@ public final class Listener: @unchecked Sendable {
 
 /// A change in a flow's life.
 public enum FlowEvent: Equatable, Sendable {
-    case pathAdded(local: String, remote: String)
+    case pathAdded(local: String, remote: String, relayed: Bool)
     /// A path died (`reason`; `detail` in words); its unacknowledged data goes out on another.
     case pathLost(local: String, remote: String, reason: PathLossReason, detail: String, energyJoules: Double?)
     /// Data flows again after `outage` seconds without a usable path.
@@ -294,7 +301,7 @@ public enum FlowEvent: Equatable, Sendable {
 
     init(_ e: MSocketFFI.FlowEvent) {
         switch e {
-        case let .pathAdded(local, remote): self = .pathAdded(local: local, remote: remote)
+        case let .pathAdded(local, remote, relayed): self = .pathAdded(local: local, remote: remote, relayed: relayed)
         case let .pathLost(local, remote, reason, detail, joules):
             self = .pathLost(local: local, remote: remote, reason: reason, detail: detail, energyJoules: joules)
         case let .resumed(outageMs): self = .resumed(outage: TimeInterval(outageMs) / 1000)
@@ -311,6 +318,8 @@ public struct Path: Equatable, Sendable {
     public let remote: String
     public let state: PathState
     public let standby: Bool
+    /// It runs through a relay (`remote` is the relay's address).
+    public let relayed: Bool
     /// Smoothed round-trip time in seconds, once measured.
     public let srtt: TimeInterval?
     /// Bytes per second the peer acknowledged from this path, once measured.
@@ -327,6 +336,7 @@ public struct Path: Equatable, Sendable {
         remote = p.remote
         state = p.state
         standby = p.standby
+        relayed = p.relayed
         srtt = p.srttUs.map { TimeInterval($0) / 1_000_000 }
         deliveryRate = p.deliveryRate
         inFlight = p.inFlight

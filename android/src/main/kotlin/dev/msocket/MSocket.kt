@@ -99,6 +99,13 @@ data class EndpointConfig(
      * nobody. A malformed fingerprint is [MsocketException.InvalidArgument] naming it.
      */
     val allowedPeers: List<String>? = null,
+    /**
+     * Relays to register at while listening (`HOST:PORT` of `msocketd relay` servers), so
+     * that peers reach this endpoint behind NAT. Connecting needs none.
+     */
+    val relays: List<String> = emptyList(),
+    /** Publish no address, only the relays: every flow to this endpoint is relayed. */
+    val relayOnly: Boolean = false,
 ) {
     internal fun toFfi(): EndpointOptions {
         if (listenPort !in 0..65535) {
@@ -115,6 +122,8 @@ data class EndpointConfig(
             localAddresses = localAddresses,
             listenPort = listenPort.toUShort(),
             allowedPeers = allowedPeers,
+            relays = relays,
+            relayOnly = relayOnly,
         )
     }
 }
@@ -363,7 +372,7 @@ class Listener internal constructor(private val ffi: FfiListener) : Closeable {
 /** A change in a flow's life. */
 sealed class FlowEvent {
     /** A path (a TCP subflow on one interface) joined the flow. */
-    data class PathAdded(val local: String, val remote: String) : FlowEvent()
+    data class PathAdded(val local: String, val remote: String, val relayed: Boolean) : FlowEvent()
     /** A path died ([reason]; [detail] in words); its unacknowledged data goes out on another. */
     data class PathLost(
         val local: String,
@@ -386,7 +395,7 @@ sealed class FlowEvent {
 
     internal companion object {
         fun from(e: FfiFlowEvent): FlowEvent = when (e) {
-            is FfiFlowEvent.PathAdded -> PathAdded(e.local, e.remote)
+            is FfiFlowEvent.PathAdded -> PathAdded(e.local, e.remote, e.relayed)
             is FfiFlowEvent.PathLost -> PathLost(e.local, e.remote, e.reason, e.detail, e.energyJoules)
             is FfiFlowEvent.Resumed -> Resumed(e.outageMs.toLong().milliseconds)
             is FfiFlowEvent.PeerMoved -> PeerMoved(e.addresses)
@@ -402,6 +411,8 @@ data class Path(
     val remote: String,
     val state: PathState,
     val standby: Boolean,
+    /** It runs through a relay ([remote] is the relay's address). */
+    val relayed: Boolean,
     val srtt: Duration?,
     /** Bytes per second the peer acknowledged from this path, once measured. */
     val deliveryRate: Long?,
@@ -494,6 +505,7 @@ class Flow internal constructor(private val ffi: FfiFlow) : Closeable {
             remote = it.remote,
             state = it.state,
             standby = it.standby,
+            relayed = it.relayed,
             srtt = it.srttUs?.toLong()?.microseconds,
             deliveryRate = it.deliveryRate?.toLong(),
             inFlight = it.inFlight.toLong(),
