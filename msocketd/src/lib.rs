@@ -2,4 +2,5 @@
 //! thin command line over them, and the CLI's demo, the benchmarks' network lab and the
 //! tests run the same name server in process.
 
+pub mod metrics;
 pub mod name_server;

@@ -59,7 +59,8 @@ enum Command {
     ///
     /// Logs go to stderr (filter with RUST_LOG, default "info"). Once listening, two lines
     /// are printed to stdout: "msocketd: name service listening on ADDR" and
-    /// "msocketd: name server key fingerprint FINGERPRINT".
+    /// "msocketd: name server key fingerprint FINGERPRINT"; with --metrics, a third:
+    /// "msocketd: name metrics on http://ADDR/metrics".
     Name(NameArgs),
 }
 
@@ -112,6 +113,10 @@ struct NameArgs {
     /// Most names the server stores; new names are refused beyond it.
     #[arg(long, value_name = "N", default_value_t = store::MAX_NAMES)]
     max_names: u64,
+    /// Serve Prometheus metrics (connections, requests by kind, refusals by reason, names
+    /// stored) over HTTP on this address, at GET /metrics. Off unless given.
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<String>,
 }
 
 /// Parses `30s`, `90m`, `36h` or `7d`.
@@ -216,20 +221,61 @@ async fn run_name(args: NameArgs) -> Result<(), String> {
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
     let addr = listener.local_addr().map_err(|e| format!("listening socket: {e}"))?;
+    let metrics = bind_metrics(args.metrics.as_deref()).await?;
     // Install the handlers before announcing, so a signal sent right after the
     // announcement already means "shut down".
     let shutdown = shutdown_signal().map_err(|e| format!("cannot install signal handlers: {e}"))?;
     let fingerprint = server.public_key().fingerprint();
     tracing::info!(key = %key_path.display(), %fingerprint, "name server key");
-    let mut stdout = std::io::stdout().lock();
-    // One write: a reader that takes the first line and goes still finds both.
-    write!(stdout, "msocketd: name service listening on {addr}\nmsocketd: name server key fingerprint {fingerprint}\n")
-        .and_then(|()| stdout.flush())
-        .map_err(|e| format!("stdout: {e}"))?;
-    drop(stdout);
-    Arc::new(server).serve(listener, shutdown).await;
+    let mut lines = format!("msocketd: name service listening on {addr}\nmsocketd: name server key fingerprint {fingerprint}\n");
+    if let Some((_, metrics_addr)) = &metrics {
+        lines.push_str(&format!("msocketd: name metrics on http://{metrics_addr}/metrics\n"));
+    }
+    announce(&lines)?;
+    let server = Arc::new(server);
+    let (stop, stopped) = tokio::sync::watch::channel(());
+    let metrics_task = metrics.map(|(listener, _)| {
+        let server = Arc::clone(&server);
+        let render = move || {
+            let server = Arc::clone(&server);
+            async move { server.metrics_text().await }
+        };
+        tokio::spawn(msocketd::metrics::serve(listener, render, until_stopped(stopped.clone())))
+    });
+    server
+        .serve(listener, async move {
+            shutdown.await;
+            drop(stop);
+        })
+        .await;
+    if let Some(task) = metrics_task {
+        let _ = task.await;
+    }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Binds the metrics endpoint, if one was asked for: its listener and address.
+async fn bind_metrics(addr: Option<&str>) -> Result<Option<(tokio::net::TcpListener, std::net::SocketAddr)>, String> {
+    let Some(addr) = addr else { return Ok(None) };
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| format!("cannot listen for metrics on {addr}: {e}"))?;
+    let bound = listener.local_addr().map_err(|e| format!("metrics socket: {e}"))?;
+    tracing::info!(addr = %bound, "metrics at http://{bound}/metrics");
+    Ok(Some((listener, bound)))
+}
+
+/// Completes once the sender of `stopped` is dropped.
+async fn until_stopped(mut stopped: tokio::sync::watch::Receiver<()>) {
+    while stopped.changed().await.is_ok() {}
+}
+
+/// Prints the start-up lines to stdout in one write, so a reader that takes the first
+/// line and goes still finds them all.
+fn announce(lines: &str) -> Result<(), String> {
+    let mut stdout = std::io::stdout().lock();
+    stdout.write_all(lines.as_bytes()).and_then(|()| stdout.flush()).map_err(|e| format!("stdout: {e}"))
 }
 
 /// The server key file's name beside the database, by default.

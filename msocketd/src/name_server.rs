@@ -90,11 +90,13 @@ pub const GC_INTERVAL: Duration = Duration::from_secs(600);
 pub mod admission;
 mod connection;
 pub mod limits;
+pub mod metrics;
 pub mod store;
 
 pub use admission::ConnectionLimits;
 pub use connection::MAX_IN_FLIGHT;
 pub use limits::{RateLimits, Source};
+pub use metrics::NameMetrics;
 pub use store::StoreLimits;
 
 use admission::Admission;
@@ -143,6 +145,7 @@ pub struct NameServer {
     admission: Arc<Admission>,
     /// Wakes parked watches; fired after each committed registration.
     changes: ChangeNotifier,
+    metrics: NameMetrics,
 }
 
 impl NameServer {
@@ -162,6 +165,7 @@ impl NameServer {
             watch_cap: MAX_WATCH_WAIT,
             admission: Admission::new(ConnectionLimits::default()),
             changes: ChangeNotifier::new(),
+            metrics: NameMetrics::default(),
         })
     }
 
@@ -305,6 +309,10 @@ impl NameServer {
     /// Answers a `Register` or a `Lookup` from `peer`. (Watches park: see
     /// `connection.rs`.)
     async fn handle(self: &Arc<Self>, request: Request, peer: SocketAddr) -> Response {
+        self.metrics.request(match request {
+            Request::Register(_) => metrics::RequestKind::Register,
+            _ => metrics::RequestKind::Lookup,
+        });
         let outcome = match request {
             Request::Register(record) => {
                 let source = Source::of(peer.ip());
@@ -340,7 +348,10 @@ impl NameServer {
         match outcome {
             Ok(response) => response,
             Err(NameError::NotFound(_)) => Response::NotFound,
-            Err(e) => refusal_logged(&e),
+            Err(e) => {
+                self.metrics.refusal(&e);
+                refusal_logged(&e)
+            }
         }
     }
 
@@ -364,6 +375,9 @@ impl NameServer {
                 _ = &mut shutdown => break,
                 accepted = listener.accept() => accepted,
             };
+            if accepted.is_ok() {
+                self.metrics.connection();
+            }
             match accepted {
                 Ok((stream, peer)) => match self.admission.connect(Source::of(peer.ip())) {
                     Ok(admitted) => {
@@ -372,6 +386,7 @@ impl NameServer {
                         tasks.spawn(this.connection(stream, peer, stop_rx.clone(), admitted, admission));
                     }
                     Err(e) => {
+                        self.metrics.refusal(&e);
                         tracing::info!(%peer, error = %e, "connection refused");
                         if let Ok(permit) = Arc::clone(&refusals).try_acquire_owned() {
                             let identity = Identity::clone(&self.identity);

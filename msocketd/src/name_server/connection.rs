@@ -231,6 +231,7 @@ impl NameServer {
                     let request = match request {
                         Ok(request) => request,
                         Err(e) => {
+                            self.metrics.refusal(&e);
                             tracing::warn!(%peer, error = %e, "malformed request; closing");
                             let _ = out.send(Out::Message(Response::refusal(&e).encode_tagged(id))).await;
                             break End::Malformed;
@@ -247,6 +248,7 @@ impl NameServer {
                             continue;
                         }
                         Request::Watch { name, after_seq, wait_ms } => {
+                            self.metrics.request(super::metrics::RequestKind::Watch);
                             let this = Arc::clone(&self);
                             let (out, stop, admission) = (out.clone(), stop.clone(), Arc::clone(&admission));
                             let task = tasks.spawn(async move {
@@ -333,6 +335,7 @@ impl NameServer {
                 match admission.watch(source) {
                     Ok(watch) => parked = Some(watch),
                     Err(e) => {
+                        self.metrics.refusal(&e);
                         tracing::info!(%peer, %name, error = %e, "watch refused");
                         return Response::refusal(&e);
                     }
