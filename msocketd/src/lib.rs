@@ -4,3 +4,4 @@
 
 pub mod metrics;
 pub mod name_server;
+pub mod relay_server;

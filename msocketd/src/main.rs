@@ -10,12 +10,15 @@ use clap::{Args, Parser, Subcommand};
 use msocket::name::NameRules;
 use msocket::{Identity, IdentityError};
 use msocketd::name_server::{admission, limits, store, ConnectionLimits, NameServer, RateLimits, StoreLimits};
+use msocketd::relay_server::{limits as relay_limits, RelayLimits, RelayServer};
 use tracing_subscriber::EnvFilter;
 
 /// The msocket server daemon.
 ///
 /// Runs the services msocket peers rely on, one per subcommand. `name` is the name
 /// service: it maps peer names to signed records of their keys and current addresses.
+/// `relay` reaches peers behind NAT: it splices a client's connection to a listener that
+/// keeps a control connection to it.
 #[derive(Debug, Parser)]
 #[command(name = "msocketd", version)]
 struct Cli {
@@ -62,6 +65,113 @@ enum Command {
     /// "msocketd: name server key fingerprint FINGERPRINT"; with --metrics, a third:
     /// "msocketd: name metrics on http://ADDR/metrics".
     Name(NameArgs),
+    /// Run a relay, through which clients reach listeners behind NAT.
+    ///
+    /// A listener that cannot be dialed (a phone behind a carrier-grade NAT) keeps a
+    /// control connection to the relay, proves its keys on it by signing a fresh nonce,
+    /// and lists the relay in its name record. A client that cannot reach it directly
+    /// dials the relay naming the listener's keys; the relay asks the listener over its
+    /// control connection to call back, and splices the client's connection to the
+    /// listener's answer. The flow inside is encrypted end to end: the relay holds no key
+    /// and sees ciphertext only. Both ends learn the addresses the relay saw.
+    ///
+    /// A key keeps at most --registrations-per-key (4) control connections; a newer one
+    /// replaces the oldest (a phone that moved registers again before its old connection
+    /// is known dead), and dial-backs go to the newest. A control connection silent for
+    /// --control-idle (10m) is closed; listeners ping every couple of minutes.
+    ///
+    /// Splices move bytes with splice(2) through a pipe per direction (on Linux): the
+    /// bytes never enter the relay's memory, and each direction buffers at most
+    /// --splice-buffer (64KiB). A splice costs 6 file descriptors (2 sockets, 2 pipes), so
+    /// size `ulimit -n` to the caps (the relay raises its soft limit to the hard one and
+    /// warns when that is short). A splice idle for --idle-timeout (10m) is closed.
+    ///
+    /// Every request over a cap is refused "busy" at once: connections in all and per
+    /// client source (an IPv4 address or an IPv6 /64), registrations, dials waiting for
+    /// their listener (in all, per listener, per source), splices (in all, per source).
+    /// A client source may also be held to --dials-per-source dials a minute.
+    ///
+    /// Durations are written 30s, 10m, 2h or 1d; sizes as bytes or with K or M (64K).
+    /// Logs go to stderr (filter with RUST_LOG, default "info"). Once listening, the first
+    /// line on stdout is "msocketd: relay listening on ADDR"; with --metrics a second
+    /// follows: "msocketd: relay metrics on http://ADDR/metrics". SIGTERM or SIGINT stops
+    /// it: control connections and waiting dials are told, splices closed (their flows
+    /// carry on over other paths or dial again).
+    Relay(RelayArgs),
+}
+
+#[derive(Debug, Args)]
+struct RelayArgs {
+    /// Address to listen on (HOST:PORT; port 0 picks a free port, printed on stdout).
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:7451")]
+    listen: String,
+    /// Serve Prometheus metrics (registrations, dials, splices, bytes, refusals) over
+    /// HTTP on this address, at GET /metrics. Off unless given.
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<String>,
+    /// How long a new connection may take to send its header and first message (and a
+    /// listener its signed registration). Also bounds every message written.
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
+    handshake_timeout: Duration,
+    /// How long a dial waits for the listener to call back before it is refused "no
+    /// answer".
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
+    dial_timeout: Duration,
+    /// A control connection that sends nothing for this long is closed.
+    #[arg(long, value_name = "DURATION", default_value = "10m", value_parser = parse_duration)]
+    control_idle: Duration,
+    /// A splice with no byte either way for this long is closed.
+    #[arg(long, value_name = "DURATION", default_value = "10m", value_parser = parse_duration)]
+    idle_timeout: Duration,
+    /// Control connections one listener key may hold; a newer one replaces the oldest.
+    #[arg(long, value_name = "N", default_value_t = relay_limits::REGISTRATIONS_PER_KEY)]
+    registrations_per_key: usize,
+    /// Control connections registered at once, in all.
+    #[arg(long, value_name = "N", default_value_t = relay_limits::MAX_REGISTRATIONS)]
+    max_registrations: usize,
+    /// Splices at once, in all (dials waiting for their listener count as splices).
+    #[arg(long, value_name = "N", default_value_t = relay_limits::MAX_SPLICES)]
+    max_splices: usize,
+    /// Splices at once whose client is at one source (IPv4 address or IPv6 /64).
+    #[arg(long, value_name = "N", default_value_t = relay_limits::SPLICES_PER_SOURCE)]
+    max_splices_per_source: usize,
+    /// Dials waiting for their listener at once, in all.
+    #[arg(long, value_name = "N", default_value_t = relay_limits::MAX_PENDING_DIALS)]
+    max_pending_dials: usize,
+    /// Dials waiting at once for one listener key.
+    #[arg(long, value_name = "N", default_value_t = relay_limits::PENDING_PER_KEY)]
+    max_pending_per_key: usize,
+    /// Dials waiting at once from one client source.
+    #[arg(long, value_name = "N", default_value_t = relay_limits::PENDING_PER_SOURCE)]
+    max_pending_per_source: usize,
+    /// Connections open at once, of every kind (a splice holds two).
+    #[arg(long, value_name = "N", default_value_t = relay_limits::MAX_CONNECTIONS)]
+    max_connections: usize,
+    /// Connections open at once from one source.
+    #[arg(long, value_name = "N", default_value_t = relay_limits::CONNECTIONS_PER_SOURCE)]
+    max_connections_per_source: usize,
+    /// Dials a minute (and burst) from one client source; beyond it they are refused "rate
+    /// limited". 0: no rate limit (the caps above still hold).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    dials_per_source: u32,
+    /// Bytes buffered per direction of a splice: the size of its pipe (4K to 1M).
+    #[arg(long, value_name = "SIZE", default_value = "64K", value_parser = parse_size)]
+    splice_buffer: usize,
+}
+
+/// Parses `65536`, `64K` (or `64KiB`) or `1M` (or `1MiB`).
+fn parse_size(text: &str) -> Result<usize, String> {
+    let bad = || format!("{text:?} is not a size: write bytes, or a number and K or M (e.g. 64K)");
+    let unit_at = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (number, unit) = text.split_at(unit_at);
+    let n: usize = number.parse().map_err(|_| bad())?;
+    let scale = match unit {
+        "" => 1,
+        "K" | "k" | "KiB" => 1024,
+        "M" | "MiB" => 1024 * 1024,
+        _ => return Err(bad()),
+    };
+    n.checked_mul(scale).ok_or_else(|| format!("{text:?} is too large"))
 }
 
 #[derive(Debug, Args)]
@@ -153,6 +263,7 @@ async fn main() -> ExitCode {
         .init();
     let result = match cli.command {
         Command::Name(args) => run_name(args).await,
+        Command::Relay(args) => run_relay(args).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -253,6 +364,117 @@ async fn run_name(args: NameArgs) -> Result<(), String> {
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+async fn run_relay(args: RelayArgs) -> Result<(), String> {
+    let limits = RelayLimits {
+        handshake_timeout: args.handshake_timeout,
+        dial_timeout: args.dial_timeout,
+        control_idle: args.control_idle,
+        idle_timeout: args.idle_timeout,
+        max_connections: args.max_connections,
+        max_connections_per_source: args.max_connections_per_source,
+        max_registrations: args.max_registrations,
+        registrations_per_key: args.registrations_per_key,
+        max_pending_dials: args.max_pending_dials,
+        max_pending_per_key: args.max_pending_per_key,
+        max_pending_per_source: args.max_pending_per_source,
+        max_splices: args.max_splices,
+        max_splices_per_source: args.max_splices_per_source,
+        dials_per_source: args.dials_per_source,
+        splice_buffer: args.splice_buffer,
+    };
+    limits.check().map_err(|e| format!("--{}: {}", e.name, e.reason))?;
+    tracing::info!(?limits, "relay limits");
+    check_descriptors(limits.descriptors_needed());
+    check_pipe_memory(&limits);
+    let server = RelayServer::bind(&args.listen, limits).await.map_err(|e| e.to_string())?;
+    let addr = server.local_addr();
+    let metrics = bind_metrics(args.metrics.as_deref()).await?;
+    let shutdown = shutdown_signal().map_err(|e| format!("cannot install signal handlers: {e}"))?;
+    let mut lines = format!("msocketd: relay listening on {addr}\n");
+    if let Some((_, metrics_addr)) = &metrics {
+        lines.push_str(&format!("msocketd: relay metrics on http://{metrics_addr}/metrics\n"));
+    }
+    announce(&lines)?;
+    let server = Arc::new(server);
+    let (stop, stopped) = tokio::sync::watch::channel(());
+    let metrics_task = metrics.map(|(listener, _)| {
+        let server = Arc::clone(&server);
+        let render = move || {
+            let page = server.metrics_text();
+            async move { page }
+        };
+        tokio::spawn(msocketd::metrics::serve(listener, render, until_stopped(stopped.clone())))
+    });
+    server
+        .serve(async move {
+            shutdown.await;
+            drop(stop);
+        })
+        .await;
+    if let Some(task) = metrics_task {
+        let _ = task.await;
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Raises the soft limit on open files to the hard one, and warns if that is short of
+/// what the relay may hold at its caps.
+#[cfg(unix)]
+fn check_descriptors(needed: u64) {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit writes the struct it is given.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return;
+    }
+    if limit.rlim_cur < limit.rlim_max {
+        let raised = libc::rlimit { rlim_cur: limit.rlim_max, rlim_max: limit.rlim_max };
+        // SAFETY: setrlimit reads the struct it is given.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            limit = raised;
+        }
+    }
+    // rlim_t is u64 on the systems built for today; the conversion keeps others honest.
+    #[allow(clippy::useless_conversion)]
+    let have = u64::try_from(limit.rlim_cur).unwrap_or(u64::MAX);
+    if have < needed {
+        tracing::warn!(open_files = have, needed,
+            "the open-file limit is below what the caps allow (a connection takes 1, a splice 6 in all); \
+             beyond it connections fail and dials are refused busy: raise ulimit -n (LimitNOFILE=) or lower \
+             --max-connections and --max-splices");
+    } else {
+        tracing::info!(open_files = have, needed, "open-file limit");
+    }
+}
+
+#[cfg(not(unix))]
+fn check_descriptors(_needed: u64) {}
+
+/// Warns when the user's pipe memory limit (`fs.pipe-user-pages-soft`) is below what
+/// the splices' pipes may take at the caps: pipes made beyond it stay small.
+fn check_pipe_memory(limits: &RelayLimits) {
+    if !cfg!(target_os = "linux") {
+        return;
+    }
+    let Some(soft) = std::fs::read_to_string("/proc/sys/fs/pipe-user-pages-soft")
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok())
+    else {
+        return;
+    };
+    let pages = 2 * limits.max_splices as u64 * (limits.splice_buffer as u64).div_ceil(4096);
+    #[cfg(unix)]
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    #[cfg(not(unix))]
+    let root = false;
+    if soft != 0 && soft < pages && !root {
+        tracing::warn!(pipe_user_pages_soft = soft, needed = pages,
+            "past fs.pipe-user-pages-soft pages of pipes, new splices get small pipes (slower, still correct); \
+             raise it (sysctl fs.pipe-user-pages-soft=0 lifts it) or run with CAP_SYS_RESOURCE");
+    }
 }
 
 /// Binds the metrics endpoint, if one was asked for: its listener and address.

@@ -1,0 +1,639 @@
+//! The relay over real loopback sockets: the tests play the listener (control
+//! connection, dial-backs answered with ACCEPT connections) and the client with the
+//! protocol's own codecs, and check what each end receives.
+
+use std::future::Future;
+use std::io::{BufRead as _, BufReader};
+use std::net::SocketAddr;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use msocket::unstable::relay_protocol::{
+    self as rp, ListenerKey, Message, RelayRefusal, Token, KIND_ACCEPT, KIND_DIAL, KIND_REGISTER,
+};
+use msocket::Identity;
+use msocket_test_support::{data, sha256};
+use msocketd::relay_server::{RelayHandle, RelayLimits, RelayServer, RelayStats};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::{TcpSocket, TcpStream};
+
+/// The longest any step may take.
+const WAIT: Duration = Duration::from_secs(20);
+
+async fn within<T>(what: &str, f: impl Future<Output = T>) -> T {
+    tokio::time::timeout(WAIT, f).await.unwrap_or_else(|_| panic!("{what}: nothing within {WAIT:?}"))
+}
+
+/// Polls `done` until it holds (for counts the relay updates just after the peers see
+/// the effect); fails after [`WAIT`].
+async fn eventually(what: &str, mut done: impl FnMut() -> bool) {
+    within(what, async {
+        while !done() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+}
+
+async fn start(limits: RelayLimits) -> RelayHandle {
+    msocket_test_support::init_tracing();
+    RelayServer::bind("127.0.0.1:0", limits).await.expect("bind the relay").spawn()
+}
+
+fn id(seed: u8) -> Identity {
+    Identity::from_seed([seed; 32])
+}
+
+fn key(identity: &Identity) -> ListenerKey {
+    rp::listener_key(&identity.public())
+}
+
+async fn read(stream: &mut TcpStream) -> Message {
+    within("a relay message", rp::read_message(stream)).await.expect("read a relay message")
+}
+
+/// Connects to `relay` from `from` (a loopback address: each is a source of its own).
+async fn connect_from(from: [u8; 4], relay: SocketAddr) -> TcpStream {
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.bind(SocketAddr::from((from, 0))).unwrap();
+    within("connect", socket.connect(relay)).await.expect("connect to the relay")
+}
+
+fn refusal(message: &Message) -> Option<RelayRefusal> {
+    match message {
+        Message::Refused { why, .. } => Some(*why),
+        _ => None,
+    }
+}
+
+/// The end of the stream: EOF or a reset, within [`WAIT`].
+async fn closed(stream: &mut TcpStream) {
+    let mut buf = [0u8; 1024];
+    within("the relay closing the connection", async {
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+}
+
+/// A listener's control connection.
+struct Control {
+    stream: TcpStream,
+    observed: SocketAddr,
+}
+
+/// Registers `identity` at `relay`: the challenge, the signed nonce, the answer.
+async fn try_register(relay: SocketAddr, identity: &Identity) -> Result<Control, Message> {
+    let mut stream = within("connect", TcpStream::connect(relay)).await.unwrap();
+    stream.write_all(&rp::header(KIND_REGISTER)).await.unwrap();
+    let Message::Challenge { nonce } = read(&mut stream).await else { panic!("no challenge") };
+    stream.write_all(&rp::register(identity, &nonce).encode()).await.unwrap();
+    match read(&mut stream).await {
+        Message::Registered { observed } => Ok(Control { stream, observed }),
+        other => Err(other),
+    }
+}
+
+async fn register(relay: SocketAddr, identity: &Identity) -> Control {
+    try_register(relay, identity).await.unwrap_or_else(|m| panic!("registration refused: {m:?}"))
+}
+
+impl Control {
+    /// The next dial-back (answering pings on the way).
+    async fn dial_back(&mut self) -> (Token, SocketAddr) {
+        loop {
+            match read(&mut self.stream).await {
+                Message::DialBack { token, client } => return (token, client),
+                Message::Ping(n) => self.stream.write_all(&Message::Pong(n).encode()).await.unwrap(),
+                other => panic!("expected a dial-back, got {other:?}"),
+            }
+        }
+    }
+}
+
+/// Answers a dial-back: an ACCEPT connection and what the relay said to it.
+async fn accept(relay: SocketAddr, token: Token) -> (TcpStream, Message) {
+    let mut stream = within("connect", TcpStream::connect(relay)).await.unwrap();
+    let mut hello = rp::header(KIND_ACCEPT).to_vec();
+    hello.extend_from_slice(&Message::Accept { token }.encode());
+    stream.write_all(&hello).await.unwrap();
+    let answer = read(&mut stream).await;
+    (stream, answer)
+}
+
+/// Dials `target` from `from`, with `opening` written in the same write right behind the
+/// DIAL: the connection and the relay's answer.
+async fn dial_from(from: [u8; 4], relay: SocketAddr, target: ListenerKey, opening: &[u8]) -> (TcpStream, Message) {
+    let mut stream = connect_from(from, relay).await;
+    let mut hello = rp::header(KIND_DIAL).to_vec();
+    hello.extend_from_slice(&Message::Dial { target }.encode());
+    hello.extend_from_slice(opening);
+    stream.write_all(&hello).await.unwrap();
+    let answer = read(&mut stream).await;
+    (stream, answer)
+}
+
+/// A whole splice: the client dials from `from`, the listener answers its dial-back.
+/// (client's end, listener's end)
+async fn splice_from(from: [u8; 4], relay: SocketAddr, control: &mut Control, target: ListenerKey, opening: &[u8]) -> (TcpStream, TcpStream) {
+    let ((client, connected), (listener, accepted)) = tokio::join!(dial_from(from, relay, target, opening), async {
+        let (token, _) = control.dial_back().await;
+        accept(relay, token).await
+    });
+    assert!(matches!(connected, Message::Connected { .. }), "{connected:?}");
+    assert!(matches!(accepted, Message::Accepted { .. }), "{accepted:?}");
+    (client, listener)
+}
+
+const HOME: [u8; 4] = [127, 0, 0, 1];
+
+#[tokio::test]
+async fn a_relayed_flow_carries_megabytes_both_ways_and_its_opening_bytes() {
+    let relay = start(RelayLimits::default()).await;
+    let addr = relay.local_addr();
+    let listener_id = id(1);
+    let mut control = register(addr, &listener_id).await;
+    assert_eq!(control.observed, control.stream.local_addr().unwrap(), "the relay saw the control connection's address");
+
+    // The flow's opening rides right behind the DIAL, in the same segment.
+    let opening = b"NEW_FLOW and its Noise handshake message".to_vec();
+    let client_from = [127, 0, 0, 3];
+    let dialing = dial_from(client_from, addr, key(&listener_id), &opening);
+    let answering = async {
+        let (token, client_seen) = control.dial_back().await;
+        let (stream, accepted) = accept(addr, token).await;
+        (client_seen, stream, accepted)
+    };
+    let ((mut client, connected), (client_seen, mut listener, accepted)) = tokio::join!(dialing, answering);
+    let client_addr = client.local_addr().unwrap();
+    let listener_addr = listener.local_addr().unwrap();
+    assert_eq!(client_seen, client_addr);
+    assert_eq!(connected, Message::Connected { client: client_addr, listener: listener_addr });
+    assert_eq!(accepted, Message::Accepted { listener: listener_addr, client: client_addr });
+
+    // The opening is the first thing the listener reads.
+    let mut got = vec![0u8; opening.len()];
+    within("the opening", listener.read_exact(&mut got)).await.unwrap();
+    assert_eq!(got, opening);
+
+    let upload = data(5 << 20, 1);
+    let download = data(3 << 20, 2);
+    let (mut cr, mut cw) = client.split();
+    let (mut lr, mut lw) = listener.split();
+    let (_, _, got_up, got_down) = within("the transfer", async {
+        tokio::join!(
+            async {
+                cw.write_all(&upload).await.unwrap();
+                cw.shutdown().await.unwrap();
+            },
+            async {
+                lw.write_all(&download).await.unwrap();
+                lw.shutdown().await.unwrap();
+            },
+            async {
+                let mut v = Vec::new();
+                lr.read_to_end(&mut v).await.unwrap();
+                v
+            },
+            async {
+                let mut v = Vec::new();
+                cr.read_to_end(&mut v).await.unwrap();
+                v
+            },
+        )
+    })
+    .await;
+    assert_eq!(sha256(&got_up), sha256(&upload), "client to listener");
+    assert_eq!(sha256(&got_down), sha256(&download), "listener to client");
+    eventually("the splice to end", || relay.stats().splices == 0).await;
+    let stats = relay.stats();
+    assert_eq!(stats.bytes_client_to_listener, (opening.len() + upload.len()) as u64);
+    assert_eq!(stats.bytes_listener_to_client, download.len() as u64);
+    assert_eq!((stats.dials_total, stats.splices_total, stats.registrations), (1, 1, 1));
+    assert_eq!(RelayStats::count(&stats.splice_ends, "closed"), 1);
+    relay.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_impostor_registration_is_refused_and_the_victim_stays_unreachable() {
+    let relay = start(RelayLimits::default()).await;
+    let addr = relay.local_addr();
+    let (victim, impostor) = (id(1), id(2));
+
+    // The victim's keys, signed by the impostor's key.
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream.write_all(&rp::header(KIND_REGISTER)).await.unwrap();
+    let Message::Challenge { nonce } = read(&mut stream).await else { panic!("no challenge") };
+    let Message::Register { signature, .. } = rp::register(&impostor, &nonce) else { unreachable!() };
+    stream.write_all(&Message::Register { public: victim.public(), signature }.encode()).await.unwrap();
+    assert_eq!(refusal(&read(&mut stream).await), Some(RelayRefusal::BadSignature));
+    closed(&mut stream).await;
+
+    // The victim's genuine signature, replayed from another connection's nonce.
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream.write_all(&rp::header(KIND_REGISTER)).await.unwrap();
+    let Message::Challenge { nonce } = read(&mut stream).await else { panic!("no challenge") };
+    let mut other_nonce = nonce;
+    other_nonce[0] ^= 1;
+    stream.write_all(&rp::register(&victim, &other_nonce).encode()).await.unwrap();
+    assert_eq!(refusal(&read(&mut stream).await), Some(RelayRefusal::BadSignature));
+    closed(&mut stream).await;
+
+    let (_client, answer) = dial_from(HOME, addr, key(&victim), b"").await;
+    assert_eq!(refusal(&answer), Some(RelayRefusal::NotRegistered));
+    let stats = relay.stats();
+    assert_eq!(RelayStats::count(&stats.registrations_refused, "bad_signature"), 2);
+    assert_eq!((stats.registrations, stats.refused(RelayRefusal::NotRegistered)), (0, 1));
+}
+
+#[tokio::test]
+async fn a_fifth_registration_of_a_key_replaces_the_oldest_and_gets_the_dial_backs() {
+    let relay = start(RelayLimits::default()).await;
+    let addr = relay.local_addr();
+    let phone = id(1);
+    let mut controls = Vec::new();
+    for _ in 0..4 {
+        controls.push(register(addr, &phone).await);
+    }
+    assert_eq!(relay.stats().registrations, 4);
+    let mut newest = register(addr, &phone).await;
+    let oldest = &mut controls[0].stream;
+    assert_eq!(refusal(&read(oldest).await), Some(RelayRefusal::Replaced));
+    closed(oldest).await;
+    let stats = relay.stats();
+    assert_eq!((stats.registrations, stats.registrations_total), (4, 5));
+    assert_eq!(RelayStats::count(&stats.control_ends, "replaced"), 1);
+
+    // The dial-back goes to the newest, and the splice works.
+    let (mut client, mut listener) = splice_from(HOME, addr, &mut newest, key(&phone), b"hi").await;
+    let mut two = [0u8; 2];
+    within("the opening", listener.read_exact(&mut two)).await.unwrap();
+    assert_eq!(&two, b"hi");
+    listener.write_all(b"yo").await.unwrap();
+    within("the answer", client.read_exact(&mut two)).await.unwrap();
+    assert_eq!(&two, b"yo");
+}
+
+#[tokio::test]
+async fn dials_to_unknown_listeners_and_accepts_with_unknown_tokens_are_refused() {
+    let relay = start(RelayLimits::default()).await;
+    let addr = relay.local_addr();
+    let (mut client, answer) = dial_from(HOME, addr, key(&id(9)), b"opening").await;
+    assert_eq!(refusal(&answer), Some(RelayRefusal::NotRegistered));
+    closed(&mut client).await;
+    let (mut stream, answer) = accept(addr, [7; 16]).await;
+    assert_eq!(refusal(&answer), Some(RelayRefusal::UnknownToken));
+    closed(&mut stream).await;
+    let stats = relay.stats();
+    assert_eq!((stats.refused(RelayRefusal::NotRegistered), stats.refused(RelayRefusal::UnknownToken)), (1, 1));
+}
+
+#[tokio::test]
+async fn a_dial_its_listener_never_answers_times_out() {
+    let limits = RelayLimits { dial_timeout: Duration::from_millis(300), ..RelayLimits::default() };
+    let relay = start(limits).await;
+    let addr = relay.local_addr();
+    let listener_id = id(1);
+    let mut control = register(addr, &listener_id).await;
+    let ((mut client, answer), (token, _)) =
+        tokio::join!(dial_from(HOME, addr, key(&listener_id), b"x"), control.dial_back());
+    assert_eq!(refusal(&answer), Some(RelayRefusal::NoAnswer));
+    closed(&mut client).await;
+    // Too late: the token is gone.
+    let (_late, answer) = accept(addr, token).await;
+    assert_eq!(refusal(&answer), Some(RelayRefusal::UnknownToken));
+    assert_eq!(relay.stats().pending_dials, 0);
+}
+
+#[tokio::test]
+async fn dials_beyond_the_splice_caps_are_refused_busy() {
+    let limits = RelayLimits { max_splices: 3, max_splices_per_source: 2, ..RelayLimits::default() };
+    let relay = start(limits).await;
+    let addr = relay.local_addr();
+    let listener_id = id(1);
+    let target = key(&listener_id);
+    let mut control = register(addr, &listener_id).await;
+    let first = splice_from(HOME, addr, &mut control, target, b"").await;
+    let _second = splice_from(HOME, addr, &mut control, target, b"").await;
+    // Two from 127.0.0.1: its share.
+    let (_c, answer) = dial_from(HOME, addr, target, b"").await;
+    assert_eq!(refusal(&answer), Some(RelayRefusal::Busy));
+    // Another source gets the third and last.
+    let _third = splice_from([127, 0, 0, 2], addr, &mut control, target, b"").await;
+    let (_c, answer) = dial_from([127, 0, 0, 4], addr, target, b"").await;
+    assert_eq!(refusal(&answer), Some(RelayRefusal::Busy));
+    assert_eq!(relay.stats().splices, 3);
+    // One ends: its place is free again.
+    drop(first);
+    eventually("the closed splice to end", || relay.stats().splices == 2).await;
+    let _again = splice_from(HOME, addr, &mut control, target, b"").await;
+    assert_eq!(relay.stats().refused(RelayRefusal::Busy), 2);
+}
+
+#[tokio::test]
+async fn connections_beyond_a_sources_share_are_refused_busy() {
+    let limits = RelayLimits { max_connections_per_source: 2, ..RelayLimits::default() };
+    let relay = start(limits).await;
+    let addr = relay.local_addr();
+    let _a = register(addr, &id(1)).await;
+    let _b = register(addr, &id(2)).await;
+    let mut third = connect_from(HOME, addr).await;
+    assert_eq!(refusal(&read(&mut third).await), Some(RelayRefusal::Busy));
+    // Another address still gets in.
+    let (_c, answer) = dial_from([127, 0, 0, 2], addr, [0; 32], b"").await;
+    assert_eq!(refusal(&answer), Some(RelayRefusal::NotRegistered));
+}
+
+#[tokio::test]
+async fn dials_are_rate_limited_per_source_when_asked() {
+    let limits = RelayLimits { dials_per_source: 2, ..RelayLimits::default() };
+    let relay = start(limits).await;
+    let addr = relay.local_addr();
+    for _ in 0..2 {
+        let (_c, answer) = dial_from(HOME, addr, [0; 32], b"").await;
+        assert_eq!(refusal(&answer), Some(RelayRefusal::NotRegistered));
+    }
+    let (_c, answer) = dial_from(HOME, addr, [0; 32], b"").await;
+    assert_eq!(refusal(&answer), Some(RelayRefusal::RateLimited));
+    let (_c, answer) = dial_from([127, 0, 0, 2], addr, [0; 32], b"").await;
+    assert_eq!(refusal(&answer), Some(RelayRefusal::NotRegistered));
+}
+
+#[tokio::test]
+async fn a_half_close_crosses_the_relay_and_the_other_way_carries_on() {
+    let relay = start(RelayLimits::default()).await;
+    let addr = relay.local_addr();
+    let listener_id = id(1);
+    let mut control = register(addr, &listener_id).await;
+    let (mut client, mut listener) = splice_from(HOME, addr, &mut control, key(&listener_id), b"request").await;
+    client.shutdown().await.unwrap();
+    let mut request = Vec::new();
+    within("the request and its EOF", listener.read_to_end(&mut request)).await.unwrap();
+    assert_eq!(request, b"request");
+    // The listener still answers, at length, then closes.
+    let answer = data(1 << 20, 3);
+    listener.write_all(&answer).await.unwrap();
+    listener.shutdown().await.unwrap();
+    let mut got = Vec::new();
+    within("the answer and its EOF", client.read_to_end(&mut got)).await.unwrap();
+    assert_eq!(sha256(&got), sha256(&answer));
+    eventually("the splice to end", || relay.stats().splices == 0).await;
+    assert_eq!(RelayStats::count(&relay.stats().splice_ends, "closed"), 1);
+}
+
+#[tokio::test]
+async fn an_idle_splice_is_closed_and_a_silent_control_connection_too() {
+    let limits = RelayLimits {
+        idle_timeout: Duration::from_millis(400),
+        control_idle: Duration::from_secs(2),
+        ..RelayLimits::default()
+    };
+    let relay = start(limits).await;
+    let addr = relay.local_addr();
+    let listener_id = id(1);
+    let mut control = register(addr, &listener_id).await;
+    let (mut client, mut listener) = splice_from(HOME, addr, &mut control, key(&listener_id), b"").await;
+    // Some traffic first: the idle time counts from the last byte.
+    client.write_all(b"ping").await.unwrap();
+    let mut four = [0u8; 4];
+    within("the bytes", listener.read_exact(&mut four)).await.unwrap();
+    closed(&mut client).await;
+    closed(&mut listener).await;
+    eventually("the idle splice to be counted", || RelayStats::count(&relay.stats().splice_ends, "idle") == 1).await;
+    // The control connection pings: it is kept while it does, then closed once silent.
+    control.stream.write_all(&Message::Ping(7).encode()).await.unwrap();
+    assert_eq!(read(&mut control.stream).await, Message::Pong(7));
+    closed(&mut control.stream).await;
+    eventually("the registration to go", || relay.stats().registrations == 0).await;
+    assert_eq!(RelayStats::count(&relay.stats().control_ends, "idle"), 1);
+}
+
+#[tokio::test]
+async fn anything_but_ping_or_pong_on_a_control_connection_ends_it() {
+    let relay = start(RelayLimits::default()).await;
+    let addr = relay.local_addr();
+    let mut control = register(addr, &id(1)).await;
+    control.stream.write_all(&Message::Dial { target: [0; 32] }.encode()).await.unwrap();
+    assert_eq!(refusal(&read(&mut control.stream).await), Some(RelayRefusal::Malformed));
+    closed(&mut control.stream).await;
+    eventually("the registration to go", || relay.stats().registrations == 0).await;
+}
+
+#[tokio::test]
+async fn garbage_is_closed_without_harm() {
+    let limits = RelayLimits { handshake_timeout: Duration::from_millis(500), ..RelayLimits::default() };
+    let relay = start(limits).await;
+    let addr = relay.local_addr();
+    let mut bad_version = rp::header(KIND_DIAL);
+    bad_version[4] ^= 0x7f;
+    let mut new_flow = rp::header(KIND_DIAL);
+    new_flow[5] = 1;
+    let mut empty_message = rp::header(KIND_DIAL).to_vec();
+    empty_message.push(0);
+    let mut unknown_type = rp::header(KIND_ACCEPT).to_vec();
+    unknown_type.extend_from_slice(&[1, 0x7e]);
+    let mut short_dial = rp::header(KIND_DIAL).to_vec();
+    short_dial.extend_from_slice(&[3, 0x03, 1, 2]);
+    let cases: Vec<Vec<u8>> = vec![
+        b"GET / HTTP/1.1\r\nHost: relay\r\n\r\n".to_vec(),
+        data(4096, 7),
+        bad_version.to_vec(),
+        new_flow.to_vec(),
+        empty_message,
+        unknown_type,
+        short_dial,
+        rp::header(KIND_REGISTER)[..3].to_vec(),
+        Vec::new(),
+    ];
+    for bytes in &cases {
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        let _ = stream.write_all(bytes).await;
+        closed(&mut stream).await;
+    }
+    assert_eq!(relay.stats().refused(RelayRefusal::Malformed), 3, "the three bad messages behind good headers");
+    // A partial message, then the connection goes: nothing is left behind.
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let mut partial = rp::header(KIND_DIAL).to_vec();
+    partial.extend_from_slice(&[33, 0x03, 1]);
+    stream.write_all(&partial).await.unwrap();
+    drop(stream);
+    eventually("every connection to close", || relay.stats().connections == 0).await;
+    let stats = relay.stats();
+    assert!(RelayStats::count(&stats.early_closes, "bad_header") >= 4, "{stats:?}");
+    assert!(RelayStats::count(&stats.early_closes, "handshake_timeout") >= 2, "{stats:?}");
+    // The relay still serves.
+    let listener_id = id(1);
+    let mut control = register(addr, &listener_id).await;
+    let _splice = splice_from(HOME, addr, &mut control, key(&listener_id), b"").await;
+}
+
+#[tokio::test]
+async fn shutdown_tells_control_connections_and_closes_splices() {
+    let relay = start(RelayLimits::default()).await;
+    let addr = relay.local_addr();
+    let listener_id = id(1);
+    let mut control = register(addr, &listener_id).await;
+    let (mut client, mut listener) = splice_from(HOME, addr, &mut control, key(&listener_id), b"").await;
+    within("shutdown", relay.shutdown()).await;
+    assert_eq!(refusal(&read(&mut control.stream).await), Some(RelayRefusal::ShuttingDown));
+    closed(&mut client).await;
+    closed(&mut listener).await;
+    assert!(TcpStream::connect(addr).await.is_err(), "still listening after shutdown");
+}
+
+/// GET `path` from `addr`; the whole answer.
+async fn http_get(addr: SocketAddr, path: &str) -> String {
+    let mut stream = within("connect to the metrics endpoint", TcpStream::connect(addr)).await.unwrap();
+    stream.write_all(format!("GET {path} HTTP/1.1\r\nHost: relay\r\n\r\n").as_bytes()).await.unwrap();
+    let mut answer = String::new();
+    within("the metrics page", stream.read_to_string(&mut answer)).await.unwrap();
+    answer
+}
+
+#[tokio::test]
+async fn the_metrics_endpoint_serves_the_counters() {
+    let relay = start(RelayLimits::default()).await;
+    let addr = relay.local_addr();
+    let metrics = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let metrics_addr = metrics.local_addr().unwrap();
+    let server = std::sync::Arc::clone(relay.server());
+    let render = move || {
+        let page = server.metrics_text();
+        async move { page }
+    };
+    tokio::spawn(msocketd::metrics::serve(metrics, render, std::future::pending::<()>()));
+
+    let listener_id = id(1);
+    let mut control = register(addr, &listener_id).await;
+    let (mut client, mut listener) = splice_from(HOME, addr, &mut control, key(&listener_id), b"12345").await;
+    let mut five = [0u8; 5];
+    within("the opening", listener.read_exact(&mut five)).await.unwrap();
+    let (_c, answer) = dial_from(HOME, addr, [0; 32], b"").await;
+    assert_eq!(refusal(&answer), Some(RelayRefusal::NotRegistered));
+
+    let page = http_get(metrics_addr, "/metrics").await;
+    assert!(page.starts_with("HTTP/1.1 200 OK\r\n"), "{page}");
+    for line in [
+        "# TYPE msocket_relay_registrations gauge",
+        "msocket_relay_registrations 1\n",
+        "msocket_relay_registrations_total 1\n",
+        "msocket_relay_splices 1\n",
+        "msocket_relay_splices_total 1\n",
+        "msocket_relay_dials_total 2\n",
+        "msocket_relay_bytes_total{direction=\"client_to_listener\"} 5\n",
+        "msocket_relay_refusals_total{code=\"not_registered\"} 1\n",
+        "# HELP msocket_relay_bytes_total ",
+        "# TYPE msocket_relay_refusals_total counter",
+    ] {
+        assert!(page.contains(line), "{line:?} missing from\n{page}");
+    }
+    assert!(http_get(metrics_addr, "/other").await.starts_with("HTTP/1.1 404"));
+    client.shutdown().await.unwrap();
+}
+
+/// Reads stdout lines of a child on a thread, so each wait can be bounded.
+fn lines_of(child: &mut std::process::Child) -> std::sync::mpsc::Receiver<String> {
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            let _ = tx.send(line);
+        }
+    });
+    rx
+}
+
+/// Kills the child when dropped, so a failing test leaves no process behind.
+struct Reaped(Option<std::process::Child>);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+#[test]
+fn the_binary_announces_its_addresses_relays_and_stops_on_sigterm() {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_msocketd"))
+        .args(["relay", "--listen", "127.0.0.1:0", "--metrics", "127.0.0.1:0", "--dial-timeout", "2s"])
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn msocketd relay");
+    let lines = lines_of(&mut child);
+    let mut child = Reaped(Some(child));
+    let first = lines.recv_timeout(WAIT).expect("msocketd relay did not announce its address");
+    let addr: SocketAddr = first
+        .strip_prefix("msocketd: relay listening on ")
+        .unwrap_or_else(|| panic!("unexpected first line {first:?}"))
+        .parse()
+        .unwrap();
+    assert_ne!(addr.port(), 0);
+    let second = lines.recv_timeout(WAIT).expect("msocketd relay did not announce its metrics");
+    let metrics: SocketAddr = second
+        .strip_prefix("msocketd: relay metrics on http://")
+        .and_then(|rest| rest.strip_suffix("/metrics"))
+        .unwrap_or_else(|| panic!("unexpected second line {second:?}"))
+        .parse()
+        .unwrap();
+
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    runtime.block_on(async {
+        let listener_id = id(1);
+        let mut control = register(addr, &listener_id).await;
+        let (mut client, mut listener) = splice_from(HOME, addr, &mut control, key(&listener_id), b"over the binary").await;
+        let mut got = [0u8; 15];
+        within("the opening", listener.read_exact(&mut got)).await.unwrap();
+        assert_eq!(&got, b"over the binary");
+        listener.write_all(b"back").await.unwrap();
+        let mut back = [0u8; 4];
+        within("the answer", client.read_exact(&mut back)).await.unwrap();
+        let page = http_get(metrics, "/metrics").await;
+        assert!(page.contains("msocket_relay_splices 1\n"), "{page}");
+    });
+
+    let mut process = child.0.take().unwrap();
+    // SAFETY: kill(2) on our own child's pid.
+    assert_eq!(unsafe { libc::kill(process.id() as libc::pid_t, libc::SIGTERM) }, 0);
+    let status = wait_exit(&mut process);
+    assert!(status.success(), "msocketd relay exited with {status:?} on SIGTERM");
+}
+
+fn wait_exit(child: &mut std::process::Child) -> std::process::ExitStatus {
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("msocketd did not exit within {WAIT:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn bad_flags_are_refused_with_their_name() {
+    let out = Command::new(env!("CARGO_BIN_EXE_msocketd"))
+        .args(["relay", "--listen", "127.0.0.1:0", "--max-splices", "0"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("--max-splices: must be at least 1"), "{stderr}");
+    let out = Command::new(env!("CARGO_BIN_EXE_msocketd")).args(["relay", "--splice-buffer", "2M"]).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--splice-buffer"));
+}
