@@ -8,6 +8,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+/// The daemon as a library (its name server and relay run in-process in tests).
+pub use msocketd;
 use msocketd::name_server::NameServer;
 use sha2::{Digest, Sha256};
 
