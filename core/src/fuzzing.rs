@@ -473,6 +473,7 @@ pub fn sample_frames() -> Vec<Vec<u8>> {
         Frame::Standby { standby: true },
         Frame::Policy { policy: PathPolicy::Energy },
         Frame::Demand { overflow: true },
+        Frame::Punch { from: "192.0.2.1:1".parse().unwrap(), to: "192.0.2.2:2".parse().unwrap() },
     ];
     frames
         .iter()

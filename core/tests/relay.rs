@@ -257,3 +257,36 @@ async fn a_reachable_listener_is_reached_directly_though_it_has_a_relay() {
     round_trip(c, s, 100_000, 100_000, 31).await;
     assert_eq!(relay.stats().splices_total, 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relayed_flow_goes_direct_by_hole_punching() {
+    init_tracing();
+    let names = TestNames::new();
+    let relay = relay(79).await;
+    let server = endpoint_with(&names.dyn_arc(), 11, 80, |c| c.relays = vec![url(relay.local_addr())]);
+    let client = endpoint(&names.dyn_arc(), 12, 81);
+    let mut listener = within(10, "listen", server.listen("punch.test")).await.unwrap();
+    // The client learns an address of the listener it cannot reach (as behind a NAT),
+    // and its relay: it starts relayed, then punches through to the address the relay saw.
+    let mut record = names.dyn_arc().lookup("punch.test").await.unwrap().record;
+    record.addrs = vec!["127.0.0.250:9".parse().unwrap()];
+    record.seq = u64::MAX / 2;
+    names.lie(msocket::name::SignedRecord::sign(record, &msocket::Identity::from_seed([11; 32])).unwrap());
+    let started = std::time::Instant::now();
+    let (c, s) = within(10, "pair", pair(&client, &mut listener, "punch.test")).await;
+    let mut events = c.events();
+    let relayed_at = started.elapsed();
+    if c.paths().iter().all(|p| p.relayed) {
+        wait_event(&mut events, "a direct path", |e| matches!(e, FlowEvent::PathAdded { relayed: false, .. })).await;
+    }
+    let direct_at = started.elapsed();
+    println!("relayed after {relayed_at:?}, direct after {direct_at:?}");
+    let paths = c.paths();
+    let direct = paths.iter().find(|p| !p.relayed).expect("a direct path");
+    assert_eq!(direct.remote.ip(), lo(80), "{paths:?}");
+    assert!(!direct.standby, "{paths:?}");
+    assert!(paths.iter().filter(|p| p.relayed).all(|p| p.standby), "the relayed path is the standby: {paths:?}");
+    let (c, _s) = round_trip(c, s, 2_000_000, 2_000_000, 41).await;
+    let carried = c.paths().iter().filter(|p| p.relayed).map(|p| p.bytes_sent).sum::<u64>();
+    assert!(carried < 200_000, "the relayed standby carried {carried} bytes");
+}

@@ -80,6 +80,13 @@ pub enum FlowEvent {
         addrs: Vec<SocketAddr>,
         relays: Vec<String>,
     },
+    /// The peer dials `to` from `from` now, to open a direct path (see [`Frame::Punch`]);
+    /// it came on subflow `id` (only the latest unpolled one is kept).
+    PunchRequested {
+        id: SubflowId,
+        from: SocketAddr,
+        to: SocketAddr,
+    },
     /// Hint: `read` has something new.
     Readable,
     /// Hint: `write` accepts bytes again.
@@ -380,6 +387,14 @@ impl FlowState {
         }
     }
 
+    /// Tells the peer, on subflow `id`, that we dial `to` from `from` now (see
+    /// [`Frame::Punch`]).
+    pub fn punch(&mut self, id: SubflowId, from: SocketAddr, to: SocketAddr) {
+        if let Some(s) = self.subflows.get_mut(&id) {
+            s.punch = Some((from, to));
+        }
+    }
+
     // ---- subflows ----
 
     /// Registers an authenticated subflow.
@@ -603,6 +618,10 @@ impl FlowState {
                 self.policy = policy;
             }
             Frame::Demand { overflow } => self.peer_overflow = overflow,
+            Frame::Punch { from, to } => {
+                self.events.retain(|e| !matches!(e, FlowEvent::PunchRequested { .. }));
+                self.events.push_back(FlowEvent::PunchRequested { id, from, to });
+            }
             Frame::Abandon { token } => {
                 // Tell the peer at once what arrived, so it re-sends only what did not.
                 sub.ack_now = true;
@@ -810,6 +829,13 @@ impl FlowState {
             sub.ping_out = Some((ping, now));
             return Some(self.sent(id, now, Frame::Ping { id: ping }, true));
         }
+        if let Some((from, to)) = sub.punch.take() {
+            let frame = Frame::Punch { from, to };
+            if frame.encoded_len() <= max_len {
+                return Some(self.sent(id, now, frame, false));
+            }
+            sub.punch = Some((from, to));
+        }
         if let Some((addrs, relays)) = sub.addrs.take() {
             let frame = Frame::Addrs { addrs, relays };
             if frame.encoded_len() <= max_len {
@@ -929,6 +955,7 @@ impl FlowState {
             || !sub.pongs.is_empty()
             || sub.ping_pending
             || sub.addrs.is_some()
+            || sub.punch.is_some()
             || !self.abandoned.is_empty()
             || data
     }

@@ -18,6 +18,8 @@
 //! | 0x07 | ABANDON | token u64 |
 //! | 0x08 | STANDBY | flag u8 (0 or 1) |
 //! | 0x09 | POLICY | policy u8 (0 backup, 1 performance, 2 energy, 3 redundant) |
+//! | 0x0a | DEMAND | overflow u8 (0 or 1) |
+//! | 0x0b | PUNCH | from addr, to addr |
 //!
 //! An addr is family u8 (4 or 6), 4 or 16 address bytes, port u16. Offsets count stream
 //! units: each payload byte is one unit and the FIN is one more unit just past the last
@@ -63,6 +65,7 @@ const T_ABANDON: u8 = 0x07;
 const T_STANDBY: u8 = 0x08;
 const T_POLICY: u8 = 0x09;
 const T_DEMAND: u8 = 0x0a;
+const T_PUNCH: u8 = 0x0b;
 const FLAG_FIN: u8 = 0x01;
 
 /// CLOSE code: the peer's application aborted the flow.
@@ -113,6 +116,11 @@ pub enum Frame {
     /// application writes (`true`), or can again (`false`). The connecting end opens or
     /// retires its extra (cellular) subflows on it.
     Demand { overflow: bool },
+    /// The connecting end, on a relayed path, dials `to` (the other end's address as the
+    /// relay saw it) from `from` (its own, as the relay saw it) right now: the receiver
+    /// dials `from` from the local end of its relayed path with that address, so that
+    /// the two SYNs cross in the NATs (TCP simultaneous open).
+    Punch { from: SocketAddr, to: SocketAddr },
 }
 
 /// Why a record could not be decoded into frames.
@@ -281,6 +289,11 @@ impl Frame {
                 out.put_u8(T_DEMAND);
                 out.put_u8(u8::from(*overflow));
             }
+            Frame::Punch { from, to } => {
+                out.put_u8(T_PUNCH);
+                put_socket_addr(out, from);
+                put_socket_addr(out, to);
+            }
         }
     }
 
@@ -303,6 +316,7 @@ impl Frame {
                 3 + a + r
             }
             Frame::Close { reason, .. } => 5 + clamp_str(reason, MAX_REASON_LEN).len(),
+            Frame::Punch { from, to } => 1 + [from, to].iter().map(|a| if a.is_ipv4() { 7 } else { 19 }).sum::<usize>(),
         }
     }
 
@@ -388,6 +402,7 @@ impl Frame {
                 T_ABANDON => Frame::Abandon { token: r.u64("ABANDON token")? },
                 T_STANDBY => Frame::Standby { standby: flag(&mut r, "STANDBY")? },
                 T_DEMAND => Frame::Demand { overflow: flag(&mut r, "DEMAND")? },
+                T_PUNCH => Frame::Punch { from: r.socket_addr()?, to: r.socket_addr()? },
                 T_POLICY => {
                     let v = r.u8("POLICY")?;
                     Frame::Policy { policy: PathPolicy::from_wire(v).ok_or(FrameError::UnknownPolicy(v))? }
@@ -440,6 +455,7 @@ mod tests {
             Frame::Standby { standby: false },
             Frame::Policy { policy: PathPolicy::Energy },
             Frame::Policy { policy: PathPolicy::Redundant },
+            Frame::Punch { from: "192.0.2.1:4000".parse().unwrap(), to: "[2001:db8::1]:443".parse().unwrap() },
             Frame::Demand { overflow: true },
             Frame::Demand { overflow: false },
             Frame::Addrs {

@@ -59,6 +59,8 @@ pub(crate) struct Subflow {
     pub window_update: bool,
     pub close: Option<(u16, String)>,
     pub addrs: Option<(Vec<std::net::SocketAddr>, Vec<String>)>,
+    /// A PUNCH to send: (from, to).
+    pub punch: Option<(std::net::SocketAddr, std::net::SocketAddr)>,
     /// Kept as a standby: DATA only while no active subflow is heard (set by either end).
     pub standby: bool,
     /// A STANDBY frame to send, telling the peer.
@@ -113,6 +115,7 @@ impl Subflow {
             window_update: false,
             close: None,
             addrs: None,
+            punch: None,
             standby: false,
             standby_out: None,
             in_flight: RangeSet::new(),

@@ -47,12 +47,27 @@ pub(crate) enum Role {
     Server,
 }
 
+/// How a subflow reaches the peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Route {
+    Direct,
+    /// Spliced by a relay, which saw our end of it at `ours` and the peer's at `peers`
+    /// (the addresses hole punching dials from and to).
+    Relayed { ours: SocketAddr, peers: SocketAddr },
+}
+
+impl Route {
+    pub(crate) fn is_relayed(self) -> bool {
+        matches!(self, Route::Relayed { .. })
+    }
+}
+
 /// Control of one subflow's tasks.
 struct Sub {
     local: SocketAddr,
     remote: SocketAddr,
-    /// It runs through a relay (`remote` is the relay's address).
-    relayed: bool,
+    /// Direct, or through a relay (`remote` is then the relay's address).
+    route: Route,
     /// 0 for the handshake's subflow, else the join sequence it came with (copies of one
     /// JOIN share it).
     token: u64,
@@ -120,6 +135,10 @@ pub(crate) struct Inner {
     pub(crate) peer_relays: Vec<SocketAddr>,
     /// Client: relays the peer just announced, for the driver to resolve.
     pub(super) peer_relays_listed: Option<Vec<String>>,
+    /// Client: when to try to go direct from a relayed path.
+    pub(super) punch: super::punch::PunchPlan,
+    /// Listener: a PUNCH to answer, for the driver: (local end to dial from, address to dial).
+    pub(super) punch_back: Option<(SocketAddr, SocketAddr)>,
     /// Client: the peer's Ed25519 key from its name record, which must sign a claim that
     /// it no longer knows the flow before that claim ends the flow.
     pub(crate) peer_signing_key: Option<[u8; 32]>,
@@ -190,6 +209,24 @@ impl Inner {
         extra
     }
 
+    /// The relayed subflows: (id, local end, our end and the peer's as the relay saw them).
+    pub(crate) fn relayed_subflows(&self) -> Vec<(SubflowId, SocketAddr, SocketAddr, SocketAddr)> {
+        let mut out: Vec<_> = self
+            .subflows
+            .iter()
+            .filter_map(|(id, s)| match s.route {
+                Route::Relayed { ours, peers } => Some((*id, s.local, ours, peers)),
+                Route::Direct => None,
+            })
+            .collect();
+        out.sort_by_key(|(id, ..)| *id);
+        out
+    }
+
+    pub(crate) fn has_direct_subflow(&self) -> bool {
+        self.subflows.values().any(|s| s.route == Route::Direct)
+    }
+
     pub(crate) fn subflow_ids_and_locals(&self) -> Vec<(SubflowId, SocketAddr)> {
         self.subflows.iter().map(|(id, s)| (*id, s.local)).collect()
     }
@@ -236,9 +273,35 @@ impl Inner {
 pub(crate) trait FlowOwner: Send + Sync {
     fn flow_started(&self, conn: &Arc<Conn>);
     fn flow_ended(&self, id: &FlowId);
+    /// Serves a connection that opened directly to us from `source` (a punched path).
+    fn incoming(&self, stream: TcpStream, source: SocketAddr);
 }
 
 impl Conn {
+    /// Hands a connection that opened directly from `source` to the endpoint, which
+    /// serves it like any incoming subflow.
+    pub(crate) fn hand_to_owner(&self, stream: TcpStream, source: SocketAddr) {
+        if let Some(owner) = self.owner.upgrade() {
+            owner.incoming(stream, source);
+        }
+    }
+
+    /// Client: a hole punching attempt ended; true if it was the last one (the flow
+    /// stays relayed, and says so).
+    pub(crate) fn punch_ended(&self, joined: bool, now: Instant) -> bool {
+        let (gave_up, attempts) = {
+            let mut inner = self.lock();
+            let gave_up = inner.punch.ended(joined, now);
+            inner.paths.changed();
+            (gave_up, inner.punch.attempts())
+        };
+        if gave_up {
+            self.emit(FlowEvent::StaysRelayed { attempts: attempts as u32 });
+        }
+        self.driver.notify_one();
+        gave_up
+    }
+
     /// Registers the flow with its owner.
     pub(crate) fn announce(self: &Arc<Self>) {
         if let Some(owner) = self.owner.upgrade() {
@@ -310,6 +373,8 @@ impl Conn {
                 peer_addrs: Vec::new(),
                 peer_relays: Vec::new(),
                 peer_relays_listed: None,
+                punch: Default::default(),
+                punch_back: None,
                 peer_signing_key: None,
                 app_gone: false,
                 paths: Default::default(),
@@ -367,7 +432,7 @@ impl Conn {
                 super::events::Path {
                     local: s.local,
                     remote: s.remote,
-                    relayed: s.relayed,
+                    relayed: s.route.is_relayed(),
                     standby: inner.proto.is_standby(*id),
                     state: stats.state,
                     srtt: stats.srtt,
@@ -419,6 +484,20 @@ impl Conn {
                     if self.role == Role::Client {
                         // Resolved by the driver (names may need DNS).
                         inner.peer_relays_listed = Some(relays);
+                    }
+                }
+                proto::FlowEvent::PunchRequested { id, from, to } => {
+                    let relay_only = self.host.upgrade().is_none_or(|h| h.config.relay_only);
+                    let local = inner.subflows.get(&id).and_then(|s| match s.route {
+                        Route::Relayed { ours, .. } if ours == to => Some(s.local),
+                        _ => None,
+                    });
+                    match local {
+                        Some(local) if self.role == Role::Server && !relay_only => {
+                            inner.punch_back = Some((local, from));
+                            self.driver.notify_one();
+                        }
+                        _ => tracing::debug!(flow = %self.keys.flow_id, %from, %to, relay_only, "a PUNCH not answered"),
                     }
                 }
                 proto::FlowEvent::Finished => {
@@ -478,8 +557,9 @@ impl Conn {
         token: u64,
         reader_prefix: Option<JoinCheck>,
         peer_resume: Option<u64>,
-        relayed: bool,
+        route: Route,
     ) {
+        let relayed = route.is_relayed();
         super::socket::tune_subflow(&stream);
         let (Ok(local), Ok(remote)) = (stream.local_addr(), stream.peer_addr()) else {
             return;
@@ -513,7 +593,7 @@ impl Conn {
             let sub = Sub {
                 local,
                 remote,
-                relayed,
+                route,
                 token,
                 proven: false,
                 packer: Packer::default(),
@@ -561,7 +641,7 @@ impl Conn {
         let left: Vec<SubflowId> = {
             let mut inner = self.lock();
             inner.set_peer_addrs(addrs.clone());
-            inner.subflows.iter().filter(|(_, s)| !s.relayed && !addrs.contains(&s.remote)).map(|(id, _)| *id).collect()
+            inner.subflows.iter().filter(|(_, s)| !s.route.is_relayed() && !addrs.contains(&s.remote)).map(|(id, _)| *id).collect()
         };
         for id in left {
             self.subflow_gone(id, PathLossReason::PeerLeftAddress);

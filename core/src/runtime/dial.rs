@@ -26,7 +26,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::task::JoinSet;
 
-use super::conn::{Conn, FlowOwner, Role};
+use super::conn::{Conn, FlowOwner, Role, Route};
 use super::reader::JoinCheck;
 use super::host::Host;
 use super::header::{read_exchange, ExchangeError};
@@ -75,7 +75,7 @@ struct Won {
     addr: SocketAddr,
     /// The JOIN it opened with.
     seq: Option<u64>,
-    relayed: bool,
+    route: Route,
 }
 
 enum Attempt {
@@ -179,7 +179,7 @@ async fn new_flow(
     relays: &[SocketAddr],
     won: Won,
 ) -> Result<Arc<Conn>, Attempt> {
-    let Won { mut stream, addr, relayed, .. } = won;
+    let Won { mut stream, addr, route, .. } = won;
     let (noise_key, signing_key) = (&record.noise_key, &record.signing_key);
     let fail = |e: &dyn std::fmt::Display| Attempt::Failed(ConnectFailure::Handshake { addr, detail: e.to_string() });
     let timestamp = admission::next_timestamp(&host.handshake_clock, 0);
@@ -221,7 +221,7 @@ async fn new_flow(
         inner.peer_signing_key = Some(*signing_key);
     }
     conn.announce();
-    conn.attach(stream, 0, None, None, relayed);
+    conn.attach(stream, 0, None, None, route);
     tokio::spawn(conn.clone().drive());
     super::peer_watch::spawn(&conn, record.seq);
     Ok(conn)
@@ -300,8 +300,8 @@ async fn rejoin_round(host: &Arc<Host>, conn: &Arc<Conn>) -> bool {
         }
     };
     match race(host, &known, lookup, true, Some(conn), &listener_key(&conn.peer)).await {
-        Ok(Won { stream, addr, seq: Some(seq), relayed }) => {
-            attach_joined(conn, stream, addr, seq, relayed);
+        Ok(Won { stream, addr, seq: Some(seq), route }) => {
+            attach_joined(conn, stream, addr, seq, route);
             true
         }
         Ok(Won { addr, seq: None, .. }) => {
@@ -389,11 +389,12 @@ async fn race(
                     let dialed = if via_relay {
                         relay_dial::dial_via_relay(&host, local, addr, &target, early).await
                     } else {
-                        host.dial_tcp_from(local, addr, early, fast_open)
+                        host.dial_tcp_from(local, addr, early, fast_open, false)
                             .await
+                            .map(|s| (s, Route::Direct))
                             .map_err(|e| ConnectFailure::Connect { addr, kind: e.kind() })
                     };
-                    (local, addr, dialed.map(|stream| Won { stream, addr, seq, relayed: via_relay }))
+                    (local, addr, dialed.map(|(stream, route)| Won { stream, addr, seq, route }))
                 });
                 next_at = tokio::time::Instant::now() + ATTEMPT_DELAY;
                 continue;
@@ -432,7 +433,7 @@ async fn race(
 /// through the window above the highest the peer accepted: a long outage, with a dial
 /// every second, never runs past what the peer expects. A sequence the peer did admit
 /// (its answer lost) is refused as replayed, which costs only that attempt.
-fn next_join(conn: &Conn) -> (u64, Vec<u8>, bool) {
+pub(super) fn next_join(conn: &Conn) -> (u64, Vec<u8>, bool) {
     let (seq, resume, fast_open) = {
         let mut inner = conn.lock();
         let seq = inner.join_accepted + 1 + inner.joins_since % JOIN_WINDOW;
@@ -445,9 +446,9 @@ fn next_join(conn: &Conn) -> (u64, Vec<u8>, bool) {
 /// Attaches a connection that opened with JOIN `seq` as a subflow of `conn`. Its reader
 /// checks the peer's answer before any record, so the subflow's first records go out at
 /// once, which saves a round trip on resume.
-fn attach_joined(conn: &Arc<Conn>, stream: TcpStream, addr: SocketAddr, seq: u64, relayed: bool) {
-    tracing::debug!(%addr, seq, relayed, in_syn = super::fast_open::syn_data_acked(&stream), "joined");
-    conn.attach(stream, seq, Some(JoinCheck { seq }), None, relayed);
+pub(super) fn attach_joined(conn: &Arc<Conn>, stream: TcpStream, addr: SocketAddr, seq: u64, route: Route) {
+    tracing::debug!(%addr, seq, ?route, in_syn = super::fast_open::syn_data_acked(&stream), "joined");
+    conn.attach(stream, seq, Some(JoinCheck { seq }), None, route);
 }
 
 /// Dials `addr` (the peer's, or one of its relays) from `local` with a JOIN of `conn`
@@ -465,11 +466,14 @@ pub(crate) async fn dial_join(host: &Arc<Host>, conn: &Arc<Conn>, local: Option<
     let dialed = if relayed {
         relay_dial::dial_via_relay(host, local, addr, &listener_key(&conn.peer), &join).await
     } else {
-        host.dial_tcp_from(local, addr, &join, fast_open).await.map_err(|e| ConnectFailure::Connect { addr, kind: e.kind() })
+        host.dial_tcp_from(local, addr, &join, fast_open, false)
+            .await
+            .map(|s| (s, Route::Direct))
+            .map_err(|e| ConnectFailure::Connect { addr, kind: e.kind() })
     };
     match dialed {
-        Ok(stream) => {
-            attach_joined(conn, stream, addr, seq, relayed);
+        Ok((stream, route)) => {
+            attach_joined(conn, stream, addr, seq, route);
             true
         }
         Err(e) => {

@@ -42,11 +42,16 @@ impl Conn {
                 if let Some(relays) = inner.peer_relays_listed.take() {
                     tokio::spawn(super::conn::learn_peer_relays(Arc::downgrade(&self), relays));
                 }
+                if let Some((local, to)) = inner.punch_back.take() {
+                    tokio::spawn(super::punch::punch_back(self.clone(), local, to));
+                }
                 let mut d = inner.proto.poll_timeout();
                 if let Some(t) = inner.terminal_at {
                     d = Some(d.map_or(t + LINGER, |d| d.min(t + LINGER)));
-                } else if let Some(t) = inner.paths.next_retry(now) {
-                    d = Some(d.map_or(t, |d| d.min(t)));
+                } else {
+                    for t in [inner.paths.next_retry(now), inner.punch.next_at()].into_iter().flatten() {
+                        d = Some(d.map_or(t, |d| d.min(t)));
+                    }
                 }
                 inner.driver_deadline = d;
                 d

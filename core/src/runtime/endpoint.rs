@@ -12,7 +12,7 @@ use tokio::sync::{mpsc, watch, Notify};
 use tokio::task::AbortHandle;
 
 use super::config::EndpointConfig;
-use super::conn::{Conn, FlowOwner, Role};
+use super::conn::{Conn, FlowOwner, Role, Route};
 use super::host::Host;
 use super::events::FlowEvent;
 use super::flow::Flow;
@@ -94,6 +94,8 @@ impl State {
 }
 
 pub(crate) struct EndpointInner {
+    /// Itself, for the tasks it starts from `&self`.
+    me: Weak<EndpointInner>,
     /// What the endpoint shares with its flows.
     host: Arc<Host>,
     state: Mutex<State>,
@@ -191,7 +193,8 @@ impl Endpoint {
             relay_links: Vec::new(),
         };
         Endpoint {
-            inner: Arc::new(EndpointInner {
+            inner: Arc::new_cyclic(|me| EndpointInner {
+                me: me.clone(),
                 host: Arc::new(Host::new(identity, config)),
                 state: Mutex::new(state),
                 record_seq: AtomicU64::new(0),
@@ -553,10 +556,11 @@ impl EndpointInner {
         let _ = tokio::time::timeout(self.host.config.io_timeout, wait).await;
     }
 
-    /// Serves an incoming connection (`relayed`: spliced by a relay, from the client at
-    /// `source` as the relay saw it): it takes a place among the openings being read
-    /// from `source`, which may evict another's.
-    pub(super) fn take_incoming(self: &Arc<Self>, stream: TcpStream, source: SocketAddr, relayed: bool) {
+    /// Serves an incoming connection (from `source`, as the relay saw it if relayed): it
+    /// takes a place among the openings being read from `source`, which may evict
+    /// another's.
+    pub(super) fn take_incoming(self: &Arc<Self>, stream: TcpStream, source: SocketAddr, route: Route) {
+        let relayed = route.is_relayed();
         let (id, evicted) = match self.admission().opening(source.ip()) {
             Ok(x) => x,
             Err(reason) => {
@@ -575,7 +579,7 @@ impl EndpointInner {
         let task = tokio::spawn({
             let ep = self.clone();
             async move {
-                match tokio::time::timeout(limit, ep.handle_incoming(stream, source, slot, relayed)).await {
+                match tokio::time::timeout(limit, ep.handle_incoming(stream, source, slot, route)).await {
                     Ok(Ok(())) => {}
                     Ok(Err(reason)) => tracing::warn!(%source, %reason, relayed, "incoming subflow refused"),
                     Err(_) => tracing::warn!(%source, relayed, "incoming subflow timed out in its handshake"),
@@ -670,7 +674,7 @@ impl EndpointInner {
         mut stream: TcpStream,
         source: SocketAddr,
         opening: OpeningSlot,
-        relayed: bool,
+        route: Route,
     ) -> Result<(), Refused> {
         let deadline = (self.host.config.io_timeout / 2).max(Duration::from_secs(1));
         let read = tokio::time::timeout(deadline, read_exchange(&mut stream, opening::decode_opening)).await;
@@ -713,7 +717,7 @@ impl EndpointInner {
                     self.forget_flow(&conn.keys.flow_id);
                     return Err(e.into());
                 }
-                conn.attach(stream, 0, None, None, relayed);
+                conn.attach(stream, 0, None, None, route);
                 tokio::spawn(conn.clone().drive());
                 if let Err(mpsc::error::TrySendError::Full(flow) | mpsc::error::TrySendError::Closed(flow)) =
                     tx.try_send(Flow::new(conn))
@@ -755,7 +759,7 @@ impl EndpointInner {
                         let fast_open = self.takes_fast_open.load(Ordering::Relaxed);
                         let ok = opening::join_accept(&conn.keys.join_key, &request.id, seq, fast_open);
                         stream.write_all(&ok).await?;
-                        conn.attach(stream, seq, None, Some(request.resume), relayed);
+                        conn.attach(stream, seq, None, Some(request.resume), route);
                         Ok(())
                     }
                     (verdict, conn) => {
@@ -800,6 +804,12 @@ impl FlowOwner for EndpointInner {
 
     fn flow_ended(&self, id: &FlowId) {
         self.forget_flow(id);
+    }
+
+    fn incoming(&self, stream: TcpStream, source: SocketAddr) {
+        if let Some(me) = self.me.upgrade() {
+            me.take_incoming(stream, source, Route::Direct);
+        }
     }
 }
 
@@ -854,7 +864,7 @@ async fn accept_loop(weak: Weak<EndpointInner>, listener: TcpListener) {
             }
         };
         let Some(ep) = weak.upgrade() else { return };
-        ep.take_incoming(stream, source, false);
+        ep.take_incoming(stream, source, Route::Direct);
     }
 }
 

@@ -48,6 +48,13 @@ pub enum FlowEvent {
         /// The addresses now in use.
         addrs: Vec<std::net::IpAddr>,
     },
+    /// Hole punching found no direct path to the peer (its NAT or ours maps each
+    /// destination to another port, or a firewall drops the SYNs): the flow stays on its
+    /// relayed paths. It tries again when the network changes.
+    StaysRelayed {
+        /// Attempts made.
+        attempts: u32,
+    },
     /// The flow ended: `None` after both sides finished cleanly, else why it failed.
     Closed {
         /// The error, if the flow failed.

@@ -170,19 +170,40 @@ impl Host {
 
     /// A TCP connection to `addr` from `local` (None: the system chooses) that starts
     /// with `early`: in the SYN with `fast_open` where TCP Fast Open works (see
-    /// `fast_open`), right after the handshake otherwise. Bounded by `io_timeout`.
+    /// `fast_open`), right after the handshake otherwise. Bounded by `io_timeout`. With
+    /// `reusable`, its local port may be bound again while it is open (a relayed path's,
+    /// which hole punching dials from).
     pub(crate) async fn dial_tcp_from(
         &self,
         local: Option<IpAddr>,
         addr: SocketAddr,
         early: &[u8],
         fast_open: bool,
+        reusable: bool,
+    ) -> std::io::Result<TcpStream> {
+        self.dial_tcp_between(local.map(|ip| SocketAddr::new(ip, 0)), addr, early, fast_open, reusable).await
+    }
+
+    /// [`dial_tcp_from`](Self::dial_tcp_from) from the local address and port `local`.
+    pub(crate) async fn dial_tcp_between(
+        &self,
+        local: Option<SocketAddr>,
+        addr: SocketAddr,
+        early: &[u8],
+        fast_open: bool,
+        reusable: bool,
     ) -> std::io::Result<TcpStream> {
         use socket2::{Domain, Protocol, Socket, Type};
         let sock = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
         sock.set_nonblocking(true)?;
-        if let Some(ip) = local {
-            sock.bind(&SocketAddr::new(ip, 0).into())?;
+        if reusable {
+            sock.set_reuse_address(true)?;
+            #[cfg(unix)]
+            sock.set_reuse_port(true)?;
+        }
+        if let Some(local) = local {
+            let ip = local.ip();
+            sock.bind(&local.into())?;
             if let Some(binder) = &self.config.socket_binder {
                 #[cfg(unix)]
                 let raw = std::os::fd::AsRawFd::as_raw_fd(&sock);

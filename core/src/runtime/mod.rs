@@ -19,6 +19,7 @@ mod header;
 mod host;
 mod paths;
 mod peer_watch;
+mod punch;
 mod read_slabs;
 mod reader;
 mod relay_dial;

@@ -106,6 +106,7 @@ impl Conn {
         for ip in ips {
             inner.paths.backoff.retain(|(b, ..)| b != ip);
         }
+        inner.punch.reset();
         inner.paths.changed();
     }
 
@@ -129,6 +130,7 @@ impl Conn {
         if !inner.paths.take_due(now) || !inner.proto.needs_path() || inner.proto.live_subflows() == 0 {
             return; // nothing changed, nothing to do, or the re-dialer's job
         }
+        self.maybe_punch(&mut inner, now);
         let subs = inner.subflow_ends();
         // The path the flow uses now: its peer address is where standbys go too.
         let Some(&(_, remote)) = subs.first() else { return };
@@ -171,6 +173,10 @@ impl Conn {
                 .collect(),
             _ => Vec::new(),
         };
+        // A relayed path beside a direct one: a standby, or gone when there are none.
+        if !standby && inner.has_direct_subflow() {
+            worse.extend(inner.relayed_subflows().into_iter().map(|(id, ..)| id));
+        }
         worse.extend(inner.duplicate_subflows());
         drop(inner);
         for id in worse {
@@ -186,12 +192,32 @@ impl Conn {
         }
         let Some(host) = self.host.upgrade() else { return };
         let order = host.local_ips();
-        let rank = |ip: IpAddr| order.iter().position(|o| *o == ip).unwrap_or(usize::MAX);
+        // Better local addresses first; on one address, direct before relayed.
+        let relayed: Vec<SubflowId> = inner.relayed_subflows().into_iter().map(|(id, ..)| id).collect();
+        let rank = |id: SubflowId, ip: IpAddr| {
+            (order.iter().position(|o| *o == ip).unwrap_or(usize::MAX), relayed.contains(&id))
+        };
         let ends = inner.subflow_ids_and_locals();
-        let Some(best) = ends.iter().map(|(_, l)| rank(l.ip())).min() else { return };
+        let Some(best) = ends.iter().map(|(id, l)| rank(*id, l.ip())).min() else { return };
         for (id, local) in ends {
-            let standby = inner.policy.uses_standbys() && rank(local.ip()) > best;
+            let standby = inner.policy.uses_standbys() && rank(id, local.ip()) > best;
             inner.proto.set_standby(id, standby);
+        }
+    }
+}
+
+impl Conn {
+    /// Client: starts an attempt to go direct when the flow runs on relayed paths only,
+    /// the peer publishes addresses (a relay-only peer does not want to be found) and
+    /// the plan says it is time.
+    fn maybe_punch(self: &Arc<Self>, inner: &mut Inner, now: Instant) {
+        if inner.has_direct_subflow() || inner.peer_addrs.is_empty() {
+            return;
+        }
+        let Some((id, local, ours, peers)) = inner.relayed_subflows().into_iter().next() else { return };
+        if inner.punch.start(now) {
+            tracing::debug!(flow = %self.keys.flow_id, %ours, %peers, "trying to go direct");
+            tokio::spawn(super::punch::punch(self.clone(), id, local, ours, peers));
         }
     }
 }

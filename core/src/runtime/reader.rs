@@ -209,6 +209,7 @@ mod tests {
     impl FlowOwner for NoOwner {
         fn flow_started(&self, _: &Arc<Conn>) {}
         fn flow_ended(&self, _: &FlowId) {}
+        fn incoming(&self, _: TcpStream, _: std::net::SocketAddr) {}
     }
     use crate::session::records::{RECORD_HEADER_LEN, TAG_LEN};
     use crate::session::{session_pair, SessionKeys};
@@ -241,7 +242,7 @@ mod tests {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let peer = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
         let (ours, _) = listener.accept().await.unwrap();
-        conn.attach(ours, 0, None, None, false);
+        conn.attach(ours, 0, None, None, crate::runtime::conn::Route::Direct);
         let (mut from_conn, mut to_conn) = peer.into_split();
         tokio::spawn(async move {
             let mut sink = vec![0u8; 64 * 1024];

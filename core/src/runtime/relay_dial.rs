@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use tokio::net::TcpStream;
 
+use super::conn::Route;
 use super::host::Host;
 use super::ConnectFailure;
 use crate::relay::wire::{self, ListenerKey, Message};
@@ -24,12 +25,12 @@ pub(crate) async fn dial_via_relay(
     relay: SocketAddr,
     target: &ListenerKey,
     early: &[u8],
-) -> Result<TcpStream, ConnectFailure> {
+) -> Result<(TcpStream, Route), ConnectFailure> {
     let mut request = wire::header(wire::KIND_DIAL).to_vec();
     request.extend_from_slice(&Message::Dial { target: *target }.encode());
     request.extend_from_slice(early);
     let mut stream = host
-        .dial_tcp_from(local, relay, &request, false)
+        .dial_tcp_from(local, relay, &request, false, true)
         .await
         .map_err(|e| ConnectFailure::Connect { addr: relay, kind: e.kind() })?;
     let protocol = |detail: String| ConnectFailure::Handshake { addr: relay, detail: format!("the relay {detail}") };
@@ -37,7 +38,7 @@ pub(crate) async fn dial_via_relay(
         Err(_) => Err(ConnectFailure::TimedOut),
         Ok(Ok(Message::Connected { client, listener })) => {
             tracing::debug!(%relay, observed = %client, peer = %listener, "spliced to the peer through a relay");
-            Ok(stream)
+            Ok((stream, Route::Relayed { ours: client, peers: listener }))
         }
         Ok(Ok(Message::Refused { why, reason })) => {
             tracing::debug!(%relay, %why, reason, "the relay refused to splice");

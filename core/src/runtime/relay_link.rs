@@ -19,6 +19,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
+use super::conn::Route;
 use super::endpoint::EndpointInner;
 use super::host::Host;
 use crate::relay::wire::{self, Message, RelayRefusal};
@@ -99,7 +100,7 @@ async fn register(host: &Host, relay: &RelayUrl) -> Result<(TcpStream, SocketAdd
     let mut last = LinkError::Resolve(relay.to_string());
     for addr in addrs.into_iter().take(4) {
         let local = host.local_ips_for(addr)[0];
-        let mut stream = match host.dial_tcp_from(local, addr, &wire::header(wire::KIND_REGISTER), false).await {
+        let mut stream = match host.dial_tcp_from(local, addr, &wire::header(wire::KIND_REGISTER), false, false).await {
             Ok(s) => s,
             Err(source) => {
                 last = LinkError::Connect { addr, source };
@@ -209,19 +210,19 @@ async fn accept(ep: Weak<EndpointInner>, host: Arc<Host>, local: IpAddr, relay: 
     request.extend_from_slice(&Message::Accept { token }.encode());
     let local = host.local_ips().contains(&local).then_some(local).or(host.local_ips_for(relay)[0]);
     let accepted = async {
-        let mut stream = host.dial_tcp_from(local, relay, &request, false).await?;
+        let mut stream = host.dial_tcp_from(local, relay, &request, false, true).await?;
         match within(host.config.io_timeout, wire::read_message(&mut stream)).await? {
             Message::Accepted { listener, client } => {
                 tracing::debug!(%relay, observed = %listener, %client, "accepted a client through the relay");
-                Ok(stream)
+                Ok((stream, Route::Relayed { ours: listener, peers: client }))
             }
             other => Err(unexpected(other)),
         }
     };
     match accepted.await {
-        Ok(stream) => {
+        Ok((stream, route)) => {
             if let Some(inner) = ep.upgrade() {
-                inner.take_incoming(stream, client, true);
+                inner.take_incoming(stream, client, route);
             }
         }
         Err(e) => tracing::info!(%relay, %client, error = %e, "answering a dial-back failed"),
