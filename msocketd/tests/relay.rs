@@ -637,3 +637,103 @@ fn bad_flags_are_refused_with_their_name() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--splice-buffer"));
 }
+
+/// A process's resident memory in bytes, from /proc.
+fn rss_of(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS in /proc/PID/status");
+    kib * 1024
+}
+
+/// The kernel's slab memory in bytes (the whole machine's), from /proc/meminfo.
+fn slab() -> u64 {
+    let info = std::fs::read_to_string("/proc/meminfo").unwrap();
+    let kib: u64 = info
+        .lines()
+        .find_map(|l| l.strip_prefix("Slab:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("Slab in /proc/meminfo");
+    kib * 1024
+}
+
+/// Raises this process's open-file limit to at least `want` if it may (root may raise
+/// the hard limit too); the limit in force.
+fn raise_open_files(want: u64) -> u64 {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit and setrlimit read and write the struct they are given.
+    unsafe {
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit);
+        let wanted = libc::rlimit { rlim_cur: want.max(limit.rlim_cur), rlim_max: want.max(limit.rlim_max) };
+        if libc::setrlimit(libc::RLIMIT_NOFILE, &wanted) != 0 {
+            let soft = libc::rlimit { rlim_cur: limit.rlim_max, rlim_max: limit.rlim_max };
+            libc::setrlimit(libc::RLIMIT_NOFILE, &soft);
+        }
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit);
+    }
+    limit.rlim_cur
+}
+
+/// Opens `count` more splices to `target` into `held`. Clients come from many loopback
+/// addresses: one address has too few ports for them all.
+async fn open_splices(count: usize, held: &mut Vec<(TcpStream, TcpStream)>, relay: SocketAddr, control: &mut Control, target: ListenerKey) {
+    let start = held.len();
+    for i in start..start + count {
+        let from = [127, 0, (i / 200 % 250) as u8 + 1, (i % 200) as u8 + 2];
+        held.push(splice_from(from, relay, control, target, b"").await);
+    }
+}
+
+/// What an idle relayed flow costs the relay: the real binary holds N idle splices
+/// (MSOCKET_IDLE_SPLICES, default 10,000) and its resident memory is read before and
+/// after. Needs about 2N + 100 open files here and 6N + 100 in the relay (raised when
+/// run as root). Run with `cargo test -p msocketd --release --test relay -- --ignored
+/// --nocapture idle_splices`.
+#[test]
+#[ignore = "holds thousands of connections; run by hand to measure"]
+fn idle_splices_cost_the_relay_little_memory() {
+    let n: usize = std::env::var("MSOCKET_IDLE_SPLICES").ok().and_then(|v| v.parse().ok()).unwrap_or(10_000);
+    let warm = 200;
+    let files = raise_open_files(8 * (n + warm) as u64 + 1000);
+    assert!(files >= 6 * (n + warm) as u64 + 200, "open-file limit {files} is too low for {n} splices: run as root or lower MSOCKET_IDLE_SPLICES");
+    let cap = (n + warm + 100).to_string();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_msocketd"))
+        .args(["relay", "--listen", "127.0.0.1:0", "--max-splices", &cap, "--max-splices-per-source", &cap])
+        .args(["--max-connections-per-source", &(3 * (n + warm)).to_string(), "--max-pending-per-key", "1024"])
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn msocketd relay");
+    let lines = lines_of(&mut child);
+    let pid = child.id();
+    let _child = Reaped(Some(child));
+    let first = lines.recv_timeout(WAIT).expect("msocketd relay did not announce its address");
+    let addr: SocketAddr = first.strip_prefix("msocketd: relay listening on ").expect(&first).parse().unwrap();
+
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    runtime.block_on(async {
+        let listener_id = id(1);
+        let mut control = register(addr, &listener_id).await;
+        let target = key(&listener_id);
+        let mut held = Vec::with_capacity(n + warm);
+        open_splices(warm, &mut held, addr, &mut control, target).await;
+        let (rss_before, slab_before) = (rss_of(pid), slab());
+        open_splices(n, &mut held, addr, &mut control, target).await;
+        let (rss_after, slab_after) = (rss_of(pid), slab());
+        let per_splice = rss_after.saturating_sub(rss_before) / n as u64;
+        let slab_per_splice = slab_after.saturating_sub(slab_before) / n as u64;
+        println!(
+            "{n} idle splices: relay RSS {} KiB -> {} KiB, {per_splice} bytes per splice; \
+             kernel slab (whole machine, both ends' sockets too) {slab_per_splice} bytes per splice",
+            rss_before / 1024,
+            rss_after / 1024
+        );
+        assert!(per_splice <= 10 * 1024, "{per_splice} bytes of relay memory per idle splice");
+        drop(held);
+    });
+}

@@ -12,8 +12,10 @@
 //! The dial's task does the splice: the ACCEPT's task finds the pending dial by its
 //! token and hands its connection over, so a splice is one task holding both sockets.
 
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
@@ -30,7 +32,7 @@ use tokio::time::Instant;
 
 use super::limits::{Admitted, Source};
 use super::metrics::{ControlEnd, EarlyClose};
-use super::registry::{Answer, DialBack};
+use super::registry::{Answer, DialBack, SpliceSlot};
 use super::splice::{self, Mover};
 use super::Shared;
 
@@ -61,14 +63,25 @@ async fn send(stream: &mut TcpStream, message: &Message, limit: Duration) -> io:
 }
 
 /// Tells the peer why it is refused, then closes the connection gracefully (see the
-/// module doc), all within `limit` plus [`LINGER`].
-pub(super) async fn refuse(shared: &Shared, mut stream: TcpStream, why: RelayRefusal, reason: &str) {
-    shared.counters.refused(why);
-    let limit = shared.limits.handshake_timeout;
-    if send(&mut stream, &Message::Refused { why, reason: reason.to_string() }, limit).await.is_err() {
-        return;
-    }
-    close_gracefully(stream).await;
+/// module doc), all within the handshake timeout plus [`LINGER`].
+///
+/// Boxed: a task's memory is the largest state of its future, and a splice's task must
+/// stay small while the splice idles for hours, not carry room for a refusal it may
+/// never send.
+pub(super) fn refuse<'a>(
+    shared: &'a Shared,
+    mut stream: TcpStream,
+    why: RelayRefusal,
+    reason: &str,
+) -> Pin<Box<dyn Future<Output = ()> + Send + 'a>> {
+    let refused = Message::Refused { why, reason: reason.to_string() };
+    Box::pin(async move {
+        shared.counters.refused(why);
+        if send(&mut stream, &refused, shared.limits.handshake_timeout).await.is_err() {
+            return;
+        }
+        close_gracefully(stream).await;
+    })
 }
 
 /// Shuts `stream` down for writing and reads what the peer still sends, bounded.
@@ -77,7 +90,7 @@ async fn close_gracefully(mut stream: TcpStream) {
         return;
     }
     let _ = tokio::time::timeout(LINGER, async {
-        let mut sink = [0u8; 4096];
+        let mut sink = vec![0u8; 4096];
         let mut read = 0;
         while read < LINGER_BYTES {
             match stream.read(&mut sink).await {
@@ -128,7 +141,7 @@ pub(super) async fn serve(
     mut stream: TcpStream,
     peer: SocketAddr,
     admitted: Admitted,
-    stop: watch::Receiver<()>,
+    mut stop: watch::Receiver<()>,
 ) {
     let peer = canonical(peer);
     let _ = stream.set_nodelay(true);
@@ -146,10 +159,16 @@ pub(super) async fn serve(
             return;
         }
     };
+    // Everything but the splice itself runs boxed: a task's memory is its future's
+    // largest state, and a splice may idle for hours (see `refuse`).
     match kind {
-        KIND_REGISTER => control(&shared, stream, peer, deadline, stop).await,
-        KIND_DIAL => dial(&shared, stream, peer, admitted, deadline, stop).await,
-        KIND_ACCEPT => accept(&shared, stream, peer, admitted, deadline).await,
+        KIND_REGISTER => Box::pin(control(&shared, stream, peer, deadline, stop)).await,
+        KIND_DIAL => {
+            if let Some(spliced) = Box::pin(dial(&shared, stream, peer, admitted, deadline, &mut stop)).await {
+                run_splice(&shared, &spliced, &mut stop).await;
+            }
+        }
+        KIND_ACCEPT => Box::pin(accept(&shared, stream, peer, admitted, deadline)).await,
         other => {
             shared.counters.early_close(EarlyClose::BadHeader);
             tracing::debug!(%peer, kind = other, "not a relay kind; closing");
@@ -282,76 +301,97 @@ async fn control(shared: &Shared, mut stream: TcpStream, peer: SocketAddr, deadl
     }
 }
 
-/// A client's dial: find the listener, call it back, wait for its ACCEPT, splice.
+/// A splice ready to run: both connections told, the pipes made.
+struct Spliced {
+    client: TcpStream,
+    listener: TcpStream,
+    /// The client's and the listener's addresses as the relay sees them.
+    addrs: (SocketAddr, SocketAddr),
+    mover: Mover,
+    /// The splice's place and both connections' places, freed when it ends.
+    _places: (SpliceSlot, Admitted, Admitted),
+}
+
+/// A client's dial: find the listener, call it back, wait for its ACCEPT, tell both
+/// ends. The splice to run, unless the dial was refused.
 async fn dial(
     shared: &Shared,
     mut client: TcpStream,
     peer: SocketAddr,
     admitted: Admitted,
     deadline: Instant,
-    mut stop: watch::Receiver<()>,
-) {
+    stop: &mut watch::Receiver<()>,
+) -> Option<Spliced> {
     let target = match first_message(shared, &mut client, peer, deadline).await {
         First::Message(Message::Dial { target }) => target,
         First::Message(other) => {
             tracing::debug!(%peer, message = ?other, "a dial connection sent something else than DIAL");
-            return refuse(shared, client, RelayRefusal::Malformed, "expected DIAL").await;
+            refuse(shared, client, RelayRefusal::Malformed, "expected DIAL").await;
+            return None;
         }
-        First::Malformed(e) => return refuse(shared, client, RelayRefusal::Malformed, &e).await,
-        First::Gone => return,
+        First::Malformed(e) => {
+            refuse(shared, client, RelayRefusal::Malformed, &e).await;
+            return None;
+        }
+        First::Gone => return None,
     };
     shared.counters.dials.fetch_add(1, Relaxed);
     let source = Source::of(peer.ip());
     if !shared.dial_rate.take(source, std::time::Instant::now()) {
         tracing::debug!(%peer, "dial rate limited");
-        return refuse(shared, client, RelayRefusal::RateLimited, "too many dials from this address; try later").await;
+        refuse(shared, client, RelayRefusal::RateLimited, "too many dials from this address; try later").await;
+        return None;
     }
     let mut token = [0u8; 16];
     if let Err(e) = getrandom::getrandom(&mut token) {
         tracing::error!(error = %e, "no random bytes for a dial token");
-        return refuse(shared, client, RelayRefusal::Busy, "the relay cannot make a token").await;
+        refuse(shared, client, RelayRefusal::Busy, "the relay cannot make a token").await;
+        return None;
     }
     let (pending, mut answer) = match shared.registry.dial(target, source, peer, token) {
         Ok(admitted) => admitted,
         Err((why, reason)) => {
             tracing::debug!(%peer, key = %short(&target), refusal = ?why, %reason, "dial refused");
-            return refuse(shared, client, why, &reason).await;
+            refuse(shared, client, why, &reason).await;
+            return None;
         }
     };
     tracing::debug!(%peer, key = %short(&target), "dial waiting for its listener");
     let waited = tokio::select! {
         waited = tokio::time::timeout(shared.limits.dial_timeout, &mut answer) => waited,
         _ = stop.changed() => {
-            return refuse(shared, client, RelayRefusal::ShuttingDown, "the relay is shutting down").await;
+            refuse(shared, client, RelayRefusal::ShuttingDown, "the relay is shutting down").await;
+            return None;
         }
     };
     let answered = match waited {
-        Ok(Ok(answered)) => answered,
-        Ok(Err(_)) => return refuse(shared, client, RelayRefusal::NoAnswer, "the listener did not answer").await,
+        Ok(Ok(answered)) => Some(answered),
+        Ok(Err(_)) => None,
         Err(_) if pending.cancel() => {
             tracing::debug!(%peer, key = %short(&target), "the listener did not answer in time");
             let reason = format!("the listener did not answer within {:?}", shared.limits.dial_timeout);
-            return refuse(shared, client, RelayRefusal::NoAnswer, &reason).await;
+            refuse(shared, client, RelayRefusal::NoAnswer, &reason).await;
+            return None;
         }
         // An ACCEPT took the dial as the wait ended: its connection is on its way.
-        Err(_) => match tokio::time::timeout(HANDOVER, &mut answer).await {
-            Ok(Ok(answered)) => answered,
-            _ => return refuse(shared, client, RelayRefusal::NoAnswer, "the listener did not answer").await,
-        },
+        Err(_) => tokio::time::timeout(HANDOVER, &mut answer).await.ok().and_then(Result::ok),
     };
     drop(pending);
-    splice_pair(shared, client, peer, admitted, answered, stop).await;
+    let Some(answered) = answered else {
+        refuse(shared, client, RelayRefusal::NoAnswer, "the listener did not answer").await;
+        return None;
+    };
+    announce(shared, client, peer, admitted, answered).await
 }
 
-/// Announces the splice to both ends and runs it.
-async fn splice_pair(
+/// Makes the splice's pipes and tells both ends that they are spliced.
+async fn announce(
     shared: &Shared,
     mut client: TcpStream,
     peer: SocketAddr,
     admitted: Admitted,
     answered: Answer,
-    mut stop: watch::Receiver<()>,
-) {
+) -> Option<Spliced> {
     let Answer { stream: mut listener, observed, admitted: listener_admitted, slot } = answered;
     let limits = &shared.limits;
     let mover = match Mover::new(limits.splice_buffer) {
@@ -368,37 +408,43 @@ async fn splice_pair(
                 refuse(shared, listener, RelayRefusal::Busy, reason),
                 refuse(shared, client, RelayRefusal::Busy, reason),
             );
-            return;
+            return None;
         }
     };
     if send(&mut listener, &Message::Accepted { listener: observed, client: peer }, limits.handshake_timeout)
         .await
         .is_err()
     {
-        return refuse(shared, client, RelayRefusal::NoAnswer, "the listener's connection failed").await;
+        refuse(shared, client, RelayRefusal::NoAnswer, "the listener's connection failed").await;
+        return None;
     }
     if send(&mut client, &Message::Connected { client: peer, listener: observed }, limits.handshake_timeout)
         .await
         .is_err()
     {
-        return;
+        return None;
     }
     shared.counters.splices.fetch_add(1, Relaxed);
     tracing::debug!(client = %peer, listener = %observed, "spliced");
+    Some(Spliced { client, listener, addrs: (peer, observed), mover, _places: (slot, admitted, listener_admitted) })
+}
+
+/// Runs a splice until it ends.
+async fn run_splice(shared: &Shared, spliced: &Spliced, stop: &mut watch::Receiver<()>) {
     let counters = &shared.counters;
     let end = splice::run(
-        &client,
-        &listener,
-        &mover,
-        limits.idle_timeout,
+        &spliced.client,
+        &spliced.listener,
+        &spliced.mover,
+        shared.limits.idle_timeout,
         &counters.bytes_to_listener,
         &counters.bytes_to_client,
-        &mut stop,
+        stop,
     )
     .await;
     counters.splice_end(end);
-    tracing::debug!(client = %peer, listener = %observed, how = ?end, "splice ended");
-    drop((client, listener, mover, slot, admitted, listener_admitted));
+    let (client, listener) = spliced.addrs;
+    tracing::debug!(%client, %listener, how = ?end, "splice ended");
 }
 
 /// A listener's answer to a dial-back: hand the connection to the waiting dial.
@@ -429,6 +475,21 @@ async fn accept(shared: &Shared, mut stream: TcpStream, peer: SocketAddr, admitt
 mod tests {
     use super::*;
     use tokio::net::TcpListener;
+
+    /// An idle splice's memory is mostly its task, whose size is its future's largest
+    /// state: everything before the splice is boxed so that this stays the splice's.
+    #[tokio::test]
+    async fn a_connections_task_is_small() {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let stream = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+        let server = super::super::RelayServer::from_listener(l, Default::default()).unwrap();
+        let shared = Arc::clone(&server.shared);
+        let admitted = shared.admission.admit(Source::of([192, 0, 2, 1].into())).unwrap();
+        let (_stop, stopped) = watch::channel(());
+        let task = serve(Arc::clone(&shared), stream, "192.0.2.1:1".parse().unwrap(), admitted, stopped);
+        let size = std::mem::size_of_val(&task);
+        assert!(size <= 3 * 1024, "a connection's future takes {size} bytes");
+    }
 
     #[tokio::test]
     async fn the_reader_survives_cancelled_reads_and_never_reads_ahead() {
