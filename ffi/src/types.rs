@@ -286,6 +286,7 @@ pub enum FlowEvent {
     PathLost { local: String, remote: String, reason: PathLossReason, detail: String, energy_joules: Option<f64> },
     Resumed { outage_ms: u64 },
     PeerMoved { addresses: Vec<String> },
+    StaysRelayed { attempts: u32 },
     Moved { addresses: Vec<String> },
     Closed { failure: Option<FlowFailure>, error: Option<String>, energy_joules: Option<f64> },
 }
@@ -310,6 +311,7 @@ impl FlowEvent {
                 FlowEvent::Resumed { outage_ms: u64::try_from(outage.as_millis()).unwrap_or(u64::MAX) }
             }
             E::PeerMoved { addrs } => FlowEvent::PeerMoved { addresses: addrs.iter().map(ToString::to_string).collect() },
+            E::StaysRelayed { attempts } => FlowEvent::StaysRelayed { attempts },
             E::Moved { addrs } => FlowEvent::Moved { addresses: addrs.iter().map(ToString::to_string).collect() },
             E::Closed { error, energy_joules } => FlowEvent::Closed {
                 failure: error.as_ref().map(FlowFailure::from),

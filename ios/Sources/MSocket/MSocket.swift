@@ -295,6 +295,8 @@ public enum FlowEvent: Equatable, Sendable {
     case resumed(outage: TimeInterval)
     case peerMoved(addresses: [String])
     case moved(addresses: [String])
+    /// Hole punching found no direct path after `attempts` tries: the flow stays relayed.
+    case staysRelayed(attempts: UInt32)
     /// The flow ended; `failure` (why) and `error` (in words) are nil after a clean finish
     /// of both sides.
     case closed(failure: FlowFailure?, error: String?, energyJoules: Double?)
@@ -307,6 +309,7 @@ public enum FlowEvent: Equatable, Sendable {
         case let .resumed(outageMs): self = .resumed(outage: TimeInterval(outageMs) / 1000)
         case let .peerMoved(addresses): self = .peerMoved(addresses: addresses)
         case let .moved(addresses): self = .moved(addresses: addresses)
+        case let .staysRelayed(attempts): self = .staysRelayed(attempts: attempts)
         case let .closed(failure, error, joules): self = .closed(failure: failure, error: error, energyJoules: joules)
         }
     }

@@ -387,6 +387,8 @@ sealed class FlowEvent {
     data class PeerMoved(val addresses: List<String>) : FlowEvent()
     /** This device's usable addresses are now [addresses]. */
     data class Moved(val addresses: List<String>) : FlowEvent()
+    /** Hole punching found no direct path after [attempts] tries: the flow stays relayed. */
+    data class StaysRelayed(val attempts: Int) : FlowEvent()
     /**
      * The flow ended; [failure] (why) and [error] (in words) are null after a clean finish
      * of both sides.
@@ -400,6 +402,7 @@ sealed class FlowEvent {
             is FfiFlowEvent.Resumed -> Resumed(e.outageMs.toLong().milliseconds)
             is FfiFlowEvent.PeerMoved -> PeerMoved(e.addresses)
             is FfiFlowEvent.Moved -> Moved(e.addresses)
+            is FfiFlowEvent.StaysRelayed -> StaysRelayed(e.attempts.toInt())
             is FfiFlowEvent.Closed -> Closed(e.failure, e.error, e.energyJoules)
         }
     }
