@@ -1,6 +1,6 @@
 //! The services of the msocket server daemon, `msocketd`, as a library: the binary is a
 //! thin command line over them, and the CLI's demo, the benchmarks' network lab and the
-//! tests run the same name server in process.
+//! tests run the same name server and relay in process.
 
 pub mod metrics;
 pub mod name_server;

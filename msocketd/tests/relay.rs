@@ -388,8 +388,8 @@ async fn a_half_close_crosses_the_relay_and_the_other_way_carries_on() {
 #[tokio::test]
 async fn an_idle_splice_is_closed_and_a_silent_control_connection_too() {
     let limits = RelayLimits {
-        idle_timeout: Duration::from_millis(400),
-        control_idle: Duration::from_secs(2),
+        idle_timeout: Duration::from_secs(1),
+        control_idle: Duration::from_secs(3),
         ..RelayLimits::default()
     };
     let relay = start(limits).await;
@@ -425,7 +425,7 @@ async fn anything_but_ping_or_pong_on_a_control_connection_ends_it() {
 
 #[tokio::test]
 async fn garbage_is_closed_without_harm() {
-    let limits = RelayLimits { handshake_timeout: Duration::from_millis(500), ..RelayLimits::default() };
+    let limits = RelayLimits { handshake_timeout: Duration::from_secs(1), ..RelayLimits::default() };
     let relay = start(limits).await;
     let addr = relay.local_addr();
     let mut bad_version = rp::header(KIND_DIAL);
@@ -636,6 +636,89 @@ fn bad_flags_are_refused_with_their_name() {
     let out = Command::new(env!("CARGO_BIN_EXE_msocketd")).args(["relay", "--splice-buffer", "2M"]).output().unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--splice-buffer"));
+}
+
+#[test]
+fn help_explains_the_relay() {
+    let out = Command::new(env!("CARGO_BIN_EXE_msocketd")).args(["relay", "--help"]).output().unwrap();
+    assert!(out.status.success());
+    let help = String::from_utf8(out.stdout).unwrap();
+    for needle in [
+        "behind NAT",
+        "127.0.0.1:7451",
+        "--metrics",
+        "--handshake-timeout",
+        "--dial-timeout",
+        "--control-idle",
+        "--idle-timeout",
+        "--registrations-per-key",
+        "--max-registrations",
+        "--max-splices",
+        "--max-splices-per-source",
+        "--max-pending-dials",
+        "--max-pending-per-key",
+        "--max-pending-per-source",
+        "--max-connections",
+        "--max-connections-per-source",
+        "--dials-per-source",
+        "--splice-buffer",
+        "ulimit -n",
+        "msocketd: relay listening on ADDR",
+    ] {
+        assert!(help.contains(needle), "help lacks {needle:?}:\n{help}");
+    }
+}
+
+/// Relayed throughput on loopback, one flow each way at once, against the same transfer
+/// over a plain connection. Run with `cargo test -p msocketd --release --test relay --
+/// --ignored --nocapture throughput`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement; run by hand"]
+async fn relayed_throughput() {
+    let relay = start(RelayLimits::default()).await;
+    let addr = relay.local_addr();
+    let listener_id = id(1);
+    let mut control = register(addr, &listener_id).await;
+    let (client, listener) = splice_from(HOME, addr, &mut control, key(&listener_id), b"").await;
+    let size: usize = 1 << 30;
+    let relayed = transfer(client, listener, size).await;
+    let direct_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let a = TcpStream::connect(direct_listener.local_addr().unwrap()).await.unwrap();
+    let (b, _) = direct_listener.accept().await.unwrap();
+    let direct = transfer(a, b, size).await;
+    let rate = |t: Duration| size as f64 * 8.0 / t.as_secs_f64() / 1e9;
+    println!(
+        "1 GiB one way: relayed {:.2} Gbit/s ({relayed:?}), direct {:.2} Gbit/s ({direct:?})",
+        rate(relayed),
+        rate(direct)
+    );
+    assert_eq!(relay.stats().bytes_client_to_listener, size as u64);
+}
+
+/// Sends `size` bytes from `from` to `to`; how long until the last arrived.
+async fn transfer(mut from: TcpStream, mut to: TcpStream, size: usize) -> Duration {
+    let chunk = vec![7u8; 1 << 20];
+    let started = std::time::Instant::now();
+    let send = async move {
+        for _ in 0..size / chunk.len() {
+            from.write_all(&chunk).await.unwrap();
+        }
+        from.shutdown().await.unwrap();
+    };
+    let receive = async move {
+        let mut buf = vec![0u8; 1 << 20];
+        let mut got = 0;
+        loop {
+            match to.read(&mut buf).await.unwrap() {
+                0 => return got,
+                n => got += n,
+            }
+        }
+    };
+    let (sent, got) = within("the transfer", async { tokio::join!(tokio::spawn(send), receive) }).await;
+    sent.expect("the sender");
+    assert_eq!(got, size);
+    started.elapsed()
 }
 
 /// A process's resident memory in bytes, from /proc.
