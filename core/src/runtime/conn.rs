@@ -487,13 +487,15 @@ impl Conn {
                     }
                 }
                 proto::FlowEvent::PunchRequested { id, from, to } => {
-                    let relay_only = self.host.upgrade().is_none_or(|h| h.config.relay_only);
+                    let host = self.host.upgrade();
+                    let relay_only = host.as_ref().is_none_or(|h| h.config.relay_only);
+                    let dialable = host.is_some_and(|h| !h.dialable(&[from]).is_empty());
                     let local = inner.subflows.get(&id).and_then(|s| match s.route {
                         Route::Relayed { ours, .. } if ours == to => Some(s.local),
                         _ => None,
                     });
                     match local {
-                        Some(local) if self.role == Role::Server && !relay_only => {
+                        Some(local) if self.role == Role::Server && !relay_only && dialable => {
                             inner.punch_back = Some((local, from));
                             self.driver.notify_one();
                         }

@@ -215,6 +215,11 @@ impl Conn {
             return;
         }
         let Some((id, local, ours, peers)) = inner.relayed_subflows().into_iter().next() else { return };
+        // The relay's word, like the peer's, must not make us dial our own services.
+        let Some(host) = self.host.upgrade() else { return };
+        if host.dialable(&[peers]).is_empty() {
+            return;
+        }
         if inner.punch.start(now) {
             tracing::debug!(flow = %self.keys.flow_id, %ours, %peers, "trying to go direct");
             tokio::spawn(super::punch::punch(self.clone(), id, local, ours, peers));

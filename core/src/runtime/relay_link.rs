@@ -49,7 +49,7 @@ enum LinkError {
     TimedOut(Duration),
     #[error("the relay did not answer a ping")]
     Silent,
-    #[error("the control connection's local address went away")]
+    #[error("the control connection's local address went away or is no longer the best")]
     Moved,
 }
 
@@ -186,8 +186,10 @@ async fn serve(ep: &Weak<EndpointInner>, host: &Arc<Host>, stream: TcpStream) ->
                 ping = Some((nonce, tokio::time::Instant::now() + host.config.io_timeout));
             }
             _ = net.changed() => {
-                let ips = host.local_ips();
-                if !ips.is_empty() && !ips.contains(&local.ip()) {
+                // Gone, or no longer the best: a control connection left on cellular after
+                // Wi-Fi came back would wake that radio at every ping and dial-back.
+                let best = host.local_ips_for(relay_addr)[0];
+                if best.is_some_and(|ip| ip != local.ip()) {
                     return LinkError::Moved;
                 }
             }
