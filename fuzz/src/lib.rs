@@ -9,6 +9,8 @@ use std::collections::BTreeMap;
 
 use bytes::BytesMut;
 use msocket::unstable::name_protocol as secure_name;
+use msocket::unstable::relay_protocol as relay;
+use msocket::unstable::Progress;
 use msocket::Identity;
 use msocket::fuzzing::{self as f, FlowDriver, Finish, JoinTable, JoinVerdict, Read, Request, Response, SignedRecord, Step};
 
@@ -438,6 +440,45 @@ pub fn name(data: &[u8]) {
     }
 }
 
+/// Relay messages: a header, then messages back to back, as a relay or an endpoint reads
+/// them. Every decode asks for no more than the bytes a message has, takes exactly them,
+/// and what decodes re-encodes to the same bytes; a registration is checked like a relay
+/// checks it.
+pub fn relay(data: &[u8]) {
+    let mut rest = match relay::decode_header(data) {
+        Ok(Progress::Done(_)) => &data[relay::HEADER_LEN..],
+        Ok(Progress::Need(n)) => {
+            assert!(n > data.len() && n <= relay::HEADER_LEN);
+            return;
+        }
+        Err(e) => {
+            drop(e.to_string());
+            data
+        }
+    };
+    while !rest.is_empty() {
+        match relay::Message::decode(rest) {
+            Ok(Progress::Done(m)) => {
+                let bytes = m.encode();
+                assert_eq!(&rest[..bytes.len()], &bytes[..], "{m:?}");
+                if let relay::Message::Register { public, signature } = &m {
+                    let _ = relay::verify_registration(&[7; 32], public, signature);
+                    let _ = relay::listener_key(public);
+                }
+                rest = &rest[bytes.len()..];
+            }
+            Ok(Progress::Need(n)) => {
+                assert!(n > rest.len() && n <= 1 + relay::MAX_MESSAGE_LEN);
+                return;
+            }
+            Err(e) => {
+                drop(e.to_string());
+                return;
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod seeds {
     use std::path::PathBuf;
@@ -556,6 +597,29 @@ mod seeds {
         write("name", "welcome", server_hello.reply(&Identity::from_seed([2; 32]), &Response::NotFound.encode()).unwrap().0);
         write("name", "version-2", secure_name::other_version_refusal(&[2, 2, 0, 0, 0, 1]).unwrap());
         write("name", "version-1", secure_name::other_version_refusal(&[1, 2]).unwrap());
+
+        // relay: a header, then messages of every kind
+        let a: std::net::SocketAddr = "198.51.100.2:443".parse().unwrap();
+        let b: std::net::SocketAddr = "[2001:db8::2]:9".parse().unwrap();
+        let messages = [
+            relay::Message::Challenge { nonce: [1; 32] },
+            relay::register(&id, &[1; 32]),
+            relay::Message::Dial { target: relay::listener_key(&p) },
+            relay::Message::Registered { observed: a },
+            relay::Message::Connected { client: a, listener: b },
+            relay::Message::Accepted { listener: b, client: a },
+            relay::Message::Refused { why: relay::RelayRefusal::Busy, reason: "busy".into() },
+            relay::Message::Accept { token: [3; 16] },
+            relay::Message::DialBack { token: [3; 16], client: a },
+            relay::Message::Ping(1),
+            relay::Message::Pong(1),
+        ];
+        for (kind, m) in [relay::KIND_REGISTER, relay::KIND_DIAL, relay::KIND_ACCEPT].iter().zip(&messages) {
+            write("relay", &format!("header-{kind}"), cat(&[&relay::header(*kind), &m.encode()]));
+        }
+        for (i, m) in messages.iter().enumerate() {
+            write("relay", &format!("message-{i}"), m.encode());
+        }
     }
 
     /// Every seed passes its target.

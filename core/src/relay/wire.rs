@@ -341,7 +341,8 @@ impl Message {
             T_REFUSED => {
                 let why = RelayRefusal::from_code(r.u8("refusal code")?);
                 let rest = r.bytes(r.remaining(), "reason")?;
-                Message::Refused { why, reason: String::from_utf8_lossy(rest).into_owned() }
+                let reason = std::str::from_utf8(rest).map_err(|_| DecodeError::Invalid("reason (not UTF-8)"))?;
+                Message::Refused { why, reason: reason.to_string() }
             }
             T_ACCEPT => Message::Accept { token: r.array("token")? },
             T_DIAL_BACK => Message::DialBack { token: r.array("token")?, client: r.socket_addr()? },
@@ -482,6 +483,7 @@ mod tests {
         let long = Message::Refused { why: RelayRefusal::Malformed, reason: "é".repeat(300) }.encode();
         assert_eq!(long.len(), 1 + MAX_MESSAGE_LEN - 1);
         assert!(matches!(Message::decode(&long), Ok(Progress::Done(Message::Refused { .. }))));
+        assert!(matches!(Message::decode(&[3, T_REFUSED, 2, 0xff]), Err(RelayWireError::Decode(_))), "a reason not in UTF-8");
     }
 
     #[test]
