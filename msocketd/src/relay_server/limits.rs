@@ -46,6 +46,9 @@ pub const SPLICE_BUFFER: usize = 64 * 1024;
 pub const MIN_SPLICE_BUFFER: usize = 4096;
 /// The largest splice buffer (Linux's default `fs.pipe-max-size`).
 pub const MAX_SPLICE_BUFFER: usize = 1024 * 1024;
+/// The longest timeout accepted (a year: longer ones mean "never", and would overflow
+/// the clock's arithmetic).
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(365 * 24 * 3600);
 /// Most dial rate buckets kept; beyond this a new source is refused `RateLimited`.
 pub const MAX_TRACKED: usize = 100_000;
 
@@ -122,8 +125,8 @@ pub struct LimitError {
 }
 
 impl RelayLimits {
-    /// Checks that every count is at least 1, every timeout above zero and the splice
-    /// buffer within bounds.
+    /// Checks that every count is at least 1, every timeout above zero and at most
+    /// [`MAX_TIMEOUT`], and the splice buffer within bounds.
     pub fn check(&self) -> Result<(), LimitError> {
         for (name, n) in [
             ("max-connections", self.max_connections),
@@ -148,6 +151,9 @@ impl RelayLimits {
         ] {
             if t.is_zero() {
                 return Err(LimitError { name, reason: "must be longer than 0".into() });
+            }
+            if t > MAX_TIMEOUT {
+                return Err(LimitError { name, reason: "must be at most 365d".into() });
             }
         }
         if !(MIN_SPLICE_BUFFER..=MAX_SPLICE_BUFFER).contains(&self.splice_buffer) {
@@ -315,6 +321,8 @@ mod tests {
         assert_eq!(bad.check().unwrap_err().name, "max-splices-per-source");
         let bad = RelayLimits { dial_timeout: Duration::ZERO, ..RelayLimits::default() };
         assert_eq!(bad.check().unwrap_err().name, "dial-timeout");
+        let bad = RelayLimits { idle_timeout: Duration::from_secs(u64::MAX), ..RelayLimits::default() };
+        assert_eq!(bad.check().unwrap_err().name, "idle-timeout");
         let bad = RelayLimits { splice_buffer: 100, ..RelayLimits::default() };
         assert_eq!(bad.check().unwrap_err().name, "splice-buffer");
         assert!(RelayLimits::default().descriptors_needed() > MAX_CONNECTIONS as u64);
