@@ -18,7 +18,7 @@
 //!   ← REFUSED, then close (replaced by a newer registration, relay shutting down)
 //!
 //! kind 4 DIAL (a client that wants to reach a registered listener)
-//!   → header, DIAL 0x03 target[32]           target = SHA-256(signing ‖ noise)
+//!   → header, DIAL 0x03 target[32]           target = SHA-256("msocket relay listener key v1" ‖ signing ‖ noise)
 //!   ← CONNECTED 0x05 client:addr listener:addr  |  REFUSED, then close
 //!   after CONNECTED the relay splices the two connections: the flow's own opening
 //!   (NEW_FLOW or JOIN, which the client may send right behind DIAL) and its sealed
@@ -73,9 +73,13 @@ pub type Token = [u8; 16];
 /// How a relay knows a listener: SHA-256 over its signing and Noise keys.
 pub type ListenerKey = [u8; 32];
 
+/// What a listener key hashes before the keys.
+const LISTENER_KEY_CONTEXT: &[u8] = b"msocket relay listener key v1";
+
 /// The key a relay registers `public` under.
 pub fn listener_key(public: &PublicIdentity) -> ListenerKey {
     let mut h = Sha256::new();
+    h.update(LISTENER_KEY_CONTEXT);
     h.update(public.signing);
     h.update(public.noise);
     h.finalize().into()
@@ -313,8 +317,8 @@ impl Message {
         out
     }
 
-    /// Decodes one message from the start of `buf`: done (using exactly the bytes given),
-    /// or how many bytes it needs in all.
+    /// Decodes the message at the start of `buf` (what follows it is left alone; its
+    /// length is [`encode`](Self::encode)'s), or says how many bytes it needs in all.
     pub fn decode(buf: &[u8]) -> Result<Progress<Message>, RelayWireError> {
         let Some(&len) = buf.first() else { return Ok(Progress::Need(1)) };
         let len = len as usize;
@@ -410,6 +414,10 @@ async fn read_decoded<T>(
             Progress::Done(v) => return Ok(v),
             Progress::Need(n) => {
                 let have = buf.len();
+                if n <= have {
+                    // A decoder that asks for no more would loop forever.
+                    return Err(std::io::Error::other("a relay decoder asked for no more bytes").into());
+                }
                 buf.resize(n, 0);
                 r.read_exact(&mut buf[have..]).await?;
             }
