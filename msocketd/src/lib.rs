@@ -2,6 +2,7 @@
 //! thin command line over them, and the CLI's demo, the benchmarks' network lab and the
 //! tests run the same name server and relay in process.
 
+mod accept;
 pub mod metrics;
 pub mod name_server;
 pub mod relay_server;

@@ -82,37 +82,20 @@ where
 {
     let render = Arc::new(render);
     let slots = Arc::new(Semaphore::new(MAX_SCRAPES));
-    let mut tasks = JoinSet::new();
-    tokio::pin!(shutdown);
-    loop {
-        while tasks.try_join_next().is_some() {}
-        let accepted = tokio::select! {
-            _ = &mut shutdown => break,
-            accepted = listener.accept() => accepted,
+    let mut tasks = crate::accept::accept_until(&listener, shutdown, "metrics", JoinSet::new(), |stream, peer, tasks| {
+        let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
+            tracing::debug!(%peer, "metrics: too many scrapes at once; closing");
+            return;
         };
-        match accepted {
-            Ok((stream, peer)) => {
-                let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
-                    tracing::debug!(%peer, "metrics: too many scrapes at once; closing");
-                    continue;
-                };
-                let render = Arc::clone(&render);
-                tasks.spawn(async move {
-                    if let Err(e) = scrape(stream, &*render).await {
-                        tracing::debug!(%peer, error = %e, "metrics request failed");
-                    }
-                    drop(slot);
-                });
+        let render = Arc::clone(&render);
+        tasks.spawn(async move {
+            if let Err(e) = scrape(stream, &*render).await {
+                tracing::debug!(%peer, error = %e, "metrics request failed");
             }
-            Err(e) => {
-                tracing::warn!(error = %e, "metrics: accept failed");
-                tokio::select! {
-                    _ = &mut shutdown => break,
-                    () = tokio::time::sleep(Duration::from_millis(100)) => {}
-                }
-            }
-        }
-    }
+            drop(slot);
+        });
+    })
+    .await;
     tasks.shutdown().await;
 }
 

@@ -362,62 +362,36 @@ impl NameServer {
         let (stop_tx, stop_rx) = watch::channel(());
         let mut tasks = JoinSet::new();
         let refusals = Arc::new(Semaphore::new(MAX_REFUSALS));
-        tokio::pin!(shutdown);
         if let Ok(addr) = listener.local_addr() {
             tracing::info!(%addr, "name service listening");
         }
         tasks.spawn(Arc::clone(&self).collect_garbage_every(GC_INTERVAL, stop_rx.clone()));
-        loop {
-            while tasks.try_join_next().is_some() {}
-            // Always accept: a client over a limit hears `Busy` at once instead of waiting
-            // in the kernel's backlog behind connections that may stay for minutes.
-            let accepted = tokio::select! {
-                _ = &mut shutdown => break,
-                accepted = listener.accept() => accepted,
-            };
-            if accepted.is_ok() {
-                self.metrics.connection();
-            }
-            match accepted {
-                Ok((stream, peer)) => match self.admission.connect(Source::of(peer.ip())) {
-                    Ok(admitted) => {
-                        let this = Arc::clone(&self);
-                        let admission = Arc::clone(&self.admission);
-                        tasks.spawn(this.connection(stream, peer, stop_rx.clone(), admitted, admission));
-                    }
-                    Err(e) => {
-                        self.metrics.refusal(&e);
-                        tracing::info!(%peer, error = %e, "connection refused");
-                        if let Ok(permit) = Arc::clone(&refusals).try_acquire_owned() {
-                            let identity = Identity::clone(&self.identity);
-                            tasks.spawn(async move {
-                                refuse_connection(stream, identity, &e).await;
-                                drop(permit);
-                            });
-                        }
-                    }
-                },
+        let tasks = crate::accept::accept_until(&listener, shutdown, "name", tasks, |stream, peer, tasks| {
+            self.metrics.connection();
+            match self.admission.connect(Source::of(peer.ip())) {
+                Ok(admitted) => {
+                    let this = Arc::clone(&self);
+                    let admission = Arc::clone(&self.admission);
+                    tasks.spawn(this.connection(stream, peer, stop_rx.clone(), admitted, admission));
+                }
                 Err(e) => {
-                    // Usually out of file descriptors: back off instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::select! {
-                        _ = &mut shutdown => break,
-                        _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                    self.metrics.refusal(&e);
+                    tracing::info!(%peer, error = %e, "connection refused");
+                    if let Ok(permit) = Arc::clone(&refusals).try_acquire_owned() {
+                        let identity = Identity::clone(&self.identity);
+                        tasks.spawn(async move {
+                            refuse_connection(stream, identity, &e).await;
+                            drop(permit);
+                        });
                     }
                 }
             }
-        }
+        })
+        .await;
         tracing::info!(open_connections = self.admission.connections(), "name service shutting down");
         drop(listener);
         drop(stop_tx);
-        let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
-            while tasks.join_next().await.is_some() {}
-        })
-        .await;
-        if drained.is_err() {
-            tracing::warn!(left = tasks.len(), "connections did not finish in time; aborting them");
-            tasks.shutdown().await;
-        }
+        crate::accept::drain(tasks, SHUTDOWN_GRACE, "name").await;
     }
 
     /// Deletes lapsed names and drops refilled rate-limit buckets now and every

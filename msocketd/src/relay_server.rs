@@ -178,60 +178,36 @@ impl RelayServer {
         let (stop_tx, stop_rx) = watch::channel(());
         let refusing = Arc::new(Semaphore::new(MAX_REFUSALS));
         let mut tasks = JoinSet::new();
-        tokio::pin!(shutdown);
         tracing::info!(addr = %self.local_addr, "relay listening");
         if shared.limits.dials_per_source > 0 {
             tasks.spawn(prune_every(Arc::clone(shared), stop_rx.clone()));
         }
-        loop {
-            while tasks.try_join_next().is_some() {}
-            let accepted = tokio::select! {
-                _ = &mut shutdown => break,
-                accepted = listener.accept() => accepted,
-            };
-            match accepted {
-                Ok((stream, peer)) => {
-                    shared.counters.connections.fetch_add(1, Relaxed);
-                    match shared.admission.admit(Source::of(peer.ip())) {
-                        Ok(admitted) => {
-                            tasks.spawn(connection::serve(Arc::clone(shared), stream, peer, admitted, stop_rx.clone()));
-                        }
-                        Err(crowded) => {
-                            shared.counters.early_close(EarlyClose::Crowded);
-                            tracing::debug!(%peer, reason = %crowded, "connection refused");
-                            if let Ok(permit) = Arc::clone(&refusing).try_acquire_owned() {
-                                let shared = Arc::clone(shared);
-                                tasks.spawn(async move {
-                                    connection::refuse(&shared, stream, RelayRefusal::Busy, &crowded.to_string()).await;
-                                    drop(permit);
-                                });
-                            }
-                        }
-                    }
+        let tasks = crate::accept::accept_until(&listener, shutdown, "relay", tasks, |stream, peer, tasks| {
+            shared.counters.connections.fetch_add(1, Relaxed);
+            match shared.admission.admit(Source::of(peer.ip())) {
+                Ok(admitted) => {
+                    tasks.spawn(connection::serve(Arc::clone(shared), stream, peer, admitted, stop_rx.clone()));
                 }
-                Err(e) => {
-                    // Usually out of file descriptors: back off instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::select! {
-                        _ = &mut shutdown => break,
-                        () = tokio::time::sleep(Duration::from_millis(100)) => {}
+                Err(crowded) => {
+                    shared.counters.early_close(EarlyClose::Crowded);
+                    tracing::debug!(%peer, reason = %crowded, "connection refused");
+                    if let Ok(permit) = Arc::clone(&refusing).try_acquire_owned() {
+                        let shared = Arc::clone(shared);
+                        tasks.spawn(async move {
+                            connection::refuse(&shared, stream, RelayRefusal::Busy, &crowded.to_string()).await;
+                            drop(permit);
+                        });
                     }
                 }
             }
-        }
+        })
+        .await;
         drop(listener);
         let stats = self.stats();
         tracing::info!(connections = stats.connections, registrations = stats.registrations, splices = stats.splices,
             "relay shutting down");
         drop(stop_tx);
-        let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
-            while tasks.join_next().await.is_some() {}
-        })
-        .await;
-        if drained.is_err() {
-            tracing::warn!(left = tasks.len(), "connections did not finish in time; aborting them");
-            tasks.shutdown().await;
-        }
+        crate::accept::drain(tasks, SHUTDOWN_GRACE, "relay").await;
     }
 
     /// Serves on a task of its own; the handle stops it.
