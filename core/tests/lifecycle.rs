@@ -97,6 +97,120 @@ async fn a_client_that_lost_the_last_ack_rejoins_the_lingering_flow_and_finishes
     within(10, "server closed", s.closed()).await.expect("the server finished cleanly");
 }
 
+/// A TCP forwarder whose first connection can be made to drop everything the client sends
+/// (`freeze`), then be reset on both sides (`cut`); later connections forward normally.
+struct AckEatingProxy {
+    addr: SocketAddr,
+    freeze: Arc<AtomicBool>,
+    first: Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>>,
+}
+
+impl AckEatingProxy {
+    async fn start(ip: &str, upstream: SocketAddr) -> AckEatingProxy {
+        let listener = TcpListener::bind(format!("{ip}:0")).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let freeze = Arc::new(AtomicBool::new(false));
+        let first = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (f, handles) = (freeze.clone(), first.clone());
+        tokio::spawn(async move {
+            let mut count = 0;
+            loop {
+                let Ok((down, _)) = listener.accept().await else { return };
+                let Ok(up) = TcpStream::connect(upstream).await else { continue };
+                count += 1;
+                let eats = count == 1;
+                // Closing the first connection resets it, as a path that breaks does.
+                if eats {
+                    socket2::SockRef::from(&down).set_linger(Some(Duration::ZERO)).unwrap();
+                    socket2::SockRef::from(&up).set_linger(Some(Duration::ZERO)).unwrap();
+                }
+                let f = f.clone();
+                // One task owns both sockets (whole, so that ending it resets them rather
+                // than closing them cleanly).
+                let task = tokio::spawn(async move {
+                    let (mut down, mut up) = (down, up);
+                    let (mut down_r, mut down_w) = down.split();
+                    let (mut up_r, mut up_w) = up.split();
+                    let to_server = async {
+                        let mut buf = vec![0u8; 16 * 1024];
+                        loop {
+                            let n = match down_r.read(&mut buf).await {
+                                Ok(0) | Err(_) => break,
+                                Ok(n) => n,
+                            };
+                            if eats && f.load(Ordering::SeqCst) {
+                                continue;
+                            }
+                            if up_w.write_all(&buf[..n]).await.is_err() {
+                                break;
+                            }
+                        }
+                    };
+                    let to_client = tokio::io::copy(&mut up_r, &mut down_w);
+                    let _ = tokio::join!(to_server, to_client);
+                });
+                if eats {
+                    handles.lock().unwrap().push(task.abort_handle());
+                }
+            }
+        });
+        AckEatingProxy { addr, freeze, first }
+    }
+
+    fn cut(&self) {
+        for h in self.first.lock().unwrap().drain(..) {
+            h.abort();
+        }
+    }
+}
+
+/// The client's transfer is complete, but its last ACK (of the server's FIN) is lost, and
+/// then the path breaks. The server cannot dial a client: the client re-dials to deliver that ACK, so
+/// both finish cleanly instead of the server's `shutdown` failing at its deadline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_whose_last_ack_was_lost_redials_to_deliver_it() {
+    init_tracing();
+    let names = memory_names();
+    let server = endpoint(&names, 144, 144);
+    let client = endpoint(&names, 145, 145);
+    let mut listener = server.listen("lastack.test").await.unwrap();
+    let proxy = AckEatingProxy::start("127.0.0.146", server.published_addrs()[0]).await;
+    let id = Identity::from_seed([144; 32]);
+    let record =
+        NameRecord::new("lastack.test", id.public(), vec![proxy.addr], u64::MAX / 2, msocket::name::unix_now() + 3600);
+    names.register(&SignedRecord::sign(record, &id).unwrap()).await.unwrap();
+
+    let (mut c, mut s) = within(10, "pair", pair(&client, &mut listener, "lastack.test")).await;
+    c.write_all(b"up").await.unwrap();
+    within(10, "client shutdown", c.shutdown()).await.unwrap();
+    let mut got = Vec::new();
+    within(10, "server read", s.read_to_end(&mut got)).await.unwrap();
+    assert_eq!(got, b"up");
+
+    // From now on nothing the client sends on this path arrives: its ACK of the server's
+    // FIN is lost.
+    proxy.freeze.store(true, Ordering::SeqCst);
+    s.write_all(b"down, all of it").await.unwrap();
+    let server_side = tokio::spawn(async move {
+        let done = s.shutdown().await;
+        (done, s)
+    });
+    // The FIN rides the same record as the bytes: once the first are in, the transfer is
+    // complete, while the application has not read it all (so the path is still open).
+    let mut got = [0u8; 4];
+    within(10, "client read", c.read_exact(&mut got)).await.unwrap();
+    assert_eq!(&got, b"down");
+    proxy.cut();
+    // The flows' deadline is 20 s: a server left waiting would fail there.
+    let (done, s) = within(10, "server shutdown", server_side).await.unwrap();
+    done.expect("the server's FIN acknowledged");
+    let mut rest = Vec::new();
+    within(10, "client reads the end", c.read_to_end(&mut rest)).await.unwrap();
+    assert_eq!(rest, b", all of it");
+    within(10, "server closed", s.closed()).await.expect("the server finished cleanly");
+    within(10, "client closed", c.closed()).await.expect("the client finished cleanly");
+}
+
 /// A TCP forwarder for the first connection only; once `cut` is set it drops that one and
 /// from then on accepts every connection and closes it at once (a load balancer with no
 /// backend, or a server shedding load), counting them.

@@ -1172,6 +1172,12 @@ impl FlowState {
         self.status == FlowStatus::Open && !(self.send.fin_acked() && self.recv.fin_received())
     }
 
+    /// Whether both directions are over: our end acknowledged, the peer's received (what
+    /// is left is the application reading it, and the peer hearing our last ACK).
+    pub fn transfer_complete(&self) -> bool {
+        !matches!(self.status, FlowStatus::Failed(_)) && self.send.fin_acked() && self.recv.fin_received()
+    }
+
     fn check_finished(&mut self) {
         if self.status == FlowStatus::Open && self.send.fin_acked() && self.recv.at_fin() {
             self.status = FlowStatus::Finished;

@@ -102,6 +102,10 @@ pub(super) async fn learn_peer_relays(conn: Weak<Conn>, relays: Vec<String>) {
     }
 }
 
+/// How long a client that lost its last path right after the transfer keeps re-dialing to
+/// deliver its last acknowledgement.
+const FINAL_ACK_REDIAL: Duration = Duration::from_secs(10);
+
 /// The mutable part of a flow.
 pub(crate) struct Inner {
     pub(crate) proto: FlowState,
@@ -135,6 +139,10 @@ pub(crate) struct Inner {
     pub(crate) peer_relays: Vec<SocketAddr>,
     /// Client: relays the peer just announced, for the driver to resolve.
     pub(super) peer_relays_listed: Option<Vec<String>>,
+    /// Client: the transfer is complete, but the last path broke (not closed by the peer)
+    /// so soon that the peer may lack our acknowledgement of its end: the peer cannot
+    /// dial us, so we re-dial until then to deliver it (a resumed subflow carries it).
+    pub(crate) final_ack_until: Option<Instant>,
     /// Client: when to try to go direct from a relayed path.
     pub(super) punch: super::punch::PunchPlan,
     /// Listener: a PUNCH to answer, for the driver: (local end to dial from, address to dial).
@@ -207,6 +215,13 @@ impl Inner {
             }
         }
         extra
+    }
+
+    /// Client: whether the flow needs a subflow dialed now: it has none, and still has
+    /// something to send, acknowledge or receive, or a last acknowledgement to deliver.
+    pub(crate) fn needs_subflow(&self, now: Instant) -> bool {
+        let final_ack = self.final_ack_until.is_some_and(|until| now < until);
+        self.proto.live_subflows() == 0 && (final_ack || self.proto.needs_path())
     }
 
     /// The relayed subflows: (id, local end, our end and the peer's as the relay saw them).
@@ -373,6 +388,7 @@ impl Conn {
                 peer_addrs: Vec::new(),
                 peer_relays: Vec::new(),
                 peer_relays_listed: None,
+                final_ack_until: None,
                 punch: Default::default(),
                 punch_back: None,
                 peer_signing_key: None,
@@ -606,6 +622,8 @@ impl Conn {
                 notsent_lowat: super::socket::NOTSENT_LOWAT,
             };
             inner.subflows.insert(id, sub);
+            // The JOIN that opened it carried our resume point: the peer has our last ACK.
+            inner.final_ack_until = None;
             if !relayed && !inner.peer_addrs.contains(&remote) {
                 inner.peer_addrs.insert(0, remote);
             }
@@ -711,6 +729,15 @@ impl Conn {
             None => inner.proto.remove_subflow(id, Instant::now()),
         }
         self.assign_standbys(&mut inner);
+        // The peer closes subflows only once its flow is over, and answers a JOIN for a
+        // flow it finished with a refusal: either way it needs nothing more.
+        let peer_closed =
+            matches!(reason, PathLossReason::PeerClosed | PathLossReason::FlowOver | PathLossReason::JoinRefused { .. });
+        if self.role == Role::Client && inner.subflows.is_empty() && !peer_closed && inner.proto.transfer_complete() {
+            let until = Instant::now() + FINAL_ACK_REDIAL;
+            tracing::debug!(flow = %self.keys.flow_id, "the last path broke right after the transfer; re-dialing to deliver its last acknowledgement");
+            inner.final_ack_until = Some(until);
+        }
         tracing::info!(flow = %self.keys.flow_id, local = %sub.local, remote = %sub.remote, %reason, "subflow down");
         self.emit(FlowEvent::PathLost { local: sub.local, remote: sub.remote, reason, energy_joules });
         self.settle(&mut inner);

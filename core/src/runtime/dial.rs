@@ -266,8 +266,7 @@ pub(crate) async fn redial(conn: Arc<Conn>) {
 }
 
 fn needs_subflow(conn: &Conn) -> bool {
-    let inner = conn.lock();
-    inner.proto.needs_path() && inner.proto.live_subflows() == 0
+    conn.lock().needs_subflow(Instant::now())
 }
 
 /// One round: the known addresses raced with a fresh lookup's. True once a subflow is

@@ -20,20 +20,24 @@ impl Conn {
                 let now = Instant::now();
                 inner.proto.handle_timeout(now);
                 self.settle(&mut inner);
+                // A client whose last path broke right after the transfer re-dials to
+                // deliver its last ACK (see `Inner::final_ack_until`), finished or not.
+                let final_ack = self.role == Role::Client && inner.final_ack_until.is_some_and(|until| now < until);
                 if let Some(t) = inner.terminal_at {
                     // A finished flow lingers so a peer that lost our last ACK can rejoin.
                     let finished = matches!(inner.proto.status(), FlowStatus::Finished);
-                    if inner.has_no_subflow() && (!finished || now >= t + LINGER) {
+                    if inner.has_no_subflow() && !final_ack && (!finished || now >= t + LINGER) {
                         break;
                     }
-                    if now >= t + LINGER {
+                    if now >= t + LINGER && !final_ack {
                         inner.cut_subflows();
                         self.quiet.send_replace(true);
                         break;
                     }
-                } else if self.role == Role::Client
-                    && inner.proto.live_subflows() == 0
-                    && inner.proto.needs_path()
+                }
+                if self.role == Role::Client
+                    && (inner.terminal_at.is_none() || final_ack)
+                    && inner.needs_subflow(now)
                     && !inner.dialing
                 {
                     inner.dialing = true;
@@ -52,6 +56,9 @@ impl Conn {
                     for t in [inner.paths.next_retry(now), inner.punch.next_at()].into_iter().flatten() {
                         d = Some(d.map_or(t, |d| d.min(t)));
                     }
+                }
+                if let Some(t) = inner.final_ack_until.filter(|t| *t > now) {
+                    d = Some(d.map_or(t, |d| d.min(t)));
                 }
                 inner.driver_deadline = d;
                 d
