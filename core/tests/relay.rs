@@ -290,3 +290,29 @@ async fn a_relayed_flow_goes_direct_by_hole_punching() {
     let carried = c.paths().iter().filter(|p| p.relayed).map(|p| p.bytes_sent).sum::<u64>();
     assert!(carried < 200_000, "the relayed standby carried {carried} bytes");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stranger_at_a_published_address_does_not_keep_a_client_from_the_relay() {
+    init_tracing();
+    let names = TestNames::new();
+    let relay = relay(82).await;
+    let server = endpoint_with(&names.dyn_arc(), 13, 83, |c| c.relays = vec![url(relay.local_addr())]);
+    let client = endpoint(&names.dyn_arc(), 14, 84);
+    let mut listener = within(10, "listen", server.listen("stranger.test")).await.unwrap();
+    // On the client's network, the listener's (private) address belongs to another host,
+    // which takes connections and closes them.
+    let stranger = TcpListener::bind("127.0.0.85:0").await.unwrap();
+    let stranger_addr = stranger.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = stranger.accept().await {
+            drop(s);
+        }
+    });
+    let mut record = names.dyn_arc().lookup("stranger.test").await.unwrap().record;
+    record.addrs = vec![stranger_addr];
+    record.seq = u64::MAX / 2;
+    names.lie(msocket::name::SignedRecord::sign(record, &msocket::Identity::from_seed([13; 32])).unwrap());
+    let (c, s) = within(10, "pair", pair(&client, &mut listener, "stranger.test")).await;
+    assert!(c.paths().iter().any(|p| p.relayed || p.remote.ip() == lo(83)), "{:?}", c.paths());
+    round_trip(c, s, 100_000, 100_000, 51).await;
+}

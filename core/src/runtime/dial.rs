@@ -66,6 +66,18 @@ impl Candidates {
     fn is_empty(&self) -> bool {
         self.direct.is_empty() && self.relays.is_empty()
     }
+
+    /// Leaves out `shunned` addresses, unless nothing else would be left.
+    fn without(mut self, shunned: &[SocketAddr]) -> Candidates {
+        let kept = Candidates {
+            direct: self.direct.iter().copied().filter(|a| !shunned.contains(a)).collect(),
+            relays: self.relays.iter().copied().filter(|a| !shunned.contains(a)).collect(),
+        };
+        if !kept.is_empty() {
+            self = kept;
+        }
+        self
+    }
 }
 
 /// The connection that won a race.
@@ -95,11 +107,15 @@ pub(crate) async fn connect(host: &Arc<Host>, owner: Weak<dyn FlowOwner>, peer: 
     let mut last = ConnectFailure::NoAttempt;
     let mut backoff = FIRST_BACKOFF;
     let mut net = host.network_changes();
+    // Addresses whose connection opened but whose handshake failed: another host holds the
+    // address now (a listener behind NAT publishes private addresses, which on our network
+    // may be anyone's), or it is not the peer. The next rounds try the others first.
+    let mut shunned: Vec<SocketAddr> = Vec::new();
     loop {
         match host.lookup_checked(peer).await {
             Ok(record) => {
                 let limit = host.config.io_timeout.min(deadline.saturating_duration_since(Instant::now()));
-                let candidates = Candidates::of(host, &record, limit).await;
+                let candidates = Candidates::of(host, &record, limit).await.without(&shunned);
                 if candidates.is_empty() {
                     last = ConnectFailure::NoAddresses;
                 }
@@ -124,11 +140,12 @@ pub(crate) async fn connect(host: &Arc<Host>, owner: Weak<dyn FlowOwner>, peer: 
                         None => host.lookup_checked(peer).await,
                     };
                     match newer {
-                        Ok(r) if r.noise_key == record.noise_key => Candidates::of(host, &r, limit).await,
+                        Ok(r) if r.noise_key == record.noise_key => Candidates::of(host, &r, limit).await.without(&shunned),
                         _ => Candidates::default(),
                     }
                 };
                 let target = listener_key(&record.public());
+                let winner = std::cell::Cell::new(None);
                 let attempt = async {
                     let won = match race(host, &candidates, relookup, false, None, &target).await {
                         Ok(won) => won,
@@ -137,6 +154,7 @@ pub(crate) async fn connect(host: &Arc<Host>, owner: Weak<dyn FlowOwner>, peer: 
                     if !tried.contains(&won.addr) {
                         tried.push(won.addr);
                     }
+                    winner.set(Some(won.addr));
                     new_flow(host, &owner, name, &record, &candidates.relays, won).await
                 };
                 if !candidates.is_empty() {
@@ -150,6 +168,10 @@ pub(crate) async fn connect(host: &Arc<Host>, owner: Weak<dyn FlowOwner>, peer: 
                         }
                         Ok(Err(Attempt::Failed(why))) => last = why,
                         Err(_) => last = ConnectFailure::TimedOut,
+                    }
+                    if let Some(addr) = winner.get().filter(|a| !shunned.contains(a)) {
+                        tracing::debug!(name, %addr, "a connection opened there but its handshake failed; trying other addresses first");
+                        shunned.push(addr);
                     }
                 }
             }
