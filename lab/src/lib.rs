@@ -17,21 +17,33 @@
 //! - [`LinkSpec`]: links written as strings such as `"10mbit 40ms 0.5% loss"`.
 //! - [`PhoneLab`]: the phone topology (Wi-Fi and cellular access routers with optional
 //!   NAT, a core router, a server) and the *moves* scenarios need.
+//! - [`TwoPhoneLab`]: two such phones behind NATs of a chosen kind (port-preserving,
+//!   symmetric, none; carrier-grade on cellular), a public core with a services host (a
+//!   name server, two relays) and a public host, UDP dropped, optionally only TCP 443
+//!   allowed out of one phone's networks: relays and hole punching.
+//! - [`capture`]: an `AF_PACKET` capture that counts a host's TCP traffic and looks for
+//!   a byte string in it (a relay must never see plaintext).
 //! - [`probe`]: a TCP echo server and client helpers for connectivity checks.
 //!
 //! Everything needs root (namespaces, raw sockets). Every namespace is named
 //! `msl<pid>-…`, so [`cleanup_stale`] can remove what a killed test process left behind.
 
+pub mod capture;
 mod emu;
 mod netns;
 mod phone;
 pub mod probe;
 mod spec;
+mod two_phones;
 
 pub use emu::{DirStats, EmuHandle, EmuOptions, EmuStats, Emulator};
 pub use netns::{cleanup_stale, is_root, missing_tools, Netns, NsTask, NS_PREFIX};
 pub use phone::{Access, LabConfig, LinkId, PhoneLab};
 pub use spec::{LinkSpec, SpecError};
+pub use two_phones::{
+    Nat, Phone, PhoneNet, TwoPhoneConfig, TwoPhoneLab, Unsolicited, NAMES_ADDR, PUBLIC_HOST_ADDR,
+    RELAY_ADDRS,
+};
 
 use std::time::Duration;
 

@@ -459,35 +459,16 @@ impl PhoneLab {
 
     fn install_routes(&self, access: Access, addr: Ipv4Addr) -> Result<()> {
         let p = access.plan();
-        let (dev, gw, table, metric) = (
+        install_access_routes(
+            &self.phone,
             access.ifname(),
-            host(p.subnet, 1).to_string(),
-            p.table.to_string(),
-            p.metric.to_string(),
-        );
-        let src = addr.to_string();
-        let net = format!("{}/24", p.subnet);
-        self.phone.ip(&[
-            "route", "replace", &net, "dev", dev, "src", &src, "table", &table,
-        ])?;
-        self.phone.ip(&[
-            "route", "replace", "default", "via", &gw, "dev", dev, "table", &table,
-        ])?;
-        self.phone.ip(&[
-            "route", "replace", "default", "via", &gw, "dev", dev, "metric", &metric,
-        ])?;
-        // No ARP on the access links (see the module docs). A link taken down loses its
-        // permanent neighbours too, so they are pinned again here.
-        let router = &self.routers[access.idx()];
-        let gw_mac = mac_of(router, "lan0")?;
-        let phone_mac = mac_of(&self.phone, dev)?;
-        self.phone.ip(&[
-            "neigh", "replace", &gw, "lladdr", &gw_mac, "dev", dev, "nud", "permanent",
-        ])?;
-        router.ip(&[
-            "neigh", "replace", &src, "lladdr", &phone_mac, "dev", "lan0", "nud", "permanent",
-        ])?;
-        Ok(())
+            &self.routers[access.idx()],
+            "lan0",
+            addr,
+            p.subnet,
+            p.table,
+            p.metric,
+        )
     }
 
     /// Takes the phone's interface down (out of range). Its address stays; its routes go.
@@ -645,6 +626,51 @@ impl PhoneLab {
             ))
         })
     }
+}
+
+/// Installs a phone's routes for one access network, as every phone of the lab has them
+/// (see the module docs): in policy table `table` the subnet route with `addr` as source
+/// and `default via <subnet>.1`, in the main table the same default with `metric`, and
+/// the neighbours pinned on both ends (the phone's gateway, the router's phone), since
+/// the access links carry no ARP. Shared with [`crate::TwoPhoneLab`].
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn install_access_routes(
+    phone: &Netns,
+    dev: &str,
+    router: &Netns,
+    router_dev: &str,
+    addr: Ipv4Addr,
+    subnet: Ipv4Addr,
+    table: u32,
+    metric: u32,
+) -> Result<()> {
+    let (gw, table, metric) = (
+        host(subnet, 1).to_string(),
+        table.to_string(),
+        metric.to_string(),
+    );
+    let src = addr.to_string();
+    let net = format!("{subnet}/24");
+    phone.ip(&[
+        "route", "replace", &net, "dev", dev, "src", &src, "table", &table,
+    ])?;
+    phone.ip(&[
+        "route", "replace", "default", "via", &gw, "dev", dev, "table", &table,
+    ])?;
+    phone.ip(&[
+        "route", "replace", "default", "via", &gw, "dev", dev, "metric", &metric,
+    ])?;
+    // No ARP on the access links (see the module docs). A link taken down loses its
+    // permanent neighbours too, so they are pinned again here.
+    let gw_mac = mac_of(router, router_dev)?;
+    let phone_mac = mac_of(phone, dev)?;
+    phone.ip(&[
+        "neigh", "replace", &gw, "lladdr", &gw_mac, "dev", dev, "nud", "permanent",
+    ])?;
+    router.ip(&[
+        "neigh", "replace", &src, "lladdr", &phone_mac, "dev", router_dev, "nud", "permanent",
+    ])?;
+    Ok(())
 }
 
 /// The link-layer address of `dev` in `ns`.
