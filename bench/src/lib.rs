@@ -1,4 +1,4 @@
-//! msocket's benchmarks, run as `msocket bench throughput|mobility|multipath`, and the
+//! msocket's benchmarks, run as `msocket bench throughput|mobility|multipath|relay`, and the
 //! network-lab runner they share with the lab scenario tests. A crate of their own so that
 //! what only they need (Noise and AES-GCM for the encrypted-TCP baseline, serde for the
 //! JSON rows, the network lab) stays out of the CLI's and the daemon's dependencies.
@@ -16,6 +16,8 @@ pub mod mobility;
 pub mod multipath;
 #[cfg(target_os = "linux")]
 mod raw;
+#[cfg(target_os = "linux")]
+pub mod relay;
 pub mod throughput;
 
 /// A link of the lab, as `msocket bench multipath` takes it (`"20mbit 10ms 2% loss"`).

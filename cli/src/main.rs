@@ -78,7 +78,8 @@ enum Command {
         #[arg(long, default_value_t = 5)]
         moves: usize,
     },
-    /// Measure msocket: throughput and latency on loopback, hand-offs in a network lab.
+    /// Measure msocket: throughput and latency on loopback, hand-offs in a network lab,
+    /// relays.
     Bench {
         #[command(subcommand)]
         which: BenchKind,
@@ -167,6 +168,85 @@ byte counters, sampled every 100 ms, through the radio model (Wi-Fi and LTE para
 Huang et al., MobiSys 2012), full tails charged; msocket's own estimate is energy_j_flow. \
 Every run builds a fresh lab.")]
     Multipath(MultipathArgs),
+    /// Flows through a relay against direct ones on loopback: throughput, latency, idle
+    /// flows one relay holds and its memory for them, many flows at once, relay CPU,
+    /// failover between relays, time to go direct by hole punching.
+    #[command(long_about = "Flows through a relay against direct ones, measured side by side in one \
+run on loopback. The relays are the real `msocketd relay` binary (found beside msocket, else on PATH, \
+or --msocketd), each in a process of its own, so its memory and CPU time are read from /proc/PID. \
+Every transfer is checked by SHA-256 (a mismatch fails the run). The figures (JSON keys):\n\n\
+  direct_mbps, relayed_mbps, relayed_over_direct\n\
+      bulk: --bytes from a client to a listener over a direct flow and over a flow through a relay \
+(a relay-only listener, which publishes no address), --trials times each, interleaved; medians; timed \
+from the first write until the receiver holds the last byte (target relayed_over_direct >= 0.8). \
+Interleaved with them, the same over plain TCP, direct and through a bare splice of the same relay \
+(tcp_direct_mbps, tcp_relayed_mbps): what the relay's hop costs without msocket\n\
+  rr_p50_direct_us, rr_p50_relayed_us, rr_p50_ratio\n\
+      a 64-byte request and its echo, --round-trips times (after 200 warm-up rounds), alternating \
+between a direct and a relayed flow; p50 (and p99)\n\
+  flows_held, relay_kib_per_flow\n\
+      --held idle relayed flows opened through a fresh relay and left idle; the relay's resident \
+memory (VmRSS) after a warm-up batch and again once all are open, the difference per flow (target: \
+10,000 flows at <= 10 KiB each); every flow then carries 32 bytes to show it is alive. --held-ends \
+says who holds the other ends: full endpoints (default; client endpoints with addresses of their \
+own, 50 flows each, to one relay-only listener) or raw relay-protocol clients. The open-file limit \
+is raised for it (beyond the hard limit only with CAP_SYS_RESOURCE) and reported (nofile_limit); an \
+idle splice holds 6 descriptors in the relay, so when the limit cannot fit --held, what fits is held \
+and held_note says why\n\
+  active_flows, active_aggregate_mbps\n\
+      --active relayed flows through one relay, each sending --active-bytes at once; all bytes over \
+the time until the last arrived (and, for comparison, as many direct flows: active_direct_aggregate_mbps)\n\
+  relay_cpu_s_per_gbit\n\
+      the relay process's CPU time over the relayed bulk transfers and the active flows, per Gbit \
+it says it carried (its metrics page): its CPU-time clock (clock_getcpuclockid, all threads, ns); \
+utime + stime from /proc/PID/stat (10 ms ticks) beside it as relay_cpu_s_per_gbit_proc_stat\n\
+  failover_ms\n\
+      a relay-only listener registered at two relays; a flow through it streams 64 KiB every 5 ms; \
+the relay carrying it is killed (SIGKILL) mid-transfer; from the kill to the read that ends the \
+longest gap between the receiver's reads after it (target <= 2000)\n\
+  time_to_direct_ms\n\
+      the client is shown an unreachable address for the listener (as behind a NAT) and its relay, \
+so it starts relayed; from the relayed connect to the direct path hole punching opens\n\
+  holepunch_success, lab\n\
+      with --lab (root, network namespaces): NAT combinations (listener/client), whether punching \
+went direct, and the lab's throughput, failover and time to direct; null otherwise, with lab_note")]
+    Relay {
+        /// Bytes per bulk transfer.
+        #[arg(long, default_value_t = 1 << 30)]
+        bytes: u64,
+        /// Bulk transfers of each kind (direct, relayed), interleaved; medians are reported.
+        #[arg(long, default_value_t = 5)]
+        trials: usize,
+        /// Request/response round trips of each kind.
+        #[arg(long, default_value_t = 2000)]
+        round_trips: usize,
+        /// Idle relayed flows held at once by one relay.
+        #[arg(long, default_value_t = 10_000)]
+        held: usize,
+        /// Who holds the idle flows' ends: endpoints (full msocket flows) or raw
+        /// (relay-protocol clients, no flow inside).
+        #[arg(long, default_value = "endpoints", value_parser = ["endpoints", "raw"])]
+        held_ends: String,
+        /// Relayed flows sending at once.
+        #[arg(long, default_value_t = 100)]
+        active: usize,
+        /// Bytes each of the active flows sends.
+        #[arg(long, default_value_t = 8 << 20)]
+        active_bytes: u64,
+        /// The msocketd binary (default: beside msocket, else on PATH).
+        #[arg(long, value_name = "PATH")]
+        msocketd: Option<PathBuf>,
+        /// The relays' --splice-buffer (bytes per direction of a splice, e.g. 1M; default:
+        /// the relay's own, 64K).
+        #[arg(long, value_name = "SIZE")]
+        splice_buffer: Option<String>,
+        /// Also run the NAT lab (needs root): hole punching per NAT combination.
+        #[arg(long)]
+        lab: bool,
+        /// Print one JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// `msocket bench multipath`'s options (see its long help).
@@ -278,6 +358,13 @@ async fn run(command: Command) -> Result<ExitCode, CliError> {
             which: BenchKind::Mobility { rtts, reps, scenarios, systems, bytes, give_up_secs, cell_extra_ms, json },
         } => mobility(cli_mobility_options(rtts, reps, scenarios, systems, bytes, give_up_secs, cell_extra_ms, json))?,
         Command::Bench { which: BenchKind::Multipath(args) } => multipath(args)?,
+        Command::Bench {
+            which:
+                BenchKind::Relay { bytes, trials, round_trips, held, held_ends, active, active_bytes, msocketd, splice_buffer, lab, json },
+        } => {
+            let o = RelayOptions { bytes, trials, round_trips, held, held_ends, active, active_bytes, msocketd, splice_buffer, lab, json };
+            relay(o).await?
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -364,4 +451,42 @@ fn multipath(a: MultipathArgs) -> Result<(), CliError> {
 #[cfg(not(target_os = "linux"))]
 fn multipath(_: MultipathArgs) -> Result<(), CliError> {
     Err(CliError("bench multipath needs Linux (network namespaces)".into()))
+}
+
+/// `msocket bench relay`'s options, as given.
+struct RelayOptions {
+    bytes: u64,
+    trials: usize,
+    round_trips: usize,
+    held: usize,
+    held_ends: String,
+    active: usize,
+    active_bytes: u64,
+    msocketd: Option<PathBuf>,
+    splice_buffer: Option<String>,
+    lab: bool,
+    json: bool,
+}
+
+#[cfg(target_os = "linux")]
+async fn relay(o: RelayOptions) -> Result<(), CliError> {
+    let opts = msocket_bench::relay::Options {
+        bytes: o.bytes,
+        trials: o.trials,
+        round_trips: o.round_trips,
+        held: o.held,
+        held_ends: o.held_ends.parse().map_err(|e| CliError(format!("bench relay: --held-ends {e}")))?,
+        active: o.active,
+        active_bytes: o.active_bytes,
+        msocketd: o.msocketd,
+        splice_buffer: o.splice_buffer,
+        lab: o.lab,
+        json: o.json,
+    };
+    msocket_bench::relay::run(&opts).await.map(drop).map_err(bench_failed)
+}
+
+#[cfg(not(target_os = "linux"))]
+async fn relay(_: RelayOptions) -> Result<(), CliError> {
+    Err(CliError("bench relay needs Linux (/proc, splice(2) in the relay)".into()))
 }
