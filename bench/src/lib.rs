@@ -18,6 +18,8 @@ pub mod multipath;
 mod raw;
 #[cfg(target_os = "linux")]
 pub mod relay;
+#[cfg(target_os = "linux")]
+pub mod relay_lab;
 pub mod throughput;
 
 /// A link of the lab, as `msocket bench multipath` takes it (`"20mbit 10ms 2% loss"`).

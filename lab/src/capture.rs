@@ -43,7 +43,8 @@ pub struct CaptureStats {
     pub kernel_drops: u64,
 }
 
-/// A running capture; stopped by [`Capture::stop`] (or on drop).
+/// A running capture; stopped by [`Capture::stop`] (or on drop). Its socket buffer holds up
+/// to 256 MiB while the reader falls behind.
 #[derive(Debug)]
 pub struct Capture {
     stats: Arc<Mutex<CaptureStats>>,
@@ -77,6 +78,9 @@ impl Capture {
                     let _ = ready_tx.send(Err(e));
                     return;
                 }
+                // A reader that falls behind loses frames: ahead of the traffic it watches.
+                // SAFETY: setpriority on this thread (a tid); failure only leaves it at 0.
+                unsafe { libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, -10) };
                 let fd = match capture_socket(&dev) {
                     Ok(fd) => fd,
                     Err(e) => {
@@ -134,7 +138,7 @@ fn capture_socket(dev: &str) -> Result<OwnedFd> {
             return Err(last("AF_PACKET socket"));
         }
         let fd = OwnedFd::from_raw_fd(fd);
-        let buf: libc::c_int = 64 << 20;
+        let buf: libc::c_int = 256 << 20;
         if libc::setsockopt(fd.as_raw_fd(), libc::SOL_SOCKET, SO_RCVBUFFORCE, (&buf as *const libc::c_int).cast(), 4) != 0 {
             return Err(last("enlarge the capture buffer"));
         }
@@ -176,12 +180,28 @@ fn kernel_drops(fd: &OwnedFd) -> u64 {
 
 fn run(fd: &OwnedFd, host: Ipv4Addr, port: Option<u16>, needle: &[u8], stats: &Mutex<CaptureStats>, stop: &AtomicBool) {
     let mut buf = vec![0u8; 65_536];
+    // Per connection and direction: the last `needle.len() - 1` payload bytes seen.
     let mut tails: HashMap<Key, Vec<u8>> = HashMap::new();
-    let mut joined = Vec::with_capacity(70_000);
+    let mut edge = Vec::with_capacity(2 * needle.len());
+    // Counted here and published every few frames (the reader must keep up with the
+    // kernel: a lock per frame would slow it).
+    let mut local = CaptureStats::default();
+    let mut unpublished = 0u32;
+    let publish = |local: &mut CaptureStats| {
+        let mut s = stats.lock().unwrap_or_else(|p| p.into_inner());
+        s.frames += std::mem::take(&mut local.frames);
+        s.tcp_payload_bytes += std::mem::take(&mut local.tcp_payload_bytes);
+        s.connections += std::mem::take(&mut local.connections);
+        s.needle_hits += std::mem::take(&mut local.needle_hits);
+        if s.first_hit.is_none() {
+            s.first_hit = local.first_hit.take();
+        }
+        s.kernel_drops += std::mem::take(&mut local.kernel_drops);
+    };
     // Once stopped, what the kernel still holds is read (for at most a second).
     let mut stopped_at: Option<std::time::Instant> = None;
     loop {
-        if stopped_at.is_none() && stop.load(Ordering::SeqCst) {
+        if stopped_at.is_none() && stop.load(Ordering::Relaxed) {
             stopped_at = Some(std::time::Instant::now());
         }
         if stopped_at.is_some_and(|t| t.elapsed() > Duration::from_secs(1)) {
@@ -192,6 +212,8 @@ fn run(fd: &OwnedFd, host: Ipv4Addr, port: Option<u16>, needle: &[u8], stats: &M
         if n < 0 {
             let e = std::io::Error::last_os_error();
             let idle = matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut | std::io::ErrorKind::Interrupted);
+            publish(&mut local);
+            unpublished = 0;
             if !idle || stopped_at.is_some() {
                 break;
             }
@@ -206,23 +228,37 @@ fn run(fd: &OwnedFd, host: Ipv4Addr, port: Option<u16>, needle: &[u8], stats: &M
         }
         let new_conn = !tails.contains_key(&key) && !tails.contains_key(&(dst, dport, src, sport));
         let tail = tails.entry(key).or_default();
-        joined.clear();
-        joined.extend_from_slice(tail);
-        joined.extend_from_slice(payload);
-        let hits = count(&joined, needle);
-        let keep = joined.len().min(needle.len() - 1);
-        tail.clear();
-        tail.extend_from_slice(&joined[joined.len() - keep..]);
-        let mut s = stats.lock().unwrap_or_else(|p| p.into_inner());
-        s.frames += 1;
-        s.tcp_payload_bytes += payload.len() as u64;
-        s.connections += u64::from(new_conn);
-        s.needle_hits += hits;
-        if hits > 0 && s.first_hit.is_none() {
-            s.first_hit = Some(format!("{src}:{sport} -> {dst}:{dport}"));
+        // Occurrences inside the payload, and those that start in the tail before it.
+        let mut hits = count(payload, needle);
+        if !tail.is_empty() {
+            edge.clear();
+            edge.extend_from_slice(tail);
+            edge.extend_from_slice(&payload[..payload.len().min(needle.len() - 1)]);
+            hits += count(&edge, needle);
+        }
+        if payload.len() >= needle.len() - 1 {
+            tail.clear();
+            tail.extend_from_slice(&payload[payload.len() - (needle.len() - 1)..]);
+        } else {
+            tail.extend_from_slice(payload);
+            let cut = tail.len().saturating_sub(needle.len() - 1);
+            tail.drain(..cut);
+        }
+        local.frames += 1;
+        local.tcp_payload_bytes += payload.len() as u64;
+        local.connections += u64::from(new_conn);
+        local.needle_hits += hits;
+        if hits > 0 && local.first_hit.is_none() {
+            local.first_hit = Some(format!("{src}:{sport} -> {dst}:{dport}"));
+        }
+        unpublished += 1;
+        if unpublished >= 64 {
+            publish(&mut local);
+            unpublished = 0;
         }
     }
-    stats.lock().unwrap_or_else(|p| p.into_inner()).kernel_drops += kernel_drops(fd);
+    local.kernel_drops += kernel_drops(fd);
+    publish(&mut local);
 }
 
 /// The connection (src, sport, dst, dport) and TCP payload of an Ethernet frame, if it
