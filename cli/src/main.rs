@@ -201,15 +201,17 @@ the time until the last arrived (and, for comparison, as many direct flows: acti
 it says it carried (its metrics page): its CPU-time clock (clock_getcpuclockid, all threads, ns); \
 utime + stime from /proc/PID/stat (10 ms ticks) beside it as relay_cpu_s_per_gbit_proc_stat\n\
   failover_ms\n\
-      a relay-only listener registered at two relays; a flow through it streams 64 KiB every 5 ms; \
+      a relay-only listener registered at two relays; a flow through it streams 16 KiB every ms; \
 the relay carrying it is killed (SIGKILL) mid-transfer; from the kill to the read that ends the \
 longest gap between the receiver's reads after it (target <= 2000)\n\
   time_to_direct_ms\n\
       the client is shown an unreachable address for the listener (as behind a NAT) and its relay, \
 so it starts relayed; from the relayed connect to the direct path hole punching opens\n\
   holepunch_success, lab\n\
-      with --lab (root, network namespaces): NAT combinations (listener/client), whether punching \
-went direct, and the lab's throughput, failover and time to direct; null otherwise, with lab_note")]
+      with --lab (root, network namespaces; lab/setup.sh installs what it uses): two phones behind \
+NATs, each NAT combination (listener/client: port-preserving or symmetric), whether hole punching \
+went direct; and the lab's direct (punched) and relayed throughput over the same path (--lab-bytes), \
+failover when a relay dies, time to direct per case; null otherwise, with lab_note")]
     Relay {
         /// Bytes per bulk transfer.
         #[arg(long, default_value_t = 1 << 30)]
@@ -243,6 +245,10 @@ went direct, and the lab's throughput, failover and time to direct; null otherwi
         /// Also run the NAT lab (needs root): hole punching per NAT combination.
         #[arg(long)]
         lab: bool,
+        /// Bytes per bulk transfer in the NAT lab (its failover stream carries at most
+        /// 16 MiB of it).
+        #[arg(long, default_value_t = 64 << 20)]
+        lab_bytes: u64,
         /// Print one JSON object instead of text.
         #[arg(long)]
         json: bool,
@@ -360,9 +366,35 @@ async fn run(command: Command) -> Result<ExitCode, CliError> {
         Command::Bench { which: BenchKind::Multipath(args) } => multipath(args)?,
         Command::Bench {
             which:
-                BenchKind::Relay { bytes, trials, round_trips, held, held_ends, active, active_bytes, msocketd, splice_buffer, lab, json },
+                BenchKind::Relay {
+                    bytes,
+                    trials,
+                    round_trips,
+                    held,
+                    held_ends,
+                    active,
+                    active_bytes,
+                    msocketd,
+                    splice_buffer,
+                    lab,
+                    lab_bytes,
+                    json,
+                },
         } => {
-            let o = RelayOptions { bytes, trials, round_trips, held, held_ends, active, active_bytes, msocketd, splice_buffer, lab, json };
+            let o = RelayOptions {
+                bytes,
+                trials,
+                round_trips,
+                held,
+                held_ends,
+                active,
+                active_bytes,
+                msocketd,
+                splice_buffer,
+                lab,
+                lab_bytes,
+                json,
+            };
             relay(o).await?
         }
     }
@@ -465,6 +497,7 @@ struct RelayOptions {
     msocketd: Option<PathBuf>,
     splice_buffer: Option<String>,
     lab: bool,
+    lab_bytes: u64,
     json: bool,
 }
 
@@ -481,6 +514,7 @@ async fn relay(o: RelayOptions) -> Result<(), CliError> {
         msocketd: o.msocketd,
         splice_buffer: o.splice_buffer,
         lab: o.lab,
+        lab_bytes: o.lab_bytes,
         json: o.json,
     };
     msocket_bench::relay::run(&opts).await.map(drop).map_err(bench_failed)

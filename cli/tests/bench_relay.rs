@@ -123,6 +123,7 @@ fn bench_relay_help_explains_every_figure() {
         "/proc/PID/stat",
         "SIGKILL",
         "--lab",
+        "--lab-bytes",
         "--msocketd",
         "--held-ends",
     ] {
