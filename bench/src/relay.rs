@@ -11,7 +11,9 @@
 //!   page faults are not timed); SHA-256 of what arrived checked after the clock stops.
 //!   The same transfers run over plain TCP, direct and through a bare splice of relay A
 //!   (raw relay-protocol ends, no msocket inside), interleaved with them: what the relay's
-//!   hop costs on this machine by itself.
+//!   hop costs on this machine by itself. This process's own CPU time (both ends, and the
+//!   kernel's loopback work done in their threads) is read over each transfer too, so
+//!   that where a relayed byte's CPU goes can be seen beside the relay's.
 //! - **request/response**: a 64-byte request and its 64-byte echo, `round_trips` times
 //!   after 200 warm-up rounds, alternating between a direct and a relayed flow; p50, p99.
 //! - **active flows**: `active` relayed flows through relay A, all sending `active_bytes`
@@ -195,6 +197,13 @@ pub struct Figures {
     pub tcp_relayed_over_direct: f64,
     pub tcp_direct_mbps_trials: Vec<f64>,
     pub tcp_relayed_mbps_trials: Vec<f64>,
+    /// CPU seconds per Gbit of this process (both ends, with the kernel's work done in
+    /// their threads) during the bulk transfers: msocket direct and relayed, plain TCP
+    /// direct and spliced. Beside relay_cpu_s_per_gbit, where a relayed byte's CPU goes.
+    pub ends_cpu_s_per_gbit_direct: f64,
+    pub ends_cpu_s_per_gbit_relayed: f64,
+    pub tcp_ends_cpu_s_per_gbit_direct: f64,
+    pub tcp_ends_cpu_s_per_gbit_relayed: f64,
     pub bytes: u64,
     pub trials: usize,
     /// 64-byte request/response, µs.
@@ -263,6 +272,10 @@ pub struct Figures {
     pub time_to_direct_note: Option<String>,
     /// Every transfer's SHA-256 matched (a mismatch fails the run instead).
     pub sha256_ok: bool,
+    /// Connects of the many-flow phases refused because their lookup returned a record
+    /// older than one the client had already accepted (the listener republished while it
+    /// connected): each was tried again; the errors, so that none passes unseen.
+    pub connect_retries: Vec<String>,
     /// NAT combination ("listener/client") → whether hole punching went direct (--lab).
     pub holepunch_success: Option<BTreeMap<String, bool>>,
     pub lab: Option<LabFigures>,
@@ -332,6 +345,8 @@ pub async fn run(opts: &Options) -> Result<Figures, BenchError> {
     let (mut direct_trials, mut relayed_trials) = (Vec::new(), Vec::new());
     let (mut tcp_direct_trials, mut tcp_relayed_trials) = (Vec::new(), Vec::new());
     let (mut single_cpu, mut single_bytes) = (Cpu::default(), 0u64);
+    // This process's CPU seconds (both ends) over the transfers: [direct, relayed].
+    let (mut ends_cpu, mut tcp_ends_cpu) = ([0.0f64; 2], [0.0f64; 2]);
     let mut raw = RawHolder::new(relay_a.addr).await?;
     for trial in 1..=opts.trials {
         let order: [bool; 2] = if trial % 2 == 1 { [false, true] } else { [true, false] };
@@ -340,9 +355,15 @@ pub async fn run(opts: &Options) -> Result<Figures, BenchError> {
         for relayed in order {
             eprintln!("trial {trial}/{}: bulk over plain TCP {} ...", opts.trials, if relayed { "spliced by the relay" } else { "direct" });
             let (a, b) = if relayed { raw.splice().await? } else { tcp_pair().await? };
-            let (mbps, back, _) = bulk(a, b, payload.clone(), payload_sha, sink).await?;
+            let (mbps, back, _, cpu) = bulk(a, b, payload.clone(), payload_sha, sink).await?;
             sink = back;
-            if relayed { tcp_relayed_trials.push(mbps) } else { tcp_direct_trials.push(mbps) }
+            if relayed {
+                tcp_relayed_trials.push(mbps);
+                tcp_ends_cpu[1] += cpu;
+            } else {
+                tcp_direct_trials.push(mbps);
+                tcp_ends_cpu[0] += cpu;
+            }
         }
         for relayed in order {
             eprintln!("trial {trial}/{}: bulk {} ...", opts.trials, if relayed { "relayed" } else { "direct" });
@@ -354,8 +375,9 @@ pub async fn run(opts: &Options) -> Result<Figures, BenchError> {
             check_route(&a, relayed)?;
             let cpu0 = relay_a.cpu()?;
             let carried0 = relay_a.bytes_relayed().await?;
-            let (mbps, back, _) = bulk(a, b, payload.clone(), payload_sha, sink).await?;
+            let (mbps, back, _, cpu) = bulk(a, b, payload.clone(), payload_sha, sink).await?;
             sink = back;
+            ends_cpu[usize::from(relayed)] += cpu;
             if relayed {
                 single_cpu = single_cpu + (relay_a.cpu()? - cpu0);
                 single_bytes += relay_a.bytes_relayed().await? - carried0;
@@ -380,11 +402,12 @@ pub async fn run(opts: &Options) -> Result<Figures, BenchError> {
     let active_payload = Arc::new(data(active_bytes, 2));
     let cpu0 = relay_a.cpu()?;
     let carried0 = relay_a.bytes_relayed().await?;
-    let active_mbps = active_flows(&dyn_names, Some(relay_a.addr), opts.active, active_payload.clone()).await?;
+    let mut retried = Vec::new();
+    let active_mbps = active_flows(&dyn_names, Some(relay_a.addr), opts.active, active_payload.clone(), &mut retried).await?;
     let active_cpu = relay_a.cpu()? - cpu0;
     let active_carried = relay_a.bytes_relayed().await? - carried0;
     eprintln!("{} direct flows at once, {} bytes each ...", opts.active, opts.active_bytes);
-    let active_direct_mbps = active_flows(&dyn_names, None, opts.active, active_payload).await?;
+    let active_direct_mbps = active_flows(&dyn_names, None, opts.active, active_payload, &mut retried).await?;
     let per_gbit = |cpu: f64, bytes: u64| if bytes == 0 { 0.0 } else { cpu / (bytes as f64 * 8.0 / 1e9) };
 
     // Going direct by hole punching, through relay A.
@@ -400,6 +423,7 @@ pub async fn run(opts: &Options) -> Result<Figures, BenchError> {
     // Idle flows held by a fresh relay.
     eprintln!("holding {held_n} idle relayed flows ({}) ...", opts.held_ends.describe());
     let mut held = hold_flows(&dyn_names, &msocketd, &relay_args, held_n, warm, opts.held_ends).await?;
+    retried.extend(held.retried.drain(..).map(|e| format!("{HELD_NAME}: {e}")));
     held.note = match (fd_note, held.note) {
         (Some(a), Some(b)) => Some(format!("{a}; {b}")),
         (a, b) => a.or(b),
@@ -424,6 +448,10 @@ pub async fn run(opts: &Options) -> Result<Figures, BenchError> {
         tcp_relayed_mbps: round(median(&tcp_relayed_trials), 1),
         tcp_relayed_over_direct: round(median(&tcp_relayed_trials) / median(&tcp_direct_trials), 3),
         tcp_direct_mbps_trials: tcp_direct_trials.iter().map(|v| round(*v, 1)).collect(),
+        ends_cpu_s_per_gbit_direct: round(per_gbit(ends_cpu[0], opts.bytes * opts.trials as u64), 4),
+        ends_cpu_s_per_gbit_relayed: round(per_gbit(ends_cpu[1], opts.bytes * opts.trials as u64), 4),
+        tcp_ends_cpu_s_per_gbit_direct: round(per_gbit(tcp_ends_cpu[0], opts.bytes * opts.trials as u64), 4),
+        tcp_ends_cpu_s_per_gbit_relayed: round(per_gbit(tcp_ends_cpu[1], opts.bytes * opts.trials as u64), 4),
         tcp_relayed_mbps_trials: tcp_relayed_trials.iter().map(|v| round(*v, 1)).collect(),
         relayed_mbps_trials: relayed_trials.iter().map(|v| round(*v, 1)).collect(),
         bytes: opts.bytes,
@@ -470,6 +498,7 @@ pub async fn run(opts: &Options) -> Result<Figures, BenchError> {
         relayed_bytes_after_direct: punch.relayed_bytes_after,
         time_to_direct_note: punch.note,
         sha256_ok: true,
+        connect_retries: retried,
         holepunch_success,
         lab,
         lab_note,
@@ -494,6 +523,10 @@ fn print_text(f: &Figures) {
     println!(
         "bulk, raw TCP   direct {:.0} Mbit/s, spliced by the relay {:.0} Mbit/s: {:.2} (no msocket: the relay's hop alone)",
         f.tcp_direct_mbps, f.tcp_relayed_mbps, f.tcp_relayed_over_direct
+    );
+    println!(
+        "CPU per Gbit    ends (this process): msocket direct {:.3} s, relayed {:.3} s; TCP direct {:.3} s, spliced {:.3} s",
+        f.ends_cpu_s_per_gbit_direct, f.ends_cpu_s_per_gbit_relayed, f.tcp_ends_cpu_s_per_gbit_direct, f.tcp_ends_cpu_s_per_gbit_relayed
     );
     println!(
         "request/resp.   p50 direct {:.1} us, relayed {:.1} us: x{:.2}; p99 {:.1} / {:.1} us",
@@ -559,6 +592,9 @@ fn print_text(f: &Figures) {
             }
         }
         (None, _) => println!("lab             not run ({})", f.lab_note.as_deref().unwrap_or("")),
+    }
+    for e in &f.connect_retries {
+        println!("connect retried {e}");
     }
     println!("sha256          every transfer matched");
 }
@@ -773,6 +809,16 @@ async fn announced(
         .ok_or_else(|| BenchError(format!("unexpected line from msocketd relay: {line:?}")))
 }
 
+/// This process's CPU time so far (every thread, user + system), seconds.
+fn own_cpu_seconds() -> f64 {
+    let mut now = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes only the struct it is given.
+    if unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut now) } != 0 {
+        return 0.0;
+    }
+    now.tv_sec as f64 + now.tv_nsec as f64 / 1e9
+}
+
 /// A process's resident memory in bytes.
 fn rss_of(pid: u32) -> Result<u64, BenchError> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
@@ -923,8 +969,9 @@ fn transfer_limit(bytes: usize) -> Duration {
 
 /// Sends `payload` from `a` to `b` (read into `sink`, touched beforehand); Mbit/s until the
 /// last byte arrived. Checks SHA-256 after the clock stopped; gives the sink and the
-/// finished sending flow back.
-async fn bulk<A, B>(mut a: A, b: B, payload: Arc<Vec<u8>>, sha: [u8; 32], mut sink: Vec<u8>) -> Result<(f64, Vec<u8>, A), BenchError>
+/// finished sending flow back, and this process's CPU seconds (both ends) over the
+/// transfer.
+async fn bulk<A, B>(mut a: A, b: B, payload: Arc<Vec<u8>>, sha: [u8; 32], mut sink: Vec<u8>) -> Result<(f64, Vec<u8>, A, f64), BenchError>
 where
     A: AsyncWrite + Unpin,
     B: AsyncRead + Unpin + Send + 'static,
@@ -932,6 +979,7 @@ where
     let len = payload.len();
     sink.resize(len, 0);
     let reader = tokio::spawn(read_exactly(b, sink));
+    let cpu0 = own_cpu_seconds();
     let start = Instant::now();
     within(transfer_limit(len), "the bulk transfer", async {
         for chunk in payload.chunks(CHUNK) {
@@ -941,13 +989,14 @@ where
     })
     .await??;
     let (b, sink, end) = within(transfer_limit(len), "the bulk receiver", reader).await???;
+    let cpu = own_cpu_seconds() - cpu0;
     let mbps = len as f64 * 8.0 / (end - start).as_secs_f64() / 1e6;
     if sha256_of(&sink) != sha {
         return Err(mismatch("bulk transfer"));
     }
     within(WAIT, "the flow's end", a.shutdown()).await??;
     drop(b);
-    Ok((mbps, sink, a))
+    Ok((mbps, sink, a, cpu))
 }
 
 /// Two ends of a plain TCP connection on loopback.
@@ -1025,10 +1074,18 @@ async fn request_response(direct: (Flow, Flow), relayed: (Flow, Flow), n: usize)
 
 /// `count` flows (from client endpoints of their own) through `relay` (or direct, without
 /// one) sending `payload` at once; aggregate Mbit/s.
-async fn active_flows(names: &Arc<dyn NameService>, relay: Option<SocketAddr>, count: usize, payload: Arc<Vec<u8>>) -> Result<f64, BenchError> {
+async fn active_flows(
+    names: &Arc<dyn NameService>,
+    relay: Option<SocketAddr>,
+    count: usize,
+    payload: Arc<Vec<u8>>,
+    retried: &mut Vec<String>,
+) -> Result<f64, BenchError> {
     let (name, host, net) = if relay.is_some() { ("active.bench", 24, 200) } else { ("active-direct.bench", 25, 210) };
     let mut set = FlowSet::new(names, relay, name, host, net).await?;
-    set.open(count).await.map_err(|e| BenchError(format!("opening the active flows: {e}")))?;
+    let opened = set.open(count).await;
+    retried.extend(set.retries().into_iter().map(|e| format!("{name}: {e}")));
+    opened.map_err(|e| BenchError(format!("opening the active flows: {e}")))?;
     for flow in &set.clients {
         check_route(flow, relay.is_some())?;
     }
@@ -1155,7 +1212,7 @@ async fn punch_once(names: &Arc<BenchNames>, relay: SocketAddr) -> Result<Punch,
     let relayed_before: u64 = c.paths().iter().filter(|p| p.relayed).map(|p| p.bytes_sent).sum();
     let payload = Arc::new(data(AFTER_DIRECT_BYTES, 4));
     let sha = sha256_of(&payload);
-    let (_, _, c) = bulk(c, s, payload, sha, Vec::new()).await?;
+    let (_, _, c, _) = bulk(c, s, payload, sha, Vec::new()).await?;
     let relayed_after: u64 = c.paths().iter().filter(|p| p.relayed).map(|p| p.bytes_sent).sum();
     Ok(Punch {
         connect_ms,
@@ -1309,6 +1366,7 @@ struct Held {
     relay_fds: usize,
     relay_fds_per_flow: f64,
     ends_fds_per_flow: f64,
+    retried: Vec<String>,
 }
 
 /// A fresh relay holds `warm` flows, then `n` more; its memory is read in between and
@@ -1348,6 +1406,7 @@ async fn hold_flows(names: &Arc<dyn NameService>, bin: &Path, args: &[String], n
         slab_kib_per_flow: per(slab_before, slab_after),
         open_s,
         note,
+        retried: holder.retries(),
         relay_fds: relay_fds_after,
         relay_fds_per_flow: fds_per(relay_fds_before, relay_fds_after),
         ends_fds_per_flow: fds_per(ends_fds_before, ends_fds_after),
@@ -1375,6 +1434,13 @@ impl Holder {
         match self {
             Holder::Endpoints(h) => h.probe().await,
             Holder::Raw(h) => h.probe().await,
+        }
+    }
+
+    fn retries(&self) -> Vec<String> {
+        match self {
+            Holder::Endpoints(h) => h.retries(),
+            Holder::Raw(_) => Vec::new(),
         }
     }
 
@@ -1412,7 +1478,12 @@ struct FlowSet {
     /// end the probe finds out).
     clients: Vec<Flow>,
     accepted: Vec<Flow>,
+    /// Connects that failed on a stale record and were tried again: why.
+    retried: Arc<Mutex<Vec<String>>>,
 }
+
+/// Times one client tries again after a connect refused a stale record.
+const STALE_RETRIES: usize = 3;
 
 impl FlowSet {
     /// A listener for `name` on `127.0.0.<server_host>`, relay-only at `relay` (or with its
@@ -1432,7 +1503,13 @@ impl FlowSet {
             endpoints: Vec::new(),
             clients: Vec::new(),
             accepted: Vec::new(),
+            retried: Arc::default(),
         })
+    }
+
+    /// Connects tried again after a stale record, so far: why.
+    fn retries(&self) -> Vec<String> {
+        self.retried.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// A new client endpoint on an address of its own.
@@ -1467,13 +1544,20 @@ impl FlowSet {
             let share = left.min(FLOWS_PER_CLIENT);
             left -= share;
             let client = self.new_client().map_err(|e| e.0)?;
-            let (gate, name) = (gate.clone(), self.name.clone());
+            let (gate, name, retried) = (gate.clone(), self.name.clone(), self.retried.clone());
             connects.spawn_local(async move {
                 let _permit = gate.acquire_owned().await;
                 let mut flows = Vec::with_capacity(share);
-                for _ in 0..share {
+                let mut stale = 0;
+                while flows.len() < share {
                     match tokio::time::timeout(WAIT, client.connect(&name)).await {
                         Ok(Ok(flow)) => flows.push(flow),
+                        // A lookup that raced a newer record of the listener (pinned by an
+                        // earlier flow's watch in between): counted, reported and tried again.
+                        Ok(Err(e @ msocket::Error::StaleRecord { .. })) if stale < STALE_RETRIES => {
+                            stale += 1;
+                            retried.lock().unwrap_or_else(|p| p.into_inner()).push(e.to_string());
+                        }
                         Ok(Err(e)) => return (flows, Some(e.to_string())),
                         Err(_) => return (flows, Some(format!("connect: nothing within {WAIT:?}"))),
                     }

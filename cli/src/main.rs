@@ -180,7 +180,8 @@ Every transfer is checked by SHA-256 (a mismatch fails the run). The figures (JS
 (a relay-only listener, which publishes no address), --trials times each, interleaved; medians; timed \
 from the first write until the receiver holds the last byte (target relayed_over_direct >= 0.8). \
 Interleaved with them, the same over plain TCP, direct and through a bare splice of the same relay \
-(tcp_direct_mbps, tcp_relayed_mbps): what the relay's hop costs without msocket\n\
+(tcp_direct_mbps, tcp_relayed_mbps): what the relay's hop costs without msocket; and the CPU \
+seconds per Gbit of this process's two ends in each case (ends_cpu_s_per_gbit_*)\n\
   rr_p50_direct_us, rr_p50_relayed_us, rr_p50_ratio\n\
       a 64-byte request and its echo, --round-trips times (after 200 warm-up rounds), alternating \
 between a direct and a relayed flow; p50 (and p99)\n\
@@ -211,7 +212,10 @@ so it starts relayed; from the relayed connect to the direct path hole punching 
       with --lab (root, network namespaces; lab/setup.sh installs what it uses): two phones behind \
 NATs, each NAT combination (listener/client: port-preserving or symmetric), whether hole punching \
 went direct; and the lab's direct (punched) and relayed throughput over the same path (--lab-bytes), \
-failover when a relay dies, time to direct per case; null otherwise, with lab_note")]
+failover when a relay dies, time to direct per case; null otherwise, with lab_note\n\n\
+A connect of the many-flow phases refused because its lookup returned a record older than one the \
+client had already accepted (the listener republished meanwhile) is tried again and listed in \
+connect_retries.")]
     Relay {
         /// Bytes per bulk transfer.
         #[arg(long, default_value_t = 1 << 30)]

@@ -96,6 +96,7 @@ fn bench_relay_json_has_every_figure() {
     assert!(f["relay_cpu_source"].as_str().is_some_and(|s| s.contains("/proc/PID/stat")), "{f}");
     assert_eq!(f["direct_mbps_trials"].as_array().map(Vec::len), Some(2), "{f}");
     assert_eq!(f["sha256_ok"], true, "{f}");
+    assert!(f["connect_retries"].is_array(), "{f}");
     assert!(f["failover_ms"].as_f64().is_some_and(|v| v <= 2000.0), "failover above 2 s: {f}");
     // Without --lab the lab's figures are null, and the output says how to get them.
     assert!(f.get("holepunch_success").is_some_and(|v| v.is_null()), "{f}");
