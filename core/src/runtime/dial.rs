@@ -145,7 +145,7 @@ pub(crate) async fn connect(host: &Arc<Host>, owner: Weak<dyn FlowOwner>, peer: 
                     }
                 };
                 let target = listener_key(&record.public());
-                let winner = std::cell::Cell::new(None);
+                let winner = std::sync::Mutex::new(None);
                 let attempt = async {
                     let won = match race(host, &candidates, relookup, false, None, &target).await {
                         Ok(won) => won,
@@ -154,7 +154,7 @@ pub(crate) async fn connect(host: &Arc<Host>, owner: Weak<dyn FlowOwner>, peer: 
                     if !tried.contains(&won.addr) {
                         tried.push(won.addr);
                     }
-                    winner.set(Some(won.addr));
+                    *winner.lock().unwrap_or_else(|p| p.into_inner()) = Some(won.addr);
                     new_flow(host, &owner, name, &record, &candidates.relays, won).await
                 };
                 if !candidates.is_empty() {
@@ -169,7 +169,8 @@ pub(crate) async fn connect(host: &Arc<Host>, owner: Weak<dyn FlowOwner>, peer: 
                         Ok(Err(Attempt::Failed(why))) => last = why,
                         Err(_) => last = ConnectFailure::TimedOut,
                     }
-                    if let Some(addr) = winner.get().filter(|a| !shunned.contains(a)) {
+                    let winner = *winner.lock().unwrap_or_else(|p| p.into_inner());
+                    if let Some(addr) = winner.filter(|a| !shunned.contains(a)) {
                         tracing::debug!(name, %addr, "a connection opened there but its handshake failed; trying other addresses first");
                         shunned.push(addr);
                     }

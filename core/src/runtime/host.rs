@@ -119,11 +119,23 @@ impl Host {
 
     /// Looks `peer` up and checks the record (see [`Host::check_record`]); its addresses
     /// are cut to those we may dial ([`Host::dialable`]).
+    ///
+    /// An answer older than a record already seen (a lookup overtaken by a watch that
+    /// delivered the peer's next record) is asked again once before it is an error.
     pub(crate) async fn lookup_checked(&self, peer: &PeerName) -> Result<NameRecord, Error> {
-        let mut record = self.config.names.lookup(peer.name()).await?.record;
-        self.check_record(peer, &record)?;
-        record.addrs = self.dialable(&record.addrs);
-        Ok(record)
+        let mut asked = 0;
+        loop {
+            let mut record = self.config.names.lookup(peer.name()).await?.record;
+            asked += 1;
+            match self.check_record(peer, &record) {
+                Err(Error::StaleRecord { .. }) if asked == 1 => continue,
+                Err(e) => return Err(e),
+                Ok(()) => {
+                    record.addrs = self.dialable(&record.addrs);
+                    return Ok(record);
+                }
+            }
+        }
     }
 
     /// Of the addresses a peer (its ADDRS or its name record) gives, those we may dial:
