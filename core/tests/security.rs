@@ -384,6 +384,25 @@ async fn a_record_older_than_one_already_seen_is_refused() {
     }
 }
 
+/// A lookup answered with the record before the one a watch already delivered (the peer
+/// re-published while the answer was on its way) is not an attack: it is asked again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lookup_overtaken_by_a_newer_record_is_asked_again() {
+    init_tracing();
+    let test_names = TestNames::new();
+    let names = test_names.dyn_arc();
+    let server = endpoint(&names, 40, 101);
+    let mut listener = server.listen("dave.tv").await.unwrap();
+    let old = names.lookup("dave.tv").await.unwrap();
+    server.set_local_ips(vec![lo(102)]).await.unwrap();
+    let client = endpoint(&names, 41, 103);
+    let (c, s) = within(10, "first flow", pair(&client, &mut listener, "dave.tv")).await;
+    round_trip(c, s, 1_000, 1_000, 6).await;
+    test_names.serve_late_once(old);
+    let (c, s) = within(10, "second flow", pair(&client, &mut listener, "dave.tv")).await;
+    round_trip(c, s, 1_000, 1_000, 7).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn joins_with_guessed_or_stolen_flow_ids_are_refused_and_the_flow_is_unaffected() {
     init_tracing();

@@ -128,7 +128,7 @@ impl Host {
             let mut record = self.config.names.lookup(peer.name()).await?.record;
             asked += 1;
             match self.check_record(peer, &record) {
-                Err(Error::StaleRecord { .. }) if asked == 1 => continue,
+                Err(Error::StaleRecord { .. }) if asked == 1 => {}
                 Err(e) => return Err(e),
                 Ok(()) => {
                     record.addrs = self.dialable(&record.addrs);

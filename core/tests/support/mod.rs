@@ -88,6 +88,8 @@ pub struct TestNames {
     store: MemoryNameService,
     down: AtomicBool,
     lies: Mutex<HashMap<String, SignedRecord>>,
+    /// Records served once, to the next lookup of their name (an answer overtaken).
+    late: Mutex<HashMap<String, SignedRecord>>,
     lookups: watch::Sender<u64>,
     failed_lookups: watch::Sender<u64>,
     /// Wakes watches when a lie is told.
@@ -100,6 +102,7 @@ impl TestNames {
             store: MemoryNameService::new(),
             down: AtomicBool::new(false),
             lies: Mutex::new(HashMap::new()),
+            late: Mutex::new(HashMap::new()),
             lookups: watch::channel(0).0,
             failed_lookups: watch::channel(0).0,
             lied: tokio::sync::Notify::new(),
@@ -118,6 +121,12 @@ impl TestNames {
     pub fn lie(&self, record: SignedRecord) {
         self.lies.lock().unwrap().insert(record.record.name.clone(), record);
         self.lied.notify_waiters();
+    }
+
+    /// Serve `record` to the next lookup of its name only (an answer that was overtaken
+    /// by a newer record on its way).
+    pub fn serve_late_once(&self, record: SignedRecord) {
+        self.late.lock().unwrap().insert(record.record.name.clone(), record);
     }
 
     pub fn lookups(&self) -> watch::Receiver<u64> {
@@ -151,6 +160,9 @@ impl NameService for TestNames {
                 return Err(Self::unreachable());
             }
             if let Some(r) = self.lies.lock().unwrap().get(name).cloned() {
+                return Ok(r);
+            }
+            if let Some(r) = self.late.lock().unwrap().remove(name) {
                 return Ok(r);
             }
             self.store.lookup(name).await
