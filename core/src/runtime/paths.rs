@@ -127,7 +127,9 @@ impl Conn {
         // Subflows beyond the best path: standbys are configured, and the policy wants
         // them now (`Energy` only while the demand overflows the best path).
         let standby = host.config.standby_paths && extra;
-        if !inner.paths.take_due(now) || !inner.proto.needs_path() || inner.proto.live_subflows() == 0 {
+        // A hole punching retry that fell due is a reason to look, like a change.
+        let punch_due = inner.punch.next_at().is_some_and(|at| at <= now);
+        if !(inner.paths.take_due(now) | punch_due) || !inner.proto.needs_path() || inner.proto.live_subflows() == 0 {
             return; // nothing changed, nothing to do, or the re-dialer's job
         }
         self.maybe_punch(&mut inner, now);
