@@ -778,10 +778,16 @@ async fn open_splices(count: usize, held: &mut Vec<(TcpStream, TcpStream)>, rela
 #[test]
 #[ignore = "holds thousands of connections; run by hand to measure"]
 fn idle_splices_cost_the_relay_little_memory() {
-    let n: usize = std::env::var("MSOCKET_IDLE_SPLICES").ok().and_then(|v| v.parse().ok()).unwrap_or(10_000);
+    let asked: usize = std::env::var("MSOCKET_IDLE_SPLICES").ok().and_then(|v| v.parse().ok()).unwrap_or(10_000);
     let warm = 200;
-    let files = raise_open_files(8 * (n + warm) as u64 + 1000);
-    assert!(files >= 6 * (n + warm) as u64 + 200, "open-file limit {files} is too low for {n} splices: run as root or lower MSOCKET_IDLE_SPLICES");
+    let files = raise_open_files(8 * (asked + warm) as u64 + 1000);
+    // Where the open-file limit cannot be raised far enough, as many as fit (and say so).
+    let fit = (files.saturating_sub(200) / 6) as usize;
+    let n = asked.min(fit.saturating_sub(warm));
+    assert!(n >= 1000, "open-file limit {files} leaves room for {n} splices only");
+    if n < asked {
+        println!("open-file limit {files}: holding {n} idle splices of the {asked} asked");
+    }
     let cap = (n + warm + 100).to_string();
     let mut child = Command::new(env!("CARGO_BIN_EXE_msocketd"))
         .args(["relay", "--listen", "127.0.0.1:0", "--max-splices", &cap, "--max-splices-per-source", &cap])
