@@ -216,47 +216,51 @@ failover when a relay dies, time to direct per case; null otherwise, with lab_no
 A connect of the many-flow phases refused because its lookup returned a record older than one the \
 client had already accepted (the listener republished meanwhile) is tried again and listed in \
 connect_retries.")]
-    Relay {
-        /// Bytes per bulk transfer.
-        #[arg(long, default_value_t = 1 << 30)]
-        bytes: u64,
-        /// Bulk transfers of each kind (direct, relayed), interleaved; medians are reported.
-        #[arg(long, default_value_t = 5)]
-        trials: usize,
-        /// Request/response round trips of each kind.
-        #[arg(long, default_value_t = 2000)]
-        round_trips: usize,
-        /// Idle relayed flows held at once by one relay.
-        #[arg(long, default_value_t = 10_000)]
-        held: usize,
-        /// Who holds the idle flows' ends: endpoints (full msocket flows) or raw
-        /// (relay-protocol clients, no flow inside).
-        #[arg(long, default_value = "endpoints", value_parser = ["endpoints", "raw"])]
-        held_ends: String,
-        /// Relayed flows sending at once.
-        #[arg(long, default_value_t = 100)]
-        active: usize,
-        /// Bytes each of the active flows sends.
-        #[arg(long, default_value_t = 8 << 20)]
-        active_bytes: u64,
-        /// The msocketd binary (default: beside msocket, else on PATH).
-        #[arg(long, value_name = "PATH")]
-        msocketd: Option<PathBuf>,
-        /// The relays' --splice-buffer (bytes per direction of a splice, e.g. 1M; default:
-        /// the relay's own, 64K).
-        #[arg(long, value_name = "SIZE")]
-        splice_buffer: Option<String>,
-        /// Also run the NAT lab (needs root): hole punching per NAT combination.
-        #[arg(long)]
-        lab: bool,
-        /// Bytes per bulk transfer in the NAT lab (its failover stream carries at most
-        /// 16 MiB of it).
-        #[arg(long, default_value_t = 64 << 20)]
-        lab_bytes: u64,
-        /// Print one JSON object instead of text.
-        #[arg(long)]
-        json: bool,
-    },
+    Relay(RelayArgs),
+}
+
+/// `msocket bench relay`'s options (see its long help).
+#[derive(clap::Args, Debug)]
+struct RelayArgs {
+    /// Bytes per bulk transfer.
+    #[arg(long, default_value_t = 1 << 30)]
+    bytes: u64,
+    /// Bulk transfers of each kind (direct, relayed), interleaved; medians are reported.
+    #[arg(long, default_value_t = 5)]
+    trials: usize,
+    /// Request/response round trips of each kind.
+    #[arg(long, default_value_t = 2000)]
+    round_trips: usize,
+    /// Idle relayed flows held at once by one relay.
+    #[arg(long, default_value_t = 10_000)]
+    held: usize,
+    /// Who holds the idle flows' ends: endpoints (full msocket flows) or raw
+    /// (relay-protocol clients, no flow inside).
+    #[arg(long, default_value = "endpoints", value_parser = ["endpoints", "raw"])]
+    held_ends: String,
+    /// Relayed flows sending at once.
+    #[arg(long, default_value_t = 100)]
+    active: usize,
+    /// Bytes each of the active flows sends.
+    #[arg(long, default_value_t = 8 << 20)]
+    active_bytes: u64,
+    /// The msocketd binary (default: beside msocket, else on PATH).
+    #[arg(long, value_name = "PATH")]
+    msocketd: Option<PathBuf>,
+    /// The relays' --splice-buffer (bytes per direction of a splice, e.g. 1M; default:
+    /// the relay's own, 64K).
+    #[arg(long, value_name = "SIZE")]
+    splice_buffer: Option<String>,
+    /// Also run the NAT lab (needs root): hole punching per NAT combination.
+    #[arg(long)]
+    lab: bool,
+    /// Bytes per bulk transfer in the NAT lab (its failover stream carries at most
+    /// 16 MiB of it).
+    #[arg(long, default_value_t = 64 << 20)]
+    lab_bytes: u64,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    json: bool,
 }
 
 /// `msocket bench multipath`'s options (see its long help).
@@ -368,39 +372,7 @@ async fn run(command: Command) -> Result<ExitCode, CliError> {
             which: BenchKind::Mobility { rtts, reps, scenarios, systems, bytes, give_up_secs, cell_extra_ms, json },
         } => mobility(cli_mobility_options(rtts, reps, scenarios, systems, bytes, give_up_secs, cell_extra_ms, json))?,
         Command::Bench { which: BenchKind::Multipath(args) } => multipath(args)?,
-        Command::Bench {
-            which:
-                BenchKind::Relay {
-                    bytes,
-                    trials,
-                    round_trips,
-                    held,
-                    held_ends,
-                    active,
-                    active_bytes,
-                    msocketd,
-                    splice_buffer,
-                    lab,
-                    lab_bytes,
-                    json,
-                },
-        } => {
-            let o = RelayOptions {
-                bytes,
-                trials,
-                round_trips,
-                held,
-                held_ends,
-                active,
-                active_bytes,
-                msocketd,
-                splice_buffer,
-                lab,
-                lab_bytes,
-                json,
-            };
-            relay(o).await?
-        }
+        Command::Bench { which: BenchKind::Relay(args) } => relay(args).await?,
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -489,24 +461,8 @@ fn multipath(_: MultipathArgs) -> Result<(), CliError> {
     Err(CliError("bench multipath needs Linux (network namespaces)".into()))
 }
 
-/// `msocket bench relay`'s options, as given.
-struct RelayOptions {
-    bytes: u64,
-    trials: usize,
-    round_trips: usize,
-    held: usize,
-    held_ends: String,
-    active: usize,
-    active_bytes: u64,
-    msocketd: Option<PathBuf>,
-    splice_buffer: Option<String>,
-    lab: bool,
-    lab_bytes: u64,
-    json: bool,
-}
-
 #[cfg(target_os = "linux")]
-async fn relay(o: RelayOptions) -> Result<(), CliError> {
+async fn relay(o: RelayArgs) -> Result<(), CliError> {
     let opts = msocket_bench::relay::Options {
         bytes: o.bytes,
         trials: o.trials,
@@ -525,6 +481,6 @@ async fn relay(o: RelayOptions) -> Result<(), CliError> {
 }
 
 #[cfg(not(target_os = "linux"))]
-async fn relay(_: RelayOptions) -> Result<(), CliError> {
+async fn relay(_: RelayArgs) -> Result<(), CliError> {
     Err(CliError("bench relay needs Linux (/proc, splice(2) in the relay)".into()))
 }
