@@ -38,22 +38,7 @@ pub const REGISTERED: &str = "registered at the relay";
 
 /// Why the tests cannot run here (None: they can). Installs the lab's tools first.
 fn problem() -> Option<String> {
-    if !msocket_lab::is_root() {
-        return Some("not root: run them as root".into());
-    }
-    if !msocket_lab::missing_tools().is_empty() {
-        let setup = concat!(env!("CARGO_MANIFEST_DIR"), "/../lab/setup.sh");
-        let _ = Command::new("bash").arg(setup).status();
-    }
-    let missing = msocket_lab::missing_tools();
-    if !missing.is_empty() {
-        return Some(format!("missing after lab/setup.sh: {}", missing.join(", ")));
-    }
-    let _ = msocket_lab::cleanup_stale();
-    if let Err(e) = Netns::new("probe") {
-        return Some(format!("cannot create a network namespace: {e}"));
-    }
-    None
+    super::real_programs_support::lab_problem(|| msocket_lab::missing_tools().into_iter().map(String::from).collect())
 }
 
 /// Sets a test up; panics, saying what is missing, on a machine that cannot run it.

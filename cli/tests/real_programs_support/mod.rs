@@ -73,6 +73,12 @@ fn missing() -> Vec<String> {
 
 /// Why the tests cannot run here (None: they can). Installs what is missing first.
 fn problem() -> Option<String> {
+    lab_problem(missing)
+}
+
+/// Why lab tests that need root, namespaces and what `missing` lists cannot run here
+/// (None: they can). Runs lab/setup.sh first when something is missing.
+pub fn lab_problem(missing: impl Fn() -> Vec<String>) -> Option<String> {
     if !msocket_lab::is_root() {
         return Some("not root: run them as root".into());
     }
