@@ -344,25 +344,14 @@ async fn run_name(args: NameArgs) -> Result<(), String> {
     }
     announce(&lines)?;
     let server = Arc::new(server);
-    let (stop, stopped) = tokio::sync::watch::channel(());
-    let metrics_task = metrics.map(|(listener, _)| {
+    let render = {
         let server = Arc::clone(&server);
-        let render = move || {
+        move || {
             let server = Arc::clone(&server);
             async move { server.metrics_text().await }
-        };
-        tokio::spawn(msocketd::metrics::serve(listener, render, until_stopped(stopped.clone())))
-    });
-    server
-        .serve(listener, async move {
-            shutdown.await;
-            drop(stop);
-        })
-        .await;
-    if let Some(task) = metrics_task {
-        let _ = task.await;
-    }
-    tracing::info!("stopped");
+        }
+    };
+    serve_with_metrics(metrics, render, shutdown, |stopping| server.serve(listener, stopping)).await;
     Ok(())
 }
 
@@ -398,25 +387,14 @@ async fn run_relay(args: RelayArgs) -> Result<(), String> {
     }
     announce(&lines)?;
     let server = Arc::new(server);
-    let (stop, stopped) = tokio::sync::watch::channel(());
-    let metrics_task = metrics.map(|(listener, _)| {
+    let render = {
         let server = Arc::clone(&server);
-        let render = move || {
+        move || {
             let page = server.metrics_text();
             async move { page }
-        };
-        tokio::spawn(msocketd::metrics::serve(listener, render, until_stopped(stopped.clone())))
-    });
-    server
-        .serve(async move {
-            shutdown.await;
-            drop(stop);
-        })
-        .await;
-    if let Some(task) = metrics_task {
-        let _ = task.await;
-    }
-    tracing::info!("stopped");
+        }
+    };
+    serve_with_metrics(metrics, render, shutdown, |stopping| server.serve(stopping)).await;
     Ok(())
 }
 
@@ -489,6 +467,32 @@ async fn bind_metrics(addr: Option<&str>) -> Result<Option<(tokio::net::TcpListe
 }
 
 /// Completes once the sender of `stopped` is dropped.
+/// Runs a service (`serve`, given what completes when it should stop) beside its metrics
+/// page, if one was asked for, until `shutdown`; the page stops with the service.
+async fn serve_with_metrics<F, Fut, S>(
+    metrics: Option<(tokio::net::TcpListener, std::net::SocketAddr)>,
+    render: F,
+    shutdown: impl std::future::Future + Send + 'static,
+    serve: impl FnOnce(std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>) -> S,
+) where
+    F: Fn() -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = String> + Send + 'static,
+    S: std::future::Future<Output = ()>,
+{
+    let (stop, stopped) = tokio::sync::watch::channel(());
+    let metrics_task =
+        metrics.map(|(listener, _)| tokio::spawn(msocketd::metrics::serve(listener, render, until_stopped(stopped))));
+    serve(Box::pin(async move {
+        shutdown.await;
+        drop(stop);
+    }))
+    .await;
+    if let Some(task) = metrics_task {
+        let _ = task.await;
+    }
+    tracing::info!("stopped");
+}
+
 async fn until_stopped(mut stopped: tokio::sync::watch::Receiver<()>) {
     while stopped.changed().await.is_ok() {}
 }
