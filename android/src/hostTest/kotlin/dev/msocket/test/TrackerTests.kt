@@ -2,7 +2,9 @@
  * The Android bridge's logic without Android: kinds and metered flags from transports,
  * snapshots only of fully described networks, losses published at once and gains after
  * the settle time (on a virtual clock), ordering across a hand-off, address matching for
- * socket binding.
+ * socket binding; captive portals and unvalidated networks, VPNs, the CLAT address of an
+ * IPv6-only network, the cellular request held only while flows are open, typed
+ * registration errors, and callbacks after close.
  */
 package dev.msocket.test
 
@@ -10,13 +12,23 @@ import dev.msocket.InterfaceKind
 import dev.msocket.NetworkInterface
 import dev.msocket.net.Cancellable
 import dev.msocket.net.Capabilities
+import dev.msocket.net.CellularDemand
+import dev.msocket.net.Clat
 import dev.msocket.net.Classify
+import dev.msocket.net.ExecutorScheduler
+import dev.msocket.net.InterfaceAddresses
+import dev.msocket.net.NetworkBridgeException
 import dev.msocket.net.NetworkSocketBinder
 import dev.msocket.net.NetworkTracker
 import dev.msocket.net.Scheduler
 import dev.msocket.net.Transport
 import dev.msocket.net.parseIpLiteral
 import java.net.InetAddress
+import kotlinx.coroutines.CoroutineScope
+import kotlinx.coroutines.Dispatchers
+import kotlinx.coroutines.cancel
+import kotlinx.coroutines.flow.MutableStateFlow
+import kotlin.test.assertIs
 import kotlin.test.assertEquals
 import kotlin.test.assertFalse
 import kotlin.test.assertNull
@@ -54,6 +66,7 @@ private fun ip(text: String): InetAddress = parseIpLiteral(text) ?: error("not a
 
 private val WIFI = Capabilities(setOf(Transport.WIFI), notMetered = true)
 private val CELL = Capabilities(setOf(Transport.CELLULAR), notMetered = false)
+private val VPN = Capabilities(setOf(Transport.VPN), notMetered = true)
 
 private class Rig {
     val clock = VirtualScheduler()
@@ -206,5 +219,161 @@ fun trackerTests(s: Suite) {
         binder.bind(42, "2001:db8::7")
         binder.bind(43, "198.51.100.1")
         assertEquals(listOf(200L to 42), bound, "an address no network owns is left unbound")
+    }
+
+    s.test("tracker: a captive portal is reported but never up") {
+        val r = Rig()
+        r.cell(200, "10.0.0.7")
+        r.clock.advance(100)
+        r.tracker.onAvailable(100)
+        r.tracker.onCapabilitiesChanged(100, WIFI.copy(validated = false, captivePortal = true))
+        r.tracker.onLinkPropertiesChanged(100, "wlan0", 3, listOf(ip("192.0.2.7")))
+        r.clock.advance(100)
+        val wlan = r.last().first { it.name == "wlan0" }
+        assertFalse(wlan.up, "the portal answers for everyone: no subflow on it")
+        assertEquals(listOf("10.0.0.7"), r.addresses())
+        // Signed in: the platform validates it, and it is used.
+        r.tracker.onCapabilitiesChanged(100, WIFI)
+        r.clock.advance(100)
+        assertEquals(listOf("10.0.0.7", "192.0.2.7"), r.addresses())
+        // Alone, a captive portal is still not up.
+        r.tracker.onLost(200)
+        r.tracker.onCapabilitiesChanged(100, WIFI.copy(validated = false, captivePortal = true))
+        assertEquals(emptyList(), r.addresses(), "published at once: a loss")
+    }
+
+    s.test("tracker: an unvalidated network is up only while no validated one is") {
+        val r = Rig()
+        r.tracker.onAvailable(100)
+        r.tracker.onCapabilitiesChanged(100, WIFI.copy(validated = false))
+        r.tracker.onLinkPropertiesChanged(100, "wlan0", 3, listOf(ip("192.0.2.7")))
+        r.clock.advance(100)
+        assertEquals(listOf("192.0.2.7"), r.addresses(), "alone it is all there is")
+        r.cell(200, "10.0.0.7")
+        assertEquals(listOf("10.0.0.7"), r.addresses(), "a validated network appeared: the unvalidated one goes down at once")
+        r.tracker.onCapabilitiesChanged(100, WIFI)
+        r.clock.advance(100)
+        assertEquals(listOf("192.0.2.7", "10.0.0.7"), r.addresses(), "validated: used again")
+    }
+
+    s.test("tracker: while a VPN is up only the VPN is reported and no socket is bound") {
+        val r = Rig()
+        r.wifi(100, "wlan0", "192.0.2.7")
+        r.cell(200, "10.0.0.7")
+        r.clock.advance(100)
+        assertEquals(100L, r.tracker.networkFor("192.0.2.7"))
+        r.tracker.onAvailable(300)
+        r.tracker.onCapabilitiesChanged(300, VPN)
+        assertFalse(r.tracker.vpnActive(), "not yet fully described")
+        r.tracker.onLinkPropertiesChanged(300, "tun0", 9, listOf(ip("10.8.0.2")))
+        assertTrue(r.tracker.vpnActive())
+        assertEquals(listOf("tun0"), r.last().map { it.name }, "published at once: the underlying addresses are gone")
+        assertEquals(listOf("10.8.0.2"), r.addresses())
+        assertEquals(InterfaceKind.OTHER, r.last().single().kind)
+        assertNull(r.tracker.networkFor("192.0.2.7"), "binding to Wi-Fi would bypass the VPN")
+        assertNull(r.tracker.networkFor("10.8.0.2"), "the system routes into the VPN by itself")
+        val bound = mutableListOf<Long>()
+        NetworkSocketBinder(r.tracker) { net, _ -> bound += net }.bind(5, "192.0.2.7")
+        assertEquals(emptyList(), bound)
+        r.tracker.onLost(300)
+        assertEquals(listOf("192.0.2.7", "10.0.0.7"), r.addresses(), "the VPN gone: the real networks again")
+        assertEquals(100L, r.tracker.networkFor("192.0.2.7"))
+    }
+
+    s.test("tracker: an IPv6-only network reports its CLAT address") {
+        val system = InterfaceAddresses { name ->
+            when (name) {
+                "v4-rmnet_data0" -> listOf(ip("192.0.0.4"), ip("fe80::4"))
+                "v4-wlan0" -> listOf(ip("192.0.0.5"))
+                else -> null
+            }
+        }
+        val v6 = listOf(ip("2001:db8::7"), ip("fe80::7"))
+        assertEquals(v6 + ip("192.0.0.4"), Clat.withClat("rmnet_data0", v6, system))
+        assertEquals(listOf(ip("10.0.0.7"), ip("2001:db8::7")), Clat.withClat("rmnet_data0", listOf(ip("10.0.0.7"), ip("2001:db8::7")), system), "dual stack: no CLAT")
+        assertEquals(v6, Clat.withClat("rmnet_data1", v6, system), "no stacked interface (yet)")
+        assertEquals(v6, Clat.withClat(null, v6, system))
+        assertEquals(emptyList(), Clat.withClat("wlan0", emptyList(), system), "no address at all: nothing to translate")
+        val r = Rig()
+        r.tracker.onAvailable(200)
+        r.tracker.onCapabilitiesChanged(200, CELL)
+        r.tracker.onLinkPropertiesChanged(200, "rmnet_data0", 7, Clat.withClat("rmnet_data0", v6, system))
+        r.clock.advance(100)
+        assertEquals(listOf("2001:db8:0:0:0:0:0:7", "192.0.0.4"), r.addresses())
+        assertEquals(200L, r.tracker.networkFor("192.0.0.4"), "an IPv4 subflow through the CLAT is bound to cellular")
+        assertEquals(listOf(ip("127.0.0.1")), InterfaceAddresses.SYSTEM.of("lo")?.filter { it is java.net.Inet4Address }, "the system lookup sees real interfaces")
+        assertNull(InterfaceAddresses.SYSTEM.of("v4-no-such-interface"))
+    }
+
+    s.test("tracker: cellular is requested only while flows are open") {
+        val flows = MutableStateFlow(0)
+        val calls = mutableListOf<String>()
+        val errors = mutableListOf<Throwable>()
+        var refuse = false
+        val demand = CellularDemand(
+            openFlows = flows,
+            request = { if (refuse) throw NetworkBridgeException.TooManyRequests("no", null); calls += "request" },
+            release = { calls += "release" },
+            onError = { errors += it },
+        )
+        val scope = CoroutineScope(Dispatchers.Unconfined)
+        demand.start(scope)
+        assertEquals(emptyList(), calls, "no flow: no request")
+        flows.value = 1
+        assertEquals(listOf("request"), calls)
+        assertTrue(demand.requested)
+        flows.value = 3
+        flows.value = 2
+        assertEquals(listOf("request"), calls, "held while the count stays above 0")
+        flows.value = 0
+        assertEquals(listOf("request", "release"), calls)
+        assertFalse(demand.requested)
+        refuse = true
+        flows.value = 1
+        assertEquals(1, errors.size, "a refused request is reported, not thrown")
+        assertIs<NetworkBridgeException.TooManyRequests>(errors.single())
+        assertFalse(demand.requested)
+        flows.value = 0
+        refuse = false
+        flows.value = 1
+        assertEquals(listOf("request", "release", "request"), calls, "the next rise tries again")
+        demand.close()
+        assertEquals(listOf("request", "release", "request", "release"), calls, "close releases a held request")
+        demand.close()
+        flows.value = 0
+        flows.value = 5
+        assertEquals(4, calls.size, "nothing after close")
+        scope.cancel()
+    }
+
+    s.test("tracker: registration failures become typed errors") {
+        assertIs<NetworkBridgeException.PermissionDenied>(NetworkBridgeException.from("registerNetworkCallback", SecurityException("ACCESS_NETWORK_STATE")))
+        class TooManyRequestsException : RuntimeException()
+        val many = NetworkBridgeException.from("requestNetwork", TooManyRequestsException())
+        assertIs<NetworkBridgeException.TooManyRequests>(many)
+        assertTrue(many.message!!.contains("requestNetwork"), many.message)
+        assertIs<NetworkBridgeException.Refused>(NetworkBridgeException.from("requestNetwork", IllegalArgumentException("bad request")))
+    }
+
+    s.test("tracker: callbacks after close are ignored; a closed scheduler refuses quietly") {
+        val r = Rig()
+        r.wifi(100, "wlan0", "192.0.2.7")
+        r.clock.advance(100)
+        val count = r.published.size
+        r.tracker.close()
+        r.tracker.close()
+        r.tracker.onLost(100)
+        r.cell(200, "10.0.0.7")
+        r.tracker.republish()
+        r.clock.advance(1000)
+        assertEquals(count, r.published.size, "nothing published after close")
+        val executor = ExecutorScheduler()
+        executor.close()
+        executor.schedule(10) { error("must not run") }.cancel()
+        val live = NetworkTracker(publish = {}, scheduler = executor)
+        live.onAvailable(1)
+        live.onCapabilitiesChanged(1, WIFI)
+        live.onLinkPropertiesChanged(1, "wlan0", 3, listOf(ip("192.0.2.1")))
+        assertEquals(1, live.snapshot().size)
     }
 }

@@ -17,6 +17,21 @@
  * costs nothing there, since the old paths still work. Snapshots are published in the
  * order the state changed (under one lock), and an unchanged snapshot is not published
  * again.
+ *
+ * Which networks are up in a snapshot (the policy "Networks on Android" in the README
+ * describes):
+ * - a captive portal is never up: it answers for everyone, so a subflow on it would
+ *   connect to the portal, not the peer;
+ * - a network the platform has not validated is up only while no validated network is:
+ *   Android validates every new network within seconds, and one that stays unvalidated
+ *   (no Internet behind the access point) would only hold dead paths; alone, it is all
+ *   there is and may still reach the peer;
+ * - while a VPN is among the networks, only VPN networks are reported and no socket is
+ *   bound: the system routes this app's traffic into the VPN, and binding a socket to the
+ *   underlying Wi-Fi or cellular network would silently bypass the user's VPN.
+ *
+ * After [NetworkTracker.close] every callback is ignored: the platform may still deliver
+ * callbacks it had queued when the consumer went away.
  */
 package dev.msocket.net
 
@@ -25,6 +40,7 @@ import dev.msocket.NetworkInterface
 import java.io.Closeable
 import java.net.InetAddress
 import java.util.concurrent.Executors
+import java.util.concurrent.RejectedExecutionException
 import java.util.concurrent.ScheduledExecutorService
 import java.util.concurrent.TimeUnit
 
@@ -38,7 +54,13 @@ data class Capabilities(
     val notMetered: Boolean,
     /** `NET_CAPABILITY_NOT_SUSPENDED` (false while the cellular link is suspended). */
     val notSuspended: Boolean = true,
-)
+    /** `NET_CAPABILITY_VALIDATED`: the platform reached the Internet through it. */
+    val validated: Boolean = true,
+    /** `NET_CAPABILITY_CAPTIVE_PORTAL`: a sign-in page intercepts its traffic. */
+    val captivePortal: Boolean = false,
+) {
+    val isVpn: Boolean get() = Transport.VPN in transports
+}
 
 /** How a network's transports map onto the core's kinds and the metered flag. */
 object Classify {
@@ -76,7 +98,12 @@ class ExecutorScheduler(
     },
 ) : Scheduler, Closeable {
     override fun schedule(delayMillis: Long, task: Runnable): Cancellable {
-        val future = executor.schedule(task, delayMillis, TimeUnit.MILLISECONDS)
+        val future = try {
+            executor.schedule(task, delayMillis, TimeUnit.MILLISECONDS)
+        } catch (e: RejectedExecutionException) {
+            // Closed: a callback still in flight has nothing left to schedule for.
+            return Cancellable {}
+        }
         return Cancellable { future.cancel(false) }
     }
 
@@ -114,72 +141,95 @@ class NetworkTracker(
 ) {
     private class Link(val interfaceName: String, val index: Int, val addresses: List<InetAddress>)
 
-    private class Entry(var caps: Capabilities? = null, var link: Link? = null, var blocked: Boolean = false)
+    private class Entry(var caps: Capabilities? = null, var link: Link? = null, var blocked: Boolean = false) {
+        val complete: Boolean get() = caps != null && link != null
+        val vpn: Boolean get() = complete && caps!!.isVpn
+    }
 
     private val networks = LinkedHashMap<Long, Entry>()
     private var pending: Cancellable? = null
     /** The last snapshot published (null: publish the next one whatever it is). */
     private var published: List<NetworkInterface>? = emptyList()
+    private var closed = false
 
     /** A network appeared (its details follow in other callbacks). */
     @Synchronized
-    fun onAvailable(network: Long) {
-        networks.getOrPut(network) { Entry() }
-        changed()
-    }
+    fun onAvailable(network: Long) = update { networks.getOrPut(network) { Entry() } }
 
     @Synchronized
-    fun onCapabilitiesChanged(network: Long, caps: Capabilities) {
+    fun onCapabilitiesChanged(network: Long, caps: Capabilities) = update {
         networks.getOrPut(network) { Entry() }.caps = caps
-        changed()
     }
 
     /** Link properties: the interface's name and index, and its addresses. */
     @Synchronized
-    fun onLinkPropertiesChanged(network: Long, interfaceName: String?, index: Int, addresses: List<InetAddress>) {
-        val usable = addresses.filter { !it.isLinkLocalAddress && !it.isAnyLocalAddress && !it.isMulticastAddress }
+    fun onLinkPropertiesChanged(network: Long, interfaceName: String?, index: Int, addresses: List<InetAddress>) = update {
+        val usable = addresses.filter { !it.isLinkLocalAddress && !it.isAnyLocalAddress && !it.isMulticastAddress }.distinct()
         networks.getOrPut(network) { Entry() }.link =
             Link(interfaceName?.takeIf { it.isNotBlank() } ?: "net$network", maxOf(index, 0), usable)
-        changed()
     }
 
     @Synchronized
-    fun onBlockedStatusChanged(network: Long, blocked: Boolean) {
+    fun onBlockedStatusChanged(network: Long, blocked: Boolean) = update {
         networks.getOrPut(network) { Entry() }.blocked = blocked
-        changed()
     }
 
     @Synchronized
-    fun onLost(network: Long) {
-        networks.remove(network)
-        changed()
-    }
+    fun onLost(network: Long) = update { networks.remove(network) }
 
     /** Publishes the current snapshot now (for a new consumer), even if unchanged. */
     @Synchronized
     fun republish() {
+        if (closed) return
         published = null
         flush()
     }
 
-    /** The snapshot of every fully described network, in the order they appeared. */
+    /** Stops publishing; later callbacks are ignored. Idempotent. */
     @Synchronized
-    fun snapshot(): List<NetworkInterface> = networks.values.mapNotNull { e ->
-        val caps = e.caps ?: return@mapNotNull null
-        val link = e.link ?: return@mapNotNull null
-        NetworkInterface(
-            name = link.interfaceName,
-            index = link.index.toUInt(),
-            kind = Classify.kind(caps.transports),
-            metered = Classify.metered(caps),
-            up = !e.blocked && caps.notSuspended,
-            addresses = link.addresses.map(::addressText),
-        )
+    fun close() {
+        closed = true
+        pending?.cancel()
+        pending = null
     }
 
-    /** The network that owns [localAddress] (in any text form), or null. */
+    /** Whether a VPN network is up: sockets then follow the system's routing (into the VPN). */
+    @Synchronized
+    fun vpnActive(): Boolean = networks.values.any { it.vpn }
+
+    /**
+     * The snapshot of every fully described network, in the order they appeared; only the
+     * VPN networks while one is present (see the file's docs).
+     */
+    @Synchronized
+    fun snapshot(): List<NetworkInterface> {
+        val vpn = vpnActive()
+        val shown = networks.values.filter { it.complete && (!vpn || it.vpn) }
+        val anyValidatedUp = shown.any { usable(it) && it.caps!!.validated }
+        return shown.map { e ->
+            val caps = e.caps!!
+            val link = e.link!!
+            NetworkInterface(
+                name = link.interfaceName,
+                index = link.index.toUInt(),
+                kind = Classify.kind(caps.transports),
+                metered = Classify.metered(caps),
+                up = usable(e) && (caps.validated || !anyValidatedUp),
+                addresses = link.addresses.map(::addressText),
+            )
+        }
+    }
+
+    /** Up as far as the network itself says: not blocked, not suspended, no captive portal. */
+    private fun usable(e: Entry): Boolean = !e.blocked && e.caps!!.notSuspended && !e.caps!!.captivePortal
+
+    /**
+     * The network that owns [localAddress] (in any text form), or null: no network owns it,
+     * or a VPN is up (the socket must follow the system's routing into it).
+     */
     @Synchronized
     fun networkFor(localAddress: String): Long? {
+        if (vpnActive()) return null
         val wanted = parseIpLiteral(localAddress) ?: return null
         return networks.entries.firstOrNull { (_, e) ->
             e.link?.addresses?.any { sameAddress(it, wanted) } == true
@@ -196,6 +246,12 @@ class NetworkTracker(
         return prev.filter { it.up }.flatMap { it.addresses }.any { it !in now }
     }
 
+    private inline fun update(change: () -> Unit) {
+        if (closed) return
+        change()
+        changed()
+    }
+
     private fun changed() {
         val next = snapshot()
         if (next == published) {
@@ -206,7 +262,7 @@ class NetworkTracker(
         if (losesAddress(published, next)) {
             flush()
         } else if (pending == null) {
-            pending = scheduler.schedule(settleMillis) { synchronized(this) { flush() } }
+            pending = scheduler.schedule(settleMillis) { synchronized(this) { if (!closed) flush() } }
         }
     }
 
