@@ -6,6 +6,7 @@
 
 pub use crate::name::protocol as name_protocol;
 pub use crate::relay::wire as relay_protocol;
+pub use crate::runtime::events::{event_channel, EVENT_BACKLOG};
 pub use crate::session::opening::Progress;
 #[cfg(target_os = "linux")]
 pub use crate::watch::netlink;

@@ -17,9 +17,10 @@ use tokio::sync::watch;
 
 use crate::binder::AppBinder;
 use crate::error::{guard, MsocketError};
+use crate::events::OpenFlows;
 use crate::flow::Flow;
 use crate::pins::AppPins;
-use crate::runtime::{self, block_on, millis};
+use crate::runtime::{self, call, millis, CancelToken};
 use crate::types::{interfaces_to_core, parse_ip, NetworkInterface, PathPolicy};
 use crate::{PinStore, SocketBinder};
 
@@ -130,6 +131,7 @@ pub struct Endpoint {
     fingerprint: String,
     open: Mutex<Option<Open>>,
     closed: watch::Sender<bool>,
+    open_flows: OpenFlows,
 }
 
 impl Endpoint {
@@ -155,6 +157,7 @@ impl Endpoint {
                 fingerprint,
                 open: Mutex::new(Some(Open { endpoint, network: None })),
                 closed: watch::channel(false).0,
+                open_flows: OpenFlows::new(),
             })
         })
     }
@@ -172,20 +175,24 @@ impl Endpoint {
         self.lock().as_ref().map(|o| o.endpoint.clone()).ok_or_else(|| self.closed_error())
     }
 
-    /// Waits for `op` to finish, for `timeout_ms`, or for the endpoint to be closed.
-    fn wait<T>(
+    /// Runs `op` as the waiting call `what` (see [`runtime::call`]), failing it with
+    /// `Closed` as soon as the endpoint is released.
+    async fn wait<T: Send + 'static>(
         &self,
-        what: &str,
+        what: &'static str,
         timeout_ms: u32,
-        op: impl std::future::Future<Output = Result<T, MsocketError>>,
+        cancel: Option<Arc<CancelToken>>,
+        op: impl std::future::Future<Output = Result<T, MsocketError>> + Send + 'static,
     ) -> Result<T, MsocketError> {
         let mut closed = self.closed.subscribe();
-        block_on(what, timeout_ms, async {
+        let error = self.closed_error();
+        call(what, timeout_ms, cancel, async move {
             tokio::select! {
                 r = op => r,
-                _ = closed.wait_for(|c| *c) => Err(self.closed_error()),
+                _ = closed.wait_for(|c| *c) => Err(error),
             }
         })
+        .await
     }
 
     /// The public fingerprint of this endpoint's identity.
@@ -194,21 +201,47 @@ impl Endpoint {
     }
 
     /// Starts serving `name`.
-    pub fn listen(&self, name: String, timeout_ms: u32) -> Result<Arc<Listener>, MsocketError> {
-        guard("listen", || {
-            let endpoint = self.endpoint()?;
-            let listener = self.wait("listen", timeout_ms, async { Ok(endpoint.listen(&name).await?) })?;
-            Ok(Arc::new(Listener::new(listener)))
+    pub async fn listen(
+        &self,
+        name: String,
+        timeout_ms: u32,
+        cancel: Option<Arc<CancelToken>>,
+    ) -> Result<Arc<Listener>, MsocketError> {
+        let endpoint = self.endpoint()?;
+        let open_flows = self.open_flows.clone();
+        self.wait("listen", timeout_ms, cancel, async move {
+            let listener = endpoint.listen(&name).await?;
+            Ok(Arc::new(Listener::new(listener, open_flows)))
         })
+        .await
     }
 
-    /// Opens a flow to `name` (`NAME` or `NAME#FINGERPRINT`; see the UDL).
-    pub fn connect(&self, name: String, timeout_ms: u32) -> Result<Arc<Flow>, MsocketError> {
-        guard("connect", || {
-            let endpoint = self.endpoint()?;
-            let flow = self.wait("connect", timeout_ms, async { Ok(endpoint.connect(&name).await?) })?;
-            Ok(Arc::new(Flow::new(flow)))
+    /// Opens a flow to `name` (`NAME` or `NAME#FINGERPRINT`; see the UDL). A call cancelled
+    /// or timed out before the flow was handed over drops it, so the peer sees it end.
+    pub async fn connect(
+        &self,
+        name: String,
+        timeout_ms: u32,
+        cancel: Option<Arc<CancelToken>>,
+    ) -> Result<Arc<Flow>, MsocketError> {
+        let endpoint = self.endpoint()?;
+        let open_flows = self.open_flows.clone();
+        self.wait("connect", timeout_ms, cancel, async move {
+            let flow = endpoint.connect(&name).await?;
+            Ok(Arc::new(Flow::new(flow, &open_flows)))
         })
+        .await
+    }
+
+    /// Flows of this endpoint that are open (see the UDL).
+    pub fn open_flows(&self) -> u32 {
+        self.open_flows.count()
+    }
+
+    /// The count of open flows, as soon as it differs from `seen`.
+    pub async fn open_flows_changed(&self, seen: u32, cancel: Option<Arc<CancelToken>>) -> Result<u32, MsocketError> {
+        let open_flows = self.open_flows.clone();
+        self.wait("open_flows_changed", u32::MAX, cancel, async move { Ok(open_flows.changed_from(seen).await) }).await
     }
 
     /// The platform's network snapshot (see the UDL).
@@ -256,14 +289,16 @@ pub struct Listener {
     /// accept to notice.
     listener: Mutex<Option<Arc<tokio::sync::Mutex<msocket::Listener>>>>,
     closed: watch::Sender<bool>,
+    open_flows: OpenFlows,
 }
 
 impl Listener {
-    fn new(listener: msocket::Listener) -> Listener {
+    fn new(listener: msocket::Listener, open_flows: OpenFlows) -> Listener {
         Listener {
             name: listener.name().to_string(),
             listener: Mutex::new(Some(Arc::new(tokio::sync::Mutex::new(listener)))),
             closed: watch::channel(false).0,
+            open_flows,
         }
     }
 
@@ -277,28 +312,28 @@ impl Listener {
     }
 
     /// The next flow a peer opened to this name.
-    pub fn accept(&self, timeout_ms: u32) -> Result<Arc<Flow>, MsocketError> {
-        guard("accept", || {
-            let listener = self
-                .listener
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .clone()
-                .ok_or_else(|| self.closed_error())?;
-            let mut closed = self.closed.subscribe();
-            let flow = block_on("accept", timeout_ms, async {
-                tokio::select! {
-                    r = async { listener.lock().await.accept().await } => r.map_err(|e| match e {
-                        msocket::Error::Closed => MsocketError::Closed(format!(
-                            "the listener on {} stopped: its endpoint was closed", self.name
-                        )),
-                        e => e.into(),
-                    }),
-                    _ = closed.wait_for(|c| *c) => Err(self.closed_error()),
-                }
-            })?;
-            Ok(Arc::new(Flow::new(flow)))
+    pub async fn accept(&self, timeout_ms: u32, cancel: Option<Arc<CancelToken>>) -> Result<Arc<Flow>, MsocketError> {
+        let listener = self
+            .listener
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .ok_or_else(|| self.closed_error())?;
+        let mut closed = self.closed.subscribe();
+        let (name, closed_error, open_flows) = (self.name.clone(), self.closed_error(), self.open_flows.clone());
+        call("accept", timeout_ms, cancel, async move {
+            tokio::select! {
+                r = async { listener.lock().await.accept().await } => match r {
+                    Ok(flow) => Ok(Arc::new(Flow::new(flow, &open_flows))),
+                    Err(msocket::Error::Closed) => Err(MsocketError::Closed(format!(
+                        "the listener on {name} stopped: its endpoint was closed"
+                    ))),
+                    Err(e) => Err(e.into()),
+                },
+                _ = closed.wait_for(|c| *c) => Err(closed_error),
+            }
         })
+        .await
     }
 
     /// Stops listening.

@@ -49,7 +49,7 @@ pub enum MsocketError {
     #[error("{0}")]
     Io(String),
     #[error("{0}")]
-    WrongThread(String),
+    Cancelled(String),
     #[error("{0}")]
     Internal(String),
 }

@@ -1,26 +1,26 @@
-//! The app's handle on a flow: blocking send and receive with timeouts, from any thread.
+//! The app's handle on a flow: async send and receive with timeouts, from any thread.
 //!
-//! A mobile app reads on one thread and writes on another, and closes from a third (the
+//! A mobile app reads in one coroutine and writes in another, and closes from a third (the
 //! UI's). The core's [`msocket::Flow`] is `AsyncRead + AsyncWrite` behind `&mut`, so the
 //! handle keeps it in a mutex that is held only while one poll runs — never across a wait
 //! — which lets a receive and a send wait at the same time (each registers its own waker
 //! in the core, as `tokio::io::split` would). Closing takes the flow out of the mutex and
 //! signals every waiting call, which fails with `Closed` at once instead of waiting out
-//! its timeout.
+//! its timeout. Each waiting call runs through [`runtime::call`], so cancelling it on the
+//! foreign side drops it here.
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::Poll;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::watch;
 
 use crate::error::{from_flow_io, guard, MsocketError};
-use crate::events::EventPump;
-use crate::runtime::{self, block_on};
-use crate::types::{FlowStats, PathInfo, PathPolicy};
-use crate::FlowListener;
+use crate::events::{EventStream, OpenFlow, OpenFlows};
+use crate::runtime::{self, call, CancelToken};
+use crate::types::{FlowEvent, FlowStats, PathInfo, PathPolicy};
 
 /// Most bytes one `receive` returns, whatever the app asks for: the flow's receive window,
 /// so a single call can empty it, while a wild `max_bytes` cannot make us allocate
@@ -33,19 +33,27 @@ pub struct Flow {
     id: String,
     peer_fingerprint: String,
     flow: Mutex<Option<msocket::Flow>>,
+    /// Bytes taken from the core and not yet by the app (at most one `await_received`'s
+    /// worth: it reads only into an empty buffer).
+    received: Mutex<Vec<u8>>,
     closed: watch::Sender<bool>,
-    pump: Mutex<Option<EventPump>>,
+    events: EventStream,
+    open: Arc<OpenFlow>,
 }
 
 impl Flow {
-    pub(crate) fn new(flow: msocket::Flow) -> Flow {
+    /// Wraps a flow just opened or accepted; called on the runtime (it counts the flow
+    /// among `open_flows`, which watches it there).
+    pub(crate) fn new(flow: msocket::Flow, open_flows: &OpenFlows) -> Flow {
         Flow {
             name: flow.name().to_string(),
             id: flow.id(),
             peer_fingerprint: flow.peer().fingerprint(),
+            events: EventStream::new(flow.events()),
+            open: open_flows.track(&flow),
             flow: Mutex::new(Some(flow)),
+            received: Mutex::new(Vec::new()),
             closed: watch::channel(false).0,
-            pump: Mutex::new(None),
         }
     }
 
@@ -67,20 +75,27 @@ impl Flow {
         }
     }
 
-    /// Waits for `op` to finish, for `timeout_ms`, or for the flow to be closed.
-    fn wait<T>(
-        &self,
-        what: &str,
+    /// Runs `op` as the waiting call `what` (see [`runtime::call`]), failing it with
+    /// `Closed` as soon as the flow is released.
+    async fn wait<T: Send + 'static, F>(
+        self: Arc<Self>,
+        what: &'static str,
         timeout_ms: u32,
-        op: impl std::future::Future<Output = Result<T, MsocketError>>,
-    ) -> Result<T, MsocketError> {
+        cancel: Option<Arc<CancelToken>>,
+        op: impl FnOnce(Arc<Self>) -> F + Send + 'static,
+    ) -> Result<T, MsocketError>
+    where
+        F: std::future::Future<Output = Result<T, MsocketError>> + Send,
+    {
         let mut closed = self.closed.subscribe();
-        block_on(what, timeout_ms, async {
+        call(what, timeout_ms, cancel, async move {
+            let error = self.closed_error();
             tokio::select! {
-                r = op => r,
-                _ = closed.wait_for(|c| *c) => Err(self.closed_error()),
+                r = op(self) => r,
+                _ = closed.wait_for(|c| *c) => Err(error),
             }
         })
+        .await
     }
 
     /// The name this flow was opened for.
@@ -99,74 +114,112 @@ impl Flow {
     }
 
     /// Sends all of `data` (see the UDL).
-    pub fn send(&self, data: Vec<u8>, timeout_ms: u32) -> Result<(), MsocketError> {
-        guard("send", || {
-            let taken = AtomicU64::new(0);
-            let all = async {
+    pub async fn send(
+        self: Arc<Self>,
+        data: Vec<u8>,
+        timeout_ms: u32,
+        cancel: Option<Arc<CancelToken>>,
+    ) -> Result<(), MsocketError> {
+        let taken = Arc::new(AtomicU64::new(0));
+        let total = data.len();
+        let counted = taken.clone();
+        let r = self
+            .wait("send", timeout_ms, cancel, move |this| async move {
                 let mut rest: &[u8] = &data;
                 while !rest.is_empty() {
-                    let n = std::future::poll_fn(|cx| match self.lock().as_mut() {
+                    let n = std::future::poll_fn(|cx| match this.lock().as_mut() {
                         Some(flow) => Pin::new(flow).poll_write(cx, rest).map(|r| r.map_err(from_flow_io)),
-                        None => Poll::Ready(Err(self.closed_error())),
+                        None => Poll::Ready(Err(this.closed_error())),
                     })
                     .await?;
                     rest = &rest[n..];
-                    taken.fetch_add(n as u64, Ordering::Relaxed);
+                    counted.fetch_add(n as u64, Ordering::Relaxed);
                 }
                 Ok(())
-            };
-            match self.wait("send", timeout_ms, all) {
-                Err(MsocketError::Timeout(_)) => Err(MsocketError::Timeout(format!(
-                    "send did not finish within {timeout_ms} ms: the flow took {} of {} bytes (the peer is slow \
-                     to read, or no path works)",
-                    taken.load(Ordering::Relaxed),
-                    data.len()
-                ))),
-                other => other,
-            }
-        })
+            })
+            .await;
+        match r {
+            Err(MsocketError::Timeout(_)) => Err(MsocketError::Timeout(format!(
+                "send did not finish within {timeout_ms} ms: the flow took {} of {total} bytes (the peer is slow \
+                 to read, or no path works)",
+                taken.load(Ordering::Relaxed),
+            ))),
+            Err(MsocketError::Cancelled(_)) => Err(MsocketError::Cancelled(format!(
+                "send was cancelled after the flow took {} of {total} bytes",
+                taken.load(Ordering::Relaxed),
+            ))),
+            other => other,
+        }
     }
 
-    /// Up to `max_bytes` bytes, or None at the end of the peer's stream (see the UDL).
-    pub fn receive(&self, max_bytes: u32, timeout_ms: u32) -> Result<Option<Vec<u8>>, MsocketError> {
-        guard("receive", || {
-            if max_bytes == 0 {
-                return Err(MsocketError::InvalidArgument("receive: max_bytes must be at least 1".into()));
-            }
-            let mut buf = vec![0u8; max_bytes.min(MAX_RECEIVE) as usize];
-            let n = self.wait("receive", timeout_ms, async {
-                std::future::poll_fn(|cx| match self.lock().as_mut() {
-                    Some(flow) => {
-                        let mut rb = ReadBuf::new(&mut buf);
-                        match Pin::new(flow).poll_read(cx, &mut rb) {
-                            Poll::Ready(Ok(())) => Poll::Ready(Ok(rb.filled().len())),
-                            Poll::Ready(Err(e)) => Poll::Ready(Err(from_flow_io(e))),
-                            Poll::Pending => Poll::Pending,
-                        }
+    /// How many received bytes are ready to take, once some are; 0 at the end of the
+    /// peer's stream (see the UDL). What the core hands over goes into the flow's own
+    /// buffer in the same step, so a call dropped at any point loses nothing.
+    pub async fn await_received(
+        self: Arc<Self>,
+        max_bytes: u32,
+        timeout_ms: u32,
+        cancel: Option<Arc<CancelToken>>,
+    ) -> Result<u32, MsocketError> {
+        if max_bytes == 0 {
+            return Err(MsocketError::InvalidArgument("await_received: max_bytes must be at least 1".into()));
+        }
+        let max = max_bytes.min(MAX_RECEIVE) as usize;
+        self.wait("receive", timeout_ms, cancel, move |this| async move {
+            std::future::poll_fn(|cx| {
+                let mut received = this.received.lock().unwrap_or_else(|p| p.into_inner());
+                if !received.is_empty() {
+                    return Poll::Ready(Ok(received.len().min(max) as u32));
+                }
+                let mut flow = this.lock();
+                let Some(flow) = flow.as_mut() else { return Poll::Ready(Err(this.closed_error())) };
+                received.resize(max, 0);
+                let mut rb = ReadBuf::new(&mut received);
+                let r = Pin::new(flow).poll_read(cx, &mut rb);
+                let n = rb.filled().len();
+                received.truncate(n);
+                match r {
+                    Poll::Ready(Ok(())) => Poll::Ready(Ok(n as u32)),
+                    Poll::Ready(Err(e)) => Poll::Ready(Err(from_flow_io(e))),
+                    Poll::Pending => {
+                        // Thousands of flows may wait at once: hold no buffer meanwhile.
+                        *received = Vec::new();
+                        Poll::Pending
                     }
-                    None => Poll::Ready(Err(self.closed_error())),
-                })
-                .await
-            })?;
-            if n == 0 {
-                return Ok(None);
-            }
-            buf.truncate(n);
-            Ok(Some(buf))
+                }
+            })
+            .await
         })
+        .await
+    }
+
+    /// Takes up to `max_bytes` of the bytes [`await_received`](Self::await_received) made
+    /// ready (see the UDL).
+    pub fn take_received(&self, max_bytes: u32) -> Result<Vec<u8>, MsocketError> {
+        let mut received = self.received.lock().unwrap_or_else(|p| p.into_inner());
+        if received.is_empty() && self.lock().is_none() {
+            return Err(self.closed_error());
+        }
+        let n = received.len().min(max_bytes as usize);
+        Ok(received.drain(..n).collect())
     }
 
     /// Ends our stream and waits until the peer acknowledged everything.
-    pub fn finish(&self, timeout_ms: u32) -> Result<(), MsocketError> {
-        guard("finish", || {
-            self.wait("finish", timeout_ms, async {
-                std::future::poll_fn(|cx| match self.lock().as_mut() {
-                    Some(flow) => Pin::new(flow).poll_shutdown(cx).map(|r| r.map_err(from_flow_io)),
-                    None => Poll::Ready(Err(self.closed_error())),
-                })
-                .await
+    pub async fn finish(self: Arc<Self>, timeout_ms: u32, cancel: Option<Arc<CancelToken>>) -> Result<(), MsocketError> {
+        self.wait("finish", timeout_ms, cancel, |this| async move {
+            std::future::poll_fn(|cx| match this.lock().as_mut() {
+                Some(flow) => Pin::new(flow).poll_shutdown(cx).map(|r| r.map_err(from_flow_io)),
+                None => Poll::Ready(Err(this.closed_error())),
             })
+            .await
         })
+        .await
+    }
+
+    /// The flow's next event (see the UDL); waits for it without a timeout, since a flow
+    /// may go hours without one: cancel the call, or release the flow, to stop waiting.
+    pub async fn next_event(self: Arc<Self>, cancel: Option<Arc<CancelToken>>) -> Result<Option<FlowEvent>, MsocketError> {
+        call("next_event", u32::MAX, cancel, async move { Ok(self.events.next().await) }).await
     }
 
     /// Ends the flow at once with `reason`.
@@ -182,6 +235,7 @@ impl Flow {
     pub fn release(&self) {
         let flow = self.lock().take();
         self.closed.send_replace(true);
+        self.open.done();
         // Dropping finishes our stream and discards what arrives; it never waits.
         let runtime = runtime::handle().ok();
         let _entered = runtime.as_ref().map(|r| r.enter());
@@ -212,28 +266,12 @@ impl Flow {
     pub fn stats(&self) -> Result<FlowStats, MsocketError> {
         guard("stats", || self.with(|f| f.stats().into()))
     }
-
-    /// Sends events from now on to `listener` (None: stop).
-    pub fn set_listener(&self, listener: Option<Box<dyn FlowListener>>) -> Result<(), MsocketError> {
-        guard("set_listener", || {
-            let mut pump = self.pump.lock().unwrap_or_else(|p| p.into_inner());
-            // The old listener stops before the new one starts, so no event reaches both.
-            pump.take();
-            if let Some(listener) = listener {
-                let events = self.with(|f| f.events())?;
-                *pump = Some(EventPump::start(runtime::handle()?, events, listener)?);
-            }
-            Ok(())
-        })
-    }
 }
 
 impl Drop for Flow {
     fn drop(&mut self) {
-        // The event thread ends on its own after the Closed event; a flow dropped by the
-        // app without release() keeps delivering until then, like one closed explicitly.
-        if let Some(pump) = self.pump.get_mut().unwrap_or_else(|p| p.into_inner()).take() {
-            pump.detach();
-        }
+        // The app let go of it: the core flow finishes in the background, but no longer
+        // counts as one the app needs networks for.
+        self.open.done();
     }
 }

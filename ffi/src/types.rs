@@ -289,6 +289,7 @@ pub enum FlowEvent {
     StaysRelayed { attempts: u32 },
     Moved { addresses: Vec<String> },
     Closed { failure: Option<FlowFailure>, error: Option<String>, energy_joules: Option<f64> },
+    EventsDropped { count: u64 },
 }
 
 impl FlowEvent {

@@ -1,16 +1,16 @@
-//! The SDK surface driven from plain threads, as Kotlin and Swift drive it: real
-//! endpoints on loopback, a real name server (msocketd's, in process), blocking calls
-//! with timeouts, callbacks, pushed network snapshots, and bad input.
+//! The SDK surface driven as Kotlin and Swift drive it: real endpoints on loopback, a
+//! real name server (msocketd's, in process), async calls with timeouts and cancellation,
+//! pulled events, callbacks, pushed network snapshots, and bad input. The tests await the
+//! calls on a runtime of their own, as the foreign side polls them from its threads.
 //!
-//! Nothing here sleeps to synchronise: every wait is on a channel or a blocking call,
-//! bounded by a timeout.
+//! Nothing here sleeps to synchronise: every wait is on an event or a call, bounded by a
+//! timeout.
 
-use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use msocket_ffi::{
-    CallbackError, Endpoint, EndpointOptions, Flow, FlowEvent, FlowListener, InterfaceKind, MsocketError,
+    CallbackError, CancelToken, Endpoint, EndpointOptions, Flow, FlowEvent, InterfaceKind, MsocketError,
     NetworkInterface, PathPolicy, SocketBinder,
 };
 use msocket_test_support::{data, sha256, LocalNameServer};
@@ -45,123 +45,130 @@ fn server(names: &LocalNameServer, seed: u8) -> Endpoint {
     Endpoint::new(key(seed), o, None, None).unwrap()
 }
 
-/// Collects a flow's events on a channel.
-struct Events(Mutex<mpsc::Sender<FlowEvent>>);
-
-impl FlowListener for Events {
-    fn on_event(&self, event: FlowEvent) -> Result<(), CallbackError> {
-        let _ = self.0.lock().unwrap().send(event);
-        Ok(())
-    }
-}
-
-fn listen_events(flow: &Flow) -> mpsc::Receiver<FlowEvent> {
-    let (tx, rx) = mpsc::channel();
-    flow.set_listener(Some(Box::new(Events(Mutex::new(tx))))).unwrap();
-    rx
-}
-
 /// The first event matching `want`, within [`WAIT`].
-fn wait_event(rx: &mpsc::Receiver<FlowEvent>, what: &str, want: impl Fn(&FlowEvent) -> bool) -> FlowEvent {
-    let deadline = std::time::Instant::now() + WAIT;
+async fn wait_event(flow: &Arc<Flow>, what: &str, want: impl Fn(&FlowEvent) -> bool) -> FlowEvent {
+    let next = async {
+        loop {
+            match flow.clone().next_event(None).await {
+                Ok(Some(ev)) if want(&ev) => return ev,
+                Ok(Some(_)) => {}
+                other => panic!("the events ended before a {what} event: {other:?}"),
+            }
+        }
+    };
+    tokio::time::timeout(WAIT, next).await.unwrap_or_else(|_| panic!("no {what} event within {WAIT:?}"))
+}
+
+/// Up to `max` received bytes, as the Kotlin and Swift layers' `receive` takes them.
+async fn receive(flow: &Arc<Flow>, max: u32, timeout_ms: u32) -> Result<Option<Vec<u8>>, MsocketError> {
     loop {
-        let left = deadline.saturating_duration_since(std::time::Instant::now());
-        match rx.recv_timeout(left) {
-            Ok(ev) if want(&ev) => return ev,
-            Ok(_) => {}
-            Err(e) => panic!("no {what} event within {WAIT:?}: {e}"),
+        if flow.clone().await_received(max, timeout_ms, None).await? == 0 {
+            return Ok(None);
+        }
+        let chunk = flow.take_received(max)?;
+        if !chunk.is_empty() {
+            return Ok(Some(chunk));
         }
     }
 }
 
-fn receive_all(flow: &Flow) -> Vec<u8> {
+async fn receive_all(flow: &Arc<Flow>) -> Vec<u8> {
     let mut out = Vec::new();
-    while let Some(chunk) = flow.receive(64 * 1024, T).unwrap() {
+    while let Some(chunk) = receive(flow, 64 * 1024, T).await.unwrap() {
         out.extend_from_slice(&chunk);
     }
     out
 }
 
+/// Receives exactly `n` bytes.
+async fn receive_exactly(flow: &Arc<Flow>, n: usize) -> Vec<u8> {
+    let mut out = Vec::new();
+    while out.len() < n {
+        out.extend(receive(flow, 100_000, T).await.unwrap().expect("the stream ended early"));
+    }
+    out
+}
+
 /// Opens a flow from `client` to `name` served by `server`; returns (client, server) flows.
-fn pair(client: &Endpoint, server: &Endpoint, name: &str) -> (Arc<Flow>, Arc<Flow>, Arc<msocket_ffi::Listener>) {
-    let listener = server.listen(name.into(), T).unwrap();
-    let accepting = {
-        let listener = listener.clone();
-        std::thread::spawn(move || listener.accept(T))
-    };
-    let c = client.connect(name.into(), T).unwrap();
-    let s = accepting.join().unwrap().unwrap();
+async fn pair(client: &Endpoint, server: &Endpoint, name: &str) -> (Arc<Flow>, Arc<Flow>, Arc<msocket_ffi::Listener>) {
+    let listener = server.listen(name.into(), T, None).await.unwrap();
+    let accepting = accept_one(&listener);
+    let c = client.connect(name.into(), T, None).await.unwrap();
+    let s = accepting.await.unwrap().unwrap();
     (c, s, listener)
 }
 
-#[test]
-fn a_flow_carries_bytes_both_ways_and_finishes() {
+#[tokio::test]
+async fn a_flow_carries_bytes_both_ways_and_finishes() {
     let names = LocalNameServer::start();
     let srv = server(&names, 1);
     let cli = Endpoint::new(key(2), options(&names), None, None).unwrap();
-    let (c, s, _l) = pair(&cli, &srv, "bytes.test");
+    let (c, s, _l) = pair(&cli, &srv, "bytes.test").await;
     assert_eq!(c.id(), s.id());
     assert_eq!(s.name(), "bytes.test");
-    let events = listen_events(&c);
+    assert_eq!((cli.open_flows(), srv.open_flows()), (1, 1));
 
     let up = data(300_000, 1);
     let sender = {
         let (c, up) = (c.clone(), up.clone());
-        std::thread::spawn(move || {
-            c.send(up, T).unwrap();
-            c.finish(T).unwrap();
+        tokio::spawn(async move {
+            c.clone().send(up, T, None).await.unwrap();
+            c.finish(T, None).await.unwrap();
         })
     };
-    let got = receive_all(&s);
-    sender.join().unwrap();
+    let got = receive_all(&s).await;
+    sender.await.unwrap();
     assert_eq!(sha256(&got), sha256(&up));
 
     let down = data(100_000, 2);
-    s.send(down.clone(), T).unwrap();
-    s.finish(T).unwrap();
-    assert_eq!(receive_all(&c), down);
-    assert_eq!(c.receive(10, T).unwrap(), None, "the end of the stream stays the end");
+    s.clone().send(down.clone(), T, None).await.unwrap();
+    s.clone().finish(T, None).await.unwrap();
+    assert_eq!(sha256(&receive_all(&c).await), sha256(&down));
+    assert_eq!(receive(&c, 10, T).await.unwrap(), None, "the end of the stream stays the end");
 
     let stats = c.stats().unwrap();
     assert_eq!((stats.bytes_written, stats.bytes_read), (300_000, 100_000));
-    let closed = wait_event(&events, "closed", |e| matches!(e, FlowEvent::Closed { .. }));
+    // The events since the flow opened, ending with Closed, after which the stream ends.
+    let closed = wait_event(&c, "closed", |e| matches!(e, FlowEvent::Closed { .. })).await;
     assert!(matches!(closed, FlowEvent::Closed { error: None, .. }), "{closed:?}");
+    assert_eq!(c.clone().next_event(None).await, Ok(None), "the events end after Closed");
+    assert_eq!(c.clone().next_event(None).await, Ok(None));
+    let counted = tokio::time::timeout(WAIT, cli.open_flows_changed(1, None)).await.expect("the count did not drop");
+    assert_eq!(counted, Ok(0), "a closed flow is not open");
     c.release();
-    assert!(matches!(c.send(vec![1], T), Err(MsocketError::Closed(m)) if m.contains("closed")));
+    assert!(matches!(c.clone().send(vec![1], T, None).await, Err(MsocketError::Closed(m)) if m.contains("closed")));
     assert!(matches!(c.paths(), Err(MsocketError::Closed(_))));
 }
 
-#[test]
-fn receive_times_out_and_release_wakes_a_waiting_receive() {
+#[tokio::test]
+async fn receive_times_out_and_release_wakes_a_waiting_receive() {
     let names = LocalNameServer::start();
     let srv = server(&names, 3);
     let cli = Endpoint::new(key(4), options(&names), None, None).unwrap();
-    let (c, _s, listener) = pair(&cli, &srv, "wait.test");
+    let (c, _s, listener) = pair(&cli, &srv, "wait.test").await;
     let started = std::time::Instant::now();
-    assert!(matches!(c.receive(100, 50), Err(MsocketError::Timeout(m)) if m.contains("50 ms")));
+    assert!(matches!(receive(&c, 100, 50).await, Err(MsocketError::Timeout(m)) if m.contains("50 ms")));
     assert!(started.elapsed() < Duration::from_secs(5));
-    assert!(matches!(c.receive(0, 50), Err(MsocketError::InvalidArgument(_))));
+    assert!(matches!(receive(&c, 0, 50).await, Err(MsocketError::InvalidArgument(_))));
 
-    let waiting = {
-        let c = c.clone();
-        std::thread::spawn(move || c.receive(100, 60_000))
-    };
+    let waiting = tokio::spawn(receive_owned(c.clone(), 60_000));
     // Whether the receive is already waiting or not yet started, it fails with Closed
     // at once instead of waiting its minute.
     c.release();
-    assert!(matches!(waiting.join().unwrap(), Err(MsocketError::Closed(_))));
+    assert!(matches!(waiting.await.unwrap(), Err(MsocketError::Closed(_))));
+    assert_eq!(cli.open_flows(), 0, "a released flow is not open");
 
     let accepting = {
         let listener = listener.clone();
-        std::thread::spawn(move || listener.accept(60_000))
+        tokio::spawn(async move { listener.accept(60_000, None).await })
     };
     listener.release();
-    assert!(matches!(accepting.join().unwrap(), Err(MsocketError::Closed(_))));
-    assert!(matches!(listener.accept(10), Err(MsocketError::Closed(_))));
+    assert!(matches!(accepting.await.unwrap(), Err(MsocketError::Closed(_))));
+    assert!(matches!(listener.accept(10, None).await, Err(MsocketError::Closed(_))));
 }
 
-#[test]
-fn bad_input_is_refused_with_a_typed_error() {
+#[tokio::test]
+async fn bad_input_is_refused_with_a_typed_error() {
     let names = LocalNameServer::start();
     let o = options(&names);
     let err = |r: Result<Endpoint, MsocketError>| r.err().expect("accepted");
@@ -177,32 +184,18 @@ fn bad_input_is_refused_with_a_typed_error() {
     assert!(matches!(err(Endpoint::new(key(5), bad, None, None)), MsocketError::InvalidArgument(m) if m.contains("connect_timeout_ms")));
 
     let ep = Endpoint::new(key(5), o, None, None).unwrap();
-    assert!(matches!(ep.connect("nobody.test".into(), T), Err(MsocketError::NameNotFound(m)) if m.contains("nobody.test")));
-    assert!(matches!(ep.connect("Not A Name".into(), T), Err(MsocketError::InvalidArgument(_))));
-    assert!(matches!(ep.listen("".into(), T), Err(MsocketError::InvalidArgument(_))));
+    assert!(matches!(ep.connect("nobody.test".into(), T, None).await, Err(MsocketError::NameNotFound(m)) if m.contains("nobody.test")));
+    assert!(matches!(ep.connect("Not A Name".into(), T, None).await, Err(MsocketError::InvalidArgument(_))));
+    assert!(matches!(ep.listen("".into(), T, None).await, Err(MsocketError::InvalidArgument(_))));
     assert!(matches!(msocket_ffi::key_fingerprint(vec![]), Err(MsocketError::InvalidArgument(_))));
     assert_eq!(msocket_ffi::generate_key().unwrap().len(), 32);
     assert_eq!(msocket_ffi::key_fingerprint(key(5)).unwrap(), ep.fingerprint());
 
     ep.release();
-    assert!(matches!(ep.connect("x.test".into(), T), Err(MsocketError::Closed(_))));
+    assert!(matches!(ep.connect("x.test".into(), T, None).await, Err(MsocketError::Closed(_))));
+    assert!(matches!(ep.open_flows_changed(0, None).await, Err(MsocketError::Closed(_))));
     assert!(matches!(ep.update_network(Vec::new()), Err(MsocketError::Closed(_))));
     ep.release();
-}
-
-/// A listener that tries a blocking call from its callback thread.
-struct Reentrant {
-    flow: Mutex<Option<Arc<Flow>>>,
-    result: Mutex<mpsc::Sender<Result<(), MsocketError>>>,
-}
-
-impl FlowListener for Reentrant {
-    fn on_event(&self, _event: FlowEvent) -> Result<(), CallbackError> {
-        if let Some(flow) = self.flow.lock().unwrap().take() {
-            let _ = self.result.lock().unwrap().send(flow.send(vec![1], 1000));
-        }
-        Err(CallbackError::Failed { reason: "listeners may fail; the flow goes on".into() })
-    }
 }
 
 /// Records every socket the core asks the platform to bind.
@@ -236,8 +229,8 @@ fn wifi(name: &str, index: u32, kind: InterfaceKind, addr: &str) -> NetworkInter
     }
 }
 
-#[test]
-fn pushed_networks_move_the_flow_and_sockets_are_bound() {
+#[tokio::test]
+async fn pushed_networks_move_the_flow_and_sockets_are_bound() {
     let names = LocalNameServer::start();
     let srv = server(&names, 6);
     let binder = Arc::new(Binder::default());
@@ -251,60 +244,52 @@ fn pushed_networks_move_the_flow_and_sockets_are_bound() {
         Err(MsocketError::InvalidArgument(m)) if m.contains("127.0.0.256")
     ));
 
-    let (c, s, _l) = pair(&cli, &srv, "move.test");
+    let (c, s, _l) = pair(&cli, &srv, "move.test").await;
     c.set_policy(PathPolicy::Energy).unwrap();
     assert_eq!(c.policy().unwrap(), PathPolicy::Energy);
-    let events = listen_events(&c);
     let paths = c.paths().unwrap();
     assert!(paths.iter().any(|p| p.local.starts_with("127.0.0.2:")), "{paths:?}");
     assert!(binder.calls.lock().unwrap().iter().any(|(_, a)| a == "127.0.0.2"));
 
-    // A callback that calls a waiting method is refused, and a failing callback is no
-    // harm: the flow still works.
-    let (tx, rx) = mpsc::channel();
-    let reentrant = Reentrant { flow: Mutex::new(Some(c.clone())), result: Mutex::new(tx) };
-    s.set_listener(Some(Box::new(reentrant))).unwrap();
-
-    c.send(data(50_000, 3), T).unwrap();
-    let mut got = 0;
-    while got < 50_000 {
-        got += s.receive(100_000, T).unwrap().unwrap().len();
-    }
+    let first = data(50_000, 3);
+    c.clone().send(first.clone(), T, None).await.unwrap();
+    assert_eq!(sha256(&receive_exactly(&s, 50_000).await), sha256(&first));
     // The move: Wi-Fi now has another address.
     assert!(cli.update_network(vec![wifi("wlan0", 3, InterfaceKind::Wifi, "127.0.0.3")]).unwrap());
-    let moved = wait_event(&events, "moved", |e| matches!(e, FlowEvent::Moved { .. }));
+    let moved = wait_event(&c, "moved", |e| matches!(e, FlowEvent::Moved { .. })).await;
     assert_eq!(moved, FlowEvent::Moved { addresses: vec!["127.0.0.3".into()] });
-    wait_event(&events, "path added", |e| matches!(e, FlowEvent::PathAdded { local, .. } if local.starts_with("127.0.0.3:")));
-    c.send(data(50_000, 4), T).unwrap();
-    let mut got = 0;
-    while got < 50_000 {
-        got += s.receive(100_000, T).unwrap().unwrap().len();
-    }
+    wait_event(&c, "path added", |e| matches!(e, FlowEvent::PathAdded { local, .. } if local.starts_with("127.0.0.3:"))).await;
+    let second = data(50_000, 4);
+    c.clone().send(second.clone(), T, None).await.unwrap();
+    assert_eq!(sha256(&receive_exactly(&s, 50_000).await), sha256(&second));
     let paths = c.paths().unwrap();
     assert!(paths.iter().all(|p| p.local.starts_with("127.0.0.3:")), "{paths:?}");
     assert!(binder.calls.lock().unwrap().iter().any(|(_, a)| a == "127.0.0.3"));
     assert!(c.energy_joules().unwrap().is_some_and(|j| j > 0.0), "a Wi-Fi path costs energy");
     s.release();
-    let refused = rx.recv_timeout(WAIT).expect("the server's listener ran");
-    assert!(matches!(refused, Err(MsocketError::WrongThread(_))), "{refused:?}");
 }
 
 /// Accepts one flow on `listener` in the background.
-fn accept_one(listener: &Arc<msocket_ffi::Listener>) -> std::thread::JoinHandle<Result<Arc<Flow>, MsocketError>> {
+fn accept_one(listener: &Arc<msocket_ffi::Listener>) -> tokio::task::JoinHandle<Result<Arc<Flow>, MsocketError>> {
     let listener = listener.clone();
-    std::thread::spawn(move || listener.accept(T))
+    tokio::spawn(async move { listener.accept(T, None).await })
 }
 
-#[test]
-fn a_peer_named_with_its_fingerprint_is_reached_only_with_that_key() {
+/// [`receive`] of a flow it owns (for spawning).
+async fn receive_owned(flow: Arc<Flow>, timeout_ms: u32) -> Result<Option<Vec<u8>>, MsocketError> {
+    receive(&flow, 100, timeout_ms).await
+}
+
+#[tokio::test]
+async fn a_peer_named_with_its_fingerprint_is_reached_only_with_that_key() {
     let names = LocalNameServer::start();
     let srv = server(&names, 20);
     let cli = Endpoint::new(key(21), options(&names), None, None).unwrap();
-    let listener = srv.listen("keyed.test".into(), T).unwrap();
+    let listener = srv.listen("keyed.test".into(), T, None).await.unwrap();
 
     let accepting = accept_one(&listener);
-    let c = cli.connect(format!("keyed.test#{}", srv.fingerprint()), T).unwrap();
-    let s = accepting.join().unwrap().unwrap();
+    let c = cli.connect(format!("keyed.test#{}", srv.fingerprint()), T, None).await.unwrap();
+    let s = accepting.await.unwrap().unwrap();
     assert_eq!(c.name(), "keyed.test");
     assert_eq!(c.peer_fingerprint(), srv.fingerprint(), "the client knows whom it reached");
     assert_eq!(s.peer_fingerprint(), cli.fingerprint(), "the server knows who connected");
@@ -313,26 +298,26 @@ fn a_peer_named_with_its_fingerprint_is_reached_only_with_that_key() {
     let full: String = sha256(&[public.signing, public.noise].concat()).iter().map(|b| format!("{b:02X}")).collect();
     assert!(full.to_lowercase().starts_with(&srv.fingerprint()));
     let accepting = accept_one(&listener);
-    let c2 = cli.connect(format!("keyed.test#{full}"), T).unwrap();
-    accepting.join().unwrap().unwrap();
+    let c2 = cli.connect(format!("keyed.test#{full}"), T, None).await.unwrap();
+    accepting.await.unwrap().unwrap();
     c2.release();
 
     let impostor = msocket_ffi::key_fingerprint(key(22)).unwrap();
-    let e = cli.connect(format!("keyed.test#{impostor}"), T).err().expect("connected to the wrong key");
+    let e = cli.connect(format!("keyed.test#{impostor}"), T, None).await.err().expect("connected to the wrong key");
     assert!(
         matches!(&e, MsocketError::WrongKey(m) if m.contains(&impostor) && m.contains(&srv.fingerprint())),
         "{e:?}"
     );
-    let e = cli.connect("keyed.test#abc".into(), T).err().expect("accepted a bad fingerprint");
+    let e = cli.connect("keyed.test#abc".into(), T, None).await.err().expect("accepted a bad fingerprint");
     assert!(matches!(&e, MsocketError::InvalidArgument(m) if m.contains("keyed.test#abc") && m.contains("hex digits")), "{e:?}");
-    let e = cli.connect(format!("keyed.test#{}", "z".repeat(32)), T).err().expect("accepted a bad fingerprint");
+    let e = cli.connect(format!("keyed.test#{}", "z".repeat(32)), T, None).await.err().expect("accepted a bad fingerprint");
     assert!(matches!(&e, MsocketError::InvalidArgument(m) if m.contains("'z'")), "{e:?}");
     c.release();
     s.release();
 }
 
-#[test]
-fn an_allow_listed_listener_refuses_a_stranger_and_takes_the_allowed_key() {
+#[tokio::test]
+async fn an_allow_listed_listener_refuses_a_stranger_and_takes_the_allowed_key() {
     let names = LocalNameServer::start();
     let friend = Endpoint::new(key(31), options(&names), None, None).unwrap();
     let stranger = Endpoint::new(key(32), options(&names), None, None).unwrap();
@@ -340,20 +325,20 @@ fn an_allow_listed_listener_refuses_a_stranger_and_takes_the_allowed_key() {
     o.local_addresses = vec!["127.0.0.1".into()];
     o.allowed_peers = Some(vec![format!(" {} ", friend.fingerprint())]);
     let srv = Endpoint::new(key(30), o.clone(), None, None).unwrap();
-    let listener = srv.listen("guarded.test".into(), T).unwrap();
+    let listener = srv.listen("guarded.test".into(), T, None).await.unwrap();
 
-    let e = stranger.connect("guarded.test".into(), T).err().expect("a stranger got in");
+    let e = stranger.connect("guarded.test".into(), T, None).await.err().expect("a stranger got in");
     assert!(matches!(&e, MsocketError::NotAllowed(m) if m.contains("guarded.test") && m.contains("allow-list")), "{e:?}");
-    assert!(matches!(listener.accept(200), Err(MsocketError::Timeout(_))), "nothing of the stranger reaches accept");
+    assert!(matches!(listener.accept(200, None).await, Err(MsocketError::Timeout(_))), "nothing of the stranger reaches accept");
 
     let accepting = accept_one(&listener);
-    let c = friend.connect("guarded.test".into(), T).unwrap();
-    let s = accepting.join().unwrap().unwrap();
+    let c = friend.connect("guarded.test".into(), T, None).await.unwrap();
+    let s = accepting.await.unwrap().unwrap();
     assert_eq!(s.peer_fingerprint(), friend.fingerprint());
     assert_eq!(c.peer_fingerprint(), srv.fingerprint());
-    c.send(b"hello".to_vec(), T).unwrap();
-    c.finish(T).unwrap();
-    assert_eq!(receive_all(&s), b"hello");
+    c.clone().send(b"hello".to_vec(), T, None).await.unwrap();
+    c.finish(T, None).await.unwrap();
+    assert_eq!(receive_all(&s).await, b"hello");
 
     // A bad fingerprint in the list is refused, naming it.
     let mut bad = o.clone();
@@ -388,8 +373,8 @@ impl msocket_ffi::PinStore for PinsHandle {
     }
 }
 
-#[test]
-fn an_app_pin_store_pins_the_first_key_and_a_changed_key_is_refused() {
+#[tokio::test]
+async fn an_app_pin_store_pins_the_first_key_and_a_changed_key_is_refused() {
     // The pins outlive endpoints (as app storage outlives the process); the second name
     // service hands the same name to another key, as an impostor would.
     let store = Arc::new(AppPins::default());
@@ -397,11 +382,11 @@ fn an_app_pin_store_pins_the_first_key_and_a_changed_key_is_refused() {
     let other_names = LocalNameServer::start();
     let srv = server(&names, 40);
     let impostor = server(&other_names, 41);
-    let _l = srv.listen("pinned.test".into(), T).unwrap();
-    let impostor_listener = impostor.listen("pinned.test".into(), T).unwrap();
+    let _l = srv.listen("pinned.test".into(), T, None).await.unwrap();
+    let impostor_listener = impostor.listen("pinned.test".into(), T, None).await.unwrap();
 
     let cli = Endpoint::new(key(42), options(&names), None, Some(Box::new(PinsHandle(store.clone())))).unwrap();
-    let c = cli.connect("pinned.test".into(), T).unwrap();
+    let c = cli.connect("pinned.test".into(), T, None).await.unwrap();
     assert!(store.calls.lock().unwrap().contains(&"set pinned.test".to_string()), "{:?}", store.calls.lock().unwrap());
     let pin = store.pins.lock().unwrap()["pinned.test"].clone();
     assert_eq!(msocket_ffi::pinned_fingerprint(pin.clone()).unwrap(), srv.fingerprint());
@@ -410,7 +395,7 @@ fn an_app_pin_store_pins_the_first_key_and_a_changed_key_is_refused() {
     cli.release();
 
     let cli = Endpoint::new(key(42), options(&other_names), None, Some(Box::new(PinsHandle(store.clone())))).unwrap();
-    let e = cli.connect("pinned.test".into(), T).err().expect("connected to a changed key");
+    let e = cli.connect("pinned.test".into(), T, None).await.err().expect("connected to a changed key");
     let hint = format!("pinned.test#{}", impostor.fingerprint());
     assert!(
         matches!(&e, MsocketError::KeyChanged(m) if m.contains(&srv.fingerprint()) && m.contains(&hint)),
@@ -420,14 +405,129 @@ fn an_app_pin_store_pins_the_first_key_and_a_changed_key_is_refused() {
 
     // Naming the new key accepts it: the pin is replaced.
     let accepting = accept_one(&impostor_listener);
-    let c = cli.connect(hint, T).unwrap();
-    accepting.join().unwrap().unwrap();
+    let c = cli.connect(hint, T, None).await.unwrap();
+    accepting.await.unwrap().unwrap();
     assert_eq!(c.peer_fingerprint(), impostor.fingerprint());
     let repinned = store.pins.lock().unwrap()["pinned.test"].clone();
     assert_eq!(msocket_ffi::pinned_fingerprint(repinned).unwrap(), impostor.fingerprint());
 
     // A pin the store mangled fails the connect with PinStore, saying what is wrong.
     store.pins.lock().unwrap().get_mut("pinned.test").unwrap().signing_key.truncate(5);
-    let e = cli.connect("pinned.test".into(), T).err().expect("connected past a broken pin");
+    let e = cli.connect("pinned.test".into(), T, None).await.err().expect("connected past a broken pin");
     assert!(matches!(&e, MsocketError::PinStore(m) if m.contains("signing_key is 5 bytes")), "{e:?}");
+}
+
+#[tokio::test]
+async fn cancelled_receives_lose_no_byte() {
+    let names = LocalNameServer::start();
+    let srv = server(&names, 50);
+    let cli = Endpoint::new(key(51), options(&names), None, None).unwrap();
+    let (c, s, _l) = pair(&cli, &srv, "cancel.test").await;
+
+    // A receive cancelled by its token fails with Cancelled at once.
+    let token = Arc::new(CancelToken::new());
+    let waiting = tokio::spawn({
+        let (s, token) = (s.clone(), token.clone());
+        async move { s.await_received(100, 60_000, Some(token)).await }
+    });
+    token.cancel();
+    assert!(matches!(waiting.await.unwrap(), Err(MsocketError::Cancelled(m)) if m.contains("receive")));
+
+    // Receives dropped at every point of their wait (as a cancelled coroutine drops them)
+    // while 2 MB stream in: every byte still arrives once, in order.
+    let up = data(2_000_000, 5);
+    let sender = tokio::spawn({
+        let (c, up) = (c.clone(), up.clone());
+        async move {
+            for chunk in up.chunks(10_000) {
+                c.clone().send(chunk.to_vec(), T, None).await.unwrap();
+            }
+            c.finish(T, None).await.unwrap();
+        }
+    });
+    let mut got = Vec::new();
+    let (mut dropped, mut n) = (0, 0u64);
+    loop {
+        n += 1;
+        let call = s.clone().await_received(7_000, T, None);
+        match n % 3 {
+            // Started, then dropped at once: its task may be waiting, or may have just
+            // taken bytes from the core.
+            0 => {
+                let mut call = Box::pin(call);
+                if let Some(r) = futures_poll_once(call.as_mut()) {
+                    if r.unwrap() == 0 {
+                        break;
+                    }
+                }
+                drop(call);
+                dropped += 1;
+            }
+            // Dropped by a deadline while it waits, or run to the end.
+            1 => match tokio::time::timeout(Duration::from_millis(1), call).await {
+                Err(_) => dropped += 1,
+                Ok(r) => {
+                    if r.unwrap() == 0 {
+                        break;
+                    }
+                }
+            },
+            _ => {
+                if call.await.unwrap() == 0 {
+                    break;
+                }
+            }
+        }
+        got.extend(s.take_received(7_000).unwrap());
+    }
+    sender.await.unwrap();
+    assert!(dropped > 10, "only {dropped} receives were dropped: the test did not test");
+    assert_eq!(got.len(), up.len());
+    assert_eq!(sha256(&got), sha256(&up));
+}
+
+#[tokio::test]
+async fn a_connect_dropped_after_the_flow_opened_leaves_nothing_open() {
+    let names = LocalNameServer::start();
+    let srv = server(&names, 52);
+    let cli = Endpoint::new(key(53), options(&names), None, None).unwrap();
+    let listener = srv.listen("dropped.test".into(), T, None).await.unwrap();
+    let accepting = accept_one(&listener);
+
+    // The connect runs (its work is on the SDK's runtime) but nobody takes its result:
+    // polled once to start it, then dropped after the server accepted the flow.
+    let mut connecting = Box::pin(cli.connect("dropped.test".into(), T, None));
+    assert!(futures_poll_once(connecting.as_mut()).is_none());
+    let accepted = accepting.await.unwrap().unwrap();
+    // The client's side of the flow exists once it is counted; its connect has not been
+    // polled since it started.
+    let counted = tokio::time::timeout(WAIT, cli.open_flows_changed(0, None)).await.expect("the flow was never counted");
+    assert_eq!(counted, Ok(1));
+    drop(connecting);
+
+    // The flow the dropped connect opened is closed: the server sees its end, and the
+    // client counts no open flow.
+    let end = tokio::time::timeout(WAIT, receive(&accepted, 100, T)).await.expect("the server's flow did not end");
+    assert!(matches!(end, Ok(None) | Err(MsocketError::FlowFailed(_) | MsocketError::PeerAborted(_))), "{end:?}");
+    let open = tokio::time::timeout(WAIT, async {
+        let mut seen = cli.open_flows();
+        while seen != 0 {
+            seen = cli.open_flows_changed(seen, None).await.unwrap();
+        }
+    });
+    open.await.expect("the client still counts the dropped flow as open");
+
+    // A connect cancelled by its token fails with Cancelled.
+    let token = Arc::new(CancelToken::new());
+    token.cancel();
+    let r = cli.connect("dropped.test".into(), T, Some(token)).await.err();
+    assert!(matches!(&r, Some(MsocketError::Cancelled(m)) if m.contains("connect")), "{r:?}");
+}
+
+/// Polls `fut` once with a waker that does nothing.
+fn futures_poll_once<F: std::future::Future>(fut: std::pin::Pin<&mut F>) -> Option<F::Output> {
+    match fut.poll(&mut std::task::Context::from_waker(std::task::Waker::noop())) {
+        std::task::Poll::Ready(v) => Some(v),
+        std::task::Poll::Pending => None,
+    }
 }

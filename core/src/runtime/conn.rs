@@ -361,7 +361,7 @@ impl Conn {
         host: Weak<Host>,
         owner: Weak<dyn FlowOwner>,
     ) -> Arc<Conn> {
-        let (events, _) = broadcast::channel(256);
+        let (events, _) = broadcast::channel(super::events::EVENT_BACKLOG);
         let policy = host.upgrade().map(|h| h.config.path_policy).unwrap_or_default();
         let mut proto = FlowState::new(config, Instant::now());
         if role == Role::Client {

@@ -157,6 +157,17 @@ pub struct FlowEvents {
     pub(crate) rx: broadcast::Receiver<FlowEvent>,
 }
 
+/// Events a flow keeps for each receiver that has not taken them; beyond that the oldest
+/// are dropped (and the receiver told how many, by [`FlowEvents::next_or_missed`]).
+pub const EVENT_BACKLOG: usize = 256;
+
+/// A sender of events and a receiver for it, as a flow makes them (for tests of code that
+/// consumes events).
+pub fn event_channel() -> (broadcast::Sender<FlowEvent>, FlowEvents) {
+    let (tx, rx) = broadcast::channel(EVENT_BACKLOG);
+    (tx, FlowEvents { rx })
+}
+
 impl FlowEvents {
     /// An event that already happened, without waiting.
     pub fn try_next(&mut self) -> Option<FlowEvent> {
@@ -166,6 +177,17 @@ impl FlowEvents {
                 Err(broadcast::error::TryRecvError::Lagged(_)) => continue,
                 Err(_) => return None,
             }
+        }
+    }
+
+    /// The next event, or `Err(n)` when this receiver fell so far behind that the `n`
+    /// oldest events it had not seen were dropped, or `None` once the flow is gone and
+    /// every event was seen. The last event, `Closed`, is never dropped.
+    pub async fn next_or_missed(&mut self) -> Option<Result<FlowEvent, u64>> {
+        match self.rx.recv().await {
+            Ok(ev) => Some(Ok(ev)),
+            Err(broadcast::error::RecvError::Lagged(n)) => Some(Err(n)),
+            Err(broadcast::error::RecvError::Closed) => None,
         }
     }
 

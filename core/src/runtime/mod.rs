@@ -11,7 +11,7 @@ mod dial;
 mod driver;
 mod endpoint;
 mod error;
-mod events;
+pub(crate) mod events;
 mod fast_open;
 mod flow;
 mod follow;
