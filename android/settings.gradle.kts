@@ -1,5 +1,6 @@
 // The msocket Android library as a standalone Gradle build (`./gradlew publishToMavenLocal`
-// from this directory). Apps depend on the published artifact; see README.md.
+// from this directory). Gradle reads gradle/libs.versions.toml as the `libs` catalog; every
+// plugin and library version comes from there.
 pluginManagement {
     repositories {
         google()
@@ -9,6 +10,8 @@ pluginManagement {
 }
 
 dependencyResolutionManagement {
+    // Repositories are declared here only, so a build file cannot add one unnoticed.
+    repositoriesMode = RepositoriesMode.FAIL_ON_PROJECT_REPOS
     repositories {
         google()
         mavenCentral()
