@@ -1,16 +1,17 @@
 /*
  * The Kotlin API against the real native library and a real msocketd name service, on
- * loopback: listen and connect by name, data verified by SHA-256, events in a Kotlin
- * callback, a network snapshot pushed from Kotlin moving a flow between 127.0.0.x
- * addresses, socket binding, policies and path statistics, and bad input answered with
- * exceptions rather than a crash. No sleeps: every wait is a blocking call or a queue
- * poll, each with a timeout.
+ * loopback: listen and connect by name, data verified by SHA-256, events as a Kotlin Flow
+ * that completes, a network snapshot pushed from Kotlin moving a flow between 127.0.0.x
+ * addresses, socket binding, policies and path statistics, cancellation of waiting calls,
+ * a thousand flows waiting at once, java.io streams, logs, and bad input answered with
+ * exceptions rather than a crash. No sleeps: every wait is a call or a queue poll, each
+ * with a timeout.
  */
 package dev.msocket.test
 
 import dev.msocket.Endpoint
 import dev.msocket.EndpointConfig
-import dev.msocket.Flow
+import dev.msocket.PeerFlow
 import dev.msocket.FlowEvent
 import dev.msocket.FlowFailure
 import dev.msocket.InterfaceKind
@@ -28,9 +29,13 @@ import java.util.concurrent.TimeUnit
 import java.util.concurrent.atomic.AtomicInteger
 import kotlin.time.Duration.Companion.milliseconds
 import kotlin.time.Duration.Companion.seconds
+import kotlinx.coroutines.CoroutineScope
 import kotlinx.coroutines.CoroutineStart
+import kotlinx.coroutines.Dispatchers
 import kotlinx.coroutines.async
+import kotlinx.coroutines.cancel
 import kotlinx.coroutines.flow.first
+import kotlinx.coroutines.flow.toList
 import kotlinx.coroutines.withTimeout
 import kotlinx.coroutines.coroutineScope
 import kotlinx.coroutines.launch
@@ -64,10 +69,16 @@ private fun sha256(b: ByteArray) = MessageDigest.getInstance("SHA-256").digest(b
 
 private fun data(len: Int) = ByteArray(len) { (it * 7 + it / 251).toByte() }
 
-/** Collects a flow's events, for waiting on one. */
-private class EventLog(flow: Flow) {
+/** Collects a flow's events in the background, for waiting on one. */
+private class EventLog(flow: PeerFlow) {
     val queue = LinkedBlockingQueue<FlowEvent>()
-    val registration = flow.onEvent { queue.put(it) }
+    private val scope = CoroutineScope(Dispatchers.Default)
+
+    init {
+        scope.launch { flow.events.collect { queue.put(it) } }
+    }
+
+    fun stop() = scope.cancel()
 
     inline fun <reified T : FlowEvent> await(what: String, test: (T) -> Boolean = { true }): T {
         val deadline = System.nanoTime() + 10_000_000_000L
@@ -79,7 +90,7 @@ private class EventLog(flow: Flow) {
     }
 }
 
-internal suspend fun receiveAll(flow: Flow): ByteArray {
+internal suspend fun receiveAll(flow: PeerFlow): ByteArray {
     val out = java.io.ByteArrayOutputStream()
     while (true) {
         val chunk = flow.receive(64 * 1024, 10.seconds) ?: return out.toByteArray()
@@ -91,7 +102,7 @@ private fun wifi(vararg addrs: String) =
     NetworkInterface(name = "wlan0", index = 3u, kind = InterfaceKind.WIFI, metered = false, up = true, addresses = addrs.toList())
 
 /** Opens a flow from [client] to a fresh name on [server]. */
-private suspend fun pair(client: Endpoint, server: Endpoint, what: String): Triple<Flow, Flow, dev.msocket.Listener> = coroutineScope {
+private suspend fun pair(client: Endpoint, server: Endpoint, what: String): Triple<PeerFlow, PeerFlow, dev.msocket.Listener> = coroutineScope {
     val name = uniqueName(what)
     val listener = server.listen(name)
     val accepted = async { listener.accept(10.seconds) }
@@ -176,21 +187,25 @@ fun apiTests(s: Suite) {
         }
     }
 
-    s.testBlocking("api: events reach a Kotlin callback and a Flow collector; a throwing listener harms nothing") {
+    s.testBlocking("api: events are a Flow that completes after Closed; one collector at a time") {
         Endpoint(key(6), config("127.0.0.1")).use { server ->
             Endpoint(key(7), config()).use { client ->
                 val (c, srv, listener) = pair(client, server, "events")
-                srv.onEvent { throw IllegalStateException("a buggy app listener") }
-                val events = EventLog(srv)
-                // The coroutine form: collecting starts (subscribes) before the abort.
-                val collected = async(start = CoroutineStart.UNDISPATCHED) {
-                    withTimeout(10.seconds) { srv.events.first { it is FlowEvent.Closed } }
-                }
+                // Both start collecting before the abort (UNDISPATCHED runs them to their
+                // first suspension now).
+                val all = async(start = CoroutineStart.UNDISPATCHED) { withTimeout(10.seconds) { srv.events.toList() } }
+                // A second collector while the first runs is refused, not split.
+                val second = async(start = CoroutineStart.UNDISPATCHED) { runCatching { srv.events.first() } }
                 c.abort("goodbye from the client")
-                val closed = events.await<FlowEvent.Closed>("closed")
+                val events = all.await()
+                val closed = events.last() as FlowEvent.Closed
+                assertEquals(1, events.count { it is FlowEvent.Closed }, "$events")
                 assertEquals(FlowFailure.PEER_ABORTED, closed.failure)
                 assertTrue(closed.error!!.contains("goodbye from the client"), closed.error)
-                assertEquals(closed, collected.await())
+                val refused = second.await().exceptionOrNull()
+                assertTrue(refused is IllegalStateException, "$refused")
+                // Collected again after Closed: nothing more, at once.
+                assertEquals(emptyList(), withTimeout(5.seconds) { srv.events.toList() })
                 assertFailsWith<MsocketException.PeerAborted> { srv.receive(timeout = 5.seconds) }
                 listOf(c, srv, listener).forEach { it.close() }
             }

@@ -29,6 +29,7 @@ fun main(args: Array<String>) {
     val suite = Suite()
     trackerTests(suite)
     apiTests(suite)
+    asyncTests(suite)
     trustTests(suite)
     val only = args.toSet()
     var passed = 0
