@@ -321,18 +321,18 @@ fun trackerTests(s: Suite) {
         assertEquals(emptyList(), calls, "no flow: no request")
         flows.value = 1
         assertEquals(listOf("request"), calls)
-        assertTrue(demand.requested)
+        assertTrue(demand.requested.value)
         flows.value = 3
         flows.value = 2
         assertEquals(listOf("request"), calls, "held while the count stays above 0")
         flows.value = 0
         assertEquals(listOf("request", "release"), calls)
-        assertFalse(demand.requested)
+        assertFalse(demand.requested.value)
         refuse = true
         flows.value = 1
         assertEquals(1, errors.size, "a refused request is reported, not thrown")
         assertIs<NetworkBridgeException.TooManyRequests>(errors.single())
-        assertFalse(demand.requested)
+        assertFalse(demand.requested.value)
         flows.value = 0
         refuse = false
         flows.value = 1

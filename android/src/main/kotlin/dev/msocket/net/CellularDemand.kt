@@ -15,6 +15,9 @@ import java.io.Closeable
 import kotlinx.coroutines.CoroutineScope
 import kotlinx.coroutines.Job
 import kotlinx.coroutines.flow.Flow
+import kotlinx.coroutines.flow.MutableStateFlow
+import kotlinx.coroutines.flow.StateFlow
+import kotlinx.coroutines.flow.asStateFlow
 import kotlinx.coroutines.flow.distinctUntilChanged
 import kotlinx.coroutines.flow.map
 import kotlinx.coroutines.launch
@@ -31,12 +34,11 @@ class CellularDemand(
     private val onError: (Throwable) -> Unit,
 ) : Closeable {
     private var job: Job? = null
-    private var held = false
+    private val held = MutableStateFlow(false)
     private var closed = false
 
-    /** Whether the cellular request is held now. */
-    @get:Synchronized
-    val requested: Boolean get() = held
+    /** Whether the cellular request is held: now, then each change. */
+    val requested: StateFlow<Boolean> = held.asStateFlow()
 
     /** Starts following [openFlows] in [scope]. */
     @Synchronized
@@ -49,12 +51,12 @@ class CellularDemand(
 
     @Synchronized
     private fun set(wanted: Boolean) {
-        if (closed || wanted == held) return
+        if (closed || wanted == held.value) return
         try {
             if (wanted) request() else release()
-            held = wanted
+            held.value = wanted
         } catch (t: Throwable) {
-            if (!wanted) held = false
+            if (!wanted) held.value = false
             onError(t)
         }
     }
@@ -64,17 +66,17 @@ class CellularDemand(
         val running: Job?
         synchronized(this) {
             if (closed) return
+            closed = true
             running = job
             job = null
-            if (held) {
-                held = false
+            if (held.value) {
+                held.value = false
                 try {
                     release()
                 } catch (t: Throwable) {
                     onError(t)
                 }
             }
-            closed = true
         }
         running?.cancel()
     }
