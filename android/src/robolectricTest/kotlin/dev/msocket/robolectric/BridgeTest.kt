@@ -322,6 +322,9 @@ class BridgeTest {
         c.finish()
         assertArrayEquals(sha256(bytes), sha256(received.await()))
         assertTrue(shadowOf(cell).boundSocketCount() >= 1)
+        // Alone, the portal is still not up (an unvalidated network alone would be).
+        networkCallback().onLost(cell)
+        assertEquals(listOf(false), bridge.tracker.snapshot().map { it.up })
         own.close()
     }
 
