@@ -1,21 +1,27 @@
 // The Swift API of the msocket SDK, over the bindings UniFFI generates from
 // udl/msocket.udl (module MSocketFFI).
 //
-// Why a layer: the bindings are faithful to the FFI — blocking calls, millisecond
-// counts, `release()` beside deinit — while a Swift app wants async functions that never
-// block the cooperative thread pool, TimeInterval timeouts, events as an AsyncStream and
-// callbacks as closures. Blocking calls run on a concurrent dispatch queue of their own;
-// nothing here adds behaviour.
+// Why a layer: the bindings are faithful to the FFI — millisecond counts, a CancelToken
+// argument on every waiting call, events pulled one call at a time, receive in two steps,
+// `release()` beside deinit — while a Swift app wants TimeInterval timeouts, task
+// cancellation, AsyncSequences and closures.
 //
-// Cancellation: a task cancelled while a call waits in native code (receive, accept)
-// resumes when that call returns — at its timeout, or at once when the object is closed.
+// Cancellation: UniFFI's generated async functions keep waiting when their task is
+// cancelled, so each waiting call gets a CancelToken of its own that the task's
+// cancellation handler trips; the call then fails with `.Cancelled` at once.
 //
-// Convention (checked in CI by ci/swift-symbols.py): generated types are written
-// `MSocketFFI.Name`, and generated objects are held in properties named `ffi`, so every
-// use of the bindings is visible to the check.
+// Ownership: an `Endpoint` owns the network monitor it starts (`network: .system`) and
+// stops it when it closes or is released; flows and listeners hold their endpoint.
+//
+// CI checks every use of the bindings here against freshly generated ones
+// (ci/swift-symbols.py); generated types whose names the layer reuses are written
+// `MSocketFFI.Name`.
 
 import Foundation
 import MSocketFFI
+#if canImport(os)
+import os
+#endif
 
 /// What went wrong: `.Timeout(message:)`, `.NameNotFound(message:)`, ... Trust failures:
 /// `.KeyChanged` (a name's keys differ from its pin), `.WrongKey` (not the keys of
@@ -36,6 +42,8 @@ public typealias InterfaceKind = MSocketFFI.InterfaceKind
 public typealias NetworkInterface = MSocketFFI.NetworkInterface
 /// A flow's byte counters.
 public typealias FlowStats = MSocketFFI.FlowStats
+/// How severe a log record is: `.error`, `.warn`, `.info`, `.debug`, `.trace`.
+public typealias LogLevel = MSocketFFI.LogLevel
 /// What a `PinStore` keeps of a name: the keys it was first seen with (`signingKey`,
 /// `noiseKey`, 32 bytes each) and the highest record sequence number accepted (`seq`).
 public typealias PinnedKeys = MSocketFFI.PinnedKeys
@@ -56,14 +64,78 @@ public enum MSocketSDK {
 
     /// The native library's version.
     public static var version: String { MSocketFFI.version() }
+
+    /// Sends msocket's log records, up to `level`, to `handler(level, target, message)`: on
+    /// one msocket thread, in order (keep it quick). Replaces the previous destination.
+    /// At most 1,024 records wait for a slow handler; how many were dropped beyond that is
+    /// said in the next record. Throws `.Io` if another `tracing` subscriber already owns
+    /// the process's Rust logs.
+    public static func setLogHandler(level: LogLevel, _ handler: @escaping @Sendable (LogLevel, String, String) -> Void) throws {
+        try MSocketFFI.setLogSink(sink: HandlerSink(handler), maxLevel: level)
+    }
+
+    /// Changes the most verbose level sent to the log handler.
+    public static func setLogLevel(_ level: LogLevel) { MSocketFFI.setLogLevel(maxLevel: level) }
+
+    /// Stops sending log records anywhere.
+    public static func stopLogging() throws { try MSocketFFI.setLogSink(sink: nil, maxLevel: .error) }
+
+    #if canImport(os)
+    /// Sends msocket's log records, up to `level`, to the unified log: `Logger` with
+    /// subsystem "dev.msocket" and the record's target (`msocket::runtime`, ...) as the
+    /// category; errors as `.error`, warnings as `.default`, info as `.info`, debug and
+    /// trace as `.debug`. Messages hold peer names and IP addresses, so they are logged
+    /// as private (redacted outside a debugger or without a logging profile) unless
+    /// `revealMessages`.
+    public static func logToOSLog(level: LogLevel = .info, revealMessages: Bool = false) throws {
+        try MSocketFFI.setLogSink(sink: OSLogSink(reveal: revealMessages), maxLevel: level)
+    }
+    #endif
 }
 
-/// Where blocking FFI calls wait: never on the Swift concurrency pool.
-private let blockingQueue = DispatchQueue(label: "msocket.blocking", qos: .userInitiated, attributes: .concurrent)
+private final class HandlerSink: MSocketFFI.LogSink, @unchecked Sendable {
+    let handler: @Sendable (LogLevel, String, String) -> Void
+    init(_ handler: @escaping @Sendable (LogLevel, String, String) -> Void) { self.handler = handler }
 
-private func offPool<T>(_ body: @escaping () throws -> T) async throws -> T {
-    try await withCheckedThrowingContinuation { continuation in
-        blockingQueue.async { continuation.resume(with: Result { try body() }) }
+    func log(level: LogLevel, target: String, message: String) throws { handler(level, target, message) }
+}
+
+#if canImport(os)
+private final class OSLogSink: MSocketFFI.LogSink, @unchecked Sendable {
+    let reveal: Bool
+    private let lock = NSLock()
+    private var loggers: [String: Logger] = [:]
+
+    init(reveal: Bool) { self.reveal = reveal }
+
+    func log(level: LogLevel, target: String, message: String) throws {
+        lock.lock()
+        let logger = loggers[target] ?? Logger(subsystem: "dev.msocket", category: target)
+        loggers[target] = logger
+        lock.unlock()
+        let type: OSLogType
+        switch level {
+        case .error: type = .error
+        case .warn: type = .default
+        case .info: type = .info
+        case .debug, .trace: type = .debug
+        }
+        if reveal {
+            logger.log(level: type, "\(message, privacy: .public)")
+        } else {
+            logger.log(level: type, "\(message, privacy: .private)")
+        }
+    }
+}
+#endif
+
+/// Runs one waiting FFI call with a CancelToken that the task's cancellation trips.
+func cancellable<T>(_ call: (MSocketFFI.CancelToken) async throws -> T) async throws -> T {
+    let token = MSocketFFI.CancelToken()
+    return try await withTaskCancellationHandler {
+        try await call(token)
+    } onCancel: {
+        token.cancel()
     }
 }
 
@@ -213,20 +285,58 @@ private final class PinStoreAdapter: MSocketFFI.PinStore, @unchecked Sendable {
     }
 }
 
+/// Where an endpoint learns the device's networks from.
+public enum NetworkSource: Sendable {
+    /// One NWPathMonitor per link type and periodic address checks, owned by the endpoint
+    /// (Apple platforms); each subflow's socket is bound to its interface. Elsewhere the
+    /// same as `.manual`.
+    case system
+    /// The app reports networks with `Endpoint.updateNetwork` and may bind sockets itself.
+    case manual(bindSocket: SocketBind?)
+}
+
 /// One identity bound to a name service: listens on names and connects to them.
+///
+/// It owns what it starts: with `network: .system` its network monitor runs until
+/// `close()` or until the endpoint is released, and holds the endpoint only weakly.
 public final class Endpoint: @unchecked Sendable {
     let ffi: MSocketFFI.Endpoint
+    private let lock = NSLock()
+    private var errorHandler: (@Sendable (MsocketError) -> Void)?
+    #if canImport(Network)
+    private let monitor: PathMonitorBridge?
+    #endif
 
-    /// An endpoint for the 32-byte `key`; `bindSocket` (see `PathMonitorBridge`) binds
-    /// each subflow's socket to its interface; `pins` keeps the keys of the names it
-    /// connects to (nil: in memory, forgotten with the endpoint).
-    public init(key: Data, config: EndpointConfig, bindSocket: SocketBind? = nil, pins: PinStore? = nil) throws {
+    /// An endpoint for the 32-byte `key`. `network` says where it learns the device's
+    /// networks (default: the system, see `NetworkSource`); `pins` keeps the keys of the
+    /// names it connects to (nil: in memory, forgotten with the endpoint).
+    public init(key: Data, config: EndpointConfig, network: NetworkSource = .system, pins: PinStore? = nil) throws {
+        var bind: SocketBind?
+        #if canImport(Network)
+        var monitor: PathMonitorBridge?
+        if case .system = network {
+            let bridge = PathMonitorBridge()
+            monitor = bridge
+            bind = bridge.bindSocket
+        }
+        self.monitor = monitor
+        #endif
+        if case let .manual(bindSocket) = network { bind = bindSocket }
         ffi = try MSocketFFI.Endpoint(
             key: key,
             options: try config.ffiOptions(),
-            binder: bindSocket.map { BinderAdapter($0) },
+            binder: bind.map { BinderAdapter($0) },
             pins: pins.map { PinStoreAdapter($0) }
         )
+        #if canImport(Network)
+        monitor?.start(self)
+        #endif
+    }
+
+    deinit {
+        #if canImport(Network)
+        monitor?.stop()
+        #endif
     }
 
     /// The public fingerprint of this endpoint's identity.
@@ -235,11 +345,21 @@ public final class Endpoint: @unchecked Sendable {
     /// The addresses (`IP:PORT`) published for this endpoint's names.
     public var publishedAddresses: [String] { ffi.publishedAddresses() }
 
+    /// Called with every error that the system network monitor's reports to the core
+    /// cause (they are also logged, subsystem "dev.msocket", category "network"); the
+    /// monitor carries on with the next change. Replaces the previous handler; nil: only
+    /// log them.
+    public func onNetworkError(_ handler: (@Sendable (MsocketError) -> Void)?) {
+        lock.lock()
+        errorHandler = handler
+        lock.unlock()
+    }
+
     /// Starts serving `name`.
     public func listen(_ name: String, timeout: TimeInterval = 10) async throws -> Listener {
         let ms = try millis(timeout, "timeout")
         let ffi = self.ffi
-        return Listener(try await offPool { try ffi.listen(name: name, timeoutMs: ms) })
+        return Listener(try await cancellable { try await ffi.listen(name: name, timeoutMs: ms, cancel: $0) }, endpoint: self)
     }
 
     /// Opens a flow to whoever serves `name` with the right keys. A plain name: its keys are
@@ -249,37 +369,88 @@ public final class Endpoint: @unchecked Sendable {
     /// user accepts a peer's new keys). A malformed name or fingerprint is
     /// `.InvalidArgument`; a peer that does not allow this endpoint's key answers
     /// `.NotAllowed`.
-    public func connect(_ name: String, timeout: TimeInterval = 30) async throws -> Flow {
+    public func connect(_ name: String, timeout: TimeInterval = 30) async throws -> PeerFlow {
         let ms = try millis(timeout, "timeout")
         let ffi = self.ffi
-        return Flow(try await offPool { try ffi.connect(name: name, timeoutMs: ms) })
+        return PeerFlow(try await cancellable { try await ffi.connect(name: name, timeoutMs: ms, cancel: $0) }, endpoint: self)
     }
 
-    /// The platform's networks, one full snapshot per change; returns whether it differed.
+    /// The platform's networks, one full snapshot per change (with `network: .manual`);
+    /// returns whether it differed from the previous one. Throws what the core refused.
     @discardableResult
     public func updateNetwork(_ interfaces: [NetworkInterface]) throws -> Bool {
         try ffi.updateNetwork(interfaces: interfaces)
     }
 
-    /// Stops listeners and name upkeep; open flows go on but cannot re-dial.
-    public func close() { ffi.release() }
+    /// Reports the system monitor's snapshot; errors go to the handler and the log.
+    func publishNetwork(_ interfaces: [NetworkInterface]) {
+        do {
+            _ = try ffi.updateNetwork(interfaces: interfaces)
+        } catch {
+            let e = error as? MsocketError ?? .Internal(message: "\(error)")
+            #if canImport(os)
+            Logger(subsystem: "dev.msocket", category: "network").error("network update refused: \(String(describing: e), privacy: .public)")
+            #endif
+            lock.lock()
+            let handler = errorHandler
+            lock.unlock()
+            handler?(e)
+        }
+    }
+
+    /// How many flows of this endpoint are open: opened or accepted, and neither closed
+    /// nor released.
+    public var openFlows: UInt32 { ffi.openFlows() }
+
+    /// The number of open flows now, then each time it changes; the sequence ends when
+    /// the endpoint closes or the iterating task is cancelled.
+    public func openFlowsUpdates() -> AsyncThrowingStream<UInt32, Error> {
+        let ffi = self.ffi
+        let last = Locked<UInt32?>(nil)
+        return AsyncThrowingStream(unfolding: {
+            guard let seen = last.value else {
+                let now = ffi.openFlows()
+                last.value = now
+                return now
+            }
+            do {
+                let now = try await cancellable { try await ffi.openFlowsChanged(seen: seen, cancel: $0) }
+                last.value = now
+                return now
+            } catch {
+                if endsSequence(error) { return nil }
+                throw error
+            }
+        })
+    }
+
+    /// Stops listeners, name upkeep and the network monitor; open flows go on but cannot
+    /// re-dial after a move.
+    public func close() {
+        #if canImport(Network)
+        monitor?.stop()
+        #endif
+        ffi.release()
+    }
 }
 
 /// Accepts the flows peers open to one name.
 public final class Listener: @unchecked Sendable {
     let ffi: MSocketFFI.Listener
+    private let endpoint: Endpoint
     public let name: String
 
-    init(_ ffi: MSocketFFI.Listener) {
+    init(_ ffi: MSocketFFI.Listener, endpoint: Endpoint) {
         self.ffi = ffi
+        self.endpoint = endpoint
         name = ffi.name()
     }
 
     /// The next flow a peer opened; `.Timeout` if none came within `timeout` seconds.
-    public func accept(timeout: TimeInterval = 60) async throws -> Flow {
+    public func accept(timeout: TimeInterval = 60) async throws -> PeerFlow {
         let ms = try millis(timeout, "timeout")
         let ffi = self.ffi
-        return Flow(try await offPool { try ffi.accept(timeoutMs: ms) })
+        return PeerFlow(try await cancellable { try await ffi.accept(timeoutMs: ms, cancel: $0) }, endpoint: endpoint)
     }
 
     /// Stops listening; a waiting `accept` fails with `.Closed` at once.
@@ -297,8 +468,11 @@ public enum FlowEvent: Equatable, Sendable {
     case moved(addresses: [String])
     /// Hole punching found no direct path after `attempts` tries: the flow stays relayed.
     case staysRelayed(attempts: UInt32)
+    /// The app fell behind taking events and the `count` oldest it had not taken were
+    /// dropped (`.closed` never is).
+    case eventsDropped(count: UInt64)
     /// The flow ended; `failure` (why) and `error` (in words) are nil after a clean finish
-    /// of both sides.
+    /// of both sides. Always the last event.
     case closed(failure: FlowFailure?, error: String?, energyJoules: Double?)
 
     init(_ e: MSocketFFI.FlowEvent) {
@@ -310,13 +484,14 @@ public enum FlowEvent: Equatable, Sendable {
         case let .peerMoved(addresses): self = .peerMoved(addresses: addresses)
         case let .moved(addresses): self = .moved(addresses: addresses)
         case let .staysRelayed(attempts): self = .staysRelayed(attempts: attempts)
+        case let .eventsDropped(count): self = .eventsDropped(count: count)
         case let .closed(failure, error, joules): self = .closed(failure: failure, error: error, energyJoules: joules)
         }
     }
 }
 
 /// One live path of a flow and its measurements.
-public struct Path: Equatable, Sendable {
+public struct FlowPath: Equatable, Sendable {
     public let local: String
     public let remote: String
     public let state: PathState
@@ -350,106 +525,126 @@ public struct Path: Equatable, Sendable {
     }
 }
 
-/// Fans a flow's events out to closures and streams (one native listener per flow).
-private final class EventHub: MSocketFFI.FlowListener, @unchecked Sendable {
+/// Whether `error` ends a sequence rather than failing it: the endpoint closed, or the
+/// iterating task was cancelled.
+private func endsSequence(_ error: Error) -> Bool {
+    guard let e = error as? MsocketError else { return false }
+    switch e {
+    case .Closed, .Cancelled: return true
+    default: return false
+    }
+}
+
+/// A value behind a lock, for state shared with `@Sendable` closures.
+final class Locked<Value>: @unchecked Sendable {
     private let lock = NSLock()
-    private var handlers: [UUID: (FlowEvent) -> Void] = [:]
+    private var stored: Value
 
-    func add(_ handler: @escaping (FlowEvent) -> Void) -> UUID {
-        let id = UUID()
-        lock.lock()
-        handlers[id] = handler
-        lock.unlock()
-        return id
+    init(_ value: Value) { stored = value }
+
+    var value: Value {
+        get {
+            lock.lock()
+            defer { lock.unlock() }
+            return stored
+        }
+        set {
+            lock.lock()
+            stored = newValue
+            lock.unlock()
+        }
     }
 
-    func remove(_ id: UUID) {
+    /// Stores `newValue` and returns the value it replaced, in one step.
+    func exchange(_ newValue: Value) -> Value {
         lock.lock()
-        handlers[id] = nil
-        lock.unlock()
-    }
-
-    func onEvent(event: MSocketFFI.FlowEvent) throws {
-        let e = FlowEvent(event)
-        lock.lock()
-        let all = Array(handlers.values)
-        lock.unlock()
-        for h in all { h(e) }
+        defer { lock.unlock() }
+        let old = stored
+        stored = newValue
+        return old
     }
 }
 
 /// One encrypted, ordered byte stream to a named peer that survives moves of either end.
 /// `send` and `receive` may run at the same time from different tasks.
-public final class Flow: @unchecked Sendable {
+public final class PeerFlow: @unchecked Sendable {
     let ffi: MSocketFFI.Flow
+    private let endpoint: Endpoint
     public let name: String
     /// The flow's identifier, the same at both ends.
     public let id: String
     /// The fingerprint of the peer's keys, authenticated by the handshake: on an accepted
     /// flow, who connected.
     public let peerFingerprint: String
-    private let hub = EventHub()
-    private let hubStarted = NSLock()
-    private var listening = false
+    private let eventsTaken = Locked(false)
 
-    init(_ ffi: MSocketFFI.Flow) {
+    init(_ ffi: MSocketFFI.Flow, endpoint: Endpoint) {
         self.ffi = ffi
+        self.endpoint = endpoint
         name = ffi.name()
         id = ffi.id()
         peerFingerprint = ffi.peerFingerprint()
     }
 
-    private func startEvents() throws {
-        hubStarted.lock()
-        defer { hubStarted.unlock() }
-        if !listening {
-            try ffi.setListener(listener: hub)
-            listening = true
+    /// The flow's events since it opened, in order; the sequence finishes after `.closed`
+    /// (or when the iterating task is cancelled). Events wait in msocket until taken; if
+    /// more than it keeps pile up, the oldest are dropped and `.eventsDropped(count:)` says
+    /// how many. A flow has one event sequence: a second call throws `.InvalidArgument`.
+    public func events() throws -> AsyncThrowingStream<FlowEvent, Error> {
+        if eventsTaken.exchange(true) {
+            throw MsocketError.InvalidArgument(message: "events() was already called on this flow; its events go to that sequence")
         }
+        let ffi = self.ffi
+        return AsyncThrowingStream(unfolding: {
+            do {
+                guard let event = try await cancellable({ try await ffi.nextEvent(cancel: $0) }) else { return nil }
+                return FlowEvent(event)
+            } catch {
+                if endsSequence(error) { return nil }
+                throw error
+            }
+        })
     }
 
-    /// Calls `handler` with every event from now on, in order, on msocket's event thread
-    /// (keep it quick). Returns a token; pass it to `removeHandler` to stop.
-    @discardableResult
-    public func onEvent(_ handler: @escaping (FlowEvent) -> Void) throws -> UUID {
-        let id = hub.add(handler)
-        try startEvents()
-        return id
-    }
-
-    public func removeHandler(_ token: UUID) { hub.remove(token) }
-
-    /// Events from now on, as a stream that ends after `.closed`.
-    public func events() throws -> AsyncStream<FlowEvent> {
-        let (stream, continuation) = AsyncStream.makeStream(of: FlowEvent.self, bufferingPolicy: .bufferingNewest(256))
-        let token = hub.add { event in
-            continuation.yield(event)
-            if case .closed = event { continuation.finish() }
-        }
-        continuation.onTermination = { [hub] _ in hub.remove(token) }
-        try startEvents()
-        return stream
-    }
-
-    /// Sends all of `data`; returns once the flow took it (see `finish` for delivery).
+    /// Sends all of `data`; returns once the flow took it (see `finish` for delivery). On a
+    /// timeout or cancellation the error says how many bytes were taken: the stream holds
+    /// those, so retry only the rest.
     public func send(_ data: Data, timeout: TimeInterval = 30) async throws {
         let ms = try millis(timeout, "timeout")
         let ffi = self.ffi
-        try await offPool { try ffi.send(data: data, timeoutMs: ms) }
+        try await cancellable { try await ffi.send(data: data, timeoutMs: ms, cancel: $0) }
     }
 
-    /// Up to `maxBytes` bytes, or nil once the peer finished and everything was read.
+    /// Up to `maxBytes` bytes (at least one), or nil once the peer finished and everything
+    /// was read. Cancelling it loses no data: what arrived stays for the next call.
     public func receive(maxBytes: UInt32 = 64 * 1024, timeout: TimeInterval = 30) async throws -> Data? {
         let ms = try millis(timeout, "timeout")
         let ffi = self.ffi
-        return try await offPool { try ffi.receive(maxBytes: maxBytes, timeoutMs: ms) }
+        let start = DispatchTime.now().uptimeNanoseconds
+        var left = ms
+        while true {
+            let ready = try await cancellable { try await ffi.awaitReceived(maxBytes: maxBytes, timeoutMs: left, cancel: $0) }
+            if ready == 0 { return nil }
+            let data = try ffi.takeReceived(maxBytes: ready)
+            if !data.isEmpty { return data }
+            // Another receive took them first: wait again for what is left of the timeout.
+            let spent = (DispatchTime.now().uptimeNanoseconds - start) / 1_000_000
+            guard spent < UInt64(ms) else {
+                throw MsocketError.Timeout(message: "no bytes to receive within \(ms) ms")
+            }
+            left = ms - UInt32(spent)
+        }
     }
+
+    /// The bytes the peer sends, one at a time, until it finishes its stream; each wait for
+    /// more is bounded by `timeout` (then the sequence throws `.Timeout`).
+    public func bytes(timeout: TimeInterval = 30) -> Bytes { Bytes(flow: self, timeout: timeout) }
 
     /// Ends our stream and waits until the peer acknowledged every byte.
     public func finish(timeout: TimeInterval = 30) async throws {
         let ms = try millis(timeout, "timeout")
         let ffi = self.ffi
-        try await offPool { try ffi.finish(timeoutMs: ms) }
+        try await cancellable { try await ffi.finish(timeoutMs: ms, cancel: $0) }
     }
 
     /// Ends the flow at once; the peer's calls fail with `reason`.
@@ -460,7 +655,7 @@ public final class Flow: @unchecked Sendable {
     public func setPolicy(_ policy: PathPolicy) throws { try ffi.setPolicy(policy: policy) }
 
     /// The live paths and their measurements.
-    public func paths() throws -> [Path] { try ffi.paths().map(Path.init) }
+    public func paths() throws -> [FlowPath] { try ffi.paths().map(FlowPath.init) }
 
     /// Modelled radio energy of the flow so far, in joules.
     public func energyJoules() throws -> Double? { try ffi.energyJoules() }
@@ -470,4 +665,36 @@ public final class Flow: @unchecked Sendable {
 
     /// Lets go of the flow; waiting and later calls fail with `.Closed`.
     public func close() { ffi.release() }
+
+    /// A flow's received bytes as an `AsyncSequence` of `UInt8` (read in chunks).
+    public struct Bytes: AsyncSequence, Sendable {
+        public typealias Element = UInt8
+        let flow: PeerFlow
+        let timeout: TimeInterval
+
+        public func makeAsyncIterator() -> Iterator { Iterator(flow: flow, timeout: timeout) }
+
+        public struct Iterator: AsyncIteratorProtocol {
+            let flow: PeerFlow
+            let timeout: TimeInterval
+            var chunk = Data()
+            var offset = 0
+            var finished = false
+
+            public mutating func next() async throws -> UInt8? {
+                while offset >= chunk.count {
+                    if finished { return nil }
+                    guard let more = try await flow.receive(timeout: timeout) else {
+                        finished = true
+                        return nil
+                    }
+                    chunk = more
+                    offset = 0
+                }
+                let byte = chunk[chunk.startIndex + offset]
+                offset += 1
+                return byte
+            }
+        }
+    }
 }

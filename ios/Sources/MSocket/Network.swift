@@ -1,13 +1,17 @@
 // The platform's networks, as the core wants them: one full snapshot per change.
 //
-// iOS reports paths (NWPathMonitor: which interfaces are usable, of which type, whether
-// the path is expensive or constrained) but not their addresses; those come from
-// getifaddrs. `NetworkSnapshot.build` joins the two and is plain Foundation, so it is
-// testable with any Swift toolchain; only `PathMonitorBridge` (below, behind
-// `canImport(Network)`) touches Apple's Network framework.
+// iOS reports paths, not interfaces: an NWPathMonitor says whether *a* route is usable,
+// so one default-path monitor would call cellular down whenever the default route (say a
+// Wi-Fi without Internet) is unsatisfied. Each link type gets its own monitor
+// (`NWPathMonitor(requiredInterfaceType:)`) and each interface takes its state from its
+// own type's monitor. NWPathMonitor does not fire when only an address changes (a DHCP
+// renewal, a new IPv6 privacy address, a NAT64 prefix), so addresses are also re-read
+// with getifaddrs on a timer: often while flows are open (a stale address there stalls a
+// flow), rarely otherwise.
 //
-// No debounce is needed here, unlike on Android: NWPathMonitor already delivers each
-// change as one coherent path.
+// What to publish and when is decided by `NetworkTracker` and `NetworkSnapshot`, plain
+// Foundation and testable with any Swift toolchain; only `PathMonitorBridge` (behind
+// `canImport(Network)`) touches Apple's Network framework.
 
 import Foundation
 #if canImport(Darwin)
@@ -16,9 +20,11 @@ import Darwin
 import Glibc
 #endif
 
-/// One interface the platform says is usable (from `NWPath.availableInterfaces`).
+/// One interface the platform lists on a path (`NWPath.availableInterfaces`).
 public struct PlatformInterface: Equatable, Sendable {
-    public enum LinkType: Sendable { case wifi, cellular, wiredEthernet, loopback, other }
+    public enum LinkType: Sendable, CaseIterable {
+        case wifi, cellular, wiredEthernet, loopback, other
+    }
 
     public var name: String
     public var index: UInt32
@@ -31,36 +37,58 @@ public struct PlatformInterface: Equatable, Sendable {
     }
 }
 
+/// What one link type's path monitor says now.
+public struct LinkStatus: Equatable, Sendable {
+    /// The path over this link type can carry traffic.
+    public var satisfied: Bool
+    /// The platform calls it expensive (cellular, a personal hotspot).
+    public var expensive: Bool
+    /// Low Data Mode is on for it.
+    public var constrained: Bool
+    /// The interfaces of this type the path lists.
+    public var interfaces: [PlatformInterface]
+
+    public init(satisfied: Bool, expensive: Bool, constrained: Bool, interfaces: [PlatformInterface]) {
+        self.satisfied = satisfied
+        self.expensive = expensive
+        self.constrained = constrained
+        self.interfaces = interfaces
+    }
+}
+
 public enum NetworkSnapshot {
-    /// The snapshot for `interfaces` (in the platform's preference order) with the
-    /// addresses in `addresses` (by interface name). Cellular counts as metered, and so
-    /// does any interface on a path the platform calls expensive (a hotspot) or
-    /// constrained (Low Data Mode). With `satisfied` false every interface is down.
+    /// The link types watched, in the order their interfaces are reported.
+    public static let watched: [PlatformInterface.LinkType] = [.wifi, .wiredEthernet, .cellular]
+
+    /// The snapshot of `links` (each type's own monitor) with `addresses` (by interface
+    /// name). An interface is up when its own type's path is satisfied; cellular is
+    /// metered, and so is any interface on a path the platform calls expensive or
+    /// constrained. Loopback and duplicate names are left out; addresses are sorted.
     public static func build(
-        interfaces: [PlatformInterface],
-        addresses: [String: [String]],
-        expensive: Bool,
-        constrained: Bool,
-        satisfied: Bool
+        links: [PlatformInterface.LinkType: LinkStatus],
+        addresses: [String: [String]]
     ) -> [NetworkInterface] {
         var seen = Set<String>()
         var out: [NetworkInterface] = []
-        for i in interfaces where i.type != .loopback && seen.insert(i.name).inserted {
-            let kind: InterfaceKind
-            switch i.type {
-            case .wifi: kind = .wifi
-            case .cellular: kind = .cellular
-            case .wiredEthernet: kind = .ethernet
-            case .loopback, .other: kind = .other
+        for type in watched {
+            guard let status = links[type] else { continue }
+            for i in status.interfaces where i.type == type && seen.insert(i.name).inserted {
+                let kind: InterfaceKind
+                switch type {
+                case .wifi: kind = .wifi
+                case .cellular: kind = .cellular
+                case .wiredEthernet: kind = .ethernet
+                case .loopback, .other: kind = .other
+                }
+                out.append(NetworkInterface(
+                    name: i.name,
+                    index: i.index,
+                    kind: kind,
+                    metered: kind == .cellular || status.expensive || status.constrained,
+                    up: status.satisfied,
+                    addresses: Array(Set(addresses[i.name] ?? [])).sorted()
+                ))
             }
-            out.append(NetworkInterface(
-                name: i.name,
-                index: i.index,
-                kind: kind,
-                metered: kind == .cellular || expensive || constrained,
-                up: satisfied,
-                addresses: addresses[i.name] ?? []
-            ))
         }
         return out
     }
@@ -81,38 +109,82 @@ public enum NetworkSnapshot {
             var host = [CChar](repeating: 0, count: Int(NI_MAXHOST))
             let len = socklen_t(family == AF_INET ? MemoryLayout<sockaddr_in>.size : MemoryLayout<sockaddr_in6>.size)
             guard getnameinfo(sa, len, &host, socklen_t(host.count), nil, 0, NI_NUMERICHOST) == 0 else { continue }
-            let text = String(cString: host).split(separator: "%").first.map(String.init) ?? ""
-            if text.isEmpty || text.lowercased().hasPrefix("fe80:") || text.hasPrefix("169.254.") { continue }
+            let address = String(cString: host).split(separator: "%").first.map(String.init) ?? ""
+            if address.isEmpty || address.lowercased().hasPrefix("fe80:") || address.hasPrefix("169.254.") { continue }
             let name = String(cString: entry.pointee.ifa_name)
-            result[name, default: []].append(text)
+            result[name, default: []].append(address)
         }
         return result
+    }
+}
+
+/// Decides when the platform's networks are published to the core: once every watched
+/// link type has reported, then whenever the snapshot (states, kinds, addresses) differs
+/// from the last one published. Not thread-safe: drive it from one queue.
+public struct NetworkTracker: Sendable {
+    /// How often addresses are re-read while the endpoint has open flows, and otherwise.
+    public static let busyPollInterval: TimeInterval = 2
+    public static let idlePollInterval: TimeInterval = 30
+
+    public private(set) var links: [PlatformInterface.LinkType: LinkStatus] = [:]
+    public private(set) var addresses: [String: [String]] = [:]
+    public private(set) var published: [NetworkInterface]?
+
+    public init() {}
+
+    /// A link type's monitor reported `status`; `addresses` is getifaddrs now. Returns the
+    /// snapshot to publish, or nil.
+    public mutating func linkChanged(
+        _ type: PlatformInterface.LinkType, _ status: LinkStatus, addresses: [String: [String]]
+    ) -> [NetworkInterface]? {
+        links[type] = status
+        self.addresses = addresses
+        return next()
+    }
+
+    /// Addresses were re-read; returns the snapshot to publish if they changed what the
+    /// core was told, or nil.
+    public mutating func addressesRead(_ addresses: [String: [String]]) -> [NetworkInterface]? {
+        self.addresses = addresses
+        return next()
+    }
+
+    /// The interval until the next address check.
+    public static func pollInterval(openFlows: UInt32) -> TimeInterval {
+        openFlows > 0 ? busyPollInterval : idlePollInterval
+    }
+
+    private mutating func next() -> [NetworkInterface]? {
+        guard NetworkSnapshot.watched.allSatisfy({ links[$0] != nil }) else { return nil }
+        let snapshot = NetworkSnapshot.build(links: links, addresses: addresses)
+        if snapshot == published { return nil }
+        published = snapshot
+        return snapshot
     }
 }
 
 #if canImport(Network)
 import Network
 
-/// Feeds NWPathMonitor's view of the networks into an `Endpoint`, and binds each
-/// subflow's socket to its interface (`IP_BOUND_IF` / `IPV6_BOUND_IF`).
-///
-/// ```
-/// let bridge = PathMonitorBridge()
-/// let endpoint = try Endpoint(key: key, config: config, bindSocket: bridge.bindSocket)
-/// bridge.start(endpoint)
-/// ```
-public final class PathMonitorBridge: @unchecked Sendable {
-    private let monitor = NWPathMonitor()
-    private let queue = DispatchQueue(label: "msocket.path-monitor")
+/// Feeds one `NWPathMonitor` per link type, and the interfaces' addresses, into the
+/// endpoint that owns it, and binds each subflow's socket to its interface
+/// (`IP_BOUND_IF` / `IPV6_BOUND_IF`). Made and owned by `Endpoint` (`network: .system`);
+/// it holds the endpoint weakly and stops when the endpoint closes or is released.
+final class PathMonitorBridge: @unchecked Sendable {
+    private let queue = DispatchQueue(label: "dev.msocket.network")
+    private var monitors: [NWPathMonitor] = []
+    private var timer: DispatchSourceTimer?
+    private var flowWatch: Task<Void, Never>?
+    private var tracker = NetworkTracker()
     private let lock = NSLock()
     private var indexByAddress: [String: UInt32] = [:]
     private weak var endpoint: Endpoint?
 
-    public init() {}
+    init() {}
 
-    /// Pass to `Endpoint`'s initialiser: binds a socket to the interface owning its
-    /// local address (left unbound when no interface does).
-    public var bindSocket: SocketBind {
+    /// Binds a socket to the interface owning its local address (left unbound when no
+    /// interface does).
+    var bindSocket: SocketBind {
         { [weak self] fd, localAddress in
             guard let self else { return }
             self.lock.lock()
@@ -128,41 +200,83 @@ public final class PathMonitorBridge: @unchecked Sendable {
         }
     }
 
-    /// Starts reporting to `endpoint`; the current path arrives at once.
-    public func start(_ endpoint: Endpoint) {
-        self.endpoint = endpoint
-        monitor.pathUpdateHandler = { [weak self] path in self?.update(path) }
-        monitor.start(queue: queue)
+    func start(_ endpoint: Endpoint) {
+        queue.sync {
+            self.endpoint = endpoint
+            for type in NetworkSnapshot.watched {
+                let monitor = NWPathMonitor(requiredInterfaceType: Self.nwType(type))
+                monitor.pathUpdateHandler = { [weak self] path in self?.pathChanged(type, path) }
+                monitor.start(queue: queue)
+                monitors.append(monitor)
+            }
+            let timer = DispatchSource.makeTimerSource(queue: queue)
+            timer.setEventHandler { [weak self] in self?.recheckAddresses() }
+            timer.schedule(deadline: .now() + NetworkTracker.pollInterval(openFlows: endpoint.openFlows))
+            timer.resume()
+            self.timer = timer
+            // The first flow shortens the interval at once, not at the next idle check.
+            let updates = endpoint.openFlowsUpdates()
+            flowWatch = Task { [weak self] in
+                do {
+                    for try await count in updates {
+                        self?.queue.async { self?.timer?.schedule(deadline: .now() + NetworkTracker.pollInterval(openFlows: count)) }
+                    }
+                } catch {
+                    // The watch ends; each address check still reads the count itself.
+                }
+            }
+        }
     }
 
-    public func stop() { monitor.cancel() }
-
-    private func update(_ path: NWPath) {
-        let interfaces = path.availableInterfaces.map { i -> PlatformInterface in
-            let type: PlatformInterface.LinkType
-            switch i.type {
-            case .wifi: type = .wifi
-            case .cellular: type = .cellular
-            case .wiredEthernet: type = .wiredEthernet
-            case .loopback: type = .loopback
-            default: type = .other
-            }
-            return PlatformInterface(name: i.name, index: UInt32(i.index), type: type)
+    func stop() {
+        queue.async {
+            self.flowWatch?.cancel()
+            self.flowWatch = nil
+            for m in self.monitors { m.cancel() }
+            self.monitors = []
+            self.timer?.cancel()
+            self.timer = nil
         }
-        let addresses = NetworkSnapshot.currentAddresses()
-        let snapshot = NetworkSnapshot.build(
-            interfaces: interfaces,
-            addresses: addresses,
+    }
+
+    private static func nwType(_ type: PlatformInterface.LinkType) -> NWInterface.InterfaceType {
+        switch type {
+        case .wifi: return .wifi
+        case .cellular: return .cellular
+        case .wiredEthernet: return .wiredEthernet
+        case .loopback: return .loopback
+        case .other: return .other
+        }
+    }
+
+    private func pathChanged(_ type: PlatformInterface.LinkType, _ path: NWPath) {
+        let interfaces = path.availableInterfaces
+            .filter { $0.type == Self.nwType(type) }
+            .map { PlatformInterface(name: $0.name, index: UInt32($0.index), type: type) }
+        let status = LinkStatus(
+            satisfied: path.status == .satisfied,
             expensive: path.isExpensive,
             constrained: path.isConstrained,
-            satisfied: path.status == .satisfied
+            interfaces: interfaces
         )
+        publish(tracker.linkChanged(type, status, addresses: NetworkSnapshot.currentAddresses()))
+    }
+
+    private func recheckAddresses() {
+        guard let endpoint else { return }
+        publish(tracker.addressesRead(NetworkSnapshot.currentAddresses()))
+        let interval = NetworkTracker.pollInterval(openFlows: endpoint.openFlows)
+        timer?.schedule(deadline: .now() + interval)
+    }
+
+    private func publish(_ snapshot: [NetworkInterface]?) {
+        guard let snapshot else { return }
         var byAddress: [String: UInt32] = [:]
         for i in snapshot { for a in i.addresses { byAddress[a] = i.index } }
         lock.lock()
         indexByAddress = byAddress
         lock.unlock()
-        _ = try? endpoint?.updateNetwork(snapshot)
+        endpoint?.publishNetwork(snapshot)
     }
 }
 #endif
