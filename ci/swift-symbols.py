@@ -48,14 +48,18 @@ TREE_SITTER_SWIFT = "tree-sitter-swift==0.7.4"
 def _ensure_parser():
     """Imports tree-sitter; installs the pinned packages into a cached virtualenv if needed."""
     try:
+        from importlib.metadata import version
+
         import tree_sitter  # noqa: F401
         import tree_sitter_swift  # noqa: F401
 
-        return
+        # Another version's grammar names nodes differently: only the pinned ones will do.
+        if (version("tree-sitter"), version("tree-sitter-swift")) == (TREE_SITTER.split("==")[1], TREE_SITTER_SWIFT.split("==")[1]):
+            return
     except ImportError:
         pass
     if os.environ.get("SWIFT_CHECK_REEXEC"):
-        sys.exit("swift-symbols: tree-sitter is still missing after installing it")
+        sys.exit(f"swift-symbols: {TREE_SITTER} and {TREE_SITTER_SWIFT} are still missing after installing them")
     root = Path(__file__).resolve().parent.parent
     target = Path(os.environ.get("CARGO_TARGET_DIR") or root / "target")
     if not target.is_absolute():
