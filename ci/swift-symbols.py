@@ -1289,8 +1289,10 @@ def main(argv):
     if argv and argv[0] == "--no-sync-check":
         sync, argv = False, argv[1:]
     if len(argv) != 2:
-        sys.exit(__doc__.split("Usage: ")[1].split("\n")[0].join(("usage: ", "")))
+        sys.exit("usage: swift-symbols.py [--no-sync-check] GENERATED.swift LAYER_DIR")
     generated, layer_dir = argv
+    if not Path(generated).is_file():
+        sys.exit(f"swift-symbols: no such file: {generated}")
     layer_files = sorted(Path(layer_dir).rglob("*.swift"))
     if not layer_files:
         sys.exit(f"swift-symbols: no Swift files under {layer_dir}")
