@@ -1189,14 +1189,24 @@ def is_binding_pattern(node, src):
     return re.fullmatch(r"(?:let\s+|var\s+)?[A-Za-z_][A-Za-z0-9_]*", s) is not None
 
 
+# Expressions whose first child is their leftmost operand: `try`/`await` written before
+# them covers all of them (`try a.b().c()`, `try x ?? y()`), though the grammar parses
+# the keyword as binding to the first operand only.
+LEFT_OPERAND = {
+    "call_expression", "navigation_expression", "nil_coalescing_expression", "additive_expression",
+    "multiplicative_expression", "comparison_expression", "equality_expression", "conjunction_expression",
+    "disjunction_expression", "range_expression", "infix_expression", "ternary_expression", "as_expression",
+    "check_expression", "postfix_expression", "bitwise_operation", "open_start_range_expression",
+}
+
+
 def leftmost_is(node, type_):
-    """Whether `node` starts with a `type_` node (`try a.b().c()` parses as the call `.c()`
-    on `try a.b()`, yet `try` covers all of it)."""
-    n = node.named_children[0] if node.type in ("call_expression", "navigation_expression") and node.named_children else None
-    while n is not None:
+    """Whether `node` starts with a `type_` node as its leftmost operand."""
+    n = node
+    while n.type in LEFT_OPERAND and n.named_children:
+        n = n.named_children[0]
         if n.type == type_:
             return True
-        n = n.named_children[0] if n.type in ("call_expression", "navigation_expression") and n.named_children else None
     return False
 
 
