@@ -549,6 +549,21 @@ class Checker:
                 return d.props[name]
         return None
 
+    def closed_type(self, ty):
+        """Whether every member of nominal `ty` is known here: a generated type, or a layer
+        class/struct/enum whose supertypes add no members (no AsyncSequence and the like)."""
+        if ty.where == "ffi":
+            return True
+        if ty.where != "layer":
+            return False
+        decl = self.layer.types.get(ty.name)
+        if decl is None or decl.kind == "protocol":
+            return False
+        return all(
+            inh.kind == "nominal" and (inh.where == "ffi" or inh.name in MEMBERLESS_PROTOCOLS)
+            for d in self.members(ty) for inh in d.inherits
+        )
+
     def is_enum(self, ty):
         if ty.kind != "nominal":
             return None
@@ -960,7 +975,7 @@ class Checker:
                 return self.find_methods(ty, member), f"{ty}.{member}"
             if tty.kind == "nominal":
                 ms = self.find_methods(tty, member)
-                if not ms and tty.where == "ffi" and self.find_prop(tty, member) is None:
+                if not ms and self.closed_type(tty) and self.find_prop(tty, member) is None and member not in UNIVERSAL_MEMBERS:
                     return [Func(member, [], where="missing")], f"{tty}.{member}"
                 return ms, f"{tty}.{member}"
             return [], None
@@ -1141,7 +1156,7 @@ class Checker:
             if decl and member not in decl.cases and member not in decl.methods and member not in decl.props and member != "init" and member not in decl.nested:
                 self.problem(self.path, node, f"MSocketFFI.{tty.name}.{member} is not in the bindings")
             return
-        if tty.kind == "nominal" and tty.where == "ffi":
+        if tty.kind == "nominal" and self.closed_type(tty):
             self.uses += 1
             if self.find_prop(tty, member) is None and not self.find_methods(tty, member) and member not in UNIVERSAL_MEMBERS:
                 self.problem(self.path, node, f"{tty} has no member {member}")
@@ -1181,7 +1196,9 @@ class Checker:
 
 STATEMENTS = {"property_declaration", "control_transfer_statement", "if_statement", "guard_statement", "for_statement",
               "while_statement", "switch_statement", "do_statement", "assignment", "comment", "multiline_comment"}
-UNIVERSAL_MEMBERS = {"hashValue", "description", "debugDescription", "self", "localizedDescription", "errorDescription"}
+# Protocols that give a conforming type no members the layer would call.
+MEMBERLESS_PROTOCOLS = {"Sendable", "Equatable", "Hashable", "AnyObject", "Error", "CaseIterable"}
+UNIVERSAL_MEMBERS = {"allCases", "hashValue", "description", "debugDescription", "self", "localizedDescription", "errorDescription"}
 
 
 def is_binding_pattern(node, src):
