@@ -906,7 +906,10 @@ class Checker:
             if target is None or ident is None or ident.type != "simple_identifier":
                 return UNKNOWN
             member = text(ident, src)
-            tty = self.type_of_expr(target, src, env)
+            tty, chained = self.target_type(node, target, env)
+            if chained:
+                found = self.type_of_expr_member(tty, member)
+                return T("opt", args=(strip_opt(found),)) if found.kind != "unknown" else UNKNOWN
             if tty.kind == "meta" and tty.where == "module":
                 ty = self.nominal(member, "ffi", qualified=True)
                 return T("meta", ty.name, "ffi") if ty.kind == "nominal" else UNKNOWN
@@ -926,6 +929,19 @@ class Checker:
                 if len(rets) == 1:
                     return callee[0].returns
             return UNKNOWN
+        return UNKNOWN
+
+    def target_type(self, nav, target, env):
+        """(type, chained) of a navigation's target: with `x?.m`, the type `x` wraps."""
+        tty = self.type_of_expr(target, self.src, env)
+        if any(c.type == "?" for c in nav.children) and tty.kind == "opt":
+            return tty.args[0], True
+        return tty, False
+
+    def type_of_expr_member(self, tty, member):
+        if tty.kind == "nominal":
+            p = self.find_prop(tty, member)
+            return p if p is not None else UNKNOWN
         return UNKNOWN
 
     def resolve_callee(self, call, env, context=None):
@@ -958,7 +974,7 @@ class Checker:
             if target is None or ident is None or ident.type != "simple_identifier":
                 return [], None
             member = text(ident, src)
-            tty = self.type_of_expr(target, src, env)
+            tty, _ = self.target_type(fn, target, env)
             if tty.kind == "meta" and tty.where == "module":
                 if member in self.ffi.funcs:
                     return self.ffi.funcs[member], f"MSocketFFI.{member}"
@@ -1144,7 +1160,7 @@ class Checker:
         if target is None or ident is None or ident.type != "simple_identifier":
             return
         member = text(ident, self.src)
-        tty = self.type_of_expr(target, self.src, env)
+        tty, _ = self.target_type(node, target, env)
         if tty.kind == "meta" and tty.where == "module":
             self.uses += 1
             if member not in self.ffi.types and member not in self.ffi.funcs:
