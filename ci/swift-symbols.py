@@ -893,6 +893,8 @@ class Checker:
                 return self.layer.globals[name]
             if name == "MSocketFFI":
                 return T("meta", "MSocketFFI", "module")
+            if name == "MSocket":
+                return T("meta", "MSocket", "layer-module")
             ty = self.nominal(name, "layer")
             if ty.kind == "nominal":
                 return T("meta", ty.name, ty.where)
@@ -910,6 +912,9 @@ class Checker:
             if chained:
                 found = self.type_of_expr_member(tty, member)
                 return T("opt", args=(strip_opt(found),)) if found.kind != "unknown" else UNKNOWN
+            if tty.kind == "meta" and tty.where == "layer-module":
+                ty = self.nominal(member, "layer")
+                return T("meta", ty.name, ty.where) if ty.kind == "nominal" else UNKNOWN
             if tty.kind == "meta" and tty.where == "module":
                 ty = self.nominal(member, "ffi", qualified=True)
                 return T("meta", ty.name, "ffi") if ty.kind == "nominal" else UNKNOWN

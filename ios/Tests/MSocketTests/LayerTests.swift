@@ -1,6 +1,7 @@
 // The Swift layer's own logic over the bindings: event mapping, the once-only event
 // sequence guard, and values shared with @Sendable closures. Runs with `swift test` on a
-// Mac (the package links the XCFramework).
+// Mac (the package links the XCFramework). `MSocket.FlowEvent` is qualified: the bindings,
+// imported here too, have a FlowEvent of their own.
 
 import XCTest
 import MSocketFFI
@@ -8,14 +9,14 @@ import MSocketFFI
 
 final class LayerTests: XCTestCase {
     func testEventsMapToTheLayersNamesAndUnits() {
-        XCTAssertEqual(FlowEvent(MSocketFFI.FlowEvent.resumed(outageMs: 1500)), .resumed(outage: 1.5))
-        XCTAssertEqual(FlowEvent(MSocketFFI.FlowEvent.eventsDropped(count: 7)), .eventsDropped(count: 7))
+        XCTAssertEqual(MSocket.FlowEvent(MSocketFFI.FlowEvent.resumed(outageMs: 1500)), .resumed(outage: 1.5))
+        XCTAssertEqual(MSocket.FlowEvent(MSocketFFI.FlowEvent.eventsDropped(count: 7)), .eventsDropped(count: 7))
         XCTAssertEqual(
-            FlowEvent(MSocketFFI.FlowEvent.pathAdded(local: "192.0.2.7:5000", remote: "198.51.100.1:443", relayed: true)),
+            MSocket.FlowEvent(MSocketFFI.FlowEvent.pathAdded(local: "192.0.2.7:5000", remote: "198.51.100.1:443", relayed: true)),
             .pathAdded(local: "192.0.2.7:5000", remote: "198.51.100.1:443", relayed: true)
         )
         XCTAssertEqual(
-            FlowEvent(MSocketFFI.FlowEvent.closed(failure: nil, error: nil, energyJoules: 0.25)),
+            MSocket.FlowEvent(MSocketFFI.FlowEvent.closed(failure: nil, error: nil, energyJoules: 0.25)),
             .closed(failure: nil, error: nil, energyJoules: 0.25)
         )
     }
