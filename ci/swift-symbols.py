@@ -986,6 +986,13 @@ class Checker:
                 if member in self.ffi.types:
                     return self.inits_of(T("nominal", member, "ffi")), f"MSocketFFI.{member}.init"
                 return [Func(member, [], where="missing")], f"MSocketFFI.{member}"
+            if tty.kind == "meta" and tty.where == "layer-module":
+                ty = self.nominal(member, "layer")
+                if ty.kind == "nominal":
+                    return self.inits_of(ty), f"MSocket.{member}.init"
+                if member in self.layer.funcs:
+                    return self.layer.funcs[member], f"MSocket.{member}"
+                return [], None
             if tty.kind == "meta":
                 ty = T("nominal", tty.name, tty.where)
                 if member == "init":
