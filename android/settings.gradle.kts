@@ -10,8 +10,6 @@ pluginManagement {
 }
 
 dependencyResolutionManagement {
-    // Repositories are declared here only, so a build file cannot add one unnoticed.
-    repositoriesMode = RepositoriesMode.FAIL_ON_PROJECT_REPOS
     repositories {
         google()
         mavenCentral()
