@@ -77,6 +77,7 @@ fn interface(host: u8) -> Vec<Interface> {
         metered: false,
         up: true,
         addrs: vec![loopback(host)],
+        nat64: None,
     }]
 }
 

@@ -205,6 +205,7 @@ async fn paths_on_a_known_radio_report_modelled_energy() {
         metered: true,
         up: true,
         addrs: vec![lo(174)],
+        nat64: None,
     };
     let (tx, rx) = tokio::sync::watch::channel(NetworkState::new(vec![cell]));
     let _follower = client.follow_network(rx);

@@ -74,6 +74,15 @@ pub fn key_fingerprint(key: Vec<u8>) -> Result<String, MsocketError> {
     error::guard("key_fingerprint", || Ok(endpoint::identity(&key)?.public().fingerprint()))
 }
 
+/// The NAT64 prefix of the network the system's resolver uses (RFC 7050), for platforms
+/// that do not report it: None when there is none.
+pub async fn discover_nat64_prefix(timeout_ms: u32) -> Result<Option<String>, MsocketError> {
+    runtime::call("discover_nat64_prefix", timeout_ms, None, async {
+        Ok(msocket::watch::discover_nat64_prefix().await.map(|p| p.to_string()))
+    })
+    .await
+}
+
 /// This library's version.
 pub fn version() -> String {
     env!("CARGO_PKG_VERSION").to_string()

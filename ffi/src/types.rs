@@ -107,6 +107,7 @@ pub struct NetworkInterface {
     pub metered: bool,
     pub up: bool,
     pub addresses: Vec<String>,
+    pub nat64_prefix: Option<String>,
 }
 
 /// Parses an IP address given as text; `what` says where it came from.
@@ -144,7 +145,13 @@ pub(crate) fn interfaces_to_core(list: Vec<NetworkInterface>) -> Result<Vec<Inte
             .iter()
             .map(|a| parse_ip(a, &format!("interface {}", i.name)))
             .collect::<Result<Vec<_>, _>>()?;
-        out.push(Interface { name: i.name, index: i.index, kind: i.kind.into(), metered: i.metered, up: i.up, addrs });
+        let nat64 = match &i.nat64_prefix {
+            Some(p) => Some(p.parse::<msocket::watch::Nat64Prefix>().map_err(|e| {
+                MsocketError::InvalidArgument(format!("interface {}: nat64_prefix: {e}", i.name))
+            })?),
+            None => None,
+        };
+        out.push(Interface { name: i.name, index: i.index, kind: i.kind.into(), metered: i.metered, up: i.up, addrs, nat64 });
     }
     Ok(out)
 }
@@ -337,6 +344,7 @@ mod tests {
             metered: false,
             up: true,
             addresses: addrs.iter().map(|a| a.to_string()).collect(),
+            nat64_prefix: None,
         }
     }
 

@@ -226,6 +226,7 @@ fn wifi(name: &str, index: u32, kind: InterfaceKind, addr: &str) -> NetworkInter
         metered: kind == InterfaceKind::Cellular,
         up: true,
         addresses: vec![addr.into()],
+        nat64_prefix: None,
     }
 }
 

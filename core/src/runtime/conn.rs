@@ -582,6 +582,7 @@ impl Conn {
         let (Ok(local), Ok(remote)) = (stream.local_addr(), stream.peer_addr()) else {
             return;
         };
+        let remote = self.host.upgrade().map_or(remote, |host| host.peer_address(local, remote));
         let sent = SentLog::new(&stream);
         let handed = sent.handed();
         let (r, w) = stream.into_split();

@@ -218,7 +218,7 @@ mod tests {
     }
 
     fn lo_iface(name: &str, index: u32, kind: InterfaceKind, up: bool, addrs: &[&str]) -> Interface {
-        Interface { name: name.into(), index, kind, metered: kind == InterfaceKind::Cellular, up, addrs: ips(addrs) }
+        Interface { name: name.into(), index, kind, metered: kind == InterfaceKind::Cellular, up, addrs: ips(addrs), nat64: None }
     }
 
     #[tokio::test]
@@ -344,6 +344,7 @@ mod tests {
                 metered: false,
                 up: true,
                 addrs: ips(&["192.0.2.1"]),
+                nat64: None,
             },
             Interface {
                 name: "cell0".into(),
@@ -352,6 +353,7 @@ mod tests {
                 metered: true,
                 up: false,
                 addrs: vec![],
+                nat64: None,
             },
         ];
         assert_eq!(summary(&list), "wifi0 (Wifi, up) [192.0.2.1], cell0 (Cellular, metered, down) []");

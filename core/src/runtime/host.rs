@@ -46,6 +46,13 @@ struct LocalNet {
     interfaces: Vec<Interface>,
 }
 
+impl LocalNet {
+    /// The NAT64 prefix of the interface that has `ip`, if it has one.
+    fn nat64_for(&self, ip: IpAddr) -> Option<crate::watch::Nat64Prefix> {
+        self.interfaces.iter().find(|i| i.addrs.contains(&ip)).and_then(|i| i.nat64)
+    }
+}
+
 impl Host {
     pub(crate) fn new(identity: Identity, config: EndpointConfig) -> Host {
         let net = LocalNet { ips: config.local_ips.clone(), interfaces: Vec::new() };
@@ -68,12 +75,41 @@ impl Host {
         self.net().ips.clone()
     }
 
-    /// Our local addresses of `addr`'s family, best first (`[None]`: let the system
-    /// choose, when no local address is configured).
+    /// Our local addresses that can reach `addr`, best first (`[None]`: let the system
+    /// choose, when no local address is configured): those of its family, or for an IPv4
+    /// peer without an IPv4 address at hand, the IPv6 ones behind a NAT64
+    /// ([`dial_tcp_between`](Self::dial_tcp_between) translates the peer's address).
     pub(crate) fn local_ips_for(&self, addr: SocketAddr) -> Vec<Option<IpAddr>> {
-        let ips: Vec<Option<IpAddr>> =
-            self.net().ips.iter().copied().filter(|ip| ip.is_ipv4() == addr.is_ipv4()).map(Some).collect();
+        let net = self.net();
+        let mut ips: Vec<Option<IpAddr>> =
+            net.ips.iter().copied().filter(|ip| ip.is_ipv4() == addr.is_ipv4()).map(Some).collect();
+        if ips.is_empty() && addr.is_ipv4() {
+            ips = net.ips.iter().copied().filter(|ip| net.nat64_for(*ip).is_some()).map(Some).collect();
+        }
         if ips.is_empty() { vec![None] } else { ips }
+    }
+
+    /// The peer address a connection from `local` to `remote` stands for: `remote`, or
+    /// the IPv4 address a NAT64 address embeds (what the peer published, and what the
+    /// flow's path logic compares with its addresses).
+    pub(crate) fn peer_address(&self, local: SocketAddr, remote: SocketAddr) -> SocketAddr {
+        let (IpAddr::V6(_), SocketAddr::V6(v6)) = (local.ip(), remote) else { return remote };
+        match self.net().nat64_for(local.ip()).and_then(|prefix| prefix.extract(*v6.ip())) {
+            Some(v4) => SocketAddr::new(IpAddr::V4(v4), v6.port()),
+            None => remote,
+        }
+    }
+
+    /// Where to connect to reach `addr` from `local`: `addr` itself, or for an IPv4 peer
+    /// from an IPv6 address behind a NAT64, its synthesized IPv6 address.
+    fn route(&self, local: Option<SocketAddr>, addr: SocketAddr) -> SocketAddr {
+        match (local.map(|l| l.ip()), addr) {
+            (Some(ip @ IpAddr::V6(_)), SocketAddr::V4(v4)) => match self.net().nat64_for(ip) {
+                Some(prefix) => SocketAddr::new(IpAddr::V6(prefix.synthesize(*v4.ip())), v4.port()),
+                None => addr,
+            },
+            _ => addr,
+        }
     }
 
     /// Replaces the local addresses; returns the previous ones. The endpoint calls this
@@ -206,6 +242,7 @@ impl Host {
         reusable: bool,
     ) -> std::io::Result<TcpStream> {
         use socket2::{Domain, Protocol, Socket, Type};
+        let addr = self.route(local, addr);
         let sock = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
         sock.set_nonblocking(true)?;
         if reusable {

@@ -137,6 +137,7 @@ async fn serve(ep: &Weak<EndpointInner>, host: &Arc<Host>, stream: TcpStream) ->
     let (Ok(local), Ok(relay_addr)) = (stream.local_addr(), stream.peer_addr()) else {
         return LinkError::Unexpected("a socket with no address".into());
     };
+    let relay_addr = host.peer_address(local, relay_addr);
     let (mut rd, mut wr) = stream.into_split();
     // Reading a message is not cancel-safe: it runs in its own task.
     let (tx, mut rx) = mpsc::channel(8);

@@ -58,6 +58,10 @@ pub struct Interface {
     /// any more (tentative, deprecated, link-local IPv6); consumers filter again with
     /// [`usable_ips`](super::usable_ips), since pushed snapshots may contain anything.
     pub addrs: Vec<IpAddr>,
+    /// The network's NAT64 prefix, when it translates to IPv4 (an IPv6-only cellular
+    /// network): IPv4 peers are then dialed through it from this interface's IPv6
+    /// addresses, unless an IPv4 address is at hand (see [`Nat64Prefix`](super::Nat64Prefix)).
+    pub nat64: Option<super::Nat64Prefix>,
 }
 
 /// Guesses an interface's kind and whether it is metered from its name.

@@ -22,6 +22,7 @@
 //! this system and follows it.
 
 mod interface;
+mod nat64;
 #[cfg(target_os = "linux")]
 #[doc(hidden)]
 pub mod netlink;
@@ -35,6 +36,7 @@ use std::time::Instant;
 use tokio::sync::watch;
 
 pub use interface::{Classifier, Interface, InterfaceKind};
+pub use nat64::{discover_nat64_prefix, Nat64Prefix, Nat64PrefixError};
 pub use push::PushedNetwork;
 pub use usable::{is_usable_ip, usable_ips, AddrDiff};
 
@@ -131,6 +133,7 @@ mod tests {
             metered: false,
             up: true,
             addrs: (0..addrs).map(|i| std::net::IpAddr::from([192, 0, 2, i as u8])).collect(),
+            nat64: None,
         }
     }
 

@@ -87,7 +87,7 @@ fn group(classifier: &Classifier, rows: impl Iterator<Item = Row>) -> Vec<Interf
             } else {
                 classifier.classify(&name)
             };
-            Interface { name, index, kind, metered, up, addrs: Vec::new() }
+            Interface { name, index, kind, metered, up, addrs: Vec::new(), nat64: None }
         });
         entry.up |= up;
         if is_usable_ip(ip, true) && !entry.addrs.contains(&ip) {

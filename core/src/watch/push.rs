@@ -55,6 +55,7 @@ mod tests {
             metered: false,
             up: true,
             addrs: vec!["192.0.2.1".parse().unwrap()],
+            nat64: None,
         };
         let net = PushedNetwork::new(Vec::new());
         let mut rx = net.subscribe();

@@ -76,6 +76,7 @@ mod tests {
             metered: kind == InterfaceKind::Cellular,
             up,
             addrs: addrs.iter().map(|a| a.parse().unwrap()).collect(),
+            nat64: None,
         }
     }
 

@@ -63,10 +63,13 @@ public enum NetworkSnapshot {
     /// The snapshot of `links` (each type's own monitor) with `addresses` (by interface
     /// name). An interface is up when its own type's path is satisfied; cellular is
     /// metered, and so is any interface on a path the platform calls expensive or
-    /// constrained. Loopback and duplicate names are left out; addresses are sorted.
+    /// constrained. Loopback and duplicate names are left out; addresses are sorted. An
+    /// interface with IPv6 addresses only is given `nat64Prefix` (the network's NAT64
+    /// prefix, found with `discoverNat64Prefix`), so IPv4-only peers are reached through it.
     public static func build(
         links: [PlatformInterface.LinkType: LinkStatus],
-        addresses: [String: [String]]
+        addresses: [String: [String]],
+        nat64Prefix: String? = nil
     ) -> [NetworkInterface] {
         var seen = Set<String>()
         var out: [NetworkInterface] = []
@@ -80,13 +83,16 @@ public enum NetworkSnapshot {
                 case .wiredEthernet: kind = .ethernet
                 case .loopback, .other: kind = .other
                 }
+                let own = Array(Set(addresses[i.name] ?? [])).sorted()
+                let ipv6Only = !own.isEmpty && own.allSatisfy { $0.contains(":") }
                 out.append(NetworkInterface(
                     name: i.name,
                     index: i.index,
                     kind: kind,
                     metered: kind == .cellular || status.expensive || status.constrained,
                     up: status.satisfied,
-                    addresses: Array(Set(addresses[i.name] ?? [])).sorted()
+                    addresses: own,
+                    nat64Prefix: ipv6Only ? nat64Prefix : nil
                 ))
             }
         }
@@ -129,8 +135,22 @@ public struct NetworkTracker: Sendable {
     public private(set) var links: [PlatformInterface.LinkType: LinkStatus] = [:]
     public private(set) var addresses: [String: [String]] = [:]
     public private(set) var published: [NetworkInterface]?
+    /// The NAT64 prefix last discovered (nil: none, or not looked for).
+    public private(set) var nat64Prefix: String?
 
     public init() {}
+
+    /// Whether some interface has IPv6 addresses only: then the network may translate to
+    /// IPv4 through a NAT64 whose prefix is worth discovering.
+    public var wantsNat64Prefix: Bool {
+        addresses.values.contains { !$0.isEmpty && $0.allSatisfy { $0.contains(":") } }
+    }
+
+    /// A NAT64 prefix was discovered (or found gone); returns the snapshot to publish, or nil.
+    public mutating func nat64PrefixFound(_ prefix: String?) -> [NetworkInterface]? {
+        nat64Prefix = prefix
+        return next()
+    }
 
     /// A link type's monitor reported `status`; `addresses` is getifaddrs now. Returns the
     /// snapshot to publish, or nil.
@@ -156,7 +176,7 @@ public struct NetworkTracker: Sendable {
 
     private mutating func next() -> [NetworkInterface]? {
         guard NetworkSnapshot.watched.allSatisfy({ links[$0] != nil }) else { return nil }
-        let snapshot = NetworkSnapshot.build(links: links, addresses: addresses)
+        let snapshot = NetworkSnapshot.build(links: links, addresses: addresses, nat64Prefix: nat64Prefix)
         if snapshot == published { return nil }
         published = snapshot
         return snapshot
@@ -165,6 +185,7 @@ public struct NetworkTracker: Sendable {
 
 #if canImport(Network)
 import Network
+import MSocketFFI
 
 /// Feeds one `NWPathMonitor` per link type, and the interfaces' addresses, into the
 /// endpoint that owns it, and binds each subflow's socket to its interface
@@ -260,6 +281,23 @@ final class PathMonitorBridge: @unchecked Sendable {
             interfaces: interfaces
         )
         publish(tracker.linkChanged(type, status, addresses: NetworkSnapshot.currentAddresses()))
+        discoverNat64Prefix()
+    }
+
+    /// iOS does not tell a network's NAT64 prefix; it is found through DNS64 (RFC 7050)
+    /// whenever a path changes while some interface has IPv6 addresses only.
+    private func discoverNat64Prefix() {
+        guard tracker.wantsNat64Prefix else {
+            if tracker.nat64Prefix != nil { publish(tracker.nat64PrefixFound(nil)) }
+            return
+        }
+        Task { [weak self] in
+            let prefix = try? await MSocketFFI.discoverNat64Prefix(timeoutMs: 5_000)
+            self?.queue.async {
+                guard let self else { return }
+                self.publish(self.tracker.nat64PrefixFound(prefix))
+            }
+        }
     }
 
     private func recheckAddresses() {

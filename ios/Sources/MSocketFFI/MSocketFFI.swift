@@ -2038,6 +2038,12 @@ public struct NetworkInterface: Equatable, Hashable {
      * Its IP addresses, as text (`192.0.2.7`, `2001:db8::7`).
      */
     public var addresses: [String]
+    /**
+     * The network's NAT64 prefix (`64:ff9b::/96`; Android: `LinkProperties.getNat64Prefix`,
+     * or `discover_nat64_prefix`), when it is IPv6-only and translates to IPv4: peers'
+     * IPv4 addresses are then dialed through it from this interface's IPv6 addresses.
+     */
+    public var nat64Prefix: String?
 
     // Default memberwise initializers are never public by default, so we
     // declare one manually.
@@ -2056,13 +2062,19 @@ public struct NetworkInterface: Equatable, Hashable {
          */up: Bool, 
         /**
          * Its IP addresses, as text (`192.0.2.7`, `2001:db8::7`).
-         */addresses: [String]) {
+         */addresses: [String], 
+        /**
+         * The network's NAT64 prefix (`64:ff9b::/96`; Android: `LinkProperties.getNat64Prefix`,
+         * or `discover_nat64_prefix`), when it is IPv6-only and translates to IPv4: peers'
+         * IPv4 addresses are then dialed through it from this interface's IPv6 addresses.
+         */nat64Prefix: String? = nil) {
         self.name = name
         self.index = index
         self.kind = kind
         self.metered = metered
         self.up = up
         self.addresses = addresses
+        self.nat64Prefix = nat64Prefix
     }
 
     
@@ -2086,7 +2098,8 @@ public struct FfiConverterTypeNetworkInterface: FfiConverterRustBuffer {
                 kind: FfiConverterTypeInterfaceKind.read(from: &buf), 
                 metered: FfiConverterBool.read(from: &buf), 
                 up: FfiConverterBool.read(from: &buf), 
-                addresses: FfiConverterSequenceString.read(from: &buf)
+                addresses: FfiConverterSequenceString.read(from: &buf), 
+                nat64Prefix: FfiConverterOptionString.read(from: &buf)
         )
     }
 
@@ -2097,6 +2110,7 @@ public struct FfiConverterTypeNetworkInterface: FfiConverterRustBuffer {
         FfiConverterBool.write(value.metered, into: &buf)
         FfiConverterBool.write(value.up, into: &buf)
         FfiConverterSequenceString.write(value.addresses, into: &buf)
+        FfiConverterOptionString.write(value.nat64Prefix, into: &buf)
     }
 }
 
@@ -4454,6 +4468,26 @@ fileprivate func uniffiFutureContinuationCallback(handle: UInt64, pollResult: In
     }
 }
 /**
+ * The NAT64 prefix (`64:ff9b::/96`) of the network the system's resolver uses, found
+ * by resolving `ipv4only.arpa` (RFC 7050); null when the network has none (it has
+ * IPv4, or no DNS64). For platforms that do not report the prefix (iOS): pass it as
+ * the IPv6-only interface's `nat64_prefix`.
+ */
+public func discoverNat64Prefix(timeoutMs: UInt32)async throws  -> String?  {
+    return
+        try  await uniffiRustCallAsync(
+            rustFutureFunc: {
+                uniffi_msocket_ffi_fn_func_discover_nat64_prefix(FfiConverterUInt32.lower(timeoutMs)
+                )
+            },
+            pollFunc: ffi_msocket_ffi_rust_future_poll_rust_buffer,
+            completeFunc: ffi_msocket_ffi_rust_future_complete_rust_buffer,
+            freeFunc: ffi_msocket_ffi_rust_future_free_rust_buffer,
+            liftFunc: FfiConverterOptionString.lift,
+            errorHandler: FfiConverterTypeMsocketError_lift
+        )
+}
+/**
  * A new secret key: 32 random bytes. Keep it in the platform's key store; the same
  * key keeps the same identity (and so the right to the names it registered).
  */
@@ -4537,6 +4571,9 @@ private let initializationResult: InitializationResult = {
     let scaffolding_contract_version = ffi_msocket_ffi_uniffi_contract_version()
     if bindings_contract_version != scaffolding_contract_version {
         return InitializationResult.contractVersionMismatch
+    }
+    if (uniffi_msocket_ffi_checksum_func_discover_nat64_prefix() != 54713) {
+        return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_msocket_ffi_checksum_func_generate_key() != 35956) {
         return InitializationResult.apiChecksumMismatch

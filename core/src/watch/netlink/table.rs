@@ -135,6 +135,8 @@ impl Table {
                     metered,
                     up: link.up,
                     addrs: self.addrs.get(&index).cloned().unwrap_or_default(),
+                    // The kernel does not know it; the platform reports it (see `nat64`).
+                    nat64: None,
                 }
             })
             .collect()

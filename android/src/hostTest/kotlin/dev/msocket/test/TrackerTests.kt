@@ -305,6 +305,17 @@ fun trackerTests(s: Suite) {
         assertNull(InterfaceAddresses.SYSTEM.of("v4-no-such-interface"))
     }
 
+    s.test("tracker: an IPv6-only network's NAT64 prefix is reported with it") {
+        val r = Rig()
+        r.tracker.onAvailable(300)
+        r.tracker.onCapabilitiesChanged(300, CELL)
+        r.tracker.onLinkPropertiesChanged(300, "rmnet_data2", 9, listOf(ip("2001:db8::9")), "64:ff9b::/96")
+        r.clock.advance(100)
+        assertEquals("64:ff9b::/96", r.tracker.snapshot().single().nat64Prefix)
+        r.tracker.onLinkPropertiesChanged(300, "rmnet_data2", 9, listOf(ip("2001:db8::9")))
+        assertNull(r.tracker.snapshot().single().nat64Prefix, "a network that stopped translating says so")
+    }
+
     s.test("tracker: cellular is requested only while flows are open") {
         val flows = MutableStateFlow(0)
         val calls = mutableListOf<String>()

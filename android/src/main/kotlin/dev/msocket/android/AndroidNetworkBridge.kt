@@ -134,7 +134,14 @@ class AndroidNetworkBridge(
                 0
             }
             val addresses = Clat.withClat(name, lp.linkAddresses.map { it.address }, interfaces)
-            tracker.onLinkPropertiesChanged(network.networkHandle, name, index, addresses)
+            // The network's NAT64 prefix (API 30+), so IPv4-only peers are reached from its
+            // IPv6 addresses even where no CLAT gives an IPv4 one.
+            val nat64 = if (Build.VERSION.SDK_INT >= 30) {
+                lp.nat64Prefix?.let { "${it.address.hostAddress?.substringBefore('%')}/${it.prefixLength}" }
+            } else {
+                null
+            }
+            tracker.onLinkPropertiesChanged(network.networkHandle, name, index, addresses, nat64)
         }
 
         override fun onBlockedStatusChanged(network: Network, blocked: Boolean) = guard {

@@ -139,7 +139,7 @@ class NetworkTracker(
     private val settleMillis: Long = 100,
     private val onError: (Throwable) -> Unit = { System.err.println("msocket: publishing a network snapshot failed: $it") },
 ) {
-    private class Link(val interfaceName: String, val index: Int, val addresses: List<InetAddress>)
+    private class Link(val interfaceName: String, val index: Int, val addresses: List<InetAddress>, val nat64Prefix: String?)
 
     private class Entry(var caps: Capabilities? = null, var link: Link? = null, var blocked: Boolean = false) {
         val complete: Boolean get() = caps != null && link != null
@@ -163,10 +163,16 @@ class NetworkTracker(
 
     /** Link properties: the interface's name and index, and its addresses. */
     @Synchronized
-    fun onLinkPropertiesChanged(network: Long, interfaceName: String?, index: Int, addresses: List<InetAddress>) = update {
+    fun onLinkPropertiesChanged(
+        network: Long,
+        interfaceName: String?,
+        index: Int,
+        addresses: List<InetAddress>,
+        nat64Prefix: String? = null,
+    ) = update {
         val usable = addresses.filter { !it.isLinkLocalAddress && !it.isAnyLocalAddress && !it.isMulticastAddress }.distinct()
         networks.getOrPut(network) { Entry() }.link =
-            Link(interfaceName?.takeIf { it.isNotBlank() } ?: "net$network", maxOf(index, 0), usable)
+            Link(interfaceName?.takeIf { it.isNotBlank() } ?: "net$network", maxOf(index, 0), usable, nat64Prefix)
     }
 
     @Synchronized
@@ -216,6 +222,7 @@ class NetworkTracker(
                 metered = Classify.metered(caps),
                 up = usable(e) && (caps.validated || !anyValidatedUp),
                 addresses = link.addresses.map(::addressText),
+                nat64Prefix = link.nat64Prefix,
             )
         }
     }
