@@ -65,6 +65,14 @@ public enum MSocketSDK {
     /// The native library's version.
     public static var version: String { MSocketFFI.version() }
 
+    /// The NAT64 prefix (`64:ff9b::/96`) of the network the system's resolver uses, found
+    /// through DNS64 as RFC 7050 says; nil when the network has none. The system monitor
+    /// calls it itself; an app reporting networks by hand passes the result as an
+    /// IPv6-only interface's `nat64Prefix`.
+    public static func discoverNat64Prefix(timeout: TimeInterval = 5) async throws -> String? {
+        try await MSocketFFI.discoverNat64Prefix(timeoutMs: millis(timeout, "timeout"))
+    }
+
     /// Sends msocket's log records, up to `level`, to `handler(level, target, message)`: on
     /// one msocket thread, in order (keep it quick). Replaces the previous destination.
     /// At most 1,024 records wait for a slow handler; how many were dropped beyond that is

@@ -292,7 +292,7 @@ final class PathMonitorBridge: @unchecked Sendable {
             return
         }
         Task { [weak self] in
-            let prefix = try? await MSocketFFI.discoverNat64Prefix(timeoutMs: 5_000)
+            let prefix = try? await MSocketSDK.discoverNat64Prefix()
             self?.queue.async {
                 guard let self else { return }
                 self.publish(self.tracker.nat64PrefixFound(prefix))
