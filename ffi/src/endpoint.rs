@@ -44,6 +44,26 @@ pub struct EndpointOptions {
     pub relay_only: bool,
 }
 
+impl EndpointOptions {
+    /// The options the UDL's defaults give, for the name service at `names_url`.
+    pub fn new(names_url: impl Into<String>) -> EndpointOptions {
+        EndpointOptions {
+            names_url: names_url.into(),
+            name_timeout_ms: 5_000,
+            connect_timeout_ms: 20_000,
+            flow_deadline_ms: 300_000,
+            policy: PathPolicy::Backup,
+            standby_paths: true,
+            use_loopback: false,
+            local_addresses: Vec::new(),
+            listen_port: 0,
+            allowed_peers: None,
+            relays: Vec::new(),
+            relay_only: false,
+        }
+    }
+}
+
 /// Checks the secret key's length and turns it into an identity.
 pub(crate) fn identity(key: &[u8]) -> Result<Identity, MsocketError> {
     let seed: [u8; msocket::identity::SEED_LEN] = key.try_into().map_err(|_| {
@@ -341,5 +361,32 @@ impl Listener {
         let listener = self.listener.lock().unwrap_or_else(|p| p.into_inner()).take();
         self.closed.send_replace(true);
         drop(listener);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `EndpointOptions::new` gives Rust callers what the UDL's defaults give Kotlin and Swift.
+    #[test]
+    fn rust_defaults_are_the_udls() {
+        let udl = include_str!("../../udl/msocket.udl");
+        let o = EndpointOptions::new("tcp://names.test:7450");
+        for line in [
+            format!("u32 name_timeout_ms = {};", o.name_timeout_ms),
+            format!("u32 connect_timeout_ms = {};", o.connect_timeout_ms),
+            format!("u32 flow_deadline_ms = {};", o.flow_deadline_ms),
+            format!("PathPolicy policy = \"{:?}\";", o.policy),
+            format!("boolean standby_paths = {};", o.standby_paths),
+            format!("boolean use_loopback = {};", o.use_loopback),
+            format!("u16 listen_port = {};", o.listen_port),
+            format!("boolean relay_only = {};", o.relay_only),
+        ] {
+            assert!(udl.contains(&line), "the UDL does not say {line}");
+        }
+        assert!(udl.contains("sequence<string> local_addresses = [];") && o.local_addresses.is_empty());
+        assert!(udl.contains("sequence<string>? allowed_peers = null;") && o.allowed_peers.is_none());
+        assert!(udl.contains("sequence<string> relays = [];") && o.relays.is_empty());
     }
 }

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use msocket_ffi::{Endpoint, EndpointOptions, Flow, InterfaceKind, NetworkInterface, PathPolicy};
+use msocket_ffi::{Endpoint, EndpointOptions, Flow, InterfaceKind, NetworkInterface};
 use msocket_lab::Netns;
 use msocket_test_support::{data, sha256, LocalNameServer};
 
@@ -24,20 +24,7 @@ const PREFIX: &str = "64:ff9b::/96";
 const SYNTHESIZED: &str = "64:ff9b::c000:201";
 
 fn options(names: &LocalNameServer) -> EndpointOptions {
-    EndpointOptions {
-        names_url: names.url(),
-        name_timeout_ms: 5_000,
-        connect_timeout_ms: 10_000,
-        flow_deadline_ms: 20_000,
-        policy: PathPolicy::Backup,
-        standby_paths: true,
-        use_loopback: false,
-        local_addresses: Vec::new(),
-        listen_port: 0,
-        allowed_peers: None,
-        relays: Vec::new(),
-        relay_only: false,
-    }
+    EndpointOptions { connect_timeout_ms: 10_000, flow_deadline_ms: 20_000, ..EndpointOptions::new(names.url()) }
 }
 
 async fn receive_all(flow: &Arc<Flow>) -> Vec<u8> {

@@ -19,20 +19,7 @@ const T: u32 = 10_000;
 const WAIT: Duration = Duration::from_secs(10);
 
 fn options(names: &LocalNameServer) -> EndpointOptions {
-    EndpointOptions {
-        names_url: names.url(),
-        name_timeout_ms: 5_000,
-        connect_timeout_ms: 10_000,
-        flow_deadline_ms: 20_000,
-        policy: PathPolicy::Backup,
-        standby_paths: true,
-        use_loopback: false,
-        local_addresses: Vec::new(),
-        listen_port: 0,
-        allowed_peers: None,
-        relays: Vec::new(),
-        relay_only: false,
-    }
+    EndpointOptions { connect_timeout_ms: 10_000, flow_deadline_ms: 20_000, ..EndpointOptions::new(names.url()) }
 }
 
 fn key(byte: u8) -> Vec<u8> {
