@@ -20,7 +20,7 @@ use crate::error::{guard, MsocketError};
 use crate::events::OpenFlows;
 use crate::flow::Flow;
 use crate::pins::AppPins;
-use crate::runtime::{self, call, millis, CancelToken};
+use crate::runtime::{self, call_until_released, millis, CancelToken};
 use crate::types::{interfaces_to_core, parse_ip, NetworkInterface, PathPolicy};
 use crate::{PinStore, SocketBinder};
 
@@ -204,15 +204,7 @@ impl Endpoint {
         cancel: Option<Arc<CancelToken>>,
         op: impl std::future::Future<Output = Result<T, MsocketError>> + Send + 'static,
     ) -> Result<T, MsocketError> {
-        let mut closed = self.closed.subscribe();
-        let error = self.closed_error();
-        call(what, timeout_ms, cancel, async move {
-            tokio::select! {
-                r = op => r,
-                _ = closed.wait_for(|c| *c) => Err(error),
-            }
-        })
-        .await
+        call_until_released(what, timeout_ms, cancel, self.closed.subscribe(), self.closed_error(), op).await
     }
 
     /// The public fingerprint of this endpoint's identity.
@@ -339,21 +331,17 @@ impl Listener {
             .unwrap_or_else(|p| p.into_inner())
             .clone()
             .ok_or_else(|| self.closed_error())?;
-        let mut closed = self.closed.subscribe();
-        let (name, closed_error, open_flows) = (self.name.clone(), self.closed_error(), self.open_flows.clone());
-        call("accept", timeout_ms, cancel, async move {
-            tokio::select! {
-                r = async { listener.lock().await.accept().await } => match r {
-                    Ok(flow) => Ok(Arc::new(Flow::new(flow, &open_flows))),
-                    Err(msocket::Error::Closed) => Err(MsocketError::Closed(format!(
-                        "the listener on {name} stopped: its endpoint was closed"
-                    ))),
-                    Err(e) => Err(e.into()),
-                },
-                _ = closed.wait_for(|c| *c) => Err(closed_error),
+        let (name, open_flows) = (self.name.clone(), self.open_flows.clone());
+        let accept = async move {
+            match listener.lock().await.accept().await {
+                Ok(flow) => Ok(Arc::new(Flow::new(flow, &open_flows))),
+                Err(msocket::Error::Closed) => {
+                    Err(MsocketError::Closed(format!("the listener on {name} stopped: its endpoint was closed")))
+                }
+                Err(e) => Err(e.into()),
             }
-        })
-        .await
+        };
+        call_until_released("accept", timeout_ms, cancel, self.closed.subscribe(), self.closed_error(), accept).await
     }
 
     /// Stops listening.

@@ -19,7 +19,7 @@ use tokio::sync::watch;
 
 use crate::error::{from_flow_io, guard, MsocketError};
 use crate::events::{EventStream, OpenFlow, OpenFlows};
-use crate::runtime::{self, call, CancelToken};
+use crate::runtime::{self, call, call_until_released, CancelToken};
 use crate::types::{FlowEvent, FlowStats, PathInfo, PathPolicy};
 
 /// Most bytes one `receive` returns, whatever the app asks for: the flow's receive window,
@@ -82,20 +82,13 @@ impl Flow {
         what: &'static str,
         timeout_ms: u32,
         cancel: Option<Arc<CancelToken>>,
-        op: impl FnOnce(Arc<Self>) -> F + Send + 'static,
+        op: impl FnOnce(Arc<Self>) -> F,
     ) -> Result<T, MsocketError>
     where
-        F: std::future::Future<Output = Result<T, MsocketError>> + Send,
+        F: std::future::Future<Output = Result<T, MsocketError>> + Send + 'static,
     {
-        let mut closed = self.closed.subscribe();
-        call(what, timeout_ms, cancel, async move {
-            let error = self.closed_error();
-            tokio::select! {
-                r = op(self) => r,
-                _ = closed.wait_for(|c| *c) => Err(error),
-            }
-        })
-        .await
+        let (closed, released) = (self.closed.subscribe(), self.closed_error());
+        call_until_released(what, timeout_ms, cancel, closed, released, op(self)).await
     }
 
     /// The name this flow was opened for.

@@ -144,6 +144,25 @@ pub(crate) async fn call<T: Send + 'static>(
     }
 }
 
+/// [`call`], failing with `released` as soon as `closed` turns true: the endpoint, listener
+/// or flow the call waits on was released, and whoever waits on it must hear so at once.
+pub(crate) async fn call_until_released<T: Send + 'static>(
+    what: &'static str,
+    timeout_ms: u32,
+    cancel: Option<Arc<CancelToken>>,
+    mut closed: watch::Receiver<bool>,
+    released: MsocketError,
+    op: impl Future<Output = Result<T, MsocketError>> + Send + 'static,
+) -> Result<T, MsocketError> {
+    call(what, timeout_ms, cancel, async move {
+        tokio::select! {
+            r = op => r,
+            _ = closed.wait_for(|c| *c) => Err(released),
+        }
+    })
+    .await
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
