@@ -32,18 +32,20 @@ object Field {
         val bytes = java.io.ByteArrayOutputStream(field.length)
         var i = 0
         while (i < field.length) {
-            val ch = field[i]
-            if (ch == '%') {
-                if (i + 2 >= field.length) throw FormatException("truncated escape in \"$field\"")
+            if (field[i] == '%') {
+                if (i + 2 >= field.length) throw FormatException("truncated escape in \"${field.take(80)}\"")
                 val hi = Character.digit(field[i + 1], 16)
                 val lo = Character.digit(field[i + 2], 16)
-                if (hi < 0 || lo < 0) throw FormatException("bad escape in \"$field\"")
+                if (hi < 0 || lo < 0) throw FormatException("bad escape in \"${field.take(80)}\"")
                 bytes.write(hi * 16 + lo)
                 i += 3
             } else {
-                if (ch <= ' ') throw FormatException("unescaped space or control character in a field")
-                bytes.write(ch.toString().toByteArray(Charsets.UTF_8))
-                i++
+                // A run of plain characters, encoded whole (a surrogate pair stays a pair).
+                val end = field.indexOf('%', i).let { if (it < 0) field.length else it }
+                val run = field.substring(i, end)
+                if (run.any { it <= ' ' || it == '\u007f' }) throw FormatException("unescaped space or control character in a field")
+                bytes.write(run.toByteArray(Charsets.UTF_8))
+                i = end
             }
         }
         return bytes.toByteArray().toString(Charsets.UTF_8)

@@ -129,7 +129,8 @@ class ChatEngine(
     /** One contact: its flows (newest last) and whoever dials it. */
     private inner class Peer(val name: String) {
         val links = CopyOnWriteArrayList<Link>()
-        private var dialer: Job? = null
+        /** A dial is under way: from the first attempt until its flow joined or failed. */
+        private var dialing = false
         val conversation get() = history.with(name)
 
         fun current(): Link? = links.lastOrNull()
@@ -142,9 +143,10 @@ class ChatEngine(
 
         @Synchronized
         private fun dial() {
-            if (dialer?.isActive == true) return
+            if (dialing) return
             val contact = contacts.get(name) ?: return show(ChatLine.Problem(name, "has undelivered messages but is not a contact"))
-            dialer = scope.launch {
+            dialing = true
+            scope.launch {
                 var backoff = 500.milliseconds
                 while (isActive && links.isEmpty() && conversation.delivered < conversation.lastSent) {
                     val flow = try {
@@ -155,11 +157,18 @@ class ChatEngine(
                         backoff = minOf(backoff * 2, maxBackoff)
                         continue
                     }
-                    // The link's own coroutine; this dialer ends, and a lost link dials anew.
-                    scope.launch { Link(flow, dialed = true).run(this@Peer) }
+                    // Runs the flow to its end; it calls dialed() once up (or failed before).
+                    Link(flow, dialed = true).run(this@Peer)
                     return@launch
                 }
+                dialed()
             }
+        }
+
+        /** The dial ended: its flow is up, or it gave up. Another may start. */
+        @Synchronized
+        fun dialed() {
+            dialing = false
         }
 
         fun joined(link: Link) {
@@ -182,6 +191,8 @@ class ChatEngine(
         @Volatile private var ackDue = false
         private var sentUpTo = 0L
         private lateinit var peer: Peer
+        /** The peer of this accepted flow was pinned by it (said once the flow is up). */
+        private var newContact = false
 
         fun kick() {
             kicks.trySend(Unit)
@@ -202,6 +213,8 @@ class ChatEngine(
                 acknowledged(hello.received)
                 sentUpTo = hello.received
                 peer.joined(this)
+                to?.dialed()
+                if (newContact) contacts.get(peer.name)?.let { show(ChatLine.Pinned(it)) }
                 show(ChatLine.Online(peer.name, flow.id, dialed, paths()))
                 scope.launch { events() }
                 scope.launch { writer() }
@@ -242,6 +255,7 @@ class ChatEngine(
                 if (this::peer.isInitialized) {
                     peer.left(this, why)
                 } else if (to != null) {
+                    to.dialed()
                     show(ChatLine.Problem(to.name, "flow failed before HELLO: $why"))
                     scope.launch {
                         delay(RETRY_AFTER_REFUSAL)
@@ -260,7 +274,7 @@ class ChatEngine(
                 return null
             }
             try {
-                if (contacts.pin(presented)) show(ChatLine.Pinned(presented))
+                newContact = contacts.pin(presented)
             } catch (e: KeyMismatchException) {
                 show(ChatLine.Refused(e.message ?: "key mismatch"))
                 flow.abort("key does not match the pinned one")
@@ -316,21 +330,24 @@ class ChatEngine(
             }
         }
 
+        /** The kind of link ("wifi", "cell") of each path seen, so a lost one is still named. */
+        private val kinds = HashMap<String, String>()
+
+        /** The flow's paths now, each as "wifi relayed 192.168.1.2:40312 -> 172.16.100.11:443". */
         private fun paths(): List<String> = try {
-            flow.paths().map { "${it.label()} ${it.local} -> ${it.remote}" }
+            flow.paths().map { p ->
+                synchronized(kinds) { kinds["${p.local} ${p.remote}"] = p.label().substringBefore(' ') }
+                "${p.label()} ${p.local} -> ${p.remote}"
+            }
         } catch (e: MsocketException) {
             emptyList()
         }
 
         /** "wifi 192.168.1.2:40312 -> 172.16.100.11:443 relayed", the link's kind looked up. */
         private fun describe(local: String, remote: String, relayed: Boolean?): String {
-            val path = try {
-                flow.paths().firstOrNull { it.local == local && it.remote == remote }
-            } catch (e: MsocketException) {
-                null
-            }
-            val kind = path?.label()?.substringBefore(' ') ?: "?"
-            val how = (relayed ?: path?.relayed)?.let { if (it) " relayed" else " direct" } ?: ""
+            paths()
+            val kind = synchronized(kinds) { kinds["$local $remote"] } ?: "?"
+            val how = relayed?.let { if (it) " relayed" else " direct" } ?: ""
             return "$kind $local -> $remote$how"
         }
 

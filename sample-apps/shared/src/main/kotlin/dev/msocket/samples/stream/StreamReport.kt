@@ -27,8 +27,7 @@ data class StreamReport(
     fun describe(): String = buildString {
         append(fmt("t=%.1fs rate=%dkbit/s", elapsedMs / 1000.0, rateKbps))
         if (bufferMs != null) append(fmt(" buffer=%.1fs", bufferMs / 1000.0))
-        if (playing != null) append(" state=${playing.name.lowercase()}")
-        append(" stalls=$stalls longest_stall=${longestStallMs}ms")
+        if (playing != null) append(" state=${playing.name.lowercase()} stalls=$stalls longest_stall=${longestStallMs}ms")
         append(" paths=${paths.describe()}")
         append(" policy=${policy?.let(StreamFrame::policyName) ?: "?"}")
         append(" energy=${energyJoules?.let { fmt("%.2fJ", it) } ?: "?"}")
@@ -54,8 +53,7 @@ data class StreamSummary(
 ) {
     fun describe(): String = buildString {
         append("summary role=$role chunks=$chunks skipped=$skipped corrupt=$corrupt")
-        append(" stalls=${stalls.size} longest_stall_ms=${stalls.maxOrNull() ?: 0} total_stall_ms=${stalls.sum()}")
-        bufferMs?.let { append(" buffer_ms=$it") }
+        bufferMs?.let { append(" stalls=${stalls.size} longest_stall_ms=${stalls.maxOrNull() ?: 0} total_stall_ms=${stalls.sum()} buffer_ms=$it") }
         startupMs?.let { append(" startup_ms=$it") }
         append(" bytes=$bytes")
         append(" path_bytes=${if (paths.isEmpty()) "none" else paths.joinToString(",") { "${it.path}:${it.bytes}" }}")
