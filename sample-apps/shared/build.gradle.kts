@@ -1,0 +1,27 @@
+// :shared of the Android samples' build (../android/settings.gradle.kts): the chat and
+// streaming logic as an Android library. The same sources compile for the JVM console
+// samples (../run), so they use no android.* API.
+plugins {
+    id("com.android.library")
+}
+
+android {
+    namespace = "dev.msocket.samples"
+    compileSdk = libs.versions.android.compile.sdk.get().toInt()
+    defaultConfig {
+        minSdk = samples.versions.samples.min.sdk.get().toInt()
+    }
+    compileOptions {
+        sourceCompatibility = JavaVersion.VERSION_17
+        targetCompatibility = JavaVersion.VERSION_17
+    }
+}
+
+kotlin {
+    jvmToolchain(libs.versions.jvm.toolchain.get().toInt())
+}
+
+dependencies {
+    // Its API hands out msocket's types (Endpoint, PeerFlow, PathPolicy).
+    api("dev.msocket:msocket-android:0.1.0")
+}
