@@ -9,7 +9,7 @@ android {
     namespace = "dev.msocket.samples"
     compileSdk = libs.versions.android.compile.sdk.get().toInt()
     defaultConfig {
-        minSdk = samples.versions.samples.min.sdk.get().toInt()
+        minSdk = samples.versions.min.sdk.get().toInt()
     }
     compileOptions {
         sourceCompatibility = JavaVersion.VERSION_17

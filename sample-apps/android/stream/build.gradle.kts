@@ -10,7 +10,7 @@ android {
 
     defaultConfig {
         applicationId = "dev.msocket.samples.stream"
-        minSdk = samples.versions.samples.min.sdk.get().toInt()
+        minSdk = samples.versions.min.sdk.get().toInt()
         targetSdk = libs.versions.android.compile.sdk.get().toInt()
         versionCode = 1
         versionName = "0.1.0"
