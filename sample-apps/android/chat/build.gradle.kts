@@ -41,4 +41,5 @@ dependencies {
     implementation(samples.activity.compose)
     implementation(samples.lifecycle.viewmodel.compose)
     implementation(samples.lifecycle.runtime.compose)
+    testImplementation(samples.junit)
 }
