@@ -93,7 +93,7 @@ fun SetupScreen(initial: StreamSettings, error: String?, onStart: (StreamSetting
                     Field("Bitrate (kbit/s)", bitrate, { bitrate = it }, keyboard = number)
                     Field("Length (s)", seconds, { seconds = it }, keyboard = number)
                     Text("Policy", style = MaterialTheme.typography.labelLarge)
-                    PolicyChoice(policy, enabled = true) { policy = it }
+                    PolicyChoice(policy) { policy = it }
                 }
             }
             Field("Name service", names, { names = it }, keyboard = KeyboardOptions(keyboardType = KeyboardType.Uri), placeholder = "tcp://names.example:7450")
@@ -136,7 +136,7 @@ fun LiveScreen(state: StreamUiState, onPolicy: (PathPolicy) -> Unit, onStop: () 
             }
             if (state.phase == Phase.RUNNING) {
                 Text(if (playing) "Ask the sender for a policy" else "Policy", style = MaterialTheme.typography.labelLarge)
-                PolicyChoice(report?.policy, enabled = true, onChoose = onPolicy)
+                PolicyChoice(report?.policy, onChoose = onPolicy)
             }
             state.summary?.let { SummaryCard(it) }
             state.notes.takeLast(8).forEach {
@@ -179,13 +179,12 @@ private fun PathShares(shares: List<Share>) {
 
 @OptIn(ExperimentalMaterial3Api::class)
 @Composable
-private fun PolicyChoice(selected: PathPolicy?, enabled: Boolean, onChoose: (PathPolicy) -> Unit) {
+private fun PolicyChoice(selected: PathPolicy?, onChoose: (PathPolicy) -> Unit) {
     SingleChoiceSegmentedButtonRow(Modifier.fillMaxWidth()) {
         PathPolicy.entries.forEachIndexed { i, p ->
             SegmentedButton(
                 selected = p == selected,
                 onClick = { onChoose(p) },
-                enabled = enabled,
                 shape = SegmentedButtonDefaults.itemShape(i, PathPolicy.entries.size),
                 label = { Text(StreamFrame.policyName(p), maxLines = 1, style = MaterialTheme.typography.labelSmall) },
             )
