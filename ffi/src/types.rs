@@ -74,6 +74,20 @@ impl From<InterfaceKind> for CoreKind {
     }
 }
 
+impl From<CoreKind> for InterfaceKind {
+    /// The kinds the UDL names as they are; the host's own loopback, and kinds a later
+    /// core may add, are `Other` (a loopback path is no link an app could show as Wi-Fi,
+    /// cellular or Ethernet).
+    fn from(k: CoreKind) -> Self {
+        match k {
+            CoreKind::Wifi => InterfaceKind::Wifi,
+            CoreKind::Cellular => InterfaceKind::Cellular,
+            CoreKind::Ethernet => InterfaceKind::Ethernet,
+            _ => InterfaceKind::Other,
+        }
+    }
+}
+
 /// The UDL's `PathState`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PathState {
@@ -171,6 +185,7 @@ pub struct PathInfo {
     pub bytes_sent: u64,
     pub bytes_received: u64,
     pub energy_joules: Option<f64>,
+    pub interface_kind: Option<InterfaceKind>,
 }
 
 impl From<msocket::Path> for PathInfo {
@@ -188,6 +203,7 @@ impl From<msocket::Path> for PathInfo {
             bytes_sent: p.bytes_sent,
             bytes_received: p.bytes_received,
             energy_joules: p.energy_joules,
+            interface_kind: p.interface.map(InterfaceKind::from),
         }
     }
 }
@@ -447,11 +463,23 @@ mod tests {
             bytes_sent: 7,
             bytes_received: 8,
             energy_joules: Some(0.25),
+            interface: Some(CoreKind::Cellular),
         };
-        let info = PathInfo::from(p);
+        let info = PathInfo::from(p.clone());
         assert_eq!(info.srtt_us, Some(1234));
         assert_eq!(info.state, PathState::Standby);
         assert_eq!((info.in_flight, info.bytes_delivered, info.bytes_sent, info.bytes_received), (5, 6, 7, 8));
         assert_eq!(info.local, "127.0.0.2:1");
+        assert_eq!(info.interface_kind, Some(InterfaceKind::Cellular));
+        assert_eq!(PathInfo::from(msocket::Path { interface: None, ..p }).interface_kind, None);
+    }
+
+    #[test]
+    fn interface_kinds_map_to_the_udls() {
+        // The UDL's kinds round-trip; the core's loopback is shown as Other.
+        for k in [InterfaceKind::Wifi, InterfaceKind::Cellular, InterfaceKind::Ethernet, InterfaceKind::Other] {
+            assert_eq!(InterfaceKind::from(CoreKind::from(k)), k);
+        }
+        assert_eq!(InterfaceKind::from(CoreKind::Loopback), InterfaceKind::Other);
     }
 }

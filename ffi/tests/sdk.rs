@@ -236,8 +236,12 @@ async fn pushed_networks_move_the_flow_and_sockets_are_bound() {
     c.set_policy(PathPolicy::Energy).unwrap();
     assert_eq!(c.policy().unwrap(), PathPolicy::Energy);
     let paths = c.paths().unwrap();
-    assert!(paths.iter().any(|p| p.local.starts_with("127.0.0.2:")), "{paths:?}");
+    let on_wifi = paths.iter().find(|p| p.local.starts_with("127.0.0.2:")).unwrap_or_else(|| panic!("{paths:?}"));
+    assert_eq!(on_wifi.interface_kind, Some(InterfaceKind::Wifi), "the path leaves from the pushed Wi-Fi");
     assert!(binder.calls.lock().unwrap().iter().any(|(_, a)| a == "127.0.0.2"));
+    // The server is pinned to its address and was told of no interface.
+    let paths = s.paths().unwrap();
+    assert!(!paths.is_empty() && paths.iter().all(|p| p.interface_kind.is_none()), "{paths:?}");
 
     let first = data(50_000, 3);
     c.clone().send(first.clone(), T, None).await.unwrap();
@@ -252,6 +256,7 @@ async fn pushed_networks_move_the_flow_and_sockets_are_bound() {
     assert_eq!(sha256(&receive_exactly(&s, 50_000).await), sha256(&second));
     let paths = c.paths().unwrap();
     assert!(paths.iter().all(|p| p.local.starts_with("127.0.0.3:")), "{paths:?}");
+    assert!(paths.iter().all(|p| p.interface_kind == Some(InterfaceKind::Wifi)), "{paths:?}");
     assert!(binder.calls.lock().unwrap().iter().any(|(_, a)| a == "127.0.0.3"));
     assert!(c.energy_joules().unwrap().is_some_and(|j| j > 0.0), "a Wi-Fi path costs energy");
     s.release();

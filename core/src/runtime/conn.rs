@@ -77,6 +77,9 @@ struct Sub {
     packer: Packer,
     /// Modelled energy of this path's radio (None: its interface's kind is unknown).
     energy: Option<EnergyMeter>,
+    /// The kind of the local interface it leaves from, when the subflow came up (None:
+    /// no known interface held its local address).
+    interface: Option<crate::watch::InterfaceKind>,
     wake: Arc<Notify>,
     kill: watch::Sender<bool>,
     /// Which DATA went into which part of the socket's stream.
@@ -458,6 +461,7 @@ impl Conn {
                     bytes_sent: stats.bytes_sent,
                     bytes_received: stats.bytes_received,
                     energy_joules: s.energy.as_ref().map(EnergyMeter::joules),
+                    interface: s.interface,
                 }
             })
             .collect();
@@ -607,7 +611,9 @@ impl Conn {
                     }
                 }
             }
-            let energy = self.host.upgrade().and_then(|host| host.radio_for(local.ip()));
+            let host = self.host.upgrade();
+            let interface = host.as_ref().and_then(|host| host.interface_kind_for(local.ip()));
+            let energy = host.as_ref().and_then(|host| host.radio_for(local.ip()));
             let energy = energy.map(|radio| EnergyMeter::new(radio.params(), Instant::now()));
             let sub = Sub {
                 local,
@@ -617,6 +623,7 @@ impl Conn {
                 proven: false,
                 packer: Packer::default(),
                 energy,
+                interface,
                 wake: wake.clone(),
                 kill,
                 sent,

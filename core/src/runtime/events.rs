@@ -234,4 +234,8 @@ pub struct Path {
     /// [`crate::energy`]); None when its interface's kind is unknown (no network watcher
     /// followed, or an interface of another kind).
     pub energy_joules: Option<f64>,
+    /// The kind of the local interface this path leaves from, as the followed network
+    /// watcher reported it when the path came up; None when no known interface holds its
+    /// local address (no watcher followed, or the address is not an interface's).
+    pub interface: Option<crate::watch::InterfaceKind>,
 }

@@ -133,14 +133,18 @@ impl Host {
     /// The radio behind local address `ip`, from the interfaces a followed watcher
     /// reported (None: unknown).
     pub(crate) fn radio_for(&self, ip: IpAddr) -> Option<Radio> {
-        let net = self.net();
-        let iface = net.interfaces.iter().find(|i| i.addrs.contains(&ip))?;
-        match iface.kind {
+        match self.interface_kind_for(ip)? {
             InterfaceKind::Wifi => Some(Radio::Wifi),
             InterfaceKind::Cellular => Some(Radio::Lte),
             InterfaceKind::Ethernet | InterfaceKind::Loopback => Some(Radio::Wired),
             _ => None,
         }
+    }
+
+    /// The kind of the interface that holds local address `ip`, from the interfaces a
+    /// followed watcher reported (None: no known interface holds it).
+    pub(crate) fn interface_kind_for(&self, ip: IpAddr) -> Option<InterfaceKind> {
+        self.net().interfaces.iter().find(|i| i.addrs.contains(&ip)).map(|i| i.kind)
     }
 
     /// Wakes whoever waits for a change of local addresses.
@@ -318,5 +322,39 @@ mod tests {
         assert_eq!(dialable(&given, true).len(), 4, "loopback kept for an endpoint on loopback");
         let sweep: Vec<SocketAddr> = (1..=200u8).map(|i| SocketAddr::from(([10, 0, 0, i], 22))).collect();
         assert_eq!(dialable(&sweep, false), sweep[..MAX_PEER_ADDRS]);
+    }
+
+    #[test]
+    fn a_local_address_has_the_kind_and_radio_of_the_interface_holding_it() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let iface = |name: &str, kind, addrs: &[&str]| Interface {
+            name: name.into(),
+            index: 1,
+            kind,
+            metered: false,
+            up: true,
+            addrs: addrs.iter().map(|a| ip(a)).collect(),
+            nat64: None,
+        };
+        let names = std::sync::Arc::new(crate::name::MemoryNameService::default());
+        let host = Host::new(Identity::from_seed([5; 32]), EndpointConfig::new(names));
+        assert_eq!(host.interface_kind_for(ip("192.0.2.1")), None, "no interfaces known yet");
+        host.record_interfaces(vec![
+            iface("wlan0", InterfaceKind::Wifi, &["192.0.2.1", "2001:db8::1"]),
+            iface("rmnet0", InterfaceKind::Cellular, &["198.51.100.1"]),
+            iface("lo", InterfaceKind::Loopback, &["127.0.0.1"]),
+            iface("tun0", InterfaceKind::Other, &["10.8.0.1"]),
+        ]);
+        let cases = [
+            ("2001:db8::1", Some(InterfaceKind::Wifi), Some(Radio::Wifi)),
+            ("198.51.100.1", Some(InterfaceKind::Cellular), Some(Radio::Lte)),
+            ("127.0.0.1", Some(InterfaceKind::Loopback), Some(Radio::Wired)),
+            ("10.8.0.1", Some(InterfaceKind::Other), None),
+            ("203.0.113.9", None, None),
+        ];
+        for (addr, kind, radio) in cases {
+            assert_eq!(host.interface_kind_for(ip(addr)), kind, "{addr}");
+            assert_eq!(host.radio_for(ip(addr)), radio, "{addr}");
+        }
     }
 }

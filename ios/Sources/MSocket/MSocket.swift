@@ -516,6 +516,11 @@ public struct FlowPath: Equatable, Sendable {
     public let bytesReceived: UInt64
     /// Modelled radio energy so far (nil: the interface's kind is unknown).
     public let energyJoules: Double?
+    /// The kind of the local interface this path leaves from (Wi-Fi or cellular, for
+    /// showing which one carries the flow), as reported when the path came up; nil when
+    /// the endpoint knows no interface with `local`'s address. The host's own loopback
+    /// interface is `.other`.
+    public let interfaceKind: InterfaceKind?
 
     init(_ p: MSocketFFI.PathInfo) {
         local = p.local
@@ -530,6 +535,7 @@ public struct FlowPath: Equatable, Sendable {
         bytesSent = p.bytesSent
         bytesReceived = p.bytesReceived
         energyJoules = p.energyJoules
+        interfaceKind = p.interfaceKind
     }
 }
 

@@ -2180,6 +2180,12 @@ public struct PathInfo: Equatable, Hashable {
      * unknown).
      */
     public var energyJoules: Double?
+    /**
+     * The kind of the local interface this path leaves from (as `update_network` reported
+     * it when the path came up); null when the endpoint knows no interface with its local
+     * address. The host's own loopback interface is Other.
+     */
+    public var interfaceKind: InterfaceKind?
 
     // Default memberwise initializers are never public by default, so we
     // declare one manually.
@@ -2217,7 +2223,12 @@ public struct PathInfo: Equatable, Hashable {
         /**
          * Modelled radio energy of this path so far in joules (null: kind of its interface
          * unknown).
-         */energyJoules: Double?) {
+         */energyJoules: Double?, 
+        /**
+         * The kind of the local interface this path leaves from (as `update_network` reported
+         * it when the path came up); null when the endpoint knows no interface with its local
+         * address. The host's own loopback interface is Other.
+         */interfaceKind: InterfaceKind?) {
         self.local = local
         self.remote = remote
         self.state = state
@@ -2230,6 +2241,7 @@ public struct PathInfo: Equatable, Hashable {
         self.bytesSent = bytesSent
         self.bytesReceived = bytesReceived
         self.energyJoules = energyJoules
+        self.interfaceKind = interfaceKind
     }
 
     
@@ -2259,7 +2271,8 @@ public struct FfiConverterTypePathInfo: FfiConverterRustBuffer {
                 bytesDelivered: FfiConverterUInt64.read(from: &buf), 
                 bytesSent: FfiConverterUInt64.read(from: &buf), 
                 bytesReceived: FfiConverterUInt64.read(from: &buf), 
-                energyJoules: FfiConverterOptionDouble.read(from: &buf)
+                energyJoules: FfiConverterOptionDouble.read(from: &buf), 
+                interfaceKind: FfiConverterOptionTypeInterfaceKind.read(from: &buf)
         )
     }
 
@@ -2276,6 +2289,7 @@ public struct FfiConverterTypePathInfo: FfiConverterRustBuffer {
         FfiConverterUInt64.write(value.bytesSent, into: &buf)
         FfiConverterUInt64.write(value.bytesReceived, into: &buf)
         FfiConverterOptionDouble.write(value.energyJoules, into: &buf)
+        FfiConverterOptionTypeInterfaceKind.write(value.interfaceKind, into: &buf)
     }
 }
 
@@ -4244,6 +4258,30 @@ fileprivate struct FfiConverterOptionTypeFlowFailure: FfiConverterRustBuffer {
         switch try readInt(&buf) as Int8 {
         case 0: return nil
         case 1: return try FfiConverterTypeFlowFailure.read(from: &buf)
+        default: throw UniffiInternalError.unexpectedOptionalTag
+        }
+    }
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+fileprivate struct FfiConverterOptionTypeInterfaceKind: FfiConverterRustBuffer {
+    typealias SwiftType = InterfaceKind?
+
+    public static func write(_ value: SwiftType, into buf: inout [UInt8]) {
+        guard let value = value else {
+            writeInt(&buf, Int8(0))
+            return
+        }
+        writeInt(&buf, Int8(1))
+        FfiConverterTypeInterfaceKind.write(value, into: &buf)
+    }
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> SwiftType {
+        switch try readInt(&buf) as Int8 {
+        case 0: return nil
+        case 1: return try FfiConverterTypeInterfaceKind.read(from: &buf)
         default: throw UniffiInternalError.unexpectedOptionalTag
         }
     }

@@ -83,6 +83,13 @@ data class FlowPath(
     val bytesReceived: Long,
     /** Modelled radio energy so far (null: the interface's kind is unknown). */
     val energyJoules: Double?,
+    /**
+     * The kind of the local interface this path leaves from (Wi-Fi or cellular, for
+     * showing which one carries the flow), as reported when the path came up; null when
+     * the endpoint knows no interface with [local]'s address (no network was reported).
+     * The host's own loopback interface is [InterfaceKind.OTHER].
+     */
+    val interfaceKind: InterfaceKind? = null,
 )
 
 /**
@@ -168,6 +175,7 @@ class PeerFlow internal constructor(private val ffi: FfiFlow) : Closeable {
             bytesSent = it.bytesSent.toLong(),
             bytesReceived = it.bytesReceived.toLong(),
             energyJoules = it.energyJoules,
+            interfaceKind = it.interfaceKind,
         )
     }
 

@@ -3,9 +3,9 @@
  * loopback: listen and connect by name, data verified by SHA-256, events as a Kotlin Flow
  * that completes, a network snapshot pushed from Kotlin moving a flow between 127.0.0.x
  * addresses, socket binding, policies and path statistics, cancellation of waiting calls,
- * a thousand flows waiting at once, java.io streams, logs, and bad input answered with
- * exceptions rather than a crash. No sleeps: every wait is a call or a queue poll, each
- * with a timeout.
+ * a thousand flows waiting at once, java.io streams, logs, the interface kind of each path,
+ * and bad input answered with exceptions rather than a crash. No sleeps: every wait is a
+ * call or a queue poll, each with a timeout.
  */
 package dev.msocket.test
 
@@ -273,6 +273,10 @@ fun apiTests(s: Suite) {
                 val paths = c.paths()
                 assertTrue(paths.size >= 2, "$paths")
                 val wifiPath = paths.first { it.local.startsWith("127.0.0.4:") }
+                assertEquals(InterfaceKind.WIFI, wifiPath.interfaceKind, "$wifiPath")
+                assertEquals(InterfaceKind.CELLULAR, paths.first { it.local.startsWith("127.0.0.5:") }.interfaceKind, "$paths")
+                // The server was told of no interface: it cannot say which one its path uses.
+                assertTrue(srv.paths().all { it.interfaceKind == null }, "${srv.paths()}")
                 assertTrue(wifiPath.state in setOf(PathState.ACTIVE, PathState.STALLED, PathState.STANDBY), "$wifiPath")
                 assertNotNull(wifiPath.srtt, "RTT measured: $wifiPath")
                 assertTrue(paths.sumOf { it.bytesSent } > 2_000_000, "$paths")
