@@ -43,7 +43,7 @@ object Field {
                 // A run of plain characters, encoded whole (a surrogate pair stays a pair).
                 val end = field.indexOf('%', i).let { if (it < 0) field.length else it }
                 val run = field.substring(i, end)
-                if (run.any { it <= ' ' || it == '\u007f' }) throw FormatException("unescaped space or control character in a field")
+                if (run.any { it <= ' ' }) throw FormatException("unescaped space or control character in a field")
                 bytes.write(run.toByteArray(Charsets.UTF_8))
                 i = end
             }

@@ -70,17 +70,17 @@ class ChatEngine(
     }
 
     /**
-     * Listens on [me], shows the history, and starts delivering what an earlier run left
-     * undelivered.
+     * Shows the history, listens on [me] (then says [ChatLine.Ready]), and starts
+     * delivering what an earlier run left undelivered.
      */
     suspend fun start() {
-        val l = endpoint.listen(me)
-        listener = l
-        show(ChatLine.Ready("$me#${endpoint.fingerprint}"))
         for (name in history.contacts()) {
             val c = history.with(name)
             for (m in c.all) show(ChatLine.Earlier(name, m, m.outgoing && m.seq <= c.delivered))
         }
+        val l = endpoint.listen(me)
+        listener = l
+        show(ChatLine.Ready("$me#${endpoint.fingerprint}"))
         scope.launch { accept(l) }
         for (name in history.contacts()) peer(name).wake()
     }

@@ -26,6 +26,7 @@ fun main(args: Array<String>) {
     formatTests(suite)
     historyTests(suite)
     playoutTests(suite)
+    goldenTests(suite)
     engineTests(suite)
     val only = args.toSet()
     var passed = 0
