@@ -8,6 +8,11 @@
 //! ([`msocket::Endpoint::follow_network`]), later ones push full snapshots into it. From
 //! then on the core decides which addresses to use, retires paths on vanished ones and
 //! re-publishes names, exactly as with the kernel's own watcher on Linux.
+//!
+//! A desktop app has no platform monitor: with `follow_system_network` the endpoint
+//! follows the core's own watcher from its first listen or connect, as the Rust API does.
+//! An `update_network` call then still wins: following a pushed network stops the core's
+//! watcher for good, so the two never take turns at the endpoint's addresses.
 
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -38,6 +43,7 @@ pub struct EndpointOptions {
     pub standby_paths: bool,
     pub use_loopback: bool,
     pub local_addresses: Vec<String>,
+    pub follow_system_network: bool,
     pub listen_port: u16,
     pub allowed_peers: Option<Vec<String>>,
     pub relays: Vec<String>,
@@ -56,6 +62,7 @@ impl EndpointOptions {
             standby_paths: true,
             use_loopback: false,
             local_addresses: Vec::new(),
+            follow_system_network: false,
             listen_port: 0,
             allowed_peers: None,
             relays: Vec::new(),
@@ -88,9 +95,11 @@ pub(crate) fn config(options: &EndpointOptions) -> Result<EndpointConfig, Msocke
     let name_timeout = nonzero(options.name_timeout_ms, "name_timeout_ms")?;
     let names = msocket::name::connect_url(options.names_url.trim(), name_timeout)?;
     let mut config = EndpointConfig::new(names);
-    // The platform's network monitor pushes the networks (`update_network`): the app's
-    // sandbox may not see the kernel's, and the platform knows more (link type, metered).
-    config.network = NetworkSource::Application;
+    // On phones the platform's network monitor pushes the networks (`update_network`):
+    // the app's sandbox may not see the kernel's, and the platform knows more (link type,
+    // metered). A desktop app has no such monitor and asks for the core's own watcher.
+    config.network =
+        if options.follow_system_network { NetworkSource::System } else { NetworkSource::Application };
     config.connect_timeout = nonzero(options.connect_timeout_ms, "connect_timeout_ms")?;
     config.flow.flow_deadline = nonzero(options.flow_deadline_ms, "flow_deadline_ms")?;
     config.path_policy = options.policy.into();
@@ -276,6 +285,13 @@ impl Endpoint {
         })
     }
 
+    /// Whether the endpoint follows the system's network by itself right now (see
+    /// `follow_system_network`). Not in the foreign interface: for tests.
+    #[doc(hidden)]
+    pub fn follows_system_network(&self) -> bool {
+        self.lock().as_ref().is_some_and(|open| open.endpoint.follows_system_network())
+    }
+
     /// The addresses this endpoint publishes for its names.
     pub fn published_addresses(&self) -> Vec<String> {
         match self.lock().as_ref() {
@@ -368,6 +384,7 @@ mod tests {
             format!("PathPolicy policy = \"{:?}\";", o.policy),
             format!("boolean standby_paths = {};", o.standby_paths),
             format!("boolean use_loopback = {};", o.use_loopback),
+            format!("boolean follow_system_network = {};", o.follow_system_network),
             format!("u16 listen_port = {};", o.listen_port),
             format!("boolean relay_only = {};", o.relay_only),
         ] {
@@ -376,5 +393,21 @@ mod tests {
         assert!(udl.contains("sequence<string> local_addresses = [];") && o.local_addresses.is_empty());
         assert!(udl.contains("sequence<string>? allowed_peers = null;") && o.allowed_peers.is_none());
         assert!(udl.contains("sequence<string> relays = [];") && o.relays.is_empty());
+    }
+
+    /// The endpoint follows the system's network only when asked to, and never while
+    /// addresses pin it.
+    #[test]
+    fn following_the_system_is_asked_for_and_pinned_addresses_switch_it_off() {
+        let o = EndpointOptions::new("tcp://names.test:7450");
+        let default = config(&o).unwrap();
+        assert_eq!(default.network, NetworkSource::Application);
+        assert!(!default.follows_system_network());
+        let follow = EndpointOptions { follow_system_network: true, ..o.clone() };
+        let following = config(&follow).unwrap();
+        assert_eq!(following.network, NetworkSource::System);
+        assert!(following.follows_system_network());
+        let pinned = EndpointOptions { local_addresses: vec!["192.0.2.7".into()], ..follow };
+        assert!(!config(&pinned).unwrap().follows_system_network());
     }
 }

@@ -171,8 +171,18 @@ public struct EndpointConfig: Equatable {
     public var standbyPaths = true
     /// Count loopback addresses the platform reports (tests, same-device peers).
     public var useLoopback = false
-    /// Local addresses to use until the platform reports its networks.
+    /// Local addresses to use until the platform reports its networks. Not empty, they
+    /// pin the endpoint: `followSystemNetwork` is then ignored.
     public var localAddresses: [String] = []
+    /// Follow the operating system's networks with msocket's own watcher (netlink on
+    /// Linux, polling the interfaces elsewhere) from the first `listen` or `connect` on,
+    /// as msocket's Rust API and command line do: for an endpoint made with
+    /// `network: .manual` that reports no networks itself (a command-line tool, a Linux
+    /// build). Interface kinds are then guessed from their names (`wl*`: Wi-Fi, `en*`:
+    /// Ethernet, so a Mac's Wi-Fi counts as Ethernet). Ignored while `localAddresses` pins
+    /// the endpoint. A call to `Endpoint.updateNetwork` ends it for good, so with
+    /// `network: .system` on Apple platforms the monitor's first report does.
+    public var followSystemNetwork = false
     /// Port to listen on (0: any).
     public var listenPort: UInt16 = 0
     /// Which peers may open flows to this endpoint, by key fingerprint (32 to 64 hex
@@ -197,6 +207,7 @@ public struct EndpointConfig: Equatable {
             standbyPaths: standbyPaths,
             useLoopback: useLoopback,
             localAddresses: localAddresses,
+            followSystemNetwork: followSystemNetwork,
             listenPort: listenPort,
             allowedPeers: allowedPeers,
             relays: relays,

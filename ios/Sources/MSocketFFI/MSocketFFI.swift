@@ -1742,9 +1742,24 @@ public struct EndpointOptions: Equatable, Hashable {
     public var useLoopback: Bool
     /**
      * Local IP addresses to use until the platform reports its networks (empty: let the
-     * system choose, listen on every interface).
+     * system choose, listen on every interface). Not empty, they pin the endpoint:
+     * `follow_system_network` is then ignored.
      */
     public var localAddresses: [String]
+    /**
+     * Whether the endpoint follows the operating system's networks by itself, with
+     * msocket's own watcher (netlink on Linux, polling the interfaces elsewhere), from
+     * its first `listen` or `connect` on, as msocket's Rust API and command line do: for
+     * desktop apps (JVM, macOS) with no platform network monitor to call
+     * `update_network`. Interface kinds are then guessed from their names (`wl*`,
+     * `wifi*`: Wi-Fi; `rmnet*`, `wwan*`, `cell*`: cellular; `eth*`, `en*`: Ethernet, so
+     * a Mac's Wi-Fi `en0` counts as Ethernet; anything else: Other). Ignored while
+     * `local_addresses` pins the endpoint. A call to `update_network` ends it for good:
+     * from then on the pushed networks are the only ones followed. False (the default)
+     * for Android and iOS, whose network bridges call `update_network`: until they do,
+     * the system chooses the addresses and the endpoint notices no move.
+     */
+    public var followSystemNetwork: Bool
     /**
      * Port to listen on (0: any free port, kept across moves when possible).
      */
@@ -1795,8 +1810,22 @@ public struct EndpointOptions: Equatable, Hashable {
          */useLoopback: Bool = false, 
         /**
          * Local IP addresses to use until the platform reports its networks (empty: let the
-         * system choose, listen on every interface).
+         * system choose, listen on every interface). Not empty, they pin the endpoint:
+         * `follow_system_network` is then ignored.
          */localAddresses: [String] = [], 
+        /**
+         * Whether the endpoint follows the operating system's networks by itself, with
+         * msocket's own watcher (netlink on Linux, polling the interfaces elsewhere), from
+         * its first `listen` or `connect` on, as msocket's Rust API and command line do: for
+         * desktop apps (JVM, macOS) with no platform network monitor to call
+         * `update_network`. Interface kinds are then guessed from their names (`wl*`,
+         * `wifi*`: Wi-Fi; `rmnet*`, `wwan*`, `cell*`: cellular; `eth*`, `en*`: Ethernet, so
+         * a Mac's Wi-Fi `en0` counts as Ethernet; anything else: Other). Ignored while
+         * `local_addresses` pins the endpoint. A call to `update_network` ends it for good:
+         * from then on the pushed networks are the only ones followed. False (the default)
+         * for Android and iOS, whose network bridges call `update_network`: until they do,
+         * the system chooses the addresses and the endpoint notices no move.
+         */followSystemNetwork: Bool = false, 
         /**
          * Port to listen on (0: any free port, kept across moves when possible).
          */listenPort: UInt16 = UInt16(0), 
@@ -1823,6 +1852,7 @@ public struct EndpointOptions: Equatable, Hashable {
         self.standbyPaths = standbyPaths
         self.useLoopback = useLoopback
         self.localAddresses = localAddresses
+        self.followSystemNetwork = followSystemNetwork
         self.listenPort = listenPort
         self.allowedPeers = allowedPeers
         self.relays = relays
@@ -1853,6 +1883,7 @@ public struct FfiConverterTypeEndpointOptions: FfiConverterRustBuffer {
                 standbyPaths: FfiConverterBool.read(from: &buf), 
                 useLoopback: FfiConverterBool.read(from: &buf), 
                 localAddresses: FfiConverterSequenceString.read(from: &buf), 
+                followSystemNetwork: FfiConverterBool.read(from: &buf), 
                 listenPort: FfiConverterUInt16.read(from: &buf), 
                 allowedPeers: FfiConverterOptionSequenceString.read(from: &buf), 
                 relays: FfiConverterSequenceString.read(from: &buf), 
@@ -1869,6 +1900,7 @@ public struct FfiConverterTypeEndpointOptions: FfiConverterRustBuffer {
         FfiConverterBool.write(value.standbyPaths, into: &buf)
         FfiConverterBool.write(value.useLoopback, into: &buf)
         FfiConverterSequenceString.write(value.localAddresses, into: &buf)
+        FfiConverterBool.write(value.followSystemNetwork, into: &buf)
         FfiConverterUInt16.write(value.listenPort, into: &buf)
         FfiConverterOptionSequenceString.write(value.allowedPeers, into: &buf)
         FfiConverterSequenceString.write(value.relays, into: &buf)
@@ -2181,8 +2213,9 @@ public struct PathInfo: Equatable, Hashable {
      */
     public var energyJoules: Double?
     /**
-     * The kind of the local interface this path leaves from (as `update_network` reported
-     * it when the path came up); null when the endpoint knows no interface with its local
+     * The kind of the local interface this path leaves from (as reported when the path
+     * came up: by `update_network`, or by the system's watcher with
+     * `follow_system_network`); null when the endpoint knows no interface with its local
      * address. The host's own loopback interface is Other.
      */
     public var interfaceKind: InterfaceKind?
@@ -2225,8 +2258,9 @@ public struct PathInfo: Equatable, Hashable {
          * unknown).
          */energyJoules: Double?, 
         /**
-         * The kind of the local interface this path leaves from (as `update_network` reported
-         * it when the path came up); null when the endpoint knows no interface with its local
+         * The kind of the local interface this path leaves from (as reported when the path
+         * came up: by `update_network`, or by the system's watcher with
+         * `follow_system_network`); null when the endpoint knows no interface with its local
          * address. The host's own loopback interface is Other.
          */interfaceKind: InterfaceKind?) {
         self.local = local

@@ -72,8 +72,23 @@ data class EndpointConfig(
     val standbyPaths: Boolean = true,
     /** Count loopback addresses the platform reports (tests, same-device peers). */
     val useLoopback: Boolean = false,
-    /** Local addresses to use until the platform reports its networks. */
+    /**
+     * Local addresses to use until the platform reports its networks. Not empty, they pin
+     * the endpoint: [followSystemNetwork] is then ignored.
+     */
     val localAddresses: List<String> = emptyList(),
+    /**
+     * Follow the operating system's networks with msocket's own watcher (netlink on Linux,
+     * polling the interfaces elsewhere) from the first [Endpoint.listen] or
+     * [Endpoint.connect] on, as msocket's Rust API and command line do. For desktop JVM
+     * apps, which have no platform network monitor to call [Endpoint.updateNetwork];
+     * interface kinds are then guessed from their names (`wl*`: Wi-Fi, `rmnet*`, `wwan*`:
+     * cellular, `eth*`, `en*`: Ethernet). Ignored while [localAddresses] pins the endpoint.
+     * A call to [Endpoint.updateNetwork] ends it for good: the pushed networks are followed
+     * from then on. Keep it false on Android, where
+     * [dev.msocket.android.AndroidNetworkBridge] reports the networks.
+     */
+    val followSystemNetwork: Boolean = false,
     /** Port to listen on (0: any). */
     val listenPort: Int = 0,
     /**
@@ -104,6 +119,7 @@ data class EndpointConfig(
             standbyPaths = standbyPaths,
             useLoopback = useLoopback,
             localAddresses = localAddresses,
+            followSystemNetwork = followSystemNetwork,
             listenPort = listenPort.toUShort(),
             allowedPeers = allowedPeers,
             relays = relays,

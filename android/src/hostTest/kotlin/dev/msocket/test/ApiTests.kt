@@ -4,8 +4,9 @@
  * that completes, a network snapshot pushed from Kotlin moving a flow between 127.0.0.x
  * addresses, socket binding, policies and path statistics, cancellation of waiting calls,
  * a thousand flows waiting at once, java.io streams, logs, the interface kind of each path,
- * and bad input answered with exceptions rather than a crash. No sleeps: every wait is a
- * call or a queue poll, each with a timeout.
+ * following the system's network as an option, and bad input answered with
+ * exceptions rather than a crash. No sleeps: every wait is a call or a queue poll, each
+ * with a timeout.
  */
 package dev.msocket.test
 
@@ -43,6 +44,7 @@ import kotlinx.coroutines.runBlocking
 import kotlin.test.assertContentEquals
 import kotlin.test.assertEquals
 import kotlin.test.assertFailsWith
+import kotlin.test.assertFalse
 import kotlin.test.assertNotNull
 import kotlin.test.assertNull
 import kotlin.test.assertTrue
@@ -288,6 +290,27 @@ fun apiTests(s: Suite) {
                 }
                 listOf(c, srv, listener).forEach { it.close() }
             }
+        }
+    }
+
+    s.testBlocking("api: followSystemNetwork is off by default, reaches the library, and yields to pins and pushes") {
+        assertFalse(config().followSystemNetwork)
+        assertFalse(config().toFfi().followSystemNetwork)
+        assertTrue(config().copy(followSystemNetwork = true).toFfi().followSystemNetwork)
+        // Pinned addresses win over following the system.
+        Endpoint(key(14), config("127.0.0.1").copy(followSystemNetwork = true)).use { pinned ->
+            val listener = pinned.listen(uniqueName("pinned"))
+            val published = pinned.publishedAddresses
+            assertTrue(published.size == 1 && published[0].startsWith("127.0.0.1:"), "$published")
+            listener.close()
+        }
+        // A pushed snapshot wins over the system's network: the listener binds where it says.
+        Endpoint(key(15), config(loopback = true).copy(followSystemNetwork = true)).use { desk ->
+            assertTrue(desk.updateNetwork(listOf(wifi("127.0.0.7"))))
+            val listener = desk.listen(uniqueName("pushed"))
+            val published = desk.publishedAddresses
+            assertTrue(published.size == 1 && published[0].startsWith("127.0.0.7:"), "$published")
+            listener.close()
         }
     }
 
