@@ -1258,8 +1258,8 @@ class Checker:
                 return True
             if keyword == "await" and (n.type == "await_expression" or leftmost_is(n, "await_expression")):
                 return True
-            if keyword == "await" and n.type == "property_declaration" and text(n, self.src).lstrip().startswith("async let"):
-                return True
+            if n.type == "property_declaration" and text(n, self.src).lstrip().startswith("async let"):
+                return True  # `async let x = f()`: the use, `try await x`, is marked
             n = n.parent
         return False
 
