@@ -61,11 +61,11 @@ final class ChatModel: ObservableObject {
             config.relays = relays.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
             let opened = try Endpoint(key: key, config: config, network: .system)
             opened.onNetworkError { [weak self] error in
-                Task { @MainActor [weak self] in self?.problem = "network update refused: \(describeError(error))" }
+                Task { @MainActor in self?.problem = "network update refused: \(describeError(error))" }
             }
             endpoint = opened
             let chat = try ChatEngine(endpoint: opened, me: name, dir: dir, show: { [weak self] line in
-                Task { @MainActor [weak self] in self?.show(line) }
+                Task { @MainActor in self?.show(line) }
             })
             engine = chat
             contacts = chat.contacts.all
