@@ -249,6 +249,11 @@ class ChatEngine(
                 why = "no HELLO within $HELLO_WAIT"
             } catch (e: MsocketException) {
                 why = e.describe()
+            } catch (e: java.io.IOException) {
+                // The history could not be written: acknowledge nothing more, say why.
+                why = "history file: ${e.message}"
+                show(ChatLine.Problem(if (this::peer.isInitialized) peer.name else null, why))
+                flow.abort("the peer could not store messages")
             } finally {
                 kicks.close()
                 flow.close()
