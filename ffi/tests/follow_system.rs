@@ -143,17 +143,16 @@ fn an_endpoint_that_follows_the_system_publishes_and_moves_with_its_interfaces()
 
             // The app pushes a snapshot: it replaces the system's network for good (the
             // system still has the address on cell0, the snapshot calls it Wi-Fi).
-            let pushed =
-                |addresses: &[&str]| NetworkInterface {
-                    name: "wlan7".into(),
-                    index: 7,
-                    kind: InterfaceKind::Wifi,
-                    metered: false,
-                    up: true,
-                    addresses: addresses.iter().map(|a| a.to_string()).collect(),
-                    nat64_prefix: None,
-                };
-            assert!(desk.update_network(vec![pushed(&[CELL])]).unwrap());
+            let pushed = NetworkInterface {
+                name: "wlan7".into(),
+                index: 7,
+                kind: InterfaceKind::Wifi,
+                metered: false,
+                up: true,
+                addresses: vec![CELL.into()],
+                nat64_prefix: None,
+            };
+            assert!(desk.update_network(vec![pushed]).unwrap());
             assert!(!desk.follows_system_network(), "update_network stopped the system's watcher");
             assert_eq!(desk.published_addresses(), vec![on(CELL)]);
             transfer(&s, &c, 100_000, 3).await;
@@ -166,11 +165,15 @@ fn an_endpoint_that_follows_the_system_publishes_and_moves_with_its_interfaces()
                 tokio::spawn(async move { listener.accept(T, None).await })
             };
             let f = phone.connect("desk.test".into(), T, None).await.unwrap();
-            let _accepted = accepting.await.unwrap().unwrap();
+            let accepted = accepting.await.unwrap().unwrap();
             assert!(!phone.follows_system_network());
             let paths = f.paths().unwrap();
             assert!(!paths.is_empty() && paths.iter().all(|p| p.interface_kind.is_none()), "{paths:?}");
-            for flow in [c, s, f] {
+            // The desk's new path has the kind the pushed snapshot gives its address, not
+            // the system's.
+            assert_eq!(path_from(&accepted, &on(CELL)).interface_kind, Some(InterfaceKind::Wifi));
+            transfer(&f, &accepted, 100_000, 4).await;
+            for flow in [c, s, f, accepted] {
                 flow.release();
             }
         })
