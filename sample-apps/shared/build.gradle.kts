@@ -5,6 +5,10 @@ plugins {
     id("com.android.library")
 }
 
+// Build output goes under the samples' build (../android/build, ignored there), not into
+// the shared sources.
+layout.buildDirectory = rootDir.resolve("build/shared")
+
 android {
     namespace = "dev.msocket.samples"
     compileSdk = libs.versions.android.compile.sdk.get().toInt()
