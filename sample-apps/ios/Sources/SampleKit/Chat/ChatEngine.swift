@@ -54,6 +54,7 @@ public actor ChatEngine {
     nonisolated let clock: @Sendable () -> Int64
     private let maxBackoff: TimeInterval
     private var links: [String: [ChatLink]] = [:]
+    /// Contacts being dialed: from the first attempt until the flow joined or failed.
     private var dialing: Set<String> = []
     private var tasks: [Task<Void, Never>] = []
     private var listener: Listener?
@@ -82,17 +83,17 @@ public actor ChatEngine {
     /// `NAME#FINGERPRINT` of this user: what others add as a contact.
     public nonisolated var address: String { "\(me)#\(endpoint.fingerprint)" }
 
-    /// Listens on `me`, shows the history, and starts delivering what an earlier run left
-    /// undelivered.
+    /// Shows the history, listens on `me` (then says `.ready`), and starts delivering what
+    /// an earlier run left undelivered.
     public func start() async throws {
-        let l = try await endpoint.listen(me)
-        listener = l
-        show(.ready(me: address))
         for name in history.contacts() {
             let c = try history.with(name)
             let delivered = c.delivered
             for m in c.all { show(.earlier(contact: name, message: m, delivered: m.outgoing && m.seq <= delivered)) }
         }
+        let l = try await endpoint.listen(me)
+        listener = l
+        show(.ready(me: address))
         spawn { await self.accept(l) }
         for name in history.contacts() { wake(name) }
     }
@@ -175,7 +176,6 @@ public actor ChatEngine {
     }
 
     private func dialLoop(_ name: String, _ contact: Contact) async {
-        defer { dialing.remove(name) }
         var backoff: TimeInterval = 0.5
         while !Task.isCancelled && (links[name] ?? []).isEmpty && undelivered(name) {
             let flow: PeerFlow
@@ -188,11 +188,16 @@ public actor ChatEngine {
                 backoff = min(backoff * 2, maxBackoff)
                 continue
             }
-            // The link runs in its own task; this dialer ends, and a lost link dials anew.
-            let link = ChatLink(engine: self, flow: flow, dialed: true)
-            spawn { await link.run(to: name) }
+            // Runs the flow to its end; it calls dialed(_:) once up (or failed before).
+            await ChatLink(engine: self, flow: flow, dialed: true).run(to: name)
             return
         }
+        dialed(name)
+    }
+
+    /// The dial of `name` ended: its flow is up, or it gave up. Another may start.
+    func dialed(_ name: String) {
+        dialing.remove(name)
     }
 
     private func undelivered(_ name: String) -> Bool {
@@ -225,21 +230,29 @@ public actor ChatEngine {
         }
     }
 
+    /// What became of the peer of an accepted flow introducing itself.
+    enum Introduction {
+        /// Accepted; `pinned`: it was new, pinned to the flow's key now.
+        case accepted(pinned: Bool)
+        /// Refused (our own name, or a key that does not match the pin); the flow is to be
+        /// aborted with `reason`.
+        case refused(reason: String)
+    }
+
     /// The peer of an accepted flow introduced itself as `name` with `fingerprint`: pins
-    /// it and returns true, or refuses (false).
-    nonisolated func introduce(_ name: String, fingerprint: String) -> Bool {
+    /// it, or refuses.
+    nonisolated func introduce(_ name: String, fingerprint: String) -> Introduction {
         let presented = Contact(name: name, fingerprint: fingerprint.lowercased())
         if name == me {
             show(.refused(why: "a peer introduced itself as \(me) (us)"))
-            return false
+            return .refused(reason: "that name is ours")
         }
         do {
-            if try contacts.pin(presented) { show(.pinned(contact: presented)) }
+            return .accepted(pinned: try contacts.pin(presented))
         } catch {
             show(.refused(why: "\(error)"))
-            return false
+            return .refused(reason: "key does not match the pinned one")
         }
-        return true
     }
 }
 
@@ -256,6 +269,8 @@ actor ChatLink {
     private var ackDue = false
     private var sentUpTo: Int64 = 0
     private var peer: String?
+    /// The kind of link ("wifi", "cell") of each path seen, so a lost one is still named.
+    private var kinds: [String: String] = [:]
 
     init(engine: ChatEngine, flow: PeerFlow, dialed: Bool) {
         self.engine = engine
@@ -282,10 +297,17 @@ actor ChatLink {
                 throw FormatError("the peer did not start with HELLO")
             }
             if let to, name != to { throw FormatError("\(to) introduced itself as \(name)") }
-            if to == nil && !engine.introduce(name, fingerprint: flow.peerFingerprint) {
-                try? flow.abort(name == me ? "that name is ours" : "key does not match the pinned one")
-                flow.close()
-                return
+            var newContact = false
+            if to == nil {
+                switch engine.introduce(name, fingerprint: flow.peerFingerprint) {
+                case let .accepted(pinned):
+                    newContact = pinned
+                case let .refused(reason):
+                    try? flow.abort(reason)
+                    kicker.finish()
+                    flow.close()
+                    return
+                }
             }
             peer = name
             let conversation = try engine.history.with(name)
@@ -293,6 +315,8 @@ actor ChatLink {
             try acknowledged(received, conversation)
             sentUpTo = received
             await engine.joined(self, name)
+            if let to { await engine.dialed(to) }
+            if newContact, let c = engine.contacts.get(name) { engine.show(.pinned(contact: c)) }
             engine.show(.online(contact: name, flowId: flow.id, dialed: dialed, paths: pathNames()))
             helpers.append(Task { await self.events(name) })
             helpers.append(Task { await self.writer(name, conversation) })
@@ -327,6 +351,11 @@ actor ChatLink {
             try? flow.abort("chat protocol error")
         } catch is HelloTimeout {
             why = "no HELLO within \(Int(ChatEngine.helloWait)) s"
+        } catch let e as HistoryError {
+            // The history could not be written: acknowledge nothing more, say why.
+            why = "history file: \(e)"
+            engine.show(.problem(contact: peer, what: why))
+            try? flow.abort("the peer could not store messages")
         } catch {
             why = describeError(error)
         }
@@ -336,6 +365,7 @@ actor ChatLink {
         if let peer {
             await engine.left(self, peer, why: why)
         } else if let to {
+            await engine.dialed(to)
             engine.show(.problem(contact: to, what: "flow failed before HELLO: \(why)"))
             await engine.retryLater(to)
         }
@@ -389,15 +419,21 @@ actor ChatLink {
         }
     }
 
-    private nonisolated func pathNames() -> [String] {
-        ((try? flow.paths()) ?? []).map { "\($0.label) \($0.local) -> \($0.remote)" }
+    /// The flow's paths now, each as "wifi relayed 192.168.1.2:40312 -> 172.16.100.11:443";
+    /// remembers each one's kind of link.
+    private func pathNames() -> [String] {
+        ((try? flow.paths()) ?? []).map { p in
+            kinds["\(p.local) \(p.remote)"] = linkName(p.interfaceKind)
+            return "\(p.label) \(p.local) -> \(p.remote)"
+        }
     }
 
-    /// "wifi 192.168.1.2:40312 -> 172.16.100.11:443 relayed", the link's kind looked up.
-    private nonisolated func describePath(_ local: String, _ remote: String, _ relayed: Bool?) -> String {
-        let path = ((try? flow.paths()) ?? []).first { $0.local == local && $0.remote == remote }
-        let kind = path.map { linkName($0.interfaceKind) } ?? "?"
-        let how = (relayed ?? path?.relayed).map { $0 ? " relayed" : " direct" } ?? ""
+    /// "wifi 192.168.1.2:40312 -> 172.16.100.11:443 relayed", the link's kind as last seen
+    /// (a lost path is gone from the flow's list by the time it is reported).
+    private func describePath(_ local: String, _ remote: String, _ relayed: Bool?) -> String {
+        _ = pathNames()
+        let kind = kinds["\(local) \(remote)"] ?? "?"
+        let how = relayed.map { $0 ? " relayed" : " direct" } ?? ""
         return "\(kind) \(local) -> \(remote)\(how)"
     }
 
