@@ -13,12 +13,17 @@ let package = Package(
         .library(name: "SampleKit", targets: ["SampleKit"]),
     ],
     dependencies: [
-        .package(name: "MSocket", path: "../../ios"),
+        // A path dependency's identity is its directory's name: "ios".
+        .package(path: "../../ios"),
     ],
     targets: [
-        .target(name: "SampleKit", dependencies: [.product(name: "MSocket", package: "MSocket")], path: "Sources/SampleKit"),
+        .target(name: "SampleKit", dependencies: [.product(name: "MSocket", package: "ios")], path: "Sources/SampleKit"),
         // The tests read sample-apps/testdata through #filePath (SwiftPM keeps resources
         // inside a target's directory; the vectors belong to both languages).
-        .testTarget(name: "SampleKitTests", dependencies: ["SampleKit"], path: "Tests/SampleKitTests"),
+        .testTarget(
+            name: "SampleKitTests",
+            dependencies: ["SampleKit", .product(name: "MSocket", package: "ios")],
+            path: "Tests/SampleKitTests"
+        ),
     ]
 )
