@@ -1497,6 +1497,18 @@ def main(argv):
         if not files:
             sys.exit(f"swift-symbols: no Swift files under {samples_dir}")
         checked = [(path, *parse(path)) for path in files]
+        # The samples are another module, read into the layer's: a type named in both would
+        # merge into one here, so it is refused (and is confusing in Swift too).
+        mine, theirs = Module("layer"), Module("layer")
+        for path, root, src in parsed:
+            checker.register(mine, root, src, None)
+        for path, root, src in checked:
+            checker.register(theirs, root, src, None)
+            for c in root.named_children:
+                name = c.child_by_field_name("name") if c.type in ("class_declaration", "protocol_declaration") else None
+                kind = c.child_by_field_name("declaration_kind")
+                if name is not None and text(name, src) in mine.types and (kind is None or text(kind, src) != "extension"):
+                    checker.problem(path, c, f"type {text(name, src)} is declared by MSocket too; name it otherwise")
         for path, root, src in parsed + checked:
             checker.register(checker.layer, root, src, None)
         checker.foreign = True
