@@ -7,12 +7,10 @@ package dev.msocket.samples
 
 import java.io.File
 import java.io.IOException
-import java.nio.file.Files
-import java.nio.file.attribute.PosixFilePermissions
 import dev.msocket.MSocket
 
 object KeyFile {
-    /** The key in [file]; a new one, written there (owner-only where supported), if absent. */
+    /** The key in [file]; a new one, written there readable by its owner only, if absent. */
     fun loadOrCreate(file: File): ByteArray {
         if (file.exists()) {
             val text = file.readText().trim()
@@ -26,11 +24,9 @@ object KeyFile {
         val tmp = File(file.absoluteFile.parentFile, ".${file.name}.tmp")
         tmp.delete()
         tmp.createNewFile()
-        try {
-            Files.setPosixFilePermissions(tmp.toPath(), PosixFilePermissions.fromString("rw-------"))
-        } catch (_: UnsupportedOperationException) {
-            // Not a POSIX file system (the app's private storage protects it instead).
-        }
+        // Owner-only before the key is written (java.io, so that Android 7 has it too).
+        val private = tmp.setReadable(false, false) && tmp.setReadable(true, true) && tmp.setWritable(false, false) && tmp.setWritable(true, true)
+        if (!private) throw IOException("could not make $tmp readable by its owner only")
         tmp.writeText(key.joinToString("") { "%02x".format(it) } + "\n")
         if (!tmp.renameTo(file)) throw IOException("could not write the key file $file")
         return key
