@@ -71,15 +71,9 @@ private fun play(endpoint: dev.msocket.Endpoint, me: String, bufferMs: Long): Un
     say("playing   from ${flow.peerFingerprint} flow ${flow.id} buffer ${bufferMs} ms")
     val player = StreamPlayer(flow, bufferMs, onReport = { say("report    ${it.describe()}") }, onNote = { say("note      $it") })
     val input = launch(Dispatchers.IO) {
-        while (true) {
-            val line = readlnOrNull()?.trim() ?: break
-            val policy = policyCommand(line) ?: continue
-            try {
-                player.requestPolicy(policy)
-                say("note      asked the sender for policy ${StreamFrame.policyName(policy)}")
-            } catch (e: MsocketException) {
-                say("problem   could not ask for the policy: ${e.message}")
-            }
+        policyCommands("ask for the policy") {
+            player.requestPolicy(it)
+            "asked the sender for policy ${StreamFrame.policyName(it)}"
         }
     }
     val summary = failing("play the stream") { player.run() }
@@ -104,15 +98,9 @@ private fun send(endpoint: dev.msocket.Endpoint, to: String, bitrate: Int, secon
         throw UsageException(e.message ?: "bad stream parameters")
     }
     val input = launch(Dispatchers.IO) {
-        while (true) {
-            val line = readlnOrNull()?.trim() ?: break
-            val policy = policyCommand(line) ?: continue
-            try {
-                sender.setPolicy(policy)
-                say("note      policy now ${StreamFrame.policyName(policy)}")
-            } catch (e: MsocketException) {
-                say("problem   could not switch the policy: ${e.message}")
-            }
+        policyCommands("switch the policy") {
+            sender.setPolicy(it)
+            "policy now ${StreamFrame.policyName(it)}"
         }
     }
     val summary = failing("stream") { sender.run() }
@@ -121,6 +109,22 @@ private fun send(endpoint: dev.msocket.Endpoint, to: String, bitrate: Int, secon
     flow.close()
     endpoint.close()
     exitProcess(0)
+}
+
+/**
+ * Carries out each `policy NAME` typed, until the end of input: [apply] returns the note
+ * to print; a failure is printed as a problem ("could not [what]").
+ */
+private suspend fun policyCommands(what: String, apply: suspend (PathPolicy) -> String) {
+    while (true) {
+        val line = readlnOrNull()?.trim() ?: return
+        val policy = policyCommand(line) ?: continue
+        try {
+            say("note      ${apply(policy)}")
+        } catch (e: MsocketException) {
+            say("problem   could not $what: ${e.message}")
+        }
+    }
 }
 
 /** The policy `policy NAME` asks for; null (and a line saying why) for anything else. */
