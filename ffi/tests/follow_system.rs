@@ -11,6 +11,8 @@
 //! the netlink watcher) starts inside the namespace. Every wait is on an event or a call,
 //! bounded.
 
+mod common;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,30 +20,12 @@ use msocket_ffi::{Endpoint, EndpointOptions, Flow, FlowEvent, InterfaceKind, Net
 use msocket_lab::Netns;
 use msocket_test_support::{data, sha256, LocalNameServer};
 
-const T: u32 = 10_000;
-const WAIT: Duration = Duration::from_secs(10);
+use common::{options, wait_event, T};
+
 const WIFI: &str = "10.1.0.2";
 const CELL: &str = "10.2.0.2";
 /// The peer's address, on the namespace's loopback interface.
 const PEER: &str = "10.9.0.1";
-
-fn options(names: &LocalNameServer) -> EndpointOptions {
-    EndpointOptions { connect_timeout_ms: 10_000, flow_deadline_ms: 20_000, ..EndpointOptions::new(names.url()) }
-}
-
-/// The first event of `flow` matching `want`, within [`WAIT`].
-async fn wait_event(flow: &Arc<Flow>, what: &str, want: impl Fn(&FlowEvent) -> bool) -> FlowEvent {
-    let next = async {
-        loop {
-            match flow.clone().next_event(None).await {
-                Ok(Some(ev)) if want(&ev) => return ev,
-                Ok(Some(_)) => {}
-                other => panic!("the events ended before a {what} event: {other:?}"),
-            }
-        }
-    };
-    tokio::time::timeout(WAIT, next).await.unwrap_or_else(|_| panic!("no {what} event within {WAIT:?}"))
-}
 
 /// The path of `flow` whose local end is `local`.
 fn path_from(flow: &Flow, local: &str) -> PathInfo {

@@ -6,21 +6,19 @@
 //! Nothing here sleeps to synchronise: every wait is on an event or a call, bounded by a
 //! timeout.
 
+mod common;
+
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use msocket_ffi::{
-    CallbackError, CancelToken, Endpoint, EndpointOptions, Flow, FlowEvent, InterfaceKind, MsocketError,
+    CallbackError, CancelToken, Endpoint, Flow, FlowEvent, InterfaceKind, MsocketError,
     NetworkInterface, PathPolicy, SocketBinder,
 };
 use msocket_test_support::{data, sha256, LocalNameServer};
 
-const T: u32 = 10_000;
-const WAIT: Duration = Duration::from_secs(10);
+use common::{options, wait_event, T, WAIT};
 
-fn options(names: &LocalNameServer) -> EndpointOptions {
-    EndpointOptions { connect_timeout_ms: 10_000, flow_deadline_ms: 20_000, ..EndpointOptions::new(names.url()) }
-}
 
 fn key(byte: u8) -> Vec<u8> {
     vec![byte; 32]
@@ -30,20 +28,6 @@ fn server(names: &LocalNameServer, seed: u8) -> Endpoint {
     let mut o = options(names);
     o.local_addresses = vec!["127.0.0.1".into()];
     Endpoint::new(key(seed), o, None, None).unwrap()
-}
-
-/// The first event matching `want`, within [`WAIT`].
-async fn wait_event(flow: &Arc<Flow>, what: &str, want: impl Fn(&FlowEvent) -> bool) -> FlowEvent {
-    let next = async {
-        loop {
-            match flow.clone().next_event(None).await {
-                Ok(Some(ev)) if want(&ev) => return ev,
-                Ok(Some(_)) => {}
-                other => panic!("the events ended before a {what} event: {other:?}"),
-            }
-        }
-    };
-    tokio::time::timeout(WAIT, next).await.unwrap_or_else(|_| panic!("no {what} event within {WAIT:?}"))
 }
 
 /// Up to `max` received bytes, as the Kotlin and Swift layers' `receive` takes them.
