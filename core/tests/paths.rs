@@ -295,15 +295,19 @@ async fn redundant_copies_small_writes_and_energy_retires_the_idle_path() {
     })
     .await;
     assert_eq!(s.policy(), PathPolicy::Redundant, "the server follows the client's policy");
-    // Small requests and answers: each goes out on both paths (unless the first copy was
-    // acknowledged before the second path's writer got to it: loopback is quick).
+    // Small requests and answers go out on both paths, unless the first copy was
+    // acknowledged before the second path's writer got to it. On loopback that race is
+    // the scheduler's: a loaded 2-core machine copied 9 writes of 20. So this checks
+    // that copies are made and dropped at the far end; how many, and what they save
+    // when a path fails, is measured deterministically in `proto/tests/sched.rs`.
     for i in 0..20u64 {
         within(10, "request", send_and_read(&mut c, &mut s, 300, 100 + i)).await;
         within(10, "answer", send_and_read(&mut s, &mut c, 300, 200 + i)).await;
     }
-    assert!(c.stats().bytes_copied >= 10 * 300, "client copies: {:?}", c.stats());
-    assert!(s.stats().bytes_copied >= 10 * 300, "server copies: {:?}", s.stats());
+    assert!(c.stats().bytes_copied >= 300, "client copies: {:?}", c.stats());
+    assert!(s.stats().bytes_copied >= 300, "server copies: {:?}", s.stats());
     assert!(s.stats().duplicate_bytes_received > 0, "{:?}", s.stats());
+    assert!(c.stats().duplicate_bytes_received > 0, "{:?}", c.stats());
 
     // Energy: a light load never overflows the best path, so the second one, an idle
     // standby that would cost a radio wake-up at its end, is retired.
