@@ -251,6 +251,11 @@ mod tests {
                 assert!(!app.lines(word).is_empty(), "{who} printed no {word} line\n{}", app.proc.tail());
             }
         }
+        // Path lines name the kind of link, a lost path too (the flow's event carries it).
+        let kinds = |lines: Vec<String>| lines.iter().filter_map(|l| l.split_whitespace().nth(1).map(str::to_owned)).collect::<Vec<_>>();
+        let (added, lost) = (kinds(alice.lines("path+")), kinds(alice.lines("path-")));
+        assert!(added.iter().any(|k| k == "cell") && added.iter().any(|k| k == "wifi"), "alice's path+ lines: {added:?}");
+        assert!(lost.iter().any(|k| k == "wifi"), "alice's path- lines: {lost:?}");
         // Alice's first flow died with bob's first run: she was online to the second one too.
         let onlines = alice.lines("online");
         assert!(onlines.len() >= 2, "alice was not online again after bob's restart: {onlines:?}");

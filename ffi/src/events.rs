@@ -119,7 +119,7 @@ mod tests {
         let behind = EVENT_BACKLOG + 44;
         for i in 0..behind {
             let addr = std::net::SocketAddr::from(([127, 0, 0, 1], i as u16));
-            tx.send(msocket::FlowEvent::PathAdded { local: addr, remote: addr, relayed: false }).unwrap();
+            tx.send(msocket::FlowEvent::PathAdded { local: addr, remote: addr, relayed: false, interface: None }).unwrap();
         }
         tx.send(msocket::FlowEvent::Closed { error: None, energy_joules: None }).unwrap();
         block(async {

@@ -305,8 +305,15 @@ impl From<&msocket::FlowError> for FlowFailure {
 /// The UDL's `FlowEvent`.
 #[derive(Debug, Clone, PartialEq)]
 pub enum FlowEvent {
-    PathAdded { local: String, remote: String, relayed: bool },
-    PathLost { local: String, remote: String, reason: PathLossReason, detail: String, energy_joules: Option<f64> },
+    PathAdded { local: String, remote: String, relayed: bool, interface_kind: Option<InterfaceKind> },
+    PathLost {
+        local: String,
+        remote: String,
+        reason: PathLossReason,
+        detail: String,
+        energy_joules: Option<f64>,
+        interface_kind: Option<InterfaceKind>,
+    },
     Resumed { outage_ms: u64 },
     PeerMoved { addresses: Vec<String> },
     StaysRelayed { attempts: u32 },
@@ -321,15 +328,19 @@ impl FlowEvent {
     pub(crate) fn from_core(ev: msocket::FlowEvent) -> Option<FlowEvent> {
         use msocket::FlowEvent as E;
         Some(match ev {
-            E::PathAdded { local, remote, relayed } => {
-                FlowEvent::PathAdded { local: local.to_string(), remote: remote.to_string(), relayed }
-            }
-            E::PathLost { local, remote, reason, energy_joules } => FlowEvent::PathLost {
+            E::PathAdded { local, remote, relayed, interface } => FlowEvent::PathAdded {
+                local: local.to_string(),
+                remote: remote.to_string(),
+                relayed,
+                interface_kind: interface.map(InterfaceKind::from),
+            },
+            E::PathLost { local, remote, reason, interface, energy_joules } => FlowEvent::PathLost {
                 local: local.to_string(),
                 remote: remote.to_string(),
                 reason: (&reason).into(),
                 detail: reason.to_string(),
                 energy_joules,
+                interface_kind: interface.map(InterfaceKind::from),
             },
             E::Resumed { outage } => {
                 FlowEvent::Resumed { outage_ms: u64::try_from(outage.as_millis()).unwrap_or(u64::MAX) }
@@ -409,8 +420,18 @@ mod tests {
         let a: std::net::SocketAddr = "127.0.0.2:1000".parse().unwrap();
         let b: std::net::SocketAddr = "127.0.0.1:2000".parse().unwrap();
         assert_eq!(
-            FlowEvent::from_core(msocket::FlowEvent::PathAdded { local: a, remote: b, relayed: false }),
-            Some(FlowEvent::PathAdded { local: "127.0.0.2:1000".into(), remote: "127.0.0.1:2000".into(), relayed: false })
+            FlowEvent::from_core(msocket::FlowEvent::PathAdded {
+                local: a,
+                remote: b,
+                relayed: false,
+                interface: Some(msocket::watch::InterfaceKind::Cellular)
+            }),
+            Some(FlowEvent::PathAdded {
+                local: "127.0.0.2:1000".into(),
+                remote: "127.0.0.1:2000".into(),
+                relayed: false,
+                interface_kind: Some(InterfaceKind::Cellular)
+            })
         );
         assert_eq!(
             FlowEvent::from_core(msocket::FlowEvent::Resumed { outage: Duration::from_millis(1500) }),
@@ -441,9 +462,11 @@ mod tests {
             local: a,
             remote: b,
             reason: msocket::PathLossReason::Io { operation: msocket::IoOperation::Read, kind: std::io::ErrorKind::ConnectionReset },
+            interface: Some(msocket::watch::InterfaceKind::Wifi),
             energy_joules: None,
         };
-        let Some(FlowEvent::PathLost { reason, detail, .. }) = FlowEvent::from_core(lost) else { panic!() };
+        let Some(FlowEvent::PathLost { reason, detail, interface_kind, .. }) = FlowEvent::from_core(lost) else { panic!() };
+        assert_eq!(interface_kind, Some(InterfaceKind::Wifi));
         assert_eq!(reason, PathLossReason::Io);
         assert!(detail.starts_with("read failed"), "{detail}");
     }

@@ -114,8 +114,23 @@ fn an_endpoint_that_follows_the_system_publishes_and_moves_with_its_interfaces()
             // Wi-Fi loses its address: the name and the flow move to cellular.
             ns.ip(&["addr", "del", &format!("{WIFI}/24"), "dev", "wifi0"]).unwrap();
             let cell_only = vec![CELL.to_string()];
-            wait_event(&s, "moved onto cellular", |e| matches!(e, FlowEvent::Moved { addresses } if *addresses == cell_only))
-                .await;
+            // The Wi-Fi path is retired, before or after the Moved event: its PathLost
+            // still names the interface it left from, gone as it is.
+            let wifi_lost = |e: &FlowEvent| matches!(e, FlowEvent::PathLost { local, .. } if *local == on(WIFI));
+            let seen = std::cell::RefCell::new(None);
+            wait_event(&s, "moved onto cellular", |e| {
+                if wifi_lost(e) {
+                    *seen.borrow_mut() = Some(e.clone());
+                }
+                matches!(e, FlowEvent::Moved { addresses } if *addresses == cell_only)
+            })
+            .await;
+            let lost = match seen.into_inner() {
+                Some(e) => e,
+                None => wait_event(&s, "the Wi-Fi path lost", wifi_lost).await,
+            };
+            let FlowEvent::PathLost { interface_kind, .. } = lost else { unreachable!() };
+            assert_eq!(interface_kind, Some(InterfaceKind::Wifi));
             assert_eq!(desk.published_addresses(), vec![on(CELL)], "the listener keeps its port");
             // The peer may have joined on cellular already, while both were published.
             if !s.paths().unwrap().iter().any(|p| p.local == on(CELL)) {

@@ -491,6 +491,7 @@ impl Conn {
                             local: sub.local,
                             remote: sub.remote,
                             reason: PathLossReason::Dead,
+                            interface: sub.interface,
                             energy_joules,
                         });
                     }
@@ -592,7 +593,7 @@ impl Conn {
         let (r, w) = stream.into_split();
         let wake = Arc::new(Notify::new());
         let (kill, kill_rx) = watch::channel(false);
-        let id = {
+        let (id, interface) = {
             let mut inner = self.lock();
             // A finished flow still takes subflows while it lingers: a peer that lost our
             // last ACK rejoins to get it (the new subflow's resume ACK carries it).
@@ -638,10 +639,10 @@ impl Conn {
             self.assign_standbys(&mut inner);
             inner.paths.changed();
             self.settle(&mut inner);
-            id
+            (id, interface)
         };
-        tracing::info!(flow = %self.keys.flow_id, %local, %remote, relayed, subflow = id.0, "subflow up");
-        self.emit(FlowEvent::PathAdded { local, remote, relayed });
+        tracing::info!(flow = %self.keys.flow_id, %local, %remote, relayed, ?interface, subflow = id.0, "subflow up");
+        self.emit(FlowEvent::PathAdded { local, remote, relayed, interface });
         tokio::spawn(writer(self.clone(), id, w, handed, wake, kill_rx.clone()));
         tokio::spawn(reader(self.clone(), id, r, kill_rx, reader_prefix));
     }
@@ -747,7 +748,13 @@ impl Conn {
             inner.final_ack_until = Some(until);
         }
         tracing::info!(flow = %self.keys.flow_id, local = %sub.local, remote = %sub.remote, %reason, "subflow down");
-        self.emit(FlowEvent::PathLost { local: sub.local, remote: sub.remote, reason, energy_joules });
+        self.emit(FlowEvent::PathLost {
+            local: sub.local,
+            remote: sub.remote,
+            reason,
+            interface: sub.interface,
+            energy_joules,
+        });
         self.settle(&mut inner);
         self.driver.notify_one();
     }

@@ -21,6 +21,9 @@ pub enum FlowEvent {
         remote: SocketAddr,
         /// It runs through a relay, spliced (the flow's encryption is end to end).
         relayed: bool,
+        /// The kind of our interface it leaves from (Wi-Fi, cellular ...), as the followed
+        /// network watcher reports it; None when no known interface holds `local`.
+        interface: Option<crate::watch::InterfaceKind>,
     },
     /// A subflow died; its unacknowledged data will be re-sent on another.
     PathLost {
@@ -30,6 +33,9 @@ pub enum FlowEvent {
         remote: SocketAddr,
         /// What ended it.
         reason: PathLossReason,
+        /// The kind of our interface it left from, as when it was added (the interface
+        /// itself may be gone by now).
+        interface: Option<crate::watch::InterfaceKind>,
         /// Modelled radio energy the path used, in joules (None: interface kind unknown).
         energy_joules: Option<f64>,
     },

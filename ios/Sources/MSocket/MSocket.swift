@@ -478,9 +478,13 @@ public final class Listener: @unchecked Sendable {
 
 /// A change in a flow's life.
 public enum FlowEvent: Equatable, Sendable {
-    case pathAdded(local: String, remote: String, relayed: Bool)
+    /// A path joined the flow; `interfaceKind` is the kind of interface it leaves from (nil:
+    /// no followed network holds `local`).
+    case pathAdded(local: String, remote: String, relayed: Bool, interfaceKind: InterfaceKind?)
     /// A path died (`reason`; `detail` in words); its unacknowledged data goes out on another.
-    case pathLost(local: String, remote: String, reason: PathLossReason, detail: String, energyJoules: Double?)
+    /// `interfaceKind` is the kind of interface it left from, as when it was added.
+    case pathLost(local: String, remote: String, reason: PathLossReason, detail: String, energyJoules: Double?,
+                  interfaceKind: InterfaceKind?)
     /// Data flows again after `outage` seconds without a usable path.
     case resumed(outage: TimeInterval)
     case peerMoved(addresses: [String])
@@ -496,9 +500,11 @@ public enum FlowEvent: Equatable, Sendable {
 
     init(_ e: MSocketFFI.FlowEvent) {
         switch e {
-        case let .pathAdded(local, remote, relayed): self = .pathAdded(local: local, remote: remote, relayed: relayed)
-        case let .pathLost(local, remote, reason, detail, joules):
-            self = .pathLost(local: local, remote: remote, reason: reason, detail: detail, energyJoules: joules)
+        case let .pathAdded(local, remote, relayed, kind):
+            self = .pathAdded(local: local, remote: remote, relayed: relayed, interfaceKind: kind)
+        case let .pathLost(local, remote, reason, detail, joules, kind):
+            self = .pathLost(local: local, remote: remote, reason: reason, detail: detail, energyJoules: joules,
+                             interfaceKind: kind)
         case let .resumed(outageMs): self = .resumed(outage: TimeInterval(outageMs) / 1000)
         case let .peerMoved(addresses): self = .peerMoved(addresses: addresses)
         case let .moved(addresses): self = .moved(addresses: addresses)

@@ -2511,13 +2511,13 @@ public enum FlowEvent: Equatable, Hashable {
     /**
      * A path (subflow) joined the flow.
      */
-    case pathAdded(local: String, remote: String, relayed: Bool
+    case pathAdded(local: String, remote: String, relayed: Bool, interfaceKind: InterfaceKind?
     )
     /**
      * A path died; its unacknowledged data goes out on another. `detail` says why in
-     * words.
+     * words; `interface_kind` is the kind of interface it left from, as when it was added.
      */
-    case pathLost(local: String, remote: String, reason: PathLossReason, detail: String, energyJoules: Double?
+    case pathLost(local: String, remote: String, reason: PathLossReason, detail: String, energyJoules: Double?, interfaceKind: InterfaceKind?
     )
     /**
      * Data flows again after `outage_ms` without a usable path.
@@ -2573,10 +2573,10 @@ public struct FfiConverterTypeFlowEvent: FfiConverterRustBuffer {
         let variant: Int32 = try readInt(&buf)
         switch variant {
         
-        case 1: return .pathAdded(local: try FfiConverterString.read(from: &buf), remote: try FfiConverterString.read(from: &buf), relayed: try FfiConverterBool.read(from: &buf)
+        case 1: return .pathAdded(local: try FfiConverterString.read(from: &buf), remote: try FfiConverterString.read(from: &buf), relayed: try FfiConverterBool.read(from: &buf), interfaceKind: try FfiConverterOptionTypeInterfaceKind.read(from: &buf)
         )
         
-        case 2: return .pathLost(local: try FfiConverterString.read(from: &buf), remote: try FfiConverterString.read(from: &buf), reason: try FfiConverterTypePathLossReason.read(from: &buf), detail: try FfiConverterString.read(from: &buf), energyJoules: try FfiConverterOptionDouble.read(from: &buf)
+        case 2: return .pathLost(local: try FfiConverterString.read(from: &buf), remote: try FfiConverterString.read(from: &buf), reason: try FfiConverterTypePathLossReason.read(from: &buf), detail: try FfiConverterString.read(from: &buf), energyJoules: try FfiConverterOptionDouble.read(from: &buf), interfaceKind: try FfiConverterOptionTypeInterfaceKind.read(from: &buf)
         )
         
         case 3: return .resumed(outageMs: try FfiConverterUInt64.read(from: &buf)
@@ -2605,20 +2605,22 @@ public struct FfiConverterTypeFlowEvent: FfiConverterRustBuffer {
         switch value {
         
         
-        case let .pathAdded(local,remote,relayed):
+        case let .pathAdded(local,remote,relayed,interfaceKind):
             writeInt(&buf, Int32(1))
             FfiConverterString.write(local, into: &buf)
             FfiConverterString.write(remote, into: &buf)
             FfiConverterBool.write(relayed, into: &buf)
+            FfiConverterOptionTypeInterfaceKind.write(interfaceKind, into: &buf)
             
         
-        case let .pathLost(local,remote,reason,detail,energyJoules):
+        case let .pathLost(local,remote,reason,detail,energyJoules,interfaceKind):
             writeInt(&buf, Int32(2))
             FfiConverterString.write(local, into: &buf)
             FfiConverterString.write(remote, into: &buf)
             FfiConverterTypePathLossReason.write(reason, into: &buf)
             FfiConverterString.write(detail, into: &buf)
             FfiConverterOptionDouble.write(energyJoules, into: &buf)
+            FfiConverterOptionTypeInterfaceKind.write(interfaceKind, into: &buf)
             
         
         case let .resumed(outageMs):

@@ -12,8 +12,15 @@ final class LayerTests: XCTestCase {
         XCTAssertEqual(MSocket.FlowEvent(MSocketFFI.FlowEvent.resumed(outageMs: 1500)), .resumed(outage: 1.5))
         XCTAssertEqual(MSocket.FlowEvent(MSocketFFI.FlowEvent.eventsDropped(count: 7)), .eventsDropped(count: 7))
         XCTAssertEqual(
-            MSocket.FlowEvent(MSocketFFI.FlowEvent.pathAdded(local: "192.0.2.7:5000", remote: "198.51.100.1:443", relayed: true)),
-            .pathAdded(local: "192.0.2.7:5000", remote: "198.51.100.1:443", relayed: true)
+            MSocket.FlowEvent(MSocketFFI.FlowEvent.pathAdded(local: "192.0.2.7:5000", remote: "198.51.100.1:443", relayed: true,
+                                                             interfaceKind: .cellular)),
+            .pathAdded(local: "192.0.2.7:5000", remote: "198.51.100.1:443", relayed: true, interfaceKind: .cellular)
+        )
+        XCTAssertEqual(
+            MSocket.FlowEvent(MSocketFFI.FlowEvent.pathLost(local: "192.0.2.7:5000", remote: "198.51.100.1:443", reason: .dead,
+                                                            detail: "no answer", energyJoules: nil, interfaceKind: .wifi)),
+            .pathLost(local: "192.0.2.7:5000", remote: "198.51.100.1:443", reason: .dead, detail: "no answer", energyJoules: nil,
+                      interfaceKind: .wifi)
         )
         XCTAssertEqual(
             MSocket.FlowEvent(MSocketFFI.FlowEvent.closed(failure: nil, error: nil, energyJoules: 0.25)),

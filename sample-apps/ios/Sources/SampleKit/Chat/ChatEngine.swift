@@ -269,8 +269,6 @@ actor ChatLink {
     private var ackDue = false
     private var sentUpTo: Int64 = 0
     private var peer: String?
-    /// The kind of link ("wifi", "cell") of each path seen, so a lost one is still named.
-    private var kinds: [String: String] = [:]
 
     init(engine: ChatEngine, flow: PeerFlow, dialed: Bool) {
         self.engine = engine
@@ -404,8 +402,10 @@ actor ChatLink {
             for try await e in try flow.events() {
                 let line: ChatLine?
                 switch e {
-                case let .pathAdded(local, remote, relayed): line = .pathAdded(contact: name, path: describePath(local, remote, relayed))
-                case let .pathLost(local, remote, _, detail, _): line = .pathLost(contact: name, path: describePath(local, remote, nil), why: detail)
+                case let .pathAdded(local, remote, relayed, kind):
+                    line = .pathAdded(contact: name, path: describePath(kind, local, remote, relayed))
+                case let .pathLost(local, remote, _, detail, _, kind):
+                    line = .pathLost(contact: name, path: describePath(kind, local, remote, nil), why: detail)
                 case let .peerMoved(addresses): line = .peerMoved(contact: name, addresses: addresses)
                 case let .moved(addresses): line = .moved(contact: name, addresses: addresses)
                 case let .resumed(outage): line = .resumed(contact: name, outageMs: Int64(outage * 1000))
@@ -419,22 +419,15 @@ actor ChatLink {
         }
     }
 
-    /// The flow's paths now, each as "wifi relayed 192.168.1.2:40312 -> 172.16.100.11:443";
-    /// remembers each one's kind of link.
+    /// The flow's paths now, each as "wifi relayed 192.168.1.2:40312 -> 172.16.100.11:443".
     private func pathNames() -> [String] {
-        ((try? flow.paths()) ?? []).map { p in
-            kinds["\(p.local) \(p.remote)"] = linkName(p.interfaceKind)
-            return "\(p.label) \(p.local) -> \(p.remote)"
-        }
+        ((try? flow.paths()) ?? []).map { p in "\(p.label) \(p.local) -> \(p.remote)" }
     }
 
-    /// "wifi 192.168.1.2:40312 -> 172.16.100.11:443 relayed", the link's kind as last seen
-    /// (a lost path is gone from the flow's list by the time it is reported).
-    private func describePath(_ local: String, _ remote: String, _ relayed: Bool?) -> String {
-        _ = pathNames()
-        let kind = kinds["\(local) \(remote)"] ?? "?"
+    /// "wifi 192.168.1.2:40312 -> 172.16.100.11:443 relayed" (a lost path: without how).
+    private func describePath(_ kind: InterfaceKind?, _ local: String, _ remote: String, _ relayed: Bool?) -> String {
         let how = relayed.map { $0 ? " relayed" : " direct" } ?? ""
-        return "\(kind) \(local) -> \(remote)\(how)"
+        return "\(linkName(kind)) \(local) -> \(remote)\(how)"
     }
 
     private func send(_ frame: ChatFrame) async throws {

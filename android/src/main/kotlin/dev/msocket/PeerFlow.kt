@@ -23,15 +23,27 @@ import dev.msocket.ffi.FlowEvent as FfiFlowEvent
 
 /** A change in a flow's life. */
 sealed class FlowEvent {
-    /** A path (a TCP subflow on one interface) joined the flow. */
-    data class PathAdded(val local: String, val remote: String, val relayed: Boolean) : FlowEvent()
-    /** A path died ([reason]; [detail] in words); its unacknowledged data goes out on another. */
+    /**
+     * A path (a TCP subflow on one interface) joined the flow; [interfaceKind] is the kind of
+     * interface it leaves from (null: no followed network holds [local]).
+     */
+    data class PathAdded(
+        val local: String,
+        val remote: String,
+        val relayed: Boolean,
+        val interfaceKind: InterfaceKind? = null,
+    ) : FlowEvent()
+    /**
+     * A path died ([reason]; [detail] in words); its unacknowledged data goes out on another.
+     * [interfaceKind] is the kind of interface it left from, as when it was added.
+     */
     data class PathLost(
         val local: String,
         val remote: String,
         val reason: PathLossReason,
         val detail: String,
         val energyJoules: Double?,
+        val interfaceKind: InterfaceKind? = null,
     ) : FlowEvent()
     /** Data flows again after [outage] without a usable path. */
     data class Resumed(val outage: Duration) : FlowEvent()
@@ -54,8 +66,8 @@ sealed class FlowEvent {
 
     internal companion object {
         fun from(e: FfiFlowEvent): FlowEvent = when (e) {
-            is FfiFlowEvent.PathAdded -> PathAdded(e.local, e.remote, e.relayed)
-            is FfiFlowEvent.PathLost -> PathLost(e.local, e.remote, e.reason, e.detail, e.energyJoules)
+            is FfiFlowEvent.PathAdded -> PathAdded(e.local, e.remote, e.relayed, e.interfaceKind)
+            is FfiFlowEvent.PathLost -> PathLost(e.local, e.remote, e.reason, e.detail, e.energyJoules, e.interfaceKind)
             is FfiFlowEvent.Resumed -> Resumed(e.outageMs.toLong().milliseconds)
             is FfiFlowEvent.PeerMoved -> PeerMoved(e.addresses)
             is FfiFlowEvent.Moved -> Moved(e.addresses)

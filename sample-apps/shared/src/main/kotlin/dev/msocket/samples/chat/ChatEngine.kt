@@ -33,6 +33,7 @@ import kotlinx.coroutines.launch
 import kotlinx.coroutines.withTimeout
 import dev.msocket.Endpoint
 import dev.msocket.FlowEvent
+import dev.msocket.InterfaceKind
 import dev.msocket.Listener
 import dev.msocket.PeerFlow
 import dev.msocket.ffi.MsocketException
@@ -40,6 +41,7 @@ import dev.msocket.samples.FormatException
 import dev.msocket.samples.LineReader
 import dev.msocket.samples.LineTooLongException
 import dev.msocket.samples.label
+import dev.msocket.samples.linkName
 
 /** A contact the user never added and who never introduced themselves. */
 class UnknownContactException(name: String) : Exception("$name is not a contact; add NAME#FINGERPRINT first")
@@ -320,8 +322,9 @@ class ChatEngine(
             try {
                 flow.events.collect { e ->
                     val line = when (e) {
-                        is FlowEvent.PathAdded -> ChatLine.PathAdded(peer.name, describe(e.local, e.remote, e.relayed))
-                        is FlowEvent.PathLost -> ChatLine.PathLost(peer.name, describe(e.local, e.remote, null), e.detail)
+                        is FlowEvent.PathAdded ->
+                            ChatLine.PathAdded(peer.name, describe(e.interfaceKind, e.local, e.remote, e.relayed))
+                        is FlowEvent.PathLost -> ChatLine.PathLost(peer.name, describe(e.interfaceKind, e.local, e.remote, null), e.detail)
                         is FlowEvent.PeerMoved -> ChatLine.PeerMoved(peer.name, e.addresses)
                         is FlowEvent.Moved -> ChatLine.Moved(peer.name, e.addresses)
                         is FlowEvent.Resumed -> ChatLine.Resumed(peer.name, e.outage.inWholeMilliseconds)
@@ -335,25 +338,17 @@ class ChatEngine(
             }
         }
 
-        /** The kind of link ("wifi", "cell") of each path seen, so a lost one is still named. */
-        private val kinds = HashMap<String, String>()
-
         /** The flow's paths now, each as "wifi relayed 192.168.1.2:40312 -> 172.16.100.11:443". */
         private fun paths(): List<String> = try {
-            flow.paths().map { p ->
-                synchronized(kinds) { kinds["${p.local} ${p.remote}"] = p.label().substringBefore(' ') }
-                "${p.label()} ${p.local} -> ${p.remote}"
-            }
+            flow.paths().map { p -> "${p.label()} ${p.local} -> ${p.remote}" }
         } catch (e: MsocketException) {
             emptyList()
         }
 
-        /** "wifi 192.168.1.2:40312 -> 172.16.100.11:443 relayed", the link's kind looked up. */
-        private fun describe(local: String, remote: String, relayed: Boolean?): String {
-            paths()
-            val kind = synchronized(kinds) { kinds["$local $remote"] } ?: "?"
+        /** "wifi 192.168.1.2:40312 -> 172.16.100.11:443 relayed" (a lost path: without how). */
+        private fun describe(kind: InterfaceKind?, local: String, remote: String, relayed: Boolean?): String {
             val how = relayed?.let { if (it) " relayed" else " direct" } ?: ""
-            return "$kind $local -> $remote$how"
+            return "${linkName(kind)} $local -> $remote$how"
         }
 
         private suspend fun send(frame: ChatFrame) = flow.send(frame.encode().toByteArray(Charsets.UTF_8), SEND_WAIT)
