@@ -13,7 +13,6 @@ import kotlinx.coroutines.delay
 import kotlinx.coroutines.launch
 import dev.msocket.PathPolicy
 import dev.msocket.PeerFlow
-import dev.msocket.ffi.MsocketException
 import dev.msocket.samples.FormatException
 
 class StreamPlayer(
@@ -75,31 +74,17 @@ class StreamPlayer(
             }
         }
         reporter.cancel()
-        try {
-            uses.sample(flow.paths())
-        } catch (e: MsocketException) {
-            // Gone already: the totals so far stand.
-        }
+        uses.sampleOf(flow)
         StreamSummary(
             "play", chunks, end!!.skipped + lost, corrupt, player.stalls, bufferMs, player.startupMs, bytes,
-            uses.totals(), policy, energy(),
+            uses.totals(), policy, flow.energyOrNull(),
         )
     }
 
     private fun report(rateKbps: Long): StreamReport {
         val t = now()
-        val shares = try {
-            uses.sample(flow.paths())
-        } catch (e: MsocketException) {
-            emptyList()
-        }
+        val shares = uses.sampleOf(flow)
         val stalls = player.stalls.size + if (player.currentStallMs(t) > 0) 1 else 0
-        return StreamReport(t, rateKbps, player.bufferedMs(t), player.state, stalls, player.longestStallMs(t), shares, policy, energy(), chunks, lost)
-    }
-
-    private fun energy(): Double? = try {
-        flow.energyJoules
-    } catch (e: MsocketException) {
-        null
+        return StreamReport(t, rateKbps, player.bufferedMs(t), player.state, stalls, player.longestStallMs(t), shares, policy, flow.energyOrNull(), chunks, lost)
     }
 }

@@ -64,12 +64,12 @@ class StreamSender(
                 sent++
             }
         }
-        var lastAcked = flow.stats().bytesAcked.toLong()
+        var lastAcked = flow.bytesAckedOrNull() ?: 0
         val reporter = launch {
             var tick = 1
             while (true) {
                 delay(started.elapsedNow().let { (tick * 1000L).milliseconds - it }.coerceAtLeast(0.milliseconds))
-                val acked = flow.stats().bytesAcked.toLong()
+                val acked = flow.bytesAckedOrNull() ?: lastAcked
                 onReport(report(started.elapsedNow().inWholeMilliseconds, (acked - lastAcked) * 8 / 1000))
                 lastAcked = acked
                 tick++
@@ -88,22 +88,14 @@ class StreamSender(
         flow.finish(60.seconds)
         reporter.cancel()
         control.cancel()
-        val paths = try {
-            uses.sample(flow.paths())
-            uses.totals()
-        } catch (e: MsocketException) {
-            uses.totals()
-        }
-        StreamSummary("send", sent, skipped, 0, emptyList(), null, null, flow.stats().bytesAcked.toLong(), paths, flow.policy, flow.energyJoules)
+        uses.sampleOf(flow)
+        val acked = flow.bytesAckedOrNull() ?: lastAcked
+        StreamSummary("send", sent, skipped, 0, emptyList(), null, null, acked, uses.totals(), flow.policyOrNull(), flow.energyOrNull())
     }
 
     private fun report(elapsedMs: Long, rateKbps: Long): StreamReport {
-        val shares = try {
-            uses.sample(flow.paths())
-        } catch (e: MsocketException) {
-            emptyList()
-        }
-        return StreamReport(elapsedMs, rateKbps, null, null, 0, 0, shares, flow.policy, flow.energyJoules, sent, skipped)
+        val shares = uses.sampleOf(flow)
+        return StreamReport(elapsedMs, rateKbps, null, null, 0, 0, shares, flow.policyOrNull(), flow.energyOrNull(), sent, skipped)
     }
 
     /** The player's requests: `POLICY <name>`. */
