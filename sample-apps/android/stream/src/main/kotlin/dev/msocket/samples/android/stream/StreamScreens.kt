@@ -55,10 +55,10 @@ import dev.msocket.samples.stream.StreamReport
 import dev.msocket.samples.stream.StreamSummary
 
 @Composable
-fun StreamApp(vm: StreamViewModel = viewModel()) {
+fun StreamApp(vm: StreamViewModel = viewModel(), beforeStart: () -> Unit = {}) {
     val state by vm.state.collectAsStateWithLifecycle()
     if (state.phase == Phase.SETUP) {
-        SetupScreen(initial = state.settings, error = state.setupError, onStart = vm::start)
+        SetupScreen(initial = state.settings, error = state.setupError, onStart = { beforeStart(); vm.start(it) })
     } else {
         BackHandler(onBack = vm::stop)
         LiveScreen(state = state, onPolicy = vm::setPolicy, onStop = vm::stop)

@@ -5,7 +5,10 @@
 package dev.msocket.samples.android.stream
 
 import dev.msocket.PathPolicy
+import dev.msocket.samples.fmt
+import dev.msocket.samples.stream.StreamFrame
 import dev.msocket.samples.stream.StreamReport
+import dev.msocket.samples.stream.describe
 import dev.msocket.samples.stream.StreamSummary
 
 enum class Role { PLAY, SEND }
@@ -59,4 +62,24 @@ data class StreamUiState(
     val summary: StreamSummary? = null,
     /** Policy switches and the like, newest last. */
     val notes: List<String> = emptyList(),
-)
+) {
+    /** A stream is starting or running (its foreground service should be up). */
+    val running: Boolean get() = phase == Phase.CONNECTING || phase == Phase.RUNNING
+
+    /** The notification's title and text while the stream runs. */
+    fun notification(): Pair<String, String> {
+        val title = when (settings.role) {
+            Role.PLAY -> "Playing as ${settings.name.trim()}"
+            Role.SEND -> "Sending to ${settings.name.trim()}"
+        }
+        val r = report ?: return title to status
+        val text = buildString {
+            append(fmt("%d kbit/s", r.rateKbps))
+            r.bufferMs?.let { append(fmt(", buffer %.1f s", it / 1000.0)) }
+            if (r.stalls > 0) append(", ${r.stalls} stall${if (r.stalls == 1) "" else "s"}")
+            append(", ${r.paths.describe()}")
+            r.policy?.let { append(", ${StreamFrame.policyName(it)}") }
+        }
+        return title to text
+    }
+}
