@@ -56,7 +56,7 @@ final class ChatModel: ObservableObject {
         do {
             let name = try ChatFrame.checkName(me.trimmingCharacters(in: .whitespaces))
             let dir = try dataDir(name)
-            let key = try KeyFile.loadOrCreate(dir.appendingPathComponent("key"))
+            let key = try IdentityKeychain.loadOrCreate(account: "chat-\(name)")
             var config = EndpointConfig(namesURL: namesURL.trimmingCharacters(in: .whitespaces))
             config.relays = relays.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
             let opened = try Endpoint(key: key, config: config, network: .system)

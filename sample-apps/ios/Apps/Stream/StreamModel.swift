@@ -36,14 +36,8 @@ final class StreamModel: ObservableObject {
     private var sender: StreamSender?
     private var player: StreamPlayer?
 
-    private func dataDir() throws -> URL {
-        try FileManager.default.url(for: .applicationSupportDirectory, in: .userDomainMask, appropriateFor: nil, create: true)
-            .appendingPathComponent("stream", isDirectory: true)
-            .appendingPathComponent(role.rawValue, isDirectory: true)
-    }
-
     private func makeEndpoint(policy: PathPolicy) throws -> Endpoint {
-        let key = try KeyFile.loadOrCreate(try dataDir().appendingPathComponent("key"))
+        let key = try IdentityKeychain.loadOrCreate(account: "stream-\(role.rawValue)")
         var config = EndpointConfig(namesURL: namesURL.trimmingCharacters(in: .whitespaces))
         config.policy = policy
         config.relays = relays.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }

@@ -5,7 +5,6 @@
 package dev.msocket
 
 import java.io.File
-import java.io.FileOutputStream
 import java.io.IOException
 import java.util.concurrent.ConcurrentHashMap
 import dev.msocket.ffi.PinStore as FfiPinStore
@@ -133,15 +132,10 @@ class FilePinStore(val file: File) : PinStore {
             append("# msocket pins: NAME SIGNING-KEY NOISE-KEY SEQ\n")
             for ((name, pin) in pins) append("$name ${pin.encode()}\n")
         }
-        file.absoluteFile.parentFile?.mkdirs()
-        val tmp = File(file.absoluteFile.parentFile, ".${file.name}.tmp")
-        FileOutputStream(tmp).use {
-            it.write(text.toByteArray())
-            it.fd.sync()
-        }
-        if (!tmp.renameTo(file)) {
-            tmp.delete()
-            throw IOException("pin file $file: could not replace it with $tmp")
+        try {
+            writeAtomically(file, text.toByteArray())
+        } catch (e: IOException) {
+            throw IOException("pin file $file: ${e.message}", e)
         }
     }
 

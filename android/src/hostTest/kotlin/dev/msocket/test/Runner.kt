@@ -31,6 +31,7 @@ fun main(args: Array<String>) {
     apiTests(suite)
     asyncTests(suite)
     trustTests(suite)
+    keyFileTests(suite)
     val only = args.toSet()
     var passed = 0
     var failed = 0

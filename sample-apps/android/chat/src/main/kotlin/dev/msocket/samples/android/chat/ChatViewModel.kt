@@ -28,10 +28,10 @@ import dev.msocket.Endpoint
 import dev.msocket.EndpointConfig
 import dev.msocket.FilePinStore
 import dev.msocket.android.AndroidNetworkBridge
+import dev.msocket.android.KeystoreKeys
 import dev.msocket.ffi.MsocketException
 import dev.msocket.net.NetworkBridgeException
 import dev.msocket.samples.FormatException
-import dev.msocket.samples.KeyFile
 import dev.msocket.samples.chat.ChatEngine
 import dev.msocket.samples.chat.ChatFrame
 import dev.msocket.samples.chat.UnknownContactException
@@ -124,7 +124,7 @@ class ChatViewModel(application: Application) : AndroidViewModel(application) {
         val me = ChatFrame.checkName(settings.me.trim())
         // One directory a user, laid out as the console sample's --data: key, pins, contacts, history.
         val dir = File(files, "chat/$me")
-        val key = KeyFile.loadOrCreate(File(dir, "key"))
+        val key = KeystoreKeys.identityKeyFile(File(dir, "key.sealed")).loadOrCreate()
         val config = EndpointConfig(namesUrl = settings.namesUrl.trim(), relays = settings.relayList)
         val bridge = AndroidNetworkBridge(
             getApplication(),

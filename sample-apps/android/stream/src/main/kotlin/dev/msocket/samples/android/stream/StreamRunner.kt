@@ -35,10 +35,10 @@ import dev.msocket.FilePinStore
 import dev.msocket.PathPolicy
 import dev.msocket.PeerFlow
 import dev.msocket.android.AndroidNetworkBridge
+import dev.msocket.android.KeystoreKeys
 import dev.msocket.ffi.MsocketException
 import dev.msocket.net.NetworkBridgeException
 import dev.msocket.samples.FormatException
-import dev.msocket.samples.KeyFile
 import dev.msocket.samples.chat.describe
 import dev.msocket.samples.stream.StreamFrame
 import dev.msocket.samples.stream.StreamPlayer
@@ -116,7 +116,7 @@ class StreamRunner private constructor(private val app: Context) {
     private suspend fun run(settings: StreamSettings, params: StreamParams) {
         // A key and pins a role, as the console sample keeps them (--data).
         val dir = File(files, "stream/${settings.role.name.lowercase()}")
-        val key = KeyFile.loadOrCreate(File(dir, "key"))
+        val key = KeystoreKeys.identityKeyFile(File(dir, "key.sealed")).loadOrCreate()
         val config = EndpointConfig(namesUrl = settings.namesUrl.trim(), relays = settings.relayList, policy = settings.policy)
         val bridge = AndroidNetworkBridge(app, keepCellular = true, onError = { note("network bridge: ${it.message}") })
         try {
