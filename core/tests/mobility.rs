@@ -195,14 +195,18 @@ async fn ten_alternating_moves_during_a_two_way_transfer() {
     let mut c_events = c.events();
     let (c_progress, mut c_seen) = watch::channel(0u64);
     let (s_progress, mut s_seen) = watch::channel(0u64);
-    let client_side = tokio::spawn(exchange(c, up.clone(), c_progress));
-    let server_side = tokio::spawn(exchange(s, down.clone(), s_progress));
+    // The last quarter each way goes only after the last move, so the flow must come back
+    // after every move. Without that hold a loaded machine got to its last move after
+    // the transfer had ended (the flow's events ended before the path changed).
+    let (release, held) = watch::channel(false);
+    let client_side = tokio::spawn(exchange(c, up.clone(), c_progress, held.clone()));
+    let server_side = tokio::spawn(exchange(s, down.clone(), s_progress, held));
 
     let moves = 10u64;
     for i in 0..moves {
         // Spread the moves over the first half of the transfer, beyond what the send
-        // buffer and receive window (4 MiB each) can hold, so every move finds data in
-        // flight both ways and the flow must come back after it.
+        // buffer and receive window (4 MiB each) can hold, so a move usually finds data
+        // in flight both ways.
         let mark = (i + 1) * len as u64 / (2 * moves);
         within(30, "progress before the next move", async {
             c_seen.wait_for(|n| *n >= mark).await.unwrap();
@@ -227,6 +231,7 @@ async fn ten_alternating_moves_during_a_two_way_transfer() {
             added |= matches!(ev, FlowEvent::PathAdded { .. });
         }
     }
+    release.send_replace(true);
     let got_down = within(60, "client side", client_side).await.unwrap();
     let got_up = within(60, "server side", server_side).await.unwrap();
     assert_eq!(got_up.len(), len);

@@ -198,11 +198,17 @@ impl NameService for TestNames {
 }
 
 /// Sends `out` on `flow` (then finishes it) while reading what the peer sends, both at
-/// once; returns the bytes received. `progress` counts the bytes read so far.
-pub async fn exchange(flow: Flow, out: Vec<u8>, progress: watch::Sender<u64>) -> Vec<u8> {
+/// once; returns the bytes received. `progress` counts the bytes read so far. The last
+/// quarter of `out` goes only once `release` says so.
+pub async fn exchange(flow: Flow, out: Vec<u8>, progress: watch::Sender<u64>, mut release: watch::Receiver<bool>) -> Vec<u8> {
     let (mut r, mut w) = tokio::io::split(flow);
     let send = async move {
-        for chunk in out.chunks(64 * 1024) {
+        let (first, last) = out.split_at(out.len() - out.len() / 4);
+        for chunk in first.chunks(64 * 1024) {
+            w.write_all(chunk).await.expect("write");
+        }
+        release.wait_for(|go| *go).await.expect("release");
+        for chunk in last.chunks(64 * 1024) {
             w.write_all(chunk).await.expect("write");
         }
         w.shutdown().await.expect("shutdown");
