@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use msocket::{FlowEvent, Identity, PathLossReason};
+use msocket::{FlowEvent, Identity, PathLossReason, PathState};
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -33,6 +33,15 @@ async fn a_standby_subflow_takes_over_without_a_handshake() {
     assert_eq!(paths.len(), 2, "{paths:?}");
     assert!(!paths[0].standby && paths[0].local.ip() == lo(162), "{paths:?}");
     assert!(paths[1].standby && paths[1].local.ip() == lo(163), "{paths:?}");
+    // Until the peer is heard on the active path, the standby may carry data (no active
+    // path works yet): a loaded machine once wrote the bulk below before that, and it all
+    // went on the standby.
+    within(10, "the peer heard on the active path", async {
+        while c.paths().iter().map(|p| p.state).ne([PathState::Active, PathState::Standby]) {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    })
+    .await;
     // The standby carries nothing but control frames while the active path works.
     let (mut c, mut s) = (c, s);
     let bulk = data(300_000, 12);
@@ -285,7 +294,7 @@ async fn send_and_read(c: &mut msocket::Flow, s: &mut msocket::Flow, bytes: usiz
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redundant_copies_small_writes_and_energy_retires_the_idle_path() {
-    use msocket::{PathPolicy, PathState};
+    use msocket::PathPolicy;
     let (_ends, mut c, mut s) = two_paths(179, PathPolicy::Redundant).await;
     // Wait until the peer was heard on both paths (copies go only to such paths).
     within(10, "both paths active", async {
