@@ -299,14 +299,15 @@ async fn send_and_read(c: &mut msocket::Flow, s: &mut msocket::Flow, bytes: usiz
 async fn redundant_copies_small_writes_and_energy_retires_the_idle_path() {
     use msocket::PathPolicy;
     let (_ends, mut c, mut s) = two_paths(179, PathPolicy::Redundant).await;
-    // Wait until the peer was heard on both paths (copies go only to such paths).
-    within(10, "both paths active", async {
-        while !c.paths().iter().all(|p| p.state == PathState::Active) {
+    // Wait until the peer was heard on both paths (copies go only to such paths), and
+    // the server learnt the policy from the client's frames (hearing the server does not
+    // mean it has read them: a loaded machine checked too early).
+    within(10, "both paths active and the server following", async {
+        while !c.paths().iter().all(|p| p.state == PathState::Active) || s.policy() != PathPolicy::Redundant {
             tokio::time::sleep(std::time::Duration::from_millis(5)).await;
         }
     })
     .await;
-    assert_eq!(s.policy(), PathPolicy::Redundant, "the server follows the client's policy");
     // Small requests and answers go out on both paths, unless the first copy was
     // acknowledged before the second path's writer got to it. On loopback that race is
     // the scheduler's: a loaded 2-core machine copied 9 writes of 20. So this checks
@@ -318,8 +319,14 @@ async fn redundant_copies_small_writes_and_energy_retires_the_idle_path() {
     }
     assert!(c.stats().bytes_copied >= 300, "client copies: {:?}", c.stats());
     assert!(s.stats().bytes_copied >= 300, "server copies: {:?}", s.stats());
-    assert!(s.stats().duplicate_bytes_received > 0, "{:?}", s.stats());
-    assert!(c.stats().duplicate_bytes_received > 0, "{:?}", c.stats());
+    // A copy counts when it leaves, and at the far end when it arrives: a loaded machine
+    // read the server's count (0) while the client's copies were still on their way.
+    within(10, "the copies arrive as duplicates", async {
+        while s.stats().duplicate_bytes_received == 0 || c.stats().duplicate_bytes_received == 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    })
+    .await;
 
     // Energy: a light load never overflows the best path, so the second one, an idle
     // standby that would cost a radio wake-up at its end, is retired.
