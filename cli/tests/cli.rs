@@ -72,6 +72,17 @@ impl Proc {
         self.stderr.lock().unwrap().clone()
     }
 
+    /// Waits (bounded) until the stderr reader reached the end of the pipe, which follows
+    /// the exit: only then does [`stderr`](Self::stderr) hold all the child wrote.
+    fn wait_stderr_end(&self) {
+        let deadline = Instant::now() + WAIT;
+        while self
+            .lines
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .is_ok()
+        {}
+    }
+
     /// Waits (bounded) for a stderr line starting with `prefix`; returns it.
     fn wait_line(&self, prefix: &str) -> String {
         let deadline = Instant::now() + WAIT;
@@ -151,13 +162,7 @@ fn run(what: &str, mut cmd: Command) -> Output {
     let stdout = read_all(p.take_stdout());
     let status = p.wait_exit();
     let stdout = String::from_utf8(stdout.join().unwrap()).unwrap();
-    // The stderr reader finishes at EOF, which follows the exit; wait for it (bounded).
-    let deadline = Instant::now() + WAIT;
-    while p
-        .lines
-        .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-        .is_ok()
-    {}
+    p.wait_stderr_end();
     Output {
         status,
         stdout,
@@ -1019,6 +1024,9 @@ fn connect_with(url: &str, pins: &Path, name: &str, input: &'static [u8], extra:
     let stdout = read_all(p.take_stdout());
     let status = p.wait_exit();
     let stdout = String::from_utf8(stdout.join().unwrap()).unwrap();
+    // The exit can come before the stderr reader took the last lines: a loaded machine
+    // read a refused connect's stderr as empty.
+    p.wait_stderr_end();
     Output { status, stdout, stderr: p.stderr() }
 }
 
