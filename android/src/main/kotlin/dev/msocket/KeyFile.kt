@@ -51,34 +51,38 @@ class SealedKeyFile(val file: File, private val sealingKey: () -> SecretKey) {
     /** The key in the file, or null when there is no file. */
     fun load(): ByteArray? = synchronized(lock) {
         if (!file.exists()) return null
+        // One byte more than a sealed key tells a longer file without reading all of it.
         val bytes = try {
-            if (file.length() != FILE_LEN.toLong()) malformed("is ${file.length()} bytes, not $FILE_LEN")
-            file.readBytes()
+            file.inputStream().use { input ->
+                val buf = ByteArray(FILE_LEN + 1)
+                var n = 0
+                while (n < buf.size) {
+                    val got = input.read(buf, n, buf.size - n)
+                    if (got < 0) break
+                    n += got
+                }
+                buf.copyOf(n)
+            }
         } catch (e: IOException) {
-            if (e is KeyFileException) throw e
-            throw KeyFileException(KeyFileException.Reason.IO, "key file $file: ${e.message}", e)
+            throw ioFailed(e)
         }
-        if (bytes.size != FILE_LEN) malformed("is ${bytes.size} bytes, not $FILE_LEN")
+        if (bytes.size != FILE_LEN) malformed("is not $FILE_LEN bytes")
         if (!bytes.copyOf(HEADER.size).contentEquals(HEADER)) malformed("does not start with the sealed key header")
         val key = obtainSealingKey()
-        try {
+        crypto("open") {
             val cipher = Cipher.getInstance(TRANSFORMATION)
             cipher.init(Cipher.DECRYPT_MODE, key, GCMParameterSpec(TAG_BITS, bytes, HEADER.size, NONCE_LEN))
             cipher.updateAAD(HEADER)
-            val plain = cipher.doFinal(bytes, HEADER.size + NONCE_LEN, KEY_LEN + TAG_BITS / 8)
-            if (plain.size != KEY_LEN) malformed("holds ${plain.size} bytes of key, not $KEY_LEN")
-            plain
-        } catch (e: AEADBadTagException) {
-            throw KeyFileException(
-                KeyFileException.Reason.NOT_OPENABLE,
-                "key file $file was sealed under another key (another device or install, a deleted sealing key, " +
-                    "or an altered file); move it away to make a new identity",
-                e,
-            )
-        } catch (e: GeneralSecurityException) {
-            throw sealingFailed("open", e)
-        } catch (e: ProviderException) {
-            throw sealingFailed("open", e)
+            try {
+                cipher.doFinal(bytes, HEADER.size + NONCE_LEN, KEY_LEN + TAG_BITS / 8)
+            } catch (e: AEADBadTagException) {
+                throw KeyFileException(
+                    KeyFileException.Reason.NOT_OPENABLE,
+                    "key file $file was sealed under another key (another device or install, a deleted sealing key, " +
+                        "or an altered file); move it away to make a new identity",
+                    e,
+                )
+            }
         }
     }
 
@@ -91,7 +95,7 @@ class SealedKeyFile(val file: File, private val sealingKey: () -> SecretKey) {
     fun store(key: ByteArray): Unit = synchronized(lock) {
         require(key.size == KEY_LEN) { "an identity key is $KEY_LEN bytes, not ${key.size}" }
         val sealing = obtainSealingKey()
-        val sealed = try {
+        val sealed = crypto("seal") {
             // The cipher picks the nonce: a Keystore key refuses one given by the caller.
             val cipher = Cipher.getInstance(TRANSFORMATION)
             cipher.init(Cipher.ENCRYPT_MODE, sealing)
@@ -100,32 +104,35 @@ class SealedKeyFile(val file: File, private val sealingKey: () -> SecretKey) {
             val nonce = cipher.iv
             if (nonce == null || nonce.size != NONCE_LEN) throw GeneralSecurityException("the cipher chose a ${nonce?.size ?: 0}-byte nonce")
             HEADER + nonce + body
-        } catch (e: GeneralSecurityException) {
-            throw sealingFailed("seal", e)
-        } catch (e: ProviderException) {
-            throw sealingFailed("seal", e)
         }
         try {
             writeAtomically(file, sealed, ownerOnly = true)
         } catch (e: IOException) {
-            throw KeyFileException(KeyFileException.Reason.IO, "key file $file: ${e.message}", e)
+            throw ioFailed(e)
         }
     }
 
-    private fun obtainSealingKey(): SecretKey = try {
-        sealingKey.invoke()
-    } catch (e: KeyFileException) {
-        throw e
+    private fun obtainSealingKey(): SecretKey = crypto("get") {
+        try {
+            sealingKey.invoke()
+        } catch (e: IOException) {
+            throw sealingFailed("get", e) // KeyStore.load
+        }
+    }
+
+    /** Runs [body]; the JCE's and the key store's failures become SEALING_KEY, saying what was tried. */
+    private inline fun <T> crypto(what: String, body: () -> T): T = try {
+        body()
     } catch (e: GeneralSecurityException) {
-        throw sealingFailed("get", e)
+        throw sealingFailed(what, e)
     } catch (e: ProviderException) {
-        throw sealingFailed("get", e)
-    } catch (e: IOException) {
-        throw sealingFailed("get", e)
+        throw sealingFailed(what, e)
     }
 
     private fun sealingFailed(what: String, e: Exception) =
         KeyFileException(KeyFileException.Reason.SEALING_KEY, "key file $file: could not $what the sealing key: $e", e)
+
+    private fun ioFailed(e: IOException) = KeyFileException(KeyFileException.Reason.IO, "key file $file: ${e.message}", e)
 
     private fun malformed(why: String): Nothing =
         throw KeyFileException(KeyFileException.Reason.MALFORMED, "key file $file $why; move it away to make a new identity")
